@@ -7,7 +7,11 @@ use clap::Parser;
 
 /// Command line of the mtcpd daemon.
 #[derive(Debug, Parser)]
-#[command(name = "mtcpd", version, about = "Multi-TCP aggregation tunnel (client and server daemon)")]
+#[command(
+    name = "mtcpd",
+    version,
+    about = "Multi-TCP aggregation tunnel (client and server daemon)"
+)]
 struct Cli {
     /// Which end of the tunnel this process is.
     #[arg(long, value_parser = ["server", "client"])]

@@ -4,4 +4,16 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod config;
+pub mod error;
+pub mod handshake;
+pub mod path;
+pub mod reorder;
+pub mod scheduler;
+pub mod session;
+pub mod sim;
 pub mod wire;
+
+pub use config::Config;
+pub use error::{SessionError, StreamError, TunnelError};
+pub use session::{Event, ReadOutcome, Role, Session, StreamId};

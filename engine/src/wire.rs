@@ -1,4 +1,568 @@
-//! Wire format.
+//! Frame layer of the tunnel protocol: parse and emit frames over byte buffers without copying
+//! payloads.
+//!
+//! Owns: the byte layout of every frame after the handshake (docs/PROTOCOL.md §3), the frame size
+//! limits, and the errors a malformed frame produces. Must not touch: stream or session state —
+//! it knows nothing of what a frame means, only how it looks on the wire.
+//!
+//! Parsing works on a `BytesMut` that the caller filled from a socket: a complete frame is split
+//! off the front and frozen, and payloads are `Bytes` slices of it, so the data path never copies
+//! a payload. Parsing never panics and never allocates: a declared length is checked against the
+//! configured limit before anything waits for it.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Size of the fixed frame header: type, flags, reserved, body length.
+pub const FRAME_HEADER_LEN: usize = 8;
+
+/// The largest frame body any implementation may declare (1 MiB); configured limits are lower.
+pub const ABSOLUTE_MAX_FRAME_BODY: u32 = 1 << 20;
+
+/// The longest OPEN target (`host:port`) accepted.
+pub const MAX_TARGET_LEN: usize = 1024;
+
+/// The longest CLOSE reason accepted.
+pub const MAX_REASON_LEN: usize = 512;
+
+/// Fixed body part of a DATA frame: stream id and offset.
+pub const DATA_FIXED_LEN: usize = 16;
+
+/// Flag on DATA: the sender's direction of the stream ends after this frame's payload.
+pub const FLAG_FIN: u8 = 0x01;
+
+/// Frame type codes (docs/PROTOCOL.md §3.2).
+#[allow(missing_docs)]
+pub mod frame_type {
+    pub const DATA: u8 = 0x01;
+    pub const OPEN: u8 = 0x02;
+    pub const RESET: u8 = 0x03;
+    pub const STREAM_WINDOW: u8 = 0x04;
+    pub const SESSION_WINDOW: u8 = 0x05;
+    pub const MAX_STREAMS: u8 = 0x06;
+    pub const ACK: u8 = 0x07;
+    pub const PING: u8 = 0x08;
+    pub const PONG: u8 = 0x09;
+    pub const GO_AWAY: u8 = 0x0A;
+    pub const CLOSE: u8 = 0x0B;
+}
+
+/// Why a frame could not be parsed. Any of these ends the session (docs/PROTOCOL.md §6).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The header declares a body longer than the receiver's limit.
+    #[error("frame body of {declared} bytes exceeds the limit of {limit}")]
+    Oversize {
+        /// Declared body length.
+        declared: u32,
+        /// The receiver's limit.
+        limit: u32,
+    },
+    /// The frame type code is not defined in this protocol version.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    /// The body is shorter than the fixed fields its type requires, or longer where it may not be.
+    #[error("malformed {kind} frame: body of {len} bytes")]
+    BadLength {
+        /// Frame kind.
+        kind: &'static str,
+        /// Actual body length.
+        len: usize,
+    },
+    /// Reserved bits or undefined flags were set.
+    #[error("reserved bits set in frame header (flags 0x{flags:02x}, reserved 0x{reserved:04x})")]
+    Reserved {
+        /// Flags byte.
+        flags: u8,
+        /// Reserved field.
+        reserved: u16,
+    },
+    /// A text field (OPEN target, CLOSE reason) is not UTF-8 or too long.
+    #[error("invalid {0} text")]
+    BadText(&'static str),
+}
+
+/// One protocol frame. Payload-carrying variants hold `Bytes` that share the receive buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Stream bytes at `offset`; `fin` ends the sender's direction after them.
+    Data {
+        /// Stream id.
+        stream: u64,
+        /// Offset of the first payload byte in the stream.
+        offset: u64,
+        /// End of the sender's direction after this payload.
+        fin: bool,
+        /// The bytes.
+        payload: Bytes,
+    },
+    /// The sender opened `stream`; `target` is an optional `host:port` for the far end to reach.
+    Open {
+        /// Stream id.
+        stream: u64,
+        /// Optional target, UTF-8, at most [`MAX_TARGET_LEN`] bytes.
+        target: Option<Bytes>,
+    },
+    /// Abort both directions of `stream`; `final_offset` is how far the sender had sent.
+    Reset {
+        /// Stream id.
+        stream: u64,
+        /// Bytes the sender had sent on the stream before resetting.
+        final_offset: u64,
+        /// Application error code.
+        code: u32,
+    },
+    /// The sender may now send up to `max_offset` on `stream`.
+    StreamWindow {
+        /// Stream id.
+        stream: u64,
+        /// Absolute credit limit.
+        max_offset: u64,
+    },
+    /// The sender may now send up to `max_data` new stream bytes in total on the session.
+    SessionWindow {
+        /// Absolute session credit limit.
+        max_data: u64,
+    },
+    /// The sender may now have opened up to `count` streams in total (cumulative).
+    MaxStreams {
+        /// Cumulative stream count allowed.
+        count: u64,
+    },
+    /// Cumulative count of reliable frames received on this tunnel connection.
+    Ack {
+        /// Reliable frames received so far on this tunnel connection.
+        frames: u64,
+    },
+    /// Liveness and RTT probe; answered by a PONG with the same token.
+    Ping {
+        /// Opaque token.
+        token: u64,
+    },
+    /// Answer to a PING.
+    Pong {
+        /// The PING's token.
+        token: u64,
+    },
+    /// No new streams will be accepted; existing streams finish.
+    GoAway {
+        /// Reason code.
+        code: u32,
+    },
+    /// The session ends now.
+    Close {
+        /// Error code (docs/PROTOCOL.md §6).
+        code: u32,
+        /// Human-readable reason, UTF-8.
+        reason: Bytes,
+    },
+}
+
+impl Frame {
+    /// True for frames that the receiver counts and acknowledges, and the sender retains for
+    /// resend (everything except ACK, PING and PONG).
+    pub fn is_reliable(&self) -> bool {
+        !matches!(
+            self,
+            Frame::Ack { .. } | Frame::Ping { .. } | Frame::Pong { .. }
+        )
+    }
+
+    /// Encoded size on the wire, header included.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.body_len()
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Frame::Data { payload, .. } => DATA_FIXED_LEN + payload.len(),
+            Frame::Open { target, .. } => 8 + target.as_ref().map_or(0, |t| t.len()),
+            Frame::Reset { .. } => 20,
+            Frame::StreamWindow { .. } => 16,
+            Frame::SessionWindow { .. }
+            | Frame::MaxStreams { .. }
+            | Frame::Ack { .. }
+            | Frame::Ping { .. }
+            | Frame::Pong { .. } => 8,
+            Frame::GoAway { .. } => 4,
+            Frame::Close { reason, .. } => 4 + reason.len(),
+        }
+    }
+
+    /// Appends the frame as wire chunks to `out`. Fixed fields are written into `scratch` and
+    /// split off; a payload larger than `copy_below` is appended as its own `Bytes` (no copy),
+    /// a smaller one is copied next to the header so tiny frames stay one chunk.
+    pub fn encode(&self, scratch: &mut BytesMut, copy_below: usize, out: &mut Vec<Bytes>) {
+        let body_len = self.body_len();
+        scratch.reserve(FRAME_HEADER_LEN + body_len.min(copy_below.saturating_add(32)));
+        let (ty, flags) = match self {
+            Frame::Data { fin, .. } => (frame_type::DATA, if *fin { FLAG_FIN } else { 0 }),
+            Frame::Open { .. } => (frame_type::OPEN, 0),
+            Frame::Reset { .. } => (frame_type::RESET, 0),
+            Frame::StreamWindow { .. } => (frame_type::STREAM_WINDOW, 0),
+            Frame::SessionWindow { .. } => (frame_type::SESSION_WINDOW, 0),
+            Frame::MaxStreams { .. } => (frame_type::MAX_STREAMS, 0),
+            Frame::Ack { .. } => (frame_type::ACK, 0),
+            Frame::Ping { .. } => (frame_type::PING, 0),
+            Frame::Pong { .. } => (frame_type::PONG, 0),
+            Frame::GoAway { .. } => (frame_type::GO_AWAY, 0),
+            Frame::Close { .. } => (frame_type::CLOSE, 0),
+        };
+        scratch.put_u8(ty);
+        scratch.put_u8(flags);
+        scratch.put_u16(0);
+        // Body lengths are bounded by the frame-size limit (≤ 1 MiB), so they fit in u32.
+        scratch.put_u32(body_len as u32);
+        let tail: Option<&Bytes> = match self {
+            Frame::Data {
+                stream,
+                offset,
+                payload,
+                ..
+            } => {
+                scratch.put_u64(*stream);
+                scratch.put_u64(*offset);
+                Some(payload)
+            }
+            Frame::Open { stream, target } => {
+                scratch.put_u64(*stream);
+                target.as_ref()
+            }
+            Frame::Reset {
+                stream,
+                final_offset,
+                code,
+            } => {
+                scratch.put_u64(*stream);
+                scratch.put_u64(*final_offset);
+                scratch.put_u32(*code);
+                None
+            }
+            Frame::StreamWindow { stream, max_offset } => {
+                scratch.put_u64(*stream);
+                scratch.put_u64(*max_offset);
+                None
+            }
+            Frame::SessionWindow { max_data: v }
+            | Frame::MaxStreams { count: v }
+            | Frame::Ack { frames: v }
+            | Frame::Ping { token: v }
+            | Frame::Pong { token: v } => {
+                scratch.put_u64(*v);
+                None
+            }
+            Frame::GoAway { code } => {
+                scratch.put_u32(*code);
+                None
+            }
+            Frame::Close { code, reason } => {
+                scratch.put_u32(*code);
+                Some(reason)
+            }
+        };
+        match tail {
+            Some(t) if t.len() >= copy_below => {
+                out.push(scratch.split().freeze());
+                out.push(t.clone());
+            }
+            Some(t) => {
+                scratch.extend_from_slice(t);
+                out.push(scratch.split().freeze());
+            }
+            None => out.push(scratch.split().freeze()),
+        }
+    }
+
+    /// Encodes into one contiguous buffer (tests, fuzzing, handshake-sized frames).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut scratch = BytesMut::new();
+        let mut out = Vec::new();
+        self.encode(&mut scratch, usize::MAX, &mut out);
+        out.into_iter().next().unwrap_or_default()
+    }
+}
+
+/// Reads the header at the front of `buf` and, once the whole frame is there, splits it off and
+/// parses it. Returns `Ok(None)` while more bytes are needed. `max_body` is the receiver's
+/// frame-body limit; a larger declared length is an error before any byte of it is awaited.
+pub fn decode(buf: &mut BytesMut, max_body: u32) -> Result<Option<Frame>, FrameError> {
+    let Some(header) = buf.get(..FRAME_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let ty = header[0];
+    let flags = header[1];
+    let reserved = u16::from_be_bytes([header[2], header[3]]);
+    let declared = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let limit = max_body.min(ABSOLUTE_MAX_FRAME_BODY);
+    if declared > limit {
+        return Err(FrameError::Oversize { declared, limit });
+    }
+    let allowed_flags = if ty == frame_type::DATA { FLAG_FIN } else { 0 };
+    if reserved != 0 || flags & !allowed_flags != 0 {
+        return Err(FrameError::Reserved { flags, reserved });
+    }
+    if !(frame_type::DATA..=frame_type::CLOSE).contains(&ty) {
+        return Err(FrameError::UnknownType(ty));
+    }
+    let total = FRAME_HEADER_LEN + declared as usize;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let mut body = buf.split_to(total).freeze();
+    body.advance(FRAME_HEADER_LEN);
+    parse_body(ty, flags, body).map(Some)
+}
+
+fn need(
+    kind: &'static str,
+    body: &Bytes,
+    exact: Option<usize>,
+    min: usize,
+) -> Result<(), FrameError> {
+    let ok = match exact {
+        Some(n) => body.len() == n,
+        None => body.len() >= min,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(FrameError::BadLength {
+            kind,
+            len: body.len(),
+        })
+    }
+}
+
+fn parse_body(ty: u8, flags: u8, mut body: Bytes) -> Result<Frame, FrameError> {
+    Ok(match ty {
+        frame_type::DATA => {
+            need("DATA", &body, None, DATA_FIXED_LEN)?;
+            let stream = body.get_u64();
+            let offset = body.get_u64();
+            if offset.checked_add(body.len() as u64).is_none() {
+                return Err(FrameError::BadLength {
+                    kind: "DATA",
+                    len: body.len(),
+                });
+            }
+            Frame::Data {
+                stream,
+                offset,
+                fin: flags & FLAG_FIN != 0,
+                payload: body,
+            }
+        }
+        frame_type::OPEN => {
+            need("OPEN", &body, None, 8)?;
+            let stream = body.get_u64();
+            if body.len() > MAX_TARGET_LEN || std::str::from_utf8(&body).is_err() {
+                return Err(FrameError::BadText("OPEN target"));
+            }
+            Frame::Open {
+                stream,
+                target: (!body.is_empty()).then_some(body),
+            }
+        }
+        frame_type::RESET => {
+            need("RESET", &body, Some(20), 0)?;
+            Frame::Reset {
+                stream: body.get_u64(),
+                final_offset: body.get_u64(),
+                code: body.get_u32(),
+            }
+        }
+        frame_type::STREAM_WINDOW => {
+            need("STREAM_WINDOW", &body, Some(16), 0)?;
+            Frame::StreamWindow {
+                stream: body.get_u64(),
+                max_offset: body.get_u64(),
+            }
+        }
+        frame_type::SESSION_WINDOW => {
+            need("SESSION_WINDOW", &body, Some(8), 0)?;
+            Frame::SessionWindow {
+                max_data: body.get_u64(),
+            }
+        }
+        frame_type::MAX_STREAMS => {
+            need("MAX_STREAMS", &body, Some(8), 0)?;
+            Frame::MaxStreams {
+                count: body.get_u64(),
+            }
+        }
+        frame_type::ACK => {
+            need("ACK", &body, Some(8), 0)?;
+            Frame::Ack {
+                frames: body.get_u64(),
+            }
+        }
+        frame_type::PING => {
+            need("PING", &body, Some(8), 0)?;
+            Frame::Ping {
+                token: body.get_u64(),
+            }
+        }
+        frame_type::PONG => {
+            need("PONG", &body, Some(8), 0)?;
+            Frame::Pong {
+                token: body.get_u64(),
+            }
+        }
+        frame_type::GO_AWAY => {
+            need("GO_AWAY", &body, Some(4), 0)?;
+            Frame::GoAway {
+                code: body.get_u32(),
+            }
+        }
+        frame_type::CLOSE => {
+            need("CLOSE", &body, None, 4)?;
+            let code = body.get_u32();
+            if body.len() > MAX_REASON_LEN || std::str::from_utf8(&body).is_err() {
+                return Err(FrameError::BadText("CLOSE reason"));
+            }
+            Frame::Close { code, reason: body }
+        }
+        other => return Err(FrameError::UnknownType(other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_kinds() -> Vec<Frame> {
+        vec![
+            Frame::Data {
+                stream: 7,
+                offset: 1 << 40,
+                fin: true,
+                payload: Bytes::from_static(b"hello world"),
+            },
+            Frame::Data {
+                stream: 0,
+                offset: 0,
+                fin: false,
+                payload: Bytes::new(),
+            },
+            Frame::Open {
+                stream: 9,
+                target: Some(Bytes::from_static(b"example.org:443")),
+            },
+            Frame::Open {
+                stream: 9,
+                target: None,
+            },
+            Frame::Reset {
+                stream: 3,
+                final_offset: 99,
+                code: 5,
+            },
+            Frame::StreamWindow {
+                stream: 3,
+                max_offset: 1 << 33,
+            },
+            Frame::SessionWindow { max_data: 12345 },
+            Frame::MaxStreams { count: 100 },
+            Frame::Ack { frames: 42 },
+            Frame::Ping { token: 1 },
+            Frame::Pong { token: 2 },
+            Frame::GoAway { code: 0 },
+            Frame::Close {
+                code: 2,
+                reason: Bytes::from_static(b"bye"),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_frame_kind_round_trips_whole_and_byte_by_byte() {
+        for frame in all_kinds() {
+            let wire = frame.to_bytes();
+            assert_eq!(wire.len(), frame.encoded_len());
+            let mut buf = BytesMut::from(&wire[..]);
+            assert_eq!(decode(&mut buf, 65536).unwrap(), Some(frame.clone()));
+            assert!(buf.is_empty());
+            // Dribbled in one byte at a time: nothing until the last byte.
+            let mut buf = BytesMut::new();
+            for (i, b) in wire.iter().enumerate() {
+                buf.put_u8(*b);
+                let got = decode(&mut buf, 65536).unwrap();
+                if i + 1 < wire.len() {
+                    assert_eq!(got, None);
+                } else {
+                    assert_eq!(got, Some(frame.clone()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vectored_encoding_keeps_large_payloads_uncopied() {
+        let payload = Bytes::from(vec![7u8; 4096]);
+        let frame = Frame::Data {
+            stream: 1,
+            offset: 0,
+            fin: false,
+            payload: payload.clone(),
+        };
+        let mut scratch = BytesMut::new();
+        let mut out = Vec::new();
+        frame.encode(&mut scratch, 256, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].as_ptr(), payload.as_ptr());
+    }
+
+    #[test]
+    fn oversize_is_refused_before_the_body_arrives() {
+        let mut buf = BytesMut::from(&[frame_type::DATA, 0, 0, 0, 0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            decode(&mut buf, 65536),
+            Err(FrameError::Oversize {
+                declared: u32::MAX,
+                limit: 65536
+            })
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        let mut buf = BytesMut::from(&[0x7f, 0, 0, 0, 0, 0, 0, 0][..]);
+        assert_eq!(decode(&mut buf, 1024), Err(FrameError::UnknownType(0x7f)));
+        let mut buf = BytesMut::from(&[frame_type::ACK, 0, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4][..]);
+        assert!(matches!(
+            decode(&mut buf, 1024),
+            Err(FrameError::BadLength { kind: "ACK", .. })
+        ));
+        let mut buf = BytesMut::from(&[frame_type::PING, 0x80, 0, 0, 0, 0, 0, 8][..]);
+        assert!(matches!(
+            decode(&mut buf, 1024),
+            Err(FrameError::Reserved { .. })
+        ));
+        let mut bad_utf8 = vec![frame_type::OPEN, 0, 0, 0, 0, 0, 0, 10];
+        bad_utf8.extend_from_slice(&[0; 8]);
+        bad_utf8.extend_from_slice(&[0xff, 0xfe]);
+        let mut buf = BytesMut::from(&bad_utf8[..]);
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Err(FrameError::BadText("OPEN target"))
+        );
+    }
+
+    #[test]
+    fn data_offset_overflow_is_refused() {
+        let frame = Frame::Data {
+            stream: 1,
+            offset: u64::MAX,
+            fin: false,
+            payload: Bytes::from_static(b"xx"),
+        };
+        let mut buf = BytesMut::from(&frame.to_bytes()[..]);
+        assert!(matches!(
+            decode(&mut buf, 1024),
+            Err(FrameError::BadLength { .. })
+        ));
+    }
+}

@@ -1,0 +1,126 @@
+//! Per-tunnel path estimates: round-trip time and delivery rate, from acknowledgements and pings.
+//!
+//! Owns: the estimators and their filters. Must not touch: scheduling decisions (the scheduler
+//! reads a [`crate::scheduler::PathView`] built from these) or frame bookkeeping.
+//!
+//! The RTT is a windowed minimum of frame-send → ACK times (what the path costs without our own
+//! queueing), smoothed RTT tracks the recent average. The rate is a windowed maximum of BBR-style
+//! delivery-rate samples; samples taken while the tunnel was not kept busy (app-limited) may only
+//! raise it, so an idle tunnel is not judged slow for being idle. A driver that reads TCP_INFO can
+//! override both with [`PathEstimate::set_external`].
+
+use std::time::{Duration, Instant};
+
+/// How long a minimum-RTT sample stays valid.
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// How long a maximum delivery-rate sample stays valid, at least.
+const RATE_WINDOW_MIN: Duration = Duration::from_millis(200);
+
+/// Estimates for one tunnel.
+#[derive(Debug, Clone)]
+pub struct PathEstimate {
+    min_rtt: Option<(Duration, Instant)>,
+    srtt: Option<Duration>,
+    rate: Option<(f64, Instant)>,
+    initial_rate: f64,
+}
+
+impl PathEstimate {
+    /// No samples yet; `initial_rate` (bytes/s) is assumed until the first rate sample.
+    pub fn new(initial_rate: f64) -> Self {
+        Self {
+            min_rtt: None,
+            srtt: None,
+            rate: None,
+            initial_rate,
+        }
+    }
+
+    /// Feeds an RTT sample.
+    pub fn on_rtt_sample(&mut self, rtt: Duration, now: Instant) {
+        let rtt = rtt.max(Duration::from_micros(1));
+        self.srtt = Some(match self.srtt {
+            None => rtt,
+            Some(s) => (s * 7 + rtt) / 8,
+        });
+        match self.min_rtt {
+            Some((m, at)) if rtt > m && now.saturating_duration_since(at) < MIN_RTT_WINDOW => {}
+            _ => self.min_rtt = Some((rtt, now)),
+        }
+    }
+
+    /// Feeds a delivery-rate sample in bytes/s.
+    pub fn on_rate_sample(&mut self, rate: f64, app_limited: bool, now: Instant) {
+        if !(rate.is_finite() && rate > 0.0) {
+            return;
+        }
+        let window = self.rate_window();
+        match self.rate {
+            Some((r, at))
+                if rate < r && (app_limited || now.saturating_duration_since(at) < window) => {}
+            _ => self.rate = Some((rate, now)),
+        }
+    }
+
+    /// Overrides both estimates (e.g. from TCP_INFO: min_rtt and delivery_rate).
+    pub fn set_external(&mut self, rtt: Duration, rate: f64, now: Instant) {
+        self.min_rtt = Some((rtt, now));
+        self.srtt = Some(rtt);
+        if rate.is_finite() && rate > 0.0 {
+            self.rate = Some((rate, now));
+        }
+    }
+
+    fn rate_window(&self) -> Duration {
+        (self.srtt.unwrap_or_default() * 8).max(RATE_WINDOW_MIN)
+    }
+
+    /// Path RTT (windowed minimum); zero before any sample.
+    pub fn min_rtt(&self) -> Duration {
+        self.min_rtt.map(|(m, _)| m).unwrap_or_default()
+    }
+
+    /// Smoothed RTT; zero before any sample.
+    pub fn srtt(&self) -> Duration {
+        self.srtt.unwrap_or_default()
+    }
+
+    /// Delivery rate in bytes/s.
+    pub fn rate(&self) -> f64 {
+        self.rate.map_or(self.initial_rate, |(r, _)| r)
+    }
+
+    /// Bandwidth-delay product in bytes (how much must be in flight to keep the tunnel busy).
+    pub fn bdp(&self) -> f64 {
+        self.rate() * self.min_rtt().as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_limited_samples_only_raise_the_rate() {
+        let t0 = Instant::now();
+        let mut p = PathEstimate::new(1e9);
+        p.on_rate_sample(1e6, false, t0);
+        assert_eq!(p.rate(), 1e6);
+        p.on_rate_sample(1e3, true, t0 + Duration::from_secs(5));
+        assert_eq!(p.rate(), 1e6);
+        p.on_rate_sample(1e3, false, t0 + Duration::from_secs(5));
+        assert_eq!(p.rate(), 1e3, "a stale max gives way to a real sample");
+        p.on_rate_sample(2e6, true, t0 + Duration::from_secs(5));
+        assert_eq!(p.rate(), 2e6);
+    }
+
+    #[test]
+    fn min_rtt_filters_queueing() {
+        let t0 = Instant::now();
+        let mut p = PathEstimate::new(1e9);
+        p.on_rtt_sample(Duration::from_millis(50), t0);
+        p.on_rtt_sample(Duration::from_millis(300), t0);
+        assert_eq!(p.min_rtt(), Duration::from_millis(50));
+        assert!(p.srtt() > Duration::from_millis(50));
+    }
+}
