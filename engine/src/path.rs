@@ -4,10 +4,15 @@
 //! reads a [`crate::scheduler::PathView`] built from these) or frame bookkeeping.
 //!
 //! The RTT is a windowed minimum of frame-send → ACK times (what the path costs without our own
-//! queueing), smoothed RTT tracks the recent average. The rate is a windowed maximum of BBR-style
-//! delivery-rate samples; samples taken while the tunnel was not kept busy (app-limited) may only
-//! raise it, so an idle tunnel is not judged slow for being idle. A driver that reads TCP_INFO can
-//! override both with [`PathEstimate::set_external`].
+//! queueing); the smoothed RTT tracks the recent average. The rate is a windowed maximum of
+//! BBR-style delivery-rate samples (bytes delivered between a frame's send and its ACK, over that
+//! time). A tunnel the scheduler has barely used yields small samples that say nothing of its
+//! capacity; believing them would make it look slow, so it would be used less and look slower
+//! still. So samples taken while the tunnel was not kept full (app-limited) may only raise the
+//! estimate, the assumed initial rate is optimistic (an optimistic tunnel gets traffic until it is
+//! full, and is then measured for real), and the estimate never drops below one initial window per
+//! RTT.
+//! A driver that reads TCP_INFO can override both with [`PathEstimate::set_external`].
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +20,8 @@ use std::time::{Duration, Instant};
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// How long a maximum delivery-rate sample stays valid, at least.
 const RATE_WINDOW_MIN: Duration = Duration::from_millis(200);
+/// The rate floor is this many bytes per RTT (about TCP's initial window, rounded up).
+const FLOOR_BYTES_PER_RTT: f64 = 64.0 * 1024.0;
 
 /// Estimates for one tunnel.
 #[derive(Debug, Clone)]
@@ -49,7 +56,9 @@ impl PathEstimate {
         }
     }
 
-    /// Feeds a delivery-rate sample in bytes/s.
+    /// Feeds a delivery-rate sample in bytes/s. `app_limited` says the tunnel was not kept
+    /// full while the sample was taken (the scheduler gave it less than it could carry): such a
+    /// sample measures our use, not the path, so it may raise the estimate but never lower it.
     pub fn on_rate_sample(&mut self, rate: f64, app_limited: bool, now: Instant) {
         if !(rate.is_finite() && rate > 0.0) {
             return;
@@ -58,6 +67,7 @@ impl PathEstimate {
         match self.rate {
             Some((r, at))
                 if rate < r && (app_limited || now.saturating_duration_since(at) < window) => {}
+            None if app_limited && rate < self.initial_rate => {}
             _ => self.rate = Some((rate, now)),
         }
     }
@@ -87,7 +97,15 @@ impl PathEstimate {
 
     /// Delivery rate in bytes/s.
     pub fn rate(&self) -> f64 {
-        self.rate.map_or(self.initial_rate, |(r, _)| r)
+        let Some((r, _)) = self.rate else {
+            return self.initial_rate;
+        };
+        let rtt = self.min_rtt().as_secs_f64();
+        if rtt > 0.0 {
+            r.max(FLOOR_BYTES_PER_RTT / rtt)
+        } else {
+            r
+        }
     }
 
     /// Bandwidth-delay product in bytes (how much must be in flight to keep the tunnel busy).
@@ -101,17 +119,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn app_limited_samples_only_raise_the_rate() {
+    fn the_rate_is_a_windowed_max_with_a_floor_of_one_window_per_rtt() {
         let t0 = Instant::now();
         let mut p = PathEstimate::new(1e9);
-        p.on_rate_sample(1e6, false, t0);
-        assert_eq!(p.rate(), 1e6);
-        p.on_rate_sample(1e3, true, t0 + Duration::from_secs(5));
-        assert_eq!(p.rate(), 1e6);
-        p.on_rate_sample(1e3, false, t0 + Duration::from_secs(5));
-        assert_eq!(p.rate(), 1e3, "a stale max gives way to a real sample");
-        p.on_rate_sample(2e6, true, t0 + Duration::from_secs(5));
-        assert_eq!(p.rate(), 2e6);
+        assert_eq!(p.rate(), 1e9, "assumed until measured");
+        p.on_rtt_sample(Duration::from_millis(100), t0);
+        p.on_rate_sample(8e5, true, t0);
+        assert_eq!(
+            p.rate(),
+            1e9,
+            "an app-limited first sample does not replace the assumption"
+        );
+        p.on_rate_sample(5e6, false, t0);
+        assert_eq!(p.rate(), 5e6);
+        p.on_rate_sample(1e6, false, t0 + Duration::from_millis(10));
+        assert_eq!(p.rate(), 5e6, "a dip inside the window is ignored");
+        p.on_rate_sample(1e6, true, t0 + Duration::from_secs(5));
+        assert_eq!(p.rate(), 5e6, "an app-limited sample never lowers it");
+        p.on_rate_sample(2e6, false, t0 + Duration::from_secs(5));
+        assert_eq!(p.rate(), 2e6, "a stale max gives way to a real sample");
+        p.on_rate_sample(9e6, true, t0 + Duration::from_secs(5));
+        assert_eq!(p.rate(), 9e6, "app-limited samples may raise it");
+        // A lone 40-byte frame per RTT would say 400 B/s; the floor says one window per RTT.
+        p.on_rate_sample(400.0, false, t0 + Duration::from_secs(10));
+        assert_eq!(p.rate(), FLOOR_BYTES_PER_RTT / 0.1);
     }
 
     #[test]

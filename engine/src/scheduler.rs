@@ -5,9 +5,15 @@
 //!
 //! The session asks late: only when a tunnel can take bytes now does it ask the scheduler whether
 //! that tunnel is the one to use. [`EarliestDelivery`] answers with the tunnel expected to deliver
-//! the frame first — bytes already queued and unacknowledged on it, plus this frame, over its
-//! delivery rate, plus half its RTT — so a long or slow tunnel is used only when the short ones
-//! are backed up by more than the difference. [`RoundRobin`] is the blind baseline the seeds use.
+//! the frame first: the bytes queued ahead of it on that tunnel, plus the frame itself, over the
+//! tunnel's delivery rate, plus its one-way delay (half the RTT). The bytes ahead are the
+//! unacknowledged bytes less one bandwidth-delay product, since that much is already on the wire
+//! or delivered with its ACK on the way back and no longer delays a new frame. A tunnel that is
+//! full right now (the driver could not take more) also makes the frame wait behind the session's
+//! whole backlog, as in the ECF scheduler for MPTCP: with a small backlog it is still better to
+//! wait for the short tunnel, with a bulk backlog the long tunnels are worth filling too. So a long
+//! or slow tunnel is used exactly when waiting for the short ones would take longer than its extra
+//! delay. [`RoundRobin`] is the blind baseline the seeds use.
 
 use std::time::Duration;
 
@@ -22,6 +28,9 @@ pub struct PathView {
     pub rate: f64,
     /// Estimated path round-trip time.
     pub rtt: Duration,
+    /// Bytes that would wait ahead of a new frame before this tunnel could even take it: the
+    /// session's own backlog when the tunnel is full right now, zero when it can take bytes.
+    pub waiting_bytes: u64,
 }
 
 /// A tunnel-selection strategy.
@@ -29,6 +38,11 @@ pub trait Scheduler: Send + std::fmt::Debug {
     /// The tunnel that should carry a frame of `frame_len` bytes now, among `paths`; `None` when
     /// no tunnel is usable.
     fn pick(&mut self, paths: &[PathView], frame_len: usize) -> Option<usize>;
+    /// Whether `candidate`, which can take bytes now, should carry the frame. By default only the
+    /// pick; a strategy may accept a near-tie so one transmit carries several frames.
+    fn accept(&mut self, candidate: usize, paths: &[PathView], frame_len: usize) -> bool {
+        self.pick(paths, frame_len) == Some(candidate)
+    }
     /// A frame went out on `tunnel` (round-robin advances on this).
     fn on_sent(&mut self, _tunnel: usize) {}
     /// A short name for logs and benchmarks.
@@ -39,10 +53,17 @@ pub trait Scheduler: Send + std::fmt::Debug {
 #[derive(Debug, Default, Clone)]
 pub struct EarliestDelivery;
 
+/// How much later than the best a tunnel's expected delivery may be and still be accepted:
+/// small against any WAN RTT, large enough that a transmit carries a batch of frames.
+const ACCEPT_SLACK_SECS: f64 = 250e-6;
+
 impl EarliestDelivery {
     /// Expected time until a frame of `frame_len` bytes sent on `p` is delivered, in seconds.
     pub fn expected_delivery(p: &PathView, frame_len: usize) -> f64 {
-        (p.unacked_bytes as f64 + frame_len as f64) / p.rate.max(1.0) + p.rtt.as_secs_f64() / 2.0
+        let rate = p.rate.max(1.0);
+        let rtt = p.rtt.as_secs_f64();
+        let ahead = (p.unacked_bytes as f64 - rate * rtt).max(0.0) + p.waiting_bytes as f64;
+        (ahead + frame_len as f64) / rate + rtt / 2.0
     }
 }
 
@@ -56,6 +77,17 @@ impl Scheduler for EarliestDelivery {
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    fn accept(&mut self, candidate: usize, paths: &[PathView], frame_len: usize) -> bool {
+        let Some(c) = paths.get(candidate).filter(|p| p.usable) else {
+            return false;
+        };
+        let mine = Self::expected_delivery(c, frame_len);
+        paths
+            .iter()
+            .filter(|p| p.usable)
+            .all(|p| mine <= Self::expected_delivery(p, frame_len) + ACCEPT_SLACK_SECS)
     }
 
     fn name(&self) -> &'static str {
@@ -116,6 +148,7 @@ mod tests {
             unacked_bytes: unacked,
             rate,
             rtt: Duration::from_millis(rtt_ms),
+            waiting_bytes: 0,
         }
     }
 
@@ -125,9 +158,28 @@ mod tests {
         let fast_idle = view(0, 10e6, 10);
         let slow_idle = view(0, 10e6, 200);
         assert_eq!(s.pick(&[fast_idle, slow_idle], 16384), Some(0));
-        // 2 MB queued on the short path = 200 ms at 10 MB/s: now the long one wins.
-        let fast_backed_up = view(2_000_000, 10e6, 10);
+        // In flight up to the bandwidth-delay product (100 kB) costs nothing extra.
+        let fast_full = view(100_000, 10e6, 10);
+        assert_eq!(s.pick(&[fast_full, slow_idle], 16384), Some(0));
+        // 2 MB queued beyond that = 200 ms at 10 MB/s: now the long one wins.
+        let fast_backed_up = view(2_100_000, 10e6, 10);
         assert_eq!(s.pick(&[fast_backed_up, slow_idle], 16384), Some(1));
+        assert!(s.accept(1, &[fast_backed_up, slow_idle], 16384));
+        assert!(!s.accept(0, &[fast_backed_up, slow_idle], 16384));
+        // The short path is full now: a small backlog still waits for it, a bulk one does not.
+        let fast_full_small_backlog = PathView {
+            waiting_bytes: 100_000,
+            ..fast_full
+        };
+        assert_eq!(
+            s.pick(&[fast_full_small_backlog, slow_idle], 16384),
+            Some(0)
+        );
+        let fast_full_bulk_backlog = PathView {
+            waiting_bytes: 4_000_000,
+            ..fast_full
+        };
+        assert_eq!(s.pick(&[fast_full_bulk_backlog, slow_idle], 16384), Some(1));
     }
 
     #[test]

@@ -181,6 +181,7 @@ struct Retained {
     wire_len: u64,
     sent_at: Instant,
     delivered_at_send: u64,
+    /// The tunnel was not being kept full when this frame was sent.
     app_limited: bool,
 }
 
@@ -214,10 +215,14 @@ struct Tunnel {
     delivered: u64,
     last_recv: Instant,
     next_ping: Instant,
+    ping_due: bool,
     ping_outstanding: bool,
     pong_due: Option<u64>,
     close_pending: Option<(u32, Bytes)>,
     path: PathEstimate,
+    /// The last transmit filled the room the driver offered: the tunnel is running full, so
+    /// its delivery-rate samples measure the path.
+    saturated: bool,
     dial_failures: u32,
 }
 
@@ -235,10 +240,12 @@ impl Tunnel {
             delivered: 0,
             last_recv: now,
             next_ping: now,
+            ping_due: false,
             ping_outstanding: false,
             pong_due: None,
             close_pending: None,
             path: PathEstimate::new(initial_rate),
+            saturated: false,
             dial_failures: 0,
         }
     }
@@ -256,6 +263,7 @@ impl Tunnel {
         self.recv_reliable = 0;
         self.ack_sent = 0;
         self.last_recv = now;
+        self.ping_due = false;
         self.ping_outstanding = false;
         self.pong_due = None;
         self.close_pending = None;
@@ -369,6 +377,8 @@ pub struct Session {
     retransmit: VecDeque<Reliable>,
     control: VecDeque<Reliable>,
     send_data_total: u64,
+    /// Stream bytes written by the application and not yet framed.
+    backlog: u64,
     peer_max_data: u64,
     recv_data_total: u64,
     recv_consumed_total: u64,
@@ -443,6 +453,7 @@ impl Session {
             retransmit: VecDeque::new(),
             control: VecDeque::new(),
             send_data_total: 0,
+            backlog: 0,
             peer_max_data: 0,
             recv_data_total: 0,
             recv_consumed_total: 0,
@@ -490,6 +501,11 @@ impl Session {
     /// Path estimate of tunnel `t` (RTT and rate).
     pub fn tunnel_path(&self, t: usize) -> Option<&PathEstimate> {
         self.tunnels.get(t).map(|x| &x.path)
+    }
+
+    /// Bytes of frames delivered (acknowledged) over tunnel `t`'s current connection.
+    pub fn tunnel_delivered(&self, t: usize) -> u64 {
+        self.tunnels.get(t).map_or(0, |x| x.delivered)
     }
 
     /// Lets a driver that reads TCP_INFO override tunnel `t`'s estimates.
@@ -913,10 +929,13 @@ impl Session {
             }
             Frame::Pong { token } => {
                 let tun = &mut self.tunnels[t];
-                tun.ping_outstanding = false;
-                let sent = self.epoch + Duration::from_micros(token);
-                if sent <= now {
-                    tun.path.on_rtt_sample(now - sent, now);
+                // Only an answer to our outstanding PING is an RTT sample.
+                if tun.ping_outstanding {
+                    tun.ping_outstanding = false;
+                    let sent = self.epoch + Duration::from_micros(token);
+                    if sent <= now {
+                        tun.path.on_rtt_sample(now - sent, now);
+                    }
                 }
                 Ok(())
             }
@@ -1053,7 +1072,7 @@ impl Session {
         s.recv.discard();
         s.peer_reset = Some(code);
         let announce = s.announced && s.local_reset.is_none();
-        Self::abandon_send(s);
+        Self::abandon_send(s, &mut self.backlog);
         if !s.reset_sent {
             s.reset_sent = true;
             let final_sent = s.send_offset;
@@ -1071,7 +1090,8 @@ impl Session {
         Ok(())
     }
 
-    fn abandon_send(s: &mut Stream) {
+    fn abandon_send(s: &mut Stream, backlog: &mut u64) {
+        *backlog -= s.send_queued as u64;
         s.send_queue.clear();
         s.send_queued = 0;
     }
@@ -1195,7 +1215,7 @@ impl Session {
                 }
                 TunnelState::Active => {
                     consider(tun.last_recv + c.tunnel_idle_timeout);
-                    if !tun.ping_outstanding {
+                    if !tun.ping_outstanding && !tun.ping_due {
                         consider(tun.next_ping);
                     }
                 }
@@ -1236,6 +1256,15 @@ impl Session {
                 TunnelState::Active if self.tunnels[t].last_recv + idle <= now => {
                     self.tunnel_down(now, t, TunnelError::IdleTimeout(idle));
                 }
+                TunnelState::Active => {
+                    // The PING goes out with the tunnel's next transmit; the timer is re-armed
+                    // now so that a tunnel with a full send buffer cannot make it fire forever.
+                    let tun = &mut self.tunnels[t];
+                    if !tun.ping_outstanding && !tun.ping_due && tun.next_ping <= now {
+                        tun.ping_due = true;
+                        tun.next_ping = now + self.config.keepalive_interval;
+                    }
+                }
                 _ => {}
             }
         }
@@ -1250,7 +1279,7 @@ impl Session {
     // ----- Output --------------------------------------------------------------------------
 
     /// Whether tunnel `t` has bytes to send now (a hint for drivers that poll lazily).
-    pub fn wants_transmit(&self, now: Instant, t: usize) -> bool {
+    pub fn wants_transmit(&self, t: usize) -> bool {
         let Some(tun) = self.tunnels.get(t) else {
             return false;
         };
@@ -1262,7 +1291,7 @@ impl Session {
         }
         tun.recv_reliable > tun.ack_sent
             || tun.pong_due.is_some()
-            || (!tun.ping_outstanding && tun.next_ping <= now)
+            || tun.ping_due
             || !self.retransmit.is_empty()
             || !self.control.is_empty()
             || !self.ready.is_empty()
@@ -1312,32 +1341,35 @@ impl Session {
             written += f.encoded_len();
             f.encode(&mut self.scratch, copy_below, out);
         }
-        if !tun.ping_outstanding && tun.next_ping <= now {
+        if tun.ping_due {
+            tun.ping_due = false;
             tun.ping_outstanding = true;
-            tun.next_ping = now + self.config.keepalive_interval;
             let token = now.saturating_duration_since(self.epoch).as_micros() as u64;
             let f = Frame::Ping { token };
             written += f.encoded_len();
             f.encode(&mut self.scratch, copy_below, out);
         }
-        self.build_views();
+        self.build_views(t);
         while written < max_bytes {
             let Some(sent) = self.send_one_reliable(now, t, out) else {
                 break;
             };
             written += sent;
         }
+        self.tunnels[t].saturated = written >= max_bytes;
         written
     }
 
-    fn build_views(&mut self) {
+    fn build_views(&mut self, polled: usize) {
         self.views.clear();
-        for tun in &self.tunnels {
+        for (i, tun) in self.tunnels.iter().enumerate() {
+            let full_now = tun.saturated && i != polled;
             self.views.push(PathView {
                 usable: tun.is_active() && tun.close_pending.is_none(),
                 unacked_bytes: tun.unacked_bytes,
                 rate: tun.path.rate(),
                 rtt: tun.path.min_rtt(),
+                waiting_bytes: if full_now { self.backlog } else { 0 },
             });
         }
     }
@@ -1446,7 +1478,7 @@ impl Session {
     }
 
     fn scheduled_here(&mut self, t: usize, frame_len: usize) -> bool {
-        self.scheduler.pick(&self.views, frame_len) == Some(t)
+        self.scheduler.accept(t, &self.views, frame_len)
     }
 
     fn emit(
@@ -1460,7 +1492,6 @@ impl Session {
         let len = frame.encoded_len();
         frame.encode(&mut self.scratch, self.config.copy_threshold, out);
         let tun = &mut self.tunnels[t];
-        let app_limited = (tun.unacked_bytes as f64) < tun.path.bdp();
         tun.unacked_bytes += len as u64;
         tun.sent_reliable += 1;
         tun.retained.push_back(Retained {
@@ -1468,7 +1499,7 @@ impl Session {
             wire_len: len as u64,
             sent_at: now,
             delivered_at_send: tun.delivered,
-            app_limited,
+            app_limited: !tun.saturated,
         });
         self.views[t].unacked_bytes += len as u64;
         self.scheduler.on_sent(t);
@@ -1525,6 +1556,7 @@ impl Session {
                 }
             };
             s.send_queued -= n;
+            self.backlog -= n as u64;
             let fin = s.fin_requested && s.send_queued == 0;
             let offset = s.send_offset;
             s.send_offset += n as u64;
@@ -1632,6 +1664,7 @@ impl Session {
             s.in_ready = true;
             self.ready.push_back(id);
         }
+        self.backlog += n as u64;
         Ok(n)
     }
 
@@ -1679,7 +1712,7 @@ impl Session {
             return Ok(());
         }
         s.local_reset = Some(code);
-        Self::abandon_send(s);
+        Self::abandon_send(s, &mut self.backlog);
         s.recv.discard();
         let consumed = s.recv_highest - s.recv_consumed;
         s.recv_consumed = s.recv_highest;
@@ -1807,6 +1840,7 @@ impl Session {
             }
         }
         self.streams.clear();
+        self.backlog = 0;
         self.ready.clear();
         self.retransmit.clear();
         self.control.clear();

@@ -100,15 +100,6 @@ impl Dir {
             self.propagating.push_back((finish + delay, chunk));
         }
     }
-
-    fn next_time(&self) -> Option<Instant> {
-        let a = self.serializing.front().map(|(t, _)| *t);
-        let b = self.propagating.front().map(|(t, _)| *t);
-        match (a, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -360,25 +351,6 @@ impl SimPair {
                 }
                 _ => {}
             }
-            let closing: Vec<_> = {
-                let link = &mut self.links[t];
-                let (due, later): (Vec<_>, Vec<_>) =
-                    link.closing.drain(..).partition(|(at, _)| *at <= now);
-                link.closing = later;
-                due
-            };
-            for (_, side) in closing {
-                match side {
-                    Side::Client => self
-                        .client
-                        .tunnel_lost(now, t, "closed by peer (simulated)"),
-                    Side::Server => {
-                        if let Some(s) = self.server.as_mut() {
-                            s.tunnel_lost(now, t, "closed by peer (simulated)");
-                        }
-                    }
-                }
-            }
             // Deliveries.
             let stalled = self.links[t].stalled_until.is_some_and(|u| u > now);
             for d in 0..2 {
@@ -408,6 +380,25 @@ impl SimPair {
                     }
                 }
             }
+            let closing: Vec<_> = {
+                let link = &mut self.links[t];
+                let (due, later): (Vec<_>, Vec<_>) =
+                    link.closing.drain(..).partition(|(at, _)| *at <= now);
+                link.closing = later;
+                due
+            };
+            for (_, side) in closing {
+                match side {
+                    Side::Client => self
+                        .client
+                        .tunnel_lost(now, t, "closed by peer (simulated)"),
+                    Side::Server => {
+                        if let Some(s) = self.server.as_mut() {
+                            s.tunnel_lost(now, t, "closed by peer (simulated)");
+                        }
+                    }
+                }
+            }
             // Server handshake timeouts.
             if let Conn::Open {
                 handshake: Some(hs),
@@ -434,8 +425,10 @@ impl SimPair {
     fn close_from_server(&mut self, t: usize) {
         let link = &mut self.links[t];
         link.conn = Conn::None;
-        let delay = link.spec.delay;
-        link.closing.push((self.now + delay, Side::Client));
+        // The close follows whatever the server still had queued (a refusal, say), as TCP's FIN
+        // follows the data before it.
+        let after = link.dirs[1].busy_until.max(self.now) + link.spec.delay;
+        link.closing.push((after, Side::Client));
     }
 
     fn deliver_to_server(&mut self, t: usize) {
@@ -550,11 +543,14 @@ impl SimPair {
                 consider(*at);
             }
             for d in &link.dirs {
-                if let Some(t) = d.next_time() {
-                    match link.stalled_until {
-                        Some(u) if u > t && d.serializing.is_empty() => consider(u),
-                        _ => consider(t),
-                    }
+                if let Some((finish, _)) = d.serializing.front() {
+                    consider(*finish);
+                }
+                if let Some((arrive, _)) = d.propagating.front() {
+                    consider(match link.stalled_until {
+                        Some(until) if until > *arrive => until,
+                        _ => *arrive,
+                    });
                 }
             }
         }
