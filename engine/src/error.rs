@@ -41,13 +41,25 @@ pub enum SessionError {
     /// The peer sent beyond the credit it was given.
     #[error("flow control violated on stream {stream}: offset {offset} beyond credit {limit}")]
     FlowControl {
-        /// Stream id (0 for the session window).
+        /// Stream id.
         stream: u64,
         /// End offset the peer sent.
         offset: u64,
         /// Credit it had.
         limit: u64,
     },
+    /// The peer sent beyond the session's credit.
+    #[error("session flow control violated: {received} bytes received, credit {limit}")]
+    SessionFlowControl {
+        /// Stream bytes received in total.
+        received: u64,
+        /// Session credit given.
+        limit: u64,
+    },
+    /// A tunnel handshake failed in a way retrying cannot fix, before the session was ever
+    /// established (wrong key, unsupported version, not an mtcpd server).
+    #[error("handshake failed: {0}")]
+    Handshake(HandshakeError),
     /// The peer opened more streams than allowed.
     #[error("stream limit exceeded: stream {stream} beyond {limit} allowed")]
     StreamLimit {
@@ -88,7 +100,8 @@ impl SessionError {
     pub fn code(&self) -> u32 {
         match self {
             Self::Frame { .. } | Self::Protocol(_) => code::PROTOCOL_VIOLATION,
-            Self::FlowControl { .. } => code::FLOW_CONTROL,
+            Self::FlowControl { .. } | Self::SessionFlowControl { .. } => code::FLOW_CONTROL,
+            Self::Handshake(_) => code::PROTOCOL_VIOLATION,
             Self::StreamLimit { .. } => code::STREAM_LIMIT,
             Self::UnknownStream(_) => code::UNKNOWN_STREAM,
             Self::AllTunnelsLost(_) | Self::SessionLost => code::IDLE,

@@ -60,6 +60,28 @@ pub struct TransportParams {
     pub max_streams: u64,
 }
 
+impl TransportParams {
+    /// Checks a peer's announced limits: every one must let traffic flow.
+    pub fn validate(&self) -> Result<(), HandshakeError> {
+        if self.max_frame_body < 1024 || self.max_frame_body > crate::wire::ABSOLUTE_MAX_FRAME_BODY
+        {
+            return Err(HandshakeError::Malformed("max_frame_body out of range"));
+        }
+        if self.stream_window < 1024 {
+            return Err(HandshakeError::Malformed("stream_window below 1024"));
+        }
+        if self.session_window < self.stream_window {
+            return Err(HandshakeError::Malformed(
+                "session_window below stream_window",
+            ));
+        }
+        if self.max_streams == 0 {
+            return Err(HandshakeError::Malformed("max_streams is 0"));
+        }
+        Ok(())
+    }
+}
+
 /// Encoded size of [`TransportParams`].
 pub const PARAMS_LEN: usize = 28;
 
@@ -326,7 +348,8 @@ pub enum ProofLabel {
     Client,
 }
 
-/// HMAC-SHA256(key, label ‖ session id ‖ tunnel index ‖ client nonce ‖ server nonce).
+/// HMAC-SHA256(key, label ‖ session id ‖ tunnel index ‖ client nonce ‖ server nonce ‖ status).
+/// The status is the ServerHello's (the client's proof uses `Ok`), so refusals are signed too.
 pub fn proof(
     key: &[u8],
     label: ProofLabel,
@@ -334,23 +357,24 @@ pub fn proof(
     tunnel_index: u16,
     client_nonce: &[u8; NONCE_LEN],
     server_nonce: &[u8; NONCE_LEN],
+    status: HelloStatus,
 ) -> [u8; PROOF_LEN] {
-    let tag = proof_mac(
-        key,
-        label,
+    let mut mac = proof_mac(key, label);
+    proof_input(
+        &mut mac,
         session_id,
         tunnel_index,
         client_nonce,
         server_nonce,
-    )
-    .finalize()
-    .into_bytes();
+        status,
+    );
     let mut out = [0; PROOF_LEN];
-    out.copy_from_slice(&tag);
+    out.copy_from_slice(&mac.finalize().into_bytes());
     out
 }
 
 /// Constant-time check of a received proof.
+#[allow(clippy::too_many_arguments)]
 pub fn verify_proof(
     key: &[u8],
     label: ProofLabel,
@@ -358,28 +382,22 @@ pub fn verify_proof(
     tunnel_index: u16,
     client_nonce: &[u8; NONCE_LEN],
     server_nonce: &[u8; NONCE_LEN],
+    status: HelloStatus,
     received: &[u8; PROOF_LEN],
 ) -> bool {
-    proof_mac(
-        key,
-        label,
+    let mut mac = proof_mac(key, label);
+    proof_input(
+        &mut mac,
         session_id,
         tunnel_index,
         client_nonce,
         server_nonce,
-    )
-    .verify_slice(received)
-    .is_ok()
+        status,
+    );
+    mac.verify_slice(received).is_ok()
 }
 
-fn proof_mac(
-    key: &[u8],
-    label: ProofLabel,
-    session_id: &SessionId,
-    tunnel_index: u16,
-    client_nonce: &[u8; NONCE_LEN],
-    server_nonce: &[u8; NONCE_LEN],
-) -> Hmac<Sha256> {
+fn proof_mac(key: &[u8], label: ProofLabel) -> Hmac<Sha256> {
     let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
         Ok(mac) => mac,
         Err(_) => unreachable!("HMAC accepts keys of any length"),
@@ -388,11 +406,22 @@ fn proof_mac(
         ProofLabel::Server => b"mtcpd v1 server proof",
         ProofLabel::Client => b"mtcpd v1 client proof",
     });
+    mac
+}
+
+fn proof_input(
+    mac: &mut Hmac<Sha256>,
+    session_id: &SessionId,
+    tunnel_index: u16,
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+    status: HelloStatus,
+) {
     mac.update(session_id);
     mac.update(&tunnel_index.to_be_bytes());
     mac.update(client_nonce);
     mac.update(server_nonce);
-    mac
+    mac.update(&(status as u16).to_be_bytes());
 }
 
 /// What the server's handshake settled: a verified tunnel to attach to a session.
@@ -506,7 +535,20 @@ impl ServerHandshake {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(ServerProgress::Pending),
                 Err(HandshakeError::UnsupportedVersion { peer }) => {
-                    self.refuse(HelloStatus::UnsupportedVersion, 0);
+                    // A foreign version's hello need not have our layout, so the refusal cannot
+                    // be signed; a client takes it as final only before its session is
+                    // established.
+                    self.finished = true;
+                    ServerHello {
+                        version: PROTOCOL_VERSION,
+                        status: HelloStatus::UnsupportedVersion,
+                        pool_size: 0,
+                        capabilities: 0,
+                        nonce: self.server_nonce,
+                        proof: [0; PROOF_LEN],
+                        params: self.params,
+                    }
+                    .encode(&mut self.output);
                     return Err(HandshakeError::UnsupportedVersion { peer });
                 }
                 Err(e) => {
@@ -514,13 +556,17 @@ impl ServerHandshake {
                     return Err(e);
                 }
             };
+            if let Err(e) = hello.params.validate() {
+                self.finished = true;
+                return Err(e);
+            }
             let pool = hello.pool_size.clamp(1, self.max_pool);
             if hello.tunnel_index >= pool {
-                self.refuse(HelloStatus::TunnelIndexOutOfRange, pool);
+                self.refuse(&hello, HelloStatus::TunnelIndexOutOfRange, pool);
                 return Err(HandshakeError::Refused(HelloStatus::TunnelIndexOutOfRange));
             }
             if let Admission::Refuse(status) = admit(&hello) {
-                self.refuse(status, pool);
+                self.refuse(&hello, status, pool);
                 return Err(HandshakeError::Refused(status));
             }
             let proof = proof(
@@ -530,6 +576,7 @@ impl ServerHandshake {
                 hello.tunnel_index,
                 &hello.nonce,
                 &self.server_nonce,
+                HelloStatus::Ok,
             );
             ServerHello {
                 version: PROTOCOL_VERSION,
@@ -562,6 +609,7 @@ impl ServerHandshake {
             hello.tunnel_index,
             &hello.nonce,
             &self.server_nonce,
+            HelloStatus::Ok,
             &client_proof,
         ) {
             return Err(HandshakeError::WrongKey);
@@ -576,15 +624,24 @@ impl ServerHandshake {
         }))
     }
 
-    fn refuse(&mut self, status: HelloStatus, pool: u16) {
+    fn refuse(&mut self, hello: &ClientHello, status: HelloStatus, pool: u16) {
         self.finished = true;
+        let proof = proof(
+            &self.key,
+            ProofLabel::Server,
+            &hello.session_id,
+            hello.tunnel_index,
+            &hello.nonce,
+            &self.server_nonce,
+            status,
+        );
         ServerHello {
             version: PROTOCOL_VERSION,
             status,
             pool_size: pool,
             capabilities: 0,
             nonce: self.server_nonce,
-            proof: [0; PROOF_LEN],
+            proof,
             params: self.params,
         }
         .encode(&mut self.output);
@@ -612,8 +669,8 @@ mod tests {
 
     const PARAMS: TransportParams = TransportParams {
         max_frame_body: 65536,
-        stream_window: 1,
-        session_window: 2,
+        stream_window: 65536,
+        session_window: 1 << 20,
         max_streams: 3,
     };
 
@@ -670,27 +727,30 @@ mod tests {
 
     #[test]
     fn proofs_depend_on_every_input() {
-        let base = proof(b"key", ProofLabel::Server, &[1; 16], 0, &[2; 16], &[3; 16]);
+        let ok = HelloStatus::Ok;
+        let p = |key: &[u8], label, idx, cn: u8, sn: u8, status| {
+            proof(key, label, &[1; 16], idx, &[cn; 16], &[sn; 16], status)
+        };
+        let base = p(b"key", ProofLabel::Server, 0, 2, 3, ok);
+        assert_ne!(base, p(b"kez", ProofLabel::Server, 0, 2, 3, ok));
+        assert_ne!(base, p(b"key", ProofLabel::Client, 0, 2, 3, ok));
+        assert_ne!(base, p(b"key", ProofLabel::Server, 1, 2, 3, ok));
+        assert_ne!(base, p(b"key", ProofLabel::Server, 0, 9, 3, ok));
+        assert_ne!(base, p(b"key", ProofLabel::Server, 0, 2, 9, ok));
         assert_ne!(
             base,
-            proof(b"kez", ProofLabel::Server, &[1; 16], 0, &[2; 16], &[3; 16])
+            p(
+                b"key",
+                ProofLabel::Server,
+                0,
+                2,
+                3,
+                HelloStatus::UnknownSession
+            )
         );
-        assert_ne!(
-            base,
-            proof(b"key", ProofLabel::Client, &[1; 16], 0, &[2; 16], &[3; 16])
-        );
-        assert_ne!(
-            base,
-            proof(b"key", ProofLabel::Server, &[1; 16], 1, &[2; 16], &[3; 16])
-        );
+        let label = ProofLabel::Server;
         assert!(verify_proof(
-            b"key",
-            ProofLabel::Server,
-            &[1; 16],
-            0,
-            &[2; 16],
-            &[3; 16],
-            &base
+            b"key", label, &[1; 16], 0, &[2; 16], &[3; 16], ok, &base
         ));
     }
 }

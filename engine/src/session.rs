@@ -16,7 +16,7 @@
 //!   or [`Session::tunnel_dial_failed`]. On [`Event::TunnelDown`], close that socket. When a socket
 //!   fails, report [`Session::tunnel_lost`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -370,6 +370,8 @@ pub struct Session {
     next_local_index: u64,
     local_stream_limit: u64,
     peer_streams_seen: u64,
+    /// Peer stream indices below `peer_streams_seen` that no frame has named yet: start → end.
+    peer_unseen: BTreeMap<u64, u64>,
     peer_streams_closed: u64,
     peer_stream_limit: u64,
     max_streams_queued: bool,
@@ -446,6 +448,7 @@ impl Session {
             next_local_index: 0,
             local_stream_limit: 0,
             peer_streams_seen: 0,
+            peer_unseen: BTreeMap::new(),
             peer_streams_closed: 0,
             peer_stream_limit: config.max_streams,
             max_streams_queued: false,
@@ -710,23 +713,12 @@ impl Session {
                 Ok(Some(hello)) => {
                     if let Err(e) = self.on_server_hello(now, t, since, nonce, hello) {
                         buf.clear();
-                        if e == HandshakeError::Refused(HelloStatus::UnknownSession) {
-                            return Err(self.fail(now, SessionError::SessionLost));
-                        }
-                        let reason =
-                            if e == HandshakeError::Refused(HelloStatus::TunnelIndexOutOfRange) {
-                                TunnelError::Retired
-                            } else {
-                                TunnelError::Handshake(e)
-                            };
-                        self.tunnel_down(now, t, reason);
-                        return Ok(());
+                        return self.on_handshake_failure(now, t, e);
                     }
                 }
                 Err(e) => {
                     buf.clear();
-                    self.tunnel_down(now, t, TunnelError::Handshake(e));
-                    return Ok(());
+                    return self.on_handshake_failure(now, t, e);
                 }
             }
         }
@@ -765,6 +757,43 @@ impl Session {
         }
     }
 
+    /// A client tunnel's handshake failed. Refusals that cannot heal by retrying (wrong key,
+    /// unsupported version, a server that speaks something else) end a session that never got
+    /// established, with that error, instead of re-dialing forever; once established, the session
+    /// rides on its other tunnels and the slot is re-dialed. A server that forgot the session
+    /// (restart) means its streams are gone: the session ends.
+    fn on_handshake_failure(
+        &mut self,
+        now: Instant,
+        t: usize,
+        e: HandshakeError,
+    ) -> Result<(), SessionError> {
+        let permanent = matches!(
+            e,
+            HandshakeError::WrongKey
+                | HandshakeError::UnsupportedVersion { .. }
+                | HandshakeError::BadMagic
+                | HandshakeError::Malformed(_)
+        );
+        match e {
+            HandshakeError::Refused(HelloStatus::UnknownSession) => {
+                Err(self.fail(now, SessionError::SessionLost))
+            }
+            HandshakeError::Refused(HelloStatus::TunnelIndexOutOfRange) => {
+                self.tunnel_down(now, t, TunnelError::Retired);
+                Ok(())
+            }
+            e if permanent && !self.established => {
+                self.tunnel_down(now, t, TunnelError::Handshake(e.clone()));
+                Err(self.fail(now, SessionError::Handshake(e)))
+            }
+            e => {
+                self.tunnel_down(now, t, TunnelError::Handshake(e));
+                Ok(())
+            }
+        }
+    }
+
     fn on_server_hello(
         &mut self,
         now: Instant,
@@ -778,9 +807,8 @@ impl Session {
                 peer: hello.version,
             });
         }
-        if hello.status != HelloStatus::Ok {
-            return Err(HandshakeError::Refused(hello.status));
-        }
+        // Refusals are signed like acceptances, so nobody without the key can end a session by
+        // injecting one.
         if !verify_proof(
             &self.config.psk,
             ProofLabel::Server,
@@ -788,13 +816,18 @@ impl Session {
             t as u16,
             &nonce,
             &hello.nonce,
+            hello.status,
             &hello.proof,
         ) {
             return Err(HandshakeError::WrongKey);
         }
-        if hello.pool_size == 0 || hello.params.max_frame_body < wire::DATA_FIXED_LEN as u32 + 1 {
-            return Err(HandshakeError::Malformed("ServerHello limits out of range"));
+        if hello.status != HelloStatus::Ok {
+            return Err(HandshakeError::Refused(hello.status));
         }
+        if hello.pool_size == 0 {
+            return Err(HandshakeError::Malformed("ServerHello pool size 0"));
+        }
+        hello.params.validate()?;
         let client_proof = proof(
             &self.config.psk,
             ProofLabel::Client,
@@ -802,6 +835,7 @@ impl Session {
             t as u16,
             &nonce,
             &hello.nonce,
+            HelloStatus::Ok,
         );
         if self.peer_params.is_none() {
             self.peer_params = Some(hello.params);
@@ -851,16 +885,44 @@ impl Session {
                 limit: self.peer_stream_limit,
             });
         }
-        // Frames overtake each other across tunnels, so a later stream's frame may come first:
-        // every lower peer stream exists too (bounded by the stream limit just checked).
-        let send_max = self.peer_params.map_or(0, |p| p.stream_window);
-        while self.peer_streams_seen <= index {
-            let sid = (self.peer_streams_seen << 1) | (1 - local_parity);
+        // Frames overtake each other across tunnels, so a later stream's frame may come first.
+        // Peer streams are created when a frame first names them; the indices skipped below the
+        // highest seen are remembered as ranges, so an early frame for a far stream allocates
+        // nothing for the ones in between, and a frame for a forgotten stream is told apart
+        // from one for a stream not yet seen.
+        let fresh = if index >= self.peer_streams_seen {
+            if index > self.peer_streams_seen {
+                self.peer_unseen.insert(self.peer_streams_seen, index);
+            }
+            self.peer_streams_seen = index + 1;
+            true
+        } else {
+            self.take_unseen(index)
+        };
+        if fresh {
+            let send_max = self.peer_params.map_or(0, |p| p.stream_window);
             self.streams
-                .insert(sid, Stream::new(false, send_max, self.config.stream_window));
-            self.peer_streams_seen += 1;
+                .insert(id, Stream::new(false, send_max, self.config.stream_window));
         }
         Ok(self.streams.contains_key(&id))
+    }
+
+    /// Removes `index` from the skipped ranges; true if it was there (never seen before).
+    fn take_unseen(&mut self, index: u64) -> bool {
+        let Some((&start, &end)) = self.peer_unseen.range(..=index).next_back() else {
+            return false;
+        };
+        if index >= end {
+            return false;
+        }
+        self.peer_unseen.remove(&start);
+        if start < index {
+            self.peer_unseen.insert(start, index);
+        }
+        if index + 1 < end {
+            self.peer_unseen.insert(index + 1, end);
+        }
+        true
     }
 
     fn on_frame(&mut self, now: Instant, t: usize, frame: Frame) -> Result<(), SessionError> {
@@ -1005,9 +1067,8 @@ impl Session {
             self.recv_data_total += end - s.recv_highest;
             s.recv_highest = end;
             if self.recv_data_total > self.recv_max_data {
-                return Err(SessionError::FlowControl {
-                    stream: 0,
-                    offset: self.recv_data_total,
+                return Err(SessionError::SessionFlowControl {
+                    received: self.recv_data_total,
                     limit: self.recv_max_data,
                 });
             }
@@ -1065,6 +1126,12 @@ impl Session {
             });
         }
         self.recv_data_total += final_offset - s.recv_highest;
+        if self.recv_data_total > self.recv_max_data {
+            return Err(SessionError::SessionFlowControl {
+                received: self.recv_data_total,
+                limit: self.recv_max_data,
+            });
+        }
         s.recv_highest = final_offset;
         s.final_size = Some(final_offset);
         self.recv_consumed_total += final_offset - s.recv_consumed;

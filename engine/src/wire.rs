@@ -163,11 +163,11 @@ pub enum Frame {
 
 impl Frame {
     /// True for frames that the receiver counts and acknowledges, and the sender retains for
-    /// resend (everything except ACK, PING and PONG).
+    /// resend (everything except ACK, PING, PONG, and CLOSE, which ends the session).
     pub fn is_reliable(&self) -> bool {
         !matches!(
             self,
-            Frame::Ack { .. } | Frame::Ping { .. } | Frame::Pong { .. }
+            Frame::Ack { .. } | Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. }
         )
     }
 
