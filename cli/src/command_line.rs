@@ -43,6 +43,7 @@ Configuration:
 
 Environment:
   RUST_LOG      log filter (default: info), e.g. RUST_LOG=debug or RUST_LOG=mtcpd=debug
+                (the seed's RUST_LOG=mtcp=debug works too: targets match by prefix)
   MTCPD_IO      I/O driver, same as --io
   MTCPD_CONFIG  config file, same as -c
 
@@ -88,8 +89,9 @@ pub enum Command {
 /// Options accepted before or after the subcommand.
 #[derive(Debug, Args)]
 pub struct SharedOptions {
-    /// Which end of the tunnel this process is. With `check`, validates the file for this
-    /// role; otherwise the role comes from the file's `mode` or its [server]/[client] table.
+    /// Which end of the tunnel this process is (same as the `server`/`client` commands).
+    /// Without it, the role comes from the file's `mode`, or from its only [server]/[client]
+    /// table. With `check`, validates the file for this role.
     #[arg(long, value_enum, global = true)]
     pub role: Option<Role>,
 
