@@ -163,6 +163,13 @@ fn rust_log_controls_logging() {
         stderr.contains("daemon runtime not yet available"),
         "errors still print"
     );
+
+    let seed_filter = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+        .args(["--role", "server"])
+        .env("RUST_LOG", "mtcp=debug")
+        .output()
+        .unwrap();
+    assert!(text(&seed_filter.stderr).contains("configuration loaded"));
 }
 
 #[test]
