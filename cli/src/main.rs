@@ -1,30 +1,100 @@
-//! `mtcpd`: the multi-TCP aggregation tunnel daemon.
+//! `mtcpd`: the multi-TCP aggregation tunnel daemon's entry point.
 //!
-//! Placeholder until the daemon lands (issue 3): it parses the role and says what it would run.
+//! Owns: process set-up (logging with `RUST_LOG`, exit codes) and dispatch of the parsed
+//! command line. Must not touch: config rules (`mtcpd::config`), the CLI grammar
+//! (`mtcpd::command_line`) or the runtime (reached only through `mtcpd::daemon::run_daemon`).
 
-use anyhow::Result;
-use clap::Parser;
+use std::io::IsTerminal;
+use std::process::ExitCode;
 
-/// Command line of the mtcpd daemon.
-#[derive(Debug, Parser)]
-#[command(
-    name = "mtcpd",
-    version,
-    about = "Multi-TCP aggregation tunnel (client and server daemon)"
-)]
-struct Cli {
-    /// Which end of the tunnel this process is.
-    #[arg(long, value_parser = ["server", "client"])]
-    role: Option<String>,
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
+use mtcpd::command_line::{Action, Cli};
+use mtcpd::config::{self, ConfigOrigin, DaemonConfig, LoadRequest, Role, defaults};
+use mtcpd::daemon::run_daemon;
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a command line that parses but makes no sense (clap uses 2 as well).
+const USAGE_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let action = match cli.action() {
+        Ok(action) => action,
+        Err(usage_error) => {
+            let mut command = Cli::command();
+            let error = command.error(clap::error::ErrorKind::ArgumentConflict, usage_error);
+            let _ = error.print();
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    let outcome = match action {
+        Action::Check(request) => check(&request),
+        Action::Run(request) => run(&request),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mtcpd: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    println!(
-        "mtcpd {} (protocol version {}): the daemon is not built yet; role = {:?}",
-        env!("CARGO_PKG_VERSION"),
-        mtcpd_engine::wire::PROTOCOL_VERSION,
-        cli.role
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// `mtcpd check`: validate, print the resolved config on stdout.
+fn check(request: &LoadRequest) -> anyhow::Result<()> {
+    let config = load_config(request)?;
+    print!("{config}");
+    eprintln!(
+        "mtcpd: {}: valid {} configuration",
+        config.origin, config.role
     );
     Ok(())
+}
+
+/// `mtcpd server|client` / `mtcpd --role …`: load, then hand over to the runtime.
+fn run(request: &LoadRequest) -> anyhow::Result<()> {
+    let config = load_config(request)?;
+    run_daemon(config.role, &config)
+}
+
+fn load_config(request: &LoadRequest) -> anyhow::Result<DaemonConfig> {
+    // The error itself names the file and the key.
+    let config = config::load(request).context("configuration rejected")?;
+    if config.origin == ConfigOrigin::BuiltInDefaults {
+        announce_defaults(config.role);
+    }
+    if config.psk.is_none() {
+        tracing::warn!("no psk or psk_file set: tunnels are not authenticated");
+    }
+    Ok(config)
+}
+
+fn announce_defaults(role: Role) {
+    match role {
+        Role::Server => tracing::info!(
+            "no config file given (-c): using built-in defaults: listening for tunnels on {}, \
+             forwarding streams to {}",
+            defaults::SERVER_LISTEN,
+            defaults::SERVER_BACKEND
+        ),
+        Role::Client => tracing::info!(
+            "no config file given (-c): using built-in defaults: listening on {}, connecting \
+             to server {} with {} tunnels",
+            defaults::CLIENT_LISTEN,
+            defaults::CLIENT_SERVER,
+            defaults::CLIENT_POOL_SIZE
+        ),
+    }
 }

@@ -1,0 +1,241 @@
+//! The `mtcpd` command-line grammar (clap derive) and its translation into a `LoadRequest`.
+//!
+//! Owns: commands, flags, env vars and `--help` text. Must not touch: configuration rules
+//! (the `config` module decides what is valid) or the runtime.
+//!
+//! Accepted forms:
+//! - `mtcpd --role server|client [-c FILE] [--cores N] [--io auto|uring|mio]`
+//! - `mtcpd server -c FILE` / `mtcpd client -c FILE` (the seed's form)
+//! - `mtcpd check -c FILE [--role server|client]`
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CommandLineOverrides, IoDriver, LoadRequest, Role};
+
+const LONG_ABOUT: &str = "\
+mtcpd carries many application TCP connections over a pool of N pre-opened TCP \
+connections (tunnels) between a client and a server daemon. Each application connection \
+becomes a stream whose bytes are split across the tunnels and put back in order at the \
+far end, so one connection gets about N congestion windows, and new connections need no \
+handshake across the WAN (0-RTT).
+
+Roles:
+  client  runs near the applications: listens on local addresses (forwards), opens the
+          tunnel pool to the server and carries each accepted connection as a stream.
+  server  runs near the services: accepts tunnels and connects each stream to its target
+          (an allowed [[server.forward]] target, else the default backend).";
+
+const AFTER_HELP: &str = "\
+Defaults when no config file is given:
+  server  listens for tunnels on 127.0.0.1:8000, forwards streams to 127.0.0.1:9000
+  client  listens for applications on 127.0.0.1:7000, connects to the server at
+          127.0.0.1:8000 with a pool of 8 tunnels
+  Pool sizes need not match: the client proposes, the server grants at most its own
+  connection_pool_size (and limits.max_tunnels).
+
+Configuration:
+  TOML. Every key, its meaning and its default is in config/mtcpd.example.toml; the seed's
+  config/config.server.toml and config/config.client.toml load unchanged. `mtcpd check -c FILE`
+  validates a file and prints the resolved configuration. Errors name the file, the key
+  (e.g. client.server_port) and what is wrong.
+
+Environment:
+  RUST_LOG      log filter (default: info), e.g. RUST_LOG=debug or RUST_LOG=mtcpd=debug
+                (the seed's RUST_LOG=mtcp=debug works too: targets match by prefix)
+  MTCPD_IO      I/O driver, same as --io
+  MTCPD_CONFIG  config file, same as -c
+
+Exit status: 0 on success, 1 on a configuration or runtime error, 2 on a usage error.
+
+Examples:
+  mtcpd server -c config/config.server.toml
+  mtcpd client -c config/config.client.toml
+  mtcpd --role server --cores 8
+  mtcpd check -c config/mtcpd.example.toml --role client";
+
+/// Command line of the mtcpd daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mtcpd",
+    version,
+    about = "Multi-TCP aggregation tunnel: client and server daemon",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_HELP,
+    after_help = "Defaults, config reference and environment variables: see `mtcpd --help`."
+)]
+pub struct Cli {
+    /// What to do; without a command, run the daemon given by --role (or the config's mode).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub options: SharedOptions,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server daemon (same as --role server).
+    Server,
+    /// Run the client daemon (same as --role client).
+    Client,
+    /// Validate a config file, print the resolved configuration, exit 0 if valid, 1 if not.
+    Check,
+}
+
+/// Options accepted before or after the subcommand.
+#[derive(Debug, Args)]
+pub struct SharedOptions {
+    /// Which end of the tunnel this process is (same as the `server`/`client` commands).
+    /// Without it, the role comes from the file's `mode`, or from its only [server]/[client]
+    /// table. With `check`, validates the file for this role.
+    #[arg(long, value_enum, global = true)]
+    pub role: Option<Role>,
+
+    /// TOML config file. Without it, built-in defaults are used (see below).
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        env = "MTCPD_CONFIG",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Worker threads, one pinned per core [default: all available cores; overrides `cores`].
+    #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub cores: Option<u16>,
+
+    /// I/O driver: auto probes the kernel for io_uring and falls back to mio
+    /// [default: auto; overrides `io`].
+    #[arg(long, value_enum, env = "MTCPD_IO", global = true)]
+    pub io: Option<IoDriver>,
+}
+
+/// What `main` should do, after reconciling the subcommand with `--role`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Run the daemon (role may still come from the config file).
+    Run(LoadRequest),
+    /// Validate and print.
+    Check(LoadRequest),
+}
+
+/// A command line that parses but does not make sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UsageError {
+    /// `mtcpd server --role client`.
+    #[error("`mtcpd {command}` conflicts with --role {role}")]
+    RoleConflict {
+        /// The subcommand's role.
+        command: Role,
+        /// The flag's role.
+        role: Role,
+    },
+    /// `mtcpd` with no role, no command and no config.
+    #[error(
+        "say which end to run: `mtcpd server`, `mtcpd client`, `mtcpd --role server|client`, \
+         or give a config file with -c (see `mtcpd --help`)"
+    )]
+    NothingToRun,
+}
+
+impl Cli {
+    /// Reconciles the subcommand with `--role` and builds the load request.
+    pub fn action(&self) -> Result<Action, UsageError> {
+        let command_role = match self.command {
+            Some(Command::Server) => Some(Role::Server),
+            Some(Command::Client) => Some(Role::Client),
+            Some(Command::Check) | None => None,
+        };
+        let role = match (command_role, self.options.role) {
+            (Some(command), Some(role)) if command != role => {
+                return Err(UsageError::RoleConflict { command, role });
+            }
+            (Some(role), _) | (None, Some(role)) => Some(role),
+            (None, None) => None,
+        };
+        let request = LoadRequest {
+            file: self.options.config.clone(),
+            overrides: CommandLineOverrides {
+                role,
+                cores: self.options.cores.map(usize::from),
+                io: self.options.io,
+            },
+        };
+        match self.command {
+            Some(Command::Check) => Ok(Action::Check(request)),
+            _ if role.is_none() && request.file.is_none() => Err(UsageError::NothingToRun),
+            _ => Ok(Action::Run(request)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action_of(arguments: &[&str]) -> Result<Action, UsageError> {
+        let cli = Cli::try_parse_from(arguments).expect("arguments should parse");
+        cli.action()
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seed_form_sets_role_and_file() {
+        let Action::Run(request) = action_of(&["mtcpd", "server", "-c", "s.toml"]).unwrap() else {
+            panic!("expected run");
+        };
+        assert_eq!(request.overrides.role, Some(Role::Server));
+        assert_eq!(request.file, Some(PathBuf::from("s.toml")));
+    }
+
+    #[test]
+    fn role_flag_form_takes_cores_and_io() {
+        let Action::Run(request) =
+            action_of(&["mtcpd", "--role", "client", "--cores", "4", "--io", "mio"]).unwrap()
+        else {
+            panic!("expected run");
+        };
+        assert_eq!(request.overrides.role, Some(Role::Client));
+        assert_eq!(request.overrides.cores, Some(4));
+        assert_eq!(request.overrides.io, Some(IoDriver::Mio));
+        assert_eq!(request.file, None);
+    }
+
+    #[test]
+    fn options_may_follow_or_precede_the_command() {
+        let before = action_of(&["mtcpd", "-c", "f.toml", "check"]).unwrap();
+        let after = action_of(&["mtcpd", "check", "-c", "f.toml"]).unwrap();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn conflicting_roles_are_a_usage_error() {
+        assert_eq!(
+            action_of(&["mtcpd", "server", "--role", "client"]),
+            Err(UsageError::RoleConflict {
+                command: Role::Server,
+                role: Role::Client
+            })
+        );
+    }
+
+    #[test]
+    fn nothing_to_run_is_a_usage_error() {
+        assert_eq!(action_of(&["mtcpd"]), Err(UsageError::NothingToRun));
+    }
+
+    #[test]
+    fn zero_cores_is_refused_by_the_parser() {
+        assert!(Cli::try_parse_from(["mtcpd", "--role", "server", "--cores", "0"]).is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! mtcpd configuration: TOML file → validation → a typed `DaemonConfig`.
+//!
+//! Owns: reading the config file, its schema, defaults and validation. The pipeline is
+//! parse (`raw`, serde with `deny_unknown_fields`) → validate (`validate`) → resolved
+//! (`resolved::DaemonConfig`), and a bad config never yields a config: every error names
+//! the file, the dotted key and what is wrong (`error::ConfigError`).
+//! Must not touch: sockets, threads, the engine, logging set-up or the command line
+//! (`main.rs` turns the command line into a `LoadRequest`).
+//!
+//! The seed's `config.server.toml` / `config.client.toml` load unchanged. One difference
+//! from the seed: `connection_pool_size` need not match between the two ends. The client
+//! proposes its pool size, the server grants at most its own `connection_pool_size` (and
+//! at most `limits.max_tunnels`). The full reference, with every key and default, is
+//! `config/mtcpd.example.toml`.
+
+mod error;
+mod raw;
+mod resolved;
+mod units;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, ConfigOrigin, TextPosition};
+pub use resolved::{
+    ClientConfig, ClientForward, DaemonConfig, Endpoint, IoDriver, Limits, PreSharedKey, Role,
+    RuntimeOptions, ServerConfig, ServerForward, TargetAddr, defaults,
+};
+pub use units::{ByteSize, HumanDuration};
+pub use validate::{CommandLineOverrides, MAX_PSK_BYTES, MIN_PSK_BYTES, parse_target};
+
+/// What to load: an optional file plus what the command line says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadRequest {
+    /// `-c FILE`; `None` = built-in defaults for the role.
+    pub file: Option<PathBuf>,
+    /// Role and settings from the command line; they win over the file.
+    pub overrides: CommandLineOverrides,
+}
+
+/// Loads, validates and resolves a configuration.
+pub fn load(request: &LoadRequest) -> Result<DaemonConfig, ConfigError> {
+    match &request.file {
+        None => validate::resolve(
+            None,
+            ConfigOrigin::BuiltInDefaults,
+            Path::new("."),
+            request.overrides,
+        ),
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|io_error| ConfigError::Unreadable {
+                    path: path.clone(),
+                    io_error,
+                })?;
+            let base_dir = path
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            load_str(
+                &text,
+                ConfigOrigin::File(path.clone()),
+                base_dir,
+                request.overrides,
+            )
+        }
+    }
+}
+
+/// Validates and resolves configuration `text` that came from `origin`; a relative
+/// `psk_file` is looked up in `base_dir`.
+pub fn load_str(
+    text: &str,
+    origin: ConfigOrigin,
+    base_dir: &Path,
+    overrides: CommandLineOverrides,
+) -> Result<DaemonConfig, ConfigError> {
+    if let Err(syntax_error) = text.parse::<toml::Table>() {
+        return Err(ConfigError::Syntax {
+            position: syntax_error
+                .span()
+                .map(|span| TextPosition::of_offset(text, span.start)),
+            message: syntax_error.message().trim().to_owned(),
+            origin,
+        });
+    }
+    let deserializer = toml::Deserializer::new(text);
+    let raw: raw::RawConfigFile = serde_path_to_error::deserialize(deserializer)
+        .map_err(|error| ConfigError::from_deserialize(&origin, text, error))?;
+    validate::resolve(Some(raw), origin, base_dir, overrides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, role: Option<Role>) -> Result<DaemonConfig, ConfigError> {
+        load_str(
+            text,
+            ConfigOrigin::File("test.toml".into()),
+            Path::new("."),
+            CommandLineOverrides {
+                role,
+                ..CommandLineOverrides::default()
+            },
+        )
+    }
+
+    fn error_key(text: &str, role: Option<Role>) -> String {
+        let error = load_text(text, role).expect_err("config should be refused");
+        error
+            .key()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("no key: {error}"))
+    }
+
+    #[test]
+    fn no_file_gives_documented_server_defaults() {
+        let config = load(&LoadRequest {
+            file: None,
+            overrides: CommandLineOverrides {
+                role: Some(Role::Server),
+                ..CommandLineOverrides::default()
+            },
+        })
+        .unwrap();
+        let server = config.server().unwrap();
+        assert_eq!(server.listen, defaults::SERVER_LISTEN);
+        assert_eq!(server.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(server.default_backend.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.origin, ConfigOrigin::BuiltInDefaults);
+        assert_eq!(config.runtime.congestion, "bbr");
+        assert_eq!(config.runtime.io, IoDriver::Auto);
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn no_file_gives_documented_client_defaults() {
+        let config = load(&LoadRequest {
+            file: None,
+            overrides: CommandLineOverrides {
+                role: Some(Role::Client),
+                ..CommandLineOverrides::default()
+            },
+        })
+        .unwrap();
+        let client = config.client().unwrap();
+        assert_eq!(client.server.to_string(), "127.0.0.1:8000");
+        assert_eq!(client.pool_size, 8);
+        assert_eq!(client.forwards.len(), 1);
+        assert_eq!(client.forwards[0].listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(client.forwards[0].target, None);
+        assert!(client.zero_rtt);
+    }
+
+    #[test]
+    fn no_file_and_no_role_is_refused() {
+        let error = load(&LoadRequest::default()).unwrap_err();
+        assert_eq!(error.key(), Some("mode"));
+    }
+
+    #[test]
+    fn server_caps_pool_size_with_max_tunnels() {
+        let config = load_text(
+            "[server]\nconnection_pool_size = 200\n[limits]\nmax_tunnels = 16\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(config.server().unwrap().max_pool_size, 16);
+        let uncapped = load_text("[server]\n", None).unwrap();
+        assert_eq!(uncapped.server().unwrap().max_pool_size, 64);
+    }
+
+    #[test]
+    fn server_routes_allowed_targets_and_defaults_the_rest() {
+        let config = load_text(
+            "[server]\n[[server.forward]]\ntarget = \"db.internal:5432\"\n",
+            None,
+        )
+        .unwrap();
+        let server = config.server().unwrap();
+        let allowed = parse_target("db.internal:5432").unwrap();
+        let refused = parse_target("10.9.9.9:22").unwrap();
+        assert_eq!(server.target_for(Some(&allowed)), allowed);
+        let backend = TargetAddr::Socket(defaults::SERVER_BACKEND);
+        assert_eq!(server.target_for(Some(&refused)), backend);
+        assert_eq!(server.target_for(None), backend);
+    }
+
+    #[test]
+    fn command_line_overrides_win_over_the_file() {
+        let config = load_str(
+            "mode = \"server\"\ncores = 2\nio = \"uring\"\n[server]\n",
+            ConfigOrigin::File("t.toml".into()),
+            Path::new("."),
+            CommandLineOverrides {
+                role: Some(Role::Server),
+                cores: Some(3),
+                io: Some(IoDriver::Mio),
+            },
+        )
+        .unwrap();
+        assert_eq!(config.runtime.cores, 3);
+        assert_eq!(config.runtime.io, IoDriver::Mio);
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[server]\nlisten_port = 0\n", "server.listen_port"),
+            ("[server]\nbackend_port = 65536\n", "server.backend_port"),
+            ("[server]\nlisten_port = 9000\n", "server.backend_port"),
+            (
+                "[client]\nlocal_listen_port = 1\nserver_ip = \"x\"\n",
+                "client.server_ip",
+            ),
+            (
+                "[client]\nlocal_listen_ip = \"127.0.0.1\"\n",
+                "client.local_listen_port",
+            ),
+            ("[client]\nserver_port = 8000\n", "client.forward"),
+            (
+                "[client]\nlocal_listen_port = 7000\n[[client.forward]]\nlisten = \"127.0.0.1:7000\"\n",
+                "client.forward[0].listen",
+            ),
+            (
+                "[client]\n[[client.forward]]\nlisten = \"127.0.0.1:1\"\n[[client.forward]]\nlisten = \"127.0.0.1:2\"\ntarget = \"bad target\"\n",
+                "client.forward[1].target",
+            ),
+            (
+                "[client]\n[[client.forward]]\nlisten = \"127.0.0.1:1\"\nname = \"a\"\n[[client.forward]]\nlisten = \"127.0.0.1:2\"\nname = \"a\"\n",
+                "client.forward[1].name",
+            ),
+            (
+                "[server]\n[[server.forward]]\ntarget = \"x:0\"\n",
+                "server.forward[0].target",
+            ),
+            (
+                "[server]\nconnection_pool_size = 257\n",
+                "server.connection_pool_size",
+            ),
+            ("[server]\nbuffer_size = \"100B\"\n", "server.buffer_size"),
+            (
+                "[server]\n[limits]\nstream_window = \"32MiB\"\n",
+                "limits.stream_window",
+            ),
+            (
+                "[server]\n[limits]\nmax_frame_payload = \"512KiB\"\n",
+                "limits.max_frame_payload",
+            ),
+            (
+                "[server]\n[limits]\nkeepalive_interval = \"2m\"\n",
+                "limits.keepalive_interval",
+            ),
+            (
+                "[server]\n[limits]\nredial_backoff_min = \"1m\"\nredial_backoff_max = \"1s\"\n",
+                "limits.redial_backoff_min",
+            ),
+            (
+                "[server]\n[limits]\nhandshake_timeout = \"1h\"\n",
+                "limits.handshake_timeout",
+            ),
+            (
+                "[server]\n[limits]\nhandshake_timeout = 10\n",
+                "limits.handshake_timeout",
+            ),
+            (
+                "[server]\n[limits]\nmax_sessions = 0\n",
+                "limits.max_sessions",
+            ),
+            (
+                "[server]\n[limits]\nsession_window = \"lots\"\n",
+                "limits.session_window",
+            ),
+            ("cores = 0\n[server]\n", "cores"),
+            ("congestion = \"b b r\"\n[server]\n", "congestion"),
+            ("io = \"epoll\"\n[server]\n", "io"),
+            ("socket_send_buffer = 1\n[server]\n", "socket_send_buffer"),
+            ("psk = \"short\"\n[server]\n", "psk"),
+            ("mode = \"client\"\n[server]\n", "client"),
+            ("[server]\n[client]\n", "mode"),
+            ("[limits]\n", "mode"),
+            ("[server]\n[limits]\nmax_tunels = 3\n", "limits.max_tunels"),
+            (
+                "[client]\n[[client.forward]]\ntarget = \"a:1\"\n",
+                "client.forward[0].listen",
+            ),
+        ];
+        for (text, expected_key) in cases {
+            assert_eq!(&error_key(text, None), expected_key, "config:\n{text}");
+        }
+    }
+
+    #[test]
+    fn mode_must_agree_with_the_command_line_role() {
+        assert_eq!(
+            error_key("mode = \"server\"\n[server]\n", Some(Role::Client)),
+            "mode"
+        );
+        assert_eq!(error_key("[server]\n", Some(Role::Client)), "client");
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let error = load_text("[server\n", None).unwrap_err();
+        let ConfigError::Syntax { position, .. } = &error else {
+            panic!("expected a syntax error, got {error:?}");
+        };
+        assert_eq!(position.map(|position| position.line), Some(1));
+        assert!(error.to_string().starts_with("test.toml:1:"), "{error}");
+    }
+
+    #[test]
+    fn resolved_config_never_prints_the_psk() {
+        let config = load_text("psk = \"correct horse battery staple\"\n[server]\n", None).unwrap();
+        let printed = format!("{config}\n{config:?}");
+        assert!(!printed.contains("horse"), "{printed}");
+        assert!(printed.contains("redacted"));
+        assert_eq!(
+            config.psk.unwrap().expose_bytes(),
+            b"correct horse battery staple"
+        );
+    }
+}

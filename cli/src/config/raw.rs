@@ -1,0 +1,112 @@
+//! The configuration file exactly as written: serde structs mirroring the TOML.
+//!
+//! Owns: the file's shape (table and key names, `deny_unknown_fields` everywhere). Every
+//! field is optional or has a serde default so that missing keys can be filled from the
+//! documented defaults in `validate.rs`. Must not touch: defaults, ranges, cross-key rules
+//! (all in `validate.rs`); nothing here is handed to the runtime.
+//!
+//! Numbers that have a range (ports, pool sizes, counts) are read as `i64` so that an
+//! out-of-range value gets a message saying the range, not a bare "expected u16".
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::resolved::{IoDriver, Role};
+use super::units::{ByteSize, HumanDuration};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfigFile {
+    /// Which role this file configures (seed key). Optional: inferred from the tables.
+    pub mode: Option<Role>,
+    /// Pre-shared key, inline.
+    pub psk: Option<String>,
+    /// Pre-shared key, read from this file (relative to the config file's directory).
+    pub psk_file: Option<PathBuf>,
+    /// Worker threads (one per core).
+    pub cores: Option<i64>,
+    /// I/O driver.
+    pub io: Option<IoDriver>,
+    /// TCP congestion control of the tunnels.
+    pub congestion: Option<String>,
+    /// SO_SNDBUF of every socket, if set.
+    pub socket_send_buffer: Option<ByteSize>,
+    /// SO_RCVBUF of every socket, if set.
+    pub socket_recv_buffer: Option<ByteSize>,
+    /// `[server]`.
+    pub server: Option<RawServerSection>,
+    /// `[client]`.
+    pub client: Option<RawClientSection>,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[server]`: the seed's keys plus the target allow-list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerSection {
+    pub listen_ip: Option<String>,
+    pub listen_port: Option<i64>,
+    pub backend_ip: Option<String>,
+    pub backend_port: Option<i64>,
+    pub connection_pool_size: Option<i64>,
+    pub buffer_size: Option<ByteSize>,
+    /// `[[server.forward]]`: targets clients may ask for.
+    #[serde(default)]
+    pub forward: Vec<RawServerForward>,
+}
+
+/// One `[[server.forward]]`: a target the server agrees to connect to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerForward {
+    pub name: Option<String>,
+    pub target: String,
+}
+
+/// `[client]`: the seed's keys plus extra forwards.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientSection {
+    pub local_listen_ip: Option<String>,
+    pub local_listen_port: Option<i64>,
+    pub server_ip: Option<String>,
+    pub server_port: Option<i64>,
+    pub connection_pool_size: Option<i64>,
+    pub buffer_size: Option<ByteSize>,
+    pub enable_zero_rtt: Option<bool>,
+    /// `[[client.forward]]`: local listeners.
+    #[serde(default)]
+    pub forward: Vec<RawClientForward>,
+}
+
+/// One `[[client.forward]]`: a local listen address and the target asked of the server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientForward {
+    pub name: Option<String>,
+    pub listen: String,
+    pub target: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_sessions: Option<i64>,
+    pub max_streams_per_session: Option<i64>,
+    pub max_tunnels: Option<i64>,
+    pub stream_window: Option<ByteSize>,
+    pub session_window: Option<ByteSize>,
+    pub max_frame_payload: Option<ByteSize>,
+    pub handshake_timeout: Option<HumanDuration>,
+    pub tunnel_idle_timeout: Option<HumanDuration>,
+    pub keepalive_interval: Option<HumanDuration>,
+    pub session_grace: Option<HumanDuration>,
+    pub redial_backoff_min: Option<HumanDuration>,
+    pub redial_backoff_max: Option<HumanDuration>,
+    pub drain_timeout: Option<HumanDuration>,
+}

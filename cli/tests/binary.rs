@@ -1,0 +1,227 @@
+//! Runs the real `mtcpd` binary: `check` on good and bad configs (exit codes, what goes to
+//! stdout and stderr), the daemon commands before the runtime exists, and `--help`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn config_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config")
+        .join(name)
+}
+
+fn mtcpd(arguments: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+        .args(arguments)
+        .env_remove("MTCPD_IO")
+        .env_remove("MTCPD_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the mtcpd binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("fixture paths are UTF-8")
+}
+
+#[test]
+fn check_accepts_the_seed_configs_and_prints_the_resolved_config() {
+    let server = mtcpd(&["check", "-c", path_arg(&config_file("config.server.toml"))]);
+    assert!(server.status.success(), "{}", text(&server.stderr));
+    let stdout = text(&server.stdout);
+    assert!(stdout.contains("mode = \"server\""), "{stdout}");
+    assert!(stdout.contains("listen = \"0.0.0.0:8000\""), "{stdout}");
+    assert!(
+        stdout.contains("default_backend = \"127.0.0.1:9000\""),
+        "{stdout}"
+    );
+
+    let client = mtcpd(&["check", "-c", path_arg(&config_file("config.client.toml"))]);
+    assert!(client.status.success(), "{}", text(&client.stderr));
+    assert!(text(&client.stdout).contains("[[client.forward]]"));
+}
+
+#[test]
+fn check_takes_a_role_for_a_file_with_both_tables() {
+    let example = config_file("mtcpd.example.toml");
+    let without_role = mtcpd(&["check", "-c", path_arg(&example)]);
+    assert_eq!(without_role.status.code(), Some(1));
+    assert!(text(&without_role.stderr).contains("key `mode`"));
+    for role in ["server", "client"] {
+        let output = mtcpd(&["check", "-c", path_arg(&example), "--role", role]);
+        assert!(output.status.success(), "{role}: {}", text(&output.stderr));
+        assert!(text(&output.stdout).contains(&format!("mode = \"{role}\"")));
+    }
+}
+
+#[test]
+fn check_never_prints_the_psk() {
+    let output = mtcpd(&[
+        "check",
+        "-c",
+        path_arg(&fixture("good_multi_forward_client.toml")),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let all = text(&output.stdout) + &text(&output.stderr);
+    assert!(!all.contains("this-is-a-test-psk"), "{all}");
+    assert!(all.contains("redacted"));
+}
+
+#[test]
+fn check_rejects_bad_configs_naming_file_and_key() {
+    let cases = [
+        ("bad_port.toml", "client.server_port"),
+        ("bad_unknown_key.toml", "server.listen_addr"),
+        ("bad_missing_psk_file.toml", "psk_file"),
+        ("bad_forward_target.toml", "client.forward[1].target"),
+        ("bad_wrong_type.toml", "client.enable_zero_rtt"),
+    ];
+    for (name, key) in cases {
+        let path = fixture(name);
+        let output = mtcpd(&["check", "-c", path_arg(&path)]);
+        assert_eq!(output.status.code(), Some(1), "{name}");
+        assert!(
+            output.stdout.is_empty(),
+            "{name}: a bad config prints no config"
+        );
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(&format!("key `{key}`")), "{name}: {stderr}");
+        assert!(stderr.contains(path_arg(&path)), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn mode_conflicting_with_the_command_is_refused() {
+    let path = fixture("bad_mode_server.toml");
+    for arguments in [
+        vec!["client", "-c", path_arg(&path)],
+        vec!["--role", "client", "-c", path_arg(&path)],
+        vec!["check", "--role", "client", "-c", path_arg(&path)],
+    ] {
+        let output = mtcpd(&arguments);
+        assert_eq!(output.status.code(), Some(1), "{arguments:?}");
+        assert!(text(&output.stderr).contains("key `mode`"), "{arguments:?}");
+    }
+}
+
+#[test]
+fn daemon_commands_validate_then_say_the_runtime_is_missing() {
+    let seed_form = mtcpd(&["server", "-c", path_arg(&config_file("config.server.toml"))]);
+    let role_form = mtcpd(&["--role", "client", "--cores", "1", "--io", "mio"]);
+    for output in [seed_form, role_form] {
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = text(&output.stderr);
+        assert!(
+            stderr.contains("daemon runtime not yet available"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("configuration loaded"), "{stderr}");
+    }
+}
+
+#[test]
+fn defaults_are_announced_when_no_file_is_given() {
+    let output = mtcpd(&["--role", "server"]);
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("built-in defaults"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:8000"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9000"), "{stderr}");
+}
+
+#[test]
+fn io_driver_comes_from_the_environment() {
+    let output = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+        .args(["check", "--role", "client", "-c"])
+        .arg(config_file("config.client.toml"))
+        .env("MTCPD_IO", "uring")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("io = \"uring\""));
+}
+
+#[test]
+fn rust_log_controls_logging() {
+    let quiet = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+        .args(["--role", "server"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = text(&quiet.stderr);
+    assert!(!stderr.contains("configuration loaded"), "{stderr}");
+    assert!(
+        stderr.contains("daemon runtime not yet available"),
+        "errors still print"
+    );
+
+    let seed_filter = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+        .args(["--role", "server"])
+        .env("RUST_LOG", "mtcp=debug")
+        .output()
+        .unwrap();
+    assert!(text(&seed_filter.stderr).contains("configuration loaded"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for arguments in [
+        vec![],
+        vec!["server", "--role", "client"],
+        vec!["--role", "server", "--io", "epoll"],
+        vec!["--role", "server", "--cores", "0"],
+    ] {
+        let output = mtcpd(&arguments);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{arguments:?}: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn help_answers_the_real_questions() {
+    let output = mtcpd(&["--help"]);
+    assert!(output.status.success());
+    let help = text(&output.stdout);
+    for needed in [
+        "server",
+        "client",
+        "check",
+        "--role",
+        "--cores",
+        "--io",
+        "-c, --config",
+        "127.0.0.1:8000",
+        "127.0.0.1:9000",
+        "127.0.0.1:7000",
+        "pool of 8",
+        "config/mtcpd.example.toml",
+        "RUST_LOG",
+        "MTCPD_IO",
+        "Exit status",
+    ] {
+        assert!(help.contains(needed), "--help lacks {needed:?}:\n{help}");
+    }
+    let short = mtcpd(&["-h"]);
+    assert!(short.status.success());
+    assert!(text(&short.stdout).contains("--help"));
+}
+
+#[test]
+fn version_prints() {
+    let output = mtcpd(&["--version"]);
+    assert!(output.status.success());
+    assert!(text(&output.stdout).starts_with("mtcpd "));
+}

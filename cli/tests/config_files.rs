@@ -1,0 +1,289 @@
+//! Loads every fixture in `tests/fixtures/` and every file in the top-level `config/`
+//! through the library: good files resolve to the expected values, bad files fail with
+//! an error naming the exact key.
+
+use std::path::{Path, PathBuf};
+
+use mtcpd::config::{
+    CommandLineOverrides, ConfigError, ConfigOrigin, IoDriver, LoadRequest, Role, TargetAddr, load,
+    parse_target,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn load_file(
+    path: PathBuf,
+    role: Option<Role>,
+) -> Result<mtcpd::config::DaemonConfig, ConfigError> {
+    load(&LoadRequest {
+        file: Some(path),
+        overrides: CommandLineOverrides {
+            role,
+            ..CommandLineOverrides::default()
+        },
+    })
+}
+
+#[test]
+fn seed_server_loads_with_and_without_mode() {
+    for name in ["good_seed_server.toml", "good_seed_server_no_mode.toml"] {
+        for role in [None, Some(Role::Server)] {
+            let config = load_file(fixture(name), role).unwrap();
+            assert_eq!(config.role, Role::Server, "{name}");
+            let server = config.server().unwrap();
+            assert_eq!(server.listen.to_string(), "0.0.0.0:8000");
+            assert_eq!(server.default_backend.to_string(), "127.0.0.1:9000");
+            assert_eq!(server.max_pool_size, 4);
+            assert_eq!(server.buffer_size, 65536);
+            assert!(server.allowed_targets.is_empty());
+            assert_eq!(config.origin, ConfigOrigin::File(fixture(name)));
+        }
+    }
+}
+
+#[test]
+fn seed_client_loads_with_and_without_mode() {
+    for name in ["good_seed_client.toml", "good_seed_client_no_mode.toml"] {
+        for role in [None, Some(Role::Client)] {
+            let config = load_file(fixture(name), role).unwrap();
+            assert_eq!(config.role, Role::Client, "{name}");
+            let client = config.client().unwrap();
+            assert_eq!(client.server.to_string(), "127.0.0.1:8000");
+            assert_eq!(client.pool_size, 4);
+            assert_eq!(client.buffer_size, 65536);
+            assert!(client.zero_rtt);
+            assert_eq!(client.forwards.len(), 1);
+            assert_eq!(client.forwards[0].listen.to_string(), "127.0.0.1:7000");
+            assert_eq!(client.forwards[0].target, None);
+        }
+    }
+}
+
+#[test]
+fn pool_size_mismatch_with_the_server_is_fine() {
+    let client = load_file(fixture("good_seed_client_pool_mismatch.toml"), None).unwrap();
+    let server = load_file(fixture("good_seed_server.toml"), None).unwrap();
+    assert_eq!(client.client().unwrap().pool_size, 16);
+    assert_eq!(server.server().unwrap().max_pool_size, 4);
+}
+
+#[test]
+fn rich_server_resolves_every_key() {
+    let config = load_file(fixture("good_rich_server.toml"), None).unwrap();
+    assert_eq!(
+        config.psk.as_ref().unwrap().expose_bytes(),
+        b"this-is-a-test-psk-0123456789"
+    );
+    assert_eq!(config.runtime.cores, 2);
+    assert_eq!(config.runtime.io, IoDriver::Mio);
+    assert_eq!(config.runtime.congestion, "cubic");
+    assert_eq!(config.runtime.socket_send_buffer, Some(4 << 20));
+    assert_eq!(config.runtime.socket_recv_buffer, Some(4 << 20));
+    let server = config.server().unwrap();
+    assert_eq!(server.max_pool_size, 16, "capped by limits.max_tunnels");
+    assert_eq!(server.buffer_size, 128 * 1024);
+    assert_eq!(server.allowed_targets.len(), 3);
+    assert_eq!(server.allowed_targets[0].name.as_deref(), Some("mysql"));
+    let requested = parse_target("db.internal:5432").unwrap();
+    assert_eq!(server.target_for(Some(&requested)), requested);
+    let limits = &config.limits;
+    assert_eq!(limits.max_sessions, 16);
+    assert_eq!(limits.max_streams_per_session, 100_000);
+    assert_eq!(limits.stream_window, 1 << 20);
+    assert_eq!(limits.session_window, 64 << 20);
+    assert_eq!(limits.max_frame_payload, 64 * 1024);
+    assert_eq!(limits.handshake_timeout.as_secs(), 5);
+    assert_eq!(limits.tunnel_idle_timeout.as_secs(), 120);
+    assert_eq!(limits.redial_backoff_min.as_millis(), 100);
+    assert_eq!(limits.drain_timeout.as_secs(), 0);
+}
+
+#[test]
+fn multi_forward_client_keeps_every_forward_in_order() {
+    let config = load_file(fixture("good_multi_forward_client.toml"), None).unwrap();
+    let client = config.client().unwrap();
+    let listens: Vec<String> = client
+        .forwards
+        .iter()
+        .map(|f| f.listen.to_string())
+        .collect();
+    assert_eq!(listens, ["127.0.0.1:7000", "127.0.0.1:3306", "[::1]:5432"]);
+    assert_eq!(client.forwards[0].target, None);
+    assert_eq!(
+        client.forwards[2].target,
+        Some(TargetAddr::Host {
+            host: "db.internal".into(),
+            port: 5432
+        })
+    );
+    assert_eq!(client.server.to_string(), "198.51.100.5:8000");
+}
+
+/// (fixture, role from the command line, key the error must name, text the message must contain)
+const BAD_FIXTURES: &[(&str, Option<Role>, &str, &str)] = &[
+    (
+        "bad_unknown_key.toml",
+        None,
+        "server.listen_addr",
+        "unknown field",
+    ),
+    (
+        "bad_port.toml",
+        None,
+        "client.server_port",
+        "between 1 and 65535",
+    ),
+    (
+        "bad_ip.toml",
+        None,
+        "server.backend_ip",
+        "not an IP address",
+    ),
+    ("bad_psk_and_psk_file.toml", None, "psk_file", "not both"),
+    (
+        "bad_missing_psk_file.toml",
+        None,
+        "psk_file",
+        "no-such-key-file.psk",
+    ),
+    (
+        "bad_pool_size_zero.toml",
+        None,
+        "client.connection_pool_size",
+        "between 1 and 256",
+    ),
+    (
+        "bad_mode_server.toml",
+        Some(Role::Client),
+        "mode",
+        "mode = \"server\"",
+    ),
+    (
+        "bad_wrong_type.toml",
+        None,
+        "client.enable_zero_rtt",
+        "invalid type",
+    ),
+    (
+        "bad_forward_target.toml",
+        None,
+        "client.forward[1].target",
+        "not a target",
+    ),
+    (
+        "bad_client_without_forward.toml",
+        None,
+        "client.forward",
+        "at least one forward",
+    ),
+    (
+        "bad_duration.toml",
+        None,
+        "limits.handshake_timeout",
+        "not a duration",
+    ),
+];
+
+#[test]
+fn bad_fixtures_name_the_exact_key() {
+    for (name, role, key, fragment) in BAD_FIXTURES {
+        let error = load_file(fixture(name), *role).expect_err(name);
+        assert_eq!(error.key(), Some(*key), "{name}: {error}");
+        let message = error.to_string();
+        assert!(message.contains(fragment), "{name}: {message}");
+        assert!(
+            message.contains(&fixture(name).display().to_string()),
+            "{name}: the error must name the file: {message}"
+        );
+        assert!(message.contains(&format!("`{key}`")), "{name}: {message}");
+    }
+}
+
+#[test]
+fn syntax_errors_name_the_file_and_line() {
+    let error = load_file(fixture("bad_syntax.toml"), None).unwrap_err();
+    assert!(matches!(error, ConfigError::Syntax { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("{}:1:", fixture("bad_syntax.toml").display())),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let error = load_file(fixture("does_not_exist.toml"), Some(Role::Server)).unwrap_err();
+    assert!(matches!(error, ConfigError::Unreadable { .. }), "{error:?}");
+    assert!(error.to_string().contains("does_not_exist.toml"));
+}
+
+#[test]
+fn every_fixture_is_covered_by_a_test() {
+    let covered: Vec<&str> = BAD_FIXTURES
+        .iter()
+        .map(|(name, ..)| *name)
+        .chain(["bad_syntax.toml"])
+        .collect();
+    for entry in std::fs::read_dir(fixture("")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with("bad_") {
+            assert!(
+                covered.contains(&name.as_str()),
+                "{name} is not in BAD_FIXTURES"
+            );
+        } else if name.starts_with("good_") {
+            load_file(fixture(&name), None).unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
+    }
+}
+
+#[test]
+fn every_file_in_the_config_directory_loads() {
+    let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&config_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|extension| extension != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let has_both_roles = text.contains("\n[server]") && text.contains("\n[client]");
+        let roles: &[Option<Role>] = if has_both_roles {
+            &[Some(Role::Server), Some(Role::Client)]
+        } else {
+            &[None]
+        };
+        for role in roles {
+            load_file(path.clone(), *role)
+                .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            loaded += 1;
+        }
+    }
+    assert!(
+        loaded >= 4,
+        "expected the seed files and the example, loaded {loaded}"
+    );
+}
+
+#[test]
+fn the_example_shows_the_defaults() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mtcpd.example.toml");
+    for role in [Role::Server, Role::Client] {
+        let from_example = load_file(example.clone(), Some(role)).unwrap();
+        let from_defaults = load(&LoadRequest {
+            file: None,
+            overrides: CommandLineOverrides {
+                role: Some(role),
+                ..CommandLineOverrides::default()
+            },
+        })
+        .unwrap();
+        assert_eq!(from_example.endpoint, from_defaults.endpoint, "{role}");
+        assert_eq!(from_example.limits, from_defaults.limits, "{role}");
+        assert_eq!(from_example.runtime, from_defaults.runtime, "{role}");
+    }
+}
