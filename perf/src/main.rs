@@ -230,8 +230,8 @@ fn lat_opts(
 }
 
 fn client(a: &ClientArgs) -> Result<bool> {
-    match &a.mode {
-        &Mode::Bulk {
+    match a.mode {
+        Mode::Bulk {
             parallel,
             reverse,
             bidir,
@@ -262,7 +262,7 @@ fn client(a: &ClientArgs) -> Result<bool> {
             emit(a, "bulk", &o, r, |_| {})?;
             Ok(ok)
         }
-        &Mode::Rr {
+        Mode::Rr {
             m,
             concurrency,
             time,
@@ -290,7 +290,7 @@ fn client(a: &ClientArgs) -> Result<bool> {
             })?;
             Ok(ok)
         }
-        &Mode::Ttfb {
+        Mode::Ttfb {
             m,
             samples,
             pause,
@@ -309,7 +309,7 @@ fn client(a: &ClientArgs) -> Result<bool> {
             })?;
             Ok(ok)
         }
-        &Mode::Churn {
+        Mode::Churn {
             m,
             concurrency,
             time,
@@ -329,7 +329,7 @@ fn client(a: &ClientArgs) -> Result<bool> {
             })?;
             Ok(ok)
         }
-        &Mode::Idle { m, conns, time } => {
+        Mode::Idle { m, conns, time } => {
             let o = lat_opts(a, m, 1, time, None, None);
             let r = latency::idle(&a.connect, &o, conns)?;
             let ok = r.alive_at_end == conns;

@@ -78,7 +78,7 @@ pub fn parse_rate(s: &str) -> Result<u64> {
             bail!("{s:?}: unknown rate unit {other:?} (use bit, kbit, mbit, gbit, bps, kbps…)")
         }
     };
-    if bits < 1.0 || bits > 1e13 {
+    if !(1.0..=1e13).contains(&bits) {
         bail!("{s:?}: rate out of range");
     }
     Ok(bits as u64)
@@ -150,6 +150,19 @@ pub fn fmt_bytes(b: u64) -> String {
     }
 }
 
+/// serde helper: a duration as fractional seconds.
+pub fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// serde helper: an optional duration as fractional seconds.
+pub fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,18 +203,5 @@ mod tests {
         );
         assert_eq!(parse_queue("256k").unwrap(), QueueLimit::Bytes(262144));
         assert_eq!(parse_queue("64kb").unwrap(), QueueLimit::Bytes(65536));
-    }
-}
-
-/// serde helper: a duration as fractional seconds.
-pub fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
-/// serde helper: an optional duration as fractional seconds.
-pub fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_some(&d.as_secs_f64()),
-        None => s.serialize_none(),
     }
 }

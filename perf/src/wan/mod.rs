@@ -39,6 +39,9 @@ enum WanCmd {
         /// Tear down by itself after this long.
         #[arg(long, value_parser = crate::units::parse_duration)]
         max_time: Option<Duration>,
+        /// Test hook: panic once the lab is up (tear-down must still happen).
+        #[arg(long, hide = true)]
+        test_panic: bool,
     },
     /// Bring the lab up, run a command, tear down; exits with the command's status.
     /// The command sees MTCP_WAN_NS_A, MTCP_WAN_NS_B, MTCP_WAN_ADDR_A, MTCP_WAN_ADDR_B.
@@ -263,12 +266,19 @@ pub fn main(w: WanArgs) -> Result<i32> {
             }
             Ok(0)
         }
-        WanCmd::Up { lab, max_time } => {
+        WanCmd::Up {
+            lab,
+            max_time,
+            test_panic,
+        } => {
             lab.impairments()?; // validate before touching the system
             install_signals();
             let l = netns::Lab::up(&lab.name, lab.subnet(), lab.mtu)?;
             let mut f = Forwarders::start(&l, &lab)?;
             print_ready(&l, &lab);
+            if test_panic {
+                panic!("--test-panic: panicking with the lab up");
+            }
             let t0 = Instant::now();
             while !STOP.load(Ordering::SeqCst)
                 && !f.any_finished()
