@@ -237,7 +237,12 @@ fn print_ready(lab: &netns::Lab, a: &LabArgs) {
     let _ = std::io::stdout().flush();
 }
 
-fn print_stats(f: &Forwarders) {
+fn print_stats(f: &Forwarders, lab: &netns::Lab) {
+    for (dir, ns) in [("a2b", &lab.addrs.ns_a), ("b2a", &lab.addrs.ns_b)] {
+        if let Some(n) = netns::tun_tx_dropped(ns) {
+            eprintln!("{dir}: TUN ring drops (forwarder fell behind, not modelled): {n}");
+        }
+    }
     for (n, s) in &f.stats {
         eprintln!(
             "{n}: in {} pkts/{} B, out {} pkts/{} B, dropped: loss {} queue {} flow {} filtered {} overflow {}",
@@ -288,7 +293,7 @@ pub fn main(w: WanArgs) -> Result<i32> {
             }
             let died = f.any_finished();
             f.stop();
-            print_stats(&f);
+            print_stats(&f, &l);
             drop(f);
             drop(l);
             eprintln!("mtcp-perf wan: torn down");
@@ -341,7 +346,7 @@ pub fn main(w: WanArgs) -> Result<i32> {
             // SAFETY: as above; ESRCH when the group is already empty is fine.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
             f.stop();
-            print_stats(&f);
+            print_stats(&f, &l);
             drop(f);
             drop(l);
             eprintln!("mtcp-perf wan: torn down");

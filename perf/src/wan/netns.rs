@@ -177,6 +177,20 @@ fn open_tun_in(ns: &str, multi_queue: bool) -> Result<OwnedFd> {
     .map_err(|_| anyhow::anyhow!("TUN set-up thread panicked"))?
 }
 
+/// Packets the TUN device in `ns` dropped on its transmit ring (the forwarder fell behind):
+/// loss the impairment model did not choose, reported so that runs can be checked for it.
+pub fn tun_tx_dropped(ns: &str) -> Option<u64> {
+    let out = ip(&["-n", ns, "-s", "-o", "link", "show", "dev", TUN_NAME]).ok()?;
+    let mut segs = out.split('\\').map(str::trim);
+    segs.find(|s| s.starts_with("TX:"))?;
+    let nums: Vec<u64> = segs
+        .next()?
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    nums.get(3).copied()
+}
+
 /// Addresses of a lab.
 #[derive(Debug, Clone)]
 pub struct Addrs {
@@ -228,20 +242,13 @@ impl Lab {
         }
         lab.tun_a = Some(open_tun_in(&addrs.ns_a, false).context("TUN in namespace A")?);
         lab.tun_b = Some(open_tun_in(&addrs.ns_b, false).context("TUN in namespace B")?);
+        // The TUN ring (txqueuelen packets) absorbs the forwarder's scheduling hiccups; drops
+        // there would be loss the model does not control, so give it ~16 MiB.
+        let qlen = (16 * 1024 * 1024 / mtu).max(1000).to_string();
         let mtu = mtu.to_string();
         for (ns, addr) in [(&addrs.ns_a, &addrs.addr_a), (&addrs.ns_b, &addrs.addr_b)] {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&[
-                "-n",
-                ns,
-                "link",
-                "set",
-                TUN_NAME,
-                "mtu",
-                &mtu,
-                "txqueuelen",
-                "1000",
-            ])?;
+            ip(&["-n", ns, "link", "set", TUN_NAME, "mtu", &mtu])?;
             ip(&[
                 "-n",
                 ns,
@@ -252,6 +259,7 @@ impl Lab {
                 TUN_NAME,
             ])?;
             ip(&["-n", ns, "link", "set", TUN_NAME, "up"])?;
+            ip(&["-n", ns, "link", "set", TUN_NAME, "txqueuelen", &qlen])?;
         }
         Ok(lab)
     }
