@@ -60,6 +60,14 @@ fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+fn ns_has_process(ns: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| o.status.success() && !o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
 /// Owns a `wan up`/`wan run` child; on drop kills it and removes any leftovers.
 struct LabGuard {
     name: String,
@@ -119,6 +127,9 @@ impl LabGuard {
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        // Graceful first, so that `wan run` also ends its command's process group.
+        self.signal(libc::SIGTERM);
+        let _ = self.wait(Duration::from_secs(10));
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -266,7 +277,7 @@ fn sigint_tears_down_run_and_its_processes() {
     skip_unless_lab!();
     let name = format!("smi{}", std::process::id());
     // The command starts a long-lived process inside namespace A, then waits.
-    let (mut lab, rx) = LabGuard::spawn(
+    let (mut lab, _rx) = LabGuard::spawn(
         &name,
         &[
             "run",
@@ -276,8 +287,12 @@ fn sigint_tears_down_run_and_its_processes() {
             "ip netns exec $MTCP_WAN_NS_A sleep 300 & sleep 300",
         ],
     );
-    let _ = ready(&rx);
-    std::thread::sleep(Duration::from_millis(300));
+    // `run` prints its ready line on stderr; wait for the process inside namespace A.
+    let t = Instant::now();
+    while !ns_has_process(&format!("{name}-a")) {
+        assert!(t.elapsed() < Duration::from_secs(15), "lab never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     lab.signal(libc::SIGINT);
     let code = lab
         .wait(Duration::from_secs(15))
@@ -323,4 +338,40 @@ fn panic_and_setup_failure_leave_nothing_behind() {
     assert_eq!(namespaces_with_prefix(&name), vec![theirs.clone()]);
     drop(lab); // `wan down` removes the rest
     assert!(namespaces_with_prefix(&name).is_empty());
+}
+
+#[test]
+fn lossy_jittery_path_delivers_verified_bytes() {
+    skip_unless_lab!();
+    let name = format!("sml{}", std::process::id());
+    // Server in B, client in A: 2 MiB each way with the verification pattern over a path with
+    // loss, jitter, a bottleneck and Gilbert–Elliott bursts; TCP must repair all of it.
+    let script = format!(
+        "ip netns exec $MTCP_WAN_NS_B {BIN} server -l $MTCP_WAN_ADDR_B:5201 --max-time 30s >/dev/null 2>&1 & \
+         sleep 0.3; ip netns exec $MTCP_WAN_NS_A {BIN} client -c $MTCP_WAN_ADDR_B:5201 --json \
+         bulk -n 2M --bidir --verify -i 0"
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "wan", "run", "--name", &name, "--delay", "5ms", "--jitter", "2ms", "--loss", "1%",
+    ])
+    .args([
+        "--ge", "0.5%:30%", "--rate", "100mbit", "--seed", "7", "--", "sh", "-c", &script,
+    ])
+    .stderr(Stdio::null());
+    let guard = LabGuard {
+        name: name.clone(),
+        child: None,
+    };
+    let (ok, v) = common::run_json(cmd);
+    assert!(ok, "{v:#}");
+    let r = &v["result"];
+    assert_eq!(r["all_verified"], true, "{v:#}");
+    assert_eq!(r["sum_up"]["bytes"], 2 * 1024 * 1024);
+    assert_eq!(r["sum_down"]["bytes"], 2 * 1024 * 1024);
+    assert!(
+        namespaces_with_prefix(&name).is_empty(),
+        "namespaces left behind"
+    );
+    drop(guard);
 }

@@ -228,13 +228,20 @@ impl Drop for Forwarders {
     }
 }
 
-fn print_ready(lab: &netns::Lab, a: &LabArgs) {
+/// The ready line: on stdout for `up` (it is its output), on stderr for `run` (whose stdout
+/// belongs to the command).
+fn print_ready(lab: &netns::Lab, a: &LabArgs, to_stdout: bool) {
     let ad = &lab.addrs;
-    println!(
+    let line = format!(
         "ready: ns_a={} addr_a={} ns_b={} addr_b={} mtu={}",
         ad.ns_a, ad.addr_a, ad.ns_b, ad.addr_b, a.mtu
     );
-    let _ = std::io::stdout().flush();
+    if to_stdout {
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+    } else {
+        eprintln!("{line}");
+    }
 }
 
 fn print_stats(f: &Forwarders, lab: &netns::Lab) {
@@ -280,7 +287,7 @@ pub fn main(w: WanArgs) -> Result<i32> {
             install_signals();
             let l = netns::Lab::up(&lab.name, lab.subnet(), lab.mtu)?;
             let mut f = Forwarders::start(&l, &lab)?;
-            print_ready(&l, &lab);
+            print_ready(&l, &lab, true);
             if test_panic {
                 panic!("--test-panic: panicking with the lab up");
             }
@@ -307,7 +314,7 @@ pub fn main(w: WanArgs) -> Result<i32> {
             install_signals();
             let l = netns::Lab::up(&lab.name, lab.subnet(), lab.mtu)?;
             let mut f = Forwarders::start(&l, &lab)?;
-            print_ready(&l, &lab);
+            print_ready(&l, &lab, false);
             let ad = &l.addrs;
             let (prog, args) = cmd.split_first().context("no command given")?;
             let mut child = Command::new(prog)
