@@ -12,6 +12,15 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use mtcpd_engine::Config;
 use mtcpd_engine::wire::{self, Frame};
 
+/// Throughput of handling `frames` copies of `frame`: bytes for DATA, frames for control.
+fn throughput(frame: &Frame, frames: usize) -> Throughput {
+    if matches!(frame, Frame::Data { .. }) {
+        Throughput::Bytes((frame.encoded_len() * frames) as u64)
+    } else {
+        Throughput::Elements(frames as u64)
+    }
+}
+
 /// Frames per decode batch: decoding is measured over a buffer holding this many frames.
 const BATCH: usize = 64;
 
@@ -24,6 +33,7 @@ fn data_frame(len: usize) -> Frame {
     }
 }
 
+/// The frames measured. DATA frames report bytes/s, control frames frames/s.
 fn cases() -> Vec<(&'static str, Frame)> {
     vec![
         ("data_64B", data_frame(64)),
@@ -44,7 +54,7 @@ fn encode(c: &mut Criterion) {
     let copy_below = Config::default().copy_threshold;
     let mut g = c.benchmark_group("wire/encode");
     for (name, frame) in cases() {
-        g.throughput(Throughput::Bytes(frame.encoded_len() as u64));
+        g.throughput(throughput(&frame, 1));
         let mut scratch = BytesMut::with_capacity(4096);
         let mut out = Vec::with_capacity(4);
         g.bench_function(name, |b| {
@@ -61,7 +71,7 @@ fn encode(c: &mut Criterion) {
 fn to_bytes(c: &mut Criterion) {
     let mut g = c.benchmark_group("wire/to_bytes");
     for (name, frame) in cases() {
-        g.throughput(Throughput::Bytes(frame.encoded_len() as u64));
+        g.throughput(throughput(&frame, 1));
         g.bench_function(name, |b| b.iter(|| black_box(&frame).to_bytes()));
     }
     g.finish();
@@ -76,11 +86,7 @@ fn decode(c: &mut Criterion) {
         for _ in 0..BATCH {
             wire_buf.extend_from_slice(&one);
         }
-        if frame.is_reliable() {
-            g.throughput(Throughput::Bytes(wire_buf.len() as u64));
-        } else {
-            g.throughput(Throughput::Elements(BATCH as u64));
-        }
+        g.throughput(throughput(&frame, BATCH));
         g.bench_function(format!("{name}_x{BATCH}"), |b| {
             b.iter_batched_ref(
                 || BytesMut::from(&wire_buf[..]),
