@@ -45,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
     for (frame, wire_bytes) in &frames {
         let encoded = frame.to_bytes();
         assert_eq!(encoded.len(), frame.encoded_len());
-        assert_eq!(&encoded[..], &wire_bytes[..], "non-canonical encoding of {frame:?}");
+        assert_eq!(
+            &encoded[..],
+            &wire_bytes[..],
+            "non-canonical encoding of {frame:?}"
+        );
         let mut scratch = BytesMut::new();
         let mut out = Vec::new();
         frame.encode(&mut scratch, usize::from(data[4]), &mut out);

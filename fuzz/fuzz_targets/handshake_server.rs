@@ -39,7 +39,11 @@ fn chunks(bytes: &[u8], seed: u8) -> Vec<&[u8]> {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        let n = if seed == 0 { rest.len() } else { (x % 97) as usize + 1 };
+        let n = if seed == 0 {
+            rest.len()
+        } else {
+            (x % 97) as usize + 1
+        };
         let (a, b) = rest.split_at(n.min(rest.len()));
         out.push(a);
         rest = b;
@@ -146,7 +150,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if finished {
-        assert!(hs.handle_input(now, &mut buf, |_| Admission::Admit).is_err());
+        assert!(
+            hs.handle_input(now, &mut buf, |_| Admission::Admit)
+                .is_err()
+        );
     }
     let _ = hs.handle_timeout(now + Duration::from_secs(6));
 });

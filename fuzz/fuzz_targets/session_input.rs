@@ -52,11 +52,18 @@ fuzz_target!(|data: &[u8]| {
         panic!("setup of the established pair failed");
     };
     // Stream state on both sides: client stream 0 and server stream 1, some bytes each way.
-    let c = pair.client.open_stream(Some("example.org:80")).expect("client stream");
-    pair.client.write(c, Bytes::from_static(&[1; 3000])).expect("write");
+    let c = pair
+        .client
+        .open_stream(Some("example.org:80"))
+        .expect("client stream");
+    pair.client
+        .write(c, Bytes::from_static(&[1; 3000]))
+        .expect("write");
     pair.pump().expect("pump");
     let s = pair.server.open_stream(None).expect("server stream");
-    pair.server.write(s, Bytes::from_static(&[2; 2000])).expect("write");
+    pair.server
+        .write(s, Bytes::from_static(&[2; 2000]))
+        .expect("write");
     pair.pump().expect("pump");
     pair.client_events.clear();
     pair.server_events.clear();
@@ -72,7 +79,11 @@ fuzz_target!(|data: &[u8]| {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        let n = if seed == 0 { rest.len() } else { (x % 61) as usize + 1 };
+        let n = if seed == 0 {
+            rest.len()
+        } else {
+            (x % 61) as usize + 1
+        };
         let (piece, tail) = rest.split_at(n.min(rest.len()));
         rest = tail;
         buf.extend_from_slice(piece);
