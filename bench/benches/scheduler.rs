@@ -20,6 +20,7 @@ fn paths(n: usize) -> Vec<PathView> {
             unacked_bytes: ((i * 7919) % 13) as u64 * 16_408,
             rate: 10e6 + (i % 3) as f64 * 5e6,
             rtt: Duration::from_millis(20 + (i as u64 * 37) % 180),
+            waiting_bytes: if i % 2 == 0 { 0 } else { 1 << 20 },
         })
         .collect()
 }

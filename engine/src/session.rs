@@ -1609,9 +1609,7 @@ impl Session {
             if !self.scheduler_picks(t, frame_len) {
                 return None;
             }
-            let Some(s) = self.streams.get_mut(&id) else {
-                return None;
-            };
+            let s = self.streams.get_mut(&id)?;
             let payload = if n == 0 {
                 Bytes::new()
             } else {

@@ -279,10 +279,7 @@ impl SimPair {
         while let Some(ev) = self.client.poll_event() {
             self.on_event(Side::Client, ev);
         }
-        loop {
-            let Some(ev) = self.server.as_mut().and_then(Session::poll_event) else {
-                break;
-            };
+        while let Some(ev) = self.server.as_mut().and_then(Session::poll_event) {
             self.on_event(Side::Server, ev);
         }
     }

@@ -269,10 +269,11 @@ impl Workload {
                 f.reset_done = true;
                 return;
             }
-            if half.written == total && f.spec.reset.is_none_or(|(s, _)| s != side) {
-                if session.shutdown(id).is_ok() {
-                    half.fin_sent = true;
-                }
+            if half.written == total
+                && f.spec.reset.is_none_or(|(s, _)| s != side)
+                && session.shutdown(id).is_ok()
+            {
+                half.fin_sent = true;
             }
         }
         // Read.
