@@ -9,6 +9,7 @@ pub mod error;
 pub mod handshake;
 pub mod path;
 pub mod reorder;
+pub mod runtime;
 pub mod scheduler;
 pub mod session;
 pub mod sim;

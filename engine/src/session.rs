@@ -397,9 +397,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// A client session: picks a random session id and asks the driver to dial every slot.
+    /// A client session for deterministic tests and simulations: everything random (session id,
+    /// nonces, backoff jitter) comes from `seed`. Real clients use [`Session::client_seeded`]
+    /// with 32 bytes from the OS.
     pub fn client(config: Arc<Config>, now: Instant, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut bytes = [0; 32];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+        Self::client_seeded(config, now, bytes)
+    }
+
+    /// A client session: picks a random 128-bit session id from `seed` and asks the driver to
+    /// dial every slot.
+    pub fn client_seeded(config: Arc<Config>, now: Instant, seed: [u8; 32]) -> Self {
+        let mut rng = StdRng::from_seed(seed);
         let mut id = [0; 16];
         rng.fill_bytes(&mut id);
         let pool = config.pool_size.max(1) as usize;

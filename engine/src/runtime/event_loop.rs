@@ -1,0 +1,1115 @@
+//! The mio event loop: one thread driving sessions over non-blocking sockets.
+//!
+//! Owns: every socket of its runtime (listeners, tunnels, application connections, server
+//! handshakes in progress), their user-space send queues, and the mapping between sockets and
+//! (session, tunnel slot) or (session, stream). Must not touch: protocol decisions — it calls the
+//! session API exactly as the driver contract in [`crate::session`] says.
+//!
+//! Back-pressure is end to end: an application socket is read only while its stream's send buffer
+//! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
+//! session only while its application socket keeps up (an unflushed queue pauses it until the
+//! socket is writable again), so credit, not memory, absorbs a slow side.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use slab::Slab;
+
+use super::sockopt;
+use super::{RuntimeOptions, TargetResolver};
+use crate::config::Config;
+use crate::handshake::{
+    Admission, HELLO_FLAG_RESUME, HelloStatus, ServerHandshake, ServerProgress,
+};
+use crate::session::{Event, ReadOutcome, Session, StreamId};
+
+const WAKER: Token = Token(usize::MAX);
+/// User-space bytes queued per tunnel before the session is asked for more.
+const TUNNEL_QUEUE: usize = 64 * 1024;
+/// User-space bytes queued towards an application before its stream is read further.
+const APP_QUEUE: usize = 256 * 1024;
+/// Reset code for streams whose target could not be reached.
+const RESET_CONNECT_FAILED: u32 = 1;
+/// Reset code for streams whose application connection failed.
+const RESET_APP_ERROR: u32 = 2;
+
+/// Bytes waiting to be written to a socket, written with vectored writes.
+#[derive(Debug, Default)]
+struct Outbox {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.chunks.push_back(b);
+        }
+    }
+
+    /// Writes as much as the socket takes; `Ok(true)` when empty.
+    fn flush(&mut self, sock: &mut TcpStream) -> io::Result<bool> {
+        while !self.chunks.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .chunks
+                .iter()
+                .take(64)
+                .map(|c| IoSlice::new(c))
+                .collect();
+            match sock.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    self.len -= n;
+                    while n > 0 {
+                        let Some(front) = self.chunks.front_mut() else {
+                            break;
+                        };
+                        if front.len() <= n {
+                            n -= front.len();
+                            self.chunks.pop_front();
+                        } else {
+                            let _ = front.split_to(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// Client: applications connect here.
+    AppListener {
+        sock: TcpListener,
+        target: Option<String>,
+    },
+    /// Server: tunnels connect here.
+    TunnelListener { sock: TcpListener },
+    /// Server: a tunnel connection whose handshake is in progress.
+    Pending {
+        sock: TcpStream,
+        hs: Box<ServerHandshake>,
+        rx: BytesMut,
+        tx: Outbox,
+        peer: SocketAddr,
+    },
+    /// A tunnel of a session.
+    Tunnel {
+        sock: TcpStream,
+        session: usize,
+        slot: usize,
+        rx: BytesMut,
+        tx: Outbox,
+        connecting: bool,
+    },
+    /// An application connection (client) or target connection (server) carrying a stream.
+    App(Box<AppConn>),
+}
+
+#[derive(Debug)]
+struct AppConn {
+    sock: TcpStream,
+    session: usize,
+    stream: StreamId,
+    connecting: bool,
+    /// Bytes read from the socket that the stream has not taken yet.
+    unsent: Option<Bytes>,
+    read_paused: bool,
+    read_eof: bool,
+    tx: Outbox,
+    fin_pending: bool,
+    write_closed: bool,
+    target: SocketAddr,
+}
+
+#[derive(Debug)]
+struct SessionSlot {
+    session: Session,
+    tunnels: Vec<Option<usize>>,
+    streams: HashMap<StreamId, usize>,
+    /// Client: application connections accepted before the session could open streams.
+    waiting_apps: VecDeque<(TcpStream, Option<String>)>,
+}
+
+enum Role {
+    Client { server: SocketAddr },
+    Server { resolve: TargetResolver },
+}
+
+/// One event loop: a client (one session) or a server (many sessions).
+pub(super) struct EventLoop {
+    poll: Poll,
+    role: Role,
+    opts: RuntimeOptions,
+    config: Arc<Config>,
+    entries: Slab<Entry>,
+    sessions: Slab<SessionSlot>,
+    by_id: HashMap<[u8; 16], usize>,
+    stop: Arc<AtomicBool>,
+    draining_since: Option<Instant>,
+    rng: StdRng,
+    scratch: Vec<Bytes>,
+    read_buf: Vec<u8>,
+}
+
+impl EventLoop {
+    fn new(opts: RuntimeOptions, role: Role) -> io::Result<(Self, Arc<Waker>, Arc<AtomicBool>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let config = Arc::new(opts.engine.clone());
+        let read_buf = vec![0; opts.read_chunk.max(4096)];
+        Ok((
+            Self {
+                poll,
+                role,
+                config,
+                opts,
+                entries: Slab::new(),
+                sessions: Slab::new(),
+                by_id: HashMap::new(),
+                stop: stop.clone(),
+                draining_since: None,
+                rng: StdRng::from_os_rng(),
+                scratch: Vec::new(),
+                read_buf,
+            },
+            waker,
+            stop,
+        ))
+    }
+
+    pub(super) fn server(
+        opts: RuntimeOptions,
+        listener: TcpListener,
+        resolve: TargetResolver,
+    ) -> io::Result<(Self, Arc<Waker>, Arc<AtomicBool>)> {
+        let (mut el, waker, stop) = Self::new(opts, Role::Server { resolve })?;
+        el.add(Entry::TunnelListener { sock: listener })?;
+        Ok((el, waker, stop))
+    }
+
+    pub(super) fn client(
+        opts: RuntimeOptions,
+        server: SocketAddr,
+        listeners: Vec<(TcpListener, Option<String>)>,
+    ) -> io::Result<(Self, Arc<Waker>, Arc<AtomicBool>)> {
+        let (mut el, waker, stop) = Self::new(opts, Role::Client { server })?;
+        for (sock, target) in listeners {
+            el.add(Entry::AppListener { sock, target })?;
+        }
+        let session = Session::client_seeded(el.config.clone(), Instant::now(), el.seed());
+        let pool = session.tunnel_count();
+        el.sessions.insert(SessionSlot {
+            session,
+            tunnels: vec![None; pool],
+            streams: HashMap::new(),
+            waiting_apps: VecDeque::new(),
+        });
+        Ok((el, waker, stop))
+    }
+
+    /// A fresh 256-bit seed: a client session draws its 128-bit id and nonces from it.
+    fn seed(&mut self) -> [u8; 32] {
+        let mut seed = [0; 32];
+        self.rng.fill_bytes(&mut seed);
+        seed
+    }
+
+    fn add(&mut self, mut entry: Entry) -> io::Result<usize> {
+        let key = self.entries.vacant_key();
+        let token = Token(key);
+        let reg = self.poll.registry();
+        let rw = Interest::READABLE | Interest::WRITABLE;
+        match &mut entry {
+            Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
+                reg.register(sock, token, Interest::READABLE)?
+            }
+            Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
+                reg.register(sock, token, rw)?
+            }
+            Entry::App(app) => reg.register(&mut app.sock, token, rw)?,
+        }
+        Ok(self.entries.insert(entry))
+    }
+
+    fn remove(&mut self, key: usize) -> Option<Entry> {
+        let mut entry = self.entries.try_remove(key)?;
+        let reg = self.poll.registry();
+        let _ = match &mut entry {
+            Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
+                reg.deregister(sock)
+            }
+            Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => reg.deregister(sock),
+            Entry::App(app) => reg.deregister(&mut app.sock),
+        };
+        Some(entry)
+    }
+
+    /// Runs until stopped and drained.
+    pub(super) fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let timeout = self
+                .sessions
+                .iter()
+                .filter_map(|(_, s)| s.session.poll_timeout())
+                .min()
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_millis(250));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!("event loop poll failed: {e}");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                self.on_ready(
+                    ev.token().0,
+                    ev.is_readable() || ev.is_read_closed(),
+                    ev.is_writable() || ev.is_error(),
+                );
+            }
+            let now = Instant::now();
+            for key in self.session_keys() {
+                let s = &mut self.sessions[key].session;
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+                self.service(key);
+            }
+            self.expire_handshakes(now);
+            if self.stop.load(Ordering::SeqCst) && self.drain(now) {
+                tracing::info!("stopped");
+                return;
+            }
+        }
+    }
+
+    fn session_keys(&self) -> Vec<usize> {
+        self.sessions.iter().map(|(k, _)| k).collect()
+    }
+
+    /// Graceful stop: no new connections, GO_AWAY, wait for streams up to the drain timeout.
+    /// True when done.
+    fn drain(&mut self, now: Instant) -> bool {
+        if self.draining_since.is_none() {
+            self.draining_since = Some(now);
+            tracing::info!(
+                "shutting down: no new connections; open streams have {:?} to finish",
+                self.opts.drain_timeout
+            );
+            let listeners: Vec<usize> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| {
+                    matches!(e, Entry::AppListener { .. } | Entry::TunnelListener { .. })
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in listeners {
+                self.remove(k);
+            }
+            for key in self.session_keys() {
+                self.sessions[key].session.go_away(now);
+                self.service(key);
+            }
+        }
+        let all_done = self
+            .sessions
+            .iter()
+            .all(|(_, s)| s.session.is_closed() || s.streams.is_empty());
+        let expired = self
+            .draining_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.opts.drain_timeout);
+        if all_done || expired {
+            if expired && !all_done {
+                tracing::warn!("drain timeout: closing sessions with streams still open");
+            }
+            for key in self.session_keys() {
+                self.sessions[key]
+                    .session
+                    .close(crate::error::code::SHUTDOWN, "shutting down");
+                self.service(key);
+            }
+            return true;
+        }
+        false
+    }
+
+    // ----- Readiness -----------------------------------------------------------------------
+
+    fn on_ready(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        match entry {
+            Entry::AppListener { .. } => self.accept_apps(key),
+            Entry::TunnelListener { .. } => self.accept_tunnels(key),
+            Entry::Pending { .. } => self.on_pending(key, readable, writable),
+            Entry::Tunnel { .. } => self.on_tunnel(key, readable, writable),
+            Entry::App(_) => self.on_app(key, readable, writable),
+        }
+    }
+
+    fn accept_apps(&mut self, key: usize) {
+        loop {
+            let Some(Entry::AppListener { sock, target }) = self.entries.get_mut(key) else {
+                return;
+            };
+            let target = target.clone();
+            match sock.accept() {
+                Ok((conn, peer)) => {
+                    sockopt::tune_app(&conn);
+                    tracing::debug!(%peer, "application connected");
+                    let Some((skey, _)) = self.sessions.iter().next() else {
+                        return;
+                    };
+                    self.start_client_stream(skey, conn, target);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start_client_stream(&mut self, skey: usize, conn: TcpStream, target: Option<String>) {
+        let slot = &mut self.sessions[skey];
+        match slot.session.open_stream(target.as_deref()) {
+            Ok(stream) => {
+                let peer = conn
+                    .peer_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                tracing::info!(stream, %peer, "stream opened");
+                let app = AppConn {
+                    sock: conn,
+                    session: skey,
+                    stream,
+                    connecting: false,
+                    unsent: None,
+                    read_paused: false,
+                    read_eof: false,
+                    tx: Outbox::default(),
+                    fin_pending: false,
+                    write_closed: false,
+                    target: peer,
+                };
+                match self.add(Entry::App(Box::new(app))) {
+                    Ok(k) => {
+                        self.sessions[skey].streams.insert(stream, k);
+                        self.read_app(k);
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot register application socket: {e}");
+                        let _ = self.sessions[skey].session.reset(stream, RESET_APP_ERROR);
+                    }
+                }
+            }
+            Err(crate::StreamError::NotReady) | Err(crate::StreamError::StreamLimit) => {
+                // Held until a tunnel is up or the peer grants more streams.
+                slot.waiting_apps.push_back((conn, target));
+            }
+            Err(e) => {
+                tracing::warn!("cannot open a stream: {e}; closing the application connection");
+            }
+        }
+    }
+
+    fn accept_tunnels(&mut self, key: usize) {
+        loop {
+            let Some(Entry::TunnelListener { sock }) = self.entries.get_mut(key) else {
+                return;
+            };
+            match sock.accept() {
+                Ok((conn, peer)) => {
+                    let cc = sockopt::tune_tunnel(&conn, &self.opts.tunnel_sockets);
+                    tracing::debug!(%peer, congestion = %cc, "tunnel connection accepted");
+                    let c = &self.config;
+                    let hs = ServerHandshake::new(
+                        &c.psk,
+                        c.pool_size,
+                        c.transport_params(),
+                        c.handshake_timeout,
+                        Instant::now(),
+                        &mut self.rng,
+                    );
+                    let entry = Entry::Pending {
+                        sock: conn,
+                        hs: Box::new(hs),
+                        rx: BytesMut::new(),
+                        tx: Outbox::default(),
+                        peer,
+                    };
+                    if let Err(e) = self.add(entry) {
+                        tracing::warn!("cannot register tunnel socket: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what is available into `rx`; `Ok(true)` at EOF.
+    fn read_into(sock: &mut TcpStream, rx: &mut BytesMut, buf: &mut [u8]) -> io::Result<bool> {
+        loop {
+            match sock.read(buf) {
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    rx.extend_from_slice(&buf[..n]);
+                    if rx.len() >= 4 * buf.len() {
+                        return Ok(false);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn on_pending(&mut self, key: usize, readable: bool, _writable: bool) {
+        let now = Instant::now();
+        let Some(Entry::Pending {
+            sock,
+            hs,
+            rx,
+            tx,
+            peer,
+        }) = self.entries.get_mut(key)
+        else {
+            return;
+        };
+        let peer = *peer;
+        let mut eof = false;
+        if readable {
+            match Self::read_into(sock, rx, &mut self.read_buf) {
+                Ok(e) => eof = e,
+                Err(e) => {
+                    tracing::info!(%peer, "tunnel connection failed during handshake: {e}");
+                    self.remove(key);
+                    return;
+                }
+            }
+        }
+        let by_id = &self.by_id;
+        let full = self.sessions.len() >= self.opts.max_sessions;
+        let result = hs.handle_input(now, rx, |hello| match by_id.get(&hello.session_id) {
+            Some(_) => Admission::Admit,
+            None if hello.flags & HELLO_FLAG_RESUME != 0 => {
+                Admission::Refuse(HelloStatus::UnknownSession)
+            }
+            None if full => Admission::Refuse(HelloStatus::TooManySessions),
+            None => Admission::Admit,
+        });
+        tx.push(hs.take_output().freeze());
+        let flushed = tx.flush(sock);
+        match result {
+            Ok(ServerProgress::Pending) => {
+                if eof {
+                    tracing::info!(%peer, "tunnel connection closed during handshake");
+                    self.remove(key);
+                } else if flushed.is_err() {
+                    self.remove(key);
+                }
+            }
+            Ok(ServerProgress::Accepted(acc)) => {
+                let Some(Entry::Pending { sock, rx, tx, .. }) = self.remove(key) else {
+                    return;
+                };
+                let skey = match self.by_id.get(&acc.session_id) {
+                    Some(&k) => {
+                        self.sessions[k].session.attach_tunnel(now, &acc);
+                        k
+                    }
+                    None => {
+                        let seed = self.rng.next_u64();
+                        let session = Session::server(self.config.clone(), now, &acc, seed);
+                        let k = self.sessions.insert(SessionSlot {
+                            session,
+                            tunnels: vec![None; acc.pool_size as usize],
+                            streams: HashMap::new(),
+                            waiting_apps: VecDeque::new(),
+                        });
+                        self.by_id.insert(acc.session_id, k);
+                        tracing::info!(session = %hex(&acc.session_id), %peer, pool = acc.pool_size, "session started");
+                        k
+                    }
+                };
+                let slot_index = acc.tunnel_index as usize;
+                let entry = Entry::Tunnel {
+                    sock,
+                    session: skey,
+                    slot: slot_index,
+                    rx,
+                    tx,
+                    connecting: false,
+                };
+                match self.add(entry) {
+                    Ok(tk) => {
+                        let slots = &mut self.sessions[skey].tunnels;
+                        if slots.len() <= slot_index {
+                            slots.resize(slot_index + 1, None);
+                        }
+                        if let Some(old) = slots[slot_index].replace(tk) {
+                            self.remove(old);
+                        }
+                        tracing::info!(session = %hex(&acc.session_id), tunnel = slot_index, %peer, rtt = ?acc.rtt, "tunnel established");
+                        // Bytes after ClientAuth belong to the session.
+                        self.on_tunnel(tk, false, true);
+                        self.feed_tunnel(tk);
+                    }
+                    Err(e) => tracing::warn!("cannot register tunnel: {e}"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%peer, "tunnel handshake failed: {e}; connection closed");
+                self.remove(key);
+            }
+        }
+    }
+
+    fn expire_handshakes(&mut self, now: Instant) {
+        let expired: Vec<usize> = self
+            .entries
+            .iter_mut()
+            .filter_map(|(k, e)| match e {
+                Entry::Pending { hs, .. } => hs.handle_timeout(now).is_err().then_some(k),
+                _ => None,
+            })
+            .collect();
+        for k in expired {
+            if let Some(Entry::Pending { peer, .. }) = self.remove(k) {
+                tracing::warn!(%peer, "tunnel handshake timed out; connection closed");
+            }
+        }
+    }
+
+    fn on_tunnel(&mut self, key: usize, readable: bool, writable: bool) {
+        let now = Instant::now();
+        let Some(Entry::Tunnel {
+            sock,
+            session,
+            slot,
+            connecting,
+            ..
+        }) = self.entries.get_mut(key)
+        else {
+            return;
+        };
+        let (skey, t) = (*session, *slot);
+        if *connecting {
+            if !writable && !readable {
+                return;
+            }
+            match sock.take_error() {
+                Ok(None) if sock.peer_addr().is_ok() => {
+                    *connecting = false;
+                    self.sessions[skey].session.tunnel_connected(now, t);
+                }
+                Ok(None) => return,
+                Ok(Some(e)) | Err(e) => {
+                    tracing::info!(tunnel = t, "dial failed: {e}");
+                    self.remove(key);
+                    self.sessions[skey].tunnels[t] = None;
+                    self.sessions[skey]
+                        .session
+                        .tunnel_dial_failed(now, t, &e.to_string());
+                    return;
+                }
+            }
+        }
+        if writable {
+            let Some(Entry::Tunnel { sock, tx, .. }) = self.entries.get_mut(key) else {
+                return;
+            };
+            if let Err(e) = tx.flush(sock) {
+                self.lose_tunnel(key, &format!("write failed: {e}"));
+                return;
+            }
+        }
+        if readable {
+            let Some(Entry::Tunnel { sock, rx, .. }) = self.entries.get_mut(key) else {
+                return;
+            };
+            let result = Self::read_into(sock, rx, &mut self.read_buf);
+            self.feed_tunnel(key);
+            match result {
+                Ok(false) => {}
+                Ok(true) => self.lose_tunnel(key, "closed by peer"),
+                Err(e) => self.lose_tunnel(key, &format!("read failed: {e}")),
+            }
+        }
+    }
+
+    /// Hands the tunnel's received bytes to its session.
+    fn feed_tunnel(&mut self, key: usize) {
+        let now = Instant::now();
+        let Some(Entry::Tunnel {
+            session, slot, rx, ..
+        }) = self.entries.get_mut(key)
+        else {
+            return;
+        };
+        if rx.is_empty() {
+            return;
+        }
+        let (skey, t) = (*session, *slot);
+        let Some(s) = self.sessions.get_mut(skey) else {
+            return;
+        };
+        if let Err(e) = s.session.handle_input(now, t, rx) {
+            tracing::warn!(tunnel = t, "session closed: peer broke the protocol: {e}");
+        }
+    }
+
+    fn lose_tunnel(&mut self, key: usize, why: &str) {
+        let now = Instant::now();
+        if let Some(Entry::Tunnel { session, slot, .. }) = self.remove(key) {
+            if let Some(s) = self.sessions.get_mut(session) {
+                if s.tunnels.get(slot).copied().flatten() == Some(key) {
+                    s.tunnels[slot] = None;
+                }
+                s.session.tunnel_lost(now, slot, why);
+            }
+        }
+    }
+
+    fn on_app(&mut self, key: usize, readable: bool, writable: bool) {
+        let now = Instant::now();
+        let Some(Entry::App(app)) = self.entries.get_mut(key) else {
+            return;
+        };
+        if app.connecting {
+            match app.sock.take_error() {
+                Ok(None) if app.sock.peer_addr().is_ok() => {
+                    app.connecting = false;
+                    tracing::debug!(stream = app.stream, target = %app.target, "connected to target");
+                }
+                Ok(None) => return,
+                Ok(Some(e)) | Err(e) => {
+                    tracing::warn!(stream = app.stream, target = %app.target, "cannot connect to target: {e}; resetting the stream");
+                    let (skey, stream) = (app.session, app.stream);
+                    self.close_app(key);
+                    if let Some(s) = self.sessions.get_mut(skey) {
+                        s.streams.remove(&stream);
+                        let _ = s.session.reset(stream, RESET_CONNECT_FAILED);
+                    }
+                    return;
+                }
+            }
+        }
+        let _ = now;
+        if writable {
+            self.write_app(key);
+        }
+        if readable {
+            self.read_app(key);
+        }
+    }
+
+    /// Moves bytes from an application socket into its stream, as far as credit allows.
+    fn read_app(&mut self, key: usize) {
+        loop {
+            let Some(Entry::App(app)) = self.entries.get_mut(key) else {
+                return;
+            };
+            if app.connecting || app.read_eof {
+                return;
+            }
+            let Some(slot) = self.sessions.get_mut(app.session) else {
+                return;
+            };
+            if let Some(pending) = app.unsent.take() {
+                match slot.session.write(app.stream, pending.clone()) {
+                    Ok(n) if n < pending.len() => {
+                        app.unsent = Some(pending.slice(n..));
+                        app.read_paused = true;
+                        return;
+                    }
+                    Ok(_) => app.read_paused = false,
+                    Err(_) => {
+                        self.close_app(key);
+                        return;
+                    }
+                }
+            }
+            match app.sock.read(&mut self.read_buf) {
+                Ok(0) => {
+                    app.read_eof = true;
+                    let _ = slot.session.shutdown(app.stream);
+                    self.maybe_finish_app(key);
+                    return;
+                }
+                Ok(n) => app.unsent = Some(Bytes::copy_from_slice(&self.read_buf[..n])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::info!(
+                        stream = app.stream,
+                        "application connection failed: {e}; resetting the stream"
+                    );
+                    let (stream, skey) = (app.stream, app.session);
+                    self.close_app(key);
+                    if let Some(s) = self.sessions.get_mut(skey) {
+                        s.streams.remove(&stream);
+                        let _ = s.session.reset(stream, RESET_APP_ERROR);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves stream bytes to the application socket while it keeps up.
+    fn write_app(&mut self, key: usize) {
+        let Some(Entry::App(app)) = self.entries.get_mut(key) else {
+            return;
+        };
+        if app.connecting {
+            return;
+        }
+        let Some(slot) = self.sessions.get_mut(app.session) else {
+            return;
+        };
+        loop {
+            if let Err(e) = app.tx.flush(&mut app.sock) {
+                tracing::info!(
+                    stream = app.stream,
+                    "writing to the application failed: {e}; resetting the stream"
+                );
+                let (stream, skey) = (app.stream, app.session);
+                self.close_app(key);
+                if let Some(s) = self.sessions.get_mut(skey) {
+                    s.streams.remove(&stream);
+                    let _ = s.session.reset(stream, RESET_APP_ERROR);
+                }
+                return;
+            }
+            if app.tx.len >= APP_QUEUE || app.fin_pending || app.write_closed {
+                break;
+            }
+            match slot.session.read(app.stream, APP_QUEUE) {
+                Ok(ReadOutcome::Data(b)) => app.tx.push(b),
+                Ok(ReadOutcome::Fin) => app.fin_pending = true,
+                Ok(ReadOutcome::WouldBlock) => break,
+                Err(_) => break,
+            }
+        }
+        if app.fin_pending && app.tx.len == 0 && !app.write_closed {
+            app.write_closed = true;
+            let _ = app.sock.shutdown(Shutdown::Write);
+            self.maybe_finish_app(key);
+        }
+    }
+
+    fn maybe_finish_app(&mut self, key: usize) {
+        if let Some(Entry::App(app)) = self.entries.get(key)
+            && app.read_eof
+            && app.write_closed
+        {
+            self.close_app(key);
+        }
+    }
+
+    /// Drops an application connection and its stream mapping (slab keys are reused, so a
+    /// stale mapping would route another connection's events).
+    fn close_app(&mut self, key: usize) {
+        if let Some(Entry::App(app)) = self.remove(key)
+            && let Some(s) = self.sessions.get_mut(app.session)
+            && s.streams.get(&app.stream) == Some(&key)
+        {
+            s.streams.remove(&app.stream);
+        }
+    }
+
+    // ----- Sessions ------------------------------------------------------------------------
+
+    /// Reacts to a session's events and sends what it has for its tunnels.
+    fn service(&mut self, skey: usize) {
+        let now = Instant::now();
+        while let Some(ev) = self
+            .sessions
+            .get_mut(skey)
+            .and_then(|s| s.session.poll_event())
+        {
+            self.on_session_event(skey, ev, now);
+        }
+        self.transmit(skey);
+        let Some(slot) = self.sessions.get(skey) else {
+            return;
+        };
+        if slot.session.is_closed() {
+            // Everything was flushed by `transmit` above as far as the sockets allowed.
+            let tunnels: Vec<usize> = slot.tunnels.iter().flatten().copied().collect();
+            let apps: Vec<usize> = slot.streams.values().copied().collect();
+            let id = *slot.session.id();
+            for k in tunnels.into_iter().chain(apps) {
+                if let Some(Entry::App(app)) = self.entries.get(k) {
+                    sockopt::abort_on_close(&app.sock);
+                }
+                self.remove(k);
+            }
+            self.sessions.remove(skey);
+            self.by_id.remove(&id);
+            if matches!(self.role, Role::Client { .. }) && !self.stop.load(Ordering::SeqCst) {
+                // A client always has a session: start a fresh one.
+                let session = Session::client_seeded(self.config.clone(), now, self.seed());
+                let pool = session.tunnel_count();
+                tracing::info!("starting a new session");
+                self.sessions.insert(SessionSlot {
+                    session,
+                    tunnels: vec![None; pool],
+                    streams: HashMap::new(),
+                    waiting_apps: VecDeque::new(),
+                });
+            }
+        }
+    }
+
+    fn transmit(&mut self, skey: usize) {
+        let now = Instant::now();
+        let Some(slot) = self.sessions.get_mut(skey) else {
+            return;
+        };
+        for t in 0..slot.tunnels.len() {
+            let Some(tk) = slot.tunnels[t] else {
+                continue;
+            };
+            let Some(Entry::Tunnel {
+                sock,
+                tx,
+                connecting: false,
+                ..
+            }) = self.entries.get_mut(tk)
+            else {
+                continue;
+            };
+            let mut failed = None;
+            loop {
+                if tx.len >= TUNNEL_QUEUE {
+                    break;
+                }
+                self.scratch.clear();
+                let n =
+                    slot.session
+                        .poll_transmit(now, t, TUNNEL_QUEUE - tx.len, &mut self.scratch);
+                for c in self.scratch.drain(..) {
+                    tx.push(c);
+                }
+                match tx.flush(sock) {
+                    Ok(true) if n > 0 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                let why = format!("write failed: {e}");
+                if let Some(Entry::Tunnel { mut sock, .. }) = self.entries.try_remove(tk) {
+                    let _ = self.poll.registry().deregister(&mut sock);
+                    slot.tunnels[t] = None;
+                    slot.session.tunnel_lost(now, t, &why);
+                }
+            }
+        }
+    }
+
+    fn on_session_event(&mut self, skey: usize, ev: Event, now: Instant) {
+        let id = self
+            .sessions
+            .get(skey)
+            .map(|s| hex(s.session.id()))
+            .unwrap_or_default();
+        match ev {
+            Event::Dial { tunnel } => {
+                let Role::Client { server } = self.role else {
+                    return;
+                };
+                let t = tunnel as usize;
+                match sockopt::connect_nonblocking(server, Some(&self.opts.tunnel_sockets)) {
+                    Ok((std_sock, cc)) => {
+                        tracing::debug!(tunnel = t, %server, congestion = cc.as_deref().unwrap_or("?"), "dialing tunnel");
+                        let entry = Entry::Tunnel {
+                            sock: TcpStream::from_std(std_sock),
+                            session: skey,
+                            slot: t,
+                            rx: BytesMut::new(),
+                            tx: Outbox::default(),
+                            connecting: true,
+                        };
+                        match self.add(entry) {
+                            Ok(k) => self.sessions[skey].tunnels[t] = Some(k),
+                            Err(e) => self.sessions[skey].session.tunnel_dial_failed(
+                                now,
+                                t,
+                                &e.to_string(),
+                            ),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(tunnel = t, %server, "dial failed: {e}");
+                        self.sessions[skey]
+                            .session
+                            .tunnel_dial_failed(now, t, &e.to_string());
+                    }
+                }
+            }
+            Event::TunnelUp { tunnel, rtt } => {
+                let cc = self.sessions[skey].tunnels[tunnel as usize]
+                    .and_then(|k| match self.entries.get(k) {
+                        Some(Entry::Tunnel { sock, .. }) => sockopt::congestion_of(sock),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                if matches!(self.role, Role::Client { .. }) {
+                    tracing::info!(session = %id, tunnel, ?rtt, congestion = %cc, "tunnel established");
+                }
+                // Held application connections can go now.
+                let waiting: Vec<_> = self.sessions[skey].waiting_apps.drain(..).collect();
+                for (conn, target) in waiting {
+                    self.start_client_stream(skey, conn, target);
+                }
+            }
+            Event::TunnelDown { tunnel, reason } => {
+                tracing::warn!(session = %id, tunnel, "tunnel lost: {reason}");
+                if let Some(k) = self.sessions[skey]
+                    .tunnels
+                    .get_mut(tunnel as usize)
+                    .and_then(Option::take)
+                {
+                    self.remove(k);
+                }
+            }
+            Event::StreamOpened { stream, target } => self.open_target(skey, stream, target),
+            Event::StreamReadable { stream } => {
+                if let Some(&k) = self.sessions[skey].streams.get(&stream) {
+                    self.write_app(k);
+                }
+            }
+            Event::StreamWritable { stream } => {
+                if let Some(&k) = self.sessions[skey].streams.get(&stream) {
+                    self.read_app(k);
+                }
+            }
+            Event::StreamReset { stream, code } => {
+                tracing::info!(session = %id, stream, code, "stream reset by peer");
+                if let Some(k) = self.sessions[skey].streams.remove(&stream) {
+                    if let Some(Entry::App(app)) = self.entries.get(k) {
+                        sockopt::abort_on_close(&app.sock);
+                    }
+                    self.close_app(k);
+                }
+            }
+            Event::StreamClosed {
+                stream,
+                sent,
+                received,
+            } => {
+                tracing::info!(session = %id, stream, bytes_sent = sent, bytes_received = received, "stream closed");
+                if let Some(k) = self.sessions[skey].streams.remove(&stream) {
+                    // The connection finishes its own half-closes; it is only forgotten here.
+                    if let Some(Entry::App(app)) = self.entries.get(k)
+                        && app.read_eof
+                        && app.write_closed
+                    {
+                        self.close_app(k);
+                    }
+                }
+            }
+            Event::GoAway { code } => tracing::info!(session = %id, code, "peer is going away"),
+            Event::SessionClosed { reason } => {
+                if reason.code() == crate::error::code::NO_ERROR {
+                    tracing::info!(session = %id, "session closed: {reason}");
+                } else {
+                    tracing::warn!(session = %id, "session closed: {reason}");
+                }
+            }
+        }
+    }
+
+    fn open_target(&mut self, skey: usize, stream: StreamId, target: Option<String>) {
+        let Role::Server { resolve } = &self.role else {
+            return;
+        };
+        let Some(addr) = resolve(target.as_deref()) else {
+            tracing::warn!(
+                stream,
+                target = target.as_deref().unwrap_or(""),
+                "target not allowed or unresolvable; resetting"
+            );
+            let _ = self.sessions[skey]
+                .session
+                .reset(stream, RESET_CONNECT_FAILED);
+            return;
+        };
+        match sockopt::connect_nonblocking(addr, None) {
+            Ok((std_sock, _)) => {
+                tracing::info!(stream, target = %addr, "stream opened");
+                let app = AppConn {
+                    sock: TcpStream::from_std(std_sock),
+                    session: skey,
+                    stream,
+                    connecting: true,
+                    unsent: None,
+                    read_paused: false,
+                    read_eof: false,
+                    tx: Outbox::default(),
+                    fin_pending: false,
+                    write_closed: false,
+                    target: addr,
+                };
+                match self.add(Entry::App(Box::new(app))) {
+                    Ok(k) => {
+                        self.sessions[skey].streams.insert(stream, k);
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot register target socket: {e}");
+                        let _ = self.sessions[skey]
+                            .session
+                            .reset(stream, RESET_CONNECT_FAILED);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stream, target = %addr, "cannot connect to target: {e}; resetting");
+                let _ = self.sessions[skey]
+                    .session
+                    .reset(stream, RESET_CONNECT_FAILED);
+            }
+        }
+    }
+}
+
+fn hex(id: &[u8]) -> String {
+    id.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,171 @@
+//! Socket options of tunnels and application connections, and the process's open-file limit.
+//!
+//! Owns: how sockets are made and tuned (TCP_NODELAY, TCP_NOTSENT_LOWAT, TCP_CONGESTION, buffer
+//! sizes, SO_REUSEPORT, RST on abort) and raising RLIMIT_NOFILE. Must not touch: any protocol
+//! state or event loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// How tunnel sockets are tuned.
+#[derive(Debug, Clone, Default)]
+pub struct TunnelSocketOptions {
+    /// TCP_CONGESTION for the tunnels (e.g. "bbr"); `None` keeps the system default.
+    pub congestion: Option<String>,
+    /// SO_SNDBUF; `None` keeps autotuning.
+    pub send_buffer: Option<usize>,
+    /// SO_RCVBUF; `None` keeps autotuning.
+    pub recv_buffer: Option<usize>,
+    /// TCP_NOTSENT_LOWAT: unsent bytes the kernel may hold, so the scheduler decides late.
+    pub notsent_lowat: u32,
+}
+
+fn setsockopt_bytes(fd: i32, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `value` is a valid buffer of the given length for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The congestion control a socket really uses (TCP_CONGESTION read back).
+pub fn congestion_of(sock: &impl AsFd) -> Option<String> {
+    let mut buf = [0u8; 32];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` and `len` are valid for writing and describe the same buffer.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let bytes = &buf[..(len as usize).min(buf.len())];
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+/// Applies the tunnel options; returns the congestion control in force. A congestion control the
+/// kernel refuses is logged and the system default kept.
+pub fn tune_tunnel(sock: &impl AsFd, opts: &TunnelSocketOptions) -> String {
+    let fd = sock.as_fd().as_raw_fd();
+    let sref = SockRef::from(sock);
+    if let Err(e) = sref.set_nodelay(true) {
+        tracing::warn!("TCP_NODELAY on tunnel: {e}");
+    }
+    if opts.notsent_lowat > 0
+        && let Err(e) = setsockopt_bytes(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &opts.notsent_lowat.to_ne_bytes(),
+        )
+    {
+        tracing::warn!("TCP_NOTSENT_LOWAT on tunnel: {e}");
+    }
+    if let Some(size) = opts.send_buffer
+        && let Err(e) = sref.set_send_buffer_size(size)
+    {
+        tracing::warn!("SO_SNDBUF {size} on tunnel: {e}");
+    }
+    if let Some(size) = opts.recv_buffer
+        && let Err(e) = sref.set_recv_buffer_size(size)
+    {
+        tracing::warn!("SO_RCVBUF {size} on tunnel: {e}");
+    }
+    if let Some(cc) = &opts.congestion
+        && let Err(e) = setsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, cc.as_bytes())
+    {
+        tracing::warn!(
+            "congestion control {cc:?} refused by the kernel ({e}); keeping the system default \
+             (see /proc/sys/net/ipv4/tcp_available_congestion_control)"
+        );
+    }
+    congestion_of(sock).unwrap_or_else(|| "unknown".into())
+}
+
+/// Application-side sockets: no Nagle delay (the tunnel batches anyway).
+pub fn tune_app(sock: &impl AsFd) {
+    let _ = SockRef::from(sock).set_nodelay(true);
+}
+
+/// Makes the next close send RST instead of FIN (a reset stream aborts its connection).
+pub fn abort_on_close(sock: &impl AsFd) {
+    let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
+/// A non-blocking listener with SO_REUSEADDR (and SO_REUSEPORT, for one listener per worker).
+pub fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
+}
+
+/// Starts a non-blocking connect; the socket becomes writable when it completes or fails.
+pub fn connect_nonblocking(
+    addr: SocketAddr,
+    tunnel: Option<&TunnelSocketOptions>,
+) -> io::Result<(std::net::TcpStream, Option<String>)> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    // Options that shape the connection go on before the SYN.
+    let cc = tunnel.map(|opts| tune_tunnel(&sock, opts));
+    if tunnel.is_none() {
+        tune_app(&sock);
+    }
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok((sock.into(), cc))
+}
+
+/// Raises the open-file soft limit to the hard limit; returns (soft before, soft now, hard).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok((before, lim.rlim_cur, lim.rlim_max))
+}
