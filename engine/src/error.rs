@@ -1,7 +1,7 @@
 //! Typed errors and the close codes they map to on the wire.
 //!
 //! Owns: why a session ended ([`SessionError`]), why a tunnel went down ([`TunnelError`]), why a
-//! stream call failed ([`StreamError`]), and the numeric close codes of docs/PROTOCOL.md §6.
+//! stream call failed ([`StreamError`]), and the numeric close codes of docs/PROTOCOL.md §9.
 //! Must not touch: any state.
 
 use std::time::Duration;

@@ -50,7 +50,7 @@ pub mod frame_type {
     pub const CLOSE: u8 = 0x0B;
 }
 
-/// Why a frame could not be parsed. Any of these ends the session (docs/PROTOCOL.md §6).
+/// Why a frame could not be parsed. Any of these ends the session (docs/PROTOCOL.md §9).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// The header declares a body longer than the receiver's limit.
@@ -154,7 +154,7 @@ pub enum Frame {
     },
     /// The session ends now.
     Close {
-        /// Error code (docs/PROTOCOL.md §6).
+        /// Error code (docs/PROTOCOL.md §9).
         code: u32,
         /// Human-readable reason, UTF-8.
         reason: Bytes,
