@@ -8,8 +8,8 @@
 //! state and only calls the message and proof helpers here.
 //!
 //! The key never crosses the wire: each side proves knowledge of it by an HMAC over both nonces,
-//! the session id and the tunnel index, with a label per direction so one proof cannot be replayed
-//! as the other.
+//! the session id, the tunnel index and the server's status, with a label per direction so one
+//! proof cannot be replayed as the other.
 
 use std::time::{Duration, Instant};
 
@@ -195,7 +195,8 @@ pub struct ServerHello {
     pub capabilities: u32,
     /// Server's challenge.
     pub nonce: [u8; NONCE_LEN],
-    /// HMAC proving the server knows the key (zero when status is not Ok).
+    /// HMAC proving the server knows the key, over the status too (zero only in an
+    /// UnsupportedVersion refusal, which cannot be signed).
     pub proof: [u8; PROOF_LEN],
     /// The server's limits.
     pub params: TransportParams,

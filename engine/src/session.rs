@@ -267,6 +267,7 @@ impl Tunnel {
         self.ping_outstanding = false;
         self.pong_due = None;
         self.close_pending = None;
+        self.saturated = false;
     }
 }
 
@@ -516,7 +517,7 @@ impl Session {
         self.tunnels.get(t).map(|x| &x.path)
     }
 
-    /// Bytes of frames delivered (acknowledged) over tunnel `t`'s current connection.
+    /// Bytes of frames delivered (acknowledged) over tunnel slot `t`, across its connections.
     pub fn tunnel_delivered(&self, t: usize) -> u64 {
         self.tunnels.get(t).map_or(0, |x| x.delivered)
     }

@@ -42,6 +42,17 @@ const RESET_CONNECT_FAILED: u32 = 1;
 /// Reset code for streams whose application connection failed.
 const RESET_APP_ERROR: u32 = 2;
 
+/// How far a read got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    /// The socket has nothing more now.
+    Drained,
+    /// A batch was read; more may be waiting.
+    Batch,
+    /// The peer closed its side.
+    Eof,
+}
+
 /// Bytes waiting to be written to a socket, written with vectored writes.
 #[derive(Debug, Default)]
 struct Outbox {
@@ -477,18 +488,20 @@ impl EventLoop {
         }
     }
 
-    /// Reads what is available into `rx`; `Ok(true)` at EOF.
-    fn read_into(sock: &mut TcpStream, rx: &mut BytesMut, buf: &mut [u8]) -> io::Result<bool> {
+    /// Reads into `rx` until the socket would block, it closes, or `rx` holds a batch worth
+    /// handing to the session first. Readiness is edge-triggered: the caller must come back
+    /// while this says `Batch`.
+    fn read_into(sock: &mut TcpStream, rx: &mut BytesMut, buf: &mut [u8]) -> io::Result<ReadState> {
         loop {
             match sock.read(buf) {
-                Ok(0) => return Ok(true),
+                Ok(0) => return Ok(ReadState::Eof),
                 Ok(n) => {
                     rx.extend_from_slice(&buf[..n]);
                     if rx.len() >= 4 * buf.len() {
-                        return Ok(false);
+                        return Ok(ReadState::Batch);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadState::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -510,8 +523,9 @@ impl EventLoop {
         let peer = *peer;
         let mut eof = false;
         if readable {
+            // A handshake is small: bound what a stranger can make us buffer.
             match Self::read_into(sock, rx, &mut self.read_buf) {
-                Ok(e) => eof = e,
+                Ok(state) => eof = state == ReadState::Eof,
                 Err(e) => {
                     tracing::info!(%peer, "tunnel connection failed during handshake: {e}");
                     self.remove(key);
@@ -582,9 +596,9 @@ impl EventLoop {
                             self.remove(old);
                         }
                         tracing::info!(session = %hex(&acc.session_id), tunnel = slot_index, %peer, rtt = ?acc.rtt, "tunnel established");
-                        // Bytes after ClientAuth belong to the session.
-                        self.on_tunnel(tk, false, true);
-                        self.feed_tunnel(tk);
+                        // Bytes after ClientAuth belong to the session, and more may wait in
+                        // the socket (0-RTT data right behind the handshake).
+                        self.on_tunnel(tk, true, true);
                     }
                     Err(e) => tracing::warn!("cannot register tunnel: {e}"),
                 }
@@ -655,16 +669,23 @@ impl EventLoop {
                 return;
             }
         }
-        if readable {
+        while readable {
             let Some(Entry::Tunnel { sock, rx, .. }) = self.entries.get_mut(key) else {
                 return;
             };
             let result = Self::read_into(sock, rx, &mut self.read_buf);
             self.feed_tunnel(key);
             match result {
-                Ok(false) => {}
-                Ok(true) => self.lose_tunnel(key, "closed by peer"),
-                Err(e) => self.lose_tunnel(key, &format!("read failed: {e}")),
+                Ok(ReadState::Batch) => continue,
+                Ok(ReadState::Drained) => break,
+                Ok(ReadState::Eof) => {
+                    self.lose_tunnel(key, "closed by peer");
+                    break;
+                }
+                Err(e) => {
+                    self.lose_tunnel(key, &format!("read failed: {e}"));
+                    break;
+                }
             }
         }
     }
