@@ -192,7 +192,7 @@ impl Pair {
     }
 }
 
-/// Backends ------------------------------------------------------------------------------------
+// Backends ------------------------------------------------------------------------------------
 
 /// Serves each connection on its own thread with `handle`, for as long as the test runs.
 fn backend(handle: fn(TcpStream)) -> SocketAddr {
@@ -300,7 +300,7 @@ fn send_and_digest(mut s: TcpStream, total: u64, seed: u64) -> ([u8; 32], [u8; 3
     (hasher.finalize().into(), theirs, len)
 }
 
-/// Tests --------------------------------------------------------------------------------------
+// Tests --------------------------------------------------------------------------------------
 
 #[test]
 fn http_request_through_client_and_server_returns_the_right_body() {

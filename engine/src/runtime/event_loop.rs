@@ -669,7 +669,10 @@ impl EventLoop {
                 return;
             }
         }
-        while readable {
+        if !readable {
+            return;
+        }
+        loop {
             let Some(Entry::Tunnel { sock, rx, .. }) = self.entries.get_mut(key) else {
                 return;
             };
