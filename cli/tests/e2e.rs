@@ -18,11 +18,23 @@ const DRIVERS: &[&str] = &["mio"];
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A port free right now, chosen below the kernel's ephemeral range (32768 and up here), so the
+/// outgoing connections of tests running in parallel cannot take it between this check and the
+/// daemon's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let salt = u64::from(std::process::id()).wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + ((salt.wrapping_add(n.wrapping_mul(104_729))) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);

@@ -459,7 +459,7 @@ impl Checker {
                 raw.max_frame_payload,
                 u64::from(default.max_frame_payload),
                 512,
-                ByteSize::MIB,
+                256 * ByteSize::KIB,
             )? as u32,
             handshake_timeout: duration(
                 "limits.handshake_timeout",
