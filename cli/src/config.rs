@@ -241,7 +241,7 @@ mod tests {
             ),
             ("[server]\nbuffer_size = \"100B\"\n", "server.buffer_size"),
             (
-                "[server]\n[limits]\nstream_window = \"128MiB\"\n",
+                "[server]\n[limits]\nstream_window = \"512MiB\"\n",
                 "limits.stream_window",
             ),
             (

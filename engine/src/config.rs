@@ -60,8 +60,13 @@ impl Default for Config {
             pool_size: 8,
             max_frame_payload: 16 * 1024,
             max_frame_body: 256 * 1024,
-            stream_window: 16 * 1024 * 1024,
-            session_window: 64 * 1024 * 1024,
+            // Sized for the WAN: one tunnel in loss recovery holds the stream's head back for
+            // about an RTT while the others keep delivering, so the window must cover the
+            // whole pool's bandwidth for a few RTTs (measured: 16 MiB gave 0.43x of eight direct
+            // flows at 100 ms / 1 %, 64 MiB 0.81x). Credit, not allocation: only a stream
+            // with data waiting behind a gap holds memory.
+            stream_window: 64 * 1024 * 1024,
+            session_window: 256 * 1024 * 1024,
             stream_send_buffer: 1024 * 1024,
             max_streams: 131_072,
             handshake_timeout: Duration::from_secs(10),
