@@ -21,8 +21,8 @@ backend_ip = "$MTCP_WAN_ADDR_B"
 backend_port = 5201
 connection_pool_size = $N
 [limits]
-stream_window = "${WINDOW:-16MiB}"
-session_window = "${SESSION_WINDOW:-64MiB}"
+stream_window = "${WINDOW:-64MiB}"
+session_window = "${SESSION_WINDOW:-256MiB}"
 EOT
 cat > "$work/c.toml" <<EOT
 mode = "client"
@@ -35,8 +35,8 @@ server_ip = "$MTCP_WAN_ADDR_B"
 server_port = 8000
 connection_pool_size = $N
 [limits]
-stream_window = "${WINDOW:-16MiB}"
-session_window = "${SESSION_WINDOW:-64MiB}"
+stream_window = "${WINDOW:-64MiB}"
+session_window = "${SESSION_WINDOW:-256MiB}"
 EOT
 RUST_LOG=warn ip netns exec "$MTCP_WAN_NS_B" "$R/mtcpd" server -c "$work/s.toml" 2>"$work/s.log" &
 sleep 0.3
