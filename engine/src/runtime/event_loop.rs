@@ -35,8 +35,6 @@ use crate::handshake::{
 };
 use crate::session::{Event, ReadOutcome, Session, StreamId};
 
-/// User-space bytes queued per tunnel before the session is asked for more.
-const TUNNEL_QUEUE: usize = 64 * 1024;
 /// User-space bytes queued towards an application before its stream is read further.
 const APP_QUEUE: usize = 256 * 1024;
 /// Reset code for streams whose target could not be reached.
@@ -931,13 +929,13 @@ impl<D: Driver> EventLoop<D> {
             };
             let mut failed = None;
             loop {
-                if tx.len >= TUNNEL_QUEUE {
+                if tx.len >= D::TUNNEL_QUEUE {
                     break;
                 }
                 self.scratch.clear();
                 let n =
                     slot.session
-                        .poll_transmit(now, t, TUNNEL_QUEUE - tx.len, &mut self.scratch);
+                        .poll_transmit(now, t, D::TUNNEL_QUEUE - tx.len, &mut self.scratch);
                 for c in self.scratch.drain(..) {
                     tx.push(c);
                 }

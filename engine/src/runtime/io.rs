@@ -56,6 +56,10 @@ pub(super) trait Driver: Send + Sized + 'static {
     type Stream: IoStream;
     /// Name for logs.
     const NAME: &'static str;
+    /// User-space bytes queued per tunnel before the session is asked for more. A completion
+    /// driver keeps this much in flight per send, so it wants more than a readiness driver,
+    /// whose writes land in the socket buffer at once.
+    const TUNNEL_QUEUE: usize = 64 * 1024;
     /// Wraps a bound std listener.
     fn listener(&mut self, l: std::net::TcpListener) -> io::Result<Self::Listener>;
     /// Wraps a std stream (connected, or connecting when `connecting`).

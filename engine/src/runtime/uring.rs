@@ -11,7 +11,8 @@
 //! - A `read` that finds no completed receive arms one and answers `WouldBlock`; a `write` that
 //!   finds no completed send submits one and answers `WouldBlock`. Every completion becomes an
 //!   event for the socket's token, which is exactly the edge the shared loop waits for.
-//! - Listeners keep one `ACCEPT` armed (re-armed on every completion); connecting sockets (a
+//! - Listeners keep one `ACCEPT` armed (re-armed on every completion, after a short back-off
+//!   when it failed, so `EMFILE` does not spin the loop); connecting sockets (a
 //!   non-blocking `connect` is already in progress) wait with `POLL_ADD(POLLOUT)`.
 //! - Timers: the loop's timeout is passed to `io_uring_enter` (`EXT_ARG` timespec).
 //! - The waker is an eventfd with a `READ` always armed.
@@ -32,7 +33,7 @@ use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::{IoUring, opcode, types};
@@ -43,9 +44,27 @@ use super::io::{Driver, IoListener, IoStream, MAX_IOV, Ready, Waker, WakerInner}
 /// `user_data` of operations nobody waits for (cancellations).
 const UNTRACKED: u64 = u64::MAX;
 
-/// Checks that the kernel lets this process set up a ring.
+/// How long a listener waits before accepting again after an accept failed (e.g. `EMFILE`),
+/// rather than spinning on the error.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The ring the driver runs on. The kernel must support `IORING_FEAT_EXT_ARG` (Linux 5.11), which
+/// the loop's timed wait needs; every opcode used here is older.
+fn ring() -> io::Result<IoUring> {
+    let ring = IoUring::builder().setup_cqsize(8192).build(1024)?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11 or later)",
+        ));
+    }
+    Ok(ring)
+}
+
+/// Checks that the kernel lets this process set up the driver's ring.
 pub(super) fn probe() -> io::Result<()> {
-    IoUring::new(256).map(drop)
+    IoUring::new(256)?;
+    ring().map(drop)
 }
 
 enum OpKind {
@@ -94,6 +113,8 @@ struct Core {
     ready: Vec<Ready>,
     read_chunk: usize,
     wake_fd: OwnedFd,
+    /// Listeners whose accept failed, and when to arm it again.
+    accept_retry: Vec<(usize, Instant)>,
 }
 
 // SAFETY: the raw pointers (ring mappings, iovecs and message headers of operations in flight)
@@ -230,11 +251,18 @@ impl Core {
                     // SAFETY: a successful accept returns a new descriptor that nobody owns yet.
                     s.accepted
                         .push_back(Ok(unsafe { OwnedFd::from_raw_fd(res) }));
-                } else if !retry && res != -libc::ECANCELED {
+                    if !s.closed {
+                        self.arm_accept(id);
+                    }
+                } else if retry {
+                    if !s.closed {
+                        self.arm_accept(id);
+                    }
+                } else if res != -libc::ECANCELED {
                     s.accepted.push_back(Err(err()));
-                }
-                if !s.closed {
-                    self.arm_accept(id);
+                    if !s.closed {
+                        self.accept_retry.push((id, Instant::now() + ACCEPT_RETRY));
+                    }
                 }
                 (true, false)
             }
@@ -256,6 +284,23 @@ impl Core {
         }
     }
 
+    /// Re-arms the listeners whose back-off is over; the earliest still waiting.
+    fn retry_accepts(&mut self, now: Instant) -> Option<Instant> {
+        let due: Vec<usize> = self
+            .accept_retry
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        self.accept_retry.retain(|(_, at)| *at > now);
+        for id in due {
+            if self.socks.get(id).is_some_and(|s| !s.closed) {
+                self.arm_accept(id);
+            }
+        }
+        self.accept_retry.iter().map(|(_, at)| *at).min()
+    }
+
     fn reap(&mut self) {
         let done: Vec<(u64, i32)> = self
             .ring
@@ -270,6 +315,8 @@ impl Core {
     fn close(&mut self, id: usize) {
         // Queued entries name this descriptor by number: hand them over before it is closed.
         let _ = self.ring.submit();
+        // Its slab key may be reused once it is gone.
+        self.accept_retry.retain(|(l, _)| *l != id);
         let s = &mut self.socks[id];
         s.closed = true;
         s.token = None;
@@ -328,7 +375,7 @@ pub(super) struct Uring {
 
 impl Uring {
     pub(super) fn new(read_chunk: usize) -> io::Result<(Self, Waker)> {
-        let ring = IoUring::builder().setup_cqsize(8192).build(1024)?;
+        let ring = ring()?;
         // SAFETY: plain eventfd creation; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -344,6 +391,7 @@ impl Uring {
             ready: Vec::new(),
             read_chunk: read_chunk.max(4096),
             wake_fd,
+            accept_retry: Vec::new(),
         };
         core.start(None, OpKind::Wake(Box::new(0)));
         Ok((
@@ -523,6 +571,7 @@ impl Driver for Uring {
     type Listener = UringListener;
     type Stream = UringStream;
     const NAME: &'static str = "uring";
+    const TUNNEL_QUEUE: usize = 256 * 1024;
 
     fn listener(&mut self, l: TcpListener) -> io::Result<UringListener> {
         l.set_nonblocking(false)?;
@@ -574,6 +623,11 @@ impl Driver for Uring {
     fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()> {
         let mut c = lock(&self.core);
         c.reap();
+        let now = Instant::now();
+        let timeout = match c.retry_accepts(now) {
+            Some(at) => timeout.min(at.saturating_duration_since(now)),
+            None => timeout,
+        };
         let result = if c.ready.is_empty() {
             let ts = types::Timespec::from(timeout);
             let args = types::SubmitArgs::new().timespec(&ts);
