@@ -484,10 +484,9 @@ impl<D: Driver> EventLoop<D> {
     /// while this says `Batch`.
     fn read_into(sock: &mut D::Stream, rx: &mut BytesMut, buf: &mut [u8]) -> io::Result<ReadState> {
         loop {
-            match sock.read(buf) {
+            match sock.read_append(rx, buf) {
                 Ok(0) => return Ok(ReadState::Eof),
-                Ok(n) => {
-                    rx.extend_from_slice(&buf[..n]);
+                Ok(_) => {
                     if rx.len() >= 4 * buf.len() {
                         return Ok(ReadState::Batch);
                     }
@@ -776,14 +775,14 @@ impl<D: Driver> EventLoop<D> {
                     }
                 }
             }
-            match app.sock.read(&mut self.read_buf) {
-                Ok(0) => {
+            match app.sock.read_bytes(&mut self.read_buf) {
+                Ok(b) if b.is_empty() => {
                     app.read_eof = true;
                     let _ = slot.session.shutdown(app.stream);
                     self.maybe_finish_app(key);
                     return;
                 }
-                Ok(n) => app.unsent = Some(Bytes::copy_from_slice(&self.read_buf[..n])),
+                Ok(b) => app.unsent = Some(b),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

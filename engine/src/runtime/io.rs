@@ -17,7 +17,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Most chunks handed to one vectored write.
 pub(super) const MAX_IOV: usize = 64;
@@ -37,6 +37,19 @@ pub(super) trait IoListener: Send + std::fmt::Debug + Sized {
 pub(super) trait IoStream: Send + std::fmt::Debug + AsFd + Sized {
     /// Reads into `buf`; `Ok(0)` at end of stream, or `WouldBlock`.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads and appends to `rx`; `Ok(0)` at end of stream, or `WouldBlock`. `scratch` is where
+    /// a driver that reads in place may put the bytes first.
+    fn read_append(&mut self, rx: &mut BytesMut, scratch: &mut [u8]) -> io::Result<usize> {
+        let n = self.read(scratch)?;
+        rx.extend_from_slice(&scratch[..n]);
+        Ok(n)
+    }
+    /// Reads one chunk (empty at end of stream), or `WouldBlock`; a driver that owns its receive
+    /// buffers may hand one over instead of copying.
+    fn read_bytes(&mut self, scratch: &mut [u8]) -> io::Result<Bytes> {
+        let n = self.read(scratch)?;
+        Ok(Bytes::copy_from_slice(&scratch[..n]))
+    }
     /// Writes a prefix of `chunks` (they stay queued until this reports them written), or
     /// `WouldBlock`.
     fn write_chunks(&mut self, chunks: &VecDeque<Bytes>) -> io::Result<usize>;

@@ -4,8 +4,9 @@
 //! what the loop does with the bytes ([`super::event_loop`] is shared with mio).
 //!
 //! # Completion model
-//! - Each stream has at most one receive in flight, into a buffer it owns (`read_chunk` bytes),
-//!   and at most one vectored send (`SENDMSG` with `MSG_NOSIGNAL`) of clones of the queued
+//! - Each stream has at most one receive in flight, into a buffer it owns (`read_chunk` bytes
+//!   of capacity; a well-filled one is handed to the session as `Bytes` without a copy, tunnel
+//!   bytes are appended straight to the tunnel's receive buffer), and at most one vectored send (`SENDMSG` with `MSG_NOSIGNAL`) of clones of the queued
 //!   `Bytes`, which keep the payload alive until the completion arrives. The loop's outbox only
 //!   drops bytes the completion reports as sent, so the send never references freed memory.
 //! - A `read` that finds no completed receive arms one and answers `WouldBlock`; a `write` that
@@ -35,7 +36,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use io_uring::{IoUring, opcode, types};
 use slab::Slab;
 
@@ -148,7 +149,8 @@ impl Core {
         let entry = match &kind {
             OpKind::Recv(buf) => {
                 let Some(fd) = fd else { unreachable!() };
-                opcode::Recv::new(fd, buf.as_ptr().cast_mut(), buf.len() as u32).build()
+                // The kernel writes into the spare capacity; `complete` sets the length.
+                opcode::Recv::new(fd, buf.as_ptr().cast_mut(), buf.capacity() as u32).build()
             }
             OpKind::Send { _msg, .. } => {
                 let Some(fd) = fd else { unreachable!() };
@@ -187,8 +189,9 @@ impl Core {
             return;
         }
         let mut buf = std::mem::take(&mut s.spare);
-        if buf.len() != self.read_chunk {
-            buf = vec![0; self.read_chunk];
+        buf.clear();
+        if buf.capacity() < self.read_chunk {
+            buf = Vec::with_capacity(self.read_chunk);
         }
         let op = self.start(Some(id), OpKind::Recv(buf));
         self.socks[id].recv_op = Some(op);
@@ -220,9 +223,12 @@ impl Core {
         let s = &mut self.socks[id];
         s.inflight -= 1;
         let (readable, writable) = match op.kind {
-            OpKind::Recv(buf) => {
+            OpKind::Recv(mut buf) => {
                 s.recv_op = None;
                 s.rx = if res > 0 {
+                    // SAFETY: the kernel initialised the first `res` bytes (at most the capacity
+                    // it was given).
+                    unsafe { buf.set_len(res as usize) };
                     Some(Rx::Data(buf, 0, res as usize))
                 } else if res == 0 {
                     Some(Rx::Eof)
@@ -512,6 +518,59 @@ impl IoStream for UringStream {
             Some(Rx::Eof) => {
                 s.rx = Some(Rx::Eof);
                 Ok(0)
+            }
+            Some(Rx::Err(e)) => Err(e),
+            None => {
+                c.arm_recv(self.id);
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        }
+    }
+
+    fn read_append(&mut self, rx: &mut BytesMut, _scratch: &mut [u8]) -> io::Result<usize> {
+        let mut core = lock(&self.core);
+        let c = &mut *core;
+        let s = &mut c.socks[self.id];
+        match s.rx.take() {
+            Some(Rx::Data(data, pos, end)) => {
+                rx.extend_from_slice(&data[pos..end]);
+                s.spare = data;
+                c.arm_recv(self.id);
+                Ok(end - pos)
+            }
+            Some(Rx::Eof) => {
+                s.rx = Some(Rx::Eof);
+                Ok(0)
+            }
+            Some(Rx::Err(e)) => Err(e),
+            None => {
+                c.arm_recv(self.id);
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        }
+    }
+
+    fn read_bytes(&mut self, _scratch: &mut [u8]) -> io::Result<Bytes> {
+        let mut core = lock(&self.core);
+        let c = &mut *core;
+        let s = &mut c.socks[self.id];
+        match s.rx.take() {
+            Some(Rx::Data(data, pos, end)) => {
+                // A well-filled buffer is handed over as is (the next receive gets a fresh one);
+                // a small read is copied, so a few bytes never pin a whole buffer.
+                let out = if pos == 0 && end >= c.read_chunk / 4 {
+                    Bytes::from(data)
+                } else {
+                    let out = Bytes::copy_from_slice(&data[pos..end]);
+                    s.spare = data;
+                    out
+                };
+                c.arm_recv(self.id);
+                Ok(out)
+            }
+            Some(Rx::Eof) => {
+                s.rx = Some(Rx::Eof);
+                Ok(Bytes::new())
             }
             Some(Rx::Err(e)) => Err(e),
             None => {
