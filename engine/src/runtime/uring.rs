@@ -481,7 +481,16 @@ impl IoListener for UringListener {
     type Stream = UringStream;
     fn accept(&mut self) -> io::Result<(UringStream, SocketAddr)> {
         loop {
-            let next = lock(&self.core).socks[self.id].accepted.pop_front();
+            let mut core = lock(&self.core);
+            let s = &mut core.socks[self.id];
+            let next = s.accepted.pop_front();
+            if matches!(next, Some(Err(_))) && !s.accepted.is_empty() {
+                // The loop stops accepting at an error: make it come back for the rest.
+                if let Some(token) = s.token {
+                    core.ready.push((token, true, false));
+                }
+            }
+            drop(core);
             match next {
                 None => return Err(io::ErrorKind::WouldBlock.into()),
                 Some(Err(e)) => return Err(e),
