@@ -1,8 +1,10 @@
 //! Runs the real `mtcpd` binary: `check` on good and bad configs (exit codes, what goes to
 //! stdout and stderr), the daemon commands before the runtime exists, and `--help`.
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,6 +26,56 @@ fn mtcpd(arguments: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("the mtcpd binary runs")
+}
+
+/// Holds the listen addresses of the built-in defaults and the seed server config
+/// (127.0.0.1:7000, 0.0.0.0:8000), so a daemon started with them stops at once with "cannot
+/// listen" instead of serving. Waits while another test holds them; if something outside the
+/// tests holds one for long, the daemon fails on it just the same.
+fn hold_default_listen_addresses() -> Vec<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut held = Vec::new();
+    for addr in ["127.0.0.1:7000", "0.0.0.0:8000"] {
+        loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => {
+                    held.push(l);
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    held
+}
+
+/// Runs a daemon command that should stop on its own (it cannot listen), killing it after a while
+/// so a mistake fails the test instead of hanging it.
+fn run_daemon(command: &mut Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the mtcpd binary runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait for mtcpd").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("collect mtcpd output")
+}
+
+fn daemon(arguments: &[&str]) -> Output {
+    run_daemon(
+        Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+            .args(arguments)
+            .env_remove("MTCPD_IO")
+            .env_remove("MTCPD_CONFIG")
+            .env_remove("RUST_LOG"),
+    )
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -114,32 +166,32 @@ fn mode_conflicting_with_the_command_is_refused() {
     }
 }
 
-/// `--io uring` makes the runtime refuse to start (that driver is not in this build), so these
-/// commands stop right after loading the config instead of serving forever.
+/// The listen addresses are taken (see [`hold_default_listen_addresses`]), so these commands stop
+/// right after starting the runtime instead of serving forever.
 #[test]
 fn daemon_commands_validate_the_config_then_start_the_runtime() {
-    let seed_form = mtcpd(&[
+    let _held = hold_default_listen_addresses();
+    let seed_form = daemon(&[
         "server",
         "-c",
         path_arg(&config_file("config.server.toml")),
         "--io",
-        "uring",
+        "mio",
     ]);
-    let role_form = mtcpd(&["--role", "client", "--cores", "1", "--io", "uring"]);
+    let role_form = daemon(&["--role", "client", "--cores", "1"]);
     for output in [seed_form, role_form] {
         assert_eq!(output.status.code(), Some(1));
         let stderr = text(&output.stderr);
         assert!(stderr.contains("configuration loaded"), "{stderr}");
-        assert!(
-            stderr.contains("io_uring driver is not in this build"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("I/O driver selected"), "{stderr}");
+        assert!(stderr.contains("cannot listen"), "{stderr}");
     }
 }
 
 #[test]
 fn defaults_are_announced_when_no_file_is_given() {
-    let output = mtcpd(&["--role", "server", "--io", "uring"]);
+    let _held = hold_default_listen_addresses();
+    let output = daemon(&["--role", "server"]);
     let stderr = text(&output.stderr);
     assert!(stderr.contains("built-in defaults"), "{stderr}");
     assert!(stderr.contains("127.0.0.1:8000"), "{stderr}");
@@ -160,20 +212,24 @@ fn io_driver_comes_from_the_environment() {
 
 #[test]
 fn rust_log_controls_logging() {
-    let quiet = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-        .args(["--role", "server", "--io", "uring"])
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
+    let _held = hold_default_listen_addresses();
+    let quiet = run_daemon(
+        Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+            .args(["--role", "server"])
+            .env("RUST_LOG", "off"),
+    );
     let stderr = text(&quiet.stderr);
     assert!(!stderr.contains("configuration loaded"), "{stderr}");
-    assert!(stderr.contains("io_uring"), "errors still print: {stderr}");
+    assert!(
+        stderr.contains("cannot listen"),
+        "errors still print: {stderr}"
+    );
 
-    let seed_filter = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-        .args(["--role", "server", "--io", "uring"])
-        .env("RUST_LOG", "mtcp=debug")
-        .output()
-        .unwrap();
+    let seed_filter = run_daemon(
+        Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+            .args(["--role", "server"])
+            .env("RUST_LOG", "mtcp=debug"),
+    );
     assert!(text(&seed_filter.stderr).contains("configuration loaded"));
 }
 

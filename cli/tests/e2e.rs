@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-/// Drivers exercised. The io_uring driver joins this list when it lands.
-const DRIVERS: &[&str] = &["mio"];
+/// Drivers exercised.
+const DRIVERS: &[&str] = &["mio", "uring"];
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -625,15 +625,4 @@ fn sigterm_drains_and_exits_zero() {
             pair.logs()
         );
     }
-}
-
-#[test]
-fn io_uring_request_is_refused_clearly_until_that_driver_lands() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-        .args(["--role", "server", "--io", "uring"])
-        .output()
-        .expect("run mtcpd");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("io_uring"), "{err}");
 }

@@ -1,4 +1,8 @@
-//! The mio event loop: one thread driving sessions over non-blocking sockets.
+//! The event loop: one thread driving sessions over sockets, generic over the I/O driver.
+//!
+//! Both drivers (mio and io_uring) run this same code: it only uses the readiness-shaped socket
+//! operations of [`super::io`], so session servicing, event handling and back-pressure are
+//! written once.
 //!
 //! Owns: every socket of its runtime (listeners, tunnels, application connections, server
 //! handshakes in progress), their user-space send queues, and the mapping between sockets and
@@ -11,19 +15,18 @@
 //! socket is writable again), so credit, not memory, absorbs a slow side.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use slab::Slab;
 
+use super::io::{Driver, IoListener, IoStream, Ready};
 use super::sockopt;
 use super::{RuntimeOptions, TargetResolver};
 use crate::config::Config;
@@ -32,9 +35,6 @@ use crate::handshake::{
 };
 use crate::session::{Event, ReadOutcome, Session, StreamId};
 
-const WAKER: Token = Token(usize::MAX);
-/// User-space bytes queued per tunnel before the session is asked for more.
-const TUNNEL_QUEUE: usize = 64 * 1024;
 /// User-space bytes queued towards an application before its stream is read further.
 const APP_QUEUE: usize = 256 * 1024;
 /// Reset code for streams whose target could not be reached.
@@ -69,15 +69,9 @@ impl Outbox {
     }
 
     /// Writes as much as the socket takes; `Ok(true)` when empty.
-    fn flush(&mut self, sock: &mut TcpStream) -> io::Result<bool> {
+    fn flush(&mut self, sock: &mut impl IoStream) -> io::Result<bool> {
         while !self.chunks.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .chunks
-                .iter()
-                .take(64)
-                .map(|c| IoSlice::new(c))
-                .collect();
-            match sock.write_vectored(&slices) {
+            match sock.write_chunks(&self.chunks) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut n) => {
                     self.len -= n;
@@ -104,17 +98,17 @@ impl Outbox {
 }
 
 #[derive(Debug)]
-enum Entry {
+enum Entry<D: Driver> {
     /// Client: applications connect here.
     AppListener {
-        sock: TcpListener,
+        sock: D::Listener,
         target: Option<String>,
     },
     /// Server: tunnels connect here.
-    TunnelListener { sock: TcpListener },
+    TunnelListener { sock: D::Listener },
     /// Server: a tunnel connection whose handshake is in progress.
     Pending {
-        sock: TcpStream,
+        sock: D::Stream,
         hs: Box<ServerHandshake>,
         rx: BytesMut,
         tx: Outbox,
@@ -122,7 +116,7 @@ enum Entry {
     },
     /// A tunnel of a session.
     Tunnel {
-        sock: TcpStream,
+        sock: D::Stream,
         session: usize,
         slot: usize,
         rx: BytesMut,
@@ -130,12 +124,12 @@ enum Entry {
         connecting: bool,
     },
     /// An application connection (client) or target connection (server) carrying a stream.
-    App(Box<AppConn>),
+    App(Box<AppConn<D>>),
 }
 
 #[derive(Debug)]
-struct AppConn {
-    sock: TcpStream,
+struct AppConn<D: Driver> {
+    sock: D::Stream,
     session: usize,
     stream: StreamId,
     connecting: bool,
@@ -150,12 +144,12 @@ struct AppConn {
 }
 
 #[derive(Debug)]
-struct SessionSlot {
+struct SessionSlot<D: Driver> {
     session: Session,
     tunnels: Vec<Option<usize>>,
     streams: HashMap<StreamId, usize>,
     /// Client: application connections accepted before the session could open streams.
-    waiting_apps: VecDeque<(TcpStream, Option<String>)>,
+    waiting_apps: VecDeque<(D::Stream, Option<String>)>,
 }
 
 enum Role {
@@ -164,13 +158,14 @@ enum Role {
 }
 
 /// One event loop: a client (one session) or a server (many sessions).
-pub(super) struct EventLoop {
-    poll: Poll,
+pub(super) struct EventLoop<D: Driver> {
+    io: D,
+    ready: Vec<Ready>,
     role: Role,
     opts: RuntimeOptions,
     config: Arc<Config>,
-    entries: Slab<Entry>,
-    sessions: Slab<SessionSlot>,
+    entries: Slab<Entry<D>>,
+    sessions: Slab<SessionSlot<D>>,
     by_id: HashMap<[u8; 16], usize>,
     stop: Arc<AtomicBool>,
     draining_since: Option<Instant>,
@@ -179,16 +174,15 @@ pub(super) struct EventLoop {
     read_buf: Vec<u8>,
 }
 
-impl EventLoop {
-    fn new(opts: RuntimeOptions, role: Role) -> io::Result<(Self, Arc<Waker>, Arc<AtomicBool>)> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+impl<D: Driver> EventLoop<D> {
+    fn new(io: D, opts: RuntimeOptions, role: Role) -> (Self, Arc<AtomicBool>) {
         let stop = Arc::new(AtomicBool::new(false));
         let config = Arc::new(opts.engine.clone());
         let read_buf = vec![0; opts.read_chunk.max(4096)];
-        Ok((
+        (
             Self {
-                poll,
+                io,
+                ready: Vec::new(),
                 role,
                 config,
                 opts,
@@ -201,28 +195,31 @@ impl EventLoop {
                 scratch: Vec::new(),
                 read_buf,
             },
-            waker,
             stop,
-        ))
+        )
     }
 
     pub(super) fn server(
+        io: D,
         opts: RuntimeOptions,
-        listener: TcpListener,
+        listener: std::net::TcpListener,
         resolve: TargetResolver,
-    ) -> io::Result<(Self, Arc<Waker>, Arc<AtomicBool>)> {
-        let (mut el, waker, stop) = Self::new(opts, Role::Server { resolve })?;
-        el.add(Entry::TunnelListener { sock: listener })?;
-        Ok((el, waker, stop))
+    ) -> io::Result<(Self, Arc<AtomicBool>)> {
+        let (mut el, stop) = Self::new(io, opts, Role::Server { resolve });
+        let sock = el.io.listener(listener)?;
+        el.add(Entry::TunnelListener { sock })?;
+        Ok((el, stop))
     }
 
     pub(super) fn client(
+        io: D,
         opts: RuntimeOptions,
         server: SocketAddr,
-        listeners: Vec<(TcpListener, Option<String>)>,
-    ) -> io::Result<(Self, Arc<Waker>, Arc<AtomicBool>)> {
-        let (mut el, waker, stop) = Self::new(opts, Role::Client { server })?;
+        listeners: Vec<(std::net::TcpListener, Option<String>)>,
+    ) -> io::Result<(Self, Arc<AtomicBool>)> {
+        let (mut el, stop) = Self::new(io, opts, Role::Client { server });
         for (sock, target) in listeners {
+            let sock = el.io.listener(sock)?;
             el.add(Entry::AppListener { sock, target })?;
         }
         let session = Session::client_seeded(el.config.clone(), Instant::now(), el.seed());
@@ -233,7 +230,7 @@ impl EventLoop {
             streams: HashMap::new(),
             waiting_apps: VecDeque::new(),
         });
-        Ok((el, waker, stop))
+        Ok((el, stop))
     }
 
     /// A fresh 256-bit seed: a client session draws its 128-bit id and nonces from it.
@@ -243,39 +240,39 @@ impl EventLoop {
         seed
     }
 
-    fn add(&mut self, mut entry: Entry) -> io::Result<usize> {
+    fn add(&mut self, mut entry: Entry<D>) -> io::Result<usize> {
         let key = self.entries.vacant_key();
-        let token = Token(key);
-        let reg = self.poll.registry();
-        let rw = Interest::READABLE | Interest::WRITABLE;
         match &mut entry {
             Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
-                reg.register(sock, token, Interest::READABLE)?
+                self.io.register_listener(sock, key)?
             }
-            Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
-                reg.register(sock, token, rw)?
-            }
-            Entry::App(app) => reg.register(&mut app.sock, token, rw)?,
+            Entry::Pending { sock, .. } => self.io.register_stream(sock, key, false)?,
+            Entry::Tunnel {
+                sock, connecting, ..
+            } => self.io.register_stream(sock, key, *connecting)?,
+            Entry::App(app) => self
+                .io
+                .register_stream(&mut app.sock, key, app.connecting)?,
         }
         Ok(self.entries.insert(entry))
     }
 
-    fn remove(&mut self, key: usize) -> Option<Entry> {
+    fn remove(&mut self, key: usize) -> Option<Entry<D>> {
         let mut entry = self.entries.try_remove(key)?;
-        let reg = self.poll.registry();
-        let _ = match &mut entry {
+        match &mut entry {
             Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
-                reg.deregister(sock)
+                self.io.deregister_listener(sock)
             }
-            Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => reg.deregister(sock),
-            Entry::App(app) => reg.deregister(&mut app.sock),
-        };
+            Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
+                self.io.deregister_stream(sock)
+            }
+            Entry::App(app) => self.io.deregister_stream(&mut app.sock),
+        }
         Some(entry)
     }
 
     /// Runs until stopped and drained.
     pub(super) fn run(&mut self) {
-        let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
             let timeout = self
@@ -286,22 +283,16 @@ impl EventLoop {
                 .map(|t| t.saturating_duration_since(now))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_millis(250));
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!("event loop poll failed: {e}");
-                    return;
-                }
+            if let Err(e) = self.io.wait(timeout, &mut self.ready) {
+                tracing::error!("event loop wait failed ({} driver): {e}", D::NAME);
+                return;
             }
-            for ev in events.iter() {
-                if ev.token() == WAKER {
-                    continue;
-                }
-                self.on_ready(
-                    ev.token().0,
-                    ev.is_readable() || ev.is_read_closed(),
-                    ev.is_writable() || ev.is_error(),
-                );
+            let ready = std::mem::take(&mut self.ready);
+            for &(key, readable, writable) in &ready {
+                self.on_ready(key, readable, writable);
             }
+            self.ready = ready;
+            self.ready.clear();
             let now = Instant::now();
             for key in self.session_keys() {
                 let s = &mut self.sessions[key].session;
@@ -408,7 +399,7 @@ impl EventLoop {
         }
     }
 
-    fn start_client_stream(&mut self, skey: usize, conn: TcpStream, target: Option<String>) {
+    fn start_client_stream(&mut self, skey: usize, conn: D::Stream, target: Option<String>) {
         let slot = &mut self.sessions[skey];
         match slot.session.open_stream(target.as_deref()) {
             Ok(stream) => {
@@ -491,12 +482,11 @@ impl EventLoop {
     /// Reads into `rx` until the socket would block, it closes, or `rx` holds a batch worth
     /// handing to the session first. Readiness is edge-triggered: the caller must come back
     /// while this says `Batch`.
-    fn read_into(sock: &mut TcpStream, rx: &mut BytesMut, buf: &mut [u8]) -> io::Result<ReadState> {
+    fn read_into(sock: &mut D::Stream, rx: &mut BytesMut, buf: &mut [u8]) -> io::Result<ReadState> {
         loop {
-            match sock.read(buf) {
+            match sock.read_append(rx, buf) {
                 Ok(0) => return Ok(ReadState::Eof),
-                Ok(n) => {
-                    rx.extend_from_slice(&buf[..n]);
+                Ok(_) => {
                     if rx.len() >= 4 * buf.len() {
                         return Ok(ReadState::Batch);
                     }
@@ -785,14 +775,14 @@ impl EventLoop {
                     }
                 }
             }
-            match app.sock.read(&mut self.read_buf) {
-                Ok(0) => {
+            match app.sock.read_bytes(&mut self.read_buf) {
+                Ok(b) if b.is_empty() => {
                     app.read_eof = true;
                     let _ = slot.session.shutdown(app.stream);
                     self.maybe_finish_app(key);
                     return;
                 }
-                Ok(n) => app.unsent = Some(Bytes::copy_from_slice(&self.read_buf[..n])),
+                Ok(b) => app.unsent = Some(b),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -849,7 +839,7 @@ impl EventLoop {
         }
         if app.fin_pending && app.tx.len == 0 && !app.write_closed {
             app.write_closed = true;
-            let _ = app.sock.shutdown(Shutdown::Write);
+            let _ = app.sock.shutdown_write();
             self.maybe_finish_app(key);
         }
     }
@@ -938,13 +928,13 @@ impl EventLoop {
             };
             let mut failed = None;
             loop {
-                if tx.len >= TUNNEL_QUEUE {
+                if tx.len >= D::TUNNEL_QUEUE {
                     break;
                 }
                 self.scratch.clear();
                 let n =
                     slot.session
-                        .poll_transmit(now, t, TUNNEL_QUEUE - tx.len, &mut self.scratch);
+                        .poll_transmit(now, t, D::TUNNEL_QUEUE - tx.len, &mut self.scratch);
                 for c in self.scratch.drain(..) {
                     tx.push(c);
                 }
@@ -960,7 +950,7 @@ impl EventLoop {
             if let Some(e) = failed {
                 let why = format!("write failed: {e}");
                 if let Some(Entry::Tunnel { mut sock, .. }) = self.entries.try_remove(tk) {
-                    let _ = self.poll.registry().deregister(&mut sock);
+                    self.io.deregister_stream(&mut sock);
                     slot.tunnels[t] = None;
                     slot.session.tunnel_lost(now, t, &why);
                 }
@@ -980,11 +970,13 @@ impl EventLoop {
                     return;
                 };
                 let t = tunnel as usize;
-                match sockopt::connect_nonblocking(server, Some(&self.opts.tunnel_sockets)) {
-                    Ok((std_sock, cc)) => {
+                match sockopt::connect_nonblocking(server, Some(&self.opts.tunnel_sockets))
+                    .and_then(|(s, cc)| Ok((self.io.stream(s)?, cc)))
+                {
+                    Ok((sock, cc)) => {
                         tracing::debug!(tunnel = t, %server, congestion = cc.as_deref().unwrap_or("?"), "dialing tunnel");
                         let entry = Entry::Tunnel {
-                            sock: TcpStream::from_std(std_sock),
+                            sock,
                             session: skey,
                             slot: t,
                             rx: BytesMut::new(),
@@ -1096,11 +1088,11 @@ impl EventLoop {
                 .reset(stream, RESET_CONNECT_FAILED);
             return;
         };
-        match sockopt::connect_nonblocking(addr, None) {
-            Ok((std_sock, _)) => {
+        match sockopt::connect_nonblocking(addr, None).and_then(|(s, _)| self.io.stream(s)) {
+            Ok(sock) => {
                 tracing::info!(stream, target = %addr, "stream opened");
                 let app = AppConn {
-                    sock: TcpStream::from_std(std_sock),
+                    sock,
                     session: skey,
                     stream,
                     connecting: true,

@@ -7,12 +7,19 @@
 //!
 //! # I/O drivers
 //! The contract an event loop fulfils towards a session is the one in [`crate::session`]'s
-//! module docs. The mio driver (epoll here, kqueue elsewhere) is the one implemented so far; the
-//! io_uring driver is planned behind the same contract. `--io auto` therefore runs mio and says
-//! so in the log; `--io uring` is refused with a clear error rather than silently downgraded.
+//! module docs. Both drivers run the same event loop ([`event_loop`]), generic over the small
+//! socket contract in [`io`]: mio (epoll here, kqueue elsewhere) and, on Linux, io_uring
+//! ([`uring`]). `--io uring` probes the kernel and fails clearly if it refuses a ring; `--io auto`
+//! takes io_uring when the probe works and mio otherwise; `MTCPD_IO=mio` (or `--io mio`) forces
+//! mio. The choice is logged at start.
 
 mod event_loop;
+mod io;
 pub mod sockopt;
+#[cfg(target_os = "linux")]
+mod uring;
+
+pub use io::Waker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +49,7 @@ pub enum IoChoice {
 pub enum RuntimeError {
     /// The requested driver is not available in this build or on this kernel.
     #[error("I/O driver {0:?} is not available: {1}")]
-    DriverUnavailable(IoChoice, &'static str),
+    DriverUnavailable(IoChoice, String),
     /// The protocol configuration is invalid.
     #[error("invalid engine configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
@@ -120,7 +127,7 @@ pub struct ClientForward {
 #[derive(Debug)]
 pub struct RuntimeHandle {
     stop: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
+    waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
 }
@@ -139,7 +146,7 @@ impl RuntimeHandle {
 
     /// The flag that [`RuntimeHandle::shutdown`] sets (e.g. for a signal handler), and the waker
     /// to call after setting it.
-    pub fn stop_flag(&self) -> (Arc<AtomicBool>, Arc<mio::Waker>) {
+    pub fn stop_flag(&self) -> (Arc<AtomicBool>, Arc<Waker>) {
         (self.stop.clone(), self.waker.clone())
     }
 
@@ -160,31 +167,66 @@ impl Drop for RuntimeHandle {
     }
 }
 
-fn choose_driver(io: IoChoice) -> Result<&'static str, RuntimeError> {
+/// The drivers this crate can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DriverKind {
+    Mio,
+    #[cfg(target_os = "linux")]
+    Uring,
+}
+
+#[cfg(target_os = "linux")]
+fn probe_uring() -> Result<(), String> {
+    uring::probe().map_err(|e| format!("the kernel refused an io_uring instance: {e}"))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn probe_uring() -> Result<(), String> {
+    Err("io_uring exists only on Linux".into())
+}
+
+fn choose_driver(io: IoChoice) -> Result<DriverKind, RuntimeError> {
     match io {
-        IoChoice::Mio => Ok("mio"),
-        IoChoice::Auto => {
-            tracing::info!("I/O driver: mio (auto: the io_uring driver is not in this build yet)");
-            Ok("mio")
-        }
-        IoChoice::Uring => Err(RuntimeError::DriverUnavailable(
-            IoChoice::Uring,
-            "the io_uring driver is not in this build yet; use --io mio or auto",
-        )),
+        IoChoice::Mio => Ok(DriverKind::Mio),
+        IoChoice::Auto => match probe_uring() {
+            #[cfg(target_os = "linux")]
+            Ok(()) => Ok(DriverKind::Uring),
+            #[cfg(not(target_os = "linux"))]
+            Ok(()) => Ok(DriverKind::Mio),
+            Err(why) => {
+                tracing::info!("auto: io_uring unavailable ({why}); using mio");
+                Ok(DriverKind::Mio)
+            }
+        },
+        IoChoice::Uring => match probe_uring() {
+            #[cfg(target_os = "linux")]
+            Ok(()) => Ok(DriverKind::Uring),
+            #[cfg(not(target_os = "linux"))]
+            Ok(()) => unreachable!(),
+            Err(why) => Err(RuntimeError::DriverUnavailable(
+                IoChoice::Uring,
+                format!("{why}; use --io mio or auto"),
+            )),
+        },
     }
 }
 
-fn prepare(opts: &RuntimeOptions) -> Result<(), RuntimeError> {
+fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
     opts.engine.validate()?;
     let driver = choose_driver(opts.io)?;
-    tracing::info!(driver, "I/O driver selected");
+    let name = match driver {
+        DriverKind::Mio => "mio",
+        #[cfg(target_os = "linux")]
+        DriverKind::Uring => "uring",
+    };
+    tracing::info!(driver = name, requested = ?opts.io, "I/O driver selected");
     match sockopt::raise_nofile_limit() {
         Ok((before, now, hard)) => {
             tracing::info!(soft_before = before, soft = now, hard, "open-file limit")
         }
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
     }
-    Ok(())
+    Ok(driver)
 }
 
 /// Starts a server: accepts tunnels on `listen`, connects each stream to what `resolve` says.
@@ -193,16 +235,31 @@ pub fn spawn_server(
     listen: SocketAddr,
     resolve: TargetResolver,
 ) -> Result<RuntimeHandle, RuntimeError> {
-    prepare(&opts)?;
+    let driver = prepare(&opts)?;
     let listener = sockopt::listener(listen, false).map_err(|source| RuntimeError::Listen {
         addr: listen,
         source,
     })?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "listening for tunnels");
-    let (event_loop, waker, stop) =
-        event_loop::EventLoop::server(opts, mio::net::TcpListener::from_std(listener), resolve)?;
-    Ok(spawn(event_loop, waker, stop, vec![local], "mtcpd-server")?)
+    fn go<D: io::Driver>(
+        (driver, waker): (D, Waker),
+        opts: RuntimeOptions,
+        listener: std::net::TcpListener,
+        resolve: TargetResolver,
+        local: SocketAddr,
+    ) -> Result<RuntimeHandle, RuntimeError> {
+        let (event_loop, stop) = event_loop::EventLoop::server(driver, opts, listener, resolve)?;
+        Ok(spawn(event_loop, waker, stop, vec![local], "mtcpd-server")?)
+    }
+    match driver {
+        DriverKind::Mio => go(io::Mio::new()?, opts, listener, resolve, local),
+        #[cfg(target_os = "linux")]
+        DriverKind::Uring => {
+            let chunk = opts.read_chunk;
+            go(uring::Uring::new(chunk)?, opts, listener, resolve, local)
+        }
+    }
 }
 
 /// Starts a client: opens the tunnel pool to `server` and carries every connection accepted on a
@@ -212,7 +269,7 @@ pub fn spawn_client(
     server: SocketAddr,
     forwards: &[ClientForward],
 ) -> Result<RuntimeHandle, RuntimeError> {
-    prepare(&opts)?;
+    let driver = prepare(&opts)?;
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     for f in forwards {
@@ -223,15 +280,31 @@ pub fn spawn_client(
         let local = l.local_addr()?;
         tracing::info!(%local, target = f.target.as_deref().unwrap_or("<server default>"), %server, "listening for applications");
         addrs.push(local);
-        listeners.push((mio::net::TcpListener::from_std(l), f.target.clone()));
+        listeners.push((l, f.target.clone()));
     }
-    let (event_loop, waker, stop) = event_loop::EventLoop::client(opts, server, listeners)?;
-    Ok(spawn(event_loop, waker, stop, addrs, "mtcpd-client")?)
+    fn go<D: io::Driver>(
+        (driver, waker): (D, Waker),
+        opts: RuntimeOptions,
+        server: SocketAddr,
+        listeners: Vec<(std::net::TcpListener, Option<String>)>,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<RuntimeHandle, RuntimeError> {
+        let (event_loop, stop) = event_loop::EventLoop::client(driver, opts, server, listeners)?;
+        Ok(spawn(event_loop, waker, stop, addrs, "mtcpd-client")?)
+    }
+    match driver {
+        DriverKind::Mio => go(io::Mio::new()?, opts, server, listeners, addrs),
+        #[cfg(target_os = "linux")]
+        DriverKind::Uring => {
+            let chunk = opts.read_chunk;
+            go(uring::Uring::new(chunk)?, opts, server, listeners, addrs)
+        }
+    }
 }
 
-fn spawn(
-    mut event_loop: event_loop::EventLoop,
-    waker: Arc<mio::Waker>,
+fn spawn<D: io::Driver>(
+    mut event_loop: event_loop::EventLoop<D>,
+    waker: Waker,
     stop: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
     name: &str,
@@ -241,7 +314,7 @@ fn spawn(
         .spawn(move || event_loop.run())?;
     Ok(RuntimeHandle {
         stop,
-        waker,
+        waker: Arc::new(waker),
         thread: Some(thread),
         local_addrs,
     })
