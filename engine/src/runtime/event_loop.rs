@@ -169,6 +169,8 @@ pub(super) struct EventLoop<D: Driver> {
     by_id: HashMap<[u8; 16], usize>,
     stop: Arc<AtomicBool>,
     draining_since: Option<Instant>,
+    /// Listeners whose accept failed with connections possibly still queued.
+    accept_retry: Vec<usize>,
     rng: StdRng,
     scratch: Vec<Bytes>,
     read_buf: Vec<u8>,
@@ -191,6 +193,7 @@ impl<D: Driver> EventLoop<D> {
                 by_id: HashMap::new(),
                 stop: stop.clone(),
                 draining_since: None,
+                accept_retry: Vec::new(),
                 rng: StdRng::from_os_rng(),
                 scratch: Vec::new(),
                 read_buf,
@@ -302,6 +305,9 @@ impl<D: Driver> EventLoop<D> {
                 self.service(key);
             }
             self.expire_handshakes(now);
+            for key in std::mem::take(&mut self.accept_retry) {
+                self.on_ready(key, true, false);
+            }
             if self.stop.load(Ordering::SeqCst) && self.drain(now) {
                 tracing::info!("stopped");
                 return;
@@ -392,7 +398,12 @@ impl<D: Driver> EventLoop<D> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    // Readiness will not fire again for connections already queued: retry
+                    // from the loop (e.g. once file descriptors are free again after EMFILE).
+                    tracing::warn!("accept failed: {e}; retrying shortly");
+                    if !self.accept_retry.contains(&key) {
+                        self.accept_retry.push(key);
+                    }
                     return;
                 }
             }
@@ -472,7 +483,12 @@ impl<D: Driver> EventLoop<D> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    // Readiness will not fire again for connections already queued: retry
+                    // from the loop (e.g. once file descriptors are free again after EMFILE).
+                    tracing::warn!("accept failed: {e}; retrying shortly");
+                    if !self.accept_retry.contains(&key) {
+                        self.accept_retry.push(key);
+                    }
                     return;
                 }
             }
