@@ -133,14 +133,38 @@ struct AppConn<D: Driver> {
     session: usize,
     stream: StreamId,
     connecting: bool,
-    /// Bytes read from the socket that the stream has not taken yet.
+    /// Bytes read from the socket that the stream has not taken yet; while set, the socket is
+    /// not read (the stream's `StreamWritable` resumes it).
     unsent: Option<Bytes>,
-    read_paused: bool,
     read_eof: bool,
     tx: Outbox,
     fin_pending: bool,
     write_closed: bool,
     target: SocketAddr,
+}
+
+impl<D: Driver> AppConn<D> {
+    /// A connection carrying `stream`; `connecting` while a target connect is in progress.
+    fn new(
+        sock: D::Stream,
+        session: usize,
+        stream: StreamId,
+        connecting: bool,
+        target: SocketAddr,
+    ) -> Self {
+        Self {
+            sock,
+            session,
+            stream,
+            connecting,
+            unsent: None,
+            read_eof: false,
+            tx: Outbox::default(),
+            fin_pending: false,
+            write_closed: false,
+            target,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -150,6 +174,18 @@ struct SessionSlot<D: Driver> {
     streams: HashMap<StreamId, usize>,
     /// Client: application connections accepted before the session could open streams.
     waiting_apps: VecDeque<(D::Stream, Option<String>)>,
+}
+
+impl<D: Driver> SessionSlot<D> {
+    fn new(session: Session) -> Self {
+        let pool = session.tunnel_count();
+        Self {
+            session,
+            tunnels: vec![None; pool],
+            streams: HashMap::new(),
+            waiting_apps: VecDeque::new(),
+        }
+    }
 }
 
 enum Role {
@@ -226,13 +262,7 @@ impl<D: Driver> EventLoop<D> {
             el.add(Entry::AppListener { sock, target })?;
         }
         let session = Session::client_seeded(el.config.clone(), Instant::now(), el.seed());
-        let pool = session.tunnel_count();
-        el.sessions.insert(SessionSlot {
-            session,
-            tunnels: vec![None; pool],
-            streams: HashMap::new(),
-            waiting_apps: VecDeque::new(),
-        });
+        el.sessions.insert(SessionSlot::new(session));
         Ok((el, stop))
     }
 
@@ -418,19 +448,7 @@ impl<D: Driver> EventLoop<D> {
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                 tracing::info!(stream, %peer, "stream opened");
-                let app = AppConn {
-                    sock: conn,
-                    session: skey,
-                    stream,
-                    connecting: false,
-                    unsent: None,
-                    read_paused: false,
-                    read_eof: false,
-                    tx: Outbox::default(),
-                    fin_pending: false,
-                    write_closed: false,
-                    target: peer,
-                };
+                let app = AppConn::new(conn, skey, stream, false, peer);
                 match self.add(Entry::App(Box::new(app))) {
                     Ok(k) => {
                         self.sessions[skey].streams.insert(stream, k);
@@ -572,12 +590,7 @@ impl<D: Driver> EventLoop<D> {
                     None => {
                         let seed = self.rng.next_u64();
                         let session = Session::server(self.config.clone(), now, &acc, seed);
-                        let k = self.sessions.insert(SessionSlot {
-                            session,
-                            tunnels: vec![None; acc.pool_size as usize],
-                            streams: HashMap::new(),
-                            waiting_apps: VecDeque::new(),
-                        });
+                        let k = self.sessions.insert(SessionSlot::new(session));
                         self.by_id.insert(acc.session_id, k);
                         tracing::info!(session = %hex(&acc.session_id), %peer, pool = acc.pool_size, "session started");
                         k
@@ -746,12 +759,7 @@ impl<D: Driver> EventLoop<D> {
                 Ok(None) => return,
                 Ok(Some(e)) | Err(e) => {
                     tracing::warn!(stream = app.stream, target = %app.target, "cannot connect to target: {e}; resetting the stream");
-                    let (skey, stream) = (app.session, app.stream);
-                    self.close_app(key);
-                    if let Some(s) = self.sessions.get_mut(skey) {
-                        s.streams.remove(&stream);
-                        let _ = s.session.reset(stream, RESET_CONNECT_FAILED);
-                    }
+                    self.abort_app(key, RESET_CONNECT_FAILED);
                     return;
                 }
             }
@@ -781,10 +789,9 @@ impl<D: Driver> EventLoop<D> {
                 match slot.session.write(app.stream, pending.clone()) {
                     Ok(n) if n < pending.len() => {
                         app.unsent = Some(pending.slice(n..));
-                        app.read_paused = true;
                         return;
                     }
-                    Ok(_) => app.read_paused = false,
+                    Ok(_) => {}
                     Err(_) => {
                         self.close_app(key);
                         return;
@@ -806,12 +813,7 @@ impl<D: Driver> EventLoop<D> {
                         stream = app.stream,
                         "application connection failed: {e}; resetting the stream"
                     );
-                    let (stream, skey) = (app.stream, app.session);
-                    self.close_app(key);
-                    if let Some(s) = self.sessions.get_mut(skey) {
-                        s.streams.remove(&stream);
-                        let _ = s.session.reset(stream, RESET_APP_ERROR);
-                    }
+                    self.abort_app(key, RESET_APP_ERROR);
                     return;
                 }
             }
@@ -835,12 +837,7 @@ impl<D: Driver> EventLoop<D> {
                     stream = app.stream,
                     "writing to the application failed: {e}; resetting the stream"
                 );
-                let (stream, skey) = (app.stream, app.session);
-                self.close_app(key);
-                if let Some(s) = self.sessions.get_mut(skey) {
-                    s.streams.remove(&stream);
-                    let _ = s.session.reset(stream, RESET_APP_ERROR);
-                }
+                self.abort_app(key, RESET_APP_ERROR);
                 return;
             }
             if app.tx.len >= APP_QUEUE || app.fin_pending || app.write_closed {
@@ -880,6 +877,18 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
+    /// Drops an application connection that failed and resets its stream with `code`.
+    fn abort_app(&mut self, key: usize, code: u32) {
+        let Some(Entry::App(app)) = self.entries.get(key) else {
+            return;
+        };
+        let (skey, stream) = (app.session, app.stream);
+        self.close_app(key);
+        if let Some(s) = self.sessions.get_mut(skey) {
+            let _ = s.session.reset(stream, code);
+        }
+    }
+
     // ----- Sessions ------------------------------------------------------------------------
 
     /// Reacts to a session's events and sends what it has for its tunnels.
@@ -912,14 +921,8 @@ impl<D: Driver> EventLoop<D> {
             if matches!(self.role, Role::Client { .. }) && !self.stop.load(Ordering::SeqCst) {
                 // A client always has a session: start a fresh one.
                 let session = Session::client_seeded(self.config.clone(), now, self.seed());
-                let pool = session.tunnel_count();
                 tracing::info!("starting a new session");
-                self.sessions.insert(SessionSlot {
-                    session,
-                    tunnels: vec![None; pool],
-                    streams: HashMap::new(),
-                    waiting_apps: VecDeque::new(),
-                });
+                self.sessions.insert(SessionSlot::new(session));
             }
         }
     }
@@ -1107,19 +1110,7 @@ impl<D: Driver> EventLoop<D> {
         match sockopt::connect_nonblocking(addr, None).and_then(|(s, _)| self.io.stream(s)) {
             Ok(sock) => {
                 tracing::info!(stream, target = %addr, "stream opened");
-                let app = AppConn {
-                    sock,
-                    session: skey,
-                    stream,
-                    connecting: true,
-                    unsent: None,
-                    read_paused: false,
-                    read_eof: false,
-                    tx: Outbox::default(),
-                    fin_pending: false,
-                    write_closed: false,
-                    target: addr,
-                };
+                let app = AppConn::new(sock, skey, stream, true, addr);
                 match self.add(Entry::App(Box::new(app))) {
                     Ok(k) => {
                         self.sessions[skey].streams.insert(stream, k);
