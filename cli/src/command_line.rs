@@ -105,7 +105,8 @@ pub struct SharedOptions {
     )]
     pub config: Option<PathBuf>,
 
-    /// Worker threads, one pinned per core [default: all available cores; overrides `cores`].
+    /// Worker threads, one pinned per core [default: server all available cores, client 1;
+    /// overrides `cores`]. A client runs one session with its own tunnel pool per worker.
     #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub cores: Option<u16>,
 

@@ -6,12 +6,13 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use mtcpd_engine::runtime::{
     self, ClientForward, IoChoice, RuntimeOptions, TargetResolver, TunnelSocketOptions,
 };
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::config::{DaemonConfig, IoDriver, Role, ServerConfig, TargetAddr};
 
@@ -58,6 +59,7 @@ pub fn runtime_options(config: &DaemonConfig) -> RuntimeOptions {
         read_chunk,
         drain_timeout: limits.drain_timeout,
         max_sessions: limits.max_sessions as usize,
+        workers: config.runtime.cores,
     }
 }
 
@@ -99,12 +101,6 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
         protocol_version = mtcpd_engine::wire::PROTOCOL_VERSION,
         "configuration loaded:\n{config}"
     );
-    if config.runtime.cores > 1 {
-        tracing::info!(
-            cores = config.runtime.cores,
-            "this build runs one event-loop thread; multi-core workers are not in this build yet"
-        );
-    }
     let opts = runtime_options(config);
     let handle = match (role, config.client(), config.server()) {
         (Role::Client, Some(client), _) => {
@@ -125,16 +121,27 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("the configuration does not describe a {role}"),
     };
-    let (stop, waker) = handle.stop_flag();
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .with_context(|| format!("cannot install the handler for signal {signal}"))?;
-    }
-    // The event loop notices the flag within its poll interval; waking it makes that immediate
-    // for shutdowns requested from this thread.
-    if stop.load(Ordering::SeqCst) {
-        let _ = waker.wake();
-    }
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).context("cannot install the SIGINT/SIGTERM handlers")?;
+    let shutdown = handle.shutdown_handle();
+    let drain = config.limits.drain_timeout;
+    std::thread::Builder::new()
+        .name("mtcpd-signals".into())
+        .spawn(move || {
+            let mut signals = signals.forever();
+            if let Some(signal) = signals.next() {
+                tracing::info!(
+                    signal,
+                    "signal received: draining (up to {drain:?}); send it again to exit now"
+                );
+                shutdown.shutdown();
+            }
+            if let Some(signal) = signals.next() {
+                tracing::warn!(signal, "second signal: exiting without draining");
+                std::process::exit(130);
+            }
+        })
+        .context("cannot start the signal thread")?;
     handle.join();
     tracing::info!("exited cleanly");
     Ok(())

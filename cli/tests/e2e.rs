@@ -65,14 +65,26 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: &str) -> Daemon {
+        Self::start_with(dir, name, role, config, &["--io", io], "info")
+    }
+
+    /// Like [`Daemon::start`], with extra command-line arguments and log level.
+    fn start_with(
+        dir: &TempDir,
+        name: &str,
+        role: &str,
+        config: &str,
+        args: &[&str],
+        level: &str,
+    ) -> Daemon {
         let path = dir.0.join(format!("{name}.toml"));
         std::fs::write(&path, config).expect("write config");
         let log = dir.0.join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
             .args([role, "-c"])
             .arg(&path)
-            .args(["--io", io])
-            .env("RUST_LOG", "mtcpd=info,mtcpd_engine=info")
+            .args(args)
+            .env("RUST_LOG", format!("mtcpd={level},mtcpd_engine={level}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -623,6 +635,93 @@ fn sigterm_drains_and_exits_zero() {
             status.success(),
             "{io}: server exit {status:?}\n{}",
             pair.logs()
+        );
+    }
+}
+
+#[test]
+fn sessions_spread_over_server_workers_and_tunnels_reach_their_home_worker() {
+    let backend = backend(digest_backend);
+    for io in DRIVERS {
+        let dir = TempDir::new();
+        let tunnel_port = free_port();
+        // Three workers on (likely) two cores: pinning wraps around, hand-offs cross threads.
+        let server = Daemon::start_with(
+            &dir,
+            "server",
+            "server",
+            &server_config(tunnel_port, backend),
+            &["--io", io, "--cores", "3"],
+            "debug",
+        );
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], tunnel_port)),
+            "server",
+            &server,
+        );
+        // Four client processes (four sessions of 8 tunnels each), the last with two workers
+        // of its own (two sessions, each with its own pool).
+        let mut clients = Vec::new();
+        for c in 0..4 {
+            let app_port = free_port();
+            let cores = if c == 3 { "2" } else { "1" };
+            let client = Daemon::start_with(
+                &dir,
+                &format!("client{c}"),
+                "client",
+                &client_config(app_port, tunnel_port, 8),
+                &["--io", io, "--cores", cores],
+                "info",
+            );
+            let addr = SocketAddr::from(([127, 0, 0, 1], app_port));
+            wait_listening(addr, "client", &client);
+            clients.push((client, addr));
+        }
+        let logs = |clients: &[(Daemon, SocketAddr)]| {
+            let mut out = format!("--- server\n{}", server.log());
+            for (i, (c, _)) in clients.iter().enumerate() {
+                out += &format!("\n--- client{i}\n{}", c.log());
+            }
+            out
+        };
+        // Every client carries several concurrent transfers; all must arrive byte-exact.
+        let transfers: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .flat_map(|(c, (_, addr))| {
+                (0..3).map(move |k| {
+                    let addr = *addr;
+                    thread::spawn(move || {
+                        let s = TcpStream::connect(addr).expect("connect to a client");
+                        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+                        send_and_digest(s, 8 << 20, (c * 10 + k) as u64 + 1)
+                    })
+                })
+            })
+            .collect();
+        for t in transfers {
+            let (ours, theirs, len) = t.join().expect("transfer thread");
+            assert_eq!(len, 8 << 20, "{io}\n{}", logs(&clients));
+            assert_eq!(ours, theirs, "{io}: sha256 differs\n{}", logs(&clients));
+        }
+        let log = server.log();
+        let sessions = log.matches("session started").count();
+        assert_eq!(
+            sessions, 5,
+            "{io}: 3 one-worker clients + 2 sessions of a two-worker client\n{log}"
+        );
+        let pinned = log.matches("worker pinned").count();
+        let unpinned = log.matches("cannot pin worker").count();
+        assert_eq!(pinned + unpinned, 3, "{io}: three workers started\n{log}");
+        // 40 tunnels land on 3 workers by the kernel's hash: some must have been handed over.
+        assert!(
+            log.contains("tunnel handed to its session's worker"),
+            "{io}: no tunnel crossed workers\n{log}"
+        );
+        let established = log.matches("tunnel established").count();
+        assert!(
+            established >= 40,
+            "{io}: every tunnel joins its session\n{log}"
         );
     }
 }

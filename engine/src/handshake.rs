@@ -297,6 +297,21 @@ impl ServerHello {
     }
 }
 
+/// The session a tunnel asks to join, read from the first bytes of its ClientHello before the
+/// rest has arrived: `Ok(None)` while fewer than the 24 bytes that carry it are here, an error
+/// when the bytes cannot be a ClientHello. Used to route a tunnel to its session's worker before
+/// the handshake proper runs there.
+pub fn client_hello_session_id(buf: &[u8]) -> Result<Option<SessionId>, HandshakeError> {
+    check_prefix(buf, MSG_CLIENT_HELLO)?;
+    const START: usize = 8;
+    let Some(id) = buf.get(START..START + SESSION_ID_LEN) else {
+        return Ok(None);
+    };
+    let mut out = [0; SESSION_ID_LEN];
+    out.copy_from_slice(id);
+    Ok(Some(out))
+}
+
 /// Encodes ClientAuth (the client's proof).
 pub fn encode_client_auth(proof: &[u8; PROOF_LEN], out: &mut BytesMut) {
     out.put_slice(&MAGIC);
@@ -695,6 +710,20 @@ mod tests {
         b.clear();
         encode_client_auth(&[0; 32], &mut b);
         assert_eq!(b.len(), CLIENT_AUTH_LEN);
+    }
+
+    #[test]
+    fn session_id_is_read_from_the_first_24_bytes() {
+        let mut b = BytesMut::new();
+        let mut h = hello(PROTOCOL_VERSION);
+        h.session_id = [7; 16];
+        h.encode(&mut b);
+        for n in 0..24 {
+            assert_eq!(client_hello_session_id(&b[..n]).unwrap(), None, "{n} bytes");
+        }
+        assert_eq!(client_hello_session_id(&b[..24]).unwrap(), Some([7; 16]));
+        assert_eq!(client_hello_session_id(&b).unwrap(), Some([7; 16]));
+        assert!(client_hello_session_id(b"GET / HTTP/1.1\r\n").is_err());
     }
 
     #[test]

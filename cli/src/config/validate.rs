@@ -73,7 +73,7 @@ pub fn resolve(
         },
     };
     let psk = checker.psk(&raw, base_dir)?;
-    let runtime = checker.runtime(&raw, overrides)?;
+    let runtime = checker.runtime(&raw, role, overrides)?;
     Ok(DaemonConfig {
         role,
         origin: checker.origin,
@@ -356,6 +356,7 @@ impl Checker {
     fn runtime(
         &self,
         raw: &RawConfigFile,
+        role: Role,
         overrides: CommandLineOverrides,
     ) -> Result<RuntimeOptions, ConfigError> {
         let cores = match (overrides.cores, raw.cores) {
@@ -363,7 +364,12 @@ impl Checker {
                 self.count("--cores", from_command_line as i64, 1, MAX_CORES)? as usize
             }
             (None, Some(from_file)) => self.count("cores", from_file, 1, MAX_CORES)? as usize,
-            (None, None) => std::thread::available_parallelism().map_or(1, usize::from),
+            // A server spreads its sessions over every core; a client carries one session, whose
+            // pool one core drives (more workers would mean more sessions and more tunnels).
+            (None, None) => match role {
+                Role::Server => std::thread::available_parallelism().map_or(1, usize::from),
+                Role::Client => 1,
+            },
         };
         let congestion = raw
             .congestion

@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -28,10 +28,12 @@ use slab::Slab;
 
 use super::io::{Driver, IoListener, IoStream, Ready};
 use super::sockopt;
+use super::worker::{Handoff, Mailbox, home_worker};
 use super::{RuntimeOptions, TargetResolver};
 use crate::config::Config;
 use crate::handshake::{
     Admission, HELLO_FLAG_RESUME, HelloStatus, ServerHandshake, ServerProgress,
+    client_hello_session_id,
 };
 use crate::session::{Event, ReadOutcome, Session, StreamId};
 
@@ -113,6 +115,8 @@ enum Entry<D: Driver> {
         rx: BytesMut,
         tx: Outbox,
         peer: SocketAddr,
+        /// Known to belong on this worker (its session id was read, or there is one worker).
+        routed: bool,
     },
     /// A tunnel of a session.
     Tunnel {
@@ -210,32 +214,44 @@ pub(super) struct EventLoop<D: Driver> {
     rng: StdRng,
     scratch: Vec<Bytes>,
     read_buf: Vec<u8>,
+    /// This worker's ends of the rings to the other workers.
+    mailbox: Mailbox,
+    /// Server: sessions on all workers together (admission against `max_sessions`).
+    sessions_total: Arc<AtomicUsize>,
+}
+
+/// What an event loop shares with the other workers of its runtime.
+pub(super) struct WorkerContext {
+    /// Set to stop every worker.
+    pub(super) stop: Arc<AtomicBool>,
+    /// This worker's rings.
+    pub(super) mailbox: Mailbox,
+    /// Sessions on all workers.
+    pub(super) sessions_total: Arc<AtomicUsize>,
 }
 
 impl<D: Driver> EventLoop<D> {
-    fn new(io: D, opts: RuntimeOptions, role: Role) -> (Self, Arc<AtomicBool>) {
-        let stop = Arc::new(AtomicBool::new(false));
+    fn new(io: D, opts: RuntimeOptions, role: Role, ctx: WorkerContext) -> Self {
         let config = Arc::new(opts.engine.clone());
         let read_buf = vec![0; opts.read_chunk.max(4096)];
-        (
-            Self {
-                io,
-                ready: Vec::new(),
-                role,
-                config,
-                opts,
-                entries: Slab::new(),
-                sessions: Slab::new(),
-                by_id: HashMap::new(),
-                stop: stop.clone(),
-                draining_since: None,
-                accept_retry: Vec::new(),
-                rng: StdRng::from_os_rng(),
-                scratch: Vec::new(),
-                read_buf,
-            },
-            stop,
-        )
+        Self {
+            io,
+            ready: Vec::new(),
+            role,
+            config,
+            opts,
+            entries: Slab::new(),
+            sessions: Slab::new(),
+            by_id: HashMap::new(),
+            stop: ctx.stop,
+            draining_since: None,
+            accept_retry: Vec::new(),
+            rng: StdRng::from_os_rng(),
+            scratch: Vec::new(),
+            read_buf,
+            mailbox: ctx.mailbox,
+            sessions_total: ctx.sessions_total,
+        }
     }
 
     pub(super) fn server(
@@ -243,11 +259,12 @@ impl<D: Driver> EventLoop<D> {
         opts: RuntimeOptions,
         listener: std::net::TcpListener,
         resolve: TargetResolver,
-    ) -> io::Result<(Self, Arc<AtomicBool>)> {
-        let (mut el, stop) = Self::new(io, opts, Role::Server { resolve });
+        ctx: WorkerContext,
+    ) -> io::Result<Self> {
+        let mut el = Self::new(io, opts, Role::Server { resolve }, ctx);
         let sock = el.io.listener(listener)?;
         el.add(Entry::TunnelListener { sock })?;
-        Ok((el, stop))
+        Ok(el)
     }
 
     pub(super) fn client(
@@ -255,15 +272,16 @@ impl<D: Driver> EventLoop<D> {
         opts: RuntimeOptions,
         server: SocketAddr,
         listeners: Vec<(std::net::TcpListener, Option<String>)>,
-    ) -> io::Result<(Self, Arc<AtomicBool>)> {
-        let (mut el, stop) = Self::new(io, opts, Role::Client { server });
+        ctx: WorkerContext,
+    ) -> io::Result<Self> {
+        let mut el = Self::new(io, opts, Role::Client { server }, ctx);
         for (sock, target) in listeners {
             let sock = el.io.listener(sock)?;
             el.add(Entry::AppListener { sock, target })?;
         }
         let session = Session::client_seeded(el.config.clone(), Instant::now(), el.seed());
         el.sessions.insert(SessionSlot::new(session));
-        Ok((el, stop))
+        Ok(el)
     }
 
     /// A fresh 256-bit seed: a client session draws its 128-bit id and nonces from it.
@@ -316,9 +334,18 @@ impl<D: Driver> EventLoop<D> {
                 .map(|t| t.saturating_duration_since(now))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_millis(250));
+            // A full ring to another worker is retried soon rather than on the next event.
+            let timeout = if self.mailbox.retry() {
+                timeout.min(Duration::from_millis(1))
+            } else {
+                timeout
+            };
             if let Err(e) = self.io.wait(timeout, &mut self.ready) {
                 tracing::error!("event loop wait failed ({} driver): {e}", D::NAME);
                 return;
+            }
+            while let Some(msg) = self.mailbox.receive() {
+                self.adopt(msg);
             }
             let ready = std::mem::take(&mut self.ready);
             for &(key, readable, writable) in &ready {
@@ -494,6 +521,7 @@ impl<D: Driver> EventLoop<D> {
                         rx: BytesMut::new(),
                         tx: Outbox::default(),
                         peer,
+                        routed: self.mailbox.workers() == 1,
                     };
                     if let Err(e) = self.add(entry) {
                         tracing::warn!("cannot register tunnel socket: {e}");
@@ -540,6 +568,7 @@ impl<D: Driver> EventLoop<D> {
             rx,
             tx,
             peer,
+            routed,
         }) = self.entries.get_mut(key)
         else {
             return;
@@ -557,8 +586,23 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
         }
+        if !*routed {
+            match client_hello_session_id(rx) {
+                Ok(None) if !eof => return,
+                Ok(Some(id)) => {
+                    let home = home_worker(&id, self.mailbox.workers());
+                    if home != self.mailbox.index() {
+                        self.hand_over(key, home);
+                        return;
+                    }
+                }
+                // Not a ClientHello, or cut short: the handshake here says why.
+                Ok(None) | Err(_) => {}
+            }
+            *routed = true;
+        }
         let by_id = &self.by_id;
-        let full = self.sessions.len() >= self.opts.max_sessions;
+        let full = self.sessions_total.load(Ordering::Relaxed) >= self.opts.max_sessions;
         let result = hs.handle_input(now, rx, |hello| match by_id.get(&hello.session_id) {
             Some(_) => Admission::Admit,
             None if hello.flags & HELLO_FLAG_RESUME != 0 => {
@@ -592,6 +636,7 @@ impl<D: Driver> EventLoop<D> {
                         let session = Session::server(self.config.clone(), now, &acc, seed);
                         let k = self.sessions.insert(SessionSlot::new(session));
                         self.by_id.insert(acc.session_id, k);
+                        self.sessions_total.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(session = %hex(&acc.session_id), %peer, pool = acc.pool_size, "session started");
                         k
                     }
@@ -626,6 +671,68 @@ impl<D: Driver> EventLoop<D> {
                 tracing::warn!(%peer, "tunnel handshake failed: {e}; connection closed");
                 self.remove(key);
             }
+        }
+    }
+
+    /// Passes a tunnel connection to the worker that owns its session.
+    fn hand_over(&mut self, key: usize, home: usize) {
+        let Some(Entry::Pending {
+            sock,
+            hs,
+            mut rx,
+            peer,
+            ..
+        }) = self.entries.try_remove(key)
+        else {
+            return;
+        };
+        match self.io.detach_stream(sock) {
+            Ok((sock, received)) => {
+                rx.extend_from_slice(&received);
+                tracing::debug!(%peer, from = self.mailbox.index(), to = home, "tunnel handed to its session's worker");
+                self.mailbox.send(
+                    home,
+                    Handoff::Tunnel {
+                        sock,
+                        received: rx,
+                        handshake: hs,
+                        peer,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(%peer, "cannot hand the tunnel to worker {home}: {e}; connection closed")
+            }
+        }
+    }
+
+    /// Takes over a tunnel connection another worker accepted for a session that lives here.
+    fn adopt(&mut self, msg: Handoff) {
+        let Handoff::Tunnel {
+            sock,
+            received,
+            handshake,
+            peer,
+        } = msg;
+        let sock = match self.io.stream(sock) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot take over a tunnel connection: {e}; connection closed");
+                return;
+            }
+        };
+        let entry = Entry::Pending {
+            sock,
+            hs: handshake,
+            rx: received,
+            tx: Outbox::default(),
+            peer,
+            routed: true,
+        };
+        match self.add(entry) {
+            // The bytes already read are processed now; the socket may hold more.
+            Ok(key) => self.on_pending(key, true, false),
+            Err(e) => tracing::warn!(%peer, "cannot register a tunnel connection: {e}"),
         }
     }
 
@@ -917,7 +1024,9 @@ impl<D: Driver> EventLoop<D> {
                 self.remove(k);
             }
             self.sessions.remove(skey);
-            self.by_id.remove(&id);
+            if self.by_id.remove(&id).is_some() {
+                self.sessions_total.fetch_sub(1, Ordering::Relaxed);
+            }
             if matches!(self.role, Role::Client { .. }) && !self.stop.load(Ordering::SeqCst) {
                 // A client always has a session: start a fresh one.
                 let session = Session::client_seeded(self.config.clone(), now, self.seed());

@@ -90,6 +90,11 @@ pub(super) trait Driver: Send + Sized + 'static {
     fn deregister_listener(&mut self, l: &mut Self::Listener);
     /// Stops reporting a stream's events (it may be registered again under another token).
     fn deregister_stream(&mut self, s: &mut Self::Stream);
+    /// Takes a stream out of this driver so that another worker's driver can adopt it: once
+    /// this returns, nothing of this driver refers to the socket or will read from it. Gives
+    /// back the socket and the bytes the driver had received but not yet handed out. Only for a
+    /// stream with no write in flight (a server tunnel before its first reply).
+    fn detach_stream(&mut self, s: Self::Stream) -> io::Result<(std::net::TcpStream, Bytes)>;
     /// Waits up to `timeout` and appends what became ready (the waker reports nothing).
     fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()>;
 }
@@ -215,6 +220,11 @@ impl Driver for Mio {
     }
     fn deregister_stream(&mut self, s: &mut Self::Stream) {
         let _ = self.poll.registry().deregister(s);
+    }
+    fn detach_stream(&mut self, mut s: Self::Stream) -> io::Result<(std::net::TcpStream, Bytes)> {
+        // Readiness reads nothing by itself: every received byte is still in the socket.
+        self.poll.registry().deregister(&mut s)?;
+        Ok((s.into(), Bytes::new()))
     }
     fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()> {
         match self.poll.poll(&mut self.events, Some(timeout)) {

@@ -18,12 +18,13 @@ mod io;
 pub mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
+mod worker;
 
 pub use io::Waker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ pub enum RuntimeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `workers` was zero.
+    #[error("a runtime needs at least one worker")]
+    Workers,
     /// The event loop could not be created.
     #[error("event loop: {0}")]
     Io(#[from] std::io::Error),
@@ -84,6 +88,10 @@ pub struct RuntimeOptions {
     pub drain_timeout: Duration,
     /// Server: most concurrent sessions.
     pub max_sessions: usize,
+    /// Worker threads, each running its own event loop; pinned one per core when more than one.
+    /// A server spreads sessions over them; a client runs one session (with its own tunnel
+    /// pool) per worker.
+    pub workers: usize,
 }
 
 impl std::fmt::Debug for RuntimeOptions {
@@ -92,6 +100,7 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("io", &self.io)
             .field("tunnel_sockets", &self.tunnel_sockets)
             .field("read_chunk", &self.read_chunk)
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +119,7 @@ impl Default for RuntimeOptions {
             read_chunk: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
             max_sessions: 1024,
+            workers: 1,
         }
     }
 }
@@ -126,10 +136,26 @@ pub struct ClientForward {
 /// A running client or server.
 #[derive(Debug)]
 pub struct RuntimeHandle {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-    thread: Option<JoinHandle<()>>,
+    shutdown: ShutdownHandle,
+    threads: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+}
+
+/// Asks a runtime to stop; cheap to clone and usable from any thread (e.g. a signal handler's).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    stop: Arc<AtomicBool>,
+    wakers: Arc<[Arc<Waker>]>,
+}
+
+impl ShutdownHandle {
+    /// Asks for a graceful stop: listeners close, open streams get `drain_timeout` to finish.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.wakers.iter() {
+            let _ = w.wake();
+        }
+    }
 }
 
 impl RuntimeHandle {
@@ -140,19 +166,22 @@ impl RuntimeHandle {
 
     /// Asks for a graceful stop: listeners close, open streams get `drain_timeout` to finish.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
+        self.shutdown.shutdown();
     }
 
-    /// The flag that [`RuntimeHandle::shutdown`] sets (e.g. for a signal handler), and the waker
-    /// to call after setting it.
-    pub fn stop_flag(&self) -> (Arc<AtomicBool>, Arc<Waker>) {
-        (self.stop.clone(), self.waker.clone())
+    /// A handle that can ask for the stop from elsewhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
     }
 
-    /// Waits until the runtime has stopped.
+    /// How many worker threads run.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Waits until every worker has stopped.
     pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -160,9 +189,11 @@ impl RuntimeHandle {
 
 impl Drop for RuntimeHandle {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
+        if !self.threads.is_empty() {
             self.shutdown();
-            let _ = t.join();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -213,6 +244,9 @@ fn choose_driver(io: IoChoice) -> Result<DriverKind, RuntimeError> {
 
 fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
     opts.engine.validate()?;
+    if opts.workers == 0 {
+        return Err(RuntimeError::Workers);
+    }
     let driver = choose_driver(opts.io)?;
     let name = match driver {
         DriverKind::Mio => "mio",
@@ -229,93 +263,181 @@ fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
     Ok(driver)
 }
 
+/// Listeners for `addr`, one per worker: the first binds (resolving port 0), the others join
+/// it with `SO_REUSEPORT` so the kernel spreads incoming connections over the workers.
+fn listeners_per_worker(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, RuntimeError> {
+    let listen = |a: SocketAddr| {
+        sockopt::listener(a, workers > 1).map_err(|source| RuntimeError::Listen { addr: a, source })
+    };
+    let first = listen(addr)?;
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(listen(bound)?);
+    }
+    Ok(all)
+}
+
 /// Starts a server: accepts tunnels on `listen`, connects each stream to what `resolve` says.
+/// With several workers, each accepts on its own `SO_REUSEPORT` copy of the listener and hands
+/// a tunnel to the worker that owns its session.
 pub fn spawn_server(
     opts: RuntimeOptions,
     listen: SocketAddr,
     resolve: TargetResolver,
 ) -> Result<RuntimeHandle, RuntimeError> {
     let driver = prepare(&opts)?;
-    let listener = sockopt::listener(listen, false).map_err(|source| RuntimeError::Listen {
-        addr: listen,
-        source,
-    })?;
-    let local = listener.local_addr()?;
-    tracing::info!(%local, "listening for tunnels");
-    fn go<D: io::Driver>(
-        (driver, waker): (D, Waker),
-        opts: RuntimeOptions,
-        listener: std::net::TcpListener,
-        resolve: TargetResolver,
-        local: SocketAddr,
-    ) -> Result<RuntimeHandle, RuntimeError> {
-        let (event_loop, stop) = event_loop::EventLoop::server(driver, opts, listener, resolve)?;
-        Ok(spawn(event_loop, waker, stop, vec![local], "mtcpd-server")?)
-    }
-    match driver {
-        DriverKind::Mio => go(io::Mio::new()?, opts, listener, resolve, local),
-        #[cfg(target_os = "linux")]
-        DriverKind::Uring => {
-            let chunk = opts.read_chunk;
-            go(uring::Uring::new(chunk)?, opts, listener, resolve, local)
-        }
-    }
+    let listeners = listeners_per_worker(listen, opts.workers)?;
+    let local = listeners[0].local_addr()?;
+    tracing::info!(%local, workers = opts.workers, "listening for tunnels");
+    let setup = WorkerSetup::Server {
+        listeners: listeners.into_iter().map(Some).collect(),
+        resolve,
+    };
+    start(driver, opts, vec![local], setup)
 }
 
 /// Starts a client: opens the tunnel pool to `server` and carries every connection accepted on a
-/// forward's listen address as a stream.
+/// forward's listen address as a stream. With several workers, each runs its own session (and
+/// pool) and takes the connections the kernel gives its copy of each listener.
 pub fn spawn_client(
     opts: RuntimeOptions,
     server: SocketAddr,
     forwards: &[ClientForward],
 ) -> Result<RuntimeHandle, RuntimeError> {
     let driver = prepare(&opts)?;
-    let mut listeners = Vec::new();
+    let mut listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
+        (0..opts.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for f in forwards {
-        let l = sockopt::listener(f.listen, false).map_err(|source| RuntimeError::Listen {
-            addr: f.listen,
-            source,
-        })?;
-        let local = l.local_addr()?;
+        let copies = listeners_per_worker(f.listen, opts.workers)?;
+        let local = copies[0].local_addr()?;
         tracing::info!(%local, target = f.target.as_deref().unwrap_or("<server default>"), %server, "listening for applications");
         addrs.push(local);
-        listeners.push((l, f.target.clone()));
+        for (w, l) in copies.into_iter().enumerate() {
+            listeners[w].push((l, f.target.clone()));
+        }
     }
-    fn go<D: io::Driver>(
-        (driver, waker): (D, Waker),
-        opts: RuntimeOptions,
+    start(
+        driver,
+        opts,
+        addrs,
+        WorkerSetup::Client { server, listeners },
+    )
+}
+
+/// What each worker of a runtime starts with.
+enum WorkerSetup {
+    Server {
+        listeners: Vec<Option<std::net::TcpListener>>,
+        resolve: TargetResolver,
+    },
+    Client {
         server: SocketAddr,
-        listeners: Vec<(std::net::TcpListener, Option<String>)>,
-        addrs: Vec<SocketAddr>,
-    ) -> Result<RuntimeHandle, RuntimeError> {
-        let (event_loop, stop) = event_loop::EventLoop::client(driver, opts, server, listeners)?;
-        Ok(spawn(event_loop, waker, stop, addrs, "mtcpd-client")?)
+        listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>>,
+    },
+}
+
+impl WorkerSetup {
+    fn name(&self) -> &'static str {
+        match self {
+            WorkerSetup::Server { .. } => "mtcpd-server",
+            WorkerSetup::Client { .. } => "mtcpd-client",
+        }
     }
-    match driver {
-        DriverKind::Mio => go(io::Mio::new()?, opts, server, listeners, addrs),
-        #[cfg(target_os = "linux")]
-        DriverKind::Uring => {
-            let chunk = opts.read_chunk;
-            go(uring::Uring::new(chunk)?, opts, server, listeners, addrs)
+
+    /// Worker `w`'s event loop on driver `io`.
+    fn build<D: io::Driver>(
+        &mut self,
+        w: usize,
+        io: D,
+        opts: RuntimeOptions,
+        ctx: event_loop::WorkerContext,
+    ) -> std::io::Result<event_loop::EventLoop<D>> {
+        match self {
+            WorkerSetup::Server { listeners, resolve } => {
+                let listener = listeners[w]
+                    .take()
+                    .ok_or_else(|| std::io::Error::other("worker listener taken twice"))?;
+                event_loop::EventLoop::server(io, opts, listener, resolve.clone(), ctx)
+            }
+            WorkerSetup::Client { server, listeners } => {
+                let mine = std::mem::take(&mut listeners[w]);
+                event_loop::EventLoop::client(io, opts, *server, mine, ctx)
+            }
         }
     }
 }
 
-fn spawn<D: io::Driver>(
-    mut event_loop: event_loop::EventLoop<D>,
-    waker: Waker,
-    stop: Arc<AtomicBool>,
+/// Starts the workers on the chosen driver.
+fn start(
+    driver: DriverKind,
+    opts: RuntimeOptions,
     local_addrs: Vec<SocketAddr>,
-    name: &str,
-) -> std::io::Result<RuntimeHandle> {
-    let thread = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || event_loop.run())?;
-    Ok(RuntimeHandle {
-        stop,
-        waker: Arc::new(waker),
-        thread: Some(thread),
+    setup: WorkerSetup,
+) -> Result<RuntimeHandle, RuntimeError> {
+    match driver {
+        DriverKind::Mio => start_on(io::Mio::new, opts, local_addrs, setup),
+        #[cfg(target_os = "linux")]
+        DriverKind::Uring => {
+            let chunk = opts.read_chunk;
+            start_on(move || uring::Uring::new(chunk), opts, local_addrs, setup)
+        }
+    }
+}
+
+fn start_on<D: io::Driver>(
+    new_driver: impl Fn() -> std::io::Result<(D, Waker)>,
+    opts: RuntimeOptions,
+    local_addrs: Vec<SocketAddr>,
+    mut setup: WorkerSetup,
+) -> Result<RuntimeHandle, RuntimeError> {
+    let workers = opts.workers;
+    let mut drivers = Vec::with_capacity(workers);
+    let mut wakers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (driver, waker) = new_driver()?;
+        drivers.push(driver);
+        wakers.push(Arc::new(waker));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sessions_total = Arc::new(AtomicUsize::new(0));
+    let shutdown = ShutdownHandle {
+        stop: stop.clone(),
+        wakers: wakers.clone().into(),
+    };
+    let mut handle = RuntimeHandle {
+        shutdown,
+        threads: Vec::with_capacity(workers),
         local_addrs,
-    })
+    };
+    let mailboxes = worker::Mailbox::wire(wakers);
+    for (w, (driver, mailbox)) in drivers.into_iter().zip(mailboxes).enumerate() {
+        let ctx = event_loop::WorkerContext {
+            stop: stop.clone(),
+            mailbox,
+            sessions_total: sessions_total.clone(),
+        };
+        // On failure `handle` is dropped, which stops and joins the workers already started.
+        let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-{w}", setup.name()))
+            .spawn(move || {
+                let _span = tracing::info_span!("worker", id = w).entered();
+                if workers > 1 {
+                    match worker::pin_to_core(w) {
+                        Some(core) => tracing::info!(core, "worker pinned"),
+                        None => {
+                            tracing::warn!("cannot pin worker to a core; left to the scheduler")
+                        }
+                    }
+                }
+                event_loop.run()
+            })?;
+        handle.threads.push(thread);
+    }
+    Ok(handle)
 }

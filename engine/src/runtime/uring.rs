@@ -688,6 +688,54 @@ impl Driver for Uring {
         lock(&self.core).socks[s.id].token = None;
     }
 
+    fn detach_stream(&mut self, s: UringStream) -> io::Result<(TcpStream, Bytes)> {
+        let mut c = lock(&self.core);
+        let id = s.id;
+        if c.socks[id].send_op.is_some() {
+            return Err(io::Error::other(
+                "cannot hand over a socket with a send in flight",
+            ));
+        }
+        c.socks[id].token = None;
+        // A receive left in flight would take bytes meant for the new owner: cancel it and wait
+        // until the kernel has given it back (with whatever it had received by then).
+        let ops: Vec<usize> = [c.socks[id].recv_op, c.socks[id].poll_op]
+            .into_iter()
+            .flatten()
+            .collect();
+        for op in ops {
+            c.push(
+                opcode::AsyncCancel::new(op as u64)
+                    .build()
+                    .user_data(UNTRACKED),
+            );
+        }
+        for _ in 0..64 {
+            if c.socks[id].inflight == 0 {
+                break;
+            }
+            match c.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            c.reap();
+        }
+        if c.socks[id].inflight != 0 {
+            return Err(io::Error::other("a cancelled receive did not come back"));
+        }
+        let received = match c.socks[id].rx.take() {
+            Some(Rx::Data(data, pos, end)) => Bytes::copy_from_slice(&data[pos..end]),
+            // End of stream and errors are still there for the next owner to read.
+            Some(Rx::Eof) | Some(Rx::Err(_)) | None => Bytes::new(),
+        };
+        drop(c);
+        // The record and the original descriptor go with `s`; the duplicate lives on.
+        let sock = s.sock.try_clone()?;
+        drop(s);
+        Ok((sock, received))
+    }
+
     fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()> {
         let mut c = lock(&self.core);
         c.reap();
