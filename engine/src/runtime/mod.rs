@@ -7,11 +7,17 @@
 //!
 //! # I/O drivers
 //! The contract an event loop fulfils towards a session is the one in [`crate::session`]'s
-//! module docs. Both drivers run the same event loop ([`event_loop`]), generic over the small
-//! socket contract in [`io`]: mio (epoll here, kqueue elsewhere) and, on Linux, io_uring
-//! ([`uring`]). `--io uring` probes the kernel and fails clearly if it refuses a ring; `--io auto`
+//! module docs. Both drivers run the same event loop (`event_loop`), generic over the small
+//! socket contract in `io`: mio (epoll here, kqueue elsewhere) and, on Linux, io_uring
+//! (`uring`). `--io uring` probes the kernel and fails clearly if it refuses a ring; `--io auto`
 //! takes io_uring when the probe works and mio otherwise; `MTCPD_IO=mio` (or `--io mio`) forces
 //! mio. The choice is logged at start.
+//!
+//! # Workers
+//! [`RuntimeOptions::workers`] event loops run, one thread each, pinned one per core when there
+//! is more than one (`worker`). A session and everything it owns live on one worker; a server
+//! tunnel accepted by another worker is handed to the session's worker once, before its
+//! handshake, over a lock-free SPSC ring. docs/ARCHITECTURE.md explains why and measures it.
 
 mod event_loop;
 mod io;
