@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use mtcpd_engine::runtime::{
-    self, ClientForward, IoChoice, RuntimeOptions, TargetResolver, TunnelSocketOptions,
+    self, ClientForward, IoChoice, Route, RuntimeOptions, TargetResolver, TunnelSocketOptions,
 };
 
 use crate::config::{DaemonConfig, IoDriver, Role, ServerConfig, TargetAddr};
@@ -87,7 +87,7 @@ fn target_resolver(server: &ServerConfig) -> TargetResolver {
                 "requested target is not in the allow-list; using the default backend"
             );
         }
-        resolve(&server.target_for(allowed.as_ref()))
+        resolve(&server.target_for(allowed.as_ref())).map_or(Route::Refuse, Route::Connect)
     })
 }
 

@@ -12,14 +12,23 @@
 //! ([`uring`]). `--io uring` probes the kernel and fails clearly if it refuses a ring; `--io auto`
 //! takes io_uring when the probe works and mio otherwise; `MTCPD_IO=mio` (or `--io mio`) forces
 //! mio. The choice is logged at start.
+//!
+//! # In-process use
+//! [`Client`] and [`Server`] run the same runtime inside a program, which opens streams with
+//! [`Client::open_stream`] and takes them with [`Server::accept`] as [`MtcpStream`]s (blocking
+//! `std::io` objects with no socket behind them): see [`api`] for an example.
 
+pub mod api;
 mod event_loop;
 mod io;
+mod local;
 pub mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
 
+pub use api::{Accepted, Client, Server};
 pub use io::Waker;
+pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,8 +75,20 @@ pub enum RuntimeError {
     Io(#[from] std::io::Error),
 }
 
-/// Where the server sends a stream, given the target its client asked for (`None`: refuse).
-pub type TargetResolver = Arc<dyn Fn(Option<&str>) -> Option<SocketAddr> + Send + Sync>;
+/// Where the server sends a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Connect it to this TCP address.
+    Connect(SocketAddr),
+    /// Hand it to the program through [`Server::accept`] (a runtime started with
+    /// [`spawn_server`] has no acceptor and resets such streams).
+    Accept,
+    /// Reset it (code 1, as for a target that cannot be reached).
+    Refuse,
+}
+
+/// Where the server sends a stream, given the target its client asked for.
+pub type TargetResolver = Arc<dyn Fn(Option<&str>) -> Route + Send + Sync>;
 
 /// Settings shared by both roles.
 #[derive(Clone)]
@@ -130,6 +151,8 @@ pub struct RuntimeHandle {
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// How in-process streams reach the event loop.
+    hub: Arc<local::Hub>,
 }
 
 impl RuntimeHandle {
@@ -235,6 +258,16 @@ pub fn spawn_server(
     listen: SocketAddr,
     resolve: TargetResolver,
 ) -> Result<RuntimeHandle, RuntimeError> {
+    start_server(opts, listen, resolve, None)
+}
+
+/// [`spawn_server`], handing the streams routed to [`Route::Accept`] to `accept`.
+fn start_server(
+    opts: RuntimeOptions,
+    listen: SocketAddr,
+    resolve: TargetResolver,
+    accept: Option<api::AcceptSender>,
+) -> Result<RuntimeHandle, RuntimeError> {
     let driver = prepare(&opts)?;
     let listener = sockopt::listener(listen, false).map_err(|source| RuntimeError::Listen {
         addr: listen,
@@ -248,16 +281,25 @@ pub fn spawn_server(
         listener: std::net::TcpListener,
         resolve: TargetResolver,
         local: SocketAddr,
+        accept: Option<api::AcceptSender>,
     ) -> Result<RuntimeHandle, RuntimeError> {
         let (event_loop, stop) = event_loop::EventLoop::server(driver, opts, listener, resolve)?;
-        Ok(spawn(event_loop, waker, stop, vec![local], "mtcpd-server")?)
+        let name = "mtcpd-server";
+        Ok(spawn(event_loop, waker, stop, vec![local], name, accept)?)
     }
     match driver {
-        DriverKind::Mio => go(io::Mio::new()?, opts, listener, resolve, local),
+        DriverKind::Mio => go(io::Mio::new()?, opts, listener, resolve, local, accept),
         #[cfg(target_os = "linux")]
         DriverKind::Uring => {
             let chunk = opts.read_chunk;
-            go(uring::Uring::new(chunk)?, opts, listener, resolve, local)
+            go(
+                uring::Uring::new(chunk)?,
+                opts,
+                listener,
+                resolve,
+                local,
+                accept,
+            )
         }
     }
 }
@@ -290,7 +332,7 @@ pub fn spawn_client(
         addrs: Vec<SocketAddr>,
     ) -> Result<RuntimeHandle, RuntimeError> {
         let (event_loop, stop) = event_loop::EventLoop::client(driver, opts, server, listeners)?;
-        Ok(spawn(event_loop, waker, stop, addrs, "mtcpd-client")?)
+        Ok(spawn(event_loop, waker, stop, addrs, "mtcpd-client", None)?)
     }
     match driver {
         DriverKind::Mio => go(io::Mio::new()?, opts, server, listeners, addrs),
@@ -308,14 +350,18 @@ fn spawn<D: io::Driver>(
     stop: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
     name: &str,
+    accept: Option<api::AcceptSender>,
 ) -> std::io::Result<RuntimeHandle> {
+    let waker = Arc::new(waker);
+    let hub = event_loop.attach_local(waker.clone(), accept);
     let thread = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || event_loop.run())?;
     Ok(RuntimeHandle {
         stop,
-        waker: Arc::new(waker),
+        waker,
         thread: Some(thread),
         local_addrs,
+        hub,
     })
 }
