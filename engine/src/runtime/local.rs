@@ -32,7 +32,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering::SeqCst, fence};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -211,6 +211,9 @@ impl StreamShared {
     }
 
     fn wake(&self, who: u8) {
+        // Orders the caller's change (a ring push is only a release store) before the look
+        // at the waiter bits; `park` fences between setting its bit and its look at the ring.
+        fence(SeqCst);
         if self.waiters.load(SeqCst) & who != 0 {
             self.waiters.fetch_and(!who, SeqCst);
             drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
@@ -225,6 +228,7 @@ impl StreamShared {
         let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             self.waiters.fetch_or(who, SeqCst);
+            fence(SeqCst);
             if ready() {
                 self.waiters.fetch_and(!who, SeqCst);
                 return Ok(());
@@ -314,8 +318,9 @@ impl Hub {
     }
 
     /// Loop: called before it takes what the channels hold, so a later send wakes it again.
+    /// (A swap, not a store: reading the last sender's flag orders its send before the takes.)
     pub(super) fn begin_poll(&self) {
-        self.wake_pending.store(false, SeqCst);
+        self.wake_pending.swap(false, SeqCst);
     }
 
     /// Interrupts the loop's wait, unless a wake-up is already on its way.

@@ -117,7 +117,9 @@ impl<D: Driver> EventLoop<D> {
         self.open_waiting_locals();
         for shared in batch.drain(..) {
             // Cleared before servicing: what the application does from now on sends it again.
-            shared.scheduled.store(false, SeqCst);
+            // A swap reads the flag of the application's last notice, which orders everything
+            // it did before that notice before what the loop reads next.
+            shared.scheduled.swap(false, SeqCst);
             let key = shared.key.load(Relaxed);
             if matches!(self.entries.get(key), Some(Entry::Local(c)) if Arc::ptr_eq(&c.ends.shared, &shared))
             {
