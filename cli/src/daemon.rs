@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mtcpd_engine::runtime::{
-    self, ClientForward, IoChoice, RuntimeOptions, TargetResolver, TunnelSocketOptions,
+    self, ClientForward, IoChoice, Route, RuntimeOptions, TargetResolver, TunnelSocketOptions,
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -89,7 +89,7 @@ fn target_resolver(server: &ServerConfig) -> TargetResolver {
                 "requested target is not in the allow-list; using the default backend"
             );
         }
-        resolve(&server.target_for(allowed.as_ref()))
+        resolve(&server.target_for(allowed.as_ref())).map_or(Route::Refuse, Route::Connect)
     })
 }
 

@@ -50,7 +50,7 @@ fn echo_through(io: IoChoice) {
     let server = runtime::spawn_server(
         opts(io),
         "127.0.0.1:0".parse().unwrap(),
-        Arc::new(move |_| Some(backend)),
+        Arc::new(move |_| runtime::Route::Connect(backend)),
     )
     .unwrap();
     let client = runtime::spawn_client(

@@ -13,6 +13,11 @@
 //! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
 //! session only while its application socket keeps up (an unflushed queue pauses it until the
 //! socket is writable again), so credit, not memory, absorbs a slow side.
+//!
+//! In-process streams (the library API) are entries too ([`Entry::Local`]), serviced by
+//! [`local_streams`] the same way, with rings in place of a socket.
+
+mod local_streams;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -29,13 +34,14 @@ use slab::Slab;
 use super::io::{Driver, IoListener, IoStream, Ready};
 use super::sockopt;
 use super::worker::{Handoff, Mailbox, home_worker};
-use super::{RuntimeOptions, TargetResolver};
+use super::{Route, RuntimeOptions, TargetResolver};
 use crate::config::Config;
 use crate::handshake::{
     Admission, HELLO_FLAG_RESUME, HelloStatus, ServerHandshake, ServerProgress,
     client_hello_session_id,
 };
 use crate::session::{Event, ReadOutcome, Session, StreamId};
+use local_streams::{LocalConn, LocalState};
 
 /// User-space bytes queued towards an application before its stream is read further.
 const APP_QUEUE: usize = 256 * 1024;
@@ -129,6 +135,8 @@ enum Entry<D: Driver> {
     },
     /// An application connection (client) or target connection (server) carrying a stream.
     App(Box<AppConn<D>>),
+    /// An in-process stream (no socket).
+    Local(Box<LocalConn>),
 }
 
 #[derive(Debug)]
@@ -218,6 +226,8 @@ pub(super) struct EventLoop<D: Driver> {
     mailbox: Mailbox,
     /// Server: sessions on all workers together (admission against `max_sessions`).
     sessions_total: Arc<AtomicUsize>,
+    /// In-process streams, once a hub is attached.
+    local: Option<LocalState>,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -251,6 +261,7 @@ impl<D: Driver> EventLoop<D> {
             read_buf,
             mailbox: ctx.mailbox,
             sessions_total: ctx.sessions_total,
+            local: None,
         }
     }
 
@@ -304,6 +315,7 @@ impl<D: Driver> EventLoop<D> {
             Entry::App(app) => self
                 .io
                 .register_stream(&mut app.sock, key, app.connecting)?,
+            Entry::Local(_) => {}
         }
         Ok(self.entries.insert(entry))
     }
@@ -318,6 +330,7 @@ impl<D: Driver> EventLoop<D> {
                 self.io.deregister_stream(sock)
             }
             Entry::App(app) => self.io.deregister_stream(&mut app.sock),
+            Entry::Local(_) => {}
         }
         Some(entry)
     }
@@ -353,6 +366,7 @@ impl<D: Driver> EventLoop<D> {
             }
             self.ready = ready;
             self.ready.clear();
+            self.poll_local();
             let now = Instant::now();
             for key in self.session_keys() {
                 let s = &mut self.sessions[key].session;
@@ -435,6 +449,7 @@ impl<D: Driver> EventLoop<D> {
             Entry::Pending { .. } => self.on_pending(key, readable, writable),
             Entry::Tunnel { .. } => self.on_tunnel(key, readable, writable),
             Entry::App(_) => self.on_app(key, readable, writable),
+            Entry::Local(_) => {}
         }
     }
 
@@ -1021,6 +1036,9 @@ impl<D: Driver> EventLoop<D> {
                 if let Some(Entry::App(app)) = self.entries.get(k) {
                     sockopt::abort_on_close(&app.sock);
                 }
+                if let Some(Entry::Local(conn)) = self.entries.get(k) {
+                    conn.session_lost();
+                }
                 self.remove(k);
             }
             self.sessions.remove(skey);
@@ -1143,6 +1161,7 @@ impl<D: Driver> EventLoop<D> {
                 for (conn, target) in waiting {
                     self.start_client_stream(skey, conn, target);
                 }
+                self.open_waiting_locals();
             }
             Event::TunnelDown { tunnel, reason } => {
                 tracing::warn!(session = %id, tunnel, "tunnel lost: {reason}");
@@ -1158,11 +1177,13 @@ impl<D: Driver> EventLoop<D> {
             Event::StreamReadable { stream } => {
                 if let Some(&k) = self.sessions[skey].streams.get(&stream) {
                     self.write_app(k);
+                    self.write_local(k);
                 }
             }
             Event::StreamWritable { stream } => {
                 if let Some(&k) = self.sessions[skey].streams.get(&stream) {
                     self.read_app(k);
+                    self.read_local(k);
                 }
             }
             Event::StreamReset { stream, code } => {
@@ -1171,6 +1192,7 @@ impl<D: Driver> EventLoop<D> {
                     if let Some(Entry::App(app)) = self.entries.get(k) {
                         sockopt::abort_on_close(&app.sock);
                     }
+                    self.reset_local(k, code);
                     self.close_app(k);
                 }
             }
@@ -1188,6 +1210,7 @@ impl<D: Driver> EventLoop<D> {
                     {
                         self.close_app(k);
                     }
+                    self.closed_local(k);
                 }
             }
             Event::GoAway { code } => tracing::info!(session = %id, code, "peer is going away"),
@@ -1205,16 +1228,20 @@ impl<D: Driver> EventLoop<D> {
         let Role::Server { resolve } = &self.role else {
             return;
         };
-        let Some(addr) = resolve(target.as_deref()) else {
-            tracing::warn!(
-                stream,
-                target = target.as_deref().unwrap_or(""),
-                "target not allowed or unresolvable; resetting"
-            );
-            let _ = self.sessions[skey]
-                .session
-                .reset(stream, RESET_CONNECT_FAILED);
-            return;
+        let addr = match resolve(target.as_deref()) {
+            Route::Connect(addr) => addr,
+            Route::Accept => return self.accept_local(skey, stream, target),
+            Route::Refuse => {
+                tracing::warn!(
+                    stream,
+                    target = target.as_deref().unwrap_or(""),
+                    "target not allowed or unresolvable; resetting"
+                );
+                let _ = self.sessions[skey]
+                    .session
+                    .reset(stream, RESET_CONNECT_FAILED);
+                return;
+            }
         };
         match sockopt::connect_nonblocking(addr, None).and_then(|(s, _)| self.io.stream(s)) {
             Ok(sock) => {

@@ -18,15 +18,24 @@
 //! is more than one (`worker`). A session and everything it owns live on one worker; a server
 //! tunnel accepted by another worker is handed to the session's worker once, before its
 //! handshake, over a lock-free SPSC ring. docs/ARCHITECTURE.md explains why and measures it.
+//!
+//! # In-process use
+//! [`Client`] and [`Server`] run the same runtime inside a program, which opens streams with
+//! [`Client::open_stream`] and takes them with [`Server::accept`] as [`MtcpStream`]s (blocking
+//! `std::io` objects with no socket behind them): see [`api`] for an example.
 
+pub mod api;
 mod event_loop;
 mod io;
+mod local;
 pub mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
 mod worker;
 
+pub use api::{Accepted, Client, Server};
 pub use io::Waker;
+pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,8 +85,20 @@ pub enum RuntimeError {
     Io(#[from] std::io::Error),
 }
 
-/// Where the server sends a stream, given the target its client asked for (`None`: refuse).
-pub type TargetResolver = Arc<dyn Fn(Option<&str>) -> Option<SocketAddr> + Send + Sync>;
+/// Where the server sends a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Connect it to this TCP address.
+    Connect(SocketAddr),
+    /// Hand it to the program through [`Server::accept`] (a runtime started with
+    /// [`spawn_server`] has no acceptor and resets such streams).
+    Accept,
+    /// Reset it (code 1, as for a target that cannot be reached).
+    Refuse,
+}
+
+/// Where the server sends a stream, given the target its client asked for.
+pub type TargetResolver = Arc<dyn Fn(Option<&str>) -> Route + Send + Sync>;
 
 /// Settings shared by both roles.
 #[derive(Clone)]
@@ -145,6 +166,8 @@ pub struct RuntimeHandle {
     shutdown: ShutdownHandle,
     threads: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// How in-process streams reach each worker's event loop.
+    hubs: Vec<Arc<local::Hub>>,
 }
 
 /// Asks a runtime to stop; cheap to clone and usable from any thread (e.g. a signal handler's).
@@ -178,6 +201,11 @@ impl RuntimeHandle {
     /// A handle that can ask for the stop from elsewhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// True once a stop was asked for.
+    pub(super) fn stopping(&self) -> bool {
+        self.shutdown.stop.load(Ordering::SeqCst)
     }
 
     /// How many worker threads run.
@@ -295,6 +323,16 @@ pub fn spawn_server(
     listen: SocketAddr,
     resolve: TargetResolver,
 ) -> Result<RuntimeHandle, RuntimeError> {
+    start_server(opts, listen, resolve, None)
+}
+
+/// [`spawn_server`], handing the streams routed to [`Route::Accept`] to `accept`.
+fn start_server(
+    opts: RuntimeOptions,
+    listen: SocketAddr,
+    resolve: TargetResolver,
+    accept: Option<api::AcceptSender>,
+) -> Result<RuntimeHandle, RuntimeError> {
     let driver = prepare(&opts)?;
     let listeners = listeners_per_worker(listen, opts.workers)?;
     let local = listeners[0].local_addr()?;
@@ -302,6 +340,7 @@ pub fn spawn_server(
     let setup = WorkerSetup::Server {
         listeners: listeners.into_iter().map(Some).collect(),
         resolve,
+        accept,
     };
     start(driver, opts, vec![local], setup)
 }
@@ -340,6 +379,8 @@ enum WorkerSetup {
     Server {
         listeners: Vec<Option<std::net::TcpListener>>,
         resolve: TargetResolver,
+        /// Where streams routed to [`Route::Accept`] go (every worker holds a sender).
+        accept: Option<api::AcceptSender>,
     },
     Client {
         server: SocketAddr,
@@ -364,7 +405,9 @@ impl WorkerSetup {
         ctx: event_loop::WorkerContext,
     ) -> std::io::Result<event_loop::EventLoop<D>> {
         match self {
-            WorkerSetup::Server { listeners, resolve } => {
+            WorkerSetup::Server {
+                listeners, resolve, ..
+            } => {
                 let listener = listeners[w]
                     .take()
                     .ok_or_else(|| std::io::Error::other("worker listener taken twice"))?;
@@ -419,8 +462,13 @@ fn start_on<D: io::Driver>(
         shutdown,
         threads: Vec::with_capacity(workers),
         local_addrs,
+        hubs: Vec::with_capacity(workers),
     };
-    let mailboxes = worker::Mailbox::wire(wakers);
+    let accept = match &setup {
+        WorkerSetup::Server { accept, .. } => accept.clone(),
+        WorkerSetup::Client { .. } => None,
+    };
+    let mailboxes = worker::Mailbox::wire(wakers.clone());
     for (w, (driver, mailbox)) in drivers.into_iter().zip(mailboxes).enumerate() {
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
@@ -429,6 +477,9 @@ fn start_on<D: io::Driver>(
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;
+        handle
+            .hubs
+            .push(event_loop.attach_local(wakers[w].clone(), accept.clone()));
         let thread = std::thread::Builder::new()
             .name(format!("{}-{w}", setup.name()))
             .spawn(move || {

@@ -1,0 +1,214 @@
+//! The library API: a client or a server running in-process, with streams opened and accepted
+//! as blocking `std::io` objects ([`MtcpStream`]) that no socket or file descriptor backs.
+//!
+//! Owns: [`Client`], [`Server`] and [`Accepted`] — starting a runtime with an in-process side,
+//! and handing streams between the program and its event loop. Must not touch: how the loop
+//! services those streams (`event_loop::local_streams`) or what they share with it
+//! (`runtime::local`).
+//!
+//! A [`Client`] is a client runtime (the tunnel pool to one server, optionally with TCP
+//! forwards as well) that also opens streams for the program: [`Client::open_stream`] returns at
+//! once, and bytes written before any tunnel is up wait (bounded) and leave as soon as one is.
+//! A [`Server`] is a server runtime whose [`TargetResolver`] may route a stream to the program
+//! ([`Route::Accept`]); [`Server::accept`] takes those. Both keep serving TCP as the daemons do,
+//! and both stop gracefully with [`Client::shutdown`] / [`Server::shutdown`] and
+//! [`Client::join`] / [`Server::join`] (or on drop): no new streams, open ones get
+//! [`RuntimeOptions::drain_timeout`] to finish.
+//!
+//! # Example
+//! `engine/examples/in_process_echo.rs` (`cargo run -p mtcpd-engine --example in_process_echo`;
+//! the tests run it too):
+#![doc = concat!("```\n", include_str!("../../examples/in_process_echo.rs"), "```")]
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::local::{Hub, MtcpStream, OpenRequest, stream_pair};
+use super::{
+    ClientForward, Route, RuntimeError, RuntimeHandle, RuntimeOptions, TargetResolver,
+    spawn_client, start_server,
+};
+use crate::wire::MAX_TARGET_LEN;
+
+/// Where a server's event loop puts the streams it accepted for the program.
+pub(super) type AcceptSender = Sender<Accepted>;
+
+/// A stream a [`Server`] accepted for the program.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The stream.
+    pub stream: MtcpStream,
+    /// The target its client asked for, if any.
+    pub target: Option<String>,
+}
+
+/// A client runtime that opens streams for the program. Dropping it stops the runtime like
+/// [`Client::shutdown`] + [`Client::join`], so it waits up to the drain timeout for open streams.
+#[derive(Debug)]
+pub struct Client {
+    handle: RuntimeHandle,
+    /// One per worker (each runs its own session); streams are spread over them in turn.
+    hubs: Vec<Arc<Hub>>,
+    next_hub: AtomicUsize,
+}
+
+impl Client {
+    /// Starts a client: opens the tunnel pool to `server` (re-dialing with backoff while it
+    /// is unreachable) and returns at once.
+    pub fn start(opts: RuntimeOptions, server: SocketAddr) -> Result<Self, RuntimeError> {
+        Self::start_with_forwards(opts, server, &[])
+    }
+
+    /// Starts a client that also carries every TCP connection accepted on a forward's listen
+    /// address, as [`super::spawn_client`] does.
+    pub fn start_with_forwards(
+        opts: RuntimeOptions,
+        server: SocketAddr,
+        forwards: &[ClientForward],
+    ) -> Result<Self, RuntimeError> {
+        let handle = spawn_client(opts, server, forwards)?;
+        let hubs = handle.hubs.clone();
+        Ok(Self {
+            handle,
+            hubs,
+            next_hub: AtomicUsize::new(0),
+        })
+    }
+
+    /// Opens a stream asking the server for `target` (`None`: its default route), without
+    /// waiting: the stream is carried as soon as the session can open it, and what is written
+    /// before then waits in the stream's buffer. Fails when the client is shutting down
+    /// ([`io::ErrorKind::NotConnected`]) or `target` is too long ([`io::ErrorKind::InvalidInput`]);
+    /// a stream the session cannot open later fails its reads and writes.
+    pub fn open_stream(&self, target: Option<&str>) -> io::Result<MtcpStream> {
+        if target.is_some_and(|t| t.len() > MAX_TARGET_LEN) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("target longer than {MAX_TARGET_LEN} bytes"),
+            ));
+        }
+        let stopped = || io::Error::new(io::ErrorKind::NotConnected, "the client is shut down");
+        if self.handle.stopping() {
+            return Err(stopped());
+        }
+        let turn = self.next_hub.fetch_add(1, Ordering::Relaxed);
+        let Some(hub) = self.hubs.get(turn % self.hubs.len().max(1)) else {
+            return Err(stopped());
+        };
+        let (stream, ends) = stream_pair(hub);
+        let req = OpenRequest {
+            ends,
+            target: target.map(str::to_owned),
+        };
+        // A request the loop can no longer take comes back; dropping it detaches the stream.
+        hub.open(req).map_err(|_| stopped())?;
+        Ok(stream)
+    }
+
+    /// The forwards' bound addresses, in order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        self.handle.local_addrs()
+    }
+
+    /// Asks for a graceful stop (see [`RuntimeHandle::shutdown`]); new streams are refused.
+    pub fn shutdown(&self) {
+        self.handle.shutdown();
+    }
+
+    /// Waits until the runtime has stopped (after [`Client::shutdown`], or after its session
+    /// ends on its own).
+    pub fn join(self) {
+        self.handle.join();
+    }
+
+    /// The runtime, e.g. for its stop flag.
+    pub fn runtime(&self) -> &RuntimeHandle {
+        &self.handle
+    }
+}
+
+/// A server runtime that hands streams routed to [`Route::Accept`] to the program. Dropping it
+/// stops the runtime like [`Server::shutdown`] + [`Server::join`].
+#[derive(Debug)]
+pub struct Server {
+    handle: RuntimeHandle,
+    accepted: Mutex<Receiver<Accepted>>,
+}
+
+impl Server {
+    /// Starts a server accepting tunnels on `listen`; each stream goes where `route` says.
+    pub fn start(
+        opts: RuntimeOptions,
+        listen: SocketAddr,
+        route: TargetResolver,
+    ) -> Result<Self, RuntimeError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = start_server(opts, listen, route, Some(tx))?;
+        Ok(Self {
+            handle,
+            accepted: Mutex::new(rx),
+        })
+    }
+
+    /// Starts a server that hands every stream to the program.
+    pub fn accept_all(opts: RuntimeOptions, listen: SocketAddr) -> Result<Self, RuntimeError> {
+        Self::start(opts, listen, Arc::new(|_| Route::Accept))
+    }
+
+    /// The address tunnels connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addrs()[0]
+    }
+
+    fn stopped() -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionAborted, "the server has stopped")
+    }
+
+    /// Waits for the next stream routed to the program. Fails with
+    /// [`io::ErrorKind::ConnectionAborted`] once the runtime has stopped and every accepted
+    /// stream was taken.
+    pub fn accept(&self) -> io::Result<Accepted> {
+        let rx = self.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        rx.recv().map_err(|_| Self::stopped())
+    }
+
+    /// Like [`Server::accept`], failing with [`io::ErrorKind::TimedOut`] after `timeout`.
+    pub fn accept_timeout(&self, timeout: Duration) -> io::Result<Accepted> {
+        let rx = self.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => {
+                io::Error::new(io::ErrorKind::TimedOut, "no stream to accept in time")
+            }
+            RecvTimeoutError::Disconnected => Self::stopped(),
+        })
+    }
+
+    /// Takes a stream if one is waiting.
+    pub fn try_accept(&self) -> io::Result<Option<Accepted>> {
+        let rx = self.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        match rx.try_recv() {
+            Ok(a) => Ok(Some(a)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(Self::stopped()),
+        }
+    }
+
+    /// Asks for a graceful stop (see [`RuntimeHandle::shutdown`]).
+    pub fn shutdown(&self) {
+        self.handle.shutdown();
+    }
+
+    /// Waits until the runtime has stopped.
+    pub fn join(self) {
+        self.handle.join();
+    }
+
+    /// The runtime, e.g. for its stop flag.
+    pub fn runtime(&self) -> &RuntimeHandle {
+        &self.handle
+    }
+}

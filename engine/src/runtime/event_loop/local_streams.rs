@@ -1,0 +1,420 @@
+//! The event loop's side of in-process streams ([`super::super::api`]): it services them as it
+//! services application sockets, with rings in place of a socket.
+//!
+//! Owns: the loop's entry for each in-process stream ([`LocalConn`]), the streams waiting for
+//! the client session to open them, and the loop's ends of the hub (which streams need
+//! attention, new streams to open, where accepted streams go). Must not touch: sockets, or the
+//! servicing of socket-backed streams (`read_app` / `write_app`); the event loop calls in here
+//! only from its dispatch points.
+//!
+//! The mirror of `read_app` / `write_app`: [`EventLoop::read_local`] moves bytes the
+//! application wrote into the stream while the session takes them (what it refuses waits in
+//! `unsent` until `StreamWritable`), and [`EventLoop::write_local`] moves the stream's bytes to
+//! the application while its ring has room (when full, the reader's next take sends the
+//! stream back here). An application thread never touches the session: it only sets flags,
+//! fills or drains its ends of the rings, and sends the stream's handle to the hub, which the
+//! loop drains once per iteration in [`EventLoop::poll_local`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::mpsc::SendError;
+
+use bytes::Bytes;
+
+use super::{Entry, EventLoop, RESET_APP_ERROR, RESET_CONNECT_FAILED, Role};
+use crate::StreamError;
+use crate::runtime::Waker;
+use crate::runtime::api::{AcceptSender, Accepted};
+use crate::runtime::io::Driver;
+use crate::runtime::local::{
+    APP_NO_READ, APP_RESET, APP_SHUT, FAILED_OPEN, FAILED_SESSION, Hub, HubInbox, LoopEnds,
+    OpenRequest, PEER_FIN, STREAM_BUFFER, StreamShared, stream_pair,
+};
+use crate::session::{ReadOutcome, StreamId};
+
+/// Most streams serviced per loop iteration before the loop looks at its sockets again.
+const POLL_BATCH: usize = 1024;
+
+/// An in-process stream, as the loop holds it.
+#[derive(Debug)]
+pub(super) struct LocalConn {
+    ends: LoopEnds,
+    session: usize,
+    stream: StreamId,
+    /// Bytes the application wrote that the stream has not taken yet.
+    unsent: Option<Bytes>,
+    /// The application finished writing and the session was told.
+    read_eof: bool,
+    /// The peer's end of stream was handed to the application.
+    write_closed: bool,
+}
+
+impl LocalConn {
+    fn new(ends: LoopEnds, session: usize, stream: StreamId) -> Self {
+        Self {
+            ends,
+            session,
+            stream,
+            unsent: None,
+            read_eof: false,
+            write_closed: false,
+        }
+    }
+
+    /// Marks the stream failed because its session closed (before the loop drops it).
+    pub(super) fn session_lost(&self) {
+        self.ends.shared.set(FAILED_SESSION);
+    }
+}
+
+/// The loop's in-process state.
+#[derive(Debug)]
+pub(super) struct LocalState {
+    inbox: HubInbox,
+    accept: Option<AcceptSender>,
+    /// Client: streams the session could not open yet (no tunnel up, or the stream limit).
+    waiting: VecDeque<OpenRequest>,
+    batch: Vec<Arc<StreamShared>>,
+}
+
+impl<D: Driver> EventLoop<D> {
+    /// Gives the loop a hub for in-process streams (accepted ones go to `accept`), before it
+    /// runs.
+    pub(in crate::runtime) fn attach_local(
+        &mut self,
+        waker: Arc<Waker>,
+        accept: Option<AcceptSender>,
+    ) -> Arc<Hub> {
+        let inbox = Hub::create(waker);
+        let hub = inbox.hub.clone();
+        self.local = Some(LocalState {
+            inbox,
+            accept,
+            waiting: VecDeque::new(),
+            batch: Vec::new(),
+        });
+        hub
+    }
+
+    /// Takes new streams and services the streams the application pointed at.
+    pub(super) fn poll_local(&mut self) {
+        let Some(local) = self.local.as_mut() else {
+            return;
+        };
+        local.inbox.hub.begin_poll();
+        while let Ok(req) = local.inbox.opens.try_recv() {
+            local.waiting.push_back(req);
+        }
+        let mut batch = std::mem::take(&mut local.batch);
+        while batch.len() < POLL_BATCH {
+            match local.inbox.notify.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        let more = batch.len() == POLL_BATCH;
+        self.open_waiting_locals();
+        for shared in batch.drain(..) {
+            // Cleared before servicing: what the application does from now on sends it again.
+            // A swap reads the flag of the application's last notice, which orders everything
+            // it did before that notice before what the loop reads next.
+            shared.scheduled.swap(false, SeqCst);
+            let key = shared.key.load(Relaxed);
+            if matches!(self.entries.get(key), Some(Entry::Local(c)) if Arc::ptr_eq(&c.ends.shared, &shared))
+            {
+                self.read_local(key);
+                self.write_local(key);
+            }
+        }
+        if let Some(local) = self.local.as_mut() {
+            local.batch = batch;
+            if more {
+                // Come straight back for the rest.
+                local.inbox.hub.wake();
+            }
+        }
+    }
+
+    /// Client: opens the waiting streams, in order, while the session can.
+    pub(super) fn open_waiting_locals(&mut self) {
+        loop {
+            let Some(local) = self.local.as_mut() else {
+                return;
+            };
+            let Some(req) = local.waiting.front() else {
+                return;
+            };
+            if req.ends.shared.state() & APP_RESET != 0 {
+                // Reset before it was opened: nothing to tell the peer.
+                local.waiting.pop_front();
+                continue;
+            }
+            let Role::Client { .. } = self.role else {
+                // Only a client opens streams; a server's hub never gets requests.
+                local.waiting.clear();
+                return;
+            };
+            let Some((skey, slot)) = self.sessions.iter_mut().next() else {
+                return;
+            };
+            match slot.session.open_stream(req.target.as_deref()) {
+                Ok(stream) => {
+                    let Some(req) = local.waiting.pop_front() else {
+                        return;
+                    };
+                    tracing::info!(
+                        stream,
+                        target = req.target.as_deref().unwrap_or(""),
+                        "stream opened in-process"
+                    );
+                    let Some(key) = self.add_local(LocalConn::new(req.ends, skey, stream)) else {
+                        let _ = self.sessions[skey].session.reset(stream, RESET_APP_ERROR);
+                        continue;
+                    };
+                    self.read_local(key);
+                    self.write_local(key);
+                }
+                // Held until a tunnel is up, a new session replaces a closed one, or the peer
+                // grants more streams.
+                Err(
+                    StreamError::NotReady | StreamError::StreamLimit | StreamError::SessionClosed,
+                ) => {
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!("cannot open an in-process stream: {e}");
+                    if let Some(req) = local.waiting.pop_front() {
+                        req.ends.shared.set(FAILED_OPEN);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Server: hands a stream the resolver routed to the program to the acceptor.
+    pub(super) fn accept_local(&mut self, skey: usize, stream: StreamId, target: Option<String>) {
+        let hub = match &self.local {
+            Some(LocalState {
+                inbox,
+                accept: Some(_),
+                ..
+            }) => inbox.hub.clone(),
+            _ => {
+                tracing::warn!(
+                    stream,
+                    "stream routed in-process, but this runtime has no acceptor; resetting"
+                );
+                let _ = self.sessions[skey]
+                    .session
+                    .reset(stream, RESET_CONNECT_FAILED);
+                return;
+            }
+        };
+        let (app, ends) = stream_pair(&hub);
+        let Some(key) = self.add_local(LocalConn::new(ends, skey, stream)) else {
+            let _ = self.sessions[skey]
+                .session
+                .reset(stream, RESET_CONNECT_FAILED);
+            return;
+        };
+        let accepted = Accepted {
+            stream: app,
+            target: target.clone(),
+        };
+        let sent = match self.local.as_ref().and_then(|l| l.accept.as_ref()) {
+            Some(tx) => tx.send(accepted),
+            None => Err(SendError(accepted)),
+        };
+        if sent.is_err() {
+            tracing::warn!(stream, "the program no longer accepts streams; resetting");
+            self.close_local(key);
+            let _ = self.sessions[skey]
+                .session
+                .reset(stream, RESET_CONNECT_FAILED);
+            return;
+        }
+        tracing::info!(
+            stream,
+            target = target.as_deref().unwrap_or(""),
+            "stream opened in-process"
+        );
+    }
+
+    /// Registers an in-process stream of session `skey`.
+    fn add_local(&mut self, conn: LocalConn) -> Option<usize> {
+        let (skey, stream) = (conn.session, conn.stream);
+        let shared = conn.ends.shared.clone();
+        match self.add(Entry::Local(Box::new(conn))) {
+            Ok(key) => {
+                shared.key.store(key, Relaxed);
+                self.sessions[skey].streams.insert(stream, key);
+                Some(key)
+            }
+            Err(e) => {
+                tracing::warn!(stream, "cannot register an in-process stream: {e}");
+                None
+            }
+        }
+    }
+
+    /// Moves bytes the application wrote into its stream, as far as the session takes them;
+    /// then its half-close or reset.
+    pub(super) fn read_local(&mut self, key: usize) {
+        let Some(Entry::Local(c)) = self.entries.get_mut(key) else {
+            return;
+        };
+        let Some(slot) = self.sessions.get_mut(c.session) else {
+            return;
+        };
+        // Read before draining: every byte written before a flag is in the ring by then.
+        let state = c.ends.shared.state();
+        if state & APP_RESET != 0 {
+            let (stream, code) = (c.stream, c.ends.shared.app_code());
+            tracing::info!(stream, code, "in-process stream reset by the application");
+            let _ = slot.session.reset(stream, code);
+            self.close_local(key);
+            return;
+        }
+        if c.read_eof {
+            return;
+        }
+        loop {
+            let chunk = match c.unsent.take() {
+                Some(b) => b,
+                None => match c.ends.from_app.pop() {
+                    Ok(b) => b,
+                    Err(_) => break,
+                },
+            };
+            match slot.session.write(c.stream, chunk.clone()) {
+                Ok(n) => {
+                    c.ends.shared.tx_bytes.fetch_sub(n, SeqCst);
+                    c.ends.shared.wake_writer();
+                    if n < chunk.len() {
+                        // The rest waits for `StreamWritable`.
+                        c.unsent = Some(chunk.slice(n..));
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.local_stream_failed(key, e);
+                    return;
+                }
+            }
+        }
+        if state & APP_SHUT != 0 {
+            c.read_eof = true;
+            let _ = slot.session.shutdown(c.stream);
+            self.maybe_finish_local(key);
+        }
+    }
+
+    /// Moves the stream's bytes to the application while its ring has room.
+    pub(super) fn write_local(&mut self, key: usize) {
+        let Some(Entry::Local(c)) = self.entries.get_mut(key) else {
+            return;
+        };
+        let Some(slot) = self.sessions.get_mut(c.session) else {
+            return;
+        };
+        let shared = &c.ends.shared;
+        while !c.write_closed {
+            // A reader that went away leaves the bytes to be consumed and dropped.
+            let discard = shared.state() & APP_NO_READ != 0;
+            let full = || shared.rx_bytes.load(SeqCst) >= STREAM_BUFFER || c.ends.to_app.is_full();
+            if !discard && full() {
+                // Set, then look again: the reader either sees the flag when it takes a
+                // chunk, or made room before this second look.
+                shared.rx_blocked.store(true, SeqCst);
+                if full() {
+                    return;
+                }
+                shared.rx_blocked.store(false, SeqCst);
+            }
+            let room = STREAM_BUFFER.saturating_sub(shared.rx_bytes.load(SeqCst));
+            let max = if discard { STREAM_BUFFER } else { room };
+            match slot.session.read(c.stream, max) {
+                Ok(ReadOutcome::Data(b)) if !discard => {
+                    let n = b.len();
+                    shared.rx_bytes.fetch_add(n, SeqCst);
+                    if c.ends.to_app.push(b).is_err() {
+                        // Only the loop pushes, and it saw a free slot: cannot happen, but a
+                        // lost chunk must not go unnoticed.
+                        shared.rx_bytes.fetch_sub(n, SeqCst);
+                        let (stream, skey) = (c.stream, c.session);
+                        tracing::error!(stream, "in-process receive ring full; resetting");
+                        self.close_local(key);
+                        let _ = self.sessions[skey].session.reset(stream, RESET_APP_ERROR);
+                        return;
+                    }
+                    shared.wake_reader();
+                }
+                Ok(ReadOutcome::Data(_)) => {}
+                Ok(ReadOutcome::Fin) => {
+                    c.write_closed = true;
+                    shared.set(PEER_FIN);
+                    self.maybe_finish_local(key);
+                    return;
+                }
+                Ok(ReadOutcome::WouldBlock) => return,
+                Err(e) => {
+                    self.local_stream_failed(key, e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A stream call failed: the stream is reset or its session closed.
+    fn local_stream_failed(&mut self, key: usize, e: StreamError) {
+        let Some(Entry::Local(c)) = self.entries.get(key) else {
+            return;
+        };
+        match e {
+            StreamError::Reset(code) => c.ends.shared.set_peer_reset(code),
+            // Forgotten after a reset the session has yet to report: `StreamReset` follows.
+            StreamError::UnknownStream(_) => return,
+            _ => c.ends.shared.set(FAILED_SESSION),
+        }
+        self.close_local(key);
+    }
+
+    fn maybe_finish_local(&mut self, key: usize) {
+        if let Some(Entry::Local(c)) = self.entries.get(key)
+            && c.read_eof
+            && c.write_closed
+        {
+            self.close_local(key);
+        }
+    }
+
+    /// Drops an in-process stream's entry and its stream mapping.
+    fn close_local(&mut self, key: usize) {
+        if let Some(Entry::Local(c)) = self.entries.get(key) {
+            let (skey, stream) = (c.session, c.stream);
+            if let Some(s) = self.sessions.get_mut(skey)
+                && s.streams.get(&stream) == Some(&key)
+            {
+                s.streams.remove(&stream);
+            }
+            self.remove(key);
+        }
+    }
+
+    /// The peer reset the stream at `key` (its mapping is already gone).
+    pub(super) fn reset_local(&mut self, key: usize, code: u32) {
+        if let Some(Entry::Local(c)) = self.entries.get(key) {
+            c.ends.shared.set_peer_reset(code);
+            self.remove(key);
+        }
+    }
+
+    /// The session forgot the stream at `key` (its mapping is already gone): both directions
+    /// are finished, so the entry goes too.
+    pub(super) fn closed_local(&mut self, key: usize) {
+        if let Some(Entry::Local(_)) = self.entries.get(key) {
+            self.remove(key);
+        }
+    }
+}

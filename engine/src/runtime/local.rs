@@ -1,0 +1,702 @@
+//! In-process streams: the state an application thread shares with the event loop for one
+//! stream that is not backed by any socket, and the blocking [`MtcpStream`] over it.
+//!
+//! Owns: the per-stream shared state ([`StreamShared`]), the two single-producer single-consumer
+//! rings that carry a stream's bytes (application → loop and loop → application, `rtrb` rings
+//! of [`Bytes`] chunks), the parking of blocked readers and writers, and the [`Hub`] through
+//! which application threads tell their event loop which streams need attention. Must not
+//! touch: sessions, sockets or protocol decisions — the loop side
+//! (`event_loop::local_streams`) moves bytes between these rings and the session exactly as
+//! it does for an application socket.
+//!
+//! # How a stream is shared
+//! - Data: each direction is one `rtrb` ring of at most [`RING_SLOTS`] chunks, and at most
+//!   [`STREAM_BUFFER`] bytes (counted in an atomic, so a writer knows its room without asking
+//!   the loop). The writer end of a ring belongs to exactly one side, the reader end to the
+//!   other: no lock is taken to move bytes.
+//! - Flags: one atomic word of state bits (the application finished writing, the peer
+//!   finished, reset codes, why the stream failed).
+//! - Attention: when an application thread gives the loop something to do (bytes written,
+//!   room made in a full receive ring, a half-close, a reset, a drop) it sends the stream's
+//!   [`Arc`] on the hub's channel (std's `mpsc`, a lock-free linked list of blocks; once: a
+//!   `scheduled` flag suppresses duplicates until the loop takes it) and wakes the driver through its [`Waker`] (once per loop iteration: a
+//!   `wake_pending` flag suppresses the system call while a wake-up is already on its way). The
+//!   loop services exactly the streams it was sent; it never scans.
+//! - Sleeping: a blocked reader or writer parks on the stream's `Mutex<()>` + `Condvar`, used
+//!   for nothing else; the loop takes the mutex only when a waiter's bit is set.
+//!
+//! # Lifetime
+//! The loop's ends of a stream ([`LoopEnds`]) mark the stream detached when dropped, whatever
+//! dropped them (the stream finished, its session closed, the runtime stopped, a panic): an
+//! application blocked on a stream the loop no longer services always wakes up with an error.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering::SeqCst, fence};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtrb::{Consumer, Producer, RingBuffer};
+
+use super::Waker;
+
+/// Bytes a stream may hold in each direction between the application and the loop.
+pub(super) const STREAM_BUFFER: usize = 256 * 1024;
+/// Chunks each direction's ring holds (a frame's payload is one chunk; a write is one chunk).
+pub(super) const RING_SLOTS: usize = 16;
+
+// State bits. Set with `fetch_or`, never cleared.
+/// The application finished writing (shutdown, or its write half was dropped).
+pub(super) const APP_SHUT: u32 = 1 << 0;
+/// The application dropped its read half: incoming bytes are discarded.
+pub(super) const APP_NO_READ: u32 = 1 << 1;
+/// The application reset the stream (code in `app_code`).
+pub(super) const APP_RESET: u32 = 1 << 2;
+/// The peer finished: after the bytes in the ring, end of stream.
+pub(super) const PEER_FIN: u32 = 1 << 3;
+/// The peer reset the stream (code in `peer_code`).
+pub(super) const PEER_RESET: u32 = 1 << 4;
+/// The stream could not be opened (the session is going away, or refused it).
+pub(super) const FAILED_OPEN: u32 = 1 << 5;
+/// The session carrying the stream closed.
+pub(super) const FAILED_SESSION: u32 = 1 << 6;
+/// The loop no longer services the stream (meaningful only when nothing above explains it).
+pub(super) const DETACHED: u32 = 1 << 7;
+
+/// Everything that ends a direction with an error.
+const FAILURES: u32 = APP_RESET | PEER_RESET | FAILED_OPEN | FAILED_SESSION | DETACHED;
+
+const READER: u8 = 1;
+const WRITER: u8 = 2;
+
+/// Why an in-process stream failed: the payload of the [`io::Error`]s its reads and writes
+/// return (`err.get_ref().and_then(|e| e.downcast_ref::<StreamFailure>())`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFailure {
+    /// The peer reset the stream with this code ([`io::ErrorKind::ConnectionReset`]). A server
+    /// that cannot reach a stream's target, or refuses it, resets it with code 1.
+    ResetByPeer(u32),
+    /// This end reset the stream ([`io::ErrorKind::ConnectionReset`]).
+    ResetLocally(u32),
+    /// The stream could not be opened: the session is going away
+    /// ([`io::ErrorKind::ConnectionRefused`]).
+    NotOpened,
+    /// The session carrying the stream closed with the stream unfinished
+    /// ([`io::ErrorKind::ConnectionAborted`]).
+    SessionLost,
+    /// The runtime stopped with the stream unfinished ([`io::ErrorKind::ConnectionAborted`]).
+    RuntimeStopped,
+}
+
+impl StreamFailure {
+    /// The [`io::ErrorKind`] this failure is reported with.
+    pub fn kind(self) -> io::ErrorKind {
+        match self {
+            Self::ResetByPeer(_) | Self::ResetLocally(_) => io::ErrorKind::ConnectionReset,
+            Self::NotOpened => io::ErrorKind::ConnectionRefused,
+            Self::SessionLost | Self::RuntimeStopped => io::ErrorKind::ConnectionAborted,
+        }
+    }
+}
+
+impl fmt::Display for StreamFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ResetByPeer(code) => write!(f, "stream reset by the peer (code {code})"),
+            Self::ResetLocally(code) => write!(f, "stream reset by this end (code {code})"),
+            Self::NotOpened => f.write_str("stream not opened: the session is going away"),
+            Self::SessionLost => f.write_str("the session carrying the stream closed"),
+            Self::RuntimeStopped => f.write_str("the runtime stopped"),
+        }
+    }
+}
+
+impl std::error::Error for StreamFailure {}
+
+impl From<StreamFailure> for io::Error {
+    fn from(f: StreamFailure) -> Self {
+        io::Error::new(f.kind(), f)
+    }
+}
+
+/// The state one in-process stream shares between the application and the event loop.
+#[derive(Debug)]
+pub(super) struct StreamShared {
+    state: AtomicU32,
+    app_code: AtomicU32,
+    peer_code: AtomicU32,
+    /// Bytes in the application → loop ring, plus what the loop holds back that the session
+    /// has not taken yet.
+    pub(super) tx_bytes: AtomicUsize,
+    /// Bytes in the loop → application ring.
+    pub(super) rx_bytes: AtomicUsize,
+    /// The loop stopped filling the receive ring because it was full; the reader notifies it
+    /// when it makes room.
+    pub(super) rx_blocked: AtomicBool,
+    /// On the hub's channel, not yet taken by the loop.
+    pub(super) scheduled: AtomicBool,
+    /// The loop's slab key for this stream (`usize::MAX` until it has one). Loop-only.
+    pub(super) key: AtomicUsize,
+    waiters: AtomicU8,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl StreamShared {
+    fn new() -> Self {
+        Self {
+            state: AtomicU32::new(0),
+            app_code: AtomicU32::new(0),
+            peer_code: AtomicU32::new(0),
+            tx_bytes: AtomicUsize::new(0),
+            rx_bytes: AtomicUsize::new(0),
+            rx_blocked: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
+            key: AtomicUsize::new(usize::MAX),
+            waiters: AtomicU8::new(0),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// The state bits.
+    pub(super) fn state(&self) -> u32 {
+        self.state.load(SeqCst)
+    }
+
+    /// Sets state bits and wakes whoever waits.
+    pub(super) fn set(&self, bits: u32) {
+        self.state.fetch_or(bits, SeqCst);
+        self.wake(READER | WRITER);
+    }
+
+    /// The peer reset the stream.
+    pub(super) fn set_peer_reset(&self, code: u32) {
+        self.peer_code.store(code, SeqCst);
+        self.set(PEER_RESET);
+    }
+
+    /// The code the application reset the stream with.
+    pub(super) fn app_code(&self) -> u32 {
+        self.app_code.load(SeqCst)
+    }
+
+    /// Why the stream failed, if it did.
+    fn failure(&self, state: u32) -> Option<StreamFailure> {
+        if state & FAILURES == 0 {
+            None
+        } else if state & APP_RESET != 0 {
+            Some(StreamFailure::ResetLocally(self.app_code.load(SeqCst)))
+        } else if state & PEER_RESET != 0 {
+            Some(StreamFailure::ResetByPeer(self.peer_code.load(SeqCst)))
+        } else if state & FAILED_OPEN != 0 {
+            Some(StreamFailure::NotOpened)
+        } else if state & FAILED_SESSION != 0 {
+            Some(StreamFailure::SessionLost)
+        } else {
+            Some(StreamFailure::RuntimeStopped)
+        }
+    }
+
+    /// Wakes a parked reader.
+    pub(super) fn wake_reader(&self) {
+        self.wake(READER);
+    }
+
+    /// Wakes a parked writer.
+    pub(super) fn wake_writer(&self) {
+        self.wake(WRITER);
+    }
+
+    fn wake(&self, who: u8) {
+        // Orders the caller's change (a ring push is only a release store) before the look
+        // at the waiter bits; `park` fences between setting its bit and its look at the ring.
+        fence(SeqCst);
+        if self.waiters.load(SeqCst) & who != 0 {
+            self.waiters.fetch_and(!who, SeqCst);
+            drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
+            self.cv.notify_all();
+        }
+    }
+
+    /// Parks the calling thread as `who` until `ready` holds or `deadline` passes. A waker
+    /// changes what `ready` reads before it looks at the waiter bits, and the bit is set before
+    /// `ready` is checked, so no wake-up is lost.
+    fn park(&self, who: u8, deadline: Option<Instant>, ready: impl Fn() -> bool) -> io::Result<()> {
+        let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            self.waiters.fetch_or(who, SeqCst);
+            fence(SeqCst);
+            if ready() {
+                self.waiters.fetch_and(!who, SeqCst);
+                return Ok(());
+            }
+            guard = match deadline {
+                None => self.cv.wait(guard).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        self.waiters.fetch_and(!who, SeqCst);
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out waiting on an in-process stream",
+                        ));
+                    }
+                    self.cv
+                        .wait_timeout(guard, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
+
+/// The loop's ends of one stream. Dropping them detaches the stream.
+#[derive(Debug)]
+pub(super) struct LoopEnds {
+    pub(super) shared: Arc<StreamShared>,
+    /// Bytes the application wrote.
+    pub(super) from_app: Consumer<Bytes>,
+    /// Bytes for the application to read.
+    pub(super) to_app: Producer<Bytes>,
+}
+
+impl Drop for LoopEnds {
+    fn drop(&mut self) {
+        self.shared.set(DETACHED);
+    }
+}
+
+/// A stream an application asked the client to open, on its way to the loop.
+#[derive(Debug)]
+pub(super) struct OpenRequest {
+    pub(super) ends: LoopEnds,
+    pub(super) target: Option<String>,
+}
+
+/// What application threads share with one event loop: how to get its attention.
+pub(super) struct Hub {
+    notify: Sender<Arc<StreamShared>>,
+    opens: Sender<OpenRequest>,
+    waker: Arc<Waker>,
+    wake_pending: AtomicBool,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// The loop's side of a [`Hub`].
+#[derive(Debug)]
+pub(super) struct HubInbox {
+    pub(super) hub: Arc<Hub>,
+    pub(super) notify: Receiver<Arc<StreamShared>>,
+    pub(super) opens: Receiver<OpenRequest>,
+}
+
+impl Hub {
+    /// A hub for the loop `waker` wakes, and the loop's side of it.
+    pub(super) fn create(waker: Arc<Waker>) -> HubInbox {
+        let (notify, notify_rx) = std::sync::mpsc::channel();
+        let (opens, opens_rx) = std::sync::mpsc::channel();
+        let hub = Arc::new(Self {
+            notify,
+            opens,
+            waker,
+            wake_pending: AtomicBool::new(false),
+        });
+        HubInbox {
+            hub,
+            notify: notify_rx,
+            opens: opens_rx,
+        }
+    }
+
+    /// Loop: called before it takes what the channels hold, so a later send wakes it again.
+    /// (A swap, not a store: reading the last sender's flag orders its send before the takes.)
+    pub(super) fn begin_poll(&self) {
+        self.wake_pending.swap(false, SeqCst);
+    }
+
+    /// Interrupts the loop's wait, unless a wake-up is already on its way.
+    pub(super) fn wake(&self) {
+        if !self.wake_pending.swap(true, SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Asks the loop to service `s`.
+    fn notify(&self, s: &Arc<StreamShared>) {
+        if !s.scheduled.swap(true, SeqCst) && self.notify.send(s.clone()).is_ok() {
+            self.wake();
+        }
+    }
+
+    /// Hands a new stream to the loop; on failure (the loop is gone) the request comes back.
+    pub(super) fn open(&self, req: OpenRequest) -> Result<(), OpenRequest> {
+        self.opens.send(req).map_err(|e| e.0)?;
+        self.wake();
+        Ok(())
+    }
+}
+
+/// A new stream: the application's object and the loop's ends.
+pub(super) fn stream_pair(hub: &Arc<Hub>) -> (MtcpStream, LoopEnds) {
+    let shared = Arc::new(StreamShared::new());
+    let (to_loop, from_app) = RingBuffer::new(RING_SLOTS);
+    let (to_app, from_loop) = RingBuffer::new(RING_SLOTS);
+    let app = MtcpStream {
+        read: ReadHalf {
+            shared: shared.clone(),
+            hub: hub.clone(),
+            ring: from_loop,
+            current: Bytes::new(),
+            timeout: None,
+        },
+        write: WriteHalf {
+            shared: shared.clone(),
+            hub: hub.clone(),
+            ring: to_loop,
+            timeout: None,
+        },
+    };
+    let ends = LoopEnds {
+        shared,
+        from_app,
+        to_app,
+    };
+    (app, ends)
+}
+
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + t)
+}
+
+fn check_timeout(t: Option<Duration>) -> io::Result<()> {
+    if t == Some(Duration::ZERO) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a zero timeout is not allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// One in-process stream: blocking [`Read`] and [`Write`] over an mtcpd stream, with no socket
+/// or file descriptor behind it.
+///
+/// - Writes return as soon as the bytes are queued for the event loop (at most 256 KiB per
+///   stream wait there; a writer blocks while that is full, so a slow peer holds back the
+///   writer, not memory). [`Write::flush`] has nothing to do.
+/// - Reads block until bytes arrive, then return what is there; `Ok(0)` is the end of the
+///   stream (the peer shut its writing down).
+/// - Errors carry a [`StreamFailure`]: a reset is [`io::ErrorKind::ConnectionReset`], the loss of
+///   the session or a stopped runtime [`io::ErrorKind::ConnectionAborted`], a write after
+///   [`MtcpStream::shutdown_write`] [`io::ErrorKind::BrokenPipe`], an expired timeout
+///   [`io::ErrorKind::TimedOut`].
+/// - Dropping the stream closes it gracefully, like closing a socket with no unread data: what
+///   was written is delivered, then the peer reads end of stream; bytes that arrive afterwards
+///   are discarded (the peer is not reset). [`MtcpStream::reset`] aborts instead.
+///
+/// [`MtcpStream::into_split`] gives a read half and a write half for use on two threads.
+#[derive(Debug)]
+pub struct MtcpStream {
+    read: ReadHalf,
+    write: WriteHalf,
+}
+
+impl MtcpStream {
+    /// Splits into a read half and a write half, each usable on its own thread.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        (self.read, self.write)
+    }
+
+    /// Finishes this end's direction: the peer reads end of stream after the bytes already
+    /// written. Reading goes on.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        self.write.shutdown_write()
+    }
+
+    /// Aborts both directions: queued bytes are dropped and the peer sees a reset with `code`.
+    pub fn reset(self, code: u32) {
+        self.write.reset(code);
+    }
+
+    /// Reads the next chunk without copying it; empty at the end of the stream.
+    pub fn read_bytes(&mut self) -> io::Result<Bytes> {
+        self.read.read_bytes()
+    }
+
+    /// Writes a prefix of `data` without copying it and returns its length (0 only for empty
+    /// `data`); blocks while the stream's buffer is full.
+    pub fn write_bytes(&mut self, data: Bytes) -> io::Result<usize> {
+        self.write.write_bytes(data)
+    }
+
+    /// How long a read may block (`None`: forever); past it the read fails with
+    /// [`io::ErrorKind::TimedOut`]. A zero duration is refused.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read.set_timeout(timeout)
+    }
+
+    /// How long a write may block (`None`: forever); past it the write fails with
+    /// [`io::ErrorKind::TimedOut`]. A zero duration is refused.
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write.set_timeout(timeout)
+    }
+}
+
+impl Read for MtcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read.read(buf)
+    }
+}
+
+impl Write for MtcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading half of an [`MtcpStream`]. Dropping it discards whatever arrives later.
+pub struct ReadHalf {
+    shared: Arc<StreamShared>,
+    hub: Arc<Hub>,
+    ring: Consumer<Bytes>,
+    /// The chunk being read.
+    current: Bytes,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for ReadHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadHalf")
+            .field("buffered", &self.current.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadHalf {
+    /// See [`MtcpStream::set_read_timeout`].
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        check_timeout(timeout)?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    /// Reads the next chunk without copying it; empty at the end of the stream.
+    pub fn read_bytes(&mut self) -> io::Result<Bytes> {
+        if self.current.is_empty() {
+            self.fill()?;
+        }
+        Ok(std::mem::take(&mut self.current))
+    }
+
+    /// Takes one chunk from the ring, without blocking.
+    fn take(&mut self) -> bool {
+        let Ok(chunk) = self.ring.pop() else {
+            return false;
+        };
+        self.shared.rx_bytes.fetch_sub(chunk.len(), SeqCst);
+        if self.shared.rx_blocked.load(SeqCst) && self.shared.rx_blocked.swap(false, SeqCst) {
+            self.hub.notify(&self.shared);
+        }
+        self.current = chunk;
+        true
+    }
+
+    /// Makes `current` non-empty, or leaves it empty at the end of the stream.
+    fn fill(&mut self) -> io::Result<()> {
+        let deadline = deadline(self.timeout);
+        loop {
+            if self.take() {
+                return Ok(());
+            }
+            let state = self.shared.state();
+            if state & PEER_FIN != 0 {
+                // Every byte went into the ring before the flag: one more look, then EOF.
+                self.take();
+                return Ok(());
+            }
+            if let Some(f) = self.shared.failure(state) {
+                return Err(f.into());
+            }
+            let (shared, ring) = (&self.shared, &self.ring);
+            shared.park(READER, deadline, || {
+                !ring.is_empty() || shared.state() & (PEER_FIN | FAILURES) != 0
+            })?;
+        }
+    }
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.current.is_empty() {
+            self.fill()?;
+        }
+        let n = self.current.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+impl Drop for ReadHalf {
+    fn drop(&mut self) {
+        self.shared.set(APP_NO_READ);
+        self.hub.notify(&self.shared);
+    }
+}
+
+/// The writing half of an [`MtcpStream`]. Dropping it finishes the direction (see
+/// [`WriteHalf::shutdown_write`]).
+pub struct WriteHalf {
+    shared: Arc<StreamShared>,
+    hub: Arc<Hub>,
+    ring: Producer<Bytes>,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for WriteHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteHalf")
+            .field("queued", &self.shared.tx_bytes.load(SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a write hands over.
+enum Source<'a> {
+    Slice(&'a [u8]),
+    Bytes(Bytes),
+}
+
+impl WriteHalf {
+    /// See [`MtcpStream::set_write_timeout`].
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        check_timeout(timeout)?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    /// See [`MtcpStream::shutdown_write`].
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        let state = self.shared.state();
+        if state & APP_SHUT == 0 {
+            if let Some(f) = self.shared.failure(state) {
+                return Err(f.into());
+            }
+            self.shared.set(APP_SHUT);
+            self.hub.notify(&self.shared);
+        }
+        Ok(())
+    }
+
+    /// See [`MtcpStream::reset`]; the read half, if kept, fails from now on.
+    pub fn reset(self, code: u32) {
+        self.shared.app_code.store(code, SeqCst);
+        self.shared.set(APP_RESET);
+        // Drop notifies the loop.
+    }
+
+    /// See [`MtcpStream::write_bytes`].
+    pub fn write_bytes(&mut self, data: Bytes) -> io::Result<usize> {
+        self.push(Source::Bytes(data))
+    }
+
+    fn push(&mut self, src: Source<'_>) -> io::Result<usize> {
+        let len = match &src {
+            Source::Slice(s) => s.len(),
+            Source::Bytes(b) => b.len(),
+        };
+        if len == 0 {
+            return Ok(0);
+        }
+        let deadline = deadline(self.timeout);
+        loop {
+            let state = self.shared.state();
+            if state & APP_SHUT != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "write after shutdown_write",
+                ));
+            }
+            if let Some(f) = self.shared.failure(state) {
+                return Err(f.into());
+            }
+            let room = STREAM_BUFFER.saturating_sub(self.shared.tx_bytes.load(SeqCst));
+            if room > 0 && !self.ring.is_full() {
+                let n = room.min(len);
+                let chunk = match src {
+                    Source::Slice(s) => Bytes::copy_from_slice(&s[..n]),
+                    Source::Bytes(b) => b.slice(..n),
+                };
+                // Counted before it is visible, so the loop never takes more than was counted.
+                self.shared.tx_bytes.fetch_add(n, SeqCst);
+                if let Err(rtrb::PushError::Full(_)) = self.ring.push(chunk) {
+                    // Only this half pushes, and it saw a free slot.
+                    self.shared.tx_bytes.fetch_sub(n, SeqCst);
+                    return Err(io::Error::other("in-process stream ring unexpectedly full"));
+                }
+                self.hub.notify(&self.shared);
+                return Ok(n);
+            }
+            let (shared, ring) = (&self.shared, &self.ring);
+            shared.park(WRITER, deadline, || {
+                (shared.tx_bytes.load(SeqCst) < STREAM_BUFFER && !ring.is_full())
+                    || shared.state() & (APP_SHUT | FAILURES) != 0
+            })?;
+        }
+    }
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.push(Source::Slice(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        self.shared.set(APP_SHUT);
+        self.hub.notify(&self.shared);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory an idle in-process stream costs in this module (the loop's entry and the
+    /// session's own stream state come on top; `tests/runtime_api_memory.rs` measures it all).
+    #[test]
+    fn footprint_of_an_idle_stream() {
+        let shared = size_of::<StreamShared>() + 2 * size_of::<usize>(); // inside an Arc
+        // An rtrb ring: two cache-padded indices and a pointer and capacity, inside an Arc,
+        // and its slot array.
+        let ring_header = 2 * 128 + 2 * size_of::<usize>() + 2 * size_of::<usize>();
+        let ring = ring_header + RING_SLOTS * size_of::<Bytes>();
+        let app = size_of::<MtcpStream>();
+        let ends = size_of::<LoopEnds>();
+        let total = shared + 2 * ring + app + ends;
+        println!(
+            "shared {shared} B, rings 2 x {ring} B, app object {app} B, loop ends {ends} B: \
+             {total} B per idle stream in this module"
+        );
+        assert!(total <= 2560, "per-stream footprint grew to {total} B");
+    }
+}
