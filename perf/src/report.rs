@@ -1,0 +1,1153 @@
+//! `mtcp-perf report`: turns a grid's `grid.json` into `grid.csv`, `ttfb.csv`, SVG plots
+//! (plotters, SVG backend only) and a markdown section (`summary.md`), and rewrites that section
+//! of a markdown file between `<!-- perf-grid:MODE:begin -->` and `<!-- perf-grid:MODE:end -->`
+//! (appending it when the markers are missing). `mtcp-perf grid` calls it at the end; run it
+//! by hand to regenerate the outputs from saved results.
+
+use crate::grid::results::{GridResults, PathResult, RunResult, TtfbResult};
+use anyhow::{Context, Result};
+use clap::Args;
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The grid's results.
+    #[arg(long, default_value = "results/grid.json")]
+    results: PathBuf,
+    /// Folder for CSV, SVG and summary.md (default: the folder of --results).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Markdown file whose generated section to rewrite (e.g. docs/BENCHMARKS.md).
+    #[arg(long)]
+    doc: Option<PathBuf>,
+}
+
+pub fn main(a: ReportArgs) -> Result<i32> {
+    let text = std::fs::read_to_string(&a.results)
+        .with_context(|| format!("reading {}", a.results.display()))?;
+    let res: GridResults =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", a.results.display()))?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        a.results
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    });
+    generate(&res, &out, a.doc.as_deref())?;
+    Ok(0)
+}
+
+/// Write every output of a grid into `out`, and the markdown section into `doc` if given.
+pub fn generate(res: &GridResults, out: &Path, doc: Option<&Path>) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("grid.csv"), runs_csv(res))?;
+    std::fs::write(out.join("ttfb.csv"), ttfb_csv(res))?;
+    let mut plots = Vec::new();
+    for cc in ccs(res) {
+        let f = format!("throughput-{cc}.svg");
+        if throughput_chart(res, &cc, &out.join(&f))? {
+            plots.push((format!("throughput, {cc} (log scale)"), f));
+        }
+    }
+    for p in &res.paths {
+        let f = format!("scaling-{}.svg", p.id);
+        if scaling_chart(p, &out.join(&f))? {
+            plots.push((format!("mtcpd vs tunnels, {}", p.label), f));
+        }
+    }
+    if ttfb_chart(res, &out.join("ttfb.svg"))? {
+        plots.push(("time to first byte".into(), "ttfb.svg".into()));
+    }
+    let summary = markdown(res, out, out, &plots);
+    std::fs::write(out.join("summary.md"), &summary)?;
+    if let Some(doc) = doc {
+        let base = doc.parent().unwrap_or(Path::new("."));
+        let section = markdown(res, out, base, &plots);
+        update_doc(doc, &res.mode, &section)?;
+        eprintln!(
+            "report: updated the {} section of {}",
+            res.mode,
+            doc.display()
+        );
+    }
+    eprintln!(
+        "report: wrote grid.csv, ttfb.csv, summary.md and {} plot(s) to {}",
+        plots.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn ccs(res: &GridResults) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for p in &res.paths {
+        for r in &p.runs {
+            if let Some(cc) = &r.cc
+                && !v.contains(cc)
+            {
+                v.push(cc.clone());
+            }
+        }
+    }
+    v
+}
+
+/// Column ids in display order, as present in the results.
+fn columns(res: &GridResults) -> Vec<String> {
+    let order = |id: &str| -> (u32, u32) {
+        let (kind, n) = id.split_once('-').unwrap_or((id, "0"));
+        let k = match kind {
+            "direct" => 0,
+            "mtcpd" => 1,
+            "mptcp" => 2,
+            _ => 3,
+        };
+        (k, n.parse().unwrap_or(0))
+    };
+    let mut v: Vec<String> = Vec::new();
+    for p in &res.paths {
+        for r in &p.runs {
+            if !v.contains(&r.id) {
+                v.push(r.id.clone());
+            }
+        }
+    }
+    v.sort_by_key(|id| order(id));
+    v
+}
+
+fn col_title(id: &str) -> String {
+    match id.split_once('-') {
+        Some(("direct", n)) => format!("{n} direct"),
+        Some(("mtcpd", n)) => format!("mtcpd {n}"),
+        Some(("mptcp", n)) => format!("MPTCP {n}"),
+        _ => id.to_string(),
+    }
+}
+
+fn fmt_mbit(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}")).unwrap_or_default()
+}
+
+/// The run of `id` on path `p` with congestion control `cc` (kcptun has none: any row).
+fn find<'a>(p: &'a PathResult, id: &str, cc: &str) -> Option<&'a RunResult> {
+    p.runs
+        .iter()
+        .find(|r| r.id == id && r.cc.as_deref().is_none_or(|c| c == cc))
+}
+
+fn ok_mbit(r: Option<&RunResult>) -> Option<f64> {
+    r.filter(|r| r.status == "ok").and_then(|r| r.mbit_s)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn cc_map(m: &BTreeMap<String, u32>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn runs_csv(res: &GridResults) -> String {
+    let mut s = String::from(
+        "path,rtt_ms,loss_pct,flow_cap_mbit,contender,kind,flows,cc,status,mbit_s,steady_mbit_s,tool_mbit_s,cc_seen_client_ns,cc_seen_server_ns,cc_readback,udp_sockets,mptcp_subflows,load_before,cpu_machine_busy_pct,cpu_emulator_core_pct,cpu_daemons_core_pct,reason,notes\n",
+    );
+    for p in &res.paths {
+        for r in &p.runs {
+            let row = [
+                p.id.clone(),
+                p.rtt_ms.to_string(),
+                p.loss_pct.to_string(),
+                p.flow_cap_mbit.map(|c| c.to_string()).unwrap_or_default(),
+                r.id.clone(),
+                r.kind.clone(),
+                r.flows.to_string(),
+                r.cc.clone().unwrap_or_default(),
+                r.status.clone(),
+                fmt_opt(r.mbit_s, 3),
+                fmt_opt(r.steady_mbit_s, 3),
+                fmt_opt(r.tool_mbit_s, 3),
+                cc_map(&r.cc_seen.client_ns),
+                cc_map(&r.cc_seen.server_ns),
+                cc_map(&r.cc_seen.readback),
+                r.cc_seen.udp_sockets.to_string(),
+                r.mptcp_subflows.map(|n| n.to_string()).unwrap_or_default(),
+                fmt_opt(r.load_before, 2),
+                fmt_opt(r.cpu.machine_busy_pct, 0),
+                fmt_opt(r.cpu.emulator_core_pct, 0),
+                fmt_opt(r.cpu.daemons_core_pct, 0),
+                r.reason.clone().unwrap_or_default(),
+                r.notes.join("; "),
+            ];
+            let row: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+            s += &row.join(",");
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn ttfb_csv(res: &GridResults) -> String {
+    let mut s = String::from(
+        "path,rtt_ms,loss_pct,via,status,samples,failures,connect_p50_ms,ttfb_min_ms,ttfb_p50_ms,ttfb_p90_ms,ttfb_p99_ms,ttfb_max_ms,reason\n",
+    );
+    for p in &res.paths {
+        for t in &p.ttfb {
+            let row = [
+                p.id.clone(),
+                p.rtt_ms.to_string(),
+                p.loss_pct.to_string(),
+                t.via.clone(),
+                t.status.clone(),
+                t.samples.to_string(),
+                t.failures.to_string(),
+                fmt_opt(t.connect_p50_ms, 2),
+                fmt_opt(t.ttfb_min_ms, 2),
+                fmt_opt(t.ttfb_p50_ms, 2),
+                fmt_opt(t.ttfb_p90_ms, 2),
+                fmt_opt(t.ttfb_p99_ms, 2),
+                fmt_opt(t.ttfb_max_ms, 2),
+                t.reason.clone().unwrap_or_default(),
+            ];
+            let row: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+            s += &row.join(",");
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn short_label(p: &PathResult) -> String {
+    match p.flow_cap_mbit {
+        Some(c) => format!("{}ms cap{c}", p.rtt_ms),
+        None => format!("{}ms {}%", p.rtt_ms, p.loss_pct),
+    }
+}
+
+fn io_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing: {e:?}")
+}
+
+/// Grouped bars: one group per path, one bar per contender, log scale. False when no data.
+fn throughput_chart(res: &GridResults, cc: &str, file: &Path) -> Result<bool> {
+    let cols = columns(res);
+    // Paths that ran this congestion control; each contender keeps its colour in every chart.
+    let paths: Vec<&PathResult> = res
+        .paths
+        .iter()
+        .filter(|p| p.runs.iter().any(|r| r.cc.as_deref() == Some(cc)))
+        .collect();
+    let groups: Vec<String> = paths.iter().map(|p| short_label(p)).collect();
+    let series: Vec<(usize, String, Vec<Option<f64>>)> = cols
+        .iter()
+        .enumerate()
+        .map(|(ci, id)| {
+            let v = paths.iter().map(|p| ok_mbit(find(p, id, cc))).collect();
+            let title = if id == "kcptun" {
+                "kcptun (UDP)".into()
+            } else {
+                col_title(id)
+            };
+            (ci, title, v)
+        })
+        .filter(|(_, _, v): &(usize, String, Vec<Option<f64>>)| v.iter().any(Option::is_some))
+        .collect();
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, _, v)| v.iter().flatten().copied())
+        .collect();
+    if all.is_empty() {
+        return Ok(false);
+    }
+    // Whole decades, so that the log axis has labels at both ends.
+    let hi = all.iter().copied().fold(1.0, f64::max) * 1.3;
+    let lo = all.iter().copied().fold(f64::MAX, f64::min).max(0.01) / 1.5;
+    let ymax = 10f64.powf(hi.log10().ceil());
+    let ymin = 10f64.powf(lo.log10().floor());
+    let root = SVGBackend::new(file, (1100, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(io_err)?;
+    let n = groups.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "One application stream (direct: 1 and 8 flows), {cc}, Mbit/s ({} mode, {} s runs)",
+                res.mode, res.settings.seconds
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(-0.5f64..(n - 0.5), (ymin..ymax).log_scale())
+        .map_err(io_err)?;
+    let g2 = groups.clone();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len() + 1)
+        .x_label_formatter(&move |x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < g2.len() {
+                g2[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| fmt_mbit(*y))
+        .y_desc("Mbit/s (receiver goodput)")
+        .draw()
+        .map_err(io_err)?;
+    let k = series.len() as f64;
+    let w = 0.84 / k;
+    for (si, (ci, name, vals)) in series.iter().enumerate() {
+        let color = Palette99::pick(*ci).to_rgba();
+        let bars: Vec<Rectangle<(f64, f64)>> = vals
+            .iter()
+            .enumerate()
+            .filter_map(|(gi, v)| {
+                let v = (*v)?;
+                let x0 = gi as f64 - 0.42 + si as f64 * w;
+                Some(Rectangle::new(
+                    [(x0, ymin), (x0 + w * 0.9, v.max(ymin))],
+                    color.filled(),
+                ))
+            })
+            .collect();
+        let values: Vec<Text<'_, (f64, f64), String>> = vals
+            .iter()
+            .enumerate()
+            .filter_map(|(gi, v)| {
+                let v = (*v)?;
+                let x0 = gi as f64 - 0.42 + si as f64 * w;
+                Some(Text::new(
+                    fmt_mbit(v),
+                    (x0, (v * 1.12).max(ymin)),
+                    ("sans-serif", 10).into_font(),
+                ))
+            })
+            .collect();
+        chart
+            .draw_series(bars)
+            .map_err(io_err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart.draw_series(values).map_err(io_err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(io_err)?;
+    root.present().map_err(io_err)?;
+    Ok(true)
+}
+
+/// mtcpd throughput against the number of tunnels on one path, with the direct flows as
+/// horizontal references. False when the path has fewer than two tunnel counts.
+fn scaling_chart(p: &PathResult, file: &Path) -> Result<bool> {
+    let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut refs: Vec<(String, f64)> = Vec::new();
+    for cc in ["bbr", "cubic"] {
+        let mut pts: Vec<(f64, f64)> = p
+            .runs
+            .iter()
+            .filter(|r| r.kind == "mtcpd" && r.cc.as_deref() == Some(cc) && r.status == "ok")
+            .filter_map(|r| Some((r.flows as f64, r.mbit_s?)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if pts.len() >= 2 {
+            lines.push((format!("mtcpd, 1 stream, {cc} tunnels"), pts));
+        }
+        for r in p
+            .runs
+            .iter()
+            .filter(|r| r.kind == "direct" && r.cc.as_deref() == Some(cc) && r.status == "ok")
+        {
+            if let Some(m) = r.mbit_s {
+                refs.push((format!("{} direct {cc}", r.flows), m));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return Ok(false);
+    }
+    let ymax = lines
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|x| x.1))
+        .chain(refs.iter().map(|r| r.1))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let root = SVGBackend::new(file, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(io_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("mtcpd: one stream over N tunnels, {}", p.label),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d((0.8f64..20.0).log_scale(), 0f64..ymax)
+        .map_err(io_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("tunnels")
+        .y_desc("Mbit/s")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(io_err)?;
+    let mut si = 0;
+    for (name, pts) in &lines {
+        let color = Palette99::pick(si).to_rgba();
+        si += 1;
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(io_err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )
+            .map_err(io_err)?;
+    }
+    for (name, v) in &refs {
+        let color = Palette99::pick(si).to_rgba();
+        si += 1;
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.8, *v), (20.0, *v)],
+                color.stroke_width(1),
+            ))
+            .map_err(io_err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(1))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(io_err)?;
+    root.present().map_err(io_err)?;
+    Ok(true)
+}
+
+/// TTFB p50 bars (direct and mtcpd) per path, whiskers min..p90, the target as a line.
+fn ttfb_chart(res: &GridResults, file: &Path) -> Result<bool> {
+    let paths: Vec<&PathResult> = res.paths.iter().filter(|p| !p.ttfb.is_empty()).collect();
+    let get = |p: &PathResult, via: &str| -> Option<TtfbResult> {
+        p.ttfb
+            .iter()
+            .find(|t| t.via == via && t.status == "ok")
+            .cloned()
+    };
+    let ymax = paths
+        .iter()
+        .flat_map(|p| p.ttfb.iter().filter_map(|t| t.ttfb_p90_ms))
+        .fold(0.0, f64::max);
+    if paths.is_empty() || ymax <= 0.0 {
+        return Ok(false);
+    }
+    let root = SVGBackend::new(file, (800, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(io_err)?;
+    let n = paths.len() as f64;
+    let labels: Vec<String> = paths.iter().map(|p| short_label(p)).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Time to first byte, 64 B request on a new connection (p50; whiskers min..p90)",
+            ("sans-serif", 17),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(-0.5f64..(n - 0.5), 0f64..ymax * 1.2)
+        .map_err(io_err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(paths.len() + 1)
+        .x_label_formatter(&move |x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("ms")
+        .draw()
+        .map_err(io_err)?;
+    for (si, via) in ["direct", "mtcpd"].iter().enumerate() {
+        let color = Palette99::pick(si).to_rgba();
+        let mut bars = Vec::new();
+        let mut whiskers = Vec::new();
+        for (gi, p) in paths.iter().enumerate() {
+            if let Some(t) = get(p, via)
+                && let Some(v) = t.ttfb_p50_ms
+            {
+                let x0 = gi as f64 - 0.35 + si as f64 * 0.35;
+                bars.push(Rectangle::new([(x0, 0.0), (x0 + 0.3, v)], color.filled()));
+                let xm = x0 + 0.15;
+                whiskers.push(PathElement::new(
+                    vec![
+                        (xm, t.ttfb_min_ms.unwrap_or(v)),
+                        (xm, t.ttfb_p90_ms.unwrap_or(v)),
+                    ],
+                    BLACK.stroke_width(1),
+                ));
+            }
+        }
+        chart
+            .draw_series(bars)
+            .map_err(io_err)?
+            .label(format!("{via} p50"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart.draw_series(whiskers).map_err(io_err)?;
+    }
+    let red = RED.stroke_width(2);
+    chart
+        .draw_series(paths.iter().enumerate().map(|(gi, p)| {
+            let t = p.rtt_ms as f64 + 5.0;
+            PathElement::new(vec![(gi as f64 - 0.45, t), (gi as f64 + 0.45, t)], red)
+        }))
+        .map_err(io_err)?
+        .label("target for mtcpd: 1 RTT + 5 ms")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], red));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(io_err)?;
+    root.present().map_err(io_err)?;
+    Ok(true)
+}
+
+/// `path` relative to folder `base` (both taken from the current directory when relative).
+fn relative(path: &Path, base: &Path) -> PathBuf {
+    let abs = |p: &Path| -> Vec<String> {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let mut v: Vec<String> = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::ParentDir => {
+                    v.pop();
+                }
+                Component::Normal(s) => v.push(s.to_string_lossy().into_owned()),
+                _ => {}
+            }
+        }
+        v
+    };
+    let (p, b) = (abs(path), abs(base));
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut r = PathBuf::new();
+    for _ in common..b.len() {
+        r.push("..");
+    }
+    for s in &p[common..] {
+        r.push(s);
+    }
+    r
+}
+
+fn ratio_verdict(measured: f64, target: f64) -> String {
+    if measured >= target {
+        "met".into()
+    } else {
+        format!(
+            "**missed** by {:.2}× ({:.0} % short)",
+            target - measured,
+            (1.0 - measured / target) * 100.0
+        )
+    }
+}
+
+fn steady(r: Option<&RunResult>) -> Option<f64> {
+    r.filter(|r| r.status == "ok").and_then(|r| r.steady_mbit_s)
+}
+
+/// " (from W s on: a / b = r×)" when both runs have a steady figure.
+fn steady_pair(a: Option<&RunResult>, b: Option<&RunResult>, warm: f64) -> String {
+    match (steady(a), steady(b)) {
+        (Some(x), Some(y)) if y > 0.0 => format!(
+            " (from {warm} s on: {} / {} = {:.2}×)",
+            fmt_mbit(x),
+            fmt_mbit(y),
+            x / y
+        ),
+        _ => String::new(),
+    }
+}
+
+fn cpu_note(r: Option<&RunResult>) -> String {
+    let Some(r) = r else { return String::new() };
+    let c = &r.cpu;
+    let mut v = Vec::new();
+    if let Some(m) = c.machine_busy_pct {
+        v.push(format!("machine {m:.0} % busy"));
+    }
+    if let Some(d) = c.daemons_core_pct {
+        v.push(format!("{} {d:.0} % of a core", r.kind));
+    }
+    if let Some(e) = c.emulator_core_pct {
+        v.push(format!("emulator {e:.0} %"));
+    }
+    if v.is_empty() {
+        String::new()
+    } else {
+        format!("; CPU during the {} run: {}", r.id, v.join(", "))
+    }
+}
+
+fn target_rows(res: &GridResults) -> Vec<[String; 3]> {
+    let mut rows = Vec::new();
+    let lossy = res
+        .paths
+        .iter()
+        .find(|p| p.rtt_ms == 100 && p.loss_pct == 1.0 && p.flow_cap_mbit.is_none());
+    if let Some(p) = lossy {
+        let m = ok_mbit(find(p, "mtcpd-8", "bbr"));
+        let d8 = ok_mbit(find(p, "direct-8", "bbr"));
+        if let (Some(m), Some(d8)) = (m, d8) {
+            let mut extra = String::new();
+            if let Some(k) = ok_mbit(find(p, "kcptun", "bbr")) {
+                extra += &format!("; kcptun {}", fmt_mbit(k));
+            }
+            if let Some(mp) = ok_mbit(find(p, "mptcp-8", "bbr")) {
+                extra += &format!("; MPTCP 8 bbr {}", fmt_mbit(mp));
+            }
+            let (rm, rd) = (find(p, "mtcpd-8", "bbr"), find(p, "direct-8", "bbr"));
+            rows.push([
+                "100 ms, 1 %: mtcpd, 1 stream over 8 bbr tunnels ≥ 0.9 × 8 direct bbr flows".into(),
+                format!(
+                    "{} / {} Mbit/s = {:.2}×{}{extra}{}",
+                    fmt_mbit(m),
+                    fmt_mbit(d8),
+                    m / d8,
+                    steady_pair(rm, rd, res.settings.warmup_seconds),
+                    cpu_note(rm)
+                ),
+                ratio_verdict(m / d8, 0.9),
+            ]);
+        }
+        let m = ok_mbit(find(p, "mtcpd-8", "cubic"));
+        let d1 = ok_mbit(find(p, "direct-1", "cubic"));
+        if let (Some(m), Some(d1)) = (m, d1) {
+            let d8 = ok_mbit(find(p, "direct-8", "cubic"))
+                .map(|d8| format!("; 8 direct cubic {}", fmt_mbit(d8)))
+                .unwrap_or_default();
+            let (rm, rd) = (find(p, "mtcpd-8", "cubic"), find(p, "direct-1", "cubic"));
+            rows.push([
+                "100 ms, 1 %: mtcpd, 1 stream over 8 cubic tunnels ≥ 6 × 1 direct cubic flow"
+                    .into(),
+                format!(
+                    "{} / {} Mbit/s = {:.1}×{}{d8}",
+                    fmt_mbit(m),
+                    fmt_mbit(d1),
+                    m / d1,
+                    steady_pair(rm, rd, res.settings.warmup_seconds),
+                ),
+                ratio_verdict(m / d1, 6.0),
+            ]);
+        }
+    }
+    for p in res.paths.iter().filter(|p| p.flow_cap_mbit.is_some()) {
+        for cc in ["bbr", "cubic"] {
+            if let Some(m) = ok_mbit(find(p, "mtcpd-8", cc)) {
+                let rm = find(p, "mtcpd-8", cc);
+                let d = ok_mbit(find(p, "direct-8", cc))
+                    .map(|d| format!("; 8 direct flows {}", fmt_mbit(d)))
+                    .unwrap_or_default();
+                let st = steady(rm);
+                rows.push([
+                    format!("{}: mtcpd, 8 {cc} tunnels ≥ 150 Mbit/s", p.label),
+                    format!(
+                        "{} Mbit/s{}{d}",
+                        fmt_mbit(m),
+                        st.map(|x| format!(
+                            " (from {} s on: {})",
+                            res.settings.warmup_seconds,
+                            fmt_mbit(x)
+                        ))
+                        .unwrap_or_default()
+                    ),
+                    if m >= 150.0 {
+                        "met".into()
+                    } else {
+                        format!(
+                            "**missed** by {:.1} Mbit/s ({:.0} % short){}",
+                            150.0 - m,
+                            (1.0 - m / 150.0) * 100.0,
+                            if st.is_some_and(|x| x >= 150.0) {
+                                "; met after the first seconds"
+                            } else {
+                                ""
+                            }
+                        )
+                    },
+                ]);
+            }
+        }
+    }
+    // TTFB on a 100 ms path without loss (the capped one in quick mode).
+    let clean = res
+        .paths
+        .iter()
+        .filter(|p| p.rtt_ms == 100 && p.loss_pct == 0.0)
+        .min_by_key(|p| p.flow_cap_mbit.is_some());
+    if let Some(p) = clean
+        && let Some(t) = p.ttfb.iter().find(|t| t.via == "mtcpd" && t.status == "ok")
+        && let Some(v) = t.ttfb_p50_ms
+    {
+        let target = p.rtt_ms as f64 + 5.0;
+        let direct = p
+            .ttfb
+            .iter()
+            .find(|t| t.via == "direct")
+            .and_then(|t| t.ttfb_p50_ms)
+            .map(|d| format!(" (direct {d:.1} ms)"))
+            .unwrap_or_default();
+        rows.push([
+            format!(
+                "TTFB through mtcpd ≤ 1 RTT + 5 ms = {target:.0} ms (p50, {})",
+                p.label
+            ),
+            format!(
+                "p50 {v:.1} ms, p90 {:.1} ms{direct}",
+                t.ttfb_p90_ms.unwrap_or(0.0)
+            ),
+            if v <= target {
+                "met".into()
+            } else {
+                format!("**missed** by {:.1} ms", v - target)
+            },
+        ]);
+    }
+    rows
+}
+
+fn markdown(res: &GridResults, out: &Path, base: &Path, plots: &[(String, String)]) -> String {
+    let mut s = String::new();
+    let quick = res.mode == "quick";
+    let cmd = if quick {
+        "make perf-quick"
+    } else {
+        "make perf"
+    };
+    let _ = writeln!(
+        s,
+        "### {} — generated by `mtcp-perf report` from `{}`\n",
+        if quick {
+            "Quick mode (`make perf-quick`)"
+        } else {
+            "Full grid (`make perf`)"
+        },
+        relative(&out.join("grid.json"), Path::new(".")).display()
+    );
+    if !res.complete {
+        let _ = writeln!(
+            s,
+            "**Incomplete run** (interrupted, or a path failed): the tables show what was measured.\n"
+        );
+    }
+    let m = &res.machine;
+    let _ = writeln!(
+        s,
+        "Run {} → {} ({:.0} s wall), commit {}, kernel {}, {} CPUs, load average {} at the start, {} at the end \
+         (a shared machine: the contenders of a row ran one after the other on the same path). \
+         Command: `{}`{}.\n",
+        res.started_utc,
+        res.finished_utc.as_deref().unwrap_or("?"),
+        res.wall_seconds,
+        m.git_commit.as_deref().unwrap_or("?"),
+        m.kernel,
+        m.cpus,
+        m.loadavg_start,
+        m.loadavg_end.as_deref().unwrap_or("?"),
+        res.command
+            .split_whitespace()
+            .enumerate()
+            .map(|(i, w)| if i == 0 {
+                w.rsplit('/').next().unwrap_or(w)
+            } else {
+                w
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        if res.command.contains("--doc") {
+            format!(" (what `{cmd}` runs)")
+        } else {
+            String::new()
+        }
+    );
+    let st = &res.settings;
+    let _ = writeln!(
+        s,
+        "Method: each run is {} s of download (the server in namespace B sends, the client in A \
+         counts); the figure is the receiver's goodput over those {} s, slow start included \
+         (\"steady\", from {} s on, is in grid.csv). Paths: `mtcp-perf wan` with a 1 Gbit/s \
+         bottleneck (100 ms drop-tail queue), delay = RTT/2 each way, Bernoulli loss both ways, \
+         seed {}, MTU 1500; the capped path polices every 5-tuple to 20 Mbit/s. tcp_wmem {}, \
+         tcp_rmem {}. mtcpd: {}. MPTCP: {}. kcptun {}: `{}`.\n",
+        st.seconds,
+        st.seconds,
+        st.warmup_seconds,
+        st.seed,
+        m.tcp_wmem.as_deref().unwrap_or("?"),
+        m.tcp_rmem.as_deref().unwrap_or("?"),
+        st.mtcpd_config,
+        st.mptcp_setup,
+        m.kcptun.as_deref().unwrap_or("(not installed)"),
+        st.kcptun_args
+    );
+    // Throughput table.
+    let cols = columns(res);
+    let mut foot: Vec<String> = Vec::new();
+    let _ = writeln!(
+        s,
+        "#### Throughput, Mbit/s (one application stream; \"8 direct\" is 8 parallel flows)\n"
+    );
+    let mut hdr = String::from("| path | cc |");
+    let mut sep = String::from("|---|---|");
+    for c in &cols {
+        hdr += &format!(" {} |", col_title(c));
+        sep += "---|";
+    }
+    let ratio = cols.iter().any(|c| c == "mtcpd-8") && cols.iter().any(|c| c == "direct-8");
+    if ratio {
+        hdr += " mtcpd 8 ÷ 8 direct |";
+        sep += "---|";
+    }
+    let _ = writeln!(s, "{hdr}\n{sep}");
+    for p in &res.paths {
+        if let Some(e) = &p.error {
+            foot.push(format!("{}: path failed: {e}", p.id));
+        }
+        for cc in ccs(res) {
+            if !p.runs.iter().any(|r| r.cc.as_deref() == Some(cc.as_str())) {
+                continue;
+            }
+            let mut row = format!("| {} | {cc} |", p.label);
+            for c in &cols {
+                let cell = match find(p, c, &cc) {
+                    None => String::new(),
+                    Some(r) if r.status == "ok" => {
+                        let mut v = r.mbit_s.map(fmt_mbit).unwrap_or_default();
+                        if let Some(n) = r.mptcp_subflows {
+                            v += &format!(" ({n} sf)");
+                        } else if r.kind == "mptcp" {
+                            v += " (no MPTCP)";
+                        }
+                        v
+                    }
+                    Some(r) => {
+                        let note = format!(
+                            "{} {} {}: {}",
+                            p.id,
+                            r.id,
+                            r.cc.as_deref().unwrap_or(""),
+                            r.reason.as_deref().unwrap_or("")
+                        );
+                        let k = match foot.iter().position(|f| f == &note) {
+                            Some(k) => k,
+                            None => {
+                                foot.push(note);
+                                foot.len() - 1
+                            }
+                        };
+                        format!("{} [{}]", r.status, k + 1)
+                    }
+                };
+                row += &format!(" {cell} |");
+            }
+            if ratio {
+                let m = ok_mbit(find(p, "mtcpd-8", &cc));
+                let d = ok_mbit(find(p, "direct-8", &cc));
+                row += &match (m, d) {
+                    (Some(m), Some(d)) if d > 0.0 => format!(" {:.2}× |", m / d),
+                    _ => " |".into(),
+                };
+            }
+            let _ = writeln!(s, "{row}");
+        }
+    }
+    if cols.iter().any(|c| c == "kcptun") {
+        let _ = writeln!(
+            s,
+            "\nkcptun rides UDP, so TCP congestion control does not apply: it ran once per path and \
+             appears in every row of that path. \"sf\": MPTCP subflows seen by `ss -Mi` mid-run."
+        );
+    }
+    if !foot.is_empty() {
+        let _ = writeln!(s);
+        for (i, f) in foot.iter().enumerate() {
+            let _ = writeln!(s, "[{}] {f}  ", i + 1);
+        }
+    }
+    // Targets.
+    let rows = target_rows(res);
+    if !rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n#### Targets (issue 4)\n\n| target | measured | verdict |\n|---|---|---|"
+        );
+        for r in rows {
+            let _ = writeln!(s, "| {} | {} | {} |", r[0], r[1], r[2]);
+        }
+    }
+    // TTFB.
+    if res.paths.iter().any(|p| !p.ttfb.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\n#### Time to first byte (new connection, 64 B request, 64 B response)\n\n\
+             | path | via | samples (failures) | connect p50 | TTFB min | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for p in &res.paths {
+            for t in &p.ttfb {
+                if t.status != "ok" {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {}: {} | | | | | | |",
+                        p.label,
+                        t.via,
+                        t.status,
+                        t.reason.as_deref().unwrap_or("")
+                    );
+                    continue;
+                }
+                let f = |v: Option<f64>| v.map(|x| format!("{x:.1} ms")).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
+                    p.label,
+                    t.via,
+                    t.samples,
+                    t.failures,
+                    f(t.connect_p50_ms),
+                    f(t.ttfb_min_ms),
+                    f(t.ttfb_p50_ms),
+                    f(t.ttfb_p90_ms),
+                    f(t.ttfb_p99_ms),
+                    f(t.ttfb_max_ms)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nThrough mtcpd, \"connect\" is the local connect to the mtcpd client (its tunnels are already open)."
+        );
+    }
+    // Congestion control actually used.
+    let _ = writeln!(
+        s,
+        "\n#### Congestion control each socket really used\n\n\
+         `ss -ti` sampled in both namespaces halfway through every run (the contender's sockets only), \
+         and the tools' own getsockopt(TCP_CONGESTION) read-back (mtcp-perf's `cc_client`/`cc_server`; \
+         mtcpd's \"tunnel established\" log line).\n\n\
+         | asked | contender | runs | sockets seen, client ns | server ns | read-back |\n|---|---|---|---|---|---|"
+    );
+    let mut agg: BTreeMap<(String, String), CcAgg> = BTreeMap::new();
+    for p in &res.paths {
+        for r in p.runs.iter().filter(|r| r.status == "ok") {
+            let e = agg
+                .entry((
+                    r.cc.clone().unwrap_or_else(|| "(none: UDP)".into()),
+                    r.kind.clone(),
+                ))
+                .or_default();
+            e.0 += 1;
+            for (k, v) in &r.cc_seen.client_ns {
+                *e.1.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &r.cc_seen.server_ns {
+                *e.2.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &r.cc_seen.readback {
+                *e.3.entry(k.clone()).or_default() += v;
+            }
+            if r.cc_seen.udp_sockets > 0 {
+                *e.1.entry("UDP sockets (kcptun, both ns)".into())
+                    .or_default() += r.cc_seen.udp_sockets;
+            }
+        }
+    }
+    let mut mismatch = 0;
+    for ((cc, kind), (n, a, b, rb)) in &agg {
+        for m in [a, b] {
+            mismatch += m
+                .iter()
+                .filter(|(k, _)| k.as_str() != cc && !k.starts_with("UDP"))
+                .map(|(_, v)| v)
+                .sum::<u32>();
+        }
+        let _ = writeln!(
+            s,
+            "| {cc} | {kind} | {n} | {} | {} | {} |",
+            cc_map(a),
+            cc_map(b),
+            cc_map(rb)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{}",
+        if mismatch == 0 {
+            "Every sampled TCP socket used the congestion control asked for.".to_string()
+        } else {
+            format!(
+                "{mismatch} sampled socket(s) did NOT use the congestion control asked for (\"?\" = `ss` showed none): see grid.csv."
+            )
+        }
+    );
+    // Emulator counters.
+    let _ = writeln!(
+        s,
+        "\n#### Emulator counters (whole path, all contenders)\n\n| path | direction | packets out | loss drops | queue drops | flow-cap drops | TUN ring drops (not modelled) |\n|---|---|---|---|---|---|---|"
+    );
+    for p in &res.paths {
+        for d in &p.emulator {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                p.label,
+                if d.direction == "b2a" {
+                    "B→A (data)"
+                } else {
+                    "A→B (acks)"
+                },
+                d.packets_out,
+                d.drop_loss,
+                d.drop_queue,
+                d.drop_flow,
+                d.tun_ring_drops
+                    .map(|x| x.to_string())
+                    .unwrap_or("?".into())
+            );
+        }
+    }
+    if !plots.is_empty() {
+        let _ = writeln!(s, "\n#### Plots\n");
+        for (title, f) in plots {
+            let _ = writeln!(s, "![{title}]({})", relative(&out.join(f), base).display());
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nFiles: {}, {} (every run, with notes and reasons), {}.",
+        relative(&out.join("grid.json"), base).display(),
+        relative(&out.join("grid.csv"), base).display(),
+        relative(&out.join("ttfb.csv"), base).display()
+    );
+    s
+}
+
+/// Runs, and sockets by algorithm: client namespace, server namespace, read-back.
+type CcAgg = (
+    u32,
+    BTreeMap<String, u32>,
+    BTreeMap<String, u32>,
+    BTreeMap<String, u32>,
+);
+
+fn markers(mode: &str) -> (String, String) {
+    (
+        format!(
+            "<!-- perf-grid:{mode}:begin (generated by `mtcp-perf report`; edits inside are overwritten) -->"
+        ),
+        format!("<!-- perf-grid:{mode}:end -->"),
+    )
+}
+
+/// Replace the text between the mode's markers (appending both when missing).
+fn update_doc(doc: &Path, mode: &str, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(doc).unwrap_or_default();
+    let new = replace_section(&old, mode, section);
+    std::fs::write(doc, new).with_context(|| format!("writing {}", doc.display()))
+}
+
+fn replace_section(old: &str, mode: &str, section: &str) -> String {
+    let (b, e) = markers(mode);
+    let begin_key = format!("<!-- perf-grid:{mode}:begin");
+    let body = format!("{b}\n\n{}\n{e}", section.trim_end());
+    match (old.find(&begin_key), old.find(&e)) {
+        (Some(i), Some(j)) if j > i => format!("{}{body}{}", &old[..i], &old[j + e.len()..]),
+        _ => {
+            let mut s = old.trim_end().to_string();
+            s += "\n\n";
+            s += &body;
+            s.push('\n');
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_replaced_between_markers_only() {
+        let s1 = replace_section("# B\n\nintro\n", "quick", "one");
+        assert!(s1.starts_with("# B\n\nintro\n\n<!-- perf-grid:quick:begin"));
+        assert!(s1.contains("\none\n<!-- perf-grid:quick:end -->"));
+        let s2 = replace_section(&(s1.clone() + "\ntail\n"), "quick", "two");
+        assert!(s2.contains("two") && !s2.contains("one"));
+        assert!(s2.ends_with("\ntail\n"));
+        assert!(s2.starts_with("# B\n\nintro\n"));
+        let s3 = replace_section(&s2, "full", "F");
+        assert!(s3.contains("two") && s3.contains("F"));
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative(Path::new("results/quick/a.svg"), Path::new("docs")),
+            PathBuf::from("../results/quick/a.svg")
+        );
+        assert_eq!(
+            relative(Path::new("results/a.svg"), Path::new("results")),
+            PathBuf::from("a.svg")
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(ratio_verdict(0.95, 0.9), "met");
+        assert!(ratio_verdict(0.81, 0.9).contains("10 % short"));
+    }
+}
