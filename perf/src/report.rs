@@ -930,6 +930,55 @@ fn markdown(res: &GridResults, out: &Path, base: &Path, plots: &[(String, String
             let _ = writeln!(s, "| {} | {} | {} |", r[0], r[1], r[2]);
         }
     }
+    // Where the time goes, on the paths behind the targets.
+    let focus: Vec<&PathResult> = res
+        .paths
+        .iter()
+        .filter(|p| p.rtt_ms == 100 && (p.loss_pct == 1.0 || p.flow_cap_mbit.is_some()))
+        .collect();
+    if focus
+        .iter()
+        .any(|p| p.runs.iter().any(|r| r.status == "ok"))
+    {
+        let _ = writeln!(
+            s,
+            "\n#### Profile of the target paths (CPU over each run, `ss -ti` of the sending side at ¼, ½ and ¾ of it)\n\n\
+             \"app-limited\": sender sockets (of N) whose last delivery-rate sample found nothing to send, mean of the samples; \
+             \"rate est.\": the sum of their delivery-rate estimates (what the flows could carry); \
+             \"rwnd\"/\"sndbuf\": share of busy time limited by the receive window / the send buffer; \
+             \"rx RSS\": resident memory of the receiving daemon (its reorder and credit buffers live there).\n\n\
+             | path | cc | contender | Mbit/s | machine busy | daemons (core) | emulator (core) | app-limited | rate est. | rwnd | sndbuf | rx RSS |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let pc = |v: Option<f64>| v.map(|x| format!("{x:.0} %")).unwrap_or_default();
+        for p in &focus {
+            for r in p.runs.iter().filter(|r| r.status == "ok") {
+                let t = &r.tcp;
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    p.label,
+                    r.cc.as_deref().unwrap_or("(udp)"),
+                    col_title(&r.id),
+                    r.mbit_s.map(fmt_mbit).unwrap_or_default(),
+                    pc(r.cpu.machine_busy_pct),
+                    pc(r.cpu.daemons_core_pct),
+                    pc(r.cpu.emulator_core_pct),
+                    if t.samples > 0 && t.sender_sockets > 0 {
+                        format!("{:.1} / {}", t.sender_app_limited, t.sender_sockets)
+                    } else {
+                        String::new()
+                    },
+                    t.sender_delivery_mbit_sum.map(fmt_mbit).unwrap_or_default(),
+                    pc(t.sender_rwnd_limited_pct_mean),
+                    pc(t.sender_sndbuf_limited_pct_mean),
+                    t.receiver_daemon_rss_mib_max
+                        .map(|m| format!("{m:.0} MiB"))
+                        .unwrap_or_default(),
+                );
+            }
+        }
+    }
     // TTFB.
     if res.paths.iter().any(|p| !p.ttfb.is_empty()) {
         let _ = writeln!(

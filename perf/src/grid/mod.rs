@@ -23,7 +23,7 @@ use crate::wan::{self, RunningLab, netns};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use procs::{Proc, Sock, count_cc, ns_command, ns_output, run_bounded, ss_mptcp, ss_tcp, which};
-use results::{GridResults, Machine, PathResult, RunResult, Settings, TtfbResult};
+use results::{GridResults, Machine, PathResult, RunResult, Settings, TcpSample, TtfbResult};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -550,7 +550,17 @@ pub fn main(a: GridArgs) -> Result<i32> {
         res.wall_seconds,
         json_path.display()
     );
-    crate::report::generate(&res, &out, a.doc.as_deref())?;
+    // An interrupted grid keeps its results but leaves the document alone.
+    let doc = a.doc.as_deref().filter(|_| !wan::stop_requested());
+    if let (Some(d), None) = (&a.doc, doc) {
+        eprintln!(
+            "grid: interrupted, so {} is left as it was (`mtcp-perf report --results {} --doc {}` updates it anyway)",
+            d.display(),
+            json_path.display(),
+            d.display()
+        );
+    }
+    crate::report::generate(&res, &out, doc)?;
     Ok(code)
 }
 
@@ -792,15 +802,104 @@ struct Snap {
     b: Vec<Sock>,
     mptcp_a: Vec<Sock>,
     udp_kcptun: u32,
+    /// Resident memory of the receiving daemon (the first of the run's daemons).
+    rss_mib: Option<f64>,
 }
 
-fn snap(ctx: &Ctx, env: &Env) -> Snap {
+fn snap(ctx: &Ctx, env: &Env, daemons: &[&Proc]) -> Snap {
     Snap {
+        rss_mib: daemons.first().and_then(|d| d.rss_mib()),
         a: ss_tcp(&env.ns_a, &ctx.known_cc),
         b: ss_tcp(&env.ns_b, &ctx.known_cc),
         mptcp_a: ss_mptcp(&env.ns_a),
         udp_kcptun: procs::ss_udp_count(&env.ns_a, "kcptun")
             + procs::ss_udp_count(&env.ns_b, "kcptun"),
+    }
+}
+
+/// Summarise the contender's sockets: `sender` in namespace B, `receiver` in A.
+fn tcp_sample(sender: &[&Sock], receiver: &[&Sock]) -> TcpSample {
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let rates: Vec<f64> = sender.iter().filter_map(|x| x.delivery_bps).collect();
+    TcpSample {
+        samples: 1,
+        sender_sockets: sender.len() as u32,
+        sender_app_limited: sender.iter().filter(|x| x.app_limited).count() as f64,
+        sender_rwnd_limited_pct_mean: mean(
+            sender
+                .iter()
+                .map(|x| x.rwnd_limited_pct.unwrap_or(0.0))
+                .collect(),
+        ),
+        sender_sndbuf_limited_pct_mean: mean(
+            sender
+                .iter()
+                .map(|x| x.sndbuf_limited_pct.unwrap_or(0.0))
+                .collect(),
+        ),
+        sender_delivery_mbit_sum: (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / 1e6),
+        sender_send_q_bytes: sender.iter().map(|x| x.send_q).sum(),
+        sender_retrans_total: sender
+            .iter()
+            .map(|x| x.retrans_total.unwrap_or(0) as u64)
+            .sum(),
+        sender_cwnd_sum: sender.iter().map(|x| x.cwnd.unwrap_or(0) as u64).sum(),
+        receiver_recv_q_bytes: receiver.iter().map(|x| x.recv_q).sum(),
+        receiver_daemon_rss_mib_max: None,
+    }
+}
+
+/// Mean of several samples (the maxima stay maxima).
+fn average(v: &[TcpSample]) -> TcpSample {
+    let n = v.len().max(1) as f64;
+    let mean_f = |f: &dyn Fn(&TcpSample) -> f64| v.iter().map(f).sum::<f64>() / n;
+    let mean_o = |f: &dyn Fn(&TcpSample) -> Option<f64>| {
+        let x: Vec<f64> = v.iter().filter_map(f).collect();
+        (!x.is_empty()).then(|| x.iter().sum::<f64>() / x.len() as f64)
+    };
+    TcpSample {
+        samples: v.len() as u32,
+        sender_sockets: v.iter().map(|x| x.sender_sockets).max().unwrap_or(0),
+        sender_app_limited: mean_f(&|x| x.sender_app_limited),
+        sender_rwnd_limited_pct_mean: mean_o(&|x| x.sender_rwnd_limited_pct_mean),
+        sender_sndbuf_limited_pct_mean: mean_o(&|x| x.sender_sndbuf_limited_pct_mean),
+        sender_delivery_mbit_sum: mean_o(&|x| x.sender_delivery_mbit_sum),
+        sender_send_q_bytes: mean_f(&|x| x.sender_send_q_bytes as f64) as u64,
+        sender_retrans_total: v.iter().map(|x| x.sender_retrans_total).max().unwrap_or(0),
+        sender_cwnd_sum: mean_f(&|x| x.sender_cwnd_sum as f64) as u64,
+        receiver_recv_q_bytes: mean_f(&|x| x.receiver_recv_q_bytes as f64) as u64,
+        receiver_daemon_rss_mib_max: v
+            .iter()
+            .filter_map(|x| x.receiver_daemon_rss_mib_max)
+            .reduce(f64::max),
+    }
+}
+
+/// Record the contender's sockets: congestion control from the middle sample, TCP state
+/// averaged over all samples. `fa`/`fb` select its sockets in namespaces A and B.
+fn record_socks(
+    r: &mut RunResult,
+    snaps: &[Snap],
+    fa: impl Fn(&Sock) -> bool,
+    fb: impl Fn(&Sock) -> bool,
+) {
+    let mut samples = Vec::new();
+    for sn in snaps {
+        let ca: Vec<&Sock> = sn.a.iter().filter(|x| fa(x)).collect();
+        let cb: Vec<&Sock> = sn.b.iter().filter(|x| fb(x)).collect();
+        let mut t = tcp_sample(&cb, &ca);
+        t.receiver_daemon_rss_mib_max = sn.rss_mib;
+        samples.push(t);
+    }
+    if let Some(mid) = snaps.get(snaps.len() / 2) {
+        let ca: Vec<&Sock> = mid.a.iter().filter(|x| fa(x)).collect();
+        let cb: Vec<&Sock> = mid.b.iter().filter(|x| fb(x)).collect();
+        r.sockets_sampled = (ca.len() + cb.len()) as u32;
+        r.cc_seen.client_ns = count_cc(ca.into_iter());
+        r.cc_seen.server_ns = count_cc(cb.into_iter());
+    }
+    if !samples.is_empty() {
+        r.tcp = average(&samples);
     }
 }
 
@@ -885,7 +984,7 @@ fn bulk_run(
     prefix: &[String],
     target: &str,
     daemons: &[&Proc],
-) -> (RunResult, Snap) {
+) -> (RunResult, Vec<Snap>) {
     let mut r = RunResult::skipped(&spec.id(), spec.kind.name(), spec.flows, spec.cc, "");
     r.status = "failed".into();
     r.reason = None;
@@ -917,19 +1016,19 @@ fn bulk_run(
         let i = args.iter().position(|a| a == "-P").unwrap_or(0);
         args[i + 1] = s(1);
     }
-    let mut sn = Snap::default();
+    let mut sn = Vec::new();
     let timeout = ctx.secs + ctx.drain + Duration::from_secs(30);
     let meter = procs::CpuMeter::start(daemons);
     let mut cpu = None;
-    let out = run_bounded(
-        ns_command(&env.ns_a, &args, &[]),
-        timeout,
-        Some(ctx.secs / 2),
-        || sn = snap(ctx, env),
-        // The sending phase only (the drain is not measured either).
-        Some(ctx.secs),
-        || cpu = Some(meter.finish(daemons)),
-    );
+    // Samples at 1/4, 1/2 and 3/4 of the run; CPU over the sending phase only.
+    let marks = [ctx.secs / 4, ctx.secs / 2, ctx.secs * 3 / 4, ctx.secs];
+    let out = run_bounded(ns_command(&env.ns_a, &args, &[]), timeout, &marks, |i| {
+        if i < 3 {
+            sn.push(snap(ctx, env, daemons))
+        } else {
+            cpu = Some(meter.finish(daemons))
+        }
+    });
     r.cpu = cpu.unwrap_or_else(|| meter.finish(daemons));
     let out = match out {
         Ok(o) => o,
@@ -989,19 +1088,12 @@ fn bulk_run(
 fn run_direct(ctx: &Ctx, env: &Env, spec: &Spec) -> RunResult {
     let target = format!("{}:{PERF_PORT}", env.addr_b);
     let (mut r, sn) = bulk_run(ctx, env, spec, &[], &target, &[]);
-    let ca: Vec<&Sock> =
-        sn.a.iter()
-            .filter(|x| x.peer_ip == env.addr_b && x.peer_port == PERF_PORT)
-            .collect();
-    let cb: Vec<&Sock> =
-        sn.b.iter()
-            .filter(|x| {
-                x.local_port == PERF_PORT && x.local_ip == env.addr_b && x.peer_ip == env.addr_a
-            })
-            .collect();
-    r.sockets_sampled = (ca.len() + cb.len()) as u32;
-    r.cc_seen.client_ns = count_cc(ca.into_iter());
-    r.cc_seen.server_ns = count_cc(cb.into_iter());
+    record_socks(
+        &mut r,
+        &sn,
+        |x| x.peer_ip == env.addr_b && x.peer_port == PERF_PORT,
+        |x| x.local_port == PERF_PORT && x.local_ip == env.addr_b && x.peer_ip == env.addr_a,
+    );
     r
 }
 
@@ -1020,22 +1112,23 @@ fn run_mptcp(ctx: &Ctx, env: &Env, spec: &Spec) -> RunResult {
     let (mut r, sn) = bulk_run(ctx, env, spec, &prefix, &target, &[]);
     let ports =
         |p: u16| p == MPTCP_PORT || (MPTCP_EXTRA_BASE + 1..MPTCP_EXTRA_BASE + 16).contains(&p);
-    let ca: Vec<&Sock> =
-        sn.a.iter()
-            .filter(|x| x.peer_ip == env.addr_b && ports(x.peer_port))
-            .collect();
-    let cb: Vec<&Sock> =
-        sn.b.iter()
-            .filter(|x| ports(x.local_port) && x.peer_ip == env.addr_a)
-            .collect();
-    let subflow_socks = ca.iter().filter(|x| x.mptcp_subflow).count();
-    r.sockets_sampled = (ca.len() + cb.len()) as u32;
-    r.cc_seen.client_ns = count_cc(ca.into_iter());
-    r.cc_seen.server_ns = count_cc(cb.into_iter());
-    let conn = sn
-        .mptcp_a
-        .iter()
-        .find(|x| x.peer_port == MPTCP_PORT && x.peer_ip == env.addr_b);
+    record_socks(
+        &mut r,
+        &sn,
+        |x| x.peer_ip == env.addr_b && ports(x.peer_port),
+        |x| ports(x.local_port) && x.peer_ip == env.addr_a,
+    );
+    let mid = sn.get(sn.len() / 2);
+    let subflow_socks = mid.map_or(0, |m| {
+        m.a.iter()
+            .filter(|x| x.mptcp_subflow && x.peer_ip == env.addr_b && ports(x.peer_port))
+            .count()
+    });
+    let conn = mid.and_then(|m| {
+        m.mptcp_a
+            .iter()
+            .find(|x| x.peer_port == MPTCP_PORT && x.peer_ip == env.addr_b)
+    });
     match conn {
         Some(c) => {
             r.mptcp_subflows = Some(c.subflows.unwrap_or(0) + 1);
@@ -1228,17 +1321,13 @@ fn run_mtcpd(ctx: &Ctx, env: &Env, spec: &Spec) -> RunResult {
     };
     let target = format!("127.0.0.1:{}", m.app_port);
     let (mut r, sn) = bulk_run(ctx, env, spec, &[], &target, &[&m.client, &m.server]);
-    let ca: Vec<&Sock> =
-        sn.a.iter()
-            .filter(|x| x.peer_ip == env.addr_b && x.peer_port == m.tunnel_port)
-            .collect();
-    let cb: Vec<&Sock> =
-        sn.b.iter()
-            .filter(|x| x.local_port == m.tunnel_port && x.peer_ip == env.addr_a)
-            .collect();
-    r.sockets_sampled = (ca.len() + cb.len()) as u32;
-    r.cc_seen.client_ns = count_cc(ca.into_iter());
-    r.cc_seen.server_ns = count_cc(cb.into_iter());
+    let tp = m.tunnel_port;
+    record_socks(
+        &mut r,
+        &sn,
+        |x| x.peer_ip == env.addr_b && x.peer_port == tp,
+        |x| x.local_port == tp && x.peer_ip == env.addr_a,
+    );
     // The app-side socket is loopback; what matters is the tunnels.
     r.cc_seen.readback = tunnels;
     r.notes.extend(daemon_warnings(&m));
@@ -1304,8 +1393,10 @@ fn run_kcptun(ctx: &Ctx, env: &Env, spec: &Spec) -> RunResult {
     );
     // The read-back is of the loopback application sockets, not of anything on the path.
     r.cc_seen.readback.clear();
-    r.cc_seen.udp_sockets = sn.udp_kcptun;
-    r.sockets_sampled = sn.udp_kcptun;
+    let mid = sn.get(sn.len() / 2);
+    r.cc_seen.udp_sockets = mid.map_or(0, |m| m.udp_kcptun);
+    r.sockets_sampled = r.cc_seen.udp_sockets;
+    r.tcp.receiver_daemon_rss_mib_max = sn.iter().filter_map(|x| x.rss_mib).reduce(f64::max);
     r.notes
         .push("rides UDP (KCP): TCP congestion control does not apply".into());
     if !server.alive() || !client.alive() {
@@ -1359,10 +1450,8 @@ fn run_ttfb(ctx: &Ctx, env: &Env, via: &str) -> TtfbResult {
     let out = run_bounded(
         ns_command(&env.ns_a, &args, &[]),
         Duration::from_secs(90),
-        None,
-        || {},
-        None,
-        || {},
+        &[],
+        |_| {},
     );
     let mut r = TtfbResult::skipped(via, "failed", "");
     r.reason = None;

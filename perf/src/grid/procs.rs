@@ -59,6 +59,20 @@ impl Proc {
             .and_then(|c| proc_cpu_seconds(&format!("/proc/{}/stat", c.id())))
     }
 
+    /// Resident memory (VmRSS) in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let c = self.child.as_ref()?;
+        let t = std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok()?;
+        let kb: f64 = t
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -171,16 +185,14 @@ pub struct Output {
     pub interrupted: bool,
 }
 
-/// Run a command to completion, at most `timeout`; `at` is called once when `sample_at` has
-/// passed (the mid-run `ss` sample), `at2` once when `sample2_at` has (the end of the sending
-/// phase). Stops early (killing the child) on SIGINT/SIGTERM.
+/// Run a command to completion, at most `timeout`; `at(i)` is called once when `marks[i]`
+/// has passed since the start (mid-run samples). Stops early (killing the child) on
+/// SIGINT/SIGTERM.
 pub fn run_bounded(
     mut c: Command,
     timeout: Duration,
-    sample_at: Option<Duration>,
-    mut at: impl FnMut(),
-    sample2_at: Option<Duration>,
-    mut at2: impl FnMut(),
+    marks: &[Duration],
+    mut at: impl FnMut(usize),
 ) -> Result<Output> {
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -199,20 +211,15 @@ pub fn run_bounded(
         s
     });
     let t0 = Instant::now();
-    let mut sampled = sample_at.is_none();
-    let mut sampled2 = sample2_at.is_none();
+    let mut next_mark = 0;
     let (mut timed_out, mut interrupted) = (false, false);
     let code = loop {
         if let Some(st) = child.try_wait().context("waiting for the client")? {
             break st.code();
         }
-        if !sampled && sample_at.is_some_and(|s| t0.elapsed() >= s) {
-            sampled = true;
-            at();
-        }
-        if !sampled2 && sample2_at.is_some_and(|s| t0.elapsed() >= s) {
-            sampled2 = true;
-            at2();
+        while next_mark < marks.len() && t0.elapsed() >= marks[next_mark] {
+            at(next_mark);
+            next_mark += 1;
         }
         if t0.elapsed() > timeout || wan::stop_requested() {
             timed_out = t0.elapsed() > timeout;
@@ -273,6 +280,16 @@ pub struct Sock {
     pub mptcp_subflow: bool,
     /// `ss -Mi` only: additional subflows of an MPTCP connection.
     pub subflows: Option<u32>,
+    pub recv_q: u64,
+    pub send_q: u64,
+    /// The sender had nothing to send when the last delivery-rate sample was taken.
+    pub app_limited: bool,
+    /// Share of the socket's busy time limited by the peer's receive window / own send buffer.
+    pub rwnd_limited_pct: Option<f64>,
+    pub sndbuf_limited_pct: Option<f64>,
+    pub delivery_bps: Option<f64>,
+    pub cwnd: Option<u32>,
+    pub retrans_total: Option<u32>,
 }
 
 fn split_addr(s: &str) -> Option<(String, u16)> {
@@ -298,19 +315,52 @@ pub fn parse_ss(text: &str, known_cc: &[String]) -> Vec<Sock> {
         if !line.starts_with(char::is_whitespace) {
             let addrs: Vec<(String, u16)> =
                 line.split_whitespace().filter_map(split_addr).collect();
+            // Recv-Q and Send-Q: the numbers before the first address.
+            let queues: Vec<u64> = line
+                .split_whitespace()
+                .take_while(|t| split_addr(t).is_none())
+                .filter_map(|t| t.parse().ok())
+                .collect();
             if addrs.len() >= 2 {
                 socks.push(Sock {
                     local_ip: addrs[0].0.clone(),
                     local_port: addrs[0].1,
                     peer_ip: addrs[1].0.clone(),
                     peer_port: addrs[1].1,
+                    recv_q: queues.first().copied().unwrap_or(0),
+                    send_q: queues.get(1).copied().unwrap_or(0),
                     ..Sock::default()
                 });
             }
             continue;
         }
         let Some(s) = socks.last_mut() else { continue };
-        for tok in line.split_whitespace() {
+        let pct =
+            |v: &str| -> Option<f64> { v.split_once('(')?.1.strip_suffix("%)")?.parse().ok() };
+        let toks: Vec<&str> = line.split_whitespace().collect();
+        for (i, tok) in toks.iter().copied().enumerate() {
+            match tok {
+                "app_limited" => s.app_limited = true,
+                "delivery_rate" => {
+                    s.delivery_bps = toks
+                        .get(i + 1)
+                        .and_then(|v| v.strip_suffix("bps"))
+                        .and_then(|v| v.parse().ok())
+                }
+                _ => {}
+            }
+            if let Some(v) = tok.strip_prefix("rwnd_limited:") {
+                s.rwnd_limited_pct = pct(v);
+            }
+            if let Some(v) = tok.strip_prefix("sndbuf_limited:") {
+                s.sndbuf_limited_pct = pct(v);
+            }
+            if let Some(v) = tok.strip_prefix("cwnd:") {
+                s.cwnd = v.parse().ok();
+            }
+            if let Some(v) = tok.strip_prefix("retrans:") {
+                s.retrans_total = v.split('/').nth(1).and_then(|x| x.parse().ok());
+            }
             if s.cc.is_none() && known_cc.iter().any(|k| k == tok) {
                 s.cc = Some(tok.to_string());
             }
@@ -389,9 +439,19 @@ mod tests {
         assert_eq!(s[1].local_ip, "10.200.84.1");
         assert_eq!(s[1].cc.as_deref(), Some("cubic"));
         assert!(!s[1].mptcp_subflow);
+        let t = "0 3203012 10.200.84.2:5215 10.200.84.1:35759\n\t bbr wscale:10,10 cwnd:4422 delivery_rate 135655752bps busy:1940ms rwnd_limited:20ms(1.0%) sndbuf_limited:564ms(40.1%) retrans:9/52 app_limited\n";
+        let s = parse_ss(t, &cc);
+        assert_eq!((s[0].recv_q, s[0].send_q), (0, 3_203_012));
+        assert_eq!(s[0].cwnd, Some(4422));
+        assert_eq!(s[0].delivery_bps, Some(135_655_752.0));
+        assert_eq!(s[0].rwnd_limited_pct, Some(1.0));
+        assert_eq!(s[0].sndbuf_limited_pct, Some(40.1));
+        assert_eq!(s[0].retrans_total, Some(52));
+        assert!(s[0].app_limited);
         let m = "ESTAB 6487808 0 10.200.84.1:48668 10.200.84.2:5202\n\t subflows:7 add_addr_accepted:7 subflows_max:8\n";
         let s = parse_ss(m, &[]);
         assert_eq!(s[0].subflows, Some(7));
+        assert_eq!(s[0].recv_q, 6_487_808);
         assert_eq!(s[0].peer_port, 5202);
         let c = count_cc(s.iter());
         assert_eq!(c.get("?"), Some(&1));

@@ -117,8 +117,37 @@ pub struct RunResult {
     /// CPU use while the load tool ran.
     #[serde(default)]
     pub cpu: CpuUse,
+    /// What `ss -ti` showed of the contender's TCP sockets at mid-run.
+    #[serde(default)]
+    pub tcp: TcpSample,
     pub seconds_taken: f64,
     pub notes: Vec<String>,
+}
+
+/// The contender's TCP sockets at mid-run (`ss -ti`). The sender is namespace B (downloads).
+/// Limits are TCP_INFO's cumulative shares of the socket's busy time so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TcpSample {
+    /// `ss` samples averaged (at 1/4, 1/2 and 3/4 of the run).
+    pub samples: u32,
+    pub sender_sockets: u32,
+    /// Sender sockets whose last rate sample was application-limited (nothing to send),
+    /// mean over the samples.
+    pub sender_app_limited: f64,
+    pub sender_rwnd_limited_pct_mean: Option<f64>,
+    pub sender_sndbuf_limited_pct_mean: Option<f64>,
+    /// Sum of the sender sockets' delivery-rate estimates.
+    pub sender_delivery_mbit_sum: Option<f64>,
+    /// Bytes in the sender sockets' kernel queues (unacknowledged + unsent).
+    pub sender_send_q_bytes: u64,
+    pub sender_retrans_total: u64,
+    pub sender_cwnd_sum: u64,
+    /// Bytes received by the client namespace's sockets and not yet read by their owner
+    /// (the load tool, or the mtcpd client for tunnels).
+    pub receiver_recv_q_bytes: u64,
+    /// Largest resident memory of the receiving daemon (mtcpd or kcptun client) in the samples:
+    /// what it buffers (reordering, unread credit) shows here.
+    pub receiver_daemon_rss_mib_max: Option<f64>,
 }
 
 /// CPU use during a run, in percent.
@@ -168,6 +197,7 @@ impl RunResult {
             sockets_sampled: 0,
             load_before: None,
             cpu: CpuUse::default(),
+            tcp: TcpSample::default(),
             seconds_taken: 0.0,
             notes: Vec::new(),
         }
