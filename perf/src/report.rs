@@ -248,6 +248,39 @@ fn io_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing: {e:?}")
 }
 
+/// Width of the legend column right of each chart.
+const LEGEND_W: u32 = 200;
+
+/// A legend entry: a filled box (bars) or a line.
+type Key = (String, RGBAColor, bool);
+
+/// Draw the legend in its own column, so that it never hides data.
+fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    items: &[Key],
+) -> Result<()> {
+    for (i, (name, color, line)) in items.iter().enumerate() {
+        let y = 50 + i as i32 * 20;
+        if *line {
+            area.draw(&PathElement::new(
+                vec![(4, y), (20, y)],
+                color.stroke_width(2),
+            ))
+            .map_err(io_err)?;
+        } else {
+            area.draw(&Rectangle::new([(6, y - 5), (16, y + 5)], color.filled()))
+                .map_err(io_err)?;
+        }
+        area.draw(&Text::new(
+            name.clone(),
+            (26, y - 6),
+            ("sans-serif", 12).into_font(),
+        ))
+        .map_err(io_err)?;
+    }
+    Ok(())
+}
+
 /// Grouped bars: one group per path, one bar per contender, log scale. False when no data.
 fn throughput_chart(res: &GridResults, cc: &str, file: &Path) -> Result<bool> {
     let cols = columns(res);
@@ -284,10 +317,12 @@ fn throughput_chart(res: &GridResults, cc: &str, file: &Path) -> Result<bool> {
     let lo = all.iter().copied().fold(f64::MAX, f64::min).max(0.01) / 1.5;
     let ymax = 10f64.powf(hi.log10().ceil());
     let ymin = 10f64.powf(lo.log10().floor());
-    let root = SVGBackend::new(file, (1100, 560)).into_drawing_area();
+    let root = SVGBackend::new(file, (1100 + LEGEND_W, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(io_err)?;
+    let (plot, side) = root.split_horizontally(1100);
+    let mut keys: Vec<Key> = Vec::new();
     let n = groups.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(&plot)
         .caption(
             format!(
                 "One application stream (direct: 1 and 8 flows), {cc}, Mbit/s ({} mode, {} s runs)",
@@ -346,20 +381,11 @@ fn throughput_chart(res: &GridResults, cc: &str, file: &Path) -> Result<bool> {
                 ))
             })
             .collect();
-        chart
-            .draw_series(bars)
-            .map_err(io_err)?
-            .label(name.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart.draw_series(bars).map_err(io_err)?;
+        keys.push((name.clone(), color, false));
         chart.draw_series(values).map_err(io_err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(io_err)?;
+    legend(&side, &keys)?;
     root.present().map_err(io_err)?;
     Ok(true)
 }
@@ -393,15 +419,32 @@ fn scaling_chart(p: &PathResult, file: &Path) -> Result<bool> {
     if lines.is_empty() {
         return Ok(false);
     }
-    let ymax = lines
+    // x is log2(tunnels); y is logarithmic with whole decades (bbr and cubic differ ~50×).
+    let all: Vec<f64> = lines
         .iter()
         .flat_map(|(_, v)| v.iter().map(|x| x.1))
         .chain(refs.iter().map(|r| r.1))
-        .fold(1.0, f64::max)
-        * 1.15;
-    let root = SVGBackend::new(file, (800, 480)).into_drawing_area();
+        .filter(|v| *v > 0.0)
+        .collect();
+    let hi = all.iter().copied().fold(1.0, f64::max) * 1.3;
+    let lo = all.iter().copied().fold(f64::MAX, f64::min).max(0.01) / 1.5;
+    let (ymin, ymax) = (
+        10f64.powf(lo.log10().floor()),
+        10f64.powf(hi.log10().ceil()),
+    );
+    let xmax = lines
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|x| x.0.log2()))
+        .fold(1.0, f64::max);
+    let lines: Vec<(String, Vec<(f64, f64)>)> = lines
+        .into_iter()
+        .map(|(n, v)| (n, v.into_iter().map(|(x, y)| (x.log2(), y)).collect()))
+        .collect();
+    let root = SVGBackend::new(file, (800 + LEGEND_W, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(io_err)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, side) = root.split_horizontally(800);
+    let mut keys: Vec<Key> = Vec::new();
+    let mut chart = ChartBuilder::on(&plot)
         .caption(
             format!("mtcpd: one stream over N tunnels, {}", p.label),
             ("sans-serif", 18),
@@ -409,13 +452,22 @@ fn scaling_chart(p: &PathResult, file: &Path) -> Result<bool> {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d((0.8f64..20.0).log_scale(), 0f64..ymax)
+        .build_cartesian_2d(-0.3f64..xmax + 0.3, (ymin..ymax).log_scale())
         .map_err(io_err)?;
     chart
         .configure_mesh()
         .x_desc("tunnels")
         .y_desc("Mbit/s")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(xmax as usize + 2)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                format!("{}", 2u32.pow(i as u32))
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| fmt_mbit(*y))
         .draw()
         .map_err(io_err)?;
     let mut si = 0;
@@ -424,11 +476,8 @@ fn scaling_chart(p: &PathResult, file: &Path) -> Result<bool> {
         si += 1;
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(io_err)?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+            .map_err(io_err)?;
+        keys.push((name.clone(), color, true));
         chart
             .draw_series(
                 pts.iter()
@@ -444,19 +493,10 @@ fn scaling_chart(p: &PathResult, file: &Path) -> Result<bool> {
                 vec![(0.8, *v), (20.0, *v)],
                 color.stroke_width(1),
             ))
-            .map_err(io_err)?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(1))
-            });
+            .map_err(io_err)?;
+        keys.push((name.clone(), color, true));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(io_err)?;
+    legend(&side, &keys)?;
     root.present().map_err(io_err)?;
     Ok(true)
 }
@@ -477,11 +517,13 @@ fn ttfb_chart(res: &GridResults, file: &Path) -> Result<bool> {
     if paths.is_empty() || ymax <= 0.0 {
         return Ok(false);
     }
-    let root = SVGBackend::new(file, (800, 460)).into_drawing_area();
+    let root = SVGBackend::new(file, (800 + LEGEND_W, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(io_err)?;
+    let (plot, side) = root.split_horizontally(800);
+    let mut keys: Vec<Key> = Vec::new();
     let n = paths.len() as f64;
     let labels: Vec<String> = paths.iter().map(|p| short_label(p)).collect();
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(&plot)
         .caption(
             "Time to first byte, 64 B request on a new connection (p50; whiskers min..p90)",
             ("sans-serif", 17),
@@ -526,11 +568,8 @@ fn ttfb_chart(res: &GridResults, file: &Path) -> Result<bool> {
                 ));
             }
         }
-        chart
-            .draw_series(bars)
-            .map_err(io_err)?
-            .label(format!("{via} p50"))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart.draw_series(bars).map_err(io_err)?;
+        keys.push((format!("{via} p50"), color, false));
         chart.draw_series(whiskers).map_err(io_err)?;
     }
     let red = RED.stroke_width(2);
@@ -539,16 +578,9 @@ fn ttfb_chart(res: &GridResults, file: &Path) -> Result<bool> {
             let t = p.rtt_ms as f64 + 5.0;
             PathElement::new(vec![(gi as f64 - 0.45, t), (gi as f64 + 0.45, t)], red)
         }))
-        .map_err(io_err)?
-        .label("target for mtcpd: 1 RTT + 5 ms")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], red));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
         .map_err(io_err)?;
+    keys.push(("target for mtcpd: 1 RTT + 5 ms".into(), RED.to_rgba(), true));
+    legend(&side, &keys)?;
     root.present().map_err(io_err)?;
     Ok(true)
 }
@@ -597,21 +629,20 @@ fn ratio_verdict(measured: f64, target: f64) -> String {
     }
 }
 
-fn steady(r: Option<&RunResult>) -> Option<f64> {
-    r.filter(|r| r.status == "ok").and_then(|r| r.steady_mbit_s)
+fn abs_verdict(measured: f64, target: f64) -> String {
+    if measured >= target {
+        "met".into()
+    } else {
+        format!(
+            "**missed** by {:.1} Mbit/s ({:.0} % short)",
+            target - measured,
+            (1.0 - measured / target) * 100.0
+        )
+    }
 }
 
-/// " (from W s on: a / b = r×)" when both runs have a steady figure.
-fn steady_pair(a: Option<&RunResult>, b: Option<&RunResult>, warm: f64) -> String {
-    match (steady(a), steady(b)) {
-        (Some(x), Some(y)) if y > 0.0 => format!(
-            " (from {warm} s on: {} / {} = {:.2}×)",
-            fmt_mbit(x),
-            fmt_mbit(y),
-            x / y
-        ),
-        _ => String::new(),
-    }
+fn steady(r: Option<&RunResult>) -> Option<f64> {
+    r.filter(|r| r.status == "ok").and_then(|r| r.steady_mbit_s)
 }
 
 fn cpu_note(r: Option<&RunResult>) -> String {
@@ -624,14 +655,57 @@ fn cpu_note(r: Option<&RunResult>) -> String {
     if let Some(d) = c.daemons_core_pct {
         v.push(format!("{} {d:.0} % of a core", r.kind));
     }
-    if let Some(e) = c.emulator_core_pct {
-        v.push(format!("emulator {e:.0} %"));
-    }
     if v.is_empty() {
         String::new()
     } else {
-        format!("; CPU during the {} run: {}", r.id, v.join(", "))
+        format!("<br>CPU during the {} run: {}", r.id, v.join(", "))
     }
+}
+
+/// One throughput target: `num` (÷ `den` when given) ≥ `target`, judged on the whole run and
+/// on its steady part.
+fn throughput_row(
+    res: &GridResults,
+    what: String,
+    num: Option<&RunResult>,
+    den: Option<&RunResult>,
+    target: f64,
+    context: String,
+) -> Option<[String; 3]> {
+    let n = ok_mbit(num)?;
+    let warm = res.settings.warmup_seconds;
+    let (measured, verdict, steady_part) = match den {
+        Some(_) => {
+            let d = ok_mbit(den).filter(|d| *d > 0.0)?;
+            let st = match (steady(num), steady(den)) {
+                (Some(x), Some(y)) if y > 0.0 => Some((x, y, x / y)),
+                _ => None,
+            };
+            (
+                format!("{} / {} Mbit/s = {:.2}×", fmt_mbit(n), fmt_mbit(d), n / d),
+                ratio_verdict(n / d, target),
+                st.map(|(x, y, q)| {
+                    (
+                        format!("{} / {} = {q:.2}×", fmt_mbit(x), fmt_mbit(y)),
+                        ratio_verdict(q, target),
+                    )
+                }),
+            )
+        }
+        None => (
+            format!("{} Mbit/s", fmt_mbit(n)),
+            abs_verdict(n, target),
+            steady(num).map(|x| (format!("{} Mbit/s", fmt_mbit(x)), abs_verdict(x, target))),
+        ),
+    };
+    let (m2, v2) = match steady_part {
+        Some((m, v)) => (
+            format!("{measured}<br>from {warm} s on: {m}"),
+            format!("{verdict}<br>from {warm} s on: {v}"),
+        ),
+        None => (measured, verdict),
+    };
+    Some([what, format!("{m2}{context}{}", cpu_note(num)), v2])
 }
 
 fn target_rows(res: &GridResults) -> Vec<[String; 3]> {
@@ -641,87 +715,50 @@ fn target_rows(res: &GridResults) -> Vec<[String; 3]> {
         .iter()
         .find(|p| p.rtt_ms == 100 && p.loss_pct == 1.0 && p.flow_cap_mbit.is_none());
     if let Some(p) = lossy {
-        let m = ok_mbit(find(p, "mtcpd-8", "bbr"));
-        let d8 = ok_mbit(find(p, "direct-8", "bbr"));
-        if let (Some(m), Some(d8)) = (m, d8) {
-            let mut extra = String::new();
-            if let Some(k) = ok_mbit(find(p, "kcptun", "bbr")) {
-                extra += &format!("; kcptun {}", fmt_mbit(k));
-            }
-            if let Some(mp) = ok_mbit(find(p, "mptcp-8", "bbr")) {
-                extra += &format!("; MPTCP 8 bbr {}", fmt_mbit(mp));
-            }
-            let (rm, rd) = (find(p, "mtcpd-8", "bbr"), find(p, "direct-8", "bbr"));
-            rows.push([
-                "100 ms, 1 %: mtcpd, 1 stream over 8 bbr tunnels ≥ 0.9 × 8 direct bbr flows".into(),
-                format!(
-                    "{} / {} Mbit/s = {:.2}×{}{extra}{}",
-                    fmt_mbit(m),
-                    fmt_mbit(d8),
-                    m / d8,
-                    steady_pair(rm, rd, res.settings.warmup_seconds),
-                    cpu_note(rm)
-                ),
-                ratio_verdict(m / d8, 0.9),
-            ]);
+        let mut extra = String::new();
+        if let Some(k) = ok_mbit(find(p, "kcptun", "bbr")) {
+            extra += &format!("; kcptun {}", fmt_mbit(k));
         }
-        let m = ok_mbit(find(p, "mtcpd-8", "cubic"));
-        let d1 = ok_mbit(find(p, "direct-1", "cubic"));
-        if let (Some(m), Some(d1)) = (m, d1) {
-            let d8 = ok_mbit(find(p, "direct-8", "cubic"))
-                .map(|d8| format!("; 8 direct cubic {}", fmt_mbit(d8)))
-                .unwrap_or_default();
-            let (rm, rd) = (find(p, "mtcpd-8", "cubic"), find(p, "direct-1", "cubic"));
-            rows.push([
-                "100 ms, 1 %: mtcpd, 1 stream over 8 cubic tunnels ≥ 6 × 1 direct cubic flow"
-                    .into(),
-                format!(
-                    "{} / {} Mbit/s = {:.1}×{}{d8}",
-                    fmt_mbit(m),
-                    fmt_mbit(d1),
-                    m / d1,
-                    steady_pair(rm, rd, res.settings.warmup_seconds),
-                ),
-                ratio_verdict(m / d1, 6.0),
-            ]);
+        if let Some(mp) = ok_mbit(find(p, "mptcp-8", "bbr")) {
+            extra += &format!("; MPTCP 8 bbr {}", fmt_mbit(mp));
         }
+        rows.extend(throughput_row(
+            res,
+            "100 ms, 1 %: mtcpd, 1 stream over 8 bbr tunnels ≥ 0.9 × 8 direct bbr flows".into(),
+            find(p, "mtcpd-8", "bbr"),
+            find(p, "direct-8", "bbr"),
+            0.9,
+            if extra.is_empty() {
+                extra
+            } else {
+                format!("<br>{}", extra.trim_start_matches("; "))
+            },
+        ));
+        let d8 = ok_mbit(find(p, "direct-8", "cubic"))
+            .map(|d8| format!("<br>8 direct cubic flows {}", fmt_mbit(d8)))
+            .unwrap_or_default();
+        rows.extend(throughput_row(
+            res,
+            "100 ms, 1 %: mtcpd, 1 stream over 8 cubic tunnels ≥ 6 × 1 direct cubic flow".into(),
+            find(p, "mtcpd-8", "cubic"),
+            find(p, "direct-1", "cubic"),
+            6.0,
+            d8,
+        ));
     }
     for p in res.paths.iter().filter(|p| p.flow_cap_mbit.is_some()) {
         for cc in ["bbr", "cubic"] {
-            if let Some(m) = ok_mbit(find(p, "mtcpd-8", cc)) {
-                let rm = find(p, "mtcpd-8", cc);
-                let d = ok_mbit(find(p, "direct-8", cc))
-                    .map(|d| format!("; 8 direct flows {}", fmt_mbit(d)))
-                    .unwrap_or_default();
-                let st = steady(rm);
-                rows.push([
-                    format!("{}: mtcpd, 8 {cc} tunnels ≥ 150 Mbit/s", p.label),
-                    format!(
-                        "{} Mbit/s{}{d}",
-                        fmt_mbit(m),
-                        st.map(|x| format!(
-                            " (from {} s on: {})",
-                            res.settings.warmup_seconds,
-                            fmt_mbit(x)
-                        ))
-                        .unwrap_or_default()
-                    ),
-                    if m >= 150.0 {
-                        "met".into()
-                    } else {
-                        format!(
-                            "**missed** by {:.1} Mbit/s ({:.0} % short){}",
-                            150.0 - m,
-                            (1.0 - m / 150.0) * 100.0,
-                            if st.is_some_and(|x| x >= 150.0) {
-                                "; met after the first seconds"
-                            } else {
-                                ""
-                            }
-                        )
-                    },
-                ]);
-            }
+            let d = ok_mbit(find(p, "direct-8", cc))
+                .map(|d| format!("<br>8 direct {cc} flows {}", fmt_mbit(d)))
+                .unwrap_or_default();
+            rows.extend(throughput_row(
+                res,
+                format!("{}: mtcpd, 8 {cc} tunnels ≥ 150 Mbit/s", p.label),
+                find(p, "mtcpd-8", cc),
+                None,
+                150.0,
+                d,
+            ));
         }
     }
     // TTFB on a 100 ms path without loss (the capped one in quick mode).
@@ -740,7 +777,7 @@ fn target_rows(res: &GridResults) -> Vec<[String; 3]> {
             .iter()
             .find(|t| t.via == "direct")
             .and_then(|t| t.ttfb_p50_ms)
-            .map(|d| format!(" (direct {d:.1} ms)"))
+            .map(|d| format!("<br>direct p50 {d:.1} ms"))
             .unwrap_or_default();
         rows.push([
             format!(
@@ -748,8 +785,9 @@ fn target_rows(res: &GridResults) -> Vec<[String; 3]> {
                 p.label
             ),
             format!(
-                "p50 {v:.1} ms, p90 {:.1} ms{direct}",
-                t.ttfb_p90_ms.unwrap_or(0.0)
+                "p50 {v:.1} ms, p90 {:.1} ms, max {:.1} ms{direct}",
+                t.ttfb_p90_ms.unwrap_or(0.0),
+                t.ttfb_max_ms.unwrap_or(0.0)
             ),
             if v <= target {
                 "met".into()
@@ -876,13 +914,8 @@ fn markdown(res: &GridResults, out: &Path, base: &Path, plots: &[(String, String
                         v
                     }
                     Some(r) => {
-                        let note = format!(
-                            "{} {} {}: {}",
-                            p.id,
-                            r.id,
-                            r.cc.as_deref().unwrap_or(""),
-                            r.reason.as_deref().unwrap_or("")
-                        );
+                        // Keyed by contender and reason, so a missing tool is one note.
+                        let note = format!("{}: {}", r.id, r.reason.as_deref().unwrap_or(""));
                         let k = match foot.iter().position(|f| f == &note) {
                             Some(k) => k,
                             None => {
@@ -1192,6 +1225,112 @@ mod tests {
             relative(Path::new("results/a.svg"), Path::new("results")),
             PathBuf::from("a.svg")
         );
+    }
+
+    /// A made-up full grid (test data, never written into results/): every output is
+    /// produced and the markdown has one row per path and congestion control.
+    #[test]
+    fn generates_every_output_for_a_full_grid() {
+        use crate::grid::results::*;
+        let run = |id: &str, kind: &str, n: u32, cc: Option<&str>, v: f64| {
+            let mut r = RunResult::skipped(id, kind, n, cc, "");
+            r.status = "ok".into();
+            r.reason = None;
+            r.mbit_s = Some(v);
+            r.steady_mbit_s = Some(v * 1.1);
+            r
+        };
+        let mut paths = Vec::new();
+        for (rtt, loss, cap) in [(20, 0.0, None), (100, 1.0, None), (100, 0.0, Some(20))] {
+            let mut runs = Vec::new();
+            for cc in ["bbr", "cubic"] {
+                runs.push(run("direct-1", "direct", 1, Some(cc), 10.0));
+                runs.push(run("direct-8", "direct", 8, Some(cc), 80.0));
+                for n in [1, 2, 4, 8, 16] {
+                    runs.push(run(
+                        &format!("mtcpd-{n}"),
+                        "mtcpd",
+                        n,
+                        Some(cc),
+                        9.0 * n as f64,
+                    ));
+                }
+                runs.push(RunResult::skipped(
+                    "mptcp-8",
+                    "mptcp",
+                    8,
+                    Some(cc),
+                    "no mptcpize",
+                ));
+            }
+            runs.push(run("kcptun", "kcptun", 1, None, 30.0));
+            let mut t = TtfbResult::skipped("mtcpd", "ok", "");
+            t.ttfb_p50_ms = Some(rtt as f64 + 1.0);
+            t.ttfb_p90_ms = Some(rtt as f64 + 2.0);
+            paths.push(PathResult {
+                id: format!("p{rtt}-{loss}"),
+                label: format!("{rtt} ms {loss} {cap:?}"),
+                rtt_ms: rtt,
+                loss_pct: loss,
+                rate_mbit: 1000,
+                flow_cap_mbit: cap,
+                impairment: String::new(),
+                lab: String::new(),
+                error: None,
+                emulator: Vec::new(),
+                runs,
+                ttfb: vec![t],
+            });
+        }
+        let res = GridResults {
+            schema: SCHEMA,
+            mode: "full".into(),
+            started_utc: String::new(),
+            finished_utc: None,
+            wall_seconds: 0.0,
+            complete: true,
+            command: "mtcp-perf grid".into(),
+            machine: Machine::default(),
+            settings: Settings {
+                seconds: 8.0,
+                drain_seconds: 1.0,
+                warmup_seconds: 2.0,
+                ttfb_samples: 20,
+                seed: 1,
+                direction: String::new(),
+                mtcpd_config: String::new(),
+                kcptun_args: String::new(),
+                mptcp_setup: String::new(),
+            },
+            paths,
+        };
+        let dir = std::env::temp_dir().join(format!("mtcp-report-test-{}", std::process::id()));
+        let doc = dir.join("doc.md");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&doc, "# Doc\n").unwrap();
+        generate(&res, &dir, Some(&doc)).unwrap();
+        for f in [
+            "grid.csv",
+            "ttfb.csv",
+            "summary.md",
+            "throughput-bbr.svg",
+            "throughput-cubic.svg",
+            "scaling-p100-1.svg",
+            "ttfb.svg",
+        ] {
+            assert!(dir.join(f).is_file(), "{f} missing");
+        }
+        let md = std::fs::read_to_string(&doc).unwrap();
+        assert!(md.starts_with("# Doc\n"));
+        assert_eq!(md.matches("| 100 ms 1 None | bbr | 10.0 |").count(), 1);
+        assert_eq!(md.matches("skipped [1]").count(), 6);
+        assert!(!md.contains("skipped [2]"));
+        assert!(md.contains("mtcpd, 8 bbr tunnels ≥ 150 Mbit/s"));
+        let csv = std::fs::read_to_string(dir.join("grid.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 3 * 17);
+        if std::env::var_os("KEEP_REPORT_TEST").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]
