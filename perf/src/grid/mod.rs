@@ -26,6 +26,7 @@ use procs::{Proc, Sock, count_cc, ns_command, ns_output, run_bounded, ss_mptcp, 
 use results::{GridResults, Machine, PathResult, RunResult, Settings, TcpSample, TtfbResult};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -397,6 +398,19 @@ pub fn main(a: GridArgs) -> Result<i32> {
     }
     if let Some(why) = netns::unavailable() {
         bail!("the grid needs the WAN lab, which cannot be built here: {why}");
+    }
+    // One grid per lab prefix at a time: a second one would take the first one's namespaces
+    // for leftovers and remove them. The lock goes with the process (also on kill -9).
+    let lock_path = std::env::temp_dir().join(format!("mtcp-perf-grid-{}.lock", a.name));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    // SAFETY: flock(2) on a file descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another grid with --name {} is running (lock {}); wait for it or use another --name",
+            a.name,
+            lock_path.display()
+        );
     }
     let out = a
         .out
