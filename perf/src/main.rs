@@ -5,12 +5,16 @@
 //! * [`bulk`], [`latency`]: the client modes.
 //! * [`proto`]: the tool's own framing; [`pattern`]: the verification pattern.
 //! * [`wan`]: the WAN emulator (namespaces, TUN devices, impairments).
+//! * [`grid`]: the benchmark grid (`make perf`) over emulated paths; [`report`]: its CSV, SVG
+//!   and markdown outputs.
 
 mod bulk;
+mod grid;
 mod latency;
 mod net;
 mod pattern;
 mod proto;
+mod report;
 mod rng;
 mod server;
 mod sockopt;
@@ -56,6 +60,10 @@ enum Cmd {
     Client(ClientArgs),
     /// User-space WAN emulator between two network namespaces.
     Wan(wan::WanArgs),
+    /// The WAN benchmark grid: every contender on every emulated path (root, Linux).
+    Grid(grid::GridArgs),
+    /// Regenerate CSV, SVG plots and the markdown section from a grid's grid.json.
+    Report(report::ReportArgs),
 }
 
 #[derive(Args)]
@@ -370,6 +378,14 @@ fn main() -> Result<()> {
         }
         Cmd::Wan(w) => {
             let code = wan::main(w)?;
+            std::process::exit(code);
+        }
+        Cmd::Grid(g) => {
+            let code = grid::main(g)?;
+            std::process::exit(code);
+        }
+        Cmd::Report(r) => {
+            let code = report::main(r)?;
             std::process::exit(code);
         }
     }

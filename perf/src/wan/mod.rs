@@ -144,13 +144,16 @@ impl LabArgs {
     }
 
     fn subnet(&self) -> u8 {
-        self.subnet.unwrap_or_else(|| {
-            let h = self.name.bytes().fold(0x811c_9dc5u32, |h, b| {
-                (h ^ b as u32).wrapping_mul(0x0100_0193)
-            });
-            (h % 250) as u8 + 1
-        })
+        self.subnet.unwrap_or_else(|| subnet_for(&self.name))
     }
+}
+
+/// The default third octet of a lab's 10.200.K.0/24, derived from its name.
+fn subnet_for(name: &str) -> u8 {
+    let h = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    (h % 250) as u8 + 1
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -159,7 +162,12 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn install_signals() {
+/// Whether SIGINT, SIGTERM or SIGHUP arrived since [`install_signals`].
+pub(crate) fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+pub(crate) fn install_signals() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
@@ -181,21 +189,34 @@ struct Forwarders {
 impl Forwarders {
     fn start(lab: &netns::Lab, a: &LabArgs) -> Result<Forwarders> {
         let (a2b, b2a) = a.impairments()?;
+        Forwarders::start_with(lab, a2b, b2a, a.seed, a.mtu, true)
+    }
+
+    fn start_with(
+        lab: &netns::Lab,
+        a2b: Impair,
+        b2a: Impair,
+        seed: u64,
+        mtu: u32,
+        verbose: bool,
+    ) -> Result<Forwarders> {
         let ta = Arc::new(lab.tun_a.as_ref().context("TUN A")?.try_clone()?);
         let tb = Arc::new(lab.tun_b.as_ref().context("TUN B")?.try_clone()?);
         let stop = Arc::new(AtomicBool::new(false));
         let base = Instant::now();
         let net = Some(lab.addrs.subnet);
-        let mtu = a.mtu as usize;
+        let mtu = mtu as usize;
         let mut f = Forwarders {
             stop: stop.clone(),
             threads: Vec::new(),
             stats: Vec::new(),
         };
-        eprintln!("a2b: {}", a2b.describe());
-        eprintln!("b2a: {}", b2a.describe());
-        let p1 = impair::Pipe::new(a2b, a.seed, net);
-        let p2 = impair::Pipe::new(b2a, a.seed ^ 0x5bd1_e995_0000_0001, net);
+        if verbose {
+            eprintln!("a2b: {}", a2b.describe());
+            eprintln!("b2a: {}", b2a.describe());
+        }
+        let p1 = impair::Pipe::new(a2b, seed, net);
+        let p2 = impair::Pipe::new(b2a, seed ^ 0x5bd1_e995_0000_0001, net);
         f.threads.push((
             "a2b".into(),
             forward::spawn("a2b", ta.clone(), tb.clone(), p1, mtu, stop.clone(), base)?,
@@ -359,5 +380,91 @@ pub fn main(w: WanArgs) -> Result<i32> {
             eprintln!("mtcp-perf wan: torn down");
             Ok(code)
         }
+    }
+}
+
+/// What the forwarders counted on one direction of a lab, for machine-readable reports.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DirStats {
+    pub direction: String,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub drop_loss: u64,
+    pub drop_queue: u64,
+    pub drop_flow: u64,
+    pub drop_overflow: u64,
+    /// Packets the sending TUN device dropped on its ring (forwarder fell behind; not modelled).
+    pub tun_ring_drops: Option<u64>,
+}
+
+/// A lab brought up in-process (for the benchmark grid): namespaces, TUN devices and the two
+/// forwarders. Dropping it stops the forwarders, kills every process left in the namespaces
+/// and deletes them, like `wan run` does.
+pub(crate) struct RunningLab {
+    fwd: Option<Forwarders>,
+    lab: Option<netns::Lab>,
+    pub addrs: netns::Addrs,
+    pub description: String,
+}
+
+impl RunningLab {
+    /// `impair`: key/value settings applied to both directions (keys as for `--a2b`).
+    pub(crate) fn up(name: &str, mtu: u32, seed: u64, impair: &[(&str, &str)]) -> Result<Self> {
+        let mut both = Impair::default();
+        for (k, v) in impair {
+            both.set(k, v)
+                .with_context(|| format!("impairment {k}={v}"))?;
+        }
+        let description = both.describe();
+        let lab = netns::Lab::up(name, subnet_for(name), mtu)?;
+        let fwd = Forwarders::start_with(&lab, both.clone(), both, seed, mtu, false)?;
+        Ok(RunningLab {
+            addrs: lab.addrs.clone(),
+            fwd: Some(fwd),
+            lab: Some(lab),
+            description,
+        })
+    }
+
+    /// Whether a forwarder thread has stopped by itself (the lab is no longer valid).
+    pub(crate) fn failed(&self) -> bool {
+        self.fwd.as_ref().is_some_and(|f| f.any_finished())
+    }
+
+    /// Stop the forwarders, collect their counters and tear everything down.
+    pub(crate) fn finish(mut self) -> Vec<DirStats> {
+        let mut out = Vec::new();
+        if let Some(mut f) = self.fwd.take() {
+            f.stop();
+            for (n, s) in &f.stats {
+                let ns = if n == "a2b" {
+                    &self.addrs.ns_a
+                } else {
+                    &self.addrs.ns_b
+                };
+                out.push(DirStats {
+                    direction: n.clone(),
+                    packets_in: s.packets_in,
+                    packets_out: s.packets_out,
+                    bytes_out: s.bytes_out,
+                    drop_loss: s.drop_loss,
+                    drop_queue: s.drop_queue,
+                    drop_flow: s.drop_flow,
+                    drop_overflow: s.drop_overflow,
+                    tun_ring_drops: netns::tun_tx_dropped(ns),
+                });
+            }
+        }
+        self.lab.take();
+        out
+    }
+}
+
+impl Drop for RunningLab {
+    fn drop(&mut self) {
+        // Forwarders first (they use the TUN fds), then the namespaces.
+        self.fwd.take();
+        self.lab.take();
     }
 }
