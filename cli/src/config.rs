@@ -205,6 +205,26 @@ mod tests {
     }
 
     #[test]
+    fn server_uses_every_core_and_client_one_by_default_and_notsent_lowat_is_read() {
+        let load = |text: &str| {
+            load_str(
+                text,
+                ConfigOrigin::File("t.toml".into()),
+                Path::new("."),
+                CommandLineOverrides::default(),
+            )
+            .unwrap()
+        };
+        let server = load("[server]\n");
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(server.runtime.cores, cores);
+        assert_eq!(server.runtime.socket_notsent_lowat, 128 * 1024);
+        let client = load("socket_notsent_lowat = \"1MiB\"\n[client]\n");
+        assert_eq!(client.runtime.cores, 1);
+        assert_eq!(client.runtime.socket_notsent_lowat, 1 << 20);
+    }
+
+    #[test]
     fn validation_errors_name_the_key() {
         let cases: &[(&str, &str)] = &[
             ("[server]\nlisten_port = 0\n", "server.listen_port"),
@@ -276,6 +296,10 @@ mod tests {
             ("congestion = \"b b r\"\n[server]\n", "congestion"),
             ("io = \"epoll\"\n[server]\n", "io"),
             ("socket_send_buffer = 1\n[server]\n", "socket_send_buffer"),
+            (
+                "socket_notsent_lowat = \"1KiB\"\n[server]\n",
+                "socket_notsent_lowat",
+            ),
             ("psk = \"short\"\n[server]\n", "psk"),
             ("mode = \"client\"\n[server]\n", "client"),
             ("[server]\n[client]\n", "mode"),

@@ -54,7 +54,8 @@ pub fn runtime_options(config: &DaemonConfig) -> RuntimeOptions {
             congestion: Some(config.runtime.congestion.clone()),
             send_buffer: config.runtime.socket_send_buffer,
             recv_buffer: config.runtime.socket_recv_buffer,
-            notsent_lowat: 128 * 1024,
+            // Validated to at most 64 MiB.
+            notsent_lowat: u32::try_from(config.runtime.socket_notsent_lowat).unwrap_or(u32::MAX),
         },
         read_chunk,
         drain_timeout: limits.drain_timeout,

@@ -14,6 +14,7 @@ cat > "$work/s.toml" <<EOT
 mode = "server"
 psk = "wan-benchmark-key-0123456789abcdef"
 congestion = "$CC"
+socket_notsent_lowat = "${NOTSENT:-128KiB}"
 [server]
 listen_ip = "$MTCP_WAN_ADDR_B"
 listen_port = 8000
@@ -28,6 +29,7 @@ cat > "$work/c.toml" <<EOT
 mode = "client"
 psk = "wan-benchmark-key-0123456789abcdef"
 congestion = "$CC"
+socket_notsent_lowat = "${NOTSENT:-128KiB}"
 [client]
 local_listen_ip = "127.0.0.1"
 local_listen_port = 7000

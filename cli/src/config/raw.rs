@@ -35,6 +35,8 @@ pub struct RawConfigFile {
     pub socket_send_buffer: Option<ByteSize>,
     /// SO_RCVBUF of every socket, if set.
     pub socket_recv_buffer: Option<ByteSize>,
+    /// TCP_NOTSENT_LOWAT of the tunnels.
+    pub socket_notsent_lowat: Option<ByteSize>,
     /// `[server]`.
     pub server: Option<RawServerSection>,
     /// `[client]`.

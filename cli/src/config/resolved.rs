@@ -267,6 +267,8 @@ pub struct RuntimeOptions {
     pub socket_send_buffer: Option<usize>,
     /// SO_RCVBUF; `None` leaves the kernel's autotuning.
     pub socket_recv_buffer: Option<usize>,
+    /// TCP_NOTSENT_LOWAT of the tunnels: unsent bytes the kernel may hold per tunnel.
+    pub socket_notsent_lowat: usize,
 }
 
 /// Resource limits and timers (`[limits]`).
@@ -336,6 +338,11 @@ impl fmt::Display for DaemonConfig {
         writeln!(out, "cores = {}", runtime.cores)?;
         writeln!(out, "io = \"{}\"", runtime.io)?;
         writeln!(out, "congestion = \"{}\"", runtime.congestion)?;
+        writeln!(
+            out,
+            "socket_notsent_lowat = \"{}\"",
+            size(runtime.socket_notsent_lowat as u64)
+        )?;
         for (key, value) in [
             ("socket_send_buffer", runtime.socket_send_buffer),
             ("socket_recv_buffer", runtime.socket_recv_buffer),

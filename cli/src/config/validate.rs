@@ -37,6 +37,13 @@ pub const MIN_PSK_BYTES: usize = 16;
 /// Longest accepted pre-shared key, in bytes.
 pub const MAX_PSK_BYTES: usize = 1024;
 const MAX_CORES: i64 = 1024;
+/// Bounds and default of `socket_notsent_lowat`: below 16 KiB a tunnel cannot keep a fast path
+/// busy between loop turns; above 64 MiB the scheduler would commit data to a tunnel long before
+/// it can leave.
+const MIN_NOTSENT_LOWAT: u64 = 16 * 1024;
+const MAX_NOTSENT_LOWAT: u64 = 64 * 1024 * 1024;
+/// The default unsent allowance per tunnel.
+pub const DEFAULT_NOTSENT_LOWAT: usize = 128 * 1024;
 const MIN_BUFFER_SIZE: u64 = ByteSize::KIB;
 const MAX_BUFFER_SIZE: u64 = 16 * ByteSize::MIB;
 const MIN_SOCKET_BUFFER: u64 = 4 * ByteSize::KIB;
@@ -403,6 +410,15 @@ impl Checker {
             congestion,
             socket_send_buffer: socket_buffer("socket_send_buffer", raw.socket_send_buffer)?,
             socket_recv_buffer: socket_buffer("socket_recv_buffer", raw.socket_recv_buffer)?,
+            socket_notsent_lowat: match raw.socket_notsent_lowat {
+                Some(size) => self.size(
+                    "socket_notsent_lowat",
+                    size,
+                    MIN_NOTSENT_LOWAT,
+                    MAX_NOTSENT_LOWAT,
+                )? as usize,
+                None => DEFAULT_NOTSENT_LOWAT,
+            },
         })
     }
 
