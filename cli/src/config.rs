@@ -219,7 +219,9 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(server.runtime.cores, cores);
         assert_eq!(server.runtime.socket_notsent_lowat, 128 * 1024);
-        let client = load("socket_notsent_lowat = \"1MiB\"\n[client]\n");
+        let client = load(
+            "socket_notsent_lowat = \"1MiB\"\n[client]\nlocal_listen_port = 7000\nserver_ip = \"127.0.0.1\"\n",
+        );
         assert_eq!(client.runtime.cores, 1);
         assert_eq!(client.runtime.socket_notsent_lowat, 1 << 20);
     }
