@@ -452,11 +452,12 @@ fn start_on<D: io::Driver>(
         drivers.push(driver);
         wakers.push(Arc::new(waker));
     }
+    let wakers: Arc<[Arc<Waker>]> = wakers.into();
     let stop = Arc::new(AtomicBool::new(false));
     let sessions_total = Arc::new(AtomicUsize::new(0));
     let shutdown = ShutdownHandle {
         stop: stop.clone(),
-        wakers: wakers.clone().into(),
+        wakers: wakers.clone(),
     };
     let mut handle = RuntimeHandle {
         shutdown,

@@ -334,6 +334,13 @@ impl Core {
             self.socks.remove(id);
             return;
         }
+        self.cancel(ops);
+        let _ = self.ring.submit();
+    }
+
+    /// Queues a cancellation of each operation (their completions still arrive, as
+    /// `ECANCELED` or with what they did before).
+    fn cancel(&mut self, ops: impl IntoIterator<Item = usize>) {
         for op in ops {
             self.push(
                 opcode::AsyncCancel::new(op as u64)
@@ -341,20 +348,13 @@ impl Core {
                     .user_data(UNTRACKED),
             );
         }
-        let _ = self.ring.submit();
     }
 }
 
 impl Drop for Core {
     fn drop(&mut self) {
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            self.push(
-                opcode::AsyncCancel::new(k as u64)
-                    .build()
-                    .user_data(UNTRACKED),
-            );
-        }
+        self.cancel(keys);
         for _ in 0..50 {
             if self.ops.is_empty() {
                 return;
@@ -699,17 +699,8 @@ impl Driver for Uring {
         c.socks[id].token = None;
         // A receive left in flight would take bytes meant for the new owner: cancel it and wait
         // until the kernel has given it back (with whatever it had received by then).
-        let ops: Vec<usize> = [c.socks[id].recv_op, c.socks[id].poll_op]
-            .into_iter()
-            .flatten()
-            .collect();
-        for op in ops {
-            c.push(
-                opcode::AsyncCancel::new(op as u64)
-                    .build()
-                    .user_data(UNTRACKED),
-            );
-        }
+        let ops = [c.socks[id].recv_op, c.socks[id].poll_op];
+        c.cancel(ops.into_iter().flatten());
         for _ in 0..64 {
             if c.socks[id].inflight == 0 {
                 break;

@@ -64,9 +64,8 @@ impl std::fmt::Debug for Mailbox {
 impl Mailbox {
     /// One mailbox per worker, wired so that `mailboxes[i]` can send to every `j != i`;
     /// `wakers[j]` interrupts worker `j`'s wait.
-    pub(super) fn wire(wakers: Vec<Arc<Waker>>) -> Vec<Mailbox> {
+    pub(super) fn wire(wakers: Arc<[Arc<Waker>]>) -> Vec<Mailbox> {
         let n = wakers.len();
-        let wakers: Arc<[Arc<Waker>]> = wakers.into();
         let mut boxes: Vec<Mailbox> = (0..n)
             .map(|index| Mailbox {
                 index,
