@@ -18,10 +18,10 @@
 pub mod procs;
 pub mod results;
 
-use crate::units::parse_duration;
 use crate::wan::{self, RunningLab, netns};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use mtcpd_common::units::parse_duration_or_seconds;
 use procs::{Proc, Sock, count_cc, ns_command, ns_output, run_bounded, ss_mptcp, ss_tcp, which};
 use results::{GridResults, Machine, PathResult, RunResult, Settings, TcpSample, TtfbResult};
 use serde_json::Value;
@@ -40,13 +40,13 @@ pub struct GridArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Length of each throughput run (default 8s; 6s with --quick).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration_or_seconds)]
     time: Option<Duration>,
     /// Extra time a run may take to drain its tail (not counted).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration_or_seconds)]
     drain: Duration,
     /// Start of the "steady" window inside each run.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration_or_seconds)]
     warmup: Duration,
     /// The mtcpd binary.
     #[arg(long, default_value = "target/release/mtcpd")]
