@@ -36,14 +36,6 @@ pub(super) struct Ctx {
     pub(super) next_port: std::cell::Cell<u16>,
 }
 
-impl Ctx {
-    pub(super) fn port(&self) -> u16 {
-        let k = self.next_port.get();
-        self.next_port.set(if k >= 900 { 1 } else { k + 1 });
-        k
-    }
-}
-
 /// The lab of one path, as the runs see it.
 pub(super) struct Env {
     pub(super) ns_a: String,
@@ -123,6 +115,14 @@ impl Ctx {
             }
         }
         Ok(ctx)
+    }
+
+    /// The next port offset (1..=900) for a contender's daemons, so that a run never reuses
+    /// the ports of the previous one while they may still be in TIME_WAIT.
+    pub(super) fn port(&self) -> u16 {
+        let k = self.next_port.get();
+        self.next_port.set(if k >= 900 { 1 } else { k + 1 });
+        k
     }
 }
 
