@@ -11,22 +11,22 @@
 //! from the seed: `connection_pool_size` need not match between the two ends. The client
 //! proposes its pool size, the server grants at most its own `connection_pool_size` (and
 //! at most `limits.max_tunnels`). The full reference, with every key and default, is
-//! `config/mtcpd.example.toml`.
+//! `config/mtcpd.example.toml`. Sizes and durations are parsed by `mtcpd_common::units`, the
+//! same parser mtcp-perf's command line uses.
 
 mod error;
 mod raw;
 mod resolved;
-mod units;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigOrigin, TextPosition};
+pub use mtcpd_common::units::{ByteSize, HumanDuration};
 pub use resolved::{
     ClientConfig, ClientForward, DaemonConfig, Endpoint, IoDriver, Limits, PreSharedKey, Role,
     RuntimeOptions, ServerConfig, ServerForward, TargetAddr, defaults,
 };
-pub use units::{ByteSize, HumanDuration};
 pub use validate::{CommandLineOverrides, MAX_PSK_BYTES, MIN_PSK_BYTES, parse_target};
 
 /// What to load: an optional file plus what the command line says.

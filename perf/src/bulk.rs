@@ -6,9 +6,9 @@ use crate::net;
 use crate::pattern;
 use crate::proto::{self, Header, Hello, Mode, UpResult};
 use crate::server::NOTSENT_LOWAT;
-use crate::sockopt::{self, TcpInfo};
-use crate::units::{fmt_bytes, fmt_rate};
 use anyhow::{Context, Result, bail};
+use mtcpd_common::sockopt::{self, TcpInfo};
+use mtcpd_common::units::{format_bytes, format_rate};
 use serde::Serialize;
 use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -22,19 +22,19 @@ pub struct BulkOpts {
     pub streams: usize,
     pub reverse: bool,
     pub bidir: bool,
-    #[serde(serialize_with = "crate::units::ser_secs")]
+    #[serde(serialize_with = "mtcpd_common::units::serialize_seconds")]
     pub duration: Duration,
     pub bytes: Option<u64>,
-    #[serde(serialize_with = "crate::units::ser_opt_secs")]
+    #[serde(serialize_with = "mtcpd_common::units::serialize_optional_seconds")]
     pub interval: Option<Duration>,
     pub congestion: Option<String>,
     pub verify: bool,
     pub seed: u64,
     pub len: usize,
-    #[serde(serialize_with = "crate::units::ser_secs")]
+    #[serde(serialize_with = "mtcpd_common::units::serialize_seconds")]
     pub connect_timeout: Duration,
     /// How long to wait after the sending phase for the tail to drain and results to arrive.
-    #[serde(serialize_with = "crate::units::ser_secs")]
+    #[serde(serialize_with = "mtcpd_common::units::serialize_seconds")]
     pub drain_timeout: Duration,
 }
 
@@ -145,7 +145,7 @@ pub fn run(addr: &str, o: &BulkOpts, json: bool) -> Result<BulkReport> {
         println!(
             "Connecting to {addr}: {n} stream(s), {}",
             match o.bytes {
-                Some(b) => format!("{} each", fmt_bytes(b)),
+                Some(b) => format!("{} each", format_bytes(b)),
                 None => format!("{:?}", o.duration),
             }
         );
@@ -245,8 +245,8 @@ fn print_interval(iv: &Interval, plan: &[Dir]) {
                 "[{i:3}] {:6.2}-{:6.2} sec  {:>12}  {:>16}  {:?}",
                 iv.start,
                 iv.end,
-                fmt_bytes(*b),
-                fmt_rate(*b as f64 * 8.0 / (iv.end - iv.start).max(1e-9)),
+                format_bytes(*b),
+                format_rate(*b as f64 * 8.0 / (iv.end - iv.start).max(1e-9)),
                 plan[i]
             );
         }
@@ -255,8 +255,8 @@ fn print_interval(iv: &Interval, plan: &[Dir]) {
         "[SUM] {:6.2}-{:6.2} sec  {:>12}  {:>16}",
         iv.start,
         iv.end,
-        fmt_bytes(iv.bytes),
-        fmt_rate(iv.bits_per_second)
+        format_bytes(iv.bytes),
+        format_rate(iv.bits_per_second)
     );
 }
 
@@ -268,8 +268,8 @@ fn print_summary(r: &BulkReport) {
             s.id,
             s.direction,
             s.seconds,
-            fmt_bytes(s.bytes),
-            fmt_rate(s.bits_per_second),
+            format_bytes(s.bytes),
+            format_rate(s.bits_per_second),
             s.cc_client.as_deref().unwrap_or("?"),
             s.cc_server.as_deref().unwrap_or("?"),
             s.tcp_info
@@ -296,16 +296,16 @@ fn print_summary(r: &BulkReport) {
             println!(
                 "[{name}]  {:6.2} sec  {:>12}  {:>16}",
                 s.seconds,
-                fmt_bytes(s.bytes),
-                fmt_rate(s.bits_per_second)
+                format_bytes(s.bytes),
+                format_rate(s.bits_per_second)
             );
         }
     }
     println!(
         "[SUM]  {:6.2} sec  {:>12}  {:>16}  ({:.3} Gbit/s)",
         r.sum.seconds,
-        fmt_bytes(r.sum.bytes),
-        fmt_rate(r.sum.bits_per_second),
+        format_bytes(r.sum.bytes),
+        format_rate(r.sum.bits_per_second),
         r.sum.gbit_per_second
     );
 }
@@ -415,7 +415,7 @@ fn upload(
     let send_secs = start.elapsed().as_secs_f64();
     let acked = sockopt::tcp_bytes_acked(&s).map(|a| a.saturating_sub(acked0));
     let info = sockopt::tcp_info(&s);
-    let cc = sockopt::get_congestion(&s);
+    let cc = sockopt::congestion_of(&s);
     s.shutdown(Shutdown::Write).context("half-close")?;
     // Collect the server's report; bounded by the drain timeout.
     s.set_read_timeout(Some(o.drain_timeout.max(Duration::from_millis(100))))?;
@@ -513,7 +513,7 @@ fn download(
         _ => start.elapsed().as_secs_f64(),
     };
     let info = sockopt::tcp_info(&s);
-    let cc = sockopt::get_congestion(&s);
+    let cc = sockopt::congestion_of(&s);
     let bps = got as f64 * 8.0 / seconds.max(1e-9);
     Ok(StreamResult {
         id: 0,

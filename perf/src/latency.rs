@@ -19,11 +19,11 @@ pub struct LatOpts {
     pub size: u32,
     pub resp_size: u32,
     pub concurrency: usize,
-    #[serde(serialize_with = "crate::units::ser_secs")]
+    #[serde(serialize_with = "mtcpd_common::units::serialize_seconds")]
     pub duration: Duration,
     pub count: Option<u64>,
     pub rate: Option<f64>,
-    #[serde(serialize_with = "crate::units::ser_secs")]
+    #[serde(serialize_with = "mtcpd_common::units::serialize_seconds")]
     pub connect_timeout: Duration,
     pub congestion: Option<String>,
 }

@@ -17,22 +17,24 @@ mod proto;
 mod report;
 mod rng;
 mod server;
-mod sockopt;
 mod stats;
-mod units;
 mod wan;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use mtcpd_common::units::{parse_bytes, parse_duration_or_seconds};
 use serde::Serialize;
 use std::time::Duration;
-use units::{parse_bytes, parse_duration};
 
 #[derive(Parser)]
 #[command(
     name = "mtcp-perf",
     version,
-    about = "iperf-style load tool and WAN emulator for mtcpd"
+    about = "iperf-style load tool and WAN emulator for mtcpd",
+    after_help = "Units (the same as in mtcpd's config file): sizes 64k = 64KiB = 65536 bytes \
+                  (k/M/G/T and KiB/MiB/GiB/TiB are powers of 1024), 64kB = 64000 bytes \
+                  (kB/MB/GB/TB are powers of 1000); durations 250ms, 1.5s, 2m (a bare number is \
+                  seconds); rates are decimal, 20mbit (bits) or 10mbps (bytes) per second."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,7 +52,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         max_conns: usize,
         /// Exit after this long (default: run until killed).
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration_or_seconds)]
         max_time: Option<Duration>,
         /// Log per-connection errors.
         #[arg(long, short)]
@@ -75,7 +77,7 @@ struct ClientArgs {
     #[arg(long, global = true)]
     json: bool,
     /// Connect timeout.
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration_or_seconds)]
     connect_timeout: Duration,
     /// Congestion control for the sockets (client and, via the header, server): bbr, cubic…
     #[arg(long, global = true)]
@@ -98,13 +100,14 @@ enum Mode {
         #[arg(long)]
         bidir: bool,
         /// Duration.
-        #[arg(short = 't', long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(short = 't', long, default_value = "10s", value_parser = parse_duration_or_seconds)]
         time: Duration,
-        /// Bytes per stream instead of a duration (e.g. 1G).
+        /// Bytes per stream instead of a duration (e.g. 1G). Sizes: k/M/G and KiB/MiB/GiB are
+        /// powers of 1024, kB/MB/GB powers of 1000.
         #[arg(short = 'n', long, value_parser = parse_bytes)]
         bytes: Option<u64>,
         /// Interval between progress lines; 0 disables them.
-        #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration)]
+        #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration_or_seconds)]
         interval: Duration,
         /// Carry a deterministic pseudo-random pattern and verify it byte for byte.
         #[arg(long)]
@@ -112,11 +115,11 @@ enum Mode {
         /// Seed of the verification pattern.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Write size.
+        /// Write size (128k = 128 KiB; kB/MB/GB are powers of 1000).
         #[arg(short = 'l', long, default_value = "128k", value_parser = parse_bytes)]
         len: u64,
         /// How long to wait for the tail to drain and the server's report after sending.
-        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        #[arg(long, default_value = "15s", value_parser = parse_duration_or_seconds)]
         drain_timeout: Duration,
     },
     /// Request/response latency and rate (closed loop, or open loop with --rate).
@@ -127,7 +130,7 @@ enum Mode {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
         /// Duration.
-        #[arg(short = 't', long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(short = 't', long, default_value = "10s", value_parser = parse_duration_or_seconds)]
         time: Duration,
         /// Total messages instead of a duration.
         #[arg(short = 'n', long)]
@@ -144,10 +147,10 @@ enum Mode {
         #[arg(short = 'n', long, default_value_t = 100)]
         samples: u64,
         /// Pause between samples.
-        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        #[arg(long, default_value = "0s", value_parser = parse_duration_or_seconds)]
         pause: Duration,
         /// Upper bound on the whole run.
-        #[arg(short = 't', long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(short = 't', long, default_value = "60s", value_parser = parse_duration_or_seconds)]
         time: Duration,
     },
     /// Connections opened and closed per second.
@@ -158,7 +161,7 @@ enum Mode {
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
         /// Duration.
-        #[arg(short = 't', long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(short = 't', long, default_value = "5s", value_parser = parse_duration_or_seconds)]
         time: Duration,
     },
     /// Hold N idle connections, then check each still answers.
@@ -169,7 +172,7 @@ enum Mode {
         #[arg(short = 'N', long, default_value_t = 100)]
         conns: usize,
         /// How long to hold them idle.
-        #[arg(short = 't', long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(short = 't', long, default_value = "5s", value_parser = parse_duration_or_seconds)]
         time: Duration,
     },
 }

@@ -1,8 +1,8 @@
 //! Client-side connection helpers shared by every mode: address resolution and a connect with a
 //! timeout, optional congestion control and TCP_NODELAY.
 
-use crate::sockopt;
 use anyhow::{Context, Result};
+use mtcpd_common::sockopt;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 

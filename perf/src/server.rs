@@ -5,8 +5,8 @@
 
 use crate::pattern;
 use crate::proto::{self, Header, Hello, Mode, UpResult};
-use crate::sockopt;
 use anyhow::{Context, Result};
+use mtcpd_common::sockopt;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -99,7 +99,7 @@ fn handle(mut s: TcpStream) -> Result<()> {
     match h.mode {
         Mode::BulkUp => {
             let hello = Hello {
-                cc: sockopt::get_congestion(&s),
+                cc: sockopt::congestion_of(&s),
                 error: cc_err.clone(),
             };
             proto::write_frame(&mut s, &hello)?;
@@ -113,7 +113,7 @@ fn handle(mut s: TcpStream) -> Result<()> {
         }
         Mode::BulkDown => {
             let hello = Hello {
-                cc: sockopt::get_congestion(&s),
+                cc: sockopt::congestion_of(&s),
                 error: cc_err.clone(),
             };
             proto::write_frame(&mut s, &hello)?;

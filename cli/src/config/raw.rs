@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::resolved::{IoDriver, Role};
-use super::units::{ByteSize, HumanDuration};
+use mtcpd_common::units::{ByteSize, HumanDuration};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::error::ConfigOrigin;
-use super::units::{ByteSize, HumanDuration};
+use mtcpd_common::units::{ByteSize, HumanDuration};
 
 /// The documented defaults. `config/mtcpd.example.toml` shows the same values.
 pub mod defaults {

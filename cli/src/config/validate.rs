@@ -19,7 +19,7 @@ use super::resolved::{
     ClientConfig, ClientForward, DaemonConfig, Endpoint, IoDriver, Limits, PreSharedKey, Role,
     RuntimeOptions, ServerConfig, ServerForward, TargetAddr, defaults,
 };
-use super::units::{ByteSize, HumanDuration};
+use mtcpd_common::units::{ByteSize, HumanDuration};
 
 /// Values given on the command line (or its env vars); they win over the file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

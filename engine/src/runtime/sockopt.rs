@@ -1,15 +1,21 @@
 //! Socket options of tunnels and application connections, and the process's open-file limit.
 //!
 //! Owns: how sockets are made and tuned (TCP_NODELAY, TCP_NOTSENT_LOWAT, TCP_CONGESTION, buffer
-//! sizes, SO_REUSEPORT, RST on abort) and raising RLIMIT_NOFILE. Must not touch: any protocol
-//! state or event loop.
+//! sizes, SO_REUSEPORT, RST on abort), what to do when the kernel refuses an option (warn, keep
+//! the system default), and raising RLIMIT_NOFILE. The option calls themselves are
+//! `mtcpd_common::sockopt`, shared with mtcp-perf. Must not touch: any protocol state or event
+//! loop.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
+use mtcpd_common::sockopt as common_sockopt;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// The congestion control a socket really uses (TCP_CONGESTION read back).
+pub use mtcpd_common::sockopt::congestion_of;
 
 /// How tunnel sockets are tuned.
 #[derive(Debug, Clone, Default)]
@@ -24,61 +30,15 @@ pub struct TunnelSocketOptions {
     pub notsent_lowat: u32,
 }
 
-fn setsockopt_bytes(fd: i32, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
-    // SAFETY: `value` is a valid buffer of the given length for the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// The congestion control a socket really uses (TCP_CONGESTION read back).
-pub fn congestion_of(sock: &impl AsFd) -> Option<String> {
-    let mut buf = [0u8; 32];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: `buf` and `len` are valid for writing and describe the same buffer.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    let bytes = &buf[..(len as usize).min(buf.len())];
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
-}
-
 /// Applies the tunnel options; returns the congestion control in force. A congestion control the
 /// kernel refuses is logged and the system default kept.
 pub fn tune_tunnel(sock: &impl AsFd, opts: &TunnelSocketOptions) -> String {
-    let fd = sock.as_fd().as_raw_fd();
     let sref = SockRef::from(sock);
     if let Err(e) = sref.set_nodelay(true) {
         tracing::warn!("TCP_NODELAY on tunnel: {e}");
     }
     if opts.notsent_lowat > 0
-        && let Err(e) = setsockopt_bytes(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            &opts.notsent_lowat.to_ne_bytes(),
-        )
+        && let Err(e) = common_sockopt::set_notsent_lowat(sock, opts.notsent_lowat)
     {
         tracing::warn!("TCP_NOTSENT_LOWAT on tunnel: {e}");
     }
@@ -93,12 +53,9 @@ pub fn tune_tunnel(sock: &impl AsFd, opts: &TunnelSocketOptions) -> String {
         tracing::warn!("SO_RCVBUF {size} on tunnel: {e}");
     }
     if let Some(cc) = &opts.congestion
-        && let Err(e) = setsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, cc.as_bytes())
+        && let Err(e) = common_sockopt::set_congestion(sock, cc)
     {
-        tracing::warn!(
-            "congestion control {cc:?} refused by the kernel ({e}); keeping the system default \
-             (see /proc/sys/net/ipv4/tcp_available_congestion_control)"
-        );
+        tracing::warn!("congestion control {cc:?} not set ({e}); keeping the system default");
     }
     congestion_of(sock).unwrap_or_else(|| "unknown".into())
 }

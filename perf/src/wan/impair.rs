@@ -13,8 +13,10 @@
 //!    backwards (jitter never reorders).
 
 use crate::rng::Rng;
-use crate::units::{QueueLimit, parse_bytes, parse_duration, parse_prob, parse_queue, parse_rate};
 use anyhow::{Context, Result, bail};
+use mtcpd_common::units::{
+    QueueLimit, parse_bytes, parse_duration_or_seconds, parse_probability, parse_queue, parse_rate,
+};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
@@ -76,9 +78,9 @@ impl Impair {
     pub fn set(&mut self, key: &str, val: &str) -> Result<()> {
         let ctx = || format!("impairment {key}={val}");
         match key {
-            "delay" => self.delay = parse_duration(val).with_context(ctx)?,
-            "jitter" => self.jitter = parse_duration(val).with_context(ctx)?,
-            "loss" => self.loss = parse_prob(val).with_context(ctx)?,
+            "delay" => self.delay = parse_duration_or_seconds(val).with_context(ctx)?,
+            "jitter" => self.jitter = parse_duration_or_seconds(val).with_context(ctx)?,
+            "loss" => self.loss = parse_probability(val).with_context(ctx)?,
             "ge" => self.ge = Some(parse_ge(val).with_context(ctx)?),
             "rate" => self.rate = Some(parse_rate(val).with_context(ctx)?),
             "queue" => self.queue = parse_queue(val).with_context(ctx)?,
@@ -91,7 +93,7 @@ impl Impair {
                 }
             }
             "flow-burst" => self.flow_burst = Some(parse_bytes(val).with_context(ctx)?),
-            "flow-queue" => self.flow_queue = parse_duration(val).with_context(ctx)?,
+            "flow-queue" => self.flow_queue = parse_duration_or_seconds(val).with_context(ctx)?,
             _ => bail!(
                 "unknown impairment {key:?} (delay, jitter, loss, ge, rate, queue, flow-cap, flow-mode, flow-burst, flow-queue)"
             ),
@@ -125,14 +127,14 @@ impl Impair {
         if let Some(r) = self.rate {
             s += &format!(
                 " rate={} queue={:?}",
-                crate::units::fmt_rate(r as f64),
+                mtcpd_common::units::format_rate(r as f64),
                 self.queue
             );
         }
         if let Some(c) = self.flow_cap {
             s += &format!(
                 " flow-cap={} ({:?})",
-                crate::units::fmt_rate(c as f64),
+                mtcpd_common::units::format_rate(c as f64),
                 self.flow_mode
             );
         }
@@ -147,16 +149,16 @@ fn parse_ge(s: &str) -> Result<Ge> {
         bail!("{s:?}: expected p:r[:h[:k]]");
     }
     Ok(Ge {
-        p: parse_prob(parts[0])?,
-        r: parse_prob(parts[1])?,
+        p: parse_probability(parts[0])?,
+        r: parse_probability(parts[1])?,
         h: parts
             .get(2)
-            .map(|v| parse_prob(v))
+            .map(|v| parse_probability(v))
             .transpose()?
             .unwrap_or(1.0),
         k: parts
             .get(3)
-            .map(|v| parse_prob(v))
+            .map(|v| parse_probability(v))
             .transpose()?
             .unwrap_or(0.0),
     })

@@ -37,7 +37,7 @@ enum WanCmd {
         #[command(flatten)]
         lab: LabArgs,
         /// Tear down by itself after this long.
-        #[arg(long, value_parser = crate::units::parse_duration)]
+        #[arg(long, value_parser = mtcpd_common::units::parse_duration_or_seconds)]
         max_time: Option<Duration>,
         /// Test hook: panic once the lab is up (tear-down must still happen).
         #[arg(long, hide = true)]
@@ -90,7 +90,8 @@ struct LabArgs {
     /// Bottleneck rate, e.g. 100mbit.
     #[arg(long)]
     rate: Option<String>,
-    /// Bottleneck drop-tail queue: time at the rate (100ms) or bytes (256k). Default 100ms.
+    /// Bottleneck drop-tail queue: time at the rate (100ms) or bytes (256k = 256 KiB; kB is
+    /// 1000 bytes). Default 100ms.
     #[arg(long)]
     queue: Option<String>,
     /// Per-flow (5-tuple) rate cap, e.g. 20mbit.
