@@ -18,7 +18,7 @@ use crate::wire::PROTOCOL_VERSION;
 pub struct ClientHello {
     /// Protocol version the client speaks.
     pub version: u8,
-    /// Flags ([`HELLO_FLAG_RESUME`]).
+    /// Flags ([`HELLO_FLAG_RESUME`](super::HELLO_FLAG_RESUME)).
     pub flags: u16,
     /// The session this tunnel joins.
     pub session_id: SessionId,

@@ -30,7 +30,8 @@
 //!   or [`Session::tunnel_dial_failed`]. On [`Event::TunnelDown`], close that socket. When a socket
 //!   fails, report [`Session::tunnel_lost`].
 //! - A client asks for its first dials at once, or, with [`Config::zero_rtt`] off, when the
-//!   first [`Session::open_stream`] is tried (it returns [`StreamError::NotReady`] until a tunnel
+//!   first [`Session::open_stream`] is tried (it returns
+//!   [`StreamError::NotReady`](crate::error::StreamError::NotReady) until a tunnel
 //!   is up: retry after [`Event::TunnelUp`]).
 
 mod close;
@@ -51,8 +52,6 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 use crate::config::Config;
-#[cfg(doc)]
-use crate::error::StreamError;
 use crate::error::{SessionError, TunnelError};
 use crate::handshake::{AcceptedTunnel, SessionId, TransportParams};
 use crate::path::PathEstimate;
@@ -228,7 +227,7 @@ impl Session {
         let pool = config.pool_size.max(1) as usize;
         let mut session = Self::new(Role::Client, config, id, rng, now, pool);
         if session.config.zero_rtt {
-            session.start_pool(Some(now));
+            session.dial_pool(now);
         } else {
             session.pool_deferred = true;
         }

@@ -7,7 +7,7 @@
 //! frames of a dead tunnel are handed to `retransmit`; timers fire transitions from `timers`).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
@@ -118,7 +118,7 @@ impl Tunnel {
     }
 
     /// The connection carries frames from `now`.
-    fn activate(&mut self, now: Instant, rtt: std::time::Duration, keepalive: std::time::Duration) {
+    fn activate(&mut self, now: Instant, rtt: Duration, keepalive: Duration) {
         self.state = TunnelState::Active;
         self.last_recv = now;
         self.next_ping = now + keepalive;
@@ -127,23 +127,24 @@ impl Tunnel {
 }
 
 impl Session {
-    /// Client: asks for the pool's first dials. With zero-RTT they are asked for at once;
-    /// without, they are due at the next [`Session::handle_timeout`], which stamps them with
-    /// the driver's clock (a stream command has no `now`).
-    pub(super) fn start_pool(&mut self, now: Option<Instant>) {
+    /// Client: asks the driver to dial every slot now (a zero-RTT session, at its start).
+    pub(super) fn dial_pool(&mut self, now: Instant) {
         self.pool_deferred = false;
-        for t in 0..self.tunnels.len() {
-            match now {
-                Some(now) => {
-                    self.tunnels[t].state = TunnelState::Dialing { since: now };
-                    self.events.push_back(Event::Dial { tunnel: t as u16 });
-                }
-                None => {
-                    self.tunnels[t].state = TunnelState::Down {
-                        redial_at: Some(self.epoch),
-                    }
-                }
-            }
+        for (t, tun) in self.tunnels.iter_mut().enumerate() {
+            tun.state = TunnelState::Dialing { since: now };
+            self.events.push_back(Event::Dial { tunnel: t as u16 });
+        }
+    }
+
+    /// Client without zero-RTT: the first stream wants the pool. Every slot's dial becomes due
+    /// at once, so the next [`Session::handle_timeout`] asks for it, stamped with the driver's
+    /// clock (a stream command carries no `now`).
+    pub(super) fn dial_pool_soon(&mut self) {
+        self.pool_deferred = false;
+        for tun in &mut self.tunnels {
+            tun.state = TunnelState::Down {
+                redial_at: Some(self.epoch),
+            };
         }
     }
 
@@ -346,7 +347,7 @@ impl Session {
         let tun = &mut self.tunnels[t];
         if tun.ping_outstanding {
             tun.ping_outstanding = false;
-            let sent = self.epoch + std::time::Duration::from_micros(token);
+            let sent = self.epoch + Duration::from_micros(token);
             if sent <= now {
                 tun.path.on_rtt_sample(now - sent, now);
             }

@@ -26,7 +26,7 @@ impl Session {
         let Some(peer) = self.peer_params else {
             if self.pool_deferred {
                 // Zero-RTT is off: the first stream is what dials the pool.
-                self.start_pool(None);
+                self.dial_pool_soon();
             }
             return Err(StreamError::NotReady);
         };
@@ -47,7 +47,7 @@ impl Session {
     }
 
     /// Queues bytes on a stream; returns how many were taken (fewer when the send buffer is
-    /// full: [`Event::StreamWritable`] says when to try again). Zero-copy: the `Bytes` is kept.
+    /// full: [`Event::StreamWritable`](crate::session::Event::StreamWritable) says when to try again). Zero-copy: the `Bytes` is kept.
     pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
         let limit = self.config.stream_send_buffer;
         let s = self.stream_mut(id)?;
@@ -104,7 +104,7 @@ impl Session {
         Ok(())
     }
 
-    /// Aborts both directions of the stream; the peer sees [`Event::StreamReset`] with `code`.
+    /// Aborts both directions of the stream; the peer sees [`Event::StreamReset`](crate::session::Event::StreamReset) with `code`.
     pub fn reset(&mut self, id: StreamId, code: u32) -> Result<(), StreamError> {
         if self.closed.is_some() {
             return Err(StreamError::SessionClosed);
