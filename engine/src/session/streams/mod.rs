@@ -168,12 +168,8 @@ impl Session {
     /// Checks a frame's stream id and creates peer streams it implies. `Ok(false)` means the
     /// stream is finished and forgotten: the frame is a late duplicate and is ignored.
     pub(in crate::session) fn admit_stream(&mut self, id: StreamId) -> Result<bool, SessionError> {
-        let local_parity = match self.role {
-            Role::Client => 0,
-            Role::Server => 1,
-        };
         let index = id >> 1;
-        if id & 1 == local_parity {
+        if id & 1 == self.local_parity() {
             if index >= self.next_local_index {
                 return Err(SessionError::UnknownStream(id));
             }
@@ -225,6 +221,7 @@ impl Session {
         true
     }
 
+    /// The low bit of the stream ids this end opens: even for the client, odd for the server.
     pub(in crate::session) fn local_parity(&self) -> u64 {
         match self.role {
             Role::Client => 0,
