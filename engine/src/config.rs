@@ -20,6 +20,10 @@ pub struct Config {
     pub psk: Vec<u8>,
     /// Client: tunnels to open. Server: the most tunnels it lets one session have.
     pub pool_size: u16,
+    /// Client: dial the tunnel pool as soon as the session starts, so a stream's first bytes
+    /// leave with no handshake across the WAN (0-RTT). When false, the pool is dialed when the
+    /// first stream opens.
+    pub zero_rtt: bool,
     /// Largest DATA payload this end sends.
     pub max_frame_payload: u32,
     /// Largest frame body this end accepts.
@@ -58,6 +62,7 @@ impl Default for Config {
         Self {
             psk: Vec::new(),
             pool_size: 8,
+            zero_rtt: true,
             max_frame_payload: 16 * 1024,
             max_frame_body: 256 * 1024,
             // Sized for the WAN: one tunnel in loss recovery holds the stream's head back for

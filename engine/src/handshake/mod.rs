@@ -1,0 +1,173 @@
+//! Tunnel handshake: the three messages that open every tunnel connection, the pre-shared-key
+//! proofs, and both ends' per-connection handshake state machines.
+//!
+//! Owns: the handshake byte layouts (docs/PROTOCOL.md §2, in `messages`), HMAC-SHA256
+//! challenge–response (`proof`), the server's [`ServerHandshake`], which runs on a fresh server
+//! connection before it is known which session it belongs to, and the client's
+//! [`ClientHandshake`], which the session's tunnel drives. Must not touch: sessions or streams —
+//! the server's handshake hands an [`AcceptedTunnel`] to whoever owns the sessions, the client's
+//! hands a [`ServerAccepted`] back to the session's tunnel; neither knows what happens next.
+//!
+//! The key never crosses the wire: each side proves knowledge of it by an HMAC over both nonces,
+//! the session id, the tunnel index and the server's status, with a label per direction so one
+//! proof cannot be replayed as the other.
+//!
+//! This module holds what both halves share: constants, [`TransportParams`], [`HelloStatus`] and
+//! [`HandshakeError`].
+
+mod client;
+mod messages;
+mod proof;
+mod server;
+
+pub use client::{ClientHandshake, ClientOffer, ClientProgress, ServerAccepted};
+pub use messages::{
+    ClientHello, ServerHello, client_hello_session_id, decode_client_auth, encode_client_auth,
+};
+pub use proof::{ProofLabel, proof, verify_proof};
+pub use server::{AcceptedTunnel, Admission, ServerHandshake, ServerProgress};
+
+use bytes::{Buf, BufMut, BytesMut};
+use thiserror::Error;
+
+use crate::wire::PROTOCOL_VERSION;
+
+/// First four bytes of every handshake message.
+pub const MAGIC: [u8; 4] = *b"MTCP";
+/// Length of a session id (random, chosen by the client).
+pub const SESSION_ID_LEN: usize = 16;
+/// Length of a handshake nonce.
+pub const NONCE_LEN: usize = 16;
+/// Length of a proof (HMAC-SHA256).
+pub const PROOF_LEN: usize = 32;
+
+/// ClientHello size on the wire.
+pub const CLIENT_HELLO_LEN: usize = 48 + PARAMS_LEN;
+/// ServerHello size on the wire.
+pub const SERVER_HELLO_LEN: usize = 64 + PARAMS_LEN;
+/// ClientAuth size on the wire.
+pub const CLIENT_AUTH_LEN: usize = 40;
+
+const MSG_CLIENT_HELLO: u8 = 1;
+const MSG_SERVER_HELLO: u8 = 2;
+const MSG_CLIENT_AUTH: u8 = 3;
+
+/// ClientHello flag: the client already has this session established at the server.
+pub const HELLO_FLAG_RESUME: u16 = 0x0001;
+
+/// A 128-bit session id.
+pub type SessionId = [u8; SESSION_ID_LEN];
+
+/// Limits each side announces in its hello: the peer's initial credits for this side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportParams {
+    /// Largest frame body this side accepts.
+    pub max_frame_body: u32,
+    /// Initial credit of every new stream (bytes the peer may send on it before an update).
+    pub stream_window: u64,
+    /// Initial session credit (stream bytes in total).
+    pub session_window: u64,
+    /// How many streams the peer may open before a MAX_STREAMS update (cumulative count).
+    pub max_streams: u64,
+}
+
+impl TransportParams {
+    /// Checks a peer's announced limits: every one must let traffic flow.
+    pub fn validate(&self) -> Result<(), HandshakeError> {
+        if self.max_frame_body < 1024 || self.max_frame_body > crate::wire::ABSOLUTE_MAX_FRAME_BODY
+        {
+            return Err(HandshakeError::Malformed("max_frame_body out of range"));
+        }
+        if self.stream_window < 1024 {
+            return Err(HandshakeError::Malformed("stream_window below 1024"));
+        }
+        if self.session_window < self.stream_window {
+            return Err(HandshakeError::Malformed(
+                "session_window below stream_window",
+            ));
+        }
+        if self.max_streams == 0 {
+            return Err(HandshakeError::Malformed("max_streams is 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Encoded size of [`TransportParams`].
+pub const PARAMS_LEN: usize = 28;
+
+impl TransportParams {
+    fn encode(&self, out: &mut BytesMut) {
+        out.put_u32(self.max_frame_body);
+        out.put_u64(self.stream_window);
+        out.put_u64(self.session_window);
+        out.put_u64(self.max_streams);
+    }
+
+    fn decode(m: &mut BytesMut) -> Self {
+        Self {
+            max_frame_body: m.get_u32(),
+            stream_window: m.get_u64(),
+            session_window: m.get_u64(),
+            max_streams: m.get_u64(),
+        }
+    }
+}
+
+/// The server's answer status in ServerHello (docs/PROTOCOL.md §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum HelloStatus {
+    /// Proceed.
+    Ok = 0,
+    /// The client's protocol version is not spoken here.
+    UnsupportedVersion = 1,
+    /// The tunnel index is not below the negotiated pool size.
+    TunnelIndexOutOfRange = 2,
+    /// The server holds its maximum number of sessions.
+    TooManySessions = 3,
+    /// The client asked to resume a session the server does not know (the server restarted).
+    UnknownSession = 4,
+    /// The server is shutting down.
+    ShuttingDown = 5,
+}
+
+impl HelloStatus {
+    fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            0 => Self::Ok,
+            1 => Self::UnsupportedVersion,
+            2 => Self::TunnelIndexOutOfRange,
+            3 => Self::TooManySessions,
+            4 => Self::UnknownSession,
+            5 => Self::ShuttingDown,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a tunnel handshake failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// The first bytes were not an mtcpd handshake (garbage, or another protocol).
+    #[error("not an mtcpd handshake (bad magic)")]
+    BadMagic,
+    /// The peer speaks a protocol version this build does not.
+    #[error("unsupported protocol version {peer} (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion {
+        /// The peer's version.
+        peer: u8,
+    },
+    /// A message had the wrong type or impossible fields.
+    #[error("malformed handshake: {0}")]
+    Malformed(&'static str),
+    /// The peer's proof of the pre-shared key did not verify: the keys differ.
+    #[error("pre-shared key mismatch: the peer's proof did not verify")]
+    WrongKey,
+    /// The server refused the tunnel.
+    #[error("server refused the tunnel: {0:?}")]
+    Refused(HelloStatus),
+    /// The handshake did not finish in time.
+    #[error("handshake timed out")]
+    Timeout,
+}

@@ -1,0 +1,105 @@
+//! Flow control, both ways: the credit this end grants the peer (per stream, per session, and in
+//! streams) and returns as the application consumes, and the credit the peer grants this end.
+//!
+//! Owns: when a window update is due and the "already queued" flags that keep one update of
+//! each kind in the control queue; applying the peer's STREAM_WINDOW, SESSION_WINDOW and
+//! MAX_STREAMS. Must not touch: the checks of received data against credit (`streams::recv`,
+//! where the data is) or how much credit a transmit may use (`transmit`, where frames are cut).
+
+use super::retransmit::Reliable;
+use super::{Session, StreamId};
+use crate::error::SessionError;
+
+impl Session {
+    /// The application consumed `n` bytes of `id`: once half a window is used, the stream's
+    /// and the session's credit are extended by a window beyond what was read.
+    pub(super) fn on_consumed(&mut self, id: StreamId, n: u64) {
+        let window = self.config.stream_window;
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.recv_consumed += n;
+            if s.final_size.is_none() && s.recv_max_advertised - s.recv.read_offset() <= window / 2
+            {
+                s.recv_max_advertised = s.recv.read_offset() + window;
+                if !s.window_update_queued {
+                    s.window_update_queued = true;
+                    self.control
+                        .push_back(Reliable::StreamWindow { stream: id });
+                }
+            }
+        }
+        self.recv_consumed_total += n;
+        self.maybe_update_session_window();
+    }
+
+    /// Extends the session's credit once half of it has been consumed.
+    pub(super) fn maybe_update_session_window(&mut self) {
+        let window = self.config.session_window;
+        if self.recv_max_data - self.recv_consumed_total.min(self.recv_max_data) <= window / 2 {
+            self.recv_max_data = self.recv_consumed_total + window;
+            if !self.session_window_queued {
+                self.session_window_queued = true;
+                self.control.push_back(Reliable::SessionWindow);
+            }
+        }
+    }
+
+    /// A peer stream is finished: the peer may open more, granted in steps of an eighth of
+    /// `max_streams` (none while going away).
+    pub(super) fn on_peer_stream_closed(&mut self) {
+        self.peer_streams_closed += 1;
+        let target = self.peer_streams_closed + self.config.max_streams;
+        let step = (self.config.max_streams / 8).max(1);
+        if target >= self.peer_stream_limit + step && !self.going_away_local {
+            self.peer_stream_limit = target;
+            if !self.max_streams_queued {
+                self.max_streams_queued = true;
+                self.control.push_back(Reliable::MaxStreams);
+            }
+        }
+    }
+
+    /// A window update leaves the control queue (sent or obsolete): the next one may be queued.
+    pub(super) fn clear_queued_flag(&mut self, r: &Reliable) {
+        match r {
+            Reliable::StreamWindow { stream } => {
+                if let Some(s) = self.streams.get_mut(stream) {
+                    s.window_update_queued = false;
+                }
+            }
+            Reliable::SessionWindow => self.session_window_queued = false,
+            Reliable::MaxStreams => self.max_streams_queued = false,
+            _ => {}
+        }
+    }
+
+    /// The peer's STREAM_WINDOW: more credit for one of our streams, which may send again.
+    pub(super) fn on_stream_window(
+        &mut self,
+        stream: StreamId,
+        max_offset: u64,
+    ) -> Result<(), SessionError> {
+        if !self.admit_stream(stream)? {
+            return Ok(());
+        }
+        if let Some(s) = self.streams.get_mut(&stream)
+            && max_offset > s.send_max
+        {
+            s.send_max = max_offset;
+            if s.has_sendable() && !s.in_ready {
+                s.in_ready = true;
+                self.ready.push_back(stream);
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer's SESSION_WINDOW: credits only grow (updates may overtake each other).
+    pub(super) fn on_session_window(&mut self, max_data: u64) {
+        self.peer_max_data = self.peer_max_data.max(max_data);
+    }
+
+    /// The peer's MAX_STREAMS: the cumulative count of streams this end may open.
+    pub(super) fn on_max_streams(&mut self, count: u64) {
+        self.local_stream_limit = self.local_stream_limit.max(count);
+    }
+}

@@ -1,0 +1,397 @@
+//! The session state machine: one end of a set of tunnels sharing a session id, and the streams
+//! multiplexed over them. Sans-IO: the caller passes `now`, feeds bytes read from tunnel `i`,
+//! polls bytes to write to tunnel `i`, the next timeout and events, and issues stream commands.
+//!
+//! Owns (this file): [`Session`] and its fields, the public types ([`Event`], [`ReadOutcome`],
+//! [`Role`], [`SessionStats`]), the constructors and the read-only accessors. The behaviour is
+//! split by concept, one `impl Session` block per file:
+//!
+//! - `tunnels`: tunnel states, the client half of the handshake (driving
+//!   [`crate::handshake::ClientHandshake`]), connect / lost / down, the pool's first dial
+//!   (zero-RTT or at the first stream), re-dial backoff, keepalive answers.
+//! - `input`: [`Session::handle_input`] and frame dispatch; stream-id admission.
+//! - `streams`: stream state; `streams::send` the write / shutdown / reset API and opening,
+//!   `streams::recv` the read API and DATA / RESET on receive.
+//! - `flow_control`: credit in both directions and the window updates that return it.
+//! - `retransmit`: retention of reliable frames per tunnel, acknowledgement, resend.
+//! - `transmit`: [`Session::poll_transmit`], scheduling across tunnels, emitting frames.
+//! - `timers`: [`Session::poll_timeout`] and [`Session::handle_timeout`].
+//! - `close`: GO_AWAY, close, failure and the end of the session.
+//!
+//! Must not touch: sockets, clocks, threads, or the byte layout of frames (that is `wire` and
+//! `handshake`).
+//!
+//! # Driver contract
+//! - After any call that may have produced output (input, timeout, a stream command), call
+//!   [`Session::poll_transmit`] for every tunnel that can take bytes, and drain
+//!   [`Session::poll_event`].
+//! - Call [`Session::handle_timeout`] when [`Session::poll_timeout`] is reached.
+//! - On [`Event::Dial`] (client), connect that tunnel slot and report [`Session::tunnel_connected`]
+//!   or [`Session::tunnel_dial_failed`]. On [`Event::TunnelDown`], close that socket. When a socket
+//!   fails, report [`Session::tunnel_lost`].
+//! - A client asks for its first dials at once, or, with [`Config::zero_rtt`] off, when the
+//!   first [`Session::open_stream`] is tried (it returns
+//!   [`StreamError::NotReady`](crate::error::StreamError::NotReady) until a tunnel
+//!   is up: retry after [`Event::TunnelUp`]).
+
+mod close;
+mod flow_control;
+mod input;
+mod retransmit;
+mod streams;
+mod timers;
+mod transmit;
+mod tunnels;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
+use crate::config::Config;
+use crate::error::{SessionError, TunnelError};
+use crate::handshake::{AcceptedTunnel, SessionId, TransportParams};
+use crate::path::PathEstimate;
+use crate::scheduler::{PathView, Scheduler};
+use retransmit::Reliable;
+use streams::Stream;
+use tunnels::Tunnel;
+
+/// Identifies a stream within a session. Client-opened ids are even, server-opened ids odd.
+pub type StreamId = u64;
+
+/// Which end of the session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Dials the tunnels, chooses the session id.
+    Client,
+    /// Accepts the tunnels.
+    Server,
+}
+
+/// Something the driver or the application should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Client: connect tunnel slot `tunnel` now, then report the outcome.
+    Dial {
+        /// Slot index.
+        tunnel: u16,
+    },
+    /// A tunnel completed its handshake and carries frames.
+    TunnelUp {
+        /// Slot index.
+        tunnel: u16,
+        /// Round trip measured by the handshake.
+        rtt: Duration,
+    },
+    /// A tunnel is dead; its unacknowledged frames will be resent on the others. Close its socket.
+    TunnelDown {
+        /// Slot index.
+        tunnel: u16,
+        /// Why.
+        reason: TunnelError,
+    },
+    /// The peer opened a stream (accept it).
+    StreamOpened {
+        /// Stream id.
+        stream: StreamId,
+        /// The `host:port` the peer asked for, if any.
+        target: Option<String>,
+    },
+    /// The stream has bytes (or its end) to read.
+    StreamReadable {
+        /// Stream id.
+        stream: StreamId,
+    },
+    /// The stream's send buffer has room again after a short write.
+    StreamWritable {
+        /// Stream id.
+        stream: StreamId,
+    },
+    /// The peer reset the stream.
+    StreamReset {
+        /// Stream id.
+        stream: StreamId,
+        /// Application code.
+        code: u32,
+    },
+    /// The stream is finished in both directions and forgotten.
+    StreamClosed {
+        /// Stream id.
+        stream: StreamId,
+        /// Bytes this end sent.
+        sent: u64,
+        /// Bytes this end received.
+        received: u64,
+    },
+    /// The peer will accept no new streams.
+    GoAway {
+        /// Reason code.
+        code: u32,
+    },
+    /// The session ended; every stream with it.
+    SessionClosed {
+        /// Why.
+        reason: SessionError,
+    },
+}
+
+/// Outcome of [`Session::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// In-order bytes.
+    Data(Bytes),
+    /// Nothing to read now; [`Event::StreamReadable`] will say when.
+    WouldBlock,
+    /// The peer finished its direction: end of stream.
+    Fin,
+}
+
+/// Counters of a session, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Frames re-sent because their tunnel died.
+    pub frames_resent: u64,
+    /// Stream bytes held by this end right now (unsent, unacknowledged and unread).
+    pub buffered_bytes: u64,
+    /// Live streams.
+    pub streams: usize,
+    /// Tunnels carrying frames.
+    pub active_tunnels: usize,
+}
+
+/// One end of an mtcpd session.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    config: Arc<Config>,
+    id: SessionId,
+    rng: StdRng,
+    epoch: Instant,
+    closed: Option<SessionError>,
+    established: bool,
+    peer_params: Option<TransportParams>,
+    tunnels: Vec<Tunnel>,
+    streams: HashMap<StreamId, Stream>,
+    next_local_index: u64,
+    local_stream_limit: u64,
+    peer_streams_seen: u64,
+    /// Peer stream indices below `peer_streams_seen` that no frame has named yet: start → end.
+    peer_unseen: BTreeMap<u64, u64>,
+    peer_streams_closed: u64,
+    peer_stream_limit: u64,
+    max_streams_queued: bool,
+    ready: VecDeque<StreamId>,
+    retransmit: VecDeque<Reliable>,
+    control: VecDeque<Reliable>,
+    send_data_total: u64,
+    /// Stream bytes written by the application and not yet framed.
+    backlog: u64,
+    peer_max_data: u64,
+    recv_data_total: u64,
+    recv_consumed_total: u64,
+    recv_max_data: u64,
+    session_window_queued: bool,
+    going_away_local: bool,
+    going_away_peer: bool,
+    no_tunnel_since: Option<Instant>,
+    /// Client with zero-RTT off: the pool is not dialed until the first stream is tried.
+    pool_deferred: bool,
+    events: VecDeque<Event>,
+    scheduler: Box<dyn Scheduler>,
+    views: Vec<PathView>,
+    scratch: BytesMut,
+    frames_resent: u64,
+}
+
+impl Session {
+    /// A client session for deterministic tests and simulations: everything random (session id,
+    /// nonces, backoff jitter) comes from `seed`. Real clients use [`Session::client_seeded`]
+    /// with 32 bytes from the OS.
+    pub fn client(config: Arc<Config>, now: Instant, seed: u64) -> Self {
+        let mut bytes = [0; 32];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+        Self::client_seeded(config, now, bytes)
+    }
+
+    /// A client session: picks a random 128-bit session id from `seed` and asks the driver to
+    /// dial every slot: at once, or, with [`Config::zero_rtt`] off, once the first stream is
+    /// tried with [`Session::open_stream`].
+    pub fn client_seeded(config: Arc<Config>, now: Instant, seed: [u8; 32]) -> Self {
+        let mut rng = StdRng::from_seed(seed);
+        let mut id = [0; 16];
+        rng.fill_bytes(&mut id);
+        let pool = config.pool_size.max(1) as usize;
+        let mut session = Self::new(Role::Client, config, id, rng, now, pool);
+        if session.config.zero_rtt {
+            session.dial_pool(now);
+        } else {
+            session.pool_deferred = true;
+        }
+        session.no_tunnel_since = Some(now);
+        session
+    }
+
+    /// A server session, created for the first tunnel its client completed a handshake on.
+    pub fn server(config: Arc<Config>, now: Instant, first: &AcceptedTunnel, seed: u64) -> Self {
+        let rng = StdRng::seed_from_u64(seed);
+        let pool = first.pool_size.max(1) as usize;
+        let mut session = Self::new(Role::Server, config, first.session_id, rng, now, pool);
+        session.peer_params = Some(first.peer_params);
+        session.apply_peer_params(first.peer_params);
+        session.established = true;
+        session.attach_tunnel(now, first);
+        session
+    }
+
+    fn new(
+        role: Role,
+        config: Arc<Config>,
+        id: SessionId,
+        rng: StdRng,
+        now: Instant,
+        pool: usize,
+    ) -> Self {
+        let tunnels = (0..pool)
+            .map(|_| Tunnel::new(now, config.initial_rate))
+            .collect();
+        Self {
+            role,
+            id,
+            rng,
+            epoch: now,
+            closed: None,
+            established: false,
+            peer_params: None,
+            tunnels,
+            streams: HashMap::new(),
+            next_local_index: 0,
+            local_stream_limit: 0,
+            peer_streams_seen: 0,
+            peer_unseen: BTreeMap::new(),
+            peer_streams_closed: 0,
+            peer_stream_limit: config.max_streams,
+            max_streams_queued: false,
+            ready: VecDeque::new(),
+            retransmit: VecDeque::new(),
+            control: VecDeque::new(),
+            send_data_total: 0,
+            backlog: 0,
+            peer_max_data: 0,
+            recv_data_total: 0,
+            recv_consumed_total: 0,
+            recv_max_data: config.session_window,
+            session_window_queued: false,
+            going_away_local: false,
+            going_away_peer: false,
+            no_tunnel_since: None,
+            pool_deferred: false,
+            events: VecDeque::new(),
+            scheduler: config.scheduler.build(),
+            views: Vec::with_capacity(pool),
+            scratch: BytesMut::with_capacity(4096),
+            frames_resent: 0,
+            config,
+        }
+    }
+
+    fn apply_peer_params(&mut self, p: TransportParams) {
+        self.local_stream_limit = p.max_streams;
+        self.peer_max_data = p.session_window;
+    }
+
+    // ----- Introspection -------------------------------------------------------------------
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// Tunnel slots (the negotiated pool size once known).
+    pub fn tunnel_count(&self) -> usize {
+        self.tunnels.len()
+    }
+
+    /// Whether tunnel `t` carries frames.
+    pub fn tunnel_is_active(&self, t: usize) -> bool {
+        self.tunnels.get(t).is_some_and(Tunnel::is_active)
+    }
+
+    /// Path estimate of tunnel `t` (RTT and rate).
+    pub fn tunnel_path(&self, t: usize) -> Option<&PathEstimate> {
+        self.tunnels.get(t).map(|x| &x.path)
+    }
+
+    /// Bytes of frames delivered (acknowledged) over tunnel slot `t`, across its connections.
+    pub fn tunnel_delivered(&self, t: usize) -> u64 {
+        self.tunnels.get(t).map_or(0, |x| x.delivered)
+    }
+
+    /// Lets a driver that reads TCP_INFO override tunnel `t`'s estimates.
+    pub fn set_tunnel_path(&mut self, t: usize, rtt: Duration, rate: f64, now: Instant) {
+        if let Some(x) = self.tunnels.get_mut(t) {
+            x.path.set_external(rtt, rate, now);
+        }
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<&SessionError> {
+        self.closed.as_ref()
+    }
+
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// True once a tunnel has completed a handshake (the peer's limits are known).
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    /// Live stream ids.
+    pub fn stream_ids(&self) -> impl Iterator<Item = StreamId> + '_ {
+        self.streams.keys().copied()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        let mut buffered = 0u64;
+        for s in self.streams.values() {
+            buffered += s.send_queued as u64 + s.recv.buffered() as u64;
+        }
+        for t in &self.tunnels {
+            for r in &t.retained {
+                if let Reliable::Data { payload, .. } = &r.frame {
+                    buffered += payload.len() as u64;
+                }
+            }
+        }
+        SessionStats {
+            frames_resent: self.frames_resent,
+            buffered_bytes: buffered,
+            streams: self.streams.len(),
+            active_tunnels: self.tunnels.iter().filter(|t| t.is_active()).count(),
+        }
+    }
+
+    /// Bytes held for stream `id` (unsent plus unread), or `None` if unknown.
+    pub fn stream_buffered(&self, id: StreamId) -> Option<(usize, usize)> {
+        self.streams
+            .get(&id)
+            .map(|s| (s.send_queued, s.recv.buffered()))
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}

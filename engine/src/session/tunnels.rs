@@ -1,0 +1,356 @@
+//! The session's tunnels: their states, the client half of the handshake, connect / lost / down,
+//! the pool's first dial (zero-RTT, or at the first stream), and the re-dial backoff.
+//!
+//! Owns: [`Tunnel`] (one slot of the pool, across its successive connections) and
+//! [`TunnelState`], and every transition between states. Must not touch: the handshake's bytes
+//! (that is [`crate::handshake::ClientHandshake`], driven from here) or frames (the unacknowledged
+//! frames of a dead tunnel are handed to `retransmit`; timers fire transitions from `timers`).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+
+use super::retransmit::Retained;
+use super::{Event, Role, Session};
+use crate::error::{SessionError, TunnelError};
+use crate::handshake::{
+    AcceptedTunnel, ClientHandshake, ClientOffer, ClientProgress, HandshakeError, HelloStatus,
+    ServerAccepted,
+};
+use crate::path::PathEstimate;
+
+/// Where one tunnel slot is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TunnelState {
+    /// Not connected. Client: re-dial at `redial_at`.
+    Down { redial_at: Option<Instant> },
+    /// Client: the driver was asked to connect.
+    Dialing { since: Instant },
+    /// Client: ClientHello sent, ServerHello awaited.
+    Handshaking(ClientHandshake),
+    /// Carries frames.
+    Active,
+    /// Beyond the negotiated pool; never used again.
+    Retired,
+}
+
+/// One slot of the pool. The per-connection counters restart with each connection
+/// ([`Tunnel::reset_connection`]); the path estimate and delivery count live across them.
+#[derive(Debug)]
+pub(super) struct Tunnel {
+    pub(super) state: TunnelState,
+    /// Handshake bytes to write before any frame (ClientHello, then ClientAuth).
+    pub(super) handshake_out: BytesMut,
+    /// Reliable frames sent on this connection and not yet acknowledged, oldest first.
+    pub(super) retained: VecDeque<Retained>,
+    pub(super) unacked_bytes: u64,
+    pub(super) sent_reliable: u64,
+    pub(super) acked_reliable: u64,
+    pub(super) recv_reliable: u64,
+    pub(super) ack_sent: u64,
+    pub(super) delivered: u64,
+    pub(super) last_recv: Instant,
+    pub(super) next_ping: Instant,
+    pub(super) ping_due: bool,
+    pub(super) ping_outstanding: bool,
+    pub(super) pong_due: Option<u64>,
+    pub(super) close_pending: Option<(u32, Bytes)>,
+    pub(super) path: PathEstimate,
+    /// The last transmit filled the room the driver offered: the tunnel is running full, so
+    /// its delivery-rate samples measure the path.
+    pub(super) saturated: bool,
+    dial_failures: u32,
+}
+
+impl Tunnel {
+    pub(super) fn new(now: Instant, initial_rate: f64) -> Self {
+        Self {
+            state: TunnelState::Down { redial_at: None },
+            handshake_out: BytesMut::new(),
+            retained: VecDeque::new(),
+            unacked_bytes: 0,
+            sent_reliable: 0,
+            acked_reliable: 0,
+            recv_reliable: 0,
+            ack_sent: 0,
+            delivered: 0,
+            last_recv: now,
+            next_ping: now,
+            ping_due: false,
+            ping_outstanding: false,
+            pong_due: None,
+            close_pending: None,
+            path: PathEstimate::new(initial_rate),
+            saturated: false,
+            dial_failures: 0,
+        }
+    }
+
+    pub(super) fn is_active(&self) -> bool {
+        self.state == TunnelState::Active
+    }
+
+    /// Client: when the current connection attempt started, while it has not completed.
+    pub(super) fn handshake_started(&self) -> Option<Instant> {
+        match &self.state {
+            TunnelState::Dialing { since } => Some(*since),
+            TunnelState::Handshaking(hs) => Some(hs.started()),
+            _ => None,
+        }
+    }
+
+    /// Forgets the connection: counters restart with the next one.
+    fn reset_connection(&mut self, now: Instant) {
+        self.handshake_out.clear();
+        self.unacked_bytes = 0;
+        self.sent_reliable = 0;
+        self.acked_reliable = 0;
+        self.recv_reliable = 0;
+        self.ack_sent = 0;
+        self.last_recv = now;
+        self.ping_due = false;
+        self.ping_outstanding = false;
+        self.pong_due = None;
+        self.close_pending = None;
+        self.saturated = false;
+    }
+
+    /// The connection carries frames from `now`.
+    fn activate(&mut self, now: Instant, rtt: Duration, keepalive: Duration) {
+        self.state = TunnelState::Active;
+        self.last_recv = now;
+        self.next_ping = now + keepalive;
+        self.path.on_rtt_sample(rtt, now);
+    }
+}
+
+impl Session {
+    /// Client: asks the driver to dial every slot now (a zero-RTT session, at its start).
+    pub(super) fn dial_pool(&mut self, now: Instant) {
+        self.pool_deferred = false;
+        for (t, tun) in self.tunnels.iter_mut().enumerate() {
+            tun.state = TunnelState::Dialing { since: now };
+            self.events.push_back(Event::Dial { tunnel: t as u16 });
+        }
+    }
+
+    /// Client without zero-RTT: the first stream wants the pool. Every slot's dial becomes due
+    /// at once, so the next [`Session::handle_timeout`] asks for it, stamped with the driver's
+    /// clock (a stream command carries no `now`).
+    pub(super) fn dial_pool_soon(&mut self) {
+        self.pool_deferred = false;
+        for tun in &mut self.tunnels {
+            tun.state = TunnelState::Down {
+                redial_at: Some(self.epoch),
+            };
+        }
+    }
+
+    /// Client: the driver connected slot `t`; the handshake starts.
+    pub fn tunnel_connected(&mut self, now: Instant, t: usize) {
+        if self.role != Role::Client || self.closed.is_some() {
+            return;
+        }
+        let offer = ClientOffer {
+            session_id: self.id,
+            tunnel_index: t as u16,
+            resume: self.established,
+            pool_size: self.config.pool_size,
+            params: self.config.transport_params(),
+        };
+        let Some(tun) = self.tunnels.get_mut(t) else {
+            return;
+        };
+        if !matches!(tun.state, TunnelState::Dialing { .. }) {
+            return;
+        }
+        tun.reset_connection(now);
+        let hs = ClientHandshake::start(offer, now, &mut self.rng, &mut tun.handshake_out);
+        tun.state = TunnelState::Handshaking(hs);
+    }
+
+    /// Client: dialing slot `t` failed; it is retried after a backoff.
+    pub fn tunnel_dial_failed(&mut self, now: Instant, t: usize, why: &str) {
+        if let Some(tun) = self.tunnels.get(t)
+            && matches!(tun.state, TunnelState::Dialing { .. })
+        {
+            self.tunnel_down(now, t, TunnelError::ConnectionLost(why.to_string()));
+        }
+    }
+
+    /// Server: attach a tunnel whose handshake [`crate::handshake::ServerHandshake`] accepted.
+    /// A live tunnel in the same slot is replaced (the client re-dialed it).
+    pub fn attach_tunnel(&mut self, now: Instant, accepted: &AcceptedTunnel) {
+        if self.role != Role::Server || self.closed.is_some() {
+            return;
+        }
+        let t = accepted.tunnel_index as usize;
+        if t >= self.tunnels.len() {
+            let rate = self.config.initial_rate;
+            self.tunnels.resize_with(t + 1, || Tunnel::new(now, rate));
+        }
+        if self.tunnels[t].is_active() {
+            self.tunnel_down(now, t, TunnelError::Replaced);
+        }
+        let keepalive = self.config.keepalive_interval;
+        let tun = &mut self.tunnels[t];
+        tun.reset_connection(now);
+        tun.activate(now, accepted.rtt, keepalive);
+        self.no_tunnel_since = None;
+        self.events.push_back(Event::TunnelUp {
+            tunnel: t as u16,
+            rtt: accepted.rtt,
+        });
+    }
+
+    /// The driver saw tunnel `t`'s connection fail or close.
+    pub fn tunnel_lost(&mut self, now: Instant, t: usize, why: &str) {
+        if self.tunnels.get(t).is_some_and(|x| {
+            matches!(
+                x.state,
+                TunnelState::Active | TunnelState::Handshaking(_) | TunnelState::Dialing { .. }
+            )
+        }) {
+            self.tunnel_down(now, t, TunnelError::ConnectionLost(why.to_string()));
+        }
+    }
+
+    /// Declares tunnel `t` dead: its unacknowledged frames go to the resend queue.
+    pub(super) fn tunnel_down(&mut self, now: Instant, t: usize, reason: TunnelError) {
+        let client = self.role == Role::Client && self.closed.is_none();
+        let retire = matches!(reason, TunnelError::Retired);
+        let (min, max) = (
+            self.config.redial_backoff_min,
+            self.config.redial_backoff_max,
+        );
+        self.requeue_unacknowledged(t);
+        let tun = &mut self.tunnels[t];
+        let was_active = tun.is_active();
+        tun.reset_connection(now);
+        if was_active {
+            tun.dial_failures = 0;
+        } else {
+            tun.dial_failures = tun.dial_failures.saturating_add(1);
+        }
+        tun.state = if retire {
+            TunnelState::Retired
+        } else if client {
+            // Exponential backoff with jitter: a uniform draw in [d/2, d].
+            let exp = tun.dial_failures.min(16);
+            let d = min.saturating_mul(1u32 << exp).min(max);
+            let jitter = self.rng.random_range(0.5..=1.0);
+            TunnelState::Down {
+                redial_at: Some(now + d.mul_f64(jitter)),
+            }
+        } else {
+            TunnelState::Down { redial_at: None }
+        };
+        self.events.push_back(Event::TunnelDown {
+            tunnel: t as u16,
+            reason,
+        });
+        if !self.tunnels.iter().any(Tunnel::is_active) && self.no_tunnel_since.is_none() {
+            self.no_tunnel_since = Some(now);
+        }
+    }
+
+    /// Client: feeds the server's handshake bytes on tunnel `t` to its [`ClientHandshake`].
+    /// Bytes after the ServerHello stay in `buf` (they are frames). An `Err` means the session
+    /// is now closed.
+    pub(super) fn client_handshake_input(
+        &mut self,
+        now: Instant,
+        t: usize,
+        buf: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        let tun = &mut self.tunnels[t];
+        let TunnelState::Handshaking(hs) = &mut tun.state else {
+            return Ok(());
+        };
+        match hs.handle_input(&self.config.psk, now, buf, &mut tun.handshake_out) {
+            Ok(ClientProgress::Pending) => Ok(()),
+            Ok(ClientProgress::Accepted(granted)) => {
+                self.on_tunnel_accepted(now, t, granted);
+                Ok(())
+            }
+            Err(e) => {
+                buf.clear();
+                self.on_handshake_failure(now, t, e)
+            }
+        }
+    }
+
+    /// Client: the server accepted tunnel `t` (ClientAuth is queued): it carries frames now.
+    fn on_tunnel_accepted(&mut self, now: Instant, t: usize, granted: ServerAccepted) {
+        if self.peer_params.is_none() {
+            self.peer_params = Some(granted.params);
+            self.apply_peer_params(granted.params);
+        }
+        self.established = true;
+        let keepalive = self.config.keepalive_interval;
+        self.tunnels[t].activate(now, granted.rtt, keepalive);
+        self.no_tunnel_since = None;
+        self.events.push_back(Event::TunnelUp {
+            tunnel: t as u16,
+            rtt: granted.rtt,
+        });
+        // The server caps the pool: retire the slots beyond it.
+        let pool = granted.pool_size as usize;
+        for extra in pool..self.tunnels.len() {
+            if self.tunnels[extra].state != TunnelState::Retired {
+                self.tunnel_down(now, extra, TunnelError::Retired);
+            }
+        }
+    }
+
+    /// A client tunnel's handshake failed. Refusals that cannot heal by retrying (wrong key,
+    /// unsupported version, a server that speaks something else) end a session that never got
+    /// established, with that error, instead of re-dialing forever; once established, the session
+    /// rides on its other tunnels and the slot is re-dialed. A server that forgot the session
+    /// (restart) means its streams are gone: the session ends.
+    fn on_handshake_failure(
+        &mut self,
+        now: Instant,
+        t: usize,
+        e: HandshakeError,
+    ) -> Result<(), SessionError> {
+        let permanent = matches!(
+            e,
+            HandshakeError::WrongKey
+                | HandshakeError::UnsupportedVersion { .. }
+                | HandshakeError::BadMagic
+                | HandshakeError::Malformed(_)
+        );
+        match e {
+            HandshakeError::Refused(HelloStatus::UnknownSession) => {
+                Err(self.fail(now, SessionError::SessionLost))
+            }
+            HandshakeError::Refused(HelloStatus::TunnelIndexOutOfRange) => {
+                self.tunnel_down(now, t, TunnelError::Retired);
+                Ok(())
+            }
+            e if permanent && !self.established => {
+                self.tunnel_down(now, t, TunnelError::Handshake(e.clone()));
+                Err(self.fail(now, SessionError::Handshake(e)))
+            }
+            e => {
+                self.tunnel_down(now, t, TunnelError::Handshake(e));
+                Ok(())
+            }
+        }
+    }
+
+    /// A PONG arrived on tunnel `t`: only an answer to our outstanding PING is an RTT sample.
+    pub(super) fn on_pong(&mut self, now: Instant, t: usize, token: u64) {
+        let tun = &mut self.tunnels[t];
+        if tun.ping_outstanding {
+            tun.ping_outstanding = false;
+            let sent = self.epoch + Duration::from_micros(token);
+            if sent <= now {
+                tun.path.on_rtt_sample(now - sent, now);
+            }
+        }
+    }
+}
