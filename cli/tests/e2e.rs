@@ -5,7 +5,7 @@
 //! (the kit's `ChildGuard`) and temporary files removed even when a test fails.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,29 +14,11 @@ use std::time::{Duration, Instant};
 
 use mtcpd_testkit::backends::{self, SinkReport};
 use mtcpd_testkit::pattern::{self, Checksum};
+use mtcpd_testkit::ports::{PortLease, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
 use mtcpd_testkit::{Driver, driver_tests};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A port free right now, chosen below the kernel's ephemeral range (32768 and up here), so the
-/// outgoing connections of tests running in parallel cannot take it between this check and the
-/// daemon's bind.
-fn free_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let salt = u64::from(std::process::id()).wrapping_mul(7919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as u64);
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = 20_000 + ((salt.wrapping_add(n.wrapping_mul(104_729))) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 20000..32000");
-}
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
@@ -112,6 +94,8 @@ struct Pair {
     client: Daemon,
     app_addr: SocketAddr,
     tunnel_port: u16,
+    /// The two ports stay leased to this test while its daemons run.
+    _ports: [PortLease; 2],
 }
 
 const KEY: &str = "e2e-test-key-0123456789abcdef";
@@ -149,8 +133,8 @@ fn wait_listening(addr: SocketAddr, what: &str, daemon: &Daemon) {
 impl Pair {
     fn start(backend: SocketAddr, io: Driver, pool: u16) -> Pair {
         let dir = TempDir::new();
-        let tunnel_port = free_port();
-        let app_port = free_port();
+        let ports = [reserve_port(), reserve_port()];
+        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         let server = Daemon::start(
             &dir,
             "server",
@@ -178,6 +162,7 @@ impl Pair {
             client,
             app_addr,
             tunnel_port,
+            _ports: ports,
         }
     }
 
@@ -393,8 +378,8 @@ driver_tests! {
     fn client_started_before_the_server_retries_then_works(io) {
         let backend = backends::serve(http_backend);
         let dir = TempDir::new();
-        let tunnel_port = free_port();
-        let app_port = free_port();
+        let ports = [reserve_port(), reserve_port()];
+        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         let client = Daemon::start(
             &dir,
             "client",
@@ -469,7 +454,9 @@ driver_tests! {
         let status = pair.client.terminate().expect("client exits within 10 s");
         assert!(
             started.elapsed() >= Duration::from_millis(1500),
-            "the open stream was drained"
+            "{io}: the open stream was drained (exited after {:?})\n{}",
+            started.elapsed(),
+            pair.logs()
         );
         assert!(
             pair.client.log().contains("drain timeout"),
@@ -492,7 +479,8 @@ driver_tests! {
     fn sessions_spread_over_server_workers_and_tunnels_reach_their_home_worker(io) {
         let backend = backends::sink_backend();
         let dir = TempDir::new();
-        let tunnel_port = free_port();
+        let tunnel = reserve_port();
+        let tunnel_port = tunnel.port();
         // Three workers on (likely) two cores: pinning wraps around, hand-offs cross threads.
         let server = Daemon::start_with(
             &dir,
@@ -510,8 +498,10 @@ driver_tests! {
         // Four client processes (four sessions of 8 tunnels each), the last with two workers
         // of its own (two sessions, each with its own pool).
         let mut clients = Vec::new();
+        let mut app_ports = Vec::new();
         for c in 0..4 {
-            let app_port = free_port();
+            app_ports.push(reserve_port());
+            let app_port = app_ports[c].port();
             let cores = if c == 3 { "2" } else { "1" };
             let client = Daemon::start_with(
                 &dir,

@@ -11,6 +11,7 @@
 //!   byte) and its SHA-256 checksum helpers.
 //! - [`process`]: [`process::ChildGuard`], a child process stopped (SIGTERM, then SIGKILL) when
 //!   its test ends, however it ends, and told to stop if the test process dies first.
+//! - [`ports`]: loopback ports for daemons, leased to one test at a time across processes.
 //!
 //! Must not touch: the engine. The kit does not depend on `mtcpd-engine`, so an engine test
 //! that uses it links exactly one engine; tests turn a [`Driver`] into their own type (e.g.
@@ -18,6 +19,7 @@
 
 pub mod backends;
 pub mod pattern;
+pub mod ports;
 pub mod process;
 
 use std::sync::mpsc;
