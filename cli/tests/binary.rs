@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mtcpd_testkit::process::ChildGuard;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -53,19 +55,12 @@ fn hold_default_listen_addresses() -> Vec<TcpListener> {
 }
 
 /// Runs a daemon command that should stop on its own (it cannot listen), killing it after a while
-/// so a mistake fails the test instead of hanging it.
+/// so a mistake fails the test instead of hanging it (and with the test, if that fails first).
 fn run_daemon(command: &mut Command) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the mtcpd binary runs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait for mtcpd").is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait_with_output().expect("collect mtcpd output")
+    ChildGuard::spawn(command.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .expect("the mtcpd binary runs")
+        .output_within(Duration::from_secs(20))
+        .expect("collect mtcpd output")
 }
 
 fn daemon(arguments: &[&str]) -> Output {

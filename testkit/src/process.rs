@@ -9,7 +9,7 @@
 //! Must not touch: processes this test did not start.
 
 use std::io;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,29 @@ impl ChildGuard {
     pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
         self.signal(libc::SIGTERM);
         self.wait_timeout(limit)
+    }
+
+    /// Waits up to `limit` for the child to exit on its own, kills it if it has not, and
+    /// returns its status and what it wrote to its piped stdout and stderr.
+    pub fn output_within(mut self, limit: Duration) -> io::Result<Output> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| io::Error::other("the child was already waited for"))?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e);
+                }
+            }
+        }
+        let _ = child.kill();
+        child.wait_with_output()
     }
 }
 
@@ -188,6 +211,30 @@ mod tests {
         let mut guard = ChildGuard::spawn(&mut sleeper()).unwrap();
         let status = guard.terminate(Duration::from_secs(10)).unwrap();
         assert!(!status.success());
+    }
+
+    #[test]
+    fn output_within_collects_output_and_stops_a_child_that_runs_on() {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo out; echo err >&2; exit 4"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let output = ChildGuard::spawn(&mut command)
+            .unwrap()
+            .output_within(Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(output.status.code(), Some(4));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
+
+        let started = Instant::now();
+        let output = ChildGuard::spawn(&mut sleeper())
+            .unwrap()
+            .output_within(Duration::from_millis(200))
+            .unwrap();
+        assert!(!output.status.success());
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
