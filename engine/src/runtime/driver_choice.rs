@@ -43,6 +43,9 @@ pub(super) fn choose_driver(choice: IoChoice) -> Result<DriverKind, RuntimeError
     let env = std::env::var_os(IO_ENV);
     let requested = requested(choice, env.as_deref())?;
     let from_env = choice == IoChoice::Auto && requested != IoChoice::Auto;
+    if from_env {
+        tracing::info!(?requested, "{IO_ENV} picked the I/O driver");
+    }
     match requested {
         IoChoice::Mio => Ok(DriverKind::Mio),
         IoChoice::Auto => match uring_probe() {
