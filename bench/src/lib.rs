@@ -461,18 +461,9 @@ pub fn bench_config(pool_size: u16) -> Config {
 mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random bytes (xorshift64*), so misplaced frames cannot go unseen.
+    /// The test kit's deterministic pattern, so misplaced frames cannot go unseen.
     fn pattern(len: usize, seed: u64) -> Bytes {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect::<Vec<u8>>()
-            .into()
+        mtcpd_testkit::pattern::bytes(seed, len).into()
     }
 
     #[test]

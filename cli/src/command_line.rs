@@ -44,7 +44,10 @@ Configuration:
 Environment:
   RUST_LOG      log filter (default: info), e.g. RUST_LOG=debug or RUST_LOG=mtcpd=debug
                 (the seed's RUST_LOG=mtcp=debug works too: targets match by prefix)
-  MTCPD_IO      I/O driver, same as --io
+  MTCPD_IO      I/O driver (mio, uring or auto) when neither --io nor the config's io picks
+                one: --io wins over the config's io, which wins over MTCPD_IO; unset or auto
+                takes io_uring if the kernel allows it, else mio. Read by the engine; any
+                other value stops the daemon with an error
   MTCPD_CONFIG  config file, same as -c
 
 Exit status: 0 on success, 1 on a configuration or runtime error, 2 on a usage error.
@@ -110,9 +113,9 @@ pub struct SharedOptions {
     #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub cores: Option<u16>,
 
-    /// I/O driver: auto probes the kernel for io_uring and falls back to mio
-    /// [default: auto; overrides `io`].
-    #[arg(long, value_enum, env = "MTCPD_IO", global = true)]
+    /// I/O driver: auto probes the kernel for io_uring (once) and falls back to mio
+    /// [default: auto, where MTCPD_IO may pick one; overrides `io`].
+    #[arg(long, value_enum, global = true)]
     pub io: Option<IoDriver>,
 }
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mtcpd_testkit::process::ChildGuard;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -53,19 +55,12 @@ fn hold_default_listen_addresses() -> Vec<TcpListener> {
 }
 
 /// Runs a daemon command that should stop on its own (it cannot listen), killing it after a while
-/// so a mistake fails the test instead of hanging it.
+/// so a mistake fails the test instead of hanging it (and with the test, if that fails first).
 fn run_daemon(command: &mut Command) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the mtcpd binary runs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait for mtcpd").is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait_with_output().expect("collect mtcpd output")
+    ChildGuard::spawn(command.stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .expect("the mtcpd binary runs")
+        .output_within(Duration::from_secs(20))
+        .expect("collect mtcpd output")
 }
 
 fn daemon(arguments: &[&str]) -> Output {
@@ -198,16 +193,61 @@ fn defaults_are_announced_when_no_file_is_given() {
     assert!(stderr.contains("127.0.0.1:9000"), "{stderr}");
 }
 
+/// The `driver` the engine logged as selected ("I/O driver selected driver=..."), if any.
+fn selected_driver(stderr: &str) -> Option<String> {
+    let line = stderr.lines().find(|l| l.contains("I/O driver selected"))?;
+    let value = line.split("driver=").nth(1)?.split_whitespace().next()?;
+    Some(value.trim_matches('"').to_string())
+}
+
+/// A server daemon (which stops at once: its listen address is held) with `MTCPD_IO=value`
+/// and `arguments`; its stderr.
+fn server_with_io_env(value: &str, arguments: &[&str]) -> Output {
+    run_daemon(
+        Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+            .args(["--role", "server"])
+            .args(arguments)
+            .env("MTCPD_IO", value)
+            .env("RUST_LOG", "info")
+            .env_remove("MTCPD_CONFIG"),
+    )
+}
+
+/// The engine reads MTCPD_IO when the driver is left at auto; an explicit --io wins over it.
 #[test]
-fn io_driver_comes_from_the_environment() {
-    let output = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-        .args(["check", "--role", "client", "-c"])
-        .arg(config_file("config.client.toml"))
-        .env("MTCPD_IO", "uring")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("io = \"uring\""));
+fn io_driver_comes_from_the_environment_unless_io_is_given() {
+    let _held = hold_default_listen_addresses();
+    for (value, arguments, expected) in [
+        ("mio", &[][..], "mio"),
+        ("mio", &["--io", "auto"][..], "mio"),
+        ("uring", &["--io", "mio"][..], "mio"),
+    ] {
+        let stderr = text(&server_with_io_env(value, arguments).stderr);
+        assert_eq!(
+            selected_driver(&stderr).as_deref(),
+            Some(expected),
+            "MTCPD_IO={value} {arguments:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_mtcpd_io_value_stops_the_daemon_with_a_clear_error() {
+    let _held = hold_default_listen_addresses();
+    let output = server_with_io_env("epoll", &[]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("MTCPD_IO=\"epoll\"") && stderr.contains("use mio, uring or auto"),
+        "{stderr}"
+    );
+    assert_eq!(selected_driver(&stderr), None, "{stderr}");
+    // An explicit --io never reads it.
+    let output = server_with_io_env("epoll", &["--io", "mio"]);
+    assert_eq!(
+        selected_driver(&text(&output.stderr)).as_deref(),
+        Some("mio")
+    );
 }
 
 #[test]

@@ -1,41 +1,24 @@
 //! End-to-end tests through the real `mtcpd` binary on loopback: an application → mtcpd client
 //! → tunnels → mtcpd server → a backend this test runs. Every check compares bytes (SHA-256).
-//! Each test runs under every I/O driver this build has (see `DRIVERS`); processes are killed
-//! and temporary files removed even when a test fails.
+//! Each test exists once per I/O driver, by name (`…_mio`, `…_uring`: the test kit's
+//! `driver_tests!`), so one driver's failure never hides the other's. Processes are stopped
+//! (the kit's `ChildGuard`) and temporary files removed even when a test fails.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
-/// Drivers exercised.
-const DRIVERS: &[&str] = &["mio", "uring"];
+use mtcpd_testkit::backends::{self, SinkReport};
+use mtcpd_testkit::pattern::{self, Checksum};
+use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::{Driver, driver_tests};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A port free right now, chosen below the kernel's ephemeral range (32768 and up here), so the
-/// outgoing connections of tests running in parallel cannot take it between this check and the
-/// daemon's bind.
-fn free_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let salt = u64::from(std::process::id()).wrapping_mul(7919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as u64);
-    for _ in 0..1000 {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = 20_000 + ((salt.wrapping_add(n.wrapping_mul(104_729))) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 20000..32000");
-}
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
@@ -57,15 +40,15 @@ impl Drop for TempDir {
     }
 }
 
-/// A running mtcpd process, stopped (SIGTERM, then SIGKILL) on drop.
+/// A running mtcpd process, stopped (SIGTERM, then SIGKILL) when dropped, even by a panic.
 struct Daemon {
-    child: Child,
+    process: ChildGuard,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: &str) -> Daemon {
-        Self::start_with(dir, name, role, config, &["--io", io], "info")
+    fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
+        Self::start_with(dir, name, role, config, &["--io", io.name()], "info")
     }
 
     /// Like [`Daemon::start`], with extra command-line arguments and log level.
@@ -80,17 +63,18 @@ impl Daemon {
         let path = dir.0.join(format!("{name}.toml"));
         std::fs::write(&path, config).expect("write config");
         let log = dir.0.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-            .args([role, "-c"])
-            .arg(&path)
-            .args(args)
-            .env("RUST_LOG", format!("mtcpd={level},mtcpd_engine={level}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn mtcpd");
-        Daemon { child, log }
+        let process = ChildGuard::spawn(
+            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+                .args([role, "-c"])
+                .arg(&path)
+                .args(args)
+                .env("RUST_LOG", format!("mtcpd={level},mtcpd_engine={level}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file")),
+        )
+        .expect("spawn mtcpd");
+        Daemon { process, log }
     }
 
     fn log(&self) -> String {
@@ -99,28 +83,7 @@ impl Daemon {
 
     /// SIGTERM, and the exit status within 10 s.
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.terminate();
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.process.terminate(Duration::from_secs(10))
     }
 }
 
@@ -131,6 +94,8 @@ struct Pair {
     client: Daemon,
     app_addr: SocketAddr,
     tunnel_port: u16,
+    /// The two ports stay leased to this test while its daemons run.
+    _ports: [PortLease; 2],
 }
 
 const KEY: &str = "e2e-test-key-0123456789abcdef";
@@ -166,10 +131,10 @@ fn wait_listening(addr: SocketAddr, what: &str, daemon: &Daemon) {
 }
 
 impl Pair {
-    fn start(backend: SocketAddr, io: &str, pool: u16) -> Pair {
+    fn start(backend: SocketAddr, io: Driver, pool: u16) -> Pair {
         let dir = TempDir::new();
-        let tunnel_port = free_port();
-        let app_port = free_port();
+        let ports = [reserve_port(), reserve_port()];
+        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         let server = Daemon::start(
             &dir,
             "server",
@@ -197,6 +162,7 @@ impl Pair {
             client,
             app_addr,
             tunnel_port,
+            _ports: ports,
         }
     }
 
@@ -216,24 +182,9 @@ impl Pair {
     }
 }
 
-// Backends ------------------------------------------------------------------------------------
+// Backends (echo and sink come from the test kit) ---------------------------------------------
 
-/// Serves each connection on its own thread with `handle`, for as long as the test runs.
-fn backend(handle: fn(TcpStream)) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = l.local_addr().expect("addr");
-    thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-            let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-            let _ = thread::Builder::new()
-                .stack_size(128 * 1024)
-                .spawn(move || handle(conn));
-        }
-    });
-    addr
-}
-
+/// Answers one HTTP request with a body naming the path asked for.
 fn http_backend(conn: TcpStream) {
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
@@ -256,80 +207,36 @@ fn http_backend(conn: TcpStream) {
     );
 }
 
-fn echo_backend(mut conn: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = conn.shutdown(Shutdown::Write);
+/// Sends `total` pattern bytes of stream `seed` to a sink backend through `s`, half-closes,
+/// and returns (SHA-256 sent, what the sink reports).
+fn send_to_sink(s: TcpStream, total: u64, seed: u64) -> ([u8; 32], SinkReport) {
+    backends::send_to_sink(s, seed, total).expect("send through the tunnel, then read the digest")
 }
 
-/// Reads to EOF, then answers with the SHA-256 and length of what it read.
-fn digest_backend(mut conn: TcpStream) {
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                total += n as u64;
-            }
-            Err(_) => return,
-        }
-    }
-    let _ = conn.write_all(&hasher.finalize());
-    let _ = conn.write_all(&total.to_be_bytes());
-}
-
-/// Fills `buf` with pseudo-random bytes (xorshift), fast enough for GiB transfers.
-fn fill_random(state: &mut u64, buf: &mut [u8]) {
-    for chunk in buf.chunks_mut(8) {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        let bytes = state.to_le_bytes();
-        chunk.copy_from_slice(&bytes[..chunk.len()]);
-    }
-}
-
-/// Sends `total` random bytes, half-closes, and returns (sha256 sent, sha256 and length the
-/// digest backend reported).
-fn send_and_digest(mut s: TcpStream, total: u64, seed: u64) -> ([u8; 32], [u8; 32], u64) {
-    let mut state = seed | 1;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut sent = 0u64;
-    while sent < total {
-        let n = ((total - sent) as usize).min(buf.len());
-        fill_random(&mut state, &mut buf[..n]);
-        hasher.update(&buf[..n]);
-        s.write_all(&buf[..n]).expect("write through the tunnel");
-        sent += n as u64;
-    }
-    s.shutdown(Shutdown::Write).expect("half-close");
-    let mut answer = [0u8; 40];
-    s.read_exact(&mut answer).expect("digest from the backend");
-    let mut theirs = [0u8; 32];
-    theirs.copy_from_slice(&answer[..32]);
-    let len = u64::from_be_bytes(answer[32..].try_into().expect("8 bytes"));
-    (hasher.finalize().into(), theirs, len)
+fn tunnel_local_ports(tunnel_port: u16) -> Vec<u16> {
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            "dport",
+            "=",
+            &format!(":{tunnel_port}"),
+        ])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter_map(|local| local.rsplit(':').next()?.parse().ok())
+        .collect()
 }
 
 // Tests --------------------------------------------------------------------------------------
 
-#[test]
-fn http_request_through_client_and_server_returns_the_right_body() {
-    let backend = backend(http_backend);
-    for io in DRIVERS {
+driver_tests! {
+    fn http_request_through_client_and_server_returns_the_right_body(io) {
+        let backend = backends::serve(http_backend);
         let pair = Pair::start(backend, io, 4);
         let mut s = pair.connect();
         s.write_all(b"GET /some/path HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -352,81 +259,44 @@ fn http_request_through_client_and_server_returns_the_right_body() {
             "congestion control logged per tunnel: {log}"
         );
     }
-}
 
-#[test]
-fn one_gib_one_way_through_eight_tunnels_is_byte_exact() {
-    let backend = backend(digest_backend);
-    for io in DRIVERS {
+    fn one_gib_one_way_through_eight_tunnels_is_byte_exact(io) {
+        let backend = backends::sink_backend();
         let pair = Pair::start(backend, io, 8);
         let started = Instant::now();
-        let (ours, theirs, len) = send_and_digest(pair.connect(), 1 << 30, 42);
+        let (ours, theirs) = send_to_sink(pair.connect(), 1 << 30, 42);
         let secs = started.elapsed().as_secs_f64();
         eprintln!("{io}: 1 GiB in {secs:.2}s ({:.2} Gbit/s)", 8.0 / secs);
-        assert_eq!(len, 1 << 30, "{io}\n{}", pair.logs());
-        assert_eq!(ours, theirs, "{io}: sha256 differs");
+        assert_eq!(theirs.len, 1 << 30, "{io}\n{}", pair.logs());
+        assert_eq!(ours, theirs.sha256, "{io}: sha256 differs");
     }
-}
 
-#[test]
-fn two_hundred_fifty_six_mib_both_ways_at_once_is_byte_exact() {
-    let backend = backend(echo_backend);
-    for io in DRIVERS {
+    fn two_hundred_fifty_six_mib_both_ways_at_once_is_byte_exact(io) {
+        let backend = backends::echo_backend();
         let pair = Pair::start(backend, io, 8);
         let s = pair.connect();
         let mut reader = s.try_clone().expect("clone");
         const TOTAL: u64 = 256 << 20;
         let receiver = thread::spawn(move || {
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut got = 0u64;
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        hasher.update(&buf[..n]);
-                        got += n as u64;
-                    }
-                    Err(e) => panic!("read: {e}"),
-                }
-            }
-            (got, <[u8; 32]>::from(hasher.finalize()))
+            pattern::read_to_end_checksum(&mut reader).unwrap_or_else(|e| panic!("read: {e}"))
         });
         let mut writer = s;
-        let mut state = 7u64;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut sent = 0u64;
-        while sent < TOTAL {
-            fill_random(&mut state, &mut buf);
-            hasher.update(&buf);
-            writer.write_all(&buf).expect("write");
-            sent += buf.len() as u64;
-        }
+        let sent = pattern::write_pattern(&mut writer, 7, TOTAL).expect("write");
         writer.shutdown(Shutdown::Write).expect("half-close");
-        let (got, theirs) = receiver.join().expect("receiver");
-        assert_eq!(got, TOTAL, "{io}\n{}", pair.logs());
-        assert_eq!(
-            <[u8; 32]>::from(hasher.finalize()),
-            theirs,
-            "{io}: sha256 differs"
-        );
+        let echoed: Checksum = receiver.join().expect("receiver");
+        assert_eq!(echoed.len(), TOTAL, "{io}\n{}", pair.logs());
+        assert_eq!(sent, echoed.digest(), "{io}: sha256 differs");
     }
-}
 
-#[test]
-fn two_thousand_concurrent_streams_echo_random_data() {
-    let backend = backend(echo_backend);
-    for io in DRIVERS {
+    fn two_thousand_concurrent_streams_echo_random_data(io) {
+        let backend = backends::echo_backend();
         let pair = Pair::start(backend, io, 4);
         const STREAMS: usize = 2000;
         const SIZE: usize = 8 * 1024;
         let mut conns: Vec<TcpStream> = (0..STREAMS).map(|_| pair.connect()).collect();
         let mut sent = Vec::with_capacity(STREAMS);
         for (i, c) in conns.iter_mut().enumerate() {
-            let mut data = vec![0u8; SIZE];
-            let mut state = i as u64 + 1;
-            fill_random(&mut state, &mut data);
+            let data = pattern::bytes(i as u64 + 1, SIZE);
             c.write_all(&data).expect("write");
             sent.push(data);
         }
@@ -437,52 +307,27 @@ fn two_thousand_concurrent_streams_echo_random_data() {
             assert_eq!(back, sent[i], "{io}: stream {i} echoed wrong bytes");
         }
     }
-}
 
-#[test]
-fn half_close_reaches_the_backend_and_its_answer_comes_back() {
-    let backend = backend(digest_backend);
-    for io in DRIVERS {
+    fn half_close_reaches_the_backend_and_its_answer_comes_back(io) {
+        let backend = backends::sink_backend();
         let pair = Pair::start(backend, io, 2);
         // The backend answers only after EOF: the half-close must cross the tunnel while the
         // other direction stays open for the answer.
-        let (ours, theirs, len) = send_and_digest(pair.connect(), 100_000, 3);
-        assert_eq!(len, 100_000);
-        assert_eq!(ours, theirs, "{io}\n{}", pair.logs());
+        let (ours, theirs) = send_to_sink(pair.connect(), 100_000, 3);
+        assert_eq!(theirs.len, 100_000);
+        assert_eq!(ours, theirs.sha256, "{io}\n{}", pair.logs());
     }
-}
 
-fn tunnel_local_ports(tunnel_port: u16) -> Vec<u16> {
-    let out = Command::new("ss")
-        .args([
-            "-Htn",
-            "state",
-            "established",
-            "dport",
-            "=",
-            &format!(":{tunnel_port}"),
-        ])
-        .output()
-        .expect("ss");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
-        .filter_map(|local| local.rsplit(':').next()?.parse().ok())
-        .collect()
-}
-
-#[test]
-fn killing_a_tunnel_mid_transfer_loses_nothing_and_it_is_redialed() {
-    if Command::new("ss").arg("-V").output().is_err() {
-        eprintln!("skipped: `ss` (iproute2) is not installed");
-        return;
-    }
-    let backend = backend(digest_backend);
-    for io in DRIVERS {
+    fn killing_a_tunnel_mid_transfer_loses_nothing_and_it_is_redialed(io) {
+        if Command::new("ss").arg("-V").output().is_err() {
+            eprintln!("skipped: `ss` (iproute2) is not installed");
+            return;
+        }
+        let backend = backends::sink_backend();
         let pair = Pair::start(backend, io, 4);
         let port = pair.tunnel_port;
         let s = pair.connect();
-        let transfer = thread::spawn(move || send_and_digest(s, 512 << 20, 11));
+        let transfer = thread::spawn(move || send_to_sink(s, 512 << 20, 11));
         thread::sleep(Duration::from_millis(300));
         let before = tunnel_local_ports(port);
         assert!(!before.is_empty(), "no tunnels seen by ss");
@@ -512,10 +357,10 @@ fn killing_a_tunnel_mid_transfer_loses_nothing_and_it_is_redialed() {
             );
             return;
         }
-        let (ours, theirs, len) = transfer.join().expect("transfer");
-        assert_eq!(len, 512 << 20, "{io}\n{}", pair.logs());
+        let (ours, theirs) = transfer.join().expect("transfer");
+        assert_eq!(theirs.len, 512 << 20, "{io}\n{}", pair.logs());
         assert_eq!(
-            ours, theirs,
+            ours, theirs.sha256,
             "{io}: sha256 differs after a tunnel was killed"
         );
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -529,15 +374,12 @@ fn killing_a_tunnel_mid_transfer_loses_nothing_and_it_is_redialed() {
             "{io}: the lost tunnel was re-dialed\n{log}"
         );
     }
-}
 
-#[test]
-fn client_started_before_the_server_retries_then_works() {
-    let backend = backend(http_backend);
-    for io in DRIVERS {
+    fn client_started_before_the_server_retries_then_works(io) {
+        let backend = backends::serve(http_backend);
         let dir = TempDir::new();
-        let tunnel_port = free_port();
-        let app_port = free_port();
+        let ports = [reserve_port(), reserve_port()];
+        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         let client = Daemon::start(
             &dir,
             "client",
@@ -571,12 +413,9 @@ fn client_started_before_the_server_retries_then_works() {
             "{io}: retries are logged"
         );
     }
-}
 
-#[test]
-fn garbage_on_the_tunnel_port_is_logged_and_closed_while_others_are_served() {
-    let backend = backend(http_backend);
-    for io in DRIVERS {
+    fn garbage_on_the_tunnel_port_is_logged_and_closed_while_others_are_served(io) {
+        let backend = backends::serve(http_backend);
         let pair = Pair::start(backend, io, 2);
         let mut junk = TcpStream::connect(("127.0.0.1", pair.tunnel_port)).expect("connect");
         junk.set_read_timeout(Some(Duration::from_secs(10)))
@@ -601,12 +440,9 @@ fn garbage_on_the_tunnel_port_is_logged_and_closed_while_others_are_served() {
             pair.server.log()
         );
     }
-}
 
-#[test]
-fn sigterm_drains_and_exits_zero() {
-    let backend = backend(http_backend);
-    for io in DRIVERS {
+    fn sigterm_drains_and_exits_zero(io) {
+        let backend = backends::serve(http_backend);
         let mut pair = Pair::start(backend, io, 2);
         let mut s = pair.connect();
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("request");
@@ -618,7 +454,9 @@ fn sigterm_drains_and_exits_zero() {
         let status = pair.client.terminate().expect("client exits within 10 s");
         assert!(
             started.elapsed() >= Duration::from_millis(1500),
-            "the open stream was drained"
+            "{io}: the open stream was drained (exited after {:?})\n{}",
+            started.elapsed(),
+            pair.logs()
         );
         assert!(
             pair.client.log().contains("drain timeout"),
@@ -637,21 +475,19 @@ fn sigterm_drains_and_exits_zero() {
             pair.logs()
         );
     }
-}
 
-#[test]
-fn sessions_spread_over_server_workers_and_tunnels_reach_their_home_worker() {
-    let backend = backend(digest_backend);
-    for io in DRIVERS {
+    fn sessions_spread_over_server_workers_and_tunnels_reach_their_home_worker(io) {
+        let backend = backends::sink_backend();
         let dir = TempDir::new();
-        let tunnel_port = free_port();
+        let tunnel = reserve_port();
+        let tunnel_port = tunnel.port();
         // Three workers on (likely) two cores: pinning wraps around, hand-offs cross threads.
         let server = Daemon::start_with(
             &dir,
             "server",
             "server",
             &server_config(tunnel_port, backend),
-            &["--io", io, "--cores", "3"],
+            &["--io", io.name(), "--cores", "3"],
             "debug",
         );
         wait_listening(
@@ -662,15 +498,17 @@ fn sessions_spread_over_server_workers_and_tunnels_reach_their_home_worker() {
         // Four client processes (four sessions of 8 tunnels each), the last with two workers
         // of its own (two sessions, each with its own pool).
         let mut clients = Vec::new();
+        let mut app_ports = Vec::new();
         for c in 0..4 {
-            let app_port = free_port();
+            app_ports.push(reserve_port());
+            let app_port = app_ports[c].port();
             let cores = if c == 3 { "2" } else { "1" };
             let client = Daemon::start_with(
                 &dir,
                 &format!("client{c}"),
                 "client",
                 &client_config(app_port, tunnel_port, 8),
-                &["--io", io, "--cores", cores],
+                &["--io", io.name(), "--cores", cores],
                 "info",
             );
             let addr = SocketAddr::from(([127, 0, 0, 1], app_port));
@@ -694,15 +532,15 @@ fn sessions_spread_over_server_workers_and_tunnels_reach_their_home_worker() {
                     thread::spawn(move || {
                         let s = TcpStream::connect(addr).expect("connect to a client");
                         s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-                        send_and_digest(s, 8 << 20, (c * 10 + k) as u64 + 1)
+                        send_to_sink(s, 8 << 20, (c * 10 + k) as u64 + 1)
                     })
                 })
             })
             .collect();
         for t in transfers {
-            let (ours, theirs, len) = t.join().expect("transfer thread");
-            assert_eq!(len, 8 << 20, "{io}\n{}", logs(&clients));
-            assert_eq!(ours, theirs, "{io}: sha256 differs\n{}", logs(&clients));
+            let (ours, theirs) = t.join().expect("transfer thread");
+            assert_eq!(theirs.len, 8 << 20, "{io}\n{}", logs(&clients));
+            assert_eq!(ours, theirs.sha256, "{io}: sha256 differs\n{}", logs(&clients));
         }
         let log = server.log();
         let sessions = log.matches("session started").count();

@@ -7,71 +7,51 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mtcpd_engine::runtime::{
     self, Client, ClientForward, IoChoice, MtcpStream, Route, RuntimeOptions, Server, StreamFailure,
 };
-use sha2::{Digest, Sha256};
+use mtcpd_testkit::pattern::{self, Checksum, sha256};
+use mtcpd_testkit::{Driver, backends, driver_tests, within};
 
 const T: Duration = Duration::from_secs(30);
 
-/// Runs `f` on its own thread; fails the test if it takes longer than `secs`.
-fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(r) => {
-            let _ = worker.join();
-            r
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the worker neither answered nor panicked"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test did not finish within {secs} s"),
-    }
+// Each test runs the scenario of the same name below, once per driver, under a watchdog.
+driver_tests! {
+    #[within(240)]
+    fn bulk_64mib_echo(io) { bulk_64mib_echo(io) }
+    #[within(240)]
+    fn many_concurrent_streams(io) { many_concurrent_streams(io) }
+    #[within(240)]
+    fn twenty_thousand_streams(io) { twenty_thousand_streams(io) }
+    #[within(60)]
+    fn half_close(io) { half_close(io) }
+    #[within(60)]
+    fn resets(io) { resets(io) }
+    #[within(90)]
+    fn writes_before_the_server_exists(io) { writes_before_the_server_exists(io) }
+    #[within(90)]
+    fn graceful_shutdown(io) { graceful_shutdown(io) }
+    #[within(90)]
+    fn session_loss(io) { session_loss(io) }
+    #[within(60)]
+    fn drop_semantics(io) { drop_semantics(io) }
+    #[within(60)]
+    fn timeouts_and_try_variants(io) { timeouts_and_try_variants(io) }
+    #[within(120)]
+    fn mixed_api_and_tcp(io) { mixed_api_and_tcp(io) }
+    #[within(120)]
+    fn two_workers_each_side(io) { two_workers_each_side(io) }
 }
 
-/// Declares `mio` and `uring` tests for a scenario taking the driver.
-macro_rules! on_both_drivers {
-    ($($name:ident: $secs:expr;)*) => {$(
-        mod $name {
-            #[test]
-            fn mio() {
-                super::within($secs, || super::$name(super::IoChoice::Mio));
-            }
-            #[test]
-            #[cfg(target_os = "linux")]
-            fn uring() {
-                super::within($secs, || super::$name(super::IoChoice::Uring));
-            }
-        }
-    )*};
-}
-
-on_both_drivers! {
-    bulk_64mib_echo: 240;
-    many_concurrent_streams: 240;
-    twenty_thousand_streams: 240;
-    half_close: 60;
-    resets: 60;
-    writes_before_the_server_exists: 90;
-    graceful_shutdown: 90;
-    session_loss: 90;
-    drop_semantics: 60;
-    timeouts_and_try_variants: 60;
-    mixed_api_and_tcp: 120;
-    two_workers_each_side: 120;
-}
-
-fn opts(io: IoChoice) -> RuntimeOptions {
+fn opts(io: Driver) -> RuntimeOptions {
     let mut o = RuntimeOptions {
-        io,
+        io: match io {
+            Driver::Mio => IoChoice::Mio,
+            Driver::Uring => IoChoice::Uring,
+        },
         drain_timeout: Duration::from_secs(2),
         ..RuntimeOptions::default()
     };
@@ -88,24 +68,10 @@ fn any_port() -> SocketAddr {
 }
 
 /// A pair on loopback: a server handing every stream to the test, and a client to it.
-fn pair(io: IoChoice) -> (Server, Client) {
+fn pair(io: Driver) -> (Server, Client) {
     let server = Server::accept_all(opts(io), any_port()).unwrap();
     let client = Client::start(opts(io), server.local_addr()).unwrap();
     (server, client)
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different per `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn with_timeouts(mut s: MtcpStream) -> MtcpStream {
@@ -174,42 +140,29 @@ fn the_example_runs_and_the_readme_shows_it() {
 
 /// 64 MiB through one stream, echoed in-process by the server with the zero-copy calls; the
 /// sha256 of what was sent, what the server received and what came back agree.
-fn bulk_64mib_echo(io: IoChoice) {
+fn bulk_64mib_echo(io: Driver) {
     const TOTAL: usize = 64 << 20;
     let (server, client) = pair(io);
     let stream = with_timeouts(client.open_stream(Some("bulk")).unwrap());
     let (mut rd, mut wr) = stream.into_split();
     let writer = std::thread::spawn(move || {
-        let mut h = Sha256::new();
-        let block = pattern(1, 1 << 20);
-        let mut sent = 0;
-        let mut i = 0u8;
-        while sent < TOTAL {
-            // Vary the bytes per MiB so a misplaced chunk changes the hash.
-            let mut b = block.clone();
-            b[0] = i;
-            i = i.wrapping_add(1);
-            wr.write_all(&b).unwrap();
-            h.update(&b);
-            sent += b.len();
-        }
+        // The pattern differs at every offset, so a misplaced chunk changes the hash.
+        let sent = pattern::write_pattern(&mut wr, 1, TOTAL as u64).unwrap();
         wr.shutdown_write().unwrap();
-        h.finalize()
+        sent
     });
     let echo = {
         let (stream, target) = accept(&server);
         assert_eq!(target.as_deref(), Some("bulk"));
         std::thread::spawn(move || {
             let (mut rd, mut wr) = stream.into_split();
-            let mut h = Sha256::new();
-            let mut n = 0;
+            let mut received = Checksum::new();
             loop {
                 let chunk = rd.read_bytes().unwrap();
                 if chunk.is_empty() {
                     break;
                 }
-                h.update(&chunk);
-                n += chunk.len();
+                received.update(&chunk);
                 let mut rest: Bytes = chunk;
                 while !rest.is_empty() {
                     let k = wr.write_bytes(rest.clone()).unwrap();
@@ -217,26 +170,16 @@ fn bulk_64mib_echo(io: IoChoice) {
                 }
             }
             wr.shutdown_write().unwrap();
-            (n, h.finalize())
+            received
         })
     };
-    let mut h = Sha256::new();
-    let mut got = 0;
-    let mut buf = vec![0; 100_000];
-    loop {
-        let n = rd.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        got += n;
-    }
+    let echoed = pattern::read_to_end_checksum(&mut rd).unwrap();
     let sent = writer.join().unwrap();
-    let (server_got, server_hash) = echo.join().unwrap();
-    assert_eq!(server_got, TOTAL);
-    assert_eq!(got, TOTAL);
-    assert_eq!(server_hash, sent, "server received different bytes");
-    assert_eq!(h.finalize(), sent, "echo differs");
+    let received = echo.join().unwrap();
+    assert_eq!(received.len(), TOTAL as u64);
+    assert_eq!(echoed.len(), TOTAL as u64);
+    assert_eq!(received.digest(), sent, "server received different bytes");
+    assert_eq!(echoed.digest(), sent, "echo differs");
     stop(server, client);
 }
 
@@ -246,20 +189,20 @@ fn open_fds() -> Option<usize> {
 
 /// 2,000 streams open at once, each with its own random payload (up to 8 KiB), all answered
 /// byte-exact — and none of them costs a file descriptor.
-fn many_concurrent_streams(io: IoChoice) {
+fn many_concurrent_streams(io: Driver) {
     concurrent_streams(io, 2_000, 8192);
 }
 
 /// 20,000 streams open at once (40,000 in-process endpoints: far past a default open-file
 /// limit of 1,024), up to 1 KiB each.
-fn twenty_thousand_streams(io: IoChoice) {
+fn twenty_thousand_streams(io: Driver) {
     concurrent_streams(io, 20_000, 1024);
 }
 
-fn concurrent_streams(io: IoChoice, count: usize, max_len: usize) {
+fn concurrent_streams(io: Driver, count: usize, max_len: usize) {
     let (server, client) = pair(io);
     let fds_before = open_fds();
-    let payload = move |i: usize| pattern(i as u64 + 7, 1 + (i * 7919) % max_len);
+    let payload = move |i: usize| pattern::bytes(i as u64 + 7, 1 + (i * 7919) % max_len);
     let mut streams = Vec::with_capacity(count);
     for i in 0..count {
         let mut s = with_timeouts(client.open_stream(Some(&format!("s{i}"))).unwrap());
@@ -302,7 +245,7 @@ fn concurrent_streams(io: IoChoice, count: usize, max_len: usize) {
 
 /// The client finishes its direction; the server reads to end of stream, then answers; the
 /// client reads the answer, then end of stream.
-fn half_close(io: IoChoice) {
+fn half_close(io: Driver) {
     let (server, client) = pair(io);
     let mut s = with_timeouts(client.open_stream(None).unwrap());
     s.write_all(b"question").unwrap();
@@ -327,7 +270,7 @@ fn half_close(io: IoChoice) {
 }
 
 /// A reset from either end surfaces as `ConnectionReset` with its code; a refused target too.
-fn resets(io: IoChoice) {
+fn resets(io: Driver) {
     let server = Server::start(
         opts(io),
         any_port(),
@@ -408,13 +351,13 @@ fn resets(io: IoChoice) {
 /// The client starts before its server: a stream opened then takes writes at once (up to its
 /// buffer; past that the writer blocks, here until its timeout), and everything arrives once
 /// the server is up.
-fn writes_before_the_server_exists(io: IoChoice) {
+fn writes_before_the_server_exists(io: Driver) {
     let addr = {
         let l = TcpListener::bind(any_port()).unwrap();
         l.local_addr().unwrap()
     };
     let client = Client::start(opts(io), addr).unwrap();
-    let data = pattern(99, 1 << 20);
+    let data = pattern::bytes(99, 1 << 20);
     let mut s = client.open_stream(Some("early")).unwrap();
     s.set_write_timeout(Some(Duration::from_millis(300)))
         .unwrap();
@@ -451,7 +394,7 @@ fn writes_before_the_server_exists(io: IoChoice) {
 
 /// `shutdown` lets an open stream finish, refuses new ones, and `join` returns; afterwards the
 /// server's accept reports it stopped.
-fn graceful_shutdown(io: IoChoice) {
+fn graceful_shutdown(io: Driver) {
     let (server, client) = pair(io);
     let mut s = with_timeouts(client.open_stream(None).unwrap());
     s.write_all(b"before").unwrap();
@@ -494,7 +437,7 @@ fn graceful_shutdown(io: IoChoice) {
 /// A stream left open when its server stops: a stream opened while the server drains is refused
 /// (`ConnectionRefused`); after the drain timeout the session closes and both ends' streams fail
 /// with `ConnectionAborted`; a blocked reader wakes up.
-fn session_loss(io: IoChoice) {
+fn session_loss(io: Driver) {
     let mut o = opts(io);
     o.drain_timeout = Duration::from_millis(1500);
     let server = Server::accept_all(o, any_port()).unwrap();
@@ -537,9 +480,9 @@ fn session_loss(io: IoChoice) {
 
 /// Dropping a stream closes it gracefully: written bytes arrive, then end of stream. Dropping
 /// only the read half discards what arrives, so the peer's writer is never stuck.
-fn drop_semantics(io: IoChoice) {
+fn drop_semantics(io: Driver) {
     let (server, client) = pair(io);
-    let data = pattern(5, 3 << 20);
+    let data = pattern::bytes(5, 3 << 20);
 
     // Written, then dropped without shutdown: everything arrives, then EOF.
     let mut s = client.open_stream(None).unwrap();
@@ -572,7 +515,7 @@ fn drop_semantics(io: IoChoice) {
 }
 
 /// Read timeouts, accept timeouts and the non-blocking accept.
-fn timeouts_and_try_variants(io: IoChoice) {
+fn timeouts_and_try_variants(io: Driver) {
     let (server, client) = pair(io);
     assert!(server.try_accept().unwrap().is_none());
     let e = server
@@ -620,38 +563,10 @@ fn timeouts_and_try_variants(io: IoChoice) {
     stop(server, client);
 }
 
-fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind(any_port()).unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = vec![0; 64 * 1024];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) => {
-                            let _ = conn.shutdown(std::net::Shutdown::Write);
-                            return;
-                        }
-                        Err(_) => return,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// The API on one end, TCP on the other: an in-process stream the server connects to a TCP
 /// backend, and a TCP connection to a client forward that the server accepts in-process.
-fn mixed_api_and_tcp(io: IoChoice) {
-    let backend = echo_backend();
+fn mixed_api_and_tcp(io: Driver) {
+    let backend = backends::echo_backend();
     let server = Server::start(
         opts(io),
         any_port(),
@@ -672,7 +587,7 @@ fn mixed_api_and_tcp(io: IoChoice) {
     .unwrap();
 
     // API stream → server → TCP echo backend.
-    let data = pattern(11, 4 << 20);
+    let data = pattern::bytes(11, 4 << 20);
     let s = with_timeouts(client.open_stream(Some("echo")).unwrap());
     let (mut rd, mut wr) = s.into_split();
     let writer = {
@@ -691,26 +606,26 @@ fn mixed_api_and_tcp(io: IoChoice) {
     // TCP application → client forward → server → accepted in-process.
     let mut app = TcpStream::connect(client.local_addrs()[0]).unwrap();
     app.set_read_timeout(Some(T)).unwrap();
-    let request = pattern(12, 1 << 20);
+    let request = pattern::bytes(12, 1 << 20);
     app.write_all(&request).unwrap();
     app.shutdown(std::net::Shutdown::Write).unwrap();
     let (mut a, target) = accept(&server);
     assert_eq!(target.as_deref(), Some("in-process"));
     let got = read_all(&mut a);
     assert!(got == request);
-    let digest = Sha256::digest(&got);
+    let digest = sha256(&got);
     a.write_all(&digest).unwrap();
     drop(a);
     let mut answer = Vec::new();
     app.read_to_end(&mut answer).unwrap();
-    assert_eq!(answer, digest.as_slice());
+    assert_eq!(answer, digest);
     stop(server, client);
 }
 
 /// Two workers at each end: the client runs two sessions and spreads its streams over them;
 /// the server's workers each own some of the sessions (tunnels handed over as needed) and all
 /// deliver to the one acceptor.
-fn two_workers_each_side(io: IoChoice) {
+fn two_workers_each_side(io: Driver) {
     let two = || RuntimeOptions {
         workers: 2,
         ..opts(io)
@@ -720,7 +635,7 @@ fn two_workers_each_side(io: IoChoice) {
     assert_eq!(client.runtime().workers(), 2);
     assert_eq!(server.runtime().workers(), 2);
     const STREAMS: usize = 64;
-    let payload = |i: usize| pattern(i as u64 + 100, 64 * 1024 + i);
+    let payload = |i: usize| pattern::bytes(i as u64 + 100, 64 * 1024 + i);
     let mut streams = Vec::new();
     for i in 0..STREAMS {
         let mut s = with_timeouts(client.open_stream(Some(&format!("w{i}"))).unwrap());
@@ -735,7 +650,7 @@ fn two_workers_each_side(io: IoChoice) {
             let i: usize = target.unwrap()[1..].parse().unwrap();
             let got = read_all(&mut s);
             assert!(got == payload(i), "stream {i}: server received other bytes");
-            s.write_all(&Sha256::digest(&got)).unwrap();
+            s.write_all(&sha256(&got)).unwrap();
             s.shutdown_write().unwrap();
             held.push(s);
         }
@@ -743,11 +658,7 @@ fn two_workers_each_side(io: IoChoice) {
     });
     let (server, held) = server.join().unwrap();
     for (i, s) in streams.iter_mut().enumerate() {
-        assert_eq!(
-            read_all(s),
-            Sha256::digest(payload(i)).as_slice(),
-            "stream {i}"
-        );
+        assert_eq!(read_all(s), sha256(&payload(i)), "stream {i}");
     }
     drop(held);
     drop(streams);

@@ -1,13 +1,16 @@
 //! What an idle in-process stream costs in memory, measured: a counting global allocator (this
 //! test binary only) sees every heap byte the client and the server runtimes and the
 //! application objects hold for 10,000 idle streams (both ends, the sessions' stream state
-//! included). One test per binary, so nothing else allocates meanwhile.
+//! included), on each I/O driver. Only this scenario is in this binary, and its runs take turns
+//! (a lock), so nothing else allocates meanwhile.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use mtcpd_engine::runtime::{Client, IoChoice, RuntimeOptions, Server};
+use mtcpd_testkit::{Driver, driver_tests};
 
 struct Counting;
 
@@ -38,9 +41,15 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-fn opts() -> RuntimeOptions {
+/// Held while measuring: the two drivers' runs must not overlap.
+static MEASURING: Mutex<()> = Mutex::new(());
+
+fn opts(io: Driver) -> RuntimeOptions {
     let mut o = RuntimeOptions {
-        io: IoChoice::Mio,
+        io: match io {
+            Driver::Mio => IoChoice::Mio,
+            Driver::Uring => IoChoice::Uring,
+        },
         drain_timeout: Duration::from_secs(2),
         ..RuntimeOptions::default()
     };
@@ -50,11 +59,18 @@ fn opts() -> RuntimeOptions {
     o
 }
 
-#[test]
-fn idle_in_process_stream_footprint() {
+driver_tests! {
+    #[within(120)]
+    fn idle_in_process_stream_footprint(io) {
+        let _alone = MEASURING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        idle_in_process_stream_footprint(io);
+    }
+}
+
+fn idle_in_process_stream_footprint(io: Driver) {
     const STREAMS: usize = 10_000;
-    let server = Server::accept_all(opts(), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let client = Client::start(opts(), server.local_addr()).unwrap();
+    let server = Server::accept_all(opts(io), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = Client::start(opts(io), server.local_addr()).unwrap();
     let timeout = Duration::from_secs(30);
     let mut held = Vec::with_capacity(2 * (STREAMS + 100));
     let open = |n: usize, held: &mut Vec<_>| {
@@ -75,13 +91,13 @@ fn idle_in_process_stream_footprint() {
     let after = LIVE.load(Ordering::SeqCst);
     let per_stream = (after - before) / STREAMS as isize;
     println!(
-        "{STREAMS} idle in-process streams: {} bytes each, both ends together \
+        "{io}: {STREAMS} idle in-process streams: {} bytes each, both ends together \
          (rings, shared state, loop entries, session stream state, maps)",
         per_stream
     );
     assert!(
         per_stream < 12 * 1024,
-        "an idle stream costs {per_stream} bytes (both ends)"
+        "{io}: an idle stream costs {per_stream} bytes (both ends)"
     );
     drop(held);
     client.shutdown();

@@ -1,36 +1,20 @@
 //! The runtime in-process on each I/O driver: a client and a server on loopback carry echo
 //! streams byte-exact, then stop cleanly (which drops the driver with sockets and operations
-//! still open: the io_uring driver must cancel and reap them).
+//! still open: the io_uring driver must cancel and reap them). `auto` is checked too.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mtcpd_engine::runtime::{self, ClientForward, IoChoice, RuntimeOptions};
+use mtcpd_testkit::{Driver, backends, driver_tests, pattern};
 
-fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = vec![0; 64 * 1024];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+fn choice(driver: Driver) -> IoChoice {
+    match driver {
+        Driver::Mio => IoChoice::Mio,
+        Driver::Uring => IoChoice::Uring,
+    }
 }
 
 fn opts(io: IoChoice) -> RuntimeOptions {
@@ -46,7 +30,7 @@ fn opts(io: IoChoice) -> RuntimeOptions {
 }
 
 fn echo_through(io: IoChoice) {
-    let backend = echo_backend();
+    let backend = backends::echo_backend();
     let server = runtime::spawn_server(
         opts(io),
         "127.0.0.1:0".parse().unwrap(),
@@ -63,14 +47,12 @@ fn echo_through(io: IoChoice) {
     )
     .unwrap();
     let app = client.local_addrs()[0];
-    let handles: Vec<_> = (0..8u8)
+    let handles: Vec<_> = (0..8u64)
         .map(|i| {
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(app).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                let data: Vec<u8> = (0..1_000_000u32)
-                    .map(|k| (k as u8).wrapping_mul(31) ^ i)
-                    .collect();
+                let data = pattern::bytes(i, 1_000_000);
                 let mut r = s.try_clone().unwrap();
                 let expected = data.clone();
                 let reader = std::thread::spawn(move || {
@@ -92,15 +74,12 @@ fn echo_through(io: IoChoice) {
     server.join();
 }
 
-#[test]
-fn mio_carries_echo_streams_and_stops() {
-    echo_through(IoChoice::Mio);
-}
-
-#[test]
-#[cfg(target_os = "linux")]
-fn uring_carries_echo_streams_and_stops() {
-    echo_through(IoChoice::Uring);
+driver_tests! {
+    /// Eight 1 MB echo streams through client and server on the driver, then a clean stop.
+    #[within(120)]
+    fn carries_echo_streams_and_stops(io) {
+        echo_through(choice(io));
+    }
 }
 
 #[test]

@@ -7,9 +7,10 @@
 mod common;
 
 use common::BIN;
+use mtcpd_testkit::process::ChildGuard;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -68,24 +69,29 @@ fn ns_has_process(ns: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Owns a `wan up`/`wan run` child; on drop kills it and removes any leftovers.
+/// Owns a `wan up`/`wan run` child; on drop stops it (SIGTERM first, so that `wan run` also
+/// ends its command's process group; SIGKILL after 10 s) and removes any leftovers.
 struct LabGuard {
     name: String,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
 }
 
 impl LabGuard {
     fn spawn(name: &str, args: &[&str]) -> (LabGuard, mpsc::Receiver<String>) {
-        let mut child = Command::new(BIN)
-            .arg("wan")
-            .arg(args[0])
-            .args(["--name", name])
-            .args(&args[1..])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn wan");
-        let out = child.stdout.take().unwrap();
+        let mut child = ChildGuard::spawn(
+            Command::new(BIN)
+                .arg("wan")
+                .arg(args[0])
+                .args(["--name", name])
+                .args(&args[1..])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        )
+        .expect("spawn wan");
+        let out = child
+            .child_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("the emulator's stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -105,35 +111,22 @@ impl LabGuard {
 
     fn signal(&self, sig: libc::c_int) {
         if let Some(c) = &self.child {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, sig) };
+            c.signal(sig);
         }
     }
 
     /// Wait for the child to exit (bounded); returns its exit code.
     fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let c = self.child.as_mut()?;
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if let Some(st) = c.try_wait().unwrap() {
-                self.child = None;
-                return Some(st.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        let status = self.child.as_mut()?.wait_timeout(limit)?;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
     }
 }
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
-        // Graceful first, so that `wan run` also ends its command's process group.
-        self.signal(libc::SIGTERM);
-        let _ = self.wait(Duration::from_secs(10));
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // The child first (its guard stops it), then whatever it left behind.
+        drop(self.child.take());
         let _ = Command::new(BIN)
             .args(["wan", "down", "--name", &self.name])
             .output();
@@ -161,15 +154,6 @@ fn get<'a>(kv: &'a [(String, String)], k: &str) -> &'a str {
     &kv.iter().find(|(key, _)| key == k).unwrap().1
 }
 
-/// Kills a process started in a namespace on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn rtt_is_twice_the_delay_and_teardown_is_clean() {
     skip_unless_lab!();
@@ -180,7 +164,7 @@ fn rtt_is_twice_the_delay_and_teardown_is_clean() {
     assert_eq!(namespaces_with_prefix(&name).len(), 2);
 
     let target = format!("{addr_b}:5201");
-    let _server = Proc(
+    let _server = ChildGuard::spawn(
         Command::new("ip")
             .args([
                 "netns",
@@ -193,10 +177,10 @@ fn rtt_is_twice_the_delay_and_teardown_is_clean() {
                 "--max-time",
                 "30s",
             ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+            .stdout(Stdio::null()),
+    )
+    .unwrap()
+    .with_grace(Duration::from_secs(2));
     // Wait until the server answers (its start is asynchronous).
     let t = Instant::now();
     let (ok, v) = loop {

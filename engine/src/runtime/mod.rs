@@ -9,9 +9,12 @@
 //! The contract an event loop fulfils towards a session is the one in [`crate::session`]'s
 //! module docs. Both drivers run the same event loop (`event_loop`), generic over the small
 //! socket contract in `io`: mio (epoll here, kqueue elsewhere) and, on Linux, io_uring
-//! (`uring`). `--io uring` probes the kernel and fails clearly if it refuses a ring; `--io auto`
-//! takes io_uring when the probe works and mio otherwise; `MTCPD_IO=mio` (or `--io mio`) forces
-//! mio. The choice is logged at start.
+//! (`uring`). [`IoChoice::Uring`] (`--io uring`) probes the kernel and fails clearly if it
+//! refuses a ring; [`IoChoice::Mio`] (`--io mio`) forces mio. [`IoChoice::Auto`], the default,
+//! reads `MTCPD_IO` (`mio`, `uring` or `auto`; any other value is an error): an explicit choice
+//! wins over it, it wins over the probe. `auto` (or no `MTCPD_IO`) takes io_uring when the probe
+//! works and mio otherwise. The probe runs once per process (`driver_choice`); the choice is
+//! logged at start.
 //!
 //! # Workers
 //! [`RuntimeOptions::workers`] event loops run, one thread each, pinned one per core when there
@@ -25,6 +28,7 @@
 //! `std::io` objects with no socket behind them): see [`api`] for an example.
 
 pub mod api;
+mod driver_choice;
 mod event_loop;
 mod io;
 mod local;
@@ -46,12 +50,14 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::config::Config;
+use driver_choice::{DriverKind, choose_driver};
 pub use sockopt::TunnelSocketOptions;
 
 /// Which I/O driver to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoChoice {
-    /// The best one available.
+    /// The one `MTCPD_IO` names (`mio`, `uring`); unset or `auto`: io_uring when the kernel
+    /// gives this process a ring (probed once per process), else mio.
     #[default]
     Auto,
     /// io_uring.
@@ -66,6 +72,9 @@ pub enum RuntimeError {
     /// The requested driver is not available in this build or on this kernel.
     #[error("I/O driver {0:?} is not available: {1}")]
     DriverUnavailable(IoChoice, String),
+    /// `MTCPD_IO` names no driver (the choice was [`IoChoice::Auto`], so it was consulted).
+    #[error("MTCPD_IO={0:?} is not an I/O driver: use mio, uring or auto")]
+    BadIoEnv(String),
     /// The protocol configuration is invalid.
     #[error("invalid engine configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
@@ -232,62 +241,13 @@ impl Drop for RuntimeHandle {
     }
 }
 
-/// The drivers this crate can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DriverKind {
-    Mio,
-    #[cfg(target_os = "linux")]
-    Uring,
-}
-
-#[cfg(target_os = "linux")]
-fn probe_uring() -> Result<(), String> {
-    uring::probe().map_err(|e| format!("the kernel refused an io_uring instance: {e}"))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn probe_uring() -> Result<(), String> {
-    Err("io_uring exists only on Linux".into())
-}
-
-fn choose_driver(io: IoChoice) -> Result<DriverKind, RuntimeError> {
-    match io {
-        IoChoice::Mio => Ok(DriverKind::Mio),
-        IoChoice::Auto => match probe_uring() {
-            #[cfg(target_os = "linux")]
-            Ok(()) => Ok(DriverKind::Uring),
-            #[cfg(not(target_os = "linux"))]
-            Ok(()) => Ok(DriverKind::Mio),
-            Err(why) => {
-                tracing::info!("auto: io_uring unavailable ({why}); using mio");
-                Ok(DriverKind::Mio)
-            }
-        },
-        IoChoice::Uring => match probe_uring() {
-            #[cfg(target_os = "linux")]
-            Ok(()) => Ok(DriverKind::Uring),
-            #[cfg(not(target_os = "linux"))]
-            Ok(()) => unreachable!(),
-            Err(why) => Err(RuntimeError::DriverUnavailable(
-                IoChoice::Uring,
-                format!("{why}; use --io mio or auto"),
-            )),
-        },
-    }
-}
-
 fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
     opts.engine.validate()?;
     if opts.workers == 0 {
         return Err(RuntimeError::Workers);
     }
     let driver = choose_driver(opts.io)?;
-    let name = match driver {
-        DriverKind::Mio => "mio",
-        #[cfg(target_os = "linux")]
-        DriverKind::Uring => "uring",
-    };
-    tracing::info!(driver = name, requested = ?opts.io, "I/O driver selected");
+    tracing::info!(driver = driver.name(), requested = ?opts.io, "I/O driver selected");
     match sockopt::raise_nofile_limit() {
         Ok((before, now, hard)) => {
             tracing::info!(soft_before = before, soft = now, hard, "open-file limit")

@@ -2,9 +2,9 @@
 //!
 //! Each flow is one stream opened by the client: the client sends `up` bytes and half-closes;
 //! the server sends `down` bytes (at once, or only after it read the client's EOF) and
-//! half-closes. Bytes are a deterministic pattern of (flow, direction, offset), so the reader
-//! checks each byte's value and position as it arrives and also keeps a SHA-256 of the stream to
-//! compare with the sender's. A flow may be reset by either side after some bytes; then each side
+//! half-closes. Bytes are the test kit's deterministic pattern, one stream per (flow,
+//! direction), so the reader checks each byte's value and position as it arrives and also keeps
+//! a SHA-256 of the stream to compare with the sender's. A flow may be reset by either side after some bytes; then each side
 //! must have received an exact prefix of what was sent.
 #![allow(dead_code)]
 
@@ -13,24 +13,16 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use mtcpd_engine::session::{Event, ReadOutcome, StreamId};
 use mtcpd_engine::sim::{Side, SimPair};
-use sha2::{Digest, Sha256};
+use mtcpd_testkit::pattern::{self, Checksum};
 
-/// The byte at `offset` of direction `dir` of flow `flow`.
-pub fn pattern(flow: u64, dir: u64, offset: u64) -> u8 {
-    let mut x = (flow << 40) ^ (dir << 63) ^ (offset / 8);
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    x.to_le_bytes()[(offset % 8) as usize]
+/// The pattern seed of direction `dir` (0 up, 1 down) of flow `flow`.
+pub fn stream_seed(flow: u64, dir: u64) -> u64 {
+    (flow << 1) | dir
 }
 
+/// `len` bytes of direction `dir` of flow `flow` from `offset`.
 pub fn pattern_chunk(flow: u64, dir: u64, offset: u64, len: usize) -> Bytes {
-    Bytes::from(
-        (0..len as u64)
-            .map(|i| pattern(flow, dir, offset + i))
-            .collect::<Vec<u8>>(),
-    )
+    Bytes::from(pattern::bytes_at(stream_seed(flow, dir), offset, len))
 }
 
 #[derive(Debug, Clone)]
@@ -62,8 +54,8 @@ struct Half {
     fin_sent: bool,
     received: u64,
     fin_received: bool,
-    sent_hash: Option<Sha256>,
-    recv_hash: Option<Sha256>,
+    sent_hash: Checksum,
+    recv_hash: Checksum,
 }
 
 #[derive(Debug)]
@@ -252,9 +244,7 @@ impl Workload {
                 match session.write(id, chunk.clone()) {
                     Ok(0) => break,
                     Ok(k) => {
-                        half.sent_hash
-                            .get_or_insert_with(Sha256::new)
-                            .update(&chunk[..k]);
+                        half.sent_hash.update(&chunk[..k]);
                         half.written += k as u64;
                     }
                     Err(_) => break,
@@ -283,15 +273,13 @@ impl Workload {
         loop {
             match session.read(id, 256 * 1024) {
                 Ok(ReadOutcome::Data(b)) => {
-                    for (k, byte) in b.iter().enumerate() {
-                        let off = half.received + k as u64;
-                        if *byte != pattern(flow, dir_in, off) {
-                            self.errors
-                                .push(format!("flow {i} {side:?}: wrong byte at offset {off}"));
-                            return;
-                        }
+                    if let Some(off) = pattern::check(stream_seed(flow, dir_in), half.received, &b)
+                    {
+                        self.errors
+                            .push(format!("flow {i} {side:?}: wrong byte at offset {off}"));
+                        return;
                     }
-                    half.recv_hash.get_or_insert_with(Sha256::new).update(&b);
+                    half.recv_hash.update(&b);
                     half.received += b.len() as u64;
                 }
                 Ok(ReadOutcome::Fin) => {
@@ -324,9 +312,7 @@ impl Workload {
                         tx.written, rx.received
                     ));
                 }
-                let a = tx.sent_hash.clone().map(|h| h.finalize().to_vec());
-                let b = rx.recv_hash.clone().map(|h| h.finalize().to_vec());
-                if a != b {
+                if tx.sent_hash.digest() != rx.recv_hash.digest() {
                     return Err(format!("flow {i} {name}: checksum mismatch"));
                 }
                 if !rx.fin_received {

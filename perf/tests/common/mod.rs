@@ -1,29 +1,35 @@
-//! Shared helpers for the integration tests: the binary's path, a server process guard that
-//! always kills its child, and running a client with `--json`.
+//! Shared helpers for the integration tests: the binary's path, a server process stopped when
+//! its test ends (the test kit's `ChildGuard`), and running a client with `--json`.
 #![allow(dead_code)]
 
+use mtcpd_testkit::process::ChildGuard;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mtcp-perf");
 
-/// A running `mtcp-perf server`; killed on drop.
+/// A running `mtcp-perf server`; stopped on drop, even when its test fails.
 pub struct Server {
-    pub child: Child,
+    pub process: ChildGuard,
     pub addr: String,
 }
 
 impl Server {
     /// Start a server on an ephemeral loopback port and learn its address.
     pub fn start() -> Server {
-        let mut child = Command::new(BIN)
-            .args(["server", "-l", "127.0.0.1:0", "--max-time", "120s"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn server");
-        let out = child.stdout.take().unwrap();
+        let mut process = ChildGuard::spawn(
+            Command::new(BIN)
+                .args(["server", "-l", "127.0.0.1:0", "--max-time", "120s"])
+                .stdout(Stdio::piped()),
+        )
+        .expect("spawn server")
+        .with_grace(Duration::from_secs(2));
+        let out = process
+            .child_mut()
+            .and_then(|child| child.stdout.take())
+            .expect("the server's stdout");
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line).unwrap();
         let addr = line
@@ -33,14 +39,7 @@ impl Server {
             .expect("listening line")
             .to_string();
         assert!(addr.starts_with("127.0.0.1:"), "{line}");
-        Server { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Server { process, addr }
     }
 }
 
