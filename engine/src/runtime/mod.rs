@@ -28,6 +28,7 @@ pub mod api;
 mod event_loop;
 mod io;
 mod local;
+pub mod options;
 pub mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -100,7 +101,7 @@ pub enum Route {
 /// Where the server sends a stream, given the target its client asked for.
 pub type TargetResolver = Arc<dyn Fn(Option<&str>) -> Route + Send + Sync>;
 
-/// Settings shared by both roles.
+/// Settings shared by both roles. Defaults and valid ranges are in [`options`].
 #[derive(Clone)]
 pub struct RuntimeOptions {
     /// Protocol limits and timers.
@@ -127,27 +128,11 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("io", &self.io)
             .field("tunnel_sockets", &self.tunnel_sockets)
             .field("read_chunk", &self.read_chunk)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("max_sessions", &self.max_sessions)
             .field("workers", &self.workers)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for RuntimeOptions {
-    fn default() -> Self {
-        Self {
-            engine: Config::default(),
-            io: IoChoice::Auto,
-            tunnel_sockets: TunnelSocketOptions {
-                congestion: Some("bbr".into()),
-                send_buffer: None,
-                recv_buffer: None,
-                notsent_lowat: 128 * 1024,
-            },
-            read_chunk: 64 * 1024,
-            drain_timeout: Duration::from_secs(30),
-            max_sessions: 1024,
-            workers: 1,
-        }
+            .field("engine", &self.engine)
+            .finish()
     }
 }
 
@@ -277,10 +262,10 @@ fn choose_driver(io: IoChoice) -> Result<DriverKind, RuntimeError> {
 }
 
 fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
-    opts.engine.validate()?;
     if opts.workers == 0 {
         return Err(RuntimeError::Workers);
     }
+    opts.validate()?;
     let driver = choose_driver(opts.io)?;
     let name = match driver {
         DriverKind::Mio => "mio",
