@@ -10,9 +10,19 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{CommandLineOverrides, IoDriver, LoadRequest, Role};
+use crate::config::{CommandLineOverrides, IoChoice, LoadRequest, Role};
+
+/// Parses an engine name (`Role`, `IoChoice`) from one of `names`, listing them in `--help`.
+fn engine_name<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|name: String| name.parse::<T>())
+}
 
 const LONG_ABOUT: &str = "\
 mtcpd carries many application TCP connections over a pool of N pre-opened TCP \
@@ -92,7 +102,7 @@ pub struct SharedOptions {
     /// Which end of the tunnel this process is (same as the `server`/`client` commands).
     /// Without it, the role comes from the file's `mode`, or from its only [server]/[client]
     /// table. With `check`, validates the file for this role.
-    #[arg(long, value_enum, global = true)]
+    #[arg(long, global = true, value_parser = engine_name::<Role>(Role::NAMES))]
     pub role: Option<Role>,
 
     /// TOML config file. Without it, built-in defaults are used (see below).
@@ -112,8 +122,8 @@ pub struct SharedOptions {
 
     /// I/O driver: auto probes the kernel for io_uring and falls back to mio
     /// [default: auto; overrides `io`].
-    #[arg(long, value_enum, env = "MTCPD_IO", global = true)]
-    pub io: Option<IoDriver>,
+    #[arg(long, env = "MTCPD_IO", global = true, value_parser = engine_name::<IoChoice>(IoChoice::NAMES))]
+    pub io: Option<IoChoice>,
 }
 
 /// What `main` should do, after reconciling the subcommand with `--role`.
@@ -208,7 +218,7 @@ mod tests {
         };
         assert_eq!(request.overrides.role, Some(Role::Client));
         assert_eq!(request.overrides.cores, Some(4));
-        assert_eq!(request.overrides.io, Some(IoDriver::Mio));
+        assert_eq!(request.overrides.io, Some(IoChoice::Mio));
         assert_eq!(request.file, None);
     }
 
