@@ -381,6 +381,36 @@ mod tests {
     }
 
     #[test]
+    fn check_output_shows_every_engine_value() {
+        let files = [
+            ("[server]\n", Role::Server),
+            ("[client]\nlocal_listen_port = 7000\n", Role::Client),
+        ];
+        for (text, role) in files {
+            let config = load_text(text, None).unwrap();
+            let printed = config.to_string();
+            let mut settings = config.runtime.engine.settings();
+            settings.extend(config.runtime.settings());
+            for setting in settings {
+                // A file key is printed in its table; the rest as comments by engine name.
+                let shown = match file_key(setting.key, role) {
+                    Some(key) => key.rsplit('.').next().unwrap_or_default().to_owned(),
+                    None => setting.key.to_owned(),
+                };
+                let found = printed.lines().any(|line| {
+                    line.starts_with(&format!("{shown} "))
+                        || line.starts_with(&format!("# {shown}"))
+                });
+                assert!(
+                    found,
+                    "{role}: `{}` is not printed:\n{printed}",
+                    setting.key
+                );
+            }
+        }
+    }
+
+    #[test]
     fn engine_range_errors_name_the_file_key_and_line() {
         let error = load_text(
             "[server]\nlisten_port = 8001\n\n[limits]\nhandshake_timeout = \"1h\"\n",
