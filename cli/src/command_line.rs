@@ -15,6 +15,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{CommandLineOverrides, IoChoice, LoadRequest, Role};
 
+/// `--cores` bounds: the engine's range of `RuntimeOptions::workers`.
+const WORKERS_MIN: i64 = *mtcpd_engine::runtime::options::range::WORKERS.start() as i64;
+const WORKERS_MAX: i64 = *mtcpd_engine::runtime::options::range::WORKERS.end() as i64;
+
 /// Parses an engine name (`Role`, `IoChoice`) from one of `names`, listing them in `--help`.
 fn engine_name<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
 where
@@ -117,7 +121,7 @@ pub struct SharedOptions {
 
     /// Worker threads, one pinned per core [default: server all available cores, client 1;
     /// overrides `cores`]. A client runs one session with its own tunnel pool per worker.
-    #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(WORKERS_MIN..=WORKERS_MAX))]
     pub cores: Option<u16>,
 
     /// I/O driver: auto probes the kernel for io_uring and falls back to mio
