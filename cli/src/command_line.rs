@@ -10,9 +10,23 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{CommandLineOverrides, IoDriver, LoadRequest, Role};
+use crate::config::{CommandLineOverrides, IoChoice, LoadRequest, Role};
+
+/// `--cores` bounds: the engine's range of `RuntimeOptions::workers`.
+const WORKERS_MIN: i64 = *mtcpd_engine::runtime::options::range::WORKERS.start() as i64;
+const WORKERS_MAX: i64 = *mtcpd_engine::runtime::options::range::WORKERS.end() as i64;
+
+/// Parses an engine name (`Role`, `IoChoice`) from one of `names`, listing them in `--help`.
+fn engine_name<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|name: String| name.parse::<T>())
+}
 
 const LONG_ABOUT: &str = "\
 mtcpd carries many application TCP connections over a pool of N pre-opened TCP \
@@ -95,7 +109,7 @@ pub struct SharedOptions {
     /// Which end of the tunnel this process is (same as the `server`/`client` commands).
     /// Without it, the role comes from the file's `mode`, or from its only [server]/[client]
     /// table. With `check`, validates the file for this role.
-    #[arg(long, value_enum, global = true)]
+    #[arg(long, global = true, value_parser = engine_name::<Role>(Role::NAMES))]
     pub role: Option<Role>,
 
     /// TOML config file. Without it, built-in defaults are used (see below).
@@ -110,13 +124,13 @@ pub struct SharedOptions {
 
     /// Worker threads, one pinned per core [default: server all available cores, client 1;
     /// overrides `cores`]. A client runs one session with its own tunnel pool per worker.
-    #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(WORKERS_MIN..=WORKERS_MAX))]
     pub cores: Option<u16>,
 
     /// I/O driver: auto probes the kernel for io_uring (once) and falls back to mio
     /// [default: auto, where MTCPD_IO may pick one; overrides `io`].
-    #[arg(long, value_enum, global = true)]
-    pub io: Option<IoDriver>,
+    #[arg(long, global = true, value_parser = engine_name::<IoChoice>(IoChoice::NAMES))]
+    pub io: Option<IoChoice>,
 }
 
 /// What `main` should do, after reconciling the subcommand with `--role`.
@@ -211,7 +225,7 @@ mod tests {
         };
         assert_eq!(request.overrides.role, Some(Role::Client));
         assert_eq!(request.overrides.cores, Some(4));
-        assert_eq!(request.overrides.io, Some(IoDriver::Mio));
+        assert_eq!(request.overrides.io, Some(IoChoice::Mio));
         assert_eq!(request.file, None);
     }
 

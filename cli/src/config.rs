@@ -1,10 +1,13 @@
-//! mtcpd configuration: TOML file → validation → a typed `DaemonConfig`.
+//! mtcpd configuration: TOML file → the engine's `RuntimeOptions` plus the file-level parts.
 //!
-//! Owns: reading the config file, its schema, defaults and validation. The pipeline is
-//! parse (`raw`, serde with `deny_unknown_fields`) → validate (`validate`) → resolved
-//! (`resolved::DaemonConfig`), and a bad config never yields a config: every error names
-//! the file, the dotted key and what is wrong (`error::ConfigError`).
-//! Must not touch: sockets, threads, the engine, logging set-up or the command line
+//! Owns: reading the config file and mapping it onto the engine's types. The pipeline is
+//! parse (`raw`, serde with `deny_unknown_fields`) → validate (`validate`, with the engine keys
+//! in `engine_values`) → resolved (`resolved::DaemonConfig`), printed by `display`. A bad config
+//! never yields a config: every error names the file, the dotted key, its line when known
+//! (`locate`) and what is wrong (`error::ConfigFileError`). Every default and every range of an
+//! engine value is the engine's (`mtcpd_engine::config`, `mtcpd_engine::runtime::options`); this
+//! module adds only file-level concerns: addresses, forwards, `psk_file`, the seed's key names,
+//! and error locations. Must not touch: sockets, threads, logging set-up or the command line
 //! (`main.rs` turns the command line into a `LoadRequest`).
 //!
 //! The seed's `config.server.toml` / `config.client.toml` load unchanged. One difference
@@ -14,20 +17,28 @@
 //! `config/mtcpd.example.toml`. Sizes and durations are parsed by `mtcpd_common::units`, the
 //! same parser mtcp-perf's command line uses.
 
+mod display;
+mod engine_values;
 mod error;
+mod locate;
 mod raw;
 mod resolved;
+mod targets;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use error::{ConfigError, ConfigOrigin, TextPosition};
+pub use engine_values::{FILE_KEYS, file_key};
+pub use error::{ConfigFileError, ConfigOrigin, TextPosition};
 pub use mtcpd_common::units::{ByteSize, HumanDuration};
+pub use mtcpd_engine::Role;
+pub use mtcpd_engine::runtime::{ClientForward, IoChoice, RuntimeOptions};
 pub use resolved::{
-    ClientConfig, ClientForward, DaemonConfig, Endpoint, IoDriver, Limits, PreSharedKey, Role,
-    RuntimeOptions, ServerConfig, ServerForward, TargetAddr, defaults,
+    ClientConfig, DaemonConfig, Endpoint, LabelledForward, ServerConfig, ServerForward, TargetAddr,
+    defaults,
 };
-pub use validate::{CommandLineOverrides, MAX_PSK_BYTES, MIN_PSK_BYTES, parse_target};
+pub use targets::parse_target;
+pub use validate::CommandLineOverrides;
 
 /// What to load: an optional file plus what the command line says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,17 +50,18 @@ pub struct LoadRequest {
 }
 
 /// Loads, validates and resolves a configuration.
-pub fn load(request: &LoadRequest) -> Result<DaemonConfig, ConfigError> {
+pub fn load(request: &LoadRequest) -> Result<DaemonConfig, ConfigFileError> {
     match &request.file {
         None => validate::resolve(
             None,
             ConfigOrigin::BuiltInDefaults,
+            "",
             Path::new("."),
             request.overrides,
         ),
         Some(path) => {
             let text =
-                std::fs::read_to_string(path).map_err(|io_error| ConfigError::Unreadable {
+                std::fs::read_to_string(path).map_err(|io_error| ConfigFileError::Unreadable {
                     path: path.clone(),
                     io_error,
                 })?;
@@ -74,9 +86,9 @@ pub fn load_str(
     origin: ConfigOrigin,
     base_dir: &Path,
     overrides: CommandLineOverrides,
-) -> Result<DaemonConfig, ConfigError> {
+) -> Result<DaemonConfig, ConfigFileError> {
     if let Err(syntax_error) = text.parse::<toml::Table>() {
-        return Err(ConfigError::Syntax {
+        return Err(ConfigFileError::Syntax {
             position: syntax_error
                 .span()
                 .map(|span| TextPosition::of_offset(text, span.start)),
@@ -86,15 +98,15 @@ pub fn load_str(
     }
     let deserializer = toml::Deserializer::new(text);
     let raw: raw::RawConfigFile = serde_path_to_error::deserialize(deserializer)
-        .map_err(|error| ConfigError::from_deserialize(&origin, text, error))?;
-    validate::resolve(Some(raw), origin, base_dir, overrides)
+        .map_err(|error| ConfigFileError::from_deserialize(&origin, text, error))?;
+    validate::resolve(Some(raw), origin, text, base_dir, overrides)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load_text(text: &str, role: Option<Role>) -> Result<DaemonConfig, ConfigError> {
+    fn load_text(text: &str, role: Option<Role>) -> Result<DaemonConfig, ConfigFileError> {
         load_str(
             text,
             ConfigOrigin::File("test.toml".into()),
@@ -129,9 +141,18 @@ mod tests {
         assert_eq!(server.listen.to_string(), "127.0.0.1:8000");
         assert_eq!(server.default_backend.to_string(), "127.0.0.1:9000");
         assert_eq!(config.origin, ConfigOrigin::BuiltInDefaults);
-        assert_eq!(config.runtime.congestion, "bbr");
-        assert_eq!(config.runtime.io, IoDriver::Auto);
-        assert_eq!(config.limits, Limits::default());
+        assert_eq!(
+            config.runtime.tunnel_sockets.congestion.as_deref(),
+            Some("bbr")
+        );
+        assert_eq!(config.runtime.io, IoChoice::Auto);
+        assert!(!config.has_psk());
+        let engine_defaults = RuntimeOptions::for_role(Role::Server);
+        assert_eq!(config.runtime.settings(), engine_defaults.settings());
+        assert_eq!(
+            config.runtime.engine.settings(),
+            engine_defaults.engine.settings()
+        );
     }
 
     #[test]
@@ -146,11 +167,27 @@ mod tests {
         .unwrap();
         let client = config.client().unwrap();
         assert_eq!(client.server.to_string(), "127.0.0.1:8000");
-        assert_eq!(client.pool_size, 8);
+        assert_eq!(config.runtime.engine.pool_size, 8);
         assert_eq!(client.forwards.len(), 1);
-        assert_eq!(client.forwards[0].listen.to_string(), "127.0.0.1:7000");
-        assert_eq!(client.forwards[0].target, None);
-        assert!(client.zero_rtt);
+        assert_eq!(
+            client.forwards[0].forward.listen.to_string(),
+            "127.0.0.1:7000"
+        );
+        assert_eq!(client.forwards[0].forward.target, None);
+        assert!(config.runtime.engine.zero_rtt);
+        assert_eq!(config.runtime.workers, 1);
+    }
+
+    #[test]
+    fn enable_zero_rtt_maps_onto_the_engine() {
+        let client = "[client]\nlocal_listen_port = 7000\n";
+        let on = load_text(client, None).unwrap();
+        assert!(on.runtime.engine.zero_rtt, "the engine's default");
+        let off = load_text(&format!("{client}enable_zero_rtt = false\n"), None).unwrap();
+        assert!(!off.runtime.engine.zero_rtt);
+        assert!(off.to_string().contains("enable_zero_rtt = false"), "{off}");
+        let server = load_text("[server]\n", None).unwrap();
+        assert!(!server.to_string().contains("enable_zero_rtt"), "{server}");
     }
 
     #[test]
@@ -166,9 +203,14 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(config.server().unwrap().max_pool_size, 16);
-        let uncapped = load_text("[server]\n", None).unwrap();
-        assert_eq!(uncapped.server().unwrap().max_pool_size, 64);
+        assert_eq!(config.runtime.engine.pool_size, 16);
+        let capped_only = load_text("[server]\n[limits]\nmax_tunnels = 32\n", None).unwrap();
+        assert_eq!(capped_only.runtime.engine.pool_size, 32);
+        let default = load_text("[server]\n", None).unwrap();
+        assert_eq!(
+            default.runtime.engine.pool_size,
+            mtcpd_engine::Config::default().pool_size
+        );
     }
 
     #[test]
@@ -196,12 +238,12 @@ mod tests {
             CommandLineOverrides {
                 role: Some(Role::Server),
                 cores: Some(3),
-                io: Some(IoDriver::Mio),
+                io: Some(IoChoice::Mio),
             },
         )
         .unwrap();
-        assert_eq!(config.runtime.cores, 3);
-        assert_eq!(config.runtime.io, IoDriver::Mio);
+        assert_eq!(config.runtime.workers, 3);
+        assert_eq!(config.runtime.io, IoChoice::Mio);
     }
 
     #[test]
@@ -217,13 +259,13 @@ mod tests {
         };
         let server = load("[server]\n");
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(server.runtime.cores, cores);
-        assert_eq!(server.runtime.socket_notsent_lowat, 128 * 1024);
+        assert_eq!(server.runtime.workers, cores);
+        assert_eq!(server.runtime.tunnel_sockets.notsent_lowat, 128 * 1024);
         let client = load(
             "socket_notsent_lowat = \"1MiB\"\n[client]\nlocal_listen_port = 7000\nserver_ip = \"127.0.0.1\"\n",
         );
-        assert_eq!(client.runtime.cores, 1);
-        assert_eq!(client.runtime.socket_notsent_lowat, 1 << 20);
+        assert_eq!(client.runtime.workers, 1);
+        assert_eq!(client.runtime.tunnel_sockets.notsent_lowat, 1 << 20);
     }
 
     #[test]
@@ -263,8 +305,12 @@ mod tests {
             ),
             ("[server]\nbuffer_size = \"100B\"\n", "server.buffer_size"),
             (
-                "[server]\n[limits]\nstream_window = \"512MiB\"\n",
+                "[server]\n[limits]\nstream_window = \"8GiB\"\n",
                 "limits.stream_window",
+            ),
+            (
+                "[server]\n[limits]\nstream_window = \"512MiB\"\n",
+                "limits.session_window",
             ),
             (
                 "[server]\n[limits]\nmax_frame_payload = \"512KiB\"\n",
@@ -276,7 +322,15 @@ mod tests {
             ),
             (
                 "[server]\n[limits]\nredial_backoff_min = \"1m\"\nredial_backoff_max = \"1s\"\n",
-                "limits.redial_backoff_min",
+                "limits.redial_backoff_max",
+            ),
+            (
+                "[server]\n[limits]\nsession_grace = \"0s\"\n",
+                "limits.session_grace",
+            ),
+            (
+                "[server]\n[limits]\nmax_tunnels = 300\n",
+                "limits.max_tunnels",
             ),
             (
                 "[server]\n[limits]\nhandshake_timeout = \"1h\"\n",
@@ -327,9 +381,59 @@ mod tests {
     }
 
     #[test]
+    fn check_output_shows_every_engine_value() {
+        let files = [
+            ("[server]\n", Role::Server),
+            ("[client]\nlocal_listen_port = 7000\n", Role::Client),
+        ];
+        for (text, role) in files {
+            let config = load_text(text, None).unwrap();
+            let printed = config.to_string();
+            let mut settings = config.runtime.engine.settings();
+            settings.extend(config.runtime.settings());
+            for setting in settings {
+                // A file key is printed in its table; the rest as comments by engine name.
+                let shown = match file_key(setting.key, role) {
+                    Some(key) => key.rsplit('.').next().unwrap_or_default().to_owned(),
+                    None => setting.key.to_owned(),
+                };
+                let found = printed.lines().any(|line| {
+                    line.starts_with(&format!("{shown} "))
+                        || line.starts_with(&format!("# {shown}"))
+                });
+                assert!(
+                    found,
+                    "{role}: `{}` is not printed:\n{printed}",
+                    setting.key
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn engine_range_errors_name_the_file_key_and_line() {
+        let error = load_text(
+            "[server]\nlisten_port = 8001\n\n[limits]\nhandshake_timeout = \"1h\"\n",
+            None,
+        )
+        .unwrap_err();
+        let ConfigFileError::Invalid { key, position, .. } = &error else {
+            panic!("expected an invalid key, got {error:?}");
+        };
+        assert_eq!(key, "limits.handshake_timeout");
+        assert_eq!(position.map(|position| position.line), Some(5));
+        let message = error.to_string();
+        assert!(
+            message.starts_with("test.toml:5:1: key `limits.handshake_timeout`"),
+            "{message}"
+        );
+        assert!(message.contains("between 100 ms and 5 min"), "{message}");
+    }
+
+    #[test]
     fn syntax_errors_have_a_position() {
         let error = load_text("[server\n", None).unwrap_err();
-        let ConfigError::Syntax { position, .. } = &error else {
+        let ConfigFileError::Syntax { position, .. } = &error else {
             panic!("expected a syntax error, got {error:?}");
         };
         assert_eq!(position.map(|position| position.line), Some(1));
@@ -342,9 +446,6 @@ mod tests {
         let printed = format!("{config}\n{config:?}");
         assert!(!printed.contains("horse"), "{printed}");
         assert!(printed.contains("redacted"));
-        assert_eq!(
-            config.psk.unwrap().expose_bytes(),
-            b"correct horse battery staple"
-        );
+        assert_eq!(config.runtime.engine.psk, b"correct horse battery staple");
     }
 }

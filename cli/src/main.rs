@@ -75,7 +75,7 @@ fn load_config(request: &LoadRequest) -> anyhow::Result<DaemonConfig> {
     if config.origin == ConfigOrigin::BuiltInDefaults {
         announce_defaults(config.role);
     }
-    if config.psk.is_none() {
+    if !config.has_psk() {
         tracing::warn!("no psk or psk_file set: tunnels are not authenticated");
     }
     Ok(config)
@@ -94,7 +94,7 @@ fn announce_defaults(role: Role) {
              to server {} with {} tunnels",
             defaults::CLIENT_LISTEN,
             defaults::CLIENT_SERVER,
-            defaults::CLIENT_POOL_SIZE
+            mtcpd_engine::Config::default().pool_size
         ),
     }
 }

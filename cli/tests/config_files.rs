@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use mtcpd::config::{
-    CommandLineOverrides, ConfigError, ConfigOrigin, IoDriver, LoadRequest, Role, TargetAddr, load,
-    parse_target,
+    CommandLineOverrides, ConfigFileError, ConfigOrigin, IoChoice, LoadRequest, Role, TargetAddr,
+    load, parse_target,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -18,7 +18,7 @@ fn fixture(name: &str) -> PathBuf {
 fn load_file(
     path: PathBuf,
     role: Option<Role>,
-) -> Result<mtcpd::config::DaemonConfig, ConfigError> {
+) -> Result<mtcpd::config::DaemonConfig, ConfigFileError> {
     load(&LoadRequest {
         file: Some(path),
         overrides: CommandLineOverrides {
@@ -37,8 +37,8 @@ fn seed_server_loads_with_and_without_mode() {
             let server = config.server().unwrap();
             assert_eq!(server.listen.to_string(), "0.0.0.0:8000");
             assert_eq!(server.default_backend.to_string(), "127.0.0.1:9000");
-            assert_eq!(server.max_pool_size, 4);
-            assert_eq!(server.buffer_size, 65536);
+            assert_eq!(config.runtime.engine.pool_size, 4);
+            assert_eq!(config.runtime.read_chunk, 65536);
             assert!(server.allowed_targets.is_empty());
             assert_eq!(config.origin, ConfigOrigin::File(fixture(name)));
         }
@@ -53,12 +53,15 @@ fn seed_client_loads_with_and_without_mode() {
             assert_eq!(config.role, Role::Client, "{name}");
             let client = config.client().unwrap();
             assert_eq!(client.server.to_string(), "127.0.0.1:8000");
-            assert_eq!(client.pool_size, 4);
-            assert_eq!(client.buffer_size, 65536);
-            assert!(client.zero_rtt);
+            assert_eq!(config.runtime.engine.pool_size, 4);
+            assert_eq!(config.runtime.read_chunk, 65536);
+            assert!(config.runtime.engine.zero_rtt);
             assert_eq!(client.forwards.len(), 1);
-            assert_eq!(client.forwards[0].listen.to_string(), "127.0.0.1:7000");
-            assert_eq!(client.forwards[0].target, None);
+            assert_eq!(
+                client.forwards[0].forward.listen.to_string(),
+                "127.0.0.1:7000"
+            );
+            assert_eq!(client.forwards[0].forward.target, None);
         }
     }
 }
@@ -67,39 +70,37 @@ fn seed_client_loads_with_and_without_mode() {
 fn pool_size_mismatch_with_the_server_is_fine() {
     let client = load_file(fixture("good_seed_client_pool_mismatch.toml"), None).unwrap();
     let server = load_file(fixture("good_seed_server.toml"), None).unwrap();
-    assert_eq!(client.client().unwrap().pool_size, 16);
-    assert_eq!(server.server().unwrap().max_pool_size, 4);
+    assert_eq!(client.runtime.engine.pool_size, 16);
+    assert_eq!(server.runtime.engine.pool_size, 4);
 }
 
 #[test]
 fn rich_server_resolves_every_key() {
     let config = load_file(fixture("good_rich_server.toml"), None).unwrap();
-    assert_eq!(
-        config.psk.as_ref().unwrap().expose_bytes(),
-        b"this-is-a-test-psk-0123456789"
-    );
-    assert_eq!(config.runtime.cores, 2);
-    assert_eq!(config.runtime.io, IoDriver::Mio);
-    assert_eq!(config.runtime.congestion, "cubic");
-    assert_eq!(config.runtime.socket_send_buffer, Some(4 << 20));
-    assert_eq!(config.runtime.socket_recv_buffer, Some(4 << 20));
+    let runtime = &config.runtime;
+    assert_eq!(runtime.engine.psk, b"this-is-a-test-psk-0123456789");
+    assert_eq!(runtime.workers, 2);
+    assert_eq!(runtime.io, IoChoice::Mio);
+    assert_eq!(runtime.tunnel_sockets.congestion.as_deref(), Some("cubic"));
+    assert_eq!(runtime.tunnel_sockets.send_buffer, Some(4 << 20));
+    assert_eq!(runtime.tunnel_sockets.recv_buffer, Some(4 << 20));
     let server = config.server().unwrap();
-    assert_eq!(server.max_pool_size, 16, "capped by limits.max_tunnels");
-    assert_eq!(server.buffer_size, 128 * 1024);
+    assert_eq!(runtime.engine.pool_size, 16, "capped by limits.max_tunnels");
+    assert_eq!(runtime.read_chunk, 128 * 1024);
     assert_eq!(server.allowed_targets.len(), 3);
     assert_eq!(server.allowed_targets[0].name.as_deref(), Some("mysql"));
     let requested = parse_target("db.internal:5432").unwrap();
     assert_eq!(server.target_for(Some(&requested)), requested);
-    let limits = &config.limits;
-    assert_eq!(limits.max_sessions, 16);
-    assert_eq!(limits.max_streams_per_session, 100_000);
-    assert_eq!(limits.stream_window, 1 << 20);
-    assert_eq!(limits.session_window, 64 << 20);
-    assert_eq!(limits.max_frame_payload, 64 * 1024);
-    assert_eq!(limits.handshake_timeout.as_secs(), 5);
-    assert_eq!(limits.tunnel_idle_timeout.as_secs(), 120);
-    assert_eq!(limits.redial_backoff_min.as_millis(), 100);
-    assert_eq!(limits.drain_timeout.as_secs(), 0);
+    let engine = &runtime.engine;
+    assert_eq!(runtime.max_sessions, 16);
+    assert_eq!(engine.max_streams, 100_000);
+    assert_eq!(engine.stream_window, 1 << 20);
+    assert_eq!(engine.session_window, 64 << 20);
+    assert_eq!(engine.max_frame_payload, 64 * 1024);
+    assert_eq!(engine.handshake_timeout.as_secs(), 5);
+    assert_eq!(engine.tunnel_idle_timeout.as_secs(), 120);
+    assert_eq!(engine.redial_backoff_min.as_millis(), 100);
+    assert_eq!(runtime.drain_timeout.as_secs(), 0);
 }
 
 #[test]
@@ -109,17 +110,15 @@ fn multi_forward_client_keeps_every_forward_in_order() {
     let listens: Vec<String> = client
         .forwards
         .iter()
-        .map(|f| f.listen.to_string())
+        .map(|f| f.forward.listen.to_string())
         .collect();
     assert_eq!(listens, ["127.0.0.1:7000", "127.0.0.1:3306", "[::1]:5432"]);
-    assert_eq!(client.forwards[0].target, None);
-    assert_eq!(
-        client.forwards[2].target,
-        Some(TargetAddr::Host {
-            host: "db.internal".into(),
-            port: 5432
-        })
-    );
+    assert_eq!(client.forwards[0].forward.target, None);
+    let host = TargetAddr::Host {
+        host: "db.internal".into(),
+        port: 5432,
+    };
+    assert_eq!(client.forwards[2].forward.target, Some(host.to_string()));
     assert_eq!(client.server.to_string(), "198.51.100.5:8000");
 }
 
@@ -206,7 +205,7 @@ fn bad_fixtures_name_the_exact_key() {
 #[test]
 fn syntax_errors_name_the_file_and_line() {
     let error = load_file(fixture("bad_syntax.toml"), None).unwrap_err();
-    assert!(matches!(error, ConfigError::Syntax { .. }), "{error:?}");
+    assert!(matches!(error, ConfigFileError::Syntax { .. }), "{error:?}");
     let message = error.to_string();
     assert!(
         message.starts_with(&format!("{}:1:", fixture("bad_syntax.toml").display())),
@@ -217,7 +216,10 @@ fn syntax_errors_name_the_file_and_line() {
 #[test]
 fn a_missing_config_file_is_named() {
     let error = load_file(fixture("does_not_exist.toml"), Some(Role::Server)).unwrap_err();
-    assert!(matches!(error, ConfigError::Unreadable { .. }), "{error:?}");
+    assert!(
+        matches!(error, ConfigFileError::Unreadable { .. }),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("does_not_exist.toml"));
 }
 
@@ -283,7 +285,15 @@ fn the_example_shows_the_defaults() {
         })
         .unwrap();
         assert_eq!(from_example.endpoint, from_defaults.endpoint, "{role}");
-        assert_eq!(from_example.limits, from_defaults.limits, "{role}");
-        assert_eq!(from_example.runtime, from_defaults.runtime, "{role}");
+        assert_eq!(
+            from_example.runtime.engine.settings(),
+            from_defaults.runtime.engine.settings(),
+            "{role}"
+        );
+        assert_eq!(
+            from_example.runtime.settings(),
+            from_defaults.runtime.settings(),
+            "{role}"
+        );
     }
 }

@@ -1,29 +1,79 @@
-//! Engine configuration: every limit and timer the protocol core uses, with defaults.
+//! Engine configuration: every limit and timer the protocol core uses, with its default and its
+//! valid range, stated once.
 //!
-//! Owns: [`Config`] and its validation. Must not touch: file formats (the CLI maps its TOML onto
-//! this) or sockets (socket options belong to the runtime).
+//! Owns: [`Config`], its defaults, the ranges in [`range`] and [`Config::validate`], the
+//! pre-shared key's accepted length ([`check_psk`]), and the names of [`Role`] as written in
+//! configs. Must not touch: file formats (the CLI maps its TOML onto this and adds only
+//! file-level concerns) or sockets (socket options and the runtime's own settings are
+//! [`crate::runtime::RuntimeOptions`]). docs/PROTOCOL.md §10 prints these defaults and ranges; a
+//! test compares the two.
 
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
 use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::handshake::TransportParams;
 use crate::scheduler::SchedulerKind;
+use crate::session::Role;
+use crate::settings::{Setting, SettingValue};
 use crate::wire::{ABSOLUTE_MAX_FRAME_BODY, DATA_FIXED_LEN};
 
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const ONE_DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The valid range of every [`Config`] field that has one (both ends inclusive). Rules that
+/// relate two fields are in [`Config::validate`].
+pub mod range {
+    use super::*;
+
+    /// [`Config::pool_size`].
+    pub const POOL_SIZE: RangeInclusive<u16> = 1..=256;
+    /// [`Config::max_frame_body`].
+    pub const MAX_FRAME_BODY: RangeInclusive<u32> = 4096..=ABSOLUTE_MAX_FRAME_BODY;
+    /// [`Config::max_frame_payload`]; also at most `stream_window`.
+    pub const MAX_FRAME_PAYLOAD: RangeInclusive<u32> = 512..=256 * 1024;
+    /// [`Config::stream_window`].
+    pub const STREAM_WINDOW: RangeInclusive<u64> = 4 * KIB..=4 * GIB;
+    /// [`Config::session_window`]; also at least `stream_window`.
+    pub const SESSION_WINDOW: RangeInclusive<u64> = 4 * KIB..=64 * GIB;
+    /// [`Config::stream_send_buffer`].
+    pub const STREAM_SEND_BUFFER: RangeInclusive<usize> = 4096..=GIB as usize;
+    /// [`Config::max_streams`].
+    pub const MAX_STREAMS: RangeInclusive<u64> = 1..=1 << 24;
+    /// [`Config::handshake_timeout`].
+    pub const HANDSHAKE_TIMEOUT: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(300);
+    /// [`Config::tunnel_idle_timeout`]; also longer than `keepalive_interval`.
+    pub const TUNNEL_IDLE_TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=ONE_DAY;
+    /// [`Config::keepalive_interval`]; also shorter than `tunnel_idle_timeout`.
+    pub const KEEPALIVE_INTERVAL: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(3600);
+    /// [`Config::session_grace`].
+    pub const SESSION_GRACE: RangeInclusive<Duration> = Duration::from_millis(100)..=ONE_DAY;
+    /// [`Config::redial_backoff_min`].
+    pub const REDIAL_BACKOFF_MIN: RangeInclusive<Duration> =
+        Duration::from_millis(10)..=Duration::from_secs(3600);
+    /// [`Config::redial_backoff_max`]; also at least `redial_backoff_min`.
+    pub const REDIAL_BACKOFF_MAX: RangeInclusive<Duration> = Duration::from_millis(10)..=ONE_DAY;
+    /// Length of a configured pre-shared key, in bytes ([`super::check_psk`]). The engine
+    /// itself takes any key up to the maximum (tests use short ones; empty means none).
+    pub const PSK_LEN: RangeInclusive<usize> = 16..=1024;
+}
+
 /// Limits and timers of a session. Both ends may differ; what matters to the peer is announced
-/// in the handshake.
-#[derive(Debug, Clone)]
+/// in the handshake. `Debug` never shows the key.
+#[derive(Clone)]
 pub struct Config {
     /// Pre-shared key both ends prove knowledge of. Empty means "no key" (still challenge–
     /// response, but anyone can compute it): the daemon warns about it.
     pub psk: Vec<u8>,
     /// Client: tunnels to open. Server: the most tunnels it lets one session have.
     pub pool_size: u16,
-    /// Client: dial the tunnel pool as soon as the session starts, so a stream's first bytes
-    /// leave with no handshake across the WAN (0-RTT). When false, the pool is dialed when the
-    /// first stream opens.
-    pub zero_rtt: bool,
     /// Largest DATA payload this end sends.
     pub max_frame_payload: u32,
     /// Largest frame body this end accepts.
@@ -55,6 +105,10 @@ pub struct Config {
     pub scheduler: SchedulerKind,
     /// Payloads shorter than this are copied next to their header (one chunk instead of two).
     pub copy_threshold: usize,
+    /// Client: dial the tunnel pool as soon as the session starts, so a stream's first bytes
+    /// leave with no handshake across the WAN (0-RTT). When false, the pool is dialed when the
+    /// first stream opens.
+    pub zero_rtt: bool,
 }
 
 impl Default for Config {
@@ -62,7 +116,6 @@ impl Default for Config {
         Self {
             psk: Vec::new(),
             pool_size: 8,
-            zero_rtt: true,
             max_frame_payload: 16 * 1024,
             max_frame_body: 256 * 1024,
             // Sized for the WAN: one tunnel in loss recovery holds the stream's head back for
@@ -83,7 +136,18 @@ impl Default for Config {
             initial_rate: 125e6,
             scheduler: SchedulerKind::EarliestDelivery,
             copy_threshold: 256,
+            zero_rtt: true,
         }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut fields = out.debug_struct("Config");
+        for setting in self.settings() {
+            fields.field(setting.key, &format_args!("{}", setting.value));
+        }
+        fields.finish()
     }
 }
 
@@ -105,56 +169,131 @@ fn bad(key: &'static str, problem: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// Every field with its value and bounds, in declaration order: what `mtcpd check` prints
+    /// and what [`Config::validate`] checks. The key is never shown, only its length.
+    pub fn settings(&self) -> Vec<Setting> {
+        // Destructured so that a new field cannot be forgotten here.
+        let Config {
+            psk,
+            pool_size,
+            max_frame_payload,
+            max_frame_body,
+            stream_window,
+            session_window,
+            stream_send_buffer,
+            max_streams,
+            handshake_timeout,
+            tunnel_idle_timeout,
+            keepalive_interval,
+            session_grace,
+            redial_backoff_min,
+            redial_backoff_max,
+            initial_rate,
+            scheduler,
+            copy_threshold,
+            zero_rtt,
+        } = self;
+        vec![
+            Setting::unbounded("psk", SettingValue::Secret { len: psk.len() }),
+            Setting::count("pool_size", *pool_size, range::POOL_SIZE),
+            Setting::bytes(
+                "max_frame_payload",
+                *max_frame_payload,
+                range::MAX_FRAME_PAYLOAD,
+            ),
+            Setting::bytes("max_frame_body", *max_frame_body, range::MAX_FRAME_BODY),
+            Setting::bytes("stream_window", *stream_window, range::STREAM_WINDOW),
+            Setting::bytes("session_window", *session_window, range::SESSION_WINDOW),
+            Setting::bytes(
+                "stream_send_buffer",
+                *stream_send_buffer,
+                range::STREAM_SEND_BUFFER,
+            ),
+            Setting::count("max_streams", *max_streams, range::MAX_STREAMS),
+            Setting::duration(
+                "handshake_timeout",
+                *handshake_timeout,
+                range::HANDSHAKE_TIMEOUT,
+            ),
+            Setting::duration(
+                "tunnel_idle_timeout",
+                *tunnel_idle_timeout,
+                range::TUNNEL_IDLE_TIMEOUT,
+            ),
+            Setting::duration(
+                "keepalive_interval",
+                *keepalive_interval,
+                range::KEEPALIVE_INTERVAL,
+            ),
+            Setting::duration("session_grace", *session_grace, range::SESSION_GRACE),
+            Setting::duration(
+                "redial_backoff_min",
+                *redial_backoff_min,
+                range::REDIAL_BACKOFF_MIN,
+            ),
+            Setting::duration(
+                "redial_backoff_max",
+                *redial_backoff_max,
+                range::REDIAL_BACKOFF_MAX,
+            ),
+            Setting::unbounded("initial_rate", SettingValue::BytesPerSecond(*initial_rate)),
+            Setting::unbounded(
+                "scheduler",
+                SettingValue::Name(scheduler_name(*scheduler).into()),
+            ),
+            Setting::unbounded(
+                "copy_threshold",
+                SettingValue::Bytes(*copy_threshold as u64),
+            ),
+            Setting::unbounded("zero_rtt", SettingValue::Flag(*zero_rtt)),
+        ]
+    }
+
     /// Checks every value; a session must never start on a config that fails this.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.pool_size == 0 || self.pool_size > 256 {
-            return Err(bad("pool_size", "must be 1..=256"));
+        for setting in self.settings() {
+            setting.check()?;
         }
-        if self.max_frame_body < 4096 || self.max_frame_body > ABSOLUTE_MAX_FRAME_BODY {
+        if self.psk.len() > *range::PSK_LEN.end() {
             return Err(bad(
-                "max_frame_body",
-                format!("must be 4096..={ABSOLUTE_MAX_FRAME_BODY}"),
+                "psk",
+                format!("must be at most {} bytes", range::PSK_LEN.end()),
             ));
         }
-        if self.max_frame_payload < 512 || self.max_frame_payload > 256 * 1024 {
-            return Err(bad("max_frame_payload", "must be 512..=262144"));
-        }
-        if self.stream_window < 4096 || self.stream_window > 1 << 32 {
-            return Err(bad("stream_window", "must be 4 KiB..=4 GiB"));
-        }
-        if self.session_window < self.stream_window || self.session_window > 1 << 36 {
+        if self.session_window < self.stream_window {
             return Err(bad(
                 "session_window",
-                "must be at least stream_window and at most 64 GiB",
+                format!(
+                    "must be at least stream_window ({})",
+                    SettingValue::Bytes(self.stream_window)
+                ),
             ));
         }
-        if self.stream_send_buffer < 4096 {
-            return Err(bad("stream_send_buffer", "must be at least 4096"));
-        }
-        if self.max_streams == 0 || self.max_streams > 1 << 24 {
-            return Err(bad("max_streams", "must be 1..=16777216"));
-        }
-        for (key, d) in [
-            ("handshake_timeout", self.handshake_timeout),
-            ("tunnel_idle_timeout", self.tunnel_idle_timeout),
-            ("keepalive_interval", self.keepalive_interval),
-            ("session_grace", self.session_grace),
-            ("redial_backoff_min", self.redial_backoff_min),
-        ] {
-            if d.is_zero() {
-                return Err(bad(key, "must be greater than zero"));
-            }
+        if u64::from(self.max_frame_payload) > self.stream_window {
+            return Err(bad(
+                "max_frame_payload",
+                format!(
+                    "must be at most stream_window ({})",
+                    SettingValue::Bytes(self.stream_window)
+                ),
+            ));
         }
         if self.keepalive_interval >= self.tunnel_idle_timeout {
             return Err(bad(
                 "keepalive_interval",
-                "must be shorter than tunnel_idle_timeout, or idle tunnels time out",
+                format!(
+                    "must be shorter than tunnel_idle_timeout ({}), or idle tunnels time out",
+                    SettingValue::Duration(self.tunnel_idle_timeout)
+                ),
             ));
         }
         if self.redial_backoff_max < self.redial_backoff_min {
             return Err(bad(
                 "redial_backoff_max",
-                "must be at least redial_backoff_min",
+                format!(
+                    "must be at least redial_backoff_min ({})",
+                    SettingValue::Duration(self.redial_backoff_min)
+                ),
             ));
         }
         if !(self.initial_rate.is_finite() && self.initial_rate > 0.0) {
@@ -180,6 +319,79 @@ impl Config {
     }
 }
 
+/// The name a scheduler goes by in logs and docs (the same as its [`crate::scheduler::Scheduler::name`]).
+fn scheduler_name(kind: SchedulerKind) -> &'static str {
+    match kind {
+        SchedulerKind::EarliestDelivery => "earliest-delivery",
+        SchedulerKind::RoundRobin => "round-robin",
+    }
+}
+
+/// Checks a pre-shared key an operator configured: [`range::PSK_LEN`] bytes. (The engine takes
+/// shorter keys, and an empty one means "no key"; a daemon refuses to run on a guessable one.)
+pub fn check_psk(psk: &[u8]) -> Result<(), ConfigError> {
+    if range::PSK_LEN.contains(&psk.len()) {
+        Ok(())
+    } else {
+        Err(bad(
+            "psk",
+            format!(
+                "the pre-shared key must be {} to {} bytes long, got {} bytes",
+                range::PSK_LEN.start(),
+                range::PSK_LEN.end(),
+                psk.len()
+            ),
+        ))
+    }
+}
+
+/// A name that is not one of the accepted words (a role, an I/O driver).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("unknown {what} \"{given}\", expected one of: {}", expected.join(", "))]
+pub struct UnknownName {
+    /// What was being named ("role", "I/O driver").
+    pub what: &'static str,
+    /// What was written.
+    pub given: String,
+    /// The accepted words.
+    pub expected: &'static [&'static str],
+}
+
+impl Role {
+    /// Both roles, by the name configs and command lines use.
+    pub const NAMES: &'static [&'static str] = &["server", "client"];
+
+    /// `"server"` or `"client"`, as written in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        out.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownName;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "server" => Ok(Role::Server),
+            "client" => Ok(Role::Client),
+            _ => Err(UnknownName {
+                what: "role",
+                given: name.to_owned(),
+                expected: Role::NAMES,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +409,59 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "pool_size");
+    }
+
+    #[test]
+    fn ranges_and_cross_rules_name_the_key() {
+        let c = Config {
+            stream_window: 8 * GIB,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "stream_window");
+        let c = Config {
+            session_window: 8 * KIB,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "session_window");
+        let c = Config {
+            redial_backoff_min: Duration::from_secs(60),
+            redial_backoff_max: Duration::from_secs(1),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "redial_backoff_max");
+        let error = Config {
+            handshake_timeout: Duration::from_secs(3600),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "handshake_timeout: must be between 100 ms and 5 min, got 1 h"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_key_and_psk_length_is_checked() {
+        let c = Config {
+            psk: b"correct horse battery staple".to_vec(),
+            ..Config::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("horse") && shown.contains("redacted"),
+            "{shown}"
+        );
+        check_psk(&c.psk).unwrap();
+        assert_eq!(check_psk(b"short").unwrap_err().key, "psk");
+        assert_eq!(check_psk(&[7; 1025]).unwrap_err().key, "psk");
+    }
+
+    #[test]
+    fn roles_parse_from_their_names() {
+        for name in Role::NAMES {
+            assert_eq!(name.parse::<Role>().unwrap().to_string(), *name);
+        }
+        assert!("both".parse::<Role>().is_err());
     }
 }

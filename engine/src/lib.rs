@@ -12,6 +12,7 @@ pub mod reorder;
 pub mod runtime;
 pub mod scheduler;
 pub mod session;
+pub mod settings;
 pub mod sim;
 pub mod wire;
 

@@ -1,8 +1,11 @@
 //! The one error type of configuration loading.
 //!
-//! Owns: `ConfigError`, `ConfigOrigin`, and turning TOML/serde errors into errors that name
-//! the file, the dotted key (`client.server_port`, `client.forward[1].target`) and what is
-//! wrong. Must not touch: deciding what is valid (that is `validate.rs`).
+//! Owns: `ConfigFileError`, `ConfigOrigin`, and turning TOML/serde errors into errors that name
+//! the file, the dotted key (`client.server_port`, `client.forward[1].target`), the line when it
+//! is known, and what is wrong. Named apart from the engine's `ConfigError` (one value out of
+//! range, by engine field name), which `validate` turns into a `ConfigFileError` naming the key
+//! as written in the file. Must not touch: deciding what is valid (the engine decides ranges,
+//! `validate.rs` the file's own rules).
 
 use std::fmt;
 use std::io;
@@ -58,9 +61,9 @@ impl fmt::Display for PositionSuffix {
     }
 }
 
-/// Why a configuration could not be loaded. A `ConfigError` never comes with a config.
+/// Why a configuration file could not be loaded. A `ConfigFileError` never comes with a config.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum ConfigFileError {
     /// The config file itself could not be read.
     #[error("cannot read config file {}: {io_error}", path.display())]
     Unreadable {
@@ -93,12 +96,12 @@ pub enum ConfigError {
     },
 }
 
-impl ConfigError {
+impl ConfigFileError {
     /// The dotted key this error is about, if it is about one key.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::Invalid { key, .. } => Some(key),
-            ConfigError::Unreadable { .. } | ConfigError::Syntax { .. } => None,
+            ConfigFileError::Invalid { key, .. } => Some(key),
+            ConfigFileError::Unreadable { .. } | ConfigFileError::Syntax { .. } => None,
         }
     }
 
@@ -119,7 +122,7 @@ impl ConfigError {
             .span()
             .map(|span| TextPosition::of_offset(text, span.start));
         let key = key_from_path_and_message(&path, &message);
-        ConfigError::Invalid {
+        ConfigFileError::Invalid {
             origin: origin.clone(),
             key,
             position,

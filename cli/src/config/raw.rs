@@ -1,25 +1,41 @@
 //! The configuration file exactly as written: serde structs mirroring the TOML.
 //!
-//! Owns: the file's shape (table and key names, `deny_unknown_fields` everywhere). Every
-//! field is optional or has a serde default so that missing keys can be filled from the
-//! documented defaults in `validate.rs`. Must not touch: defaults, ranges, cross-key rules
-//! (all in `validate.rs`); nothing here is handed to the runtime.
+//! Owns: the file's shape (table and key names, `deny_unknown_fields` everywhere, the seed's
+//! key names such as `buffer_size` and `connection_pool_size`). Every field is optional or has a
+//! serde default so that a missing key takes the engine's default. Must not touch: defaults or
+//! ranges (the engine's) or cross-key rules (the engine's and `validate.rs`); nothing here is
+//! handed to the runtime.
 //!
 //! Numbers that have a range (ports, pool sizes, counts) are read as `i64` so that an
 //! out-of-range value gets a message saying the range, not a bare "expected u16".
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use serde::Deserialize;
+use mtcpd_engine::Role;
+use mtcpd_engine::runtime::IoChoice;
+use serde::{Deserialize, Deserializer};
 
-use super::resolved::{IoDriver, Role};
 use mtcpd_common::units::{ByteSize, HumanDuration};
+
+/// Reads an engine name (`Role`, `IoChoice`) through its `FromStr`, so the file accepts
+/// exactly the words the engine does and a wrong one is reported at its key and line.
+fn engine_name<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfigFile {
     /// Which role this file configures (seed key). Optional: inferred from the tables.
+    #[serde(default, deserialize_with = "engine_name")]
     pub mode: Option<Role>,
     /// Pre-shared key, inline.
     pub psk: Option<String>,
@@ -28,7 +44,8 @@ pub struct RawConfigFile {
     /// Worker threads (one per core).
     pub cores: Option<i64>,
     /// I/O driver.
-    pub io: Option<IoDriver>,
+    #[serde(default, deserialize_with = "engine_name")]
+    pub io: Option<IoChoice>,
     /// TCP congestion control of the tunnels.
     pub congestion: Option<String>,
     /// SO_SNDBUF of every socket, if set.

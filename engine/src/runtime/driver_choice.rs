@@ -80,14 +80,16 @@ fn requested(choice: IoChoice, env: Option<&OsStr>) -> Result<IoChoice, RuntimeE
     if choice != IoChoice::Auto {
         return Ok(choice);
     }
-    match env.map(|value| value.to_str()) {
-        None | Some(Some("" | "auto")) => Ok(IoChoice::Auto),
-        Some(Some("mio")) => Ok(IoChoice::Mio),
-        Some(Some("uring")) => Ok(IoChoice::Uring),
-        Some(_) => Err(RuntimeError::BadIoEnv(
-            env.map(|value| value.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        )),
+    let Some(value) = env else {
+        return Ok(IoChoice::Auto);
+    };
+    match value.to_str() {
+        Some("") => Ok(IoChoice::Auto),
+        // The same names as `--io` and the config's `io` (IoChoice's FromStr).
+        Some(name) => name
+            .parse()
+            .map_err(|_| RuntimeError::BadIoEnv(name.to_owned())),
+        None => Err(RuntimeError::BadIoEnv(value.to_string_lossy().into_owned())),
     }
 }
 

@@ -32,6 +32,7 @@ mod driver_choice;
 mod event_loop;
 mod io;
 mod local;
+pub mod options;
 pub mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -109,7 +110,7 @@ pub enum Route {
 /// Where the server sends a stream, given the target its client asked for.
 pub type TargetResolver = Arc<dyn Fn(Option<&str>) -> Route + Send + Sync>;
 
-/// Settings shared by both roles.
+/// Settings shared by both roles. Defaults and valid ranges are in [`options`].
 #[derive(Clone)]
 pub struct RuntimeOptions {
     /// Protocol limits and timers.
@@ -136,27 +137,11 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("io", &self.io)
             .field("tunnel_sockets", &self.tunnel_sockets)
             .field("read_chunk", &self.read_chunk)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("max_sessions", &self.max_sessions)
             .field("workers", &self.workers)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for RuntimeOptions {
-    fn default() -> Self {
-        Self {
-            engine: Config::default(),
-            io: IoChoice::Auto,
-            tunnel_sockets: TunnelSocketOptions {
-                congestion: Some("bbr".into()),
-                send_buffer: None,
-                recv_buffer: None,
-                notsent_lowat: 128 * 1024,
-            },
-            read_chunk: 64 * 1024,
-            drain_timeout: Duration::from_secs(30),
-            max_sessions: 1024,
-            workers: 1,
-        }
+            .field("engine", &self.engine)
+            .finish()
     }
 }
 
@@ -242,10 +227,10 @@ impl Drop for RuntimeHandle {
 }
 
 fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
-    opts.engine.validate()?;
     if opts.workers == 0 {
         return Err(RuntimeError::Workers);
     }
+    opts.validate()?;
     let driver = choose_driver(opts.io)?;
     tracing::info!(driver = driver.name(), requested = ?opts.io, "I/O driver selected");
     match sockopt::raise_nofile_limit() {

@@ -1,0 +1,125 @@
+//! Printing a resolved config for `mtcpd check` and the start-up log.
+//!
+//! Owns: the text form of a `DaemonConfig`: the file-level parts, then every value the engine
+//! will run with (every `Config` and `RuntimeOptions` setting, after defaults), each under the
+//! file key that sets it, and the ones no file key sets as comments. Must not touch: validity
+//! or defaults. The pre-shared key is never shown, only its length.
+
+use std::fmt;
+
+use mtcpd_engine::settings::{Setting, SettingValue};
+
+use super::engine_values::file_key;
+use super::resolved::{DaemonConfig, Endpoint};
+use mtcpd_common::units::{ByteSize, HumanDuration};
+
+/// A setting's value as a TOML value that reads back to the same thing.
+fn toml_value(value: &SettingValue) -> String {
+    match value {
+        SettingValue::Count(n) => n.to_string(),
+        SettingValue::Bytes(n) => format!("\"{}\"", ByteSize(*n)),
+        SettingValue::Duration(d) => format!("\"{}\"", HumanDuration(*d)),
+        SettingValue::Flag(on) => on.to_string(),
+        other => format!("\"{other}\""),
+    }
+}
+
+/// One engine setting under its file key (`key` is the part after the table).
+fn write_setting(out: &mut fmt::Formatter<'_>, key: &str, setting: &Setting) -> fmt::Result {
+    match &setting.value {
+        SettingValue::Unset(what_decides) => writeln!(out, "# {key}: {what_decides}"),
+        SettingValue::Secret { len: 0 } => {
+            writeln!(out, "# {key}: none (tunnels are not authenticated)")
+        }
+        value => writeln!(out, "{key} = {}", toml_value(value)),
+    }
+}
+
+/// Prints a config as commented TOML-like text. The PSK is never shown.
+impl fmt::Display for DaemonConfig {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let role = self.role;
+        let mut settings = self.runtime.engine.settings();
+        settings.extend(self.runtime.settings());
+        // (table, key in the table, setting); table "" is the top level.
+        let mut placed: Vec<(String, String, &Setting)> = Vec::new();
+        let mut built_in: Vec<&Setting> = Vec::new();
+        for setting in &settings {
+            match file_key(setting.key, role) {
+                Some(key) => match key.split_once('.') {
+                    Some((table, key)) => placed.push((table.into(), key.into(), setting)),
+                    None => placed.push((String::new(), key, setting)),
+                },
+                None => built_in.push(setting),
+            }
+        }
+        let table = |name: &'static str| placed.iter().filter(move |(table, ..)| table == name);
+
+        writeln!(out, "# resolved from {}", self.origin)?;
+        writeln!(out, "mode = \"{role}\"")?;
+        for (_, key, setting) in table("") {
+            write_setting(out, key, setting)?;
+        }
+        writeln!(out, "\n[{role}]")?;
+        match &self.endpoint {
+            Endpoint::Server(server) => {
+                writeln!(out, "listen = \"{}\"", server.listen)?;
+                writeln!(out, "default_backend = \"{}\"", server.default_backend)?;
+            }
+            Endpoint::Client(client) => writeln!(out, "server = \"{}\"", client.server)?,
+        }
+        for (_, key, setting) in table(role.as_str()) {
+            write_setting(out, key, setting)?;
+        }
+        match &self.endpoint {
+            Endpoint::Server(server) => {
+                for allowed in &server.allowed_targets {
+                    writeln!(out, "\n[[server.forward]]")?;
+                    if let Some(name) = &allowed.name {
+                        writeln!(out, "name = \"{name}\"")?;
+                    }
+                    writeln!(out, "target = \"{}\"", allowed.target)?;
+                }
+            }
+            Endpoint::Client(client) => {
+                for labelled in &client.forwards {
+                    writeln!(out, "\n[[client.forward]]")?;
+                    if let Some(name) = &labelled.name {
+                        writeln!(out, "name = \"{name}\"")?;
+                    }
+                    writeln!(out, "listen = \"{}\"", labelled.forward.listen)?;
+                    match &labelled.forward.target {
+                        Some(target) => writeln!(out, "target = \"{target}\"")?,
+                        None => writeln!(out, "# target: the server's default backend")?,
+                    }
+                }
+            }
+        }
+        writeln!(out, "\n[limits]")?;
+        for (_, key, setting) in table("limits") {
+            write_setting(out, key, setting)?;
+        }
+        writeln!(out, "\n# Engine values no config key sets (built in):")?;
+        for setting in built_in {
+            writeln!(out, "# {} = {}", setting.key, setting.value)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_print_as_toml_that_reads_back() {
+        let bytes = toml_value(&SettingValue::Bytes(128 * 1024));
+        assert_eq!(bytes, "\"128KiB\"");
+        let duration = toml_value(&SettingValue::Duration(std::time::Duration::from_millis(
+            250,
+        )));
+        assert_eq!(duration, "\"250ms\"");
+        assert_eq!(toml_value(&SettingValue::Name("bbr".into())), "\"bbr\"");
+        assert_eq!(toml_value(&SettingValue::Count(8)), "8");
+    }
+}
