@@ -36,7 +36,7 @@ pub struct CommandLineOverrides {
     pub role: Option<Role>,
     /// `--cores`.
     pub cores: Option<usize>,
-    /// `--io` / `MTCPD_IO`.
+    /// `--io` (the engine reads `MTCPD_IO` itself when the choice stays `auto`).
     pub io: Option<IoChoice>,
 }
 
