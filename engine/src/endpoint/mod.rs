@@ -76,6 +76,11 @@ impl<T> SessionSlot<T> {
         &mut self.data
     }
 
+    /// The session, out of its slot (after [`Endpoint::remove`]).
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+
     /// Both at once.
     pub fn parts_mut(&mut self) -> (&mut Session, &mut T) {
         (&mut self.session, &mut self.data)
