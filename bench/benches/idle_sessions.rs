@@ -90,7 +90,9 @@ fn idle_session(server: SocketAddr, seed: u64) -> Idle {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => panic!("idle session read: {e}"),
         }
@@ -100,10 +102,12 @@ fn idle_session(server: SocketAddr, seed: u64) -> Idle {
 fn ping_pong(c: &mut Criterion) {
     let mut g = c.benchmark_group("idle_sessions/ping_pong_64B");
     for idle in IDLE {
-        let server = Server::accept_all(options(1), "127.0.0.1:0".parse().expect("addr"))
-            .expect("server");
+        let server =
+            Server::accept_all(options(1), "127.0.0.1:0".parse().expect("addr")).expect("server");
         let addr = server.local_addr();
-        let idles: Vec<Idle> = (0..idle).map(|i| idle_session(addr, i as u64 + 1)).collect();
+        let idles: Vec<Idle> = (0..idle)
+            .map(|i| idle_session(addr, i as u64 + 1))
+            .collect();
         let client = Client::start(options(1), addr).expect("client");
         let mut stream = client.open_stream(None).expect("open");
         stream.write_all(&MESSAGE).expect("first write");
