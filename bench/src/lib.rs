@@ -15,12 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use mtcpd_engine::handshake::{
-    Admission, HandshakeError, HelloStatus, ServerHandshake, ServerProgress,
-};
+use mtcpd_engine::endpoint::{Endpoint, HandshakeKey, HandshakeOutcome, SessionBudget, SessionKey};
+use mtcpd_engine::handshake::HandshakeError;
 use mtcpd_engine::{Config, Event, ReadOutcome, Session, SessionError, StreamError, StreamId};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use thiserror::Error;
 
 /// Rounds [`MemPair::new`] allows for every tunnel's handshake to finish.
@@ -134,19 +133,23 @@ impl MemPair {
     }
 
     /// Builds a pair from separate client and server configurations and runs every tunnel's
-    /// handshake, as a driver would: the server side runs a [`ServerHandshake`] per accepted
-    /// connection and creates or joins the session when it accepts.
+    /// handshake, as a driver would: the server side is the engine's [`Endpoint`] (one session
+    /// allowed), which runs a handshake per accepted connection and creates or joins the session
+    /// when one finishes. Once every tunnel is up the session is taken out of the endpoint and
+    /// pumped directly.
     pub fn with_configs(client: Config, server: Config, seed: u64) -> Result<Self, PairError> {
         let mut now = Instant::now();
         let tick = Duration::from_micros(10);
         let budget = 256 * 1024;
-        let server_config = Arc::new(server);
+        let mut endpoint_seed = [0; 32];
+        StdRng::seed_from_u64(seed ^ 0x5eed).fill_bytes(&mut endpoint_seed);
+        let mut endpoint: Endpoint =
+            Endpoint::server(Arc::new(server), SessionBudget::new(1), endpoint_seed);
         let mut client = Session::client(Arc::new(client), now, seed);
         let n = client.tunnel_count();
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-        let mut handshakes: Vec<Option<ServerHandshake>> = (0..n).map(|_| None).collect();
+        let mut handshakes: Vec<Option<HandshakeKey>> = vec![None; n];
         let mut attached = vec![false; n];
-        let mut server: Option<Session> = None;
+        let mut server: Option<SessionKey> = None;
         let mut to_server = vec![BytesMut::new(); n];
         let mut to_client = vec![BytesMut::new(); n];
         let mut out = Vec::new();
@@ -156,14 +159,7 @@ impl MemPair {
                 match ev {
                     Event::Dial { tunnel } => {
                         let t = usize::from(tunnel);
-                        handshakes[t] = Some(ServerHandshake::new(
-                            &server_config.psk,
-                            server_config.pool_size,
-                            server_config.transport_params(),
-                            server_config.handshake_timeout,
-                            now,
-                            &mut rng,
-                        ));
+                        handshakes[t] = endpoint.accept_connection(now);
                         attached[t] = false;
                         client.tunnel_connected(now, t);
                     }
@@ -176,8 +172,8 @@ impl MemPair {
                     _ => {}
                 }
             }
-            if let Some(s) = server.as_mut() {
-                while let Some(ev) = s.poll_event() {
+            if let Some(s) = server.and_then(|k| endpoint.get_mut(k)) {
+                while let Some(ev) = s.session_mut().poll_event() {
                     if let Event::SessionClosed { reason } = ev {
                         return Err(PairError::Closed {
                             side: Side::Server,
@@ -186,10 +182,15 @@ impl MemPair {
                     }
                 }
             }
-            if let Some(s) = server.take() {
+            if let Some(key) = server {
                 let client_up = (0..n).all(|t| client.tunnel_is_active(t));
-                let server_up = (0..n).all(|t| attached[t] && s.tunnel_is_active(t));
-                if client_up && server_up {
+                let server_up =
+                    (0..n).all(|t| attached[t] && endpoint[key].session().tunnel_is_active(t));
+                if client_up
+                    && server_up
+                    && let Some(s) = endpoint.remove(key)
+                {
+                    let s = s.into_session();
                     let mut pair = Self {
                         now,
                         tick,
@@ -209,7 +210,6 @@ impl MemPair {
                     pair.server_events.clear();
                     return Ok(pair);
                 }
-                server = Some(s);
             }
             for t in 0..n {
                 out.clear();
@@ -217,37 +217,25 @@ impl MemPair {
                 for chunk in &out {
                     to_server[t].extend_from_slice(chunk);
                 }
-                if let Some(hs) = handshakes[t].as_mut()
+                if let Some(key) = handshakes[t]
                     && !to_server[t].is_empty()
                 {
-                    let existing = server.as_ref().map(|s| *s.id());
-                    let result = hs.handle_input(now, &mut to_server[t], |hello| match existing {
-                        Some(id) if id == hello.session_id => Admission::Admit,
-                        Some(_) => Admission::Refuse(HelloStatus::TooManySessions),
-                        None => Admission::Admit,
-                    });
-                    to_client[t].extend_from_slice(&hs.take_output());
-                    match result {
-                        Ok(ServerProgress::Pending) => {}
-                        Ok(ServerProgress::Accepted(acc)) => {
+                    let step = endpoint.handshake_input(now, key, &mut to_server[t]);
+                    to_client[t].extend_from_slice(&step.output);
+                    match step.outcome {
+                        HandshakeOutcome::Pending => {}
+                        HandshakeOutcome::Attached { session, .. } => {
                             handshakes[t] = None;
                             attached[t] = true;
-                            match server.as_mut() {
-                                Some(s) => s.attach_tunnel(now, &acc),
-                                None => {
-                                    server = Some(Session::server(
-                                        server_config.clone(),
-                                        now,
-                                        &acc,
-                                        seed.wrapping_add(1),
-                                    ));
-                                }
-                            }
+                            server = Some(session);
                         }
-                        Err(source) => return Err(PairError::Handshake { tunnel: t, source }),
+                        HandshakeOutcome::Failed(source) => {
+                            return Err(PairError::Handshake { tunnel: t, source });
+                        }
                     }
                 }
-                if let Some(s) = server.as_mut() {
+                if let Some(s) = server.and_then(|k| endpoint.get_mut(k)) {
+                    let s = s.session_mut();
                     if attached[t] && !to_server[t].is_empty() {
                         s.handle_input(now, t, &mut to_server[t])
                             .map_err(|reason| PairError::Closed {

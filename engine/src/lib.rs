@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod handshake;
 pub mod path;
@@ -17,5 +18,6 @@ pub mod sim;
 pub mod wire;
 
 pub use config::Config;
+pub use endpoint::{Endpoint, SessionBudget};
 pub use error::{SessionError, StreamError, TunnelError};
 pub use session::{Event, ReadOutcome, Role, Session, StreamId};

@@ -4,9 +4,11 @@
 //! (killed, and re-dials fail) at any time, and the server can be down. Fully deterministic for a
 //! given seed.
 //!
-//! Owns: the virtual network and the server's connection handling in the simulation (handshake,
-//! attaching tunnels to its one session). Must not touch: protocol logic — it only moves bytes and
-//! calls the sans-IO API exactly as a driver would, which is what makes its tests meaningful.
+//! Owns: the virtual network. Must not touch: protocol logic — it only moves bytes and calls the
+//! sans-IO API exactly as a driver would, which is what makes its tests meaningful. The server
+//! side is a real [`Endpoint`]: handshakes, admission against `max_sessions` (1 unless
+//! [`SimPair::with_max_sessions`] says otherwise), create-or-attach and resume refusal are the
+//! daemon's own.
 //!
 //! A tunnel's send buffer models the kernel socket buffer kept shallow with TCP_NOTSENT_LOWAT: the
 //! session is only asked for bytes when there is room, so scheduling decisions are made late.
@@ -16,13 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 use crate::config::Config;
-use crate::handshake::{
-    Admission, HELLO_FLAG_RESUME, HelloStatus, ServerHandshake, ServerProgress,
-};
+use crate::endpoint::{Endpoint, HandshakeKey, HandshakeOutcome, SessionBudget, SessionKey};
 use crate::session::{Event, Session};
 
 /// One direction of a simulated tunnel path.
@@ -112,9 +112,18 @@ enum Conn {
         at: Instant,
     },
     Open {
-        handshake: Option<Box<ServerHandshake>>,
-        attached: bool,
+        /// The server's handshake on this connection, until it finishes.
+        handshake: Option<HandshakeKey>,
+        /// The server session the tunnel joined.
+        attached: Option<SessionKey>,
     },
+}
+
+/// Which end a "connection closed" notice goes to.
+#[derive(Debug, Clone, Copy)]
+enum Notify {
+    Client,
+    Server(SessionKey),
 }
 
 #[derive(Debug)]
@@ -124,8 +133,8 @@ struct Link {
     conn: Conn,
     stalled_until: Option<Instant>,
     cut: bool,
-    /// Pending "connection closed" notices: (when, side to notify).
-    closing: Vec<(Instant, Side)>,
+    /// Pending "connection closed" notices: (when, end to notify).
+    closing: Vec<(Instant, Notify)>,
 }
 
 /// A client session and a server over simulated tunnels.
@@ -136,8 +145,8 @@ pub struct SimPair {
     start: Instant,
     /// The client session.
     pub client: Session,
-    /// The server session, once a tunnel has been accepted.
-    pub server: Option<Session>,
+    /// The server: its sessions, handshakes and admission.
+    pub server: Endpoint,
     /// Events from both sessions, oldest first, for the test to drain.
     pub events: VecDeque<(Side, Event)>,
     /// Every event seen, for assertions after the run.
@@ -145,10 +154,10 @@ pub struct SimPair {
     /// Errors the server's handshakes ended with.
     pub handshake_errors: Vec<crate::handshake::HandshakeError>,
     server_config: Arc<Config>,
+    max_sessions: usize,
+    client_config: Arc<Config>,
     links: Vec<Link>,
     server_up: bool,
-    seed: u64,
-    server_sessions_made: u64,
     wakeups: Vec<Instant>,
     out: Vec<Bytes>,
     rng: StdRng,
@@ -158,12 +167,26 @@ impl SimPair {
     /// Builds a pair: one tunnel slot per entry of `links` (both directions alike). The client
     /// starts dialing at once.
     pub fn new(client: Config, server: Config, links: &[LinkSpec], seed: u64) -> Self {
+        Self::with_max_sessions(client, server, links, seed, 1)
+    }
+
+    /// [`SimPair::new`] with a server that admits up to `max_sessions` sessions.
+    pub fn with_max_sessions(
+        client: Config,
+        server: Config,
+        links: &[LinkSpec],
+        seed: u64,
+        max_sessions: usize,
+    ) -> Self {
         let now = Instant::now();
         let client_cfg = Arc::new(Config {
             pool_size: links.len() as u16,
             ..client
         });
-        let session = Session::client(client_cfg, now, seed);
+        let session = Session::client(client_cfg.clone(), now, seed);
+        let server_config = Arc::new(server);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        let endpoint = server_endpoint(&server_config, max_sessions, &mut rng);
         let links = links
             .iter()
             .map(|spec| Link {
@@ -179,19 +202,42 @@ impl SimPair {
             now,
             start: now,
             client: session,
-            server: None,
+            server: endpoint,
             events: VecDeque::new(),
             log: Vec::new(),
             handshake_errors: Vec::new(),
-            server_config: Arc::new(server),
+            server_config,
+            max_sessions,
+            client_config: client_cfg,
             links,
             server_up: true,
-            seed,
-            server_sessions_made: 0,
             wakeups: Vec::new(),
             out: Vec::new(),
-            rng: StdRng::seed_from_u64(seed ^ 0x5eed),
+            rng,
         }
+    }
+
+    /// The server's session for the current client, once a tunnel has been accepted.
+    pub fn server(&self) -> Option<&Session> {
+        let key = self.server.find(self.client.id())?;
+        self.server.get(key).map(|s| s.session())
+    }
+
+    /// [`SimPair::server`], to drive it.
+    pub fn server_mut(&mut self) -> Option<&mut Session> {
+        let key = self.server.find(self.client.id())?;
+        self.server.get_mut(key).map(|s| s.session_mut())
+    }
+
+    /// The client process restarts: its tunnels reset and a fresh client session (a new
+    /// session id, `seed`) dials the same links. The server keeps the old session until it
+    /// times out.
+    pub fn restart_client(&mut self, seed: u64) {
+        for t in 0..self.links.len() {
+            self.kill(t);
+        }
+        self.client = Session::client(self.client_config.clone(), self.now, seed);
+        self.drain_events();
     }
 
     /// Time since the simulation started.
@@ -212,7 +258,7 @@ impl SimPair {
             for t in 0..self.links.len() {
                 self.kill(t);
             }
-            self.server = None;
+            self.server = server_endpoint(&self.server_config, self.max_sessions, &mut self.rng);
         }
     }
 
@@ -221,7 +267,17 @@ impl SimPair {
         let now = self.now;
         let link = &mut self.links[t];
         let was_open = matches!(link.conn, Conn::Open { .. } | Conn::Connecting { .. });
-        let attached = matches!(link.conn, Conn::Open { attached: true, .. });
+        let attached = match link.conn {
+            Conn::Open { attached, .. } => attached,
+            _ => None,
+        };
+        if let Conn::Open {
+            handshake: Some(key),
+            ..
+        } = link.conn
+        {
+            self.server.abandon_handshake(key);
+        }
         link.conn = Conn::None;
         for d in &mut link.dirs {
             *d = Dir::new(now);
@@ -230,8 +286,9 @@ impl SimPair {
         if was_open {
             self.client
                 .tunnel_lost(now, t, "connection reset (simulated)");
-            if attached && let Some(s) = self.server.as_mut() {
-                s.tunnel_lost(now, t, "connection reset (simulated)");
+            if let Some(s) = attached.and_then(|k| self.server.get_mut(k)) {
+                s.session_mut()
+                    .tunnel_lost(now, t, "connection reset (simulated)");
             }
         }
         self.drain_events();
@@ -277,15 +334,25 @@ impl SimPair {
 
     fn drain_events(&mut self) {
         while let Some(ev) = self.client.poll_event() {
-            self.on_event(Side::Client, ev);
+            self.on_event(Notify::Client, ev);
         }
-        while let Some(ev) = self.server.as_mut().and_then(Session::poll_event) {
-            self.on_event(Side::Server, ev);
+        for key in self.server.keys() {
+            while let Some(ev) = self
+                .server
+                .get_mut(key)
+                .and_then(|s| s.session_mut().poll_event())
+            {
+                self.on_event(Notify::Server(key), ev);
+            }
         }
     }
 
-    fn on_event(&mut self, side: Side, ev: Event) {
+    fn on_event(&mut self, from: Notify, ev: Event) {
         let now = self.now;
+        let side = match from {
+            Notify::Client => Side::Client,
+            Notify::Server(_) => Side::Server,
+        };
         match (&ev, side) {
             (Event::Dial { tunnel }, Side::Client) => {
                 let t = *tunnel as usize;
@@ -299,18 +366,32 @@ impl SimPair {
             (Event::TunnelDown { tunnel, .. }, _) => {
                 let t = *tunnel as usize;
                 let link = &mut self.links[t];
-                if matches!(link.conn, Conn::Open { .. }) {
+                let (attached, handshake) = match link.conn {
+                    Conn::Open {
+                        attached,
+                        handshake,
+                    } => (attached, handshake),
+                    _ => (None, None),
+                };
+                // A server session only closes the connection its own tunnel runs on.
+                let owns = match from {
+                    Notify::Client => matches!(link.conn, Conn::Open { .. }),
+                    Notify::Server(key) => attached == Some(key),
+                };
+                if owns {
                     // The socket closes: the other end notices one delay later.
-                    let attached = matches!(link.conn, Conn::Open { attached: true, .. });
                     link.conn = Conn::None;
                     for d in &mut link.dirs {
                         *d = Dir::new(now);
                     }
-                    let other = match side {
-                        Side::Client => Side::Server,
-                        Side::Server => Side::Client,
+                    if let Some(key) = handshake {
+                        self.server.abandon_handshake(key);
+                    }
+                    let other = match from {
+                        Notify::Client => attached.map(Notify::Server),
+                        Notify::Server(_) => Some(Notify::Client),
                     };
-                    if other == Side::Client || attached {
+                    if let Some(other) = other {
                         link.closing.push((now + link.spec.delay, other));
                     }
                 }
@@ -327,17 +408,9 @@ impl SimPair {
             // Connection set-up and failure.
             match self.links[t].conn {
                 Conn::Connecting { ready } if ready <= now => {
-                    let hs = ServerHandshake::new(
-                        &self.server_config.psk,
-                        self.server_config.pool_size,
-                        self.server_config.transport_params(),
-                        self.server_config.handshake_timeout,
-                        now,
-                        &mut self.rng,
-                    );
                     self.links[t].conn = Conn::Open {
-                        handshake: Some(Box::new(hs)),
-                        attached: false,
+                        handshake: self.server.accept_connection(now),
+                        attached: None,
                     };
                     self.client.tunnel_connected(now, t);
                 }
@@ -384,36 +457,40 @@ impl SimPair {
                 link.closing = later;
                 due
             };
-            for (_, side) in closing {
-                match side {
-                    Side::Client => self
+            for (_, notify) in closing {
+                match notify {
+                    Notify::Client => self
                         .client
                         .tunnel_lost(now, t, "closed by peer (simulated)"),
-                    Side::Server => {
-                        if let Some(s) = self.server.as_mut() {
-                            s.tunnel_lost(now, t, "closed by peer (simulated)");
+                    Notify::Server(key) => {
+                        if let Some(s) = self.server.get_mut(key) {
+                            s.session_mut()
+                                .tunnel_lost(now, t, "closed by peer (simulated)");
                         }
                     }
                 }
             }
-            // Server handshake timeouts.
-            if let Conn::Open {
-                handshake: Some(hs),
-                ..
-            } = &mut self.links[t].conn
-                && let Err(e) = hs.handle_timeout(now)
-            {
-                self.handshake_errors.push(e);
+        }
+        // Server handshake timeouts.
+        for key in self.server.handshake_timeout(now) {
+            let on_link = self
+                .links
+                .iter()
+                .position(|l| matches!(l.conn, Conn::Open { handshake: Some(k), .. } if k == key));
+            if let Some(t) = on_link {
+                self.handshake_errors
+                    .push(crate::handshake::HandshakeError::Timeout);
                 self.close_from_server(t);
             }
         }
         if self.client.poll_timeout().is_some_and(|at| at <= now) {
             self.client.handle_timeout(now);
         }
-        if let Some(s) = self.server.as_mut()
-            && s.poll_timeout().is_some_and(|at| at <= now)
-        {
-            s.handle_timeout(now);
+        for (_, slot) in self.server.iter_mut() {
+            let s = slot.session_mut();
+            if s.poll_timeout().is_some_and(|at| at <= now) {
+                s.handle_timeout(now);
+            }
         }
         self.wakeups.retain(|w| *w > now);
         self.drain_events();
@@ -425,65 +502,45 @@ impl SimPair {
         // The close follows whatever the server still had queued (a refusal, say), as TCP's FIN
         // follows the data before it.
         let after = link.dirs[1].busy_until.max(self.now) + link.spec.delay;
-        link.closing.push((after, Side::Client));
+        link.closing.push((after, Notify::Client));
     }
 
     fn deliver_to_server(&mut self, t: usize) {
         let now = self.now;
         let mut rx = std::mem::take(&mut self.links[t].dirs[0].rx);
         if let Conn::Open {
-            handshake: Some(hs),
+            handshake: Some(key),
             ..
-        } = &mut self.links[t].conn
+        } = self.links[t].conn
         {
-            let existing = self.server.as_ref().map(|s| *s.id());
-            let result = hs.handle_input(now, &mut rx, |hello| match existing {
-                Some(id) if id == hello.session_id => Admission::Admit,
-                Some(_) => Admission::Refuse(HelloStatus::TooManySessions),
-                None if hello.flags & HELLO_FLAG_RESUME != 0 => {
-                    Admission::Refuse(HelloStatus::UnknownSession)
-                }
-                None => Admission::Admit,
-            });
-            let output = hs.take_output();
-            if !output.is_empty() {
+            let step = self.server.handshake_input(now, key, &mut rx);
+            if !step.output.is_empty() {
                 let spec = self.links[t].spec;
-                self.links[t].dirs[1].enqueue(now, &spec, output.freeze());
+                self.links[t].dirs[1].enqueue(now, &spec, step.output.freeze());
             }
-            match result {
-                Ok(ServerProgress::Pending) => {}
-                Ok(ServerProgress::Accepted(acc)) => {
+            match step.outcome {
+                HandshakeOutcome::Pending => {}
+                HandshakeOutcome::Attached { session, .. } => {
                     self.links[t].conn = Conn::Open {
                         handshake: None,
-                        attached: true,
+                        attached: Some(session),
                     };
-                    match self.server.as_mut() {
-                        Some(s) => s.attach_tunnel(now, &acc),
-                        None => {
-                            self.server_sessions_made += 1;
-                            let seed = self.seed.wrapping_add(self.server_sessions_made);
-                            self.server =
-                                Some(Session::server(self.server_config.clone(), now, &acc, seed));
-                        }
-                    }
                 }
-                Err(e) => {
+                HandshakeOutcome::Failed(e) => {
                     self.handshake_errors.push(e);
                     rx.clear();
                     self.close_from_server(t);
                 }
             }
         }
-        if matches!(
-            self.links[t].conn,
-            Conn::Open {
-                handshake: None,
-                attached: true
-            }
-        ) && !rx.is_empty()
-            && let Some(s) = self.server.as_mut()
+        if let Conn::Open {
+            handshake: None,
+            attached: Some(key),
+        } = self.links[t].conn
+            && !rx.is_empty()
+            && let Some(s) = self.server.get_mut(key)
         {
-            let _ = s.handle_input(now, t, &mut rx);
+            let _ = s.session_mut().handle_input(now, t, &mut rx);
         }
         self.links[t].dirs[0].rx = rx;
     }
@@ -505,7 +562,8 @@ impl SimPair {
                     self.links[t].dirs[0].enqueue(now, &spec, chunk);
                 }
             }
-            if attached && let Some(s) = self.server.as_mut() {
+            if let Some(s) = attached.and_then(|k| self.server.get_mut(k)) {
+                let s = s.session_mut();
                 let room = spec
                     .buffer
                     .saturating_sub(self.links[t].dirs[1].serializing_bytes);
@@ -530,10 +588,6 @@ impl SimPair {
             match link.conn {
                 Conn::Connecting { ready } => consider(ready),
                 Conn::Failing { at } => consider(at),
-                Conn::Open {
-                    handshake: Some(ref hs),
-                    ..
-                } => consider(hs.deadline()),
                 _ => {}
             }
             for (at, _) in &link.closing {
@@ -554,7 +608,12 @@ impl SimPair {
         if let Some(t) = self.client.poll_timeout() {
             consider(t);
         }
-        if let Some(t) = self.server.as_ref().and_then(Session::poll_timeout) {
+        for (_, slot) in self.server.iter() {
+            if let Some(t) = slot.session().poll_timeout() {
+                consider(t);
+            }
+        }
+        if let Some(t) = self.server.poll_handshake_timeout() {
             consider(t);
         }
         for w in &self.wakeups {
@@ -562,4 +621,11 @@ impl SimPair {
         }
         next
     }
+}
+
+/// The simulated server's endpoint: admission against `max_sessions`, seeds from `rng`.
+fn server_endpoint(config: &Arc<Config>, max_sessions: usize, rng: &mut StdRng) -> Endpoint {
+    let mut seed = [0; 32];
+    rng.fill_bytes(&mut seed);
+    Endpoint::server(config.clone(), SessionBudget::new(max_sessions), seed)
 }

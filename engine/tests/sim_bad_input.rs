@@ -62,7 +62,7 @@ fn wrong_key_fails_the_handshake_on_both_ends_with_a_clear_error() {
             }
         )));
     assert!(
-        pair.server.is_none(),
+        pair.server().is_none(),
         "no session was created at the server"
     );
 
@@ -166,7 +166,7 @@ fn established() -> (SimPair, Workload) {
 
 fn inject(pair: &mut SimPair, bytes: &[u8]) -> Result<(), SessionError> {
     let now = pair.now;
-    let server = pair.server.as_mut().unwrap();
+    let server = pair.server_mut().unwrap();
     server.handle_input(now, 0, &mut BytesMut::from(bytes))
 }
 
@@ -184,11 +184,12 @@ fn oversize_frame_closes_the_session_with_a_frame_error() {
         "{err}"
     );
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
-    let server = pair.server.as_mut().unwrap();
+    let now = pair.now;
+    let server = pair.server_mut().unwrap();
     assert!(server.is_closed());
     // The peer is told why: a CLOSE goes out.
     let mut out = Vec::new();
-    server.poll_transmit(pair.now, 0, 1 << 16, &mut out);
+    server.poll_transmit(now, 0, 1 << 16, &mut out);
     let mut wire = BytesMut::new();
     for c in out {
         wire.extend_from_slice(&c);
@@ -225,7 +226,7 @@ fn late_frames_for_finished_streams_are_ignored() {
         payload: bytes::Bytes::from_static(b"x"),
     };
     assert_eq!(inject(&mut pair, &f.to_bytes()), Ok(()));
-    assert!(!pair.server.as_ref().unwrap().is_closed());
+    assert!(!pair.server().unwrap().is_closed());
 }
 
 #[test]
@@ -265,7 +266,7 @@ fn a_frame_far_ahead_allocates_only_its_own_stream() {
         target: None,
     };
     assert_eq!(inject(&mut pair, &f.to_bytes()), Ok(()));
-    let server = pair.server.as_ref().unwrap();
+    let server = pair.server().unwrap();
     assert!(server.stats().streams <= 2, "{:?}", server.stats());
 }
 

@@ -45,7 +45,7 @@ fn time_for_fast_flows(stalled: bool) -> (Duration, SimPair, Workload) {
     let mut peak_slow_send = 0usize;
     let done = pair.run(Duration::from_secs(120), |p| {
         w.step(p);
-        if stalled && let (Some(id), Some(server)) = (w.stream_of(0), p.server.as_ref()) {
+        if stalled && let (Some(id), Some(server)) = (w.stream_of(0), p.server()) {
             if let Some((_, recv)) = server.stream_buffered(id) {
                 peak_slow_recv = peak_slow_recv.max(recv);
             }
@@ -83,8 +83,7 @@ fn a_stalled_reader_does_not_slow_other_streams_and_stays_within_its_window() {
     // The stalled stream may take its window (2 MiB of 24 MiB) of the capacity once; no more.
     assert!(ratio < 1.25, "fast flows slowed by {ratio:.2}x");
     // Whole-session memory stays bounded too: windows and buffers, not the 64 MiB.
-    let held =
-        pair.client.stats().buffered_bytes + pair.server.as_ref().unwrap().stats().buffered_bytes;
+    let held = pair.client.stats().buffered_bytes + pair.server().unwrap().stats().buffered_bytes;
     assert!(held < 8 * MIB, "held {held} bytes");
     // Released, the slow reader gets everything, byte-exact.
     w.paused_readers.clear();

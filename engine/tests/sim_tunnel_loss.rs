@@ -43,7 +43,7 @@ fn transfer_with_fault(mut fault: impl FnMut(&mut SimPair)) -> (SimPair, Workloa
 }
 
 fn resent(pair: &SimPair) -> u64 {
-    pair.client.stats().frames_resent + pair.server.as_ref().map_or(0, |s| s.stats().frames_resent)
+    pair.client.stats().frames_resent + pair.server().map_or(0, |s| s.stats().frames_resent)
 }
 
 #[test]
@@ -128,7 +128,7 @@ fn all_tunnels_dead_beyond_grace_closes_the_session_on_both_sides() {
             }
         }
         w.step(p);
-        p.client.is_closed() && p.server.as_ref().is_some_and(|s| s.is_closed())
+        p.client.is_closed() && p.server().is_some_and(|s| s.is_closed())
     });
     assert!(finished, "sessions did not close");
     let grace = Duration::from_secs(5);
@@ -137,7 +137,7 @@ fn all_tunnels_dead_beyond_grace_closes_the_session_on_both_sides() {
         Some(&SessionError::AllTunnelsLost(grace))
     );
     assert_eq!(
-        pair.server.as_ref().unwrap().close_reason(),
+        pair.server().unwrap().close_reason(),
         Some(&SessionError::AllTunnelsLost(grace))
     );
     assert!(

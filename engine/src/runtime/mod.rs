@@ -44,7 +44,7 @@ pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -399,7 +399,7 @@ fn start_on<D: io::Driver>(
     }
     let wakers: Arc<[Arc<Waker>]> = wakers.into();
     let stop = Arc::new(AtomicBool::new(false));
-    let sessions_total = Arc::new(AtomicUsize::new(0));
+    let budget = crate::endpoint::SessionBudget::new(opts.max_sessions);
     let shutdown = ShutdownHandle {
         stop: stop.clone(),
         wakers: wakers.clone(),
@@ -419,7 +419,7 @@ fn start_on<D: io::Driver>(
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
             mailbox,
-            sessions_total: sessions_total.clone(),
+            budget: budget.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

@@ -210,7 +210,7 @@ impl Workload {
         let flow = i as u64;
         let (session, dir_out, dir_in) = match side {
             Side::Client => (&mut pair.client, 0u64, 1u64),
-            Side::Server => match pair.server.as_mut() {
+            Side::Server => match pair.server_mut() {
                 Some(s) => (s, 1, 0),
                 None => return,
             },

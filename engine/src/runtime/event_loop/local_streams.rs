@@ -3,15 +3,14 @@
 //!
 //! Owns: the loop's entry for each in-process stream ([`LocalConn`]), the streams waiting for
 //! the client session to open them, and the loop's ends of the hub (which streams need
-//! attention, new streams to open, where accepted streams go). Must not touch: sockets, or the
-//! servicing of socket-backed streams (`read_app` / `write_app`); the event loop calls in here
-//! only from its dispatch points.
+//! attention, new streams to open, where accepted streams go). Must not touch: sockets, or
+//! socket-backed streams ([`super::app`]); session events reach a [`LocalConn`] through
+//! [`StreamConn`], as they reach a socket.
 //!
-//! The mirror of `read_app` / `write_app`: [`EventLoop::read_local`] moves bytes the
-//! application wrote into the stream while the session takes them (what it refuses waits in
-//! `unsent` until `StreamWritable`), and [`EventLoop::write_local`] moves the stream's bytes to
-//! the application while its ring has room (when full, the reader's next take sends the
-//! stream back here). An application thread never touches the session: it only sets flags,
+//! The mirror of a socket: [`StreamConn::to_session`] moves bytes the application wrote into
+//! the stream while the session takes them (what it refuses waits in `unsent` until
+//! `StreamWritable`), and [`StreamConn::to_app`] moves the stream's bytes to the application
+//! while its ring has room (when full, the reader's next take sends the stream back here). An application thread never touches the session: it only sets flags,
 //! fills or drains its ends of the rings, and sends the stream's handle to the hub, which the
 //! loop drains once per iteration in [`EventLoop::poll_local`].
 
@@ -22,8 +21,10 @@ use std::sync::mpsc::SendError;
 
 use bytes::Bytes;
 
+use super::streams::{After, StreamConn};
 use super::{Entry, EventLoop, RESET_APP_ERROR, RESET_CONNECT_FAILED, Role};
 use crate::StreamError;
+use crate::endpoint::SessionKey;
 use crate::runtime::Waker;
 use crate::runtime::api::{AcceptSender, Accepted};
 use crate::runtime::io::Driver;
@@ -31,7 +32,7 @@ use crate::runtime::local::{
     APP_NO_READ, APP_RESET, APP_SHUT, FAILED_OPEN, FAILED_SESSION, Hub, HubInbox, LoopEnds,
     OpenRequest, PEER_FIN, STREAM_BUFFER, StreamShared, stream_pair,
 };
-use crate::session::{ReadOutcome, StreamId};
+use crate::session::{ReadOutcome, Session, StreamId};
 
 /// Most streams serviced per loop iteration before the loop looks at its sockets again.
 const POLL_BATCH: usize = 1024;
@@ -40,7 +41,7 @@ const POLL_BATCH: usize = 1024;
 #[derive(Debug)]
 pub(super) struct LocalConn {
     ends: LoopEnds,
-    session: usize,
+    session: SessionKey,
     stream: StreamId,
     /// Bytes the application wrote that the stream has not taken yet.
     unsent: Option<Bytes>,
@@ -51,7 +52,7 @@ pub(super) struct LocalConn {
 }
 
 impl LocalConn {
-    fn new(ends: LoopEnds, session: usize, stream: StreamId) -> Self {
+    fn new(ends: LoopEnds, session: SessionKey, stream: StreamId) -> Self {
         Self {
             ends,
             session,
@@ -62,8 +63,140 @@ impl LocalConn {
         }
     }
 
-    /// Marks the stream failed because its session closed (before the loop drops it).
-    pub(super) fn session_lost(&self) {
+    /// A stream call failed: the stream is reset or its session closed.
+    fn failed(&mut self, e: StreamError) -> After {
+        match e {
+            StreamError::Reset(code) => self.ends.shared.set_peer_reset(code),
+            // Forgotten after a reset the session has yet to report: `StreamReset` follows.
+            StreamError::UnknownStream(_) => return After::Keep,
+            _ => self.ends.shared.set(FAILED_SESSION),
+        }
+        After::Close
+    }
+
+    /// Both directions are finished.
+    fn finished(&self) -> After {
+        if self.read_eof && self.write_closed {
+            After::Close
+        } else {
+            After::Keep
+        }
+    }
+}
+
+impl StreamConn for LocalConn {
+    fn session(&self) -> SessionKey {
+        self.session
+    }
+
+    fn stream(&self) -> StreamId {
+        self.stream
+    }
+
+    /// Moves bytes the application wrote into its stream, as far as the session takes them;
+    /// then its half-close or reset.
+    fn to_session(&mut self, session: &mut Session, _buf: &mut [u8]) -> After {
+        // Read before draining: every byte written before a flag is in the ring by then.
+        let state = self.ends.shared.state();
+        if state & APP_RESET != 0 {
+            let code = self.ends.shared.app_code();
+            tracing::info!(
+                stream = self.stream,
+                code,
+                "in-process stream reset by the application"
+            );
+            return After::Reset(code);
+        }
+        if self.read_eof {
+            return After::Keep;
+        }
+        loop {
+            let chunk = match self.unsent.take() {
+                Some(b) => b,
+                None => match self.ends.from_app.pop() {
+                    Ok(b) => b,
+                    Err(_) => break,
+                },
+            };
+            match session.write(self.stream, chunk.clone()) {
+                Ok(n) => {
+                    self.ends.shared.tx_bytes.fetch_sub(n, SeqCst);
+                    self.ends.shared.wake_writer();
+                    if n < chunk.len() {
+                        // The rest waits for `StreamWritable`.
+                        self.unsent = Some(chunk.slice(n..));
+                        return After::Keep;
+                    }
+                }
+                Err(e) => return self.failed(e),
+            }
+        }
+        if state & APP_SHUT != 0 {
+            self.read_eof = true;
+            let _ = session.shutdown(self.stream);
+            return self.finished();
+        }
+        After::Keep
+    }
+
+    /// Moves the stream's bytes to the application while its ring has room.
+    fn to_app(&mut self, session: &mut Session) -> After {
+        let shared = self.ends.shared.clone();
+        while !self.write_closed {
+            // A reader that went away leaves the bytes to be consumed and dropped.
+            let discard = shared.state() & APP_NO_READ != 0;
+            let to_app = &self.ends.to_app;
+            let full = || shared.rx_bytes.load(SeqCst) >= STREAM_BUFFER || to_app.is_full();
+            if !discard && full() {
+                // Set, then look again: the reader either sees the flag when it takes a
+                // chunk, or made room before this second look.
+                shared.rx_blocked.store(true, SeqCst);
+                if full() {
+                    return After::Keep;
+                }
+                shared.rx_blocked.store(false, SeqCst);
+            }
+            let room = STREAM_BUFFER.saturating_sub(shared.rx_bytes.load(SeqCst));
+            let max = if discard { STREAM_BUFFER } else { room };
+            match session.read(self.stream, max) {
+                Ok(ReadOutcome::Data(b)) if !discard => {
+                    let n = b.len();
+                    shared.rx_bytes.fetch_add(n, SeqCst);
+                    if self.ends.to_app.push(b).is_err() {
+                        // Only the loop pushes, and it saw a free slot: cannot happen, but a
+                        // lost chunk must not go unnoticed.
+                        shared.rx_bytes.fetch_sub(n, SeqCst);
+                        tracing::error!(
+                            stream = self.stream,
+                            "in-process receive ring full; resetting"
+                        );
+                        return After::Reset(RESET_APP_ERROR);
+                    }
+                    shared.wake_reader();
+                }
+                Ok(ReadOutcome::Data(_)) => {}
+                Ok(ReadOutcome::Fin) => {
+                    self.write_closed = true;
+                    shared.set(PEER_FIN);
+                    return self.finished();
+                }
+                Ok(ReadOutcome::WouldBlock) => return After::Keep,
+                Err(e) => return self.failed(e),
+            }
+        }
+        After::Keep
+    }
+
+    fn peer_reset(&mut self, code: u32) {
+        self.ends.shared.set_peer_reset(code);
+    }
+
+    fn stream_closed(&mut self) -> bool {
+        // The session forgot it: both directions are finished, so the entry goes too.
+        true
+    }
+
+    fn session_lost(&mut self) {
         self.ends.shared.set(FAILED_SESSION);
     }
 }
@@ -123,8 +256,8 @@ impl<D: Driver> EventLoop<D> {
             let key = shared.key.load(Relaxed);
             if matches!(self.entries.get(key), Some(Entry::Local(c)) if Arc::ptr_eq(&c.ends.shared, &shared))
             {
-                self.read_local(key);
-                self.write_local(key);
+                self.stream_to_session(key);
+                self.stream_to_app(key);
             }
         }
         if let Some(local) = self.local.as_mut() {
@@ -155,12 +288,16 @@ impl<D: Driver> EventLoop<D> {
                 local.waiting.clear();
                 return;
             };
-            let Some((skey, slot)) = self.sessions.iter_mut().next() else {
+            let Some(skey) = self.endpoint.client_session() else {
                 return;
             };
-            match slot.session.open_stream(req.target.as_deref()) {
+            match self.endpoint[skey]
+                .session_mut()
+                .open_stream(req.target.as_deref())
+            {
                 Ok(stream) => {
-                    let Some(req) = local.waiting.pop_front() else {
+                    self.touch(skey);
+                    let Some(req) = self.local.as_mut().and_then(|l| l.waiting.pop_front()) else {
                         return;
                     };
                     tracing::info!(
@@ -169,11 +306,11 @@ impl<D: Driver> EventLoop<D> {
                         "stream opened in-process"
                     );
                     let Some(key) = self.add_local(LocalConn::new(req.ends, skey, stream)) else {
-                        let _ = self.sessions[skey].session.reset(stream, RESET_APP_ERROR);
+                        self.refuse_stream(skey, stream, RESET_APP_ERROR);
                         continue;
                     };
-                    self.read_local(key);
-                    self.write_local(key);
+                    self.stream_to_session(key);
+                    self.stream_to_app(key);
                 }
                 // Held until a tunnel is up, a new session replaces a closed one, or the peer
                 // grants more streams.
@@ -184,7 +321,7 @@ impl<D: Driver> EventLoop<D> {
                 }
                 Err(e) => {
                     tracing::info!("cannot open an in-process stream: {e}");
-                    if let Some(req) = local.waiting.pop_front() {
+                    if let Some(req) = self.local.as_mut().and_then(|l| l.waiting.pop_front()) {
                         req.ends.shared.set(FAILED_OPEN);
                     }
                 }
@@ -193,7 +330,12 @@ impl<D: Driver> EventLoop<D> {
     }
 
     /// Server: hands a stream the resolver routed to the program to the acceptor.
-    pub(super) fn accept_local(&mut self, skey: usize, stream: StreamId, target: Option<String>) {
+    pub(super) fn accept_local(
+        &mut self,
+        skey: SessionKey,
+        stream: StreamId,
+        target: Option<String>,
+    ) {
         let hub = match &self.local {
             Some(LocalState {
                 inbox,
@@ -205,18 +347,12 @@ impl<D: Driver> EventLoop<D> {
                     stream,
                     "stream routed in-process, but this runtime has no acceptor; resetting"
                 );
-                let _ = self.sessions[skey]
-                    .session
-                    .reset(stream, RESET_CONNECT_FAILED);
-                return;
+                return self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
             }
         };
         let (app, ends) = stream_pair(&hub);
         let Some(key) = self.add_local(LocalConn::new(ends, skey, stream)) else {
-            let _ = self.sessions[skey]
-                .session
-                .reset(stream, RESET_CONNECT_FAILED);
-            return;
+            return self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
         };
         let accepted = Accepted {
             stream: app,
@@ -228,11 +364,7 @@ impl<D: Driver> EventLoop<D> {
         };
         if sent.is_err() {
             tracing::warn!(stream, "the program no longer accepts streams; resetting");
-            self.close_local(key);
-            let _ = self.sessions[skey]
-                .session
-                .reset(stream, RESET_CONNECT_FAILED);
-            return;
+            return self.after(key, After::Reset(RESET_CONNECT_FAILED));
         }
         tracing::info!(
             stream,
@@ -248,173 +380,13 @@ impl<D: Driver> EventLoop<D> {
         match self.add(Entry::Local(Box::new(conn))) {
             Ok(key) => {
                 shared.key.store(key, Relaxed);
-                self.sessions[skey].streams.insert(stream, key);
+                self.endpoint[skey].data_mut().streams.insert(stream, key);
                 Some(key)
             }
             Err(e) => {
                 tracing::warn!(stream, "cannot register an in-process stream: {e}");
                 None
             }
-        }
-    }
-
-    /// Moves bytes the application wrote into its stream, as far as the session takes them;
-    /// then its half-close or reset.
-    pub(super) fn read_local(&mut self, key: usize) {
-        let Some(Entry::Local(c)) = self.entries.get_mut(key) else {
-            return;
-        };
-        let Some(slot) = self.sessions.get_mut(c.session) else {
-            return;
-        };
-        // Read before draining: every byte written before a flag is in the ring by then.
-        let state = c.ends.shared.state();
-        if state & APP_RESET != 0 {
-            let (stream, code) = (c.stream, c.ends.shared.app_code());
-            tracing::info!(stream, code, "in-process stream reset by the application");
-            let _ = slot.session.reset(stream, code);
-            self.close_local(key);
-            return;
-        }
-        if c.read_eof {
-            return;
-        }
-        loop {
-            let chunk = match c.unsent.take() {
-                Some(b) => b,
-                None => match c.ends.from_app.pop() {
-                    Ok(b) => b,
-                    Err(_) => break,
-                },
-            };
-            match slot.session.write(c.stream, chunk.clone()) {
-                Ok(n) => {
-                    c.ends.shared.tx_bytes.fetch_sub(n, SeqCst);
-                    c.ends.shared.wake_writer();
-                    if n < chunk.len() {
-                        // The rest waits for `StreamWritable`.
-                        c.unsent = Some(chunk.slice(n..));
-                        return;
-                    }
-                }
-                Err(e) => {
-                    self.local_stream_failed(key, e);
-                    return;
-                }
-            }
-        }
-        if state & APP_SHUT != 0 {
-            c.read_eof = true;
-            let _ = slot.session.shutdown(c.stream);
-            self.maybe_finish_local(key);
-        }
-    }
-
-    /// Moves the stream's bytes to the application while its ring has room.
-    pub(super) fn write_local(&mut self, key: usize) {
-        let Some(Entry::Local(c)) = self.entries.get_mut(key) else {
-            return;
-        };
-        let Some(slot) = self.sessions.get_mut(c.session) else {
-            return;
-        };
-        let shared = &c.ends.shared;
-        while !c.write_closed {
-            // A reader that went away leaves the bytes to be consumed and dropped.
-            let discard = shared.state() & APP_NO_READ != 0;
-            let full = || shared.rx_bytes.load(SeqCst) >= STREAM_BUFFER || c.ends.to_app.is_full();
-            if !discard && full() {
-                // Set, then look again: the reader either sees the flag when it takes a
-                // chunk, or made room before this second look.
-                shared.rx_blocked.store(true, SeqCst);
-                if full() {
-                    return;
-                }
-                shared.rx_blocked.store(false, SeqCst);
-            }
-            let room = STREAM_BUFFER.saturating_sub(shared.rx_bytes.load(SeqCst));
-            let max = if discard { STREAM_BUFFER } else { room };
-            match slot.session.read(c.stream, max) {
-                Ok(ReadOutcome::Data(b)) if !discard => {
-                    let n = b.len();
-                    shared.rx_bytes.fetch_add(n, SeqCst);
-                    if c.ends.to_app.push(b).is_err() {
-                        // Only the loop pushes, and it saw a free slot: cannot happen, but a
-                        // lost chunk must not go unnoticed.
-                        shared.rx_bytes.fetch_sub(n, SeqCst);
-                        let (stream, skey) = (c.stream, c.session);
-                        tracing::error!(stream, "in-process receive ring full; resetting");
-                        self.close_local(key);
-                        let _ = self.sessions[skey].session.reset(stream, RESET_APP_ERROR);
-                        return;
-                    }
-                    shared.wake_reader();
-                }
-                Ok(ReadOutcome::Data(_)) => {}
-                Ok(ReadOutcome::Fin) => {
-                    c.write_closed = true;
-                    shared.set(PEER_FIN);
-                    self.maybe_finish_local(key);
-                    return;
-                }
-                Ok(ReadOutcome::WouldBlock) => return,
-                Err(e) => {
-                    self.local_stream_failed(key, e);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// A stream call failed: the stream is reset or its session closed.
-    fn local_stream_failed(&mut self, key: usize, e: StreamError) {
-        let Some(Entry::Local(c)) = self.entries.get(key) else {
-            return;
-        };
-        match e {
-            StreamError::Reset(code) => c.ends.shared.set_peer_reset(code),
-            // Forgotten after a reset the session has yet to report: `StreamReset` follows.
-            StreamError::UnknownStream(_) => return,
-            _ => c.ends.shared.set(FAILED_SESSION),
-        }
-        self.close_local(key);
-    }
-
-    fn maybe_finish_local(&mut self, key: usize) {
-        if let Some(Entry::Local(c)) = self.entries.get(key)
-            && c.read_eof
-            && c.write_closed
-        {
-            self.close_local(key);
-        }
-    }
-
-    /// Drops an in-process stream's entry and its stream mapping.
-    fn close_local(&mut self, key: usize) {
-        if let Some(Entry::Local(c)) = self.entries.get(key) {
-            let (skey, stream) = (c.session, c.stream);
-            if let Some(s) = self.sessions.get_mut(skey)
-                && s.streams.get(&stream) == Some(&key)
-            {
-                s.streams.remove(&stream);
-            }
-            self.remove(key);
-        }
-    }
-
-    /// The peer reset the stream at `key` (its mapping is already gone).
-    pub(super) fn reset_local(&mut self, key: usize, code: u32) {
-        if let Some(Entry::Local(c)) = self.entries.get(key) {
-            c.ends.shared.set_peer_reset(code);
-            self.remove(key);
-        }
-    }
-
-    /// The session forgot the stream at `key` (its mapping is already gone): both directions
-    /// are finished, so the entry goes too.
-    pub(super) fn closed_local(&mut self, key: usize) {
-        if let Some(Entry::Local(_)) = self.entries.get(key) {
-            self.remove(key);
         }
     }
 }

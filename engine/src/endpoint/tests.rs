@@ -1,0 +1,347 @@
+//! Unit tests of the endpoint: admission, overshoot, resume refusal, create-or-attach, removal
+//! of closed sessions, and the client's restart. Clients are real [`Session`]s, so the bytes are
+//! the protocol's.
+
+use super::*;
+use std::time::Duration;
+
+use crate::handshake::HandshakeError;
+
+fn config(pool: u16) -> Arc<Config> {
+    Arc::new(Config {
+        psk: b"endpoint test".to_vec(),
+        pool_size: pool,
+        ..Config::default()
+    })
+}
+
+fn server(limit: usize) -> (Endpoint, SessionBudget) {
+    let budget = SessionBudget::new(limit);
+    (Endpoint::server(config(4), budget.clone(), [7; 32]), budget)
+}
+
+/// One client session's tunnel `t` talking to the endpoint over an in-memory connection.
+struct Dial {
+    key: HandshakeKey,
+    t: usize,
+    to_server: BytesMut,
+}
+
+fn client(seed: u64, now: Instant) -> Session {
+    Session::client(config(4), now, seed)
+}
+
+/// The client connects tunnel `t`; the server accepts the connection. Nothing is sent yet.
+fn connect(ep: &mut Endpoint, c: &mut Session, t: usize, now: Instant) -> Dial {
+    c.tunnel_connected(now, t);
+    let key = ep.accept_connection(now).expect("a server accepts");
+    Dial {
+        key,
+        t,
+        to_server: BytesMut::new(),
+    }
+}
+
+/// Moves what the client has for the tunnel to the server and the server's answer back.
+fn exchange(ep: &mut Endpoint, c: &mut Session, d: &mut Dial, now: Instant) -> HandshakeOutcome {
+    let mut out = Vec::new();
+    c.poll_transmit(now, d.t, 1 << 20, &mut out);
+    for chunk in out {
+        d.to_server.extend_from_slice(&chunk);
+    }
+    let step = ep.handshake_input(now, d.key, &mut d.to_server);
+    let mut back = step.output;
+    if !back.is_empty() {
+        let _ = c.handle_input(now, d.t, &mut back);
+    }
+    step.outcome
+}
+
+/// Runs tunnel `t`'s whole handshake (hello, then auth).
+fn handshake(ep: &mut Endpoint, c: &mut Session, t: usize, now: Instant) -> HandshakeOutcome {
+    let mut d = connect(ep, c, t, now);
+    match exchange(ep, c, &mut d, now) {
+        HandshakeOutcome::Pending => exchange(ep, c, &mut d, now),
+        other => other,
+    }
+}
+
+fn refused(outcome: &HandshakeOutcome) -> Option<HelloStatus> {
+    match outcome {
+        HandshakeOutcome::Failed(HandshakeError::Refused(s)) => Some(*s),
+        _ => None,
+    }
+}
+
+#[test]
+fn first_tunnel_creates_the_session_and_the_others_attach() {
+    let now = Instant::now();
+    let (mut ep, budget) = server(4);
+    let mut c = client(1, now);
+    let HandshakeOutcome::Attached {
+        session, created, ..
+    } = handshake(&mut ep, &mut c, 0, now)
+    else {
+        panic!("first tunnel not attached");
+    };
+    assert!(created);
+    for t in 1..4 {
+        match handshake(&mut ep, &mut c, t, now) {
+            HandshakeOutcome::Attached {
+                session: s,
+                created,
+                tunnel,
+            } => {
+                assert_eq!(s, session);
+                assert!(!created);
+                assert_eq!(usize::from(tunnel.tunnel_index), t);
+            }
+            other => panic!("tunnel {t}: {other:?}"),
+        }
+    }
+    assert_eq!(ep.len(), 1);
+    assert_eq!(ep.find(c.id()), Some(session));
+    assert_eq!(ep[session].session().id(), c.id());
+    assert_eq!(budget.taken(), 1);
+    assert_eq!(ep.handshakes_in_progress(), 0);
+}
+
+#[test]
+fn a_second_session_beyond_max_sessions_is_refused() {
+    let now = Instant::now();
+    let (mut ep, budget) = server(1);
+    let mut a = client(1, now);
+    assert!(matches!(
+        handshake(&mut ep, &mut a, 0, now),
+        HandshakeOutcome::Attached { .. }
+    ));
+    let mut b = client(2, now);
+    let outcome = handshake(&mut ep, &mut b, 0, now);
+    assert_eq!(refused(&outcome), Some(HelloStatus::TooManySessions));
+    // The refused client learns why.
+    assert!(b.poll_event().is_some());
+    assert_eq!(budget.taken(), 1);
+    assert_eq!(ep.len(), 1);
+}
+
+#[test]
+fn concurrent_handshakes_of_new_sessions_cannot_overshoot() {
+    let now = Instant::now();
+    let (mut ep, budget) = server(2);
+    // Four new sessions, two tunnels each, send their ClientHello before any handshake finishes.
+    let mut verdicts = Vec::new();
+    for session in 0..4u8 {
+        for tunnel in 0..2 {
+            let key = ep.accept_connection(now).expect("a server accepts");
+            let mut hello = hello_bytes([session; 16], tunnel, 0);
+            verdicts.push((
+                session,
+                key,
+                ep.handshake_input(now, key, &mut hello).outcome,
+            ));
+        }
+    }
+    let admitted: Vec<u8> = verdicts
+        .iter()
+        .filter(|(_, _, v)| matches!(v, HandshakeOutcome::Pending))
+        .map(|(s, _, _)| *s)
+        .collect();
+    // Two sessions, both tunnels each: one place per session, not per tunnel.
+    assert_eq!(admitted, vec![0, 0, 1, 1]);
+    assert!(
+        verdicts
+            .iter()
+            .filter(|(s, _, _)| *s >= 2)
+            .all(|(_, _, v)| refused(v) == Some(HelloStatus::TooManySessions))
+    );
+    assert_eq!(budget.taken(), 2);
+    // Session 0's first tunnel fails: its second still holds the place.
+    ep.abandon_handshake(verdicts[0].1);
+    assert_eq!(budget.taken(), 2);
+    ep.abandon_handshake(verdicts[1].1);
+    assert_eq!(budget.taken(), 1);
+    // Real clients finish their handshakes against the rest of the budget.
+    let mut c = client(1, now);
+    assert!(matches!(
+        handshake(&mut ep, &mut c, 0, now),
+        HandshakeOutcome::Attached { created: true, .. }
+    ));
+    assert_eq!(budget.taken(), 2);
+    let mut d = client(2, now);
+    let outcome = handshake(&mut ep, &mut d, 0, now);
+    assert_eq!(refused(&outcome), Some(HelloStatus::TooManySessions));
+}
+
+/// A ClientHello, as a client would send it.
+fn hello_bytes(session_id: SessionId, tunnel_index: u16, flags: u16) -> BytesMut {
+    let mut out = BytesMut::new();
+    ClientHello {
+        version: crate::wire::PROTOCOL_VERSION,
+        flags,
+        session_id,
+        tunnel_index,
+        pool_size: 4,
+        capabilities: 0,
+        nonce: [5; crate::handshake::NONCE_LEN],
+        params: config(4).transport_params(),
+    }
+    .encode(&mut out);
+    out
+}
+
+#[test]
+fn a_budget_shared_by_two_endpoints_is_not_overshot() {
+    let now = Instant::now();
+    let budget = SessionBudget::new(1);
+    let mut one: Endpoint = Endpoint::server(config(4), budget.clone(), [1; 32]);
+    let mut two: Endpoint = Endpoint::server(config(4), budget.clone(), [2; 32]);
+    let (mut a, mut b) = (client(1, now), client(2, now));
+    let mut da = connect(&mut one, &mut a, 0, now);
+    let mut db = connect(&mut two, &mut b, 0, now);
+    assert!(matches!(
+        exchange(&mut one, &mut a, &mut da, now),
+        HandshakeOutcome::Pending
+    ));
+    let second = exchange(&mut two, &mut b, &mut db, now);
+    assert_eq!(refused(&second), Some(HelloStatus::TooManySessions));
+    assert_eq!(budget.taken(), 1);
+}
+
+#[test]
+fn failed_and_timed_out_handshakes_give_their_place_back() {
+    let now = Instant::now();
+    let (mut ep, budget) = server(1);
+    // Admitted at ClientHello, then the connection goes away.
+    let mut a = client(1, now);
+    let mut d = connect(&mut ep, &mut a, 0, now);
+    assert!(matches!(
+        exchange(&mut ep, &mut a, &mut d, now),
+        HandshakeOutcome::Pending
+    ));
+    assert_eq!(budget.taken(), 1);
+    ep.abandon_handshake(d.key);
+    assert_eq!(budget.taken(), 0);
+    // Admitted, then silent past the deadline.
+    let mut b = client(2, now);
+    let mut d = connect(&mut ep, &mut b, 0, now);
+    assert!(matches!(
+        exchange(&mut ep, &mut b, &mut d, now),
+        HandshakeOutcome::Pending
+    ));
+    assert_eq!(budget.taken(), 1);
+    let deadline = ep.poll_handshake_timeout().expect("a deadline");
+    assert!(
+        ep.handshake_timeout(deadline - Duration::from_millis(1))
+            .is_empty()
+    );
+    assert_eq!(ep.handshake_timeout(deadline), vec![d.key]);
+    assert_eq!(budget.taken(), 0);
+    // The place is free again for a third session.
+    let mut c = client(3, now);
+    assert!(matches!(
+        handshake(&mut ep, &mut c, 0, now),
+        HandshakeOutcome::Attached { created: true, .. }
+    ));
+    // A wrong proof fails after admission and gives the place back too.
+    let (mut ep, budget) = server(1);
+    let key = ep.accept_connection(now).expect("a server accepts");
+    let mut bytes = hello_bytes([9; 16], 0, 0);
+    assert!(matches!(
+        ep.handshake_input(now, key, &mut bytes).outcome,
+        HandshakeOutcome::Pending
+    ));
+    assert_eq!(budget.taken(), 1);
+    crate::handshake::encode_client_auth(&[0; crate::handshake::PROOF_LEN], &mut bytes);
+    let outcome = ep.handshake_input(now, key, &mut bytes).outcome;
+    assert!(
+        matches!(outcome, HandshakeOutcome::Failed(HandshakeError::WrongKey)),
+        "{outcome:?}"
+    );
+    assert_eq!(budget.taken(), 0);
+}
+
+#[test]
+fn resuming_an_unknown_session_is_refused() {
+    let now = Instant::now();
+    let (mut ep, budget) = server(4);
+    let mut c = client(1, now);
+    assert!(matches!(
+        handshake(&mut ep, &mut c, 0, now),
+        HandshakeOutcome::Attached { .. }
+    ));
+    // A client that believes its session lives here (a restarted server, say) asks to resume
+    // one this endpoint does not know.
+    let key = ep.accept_connection(now).expect("a server accepts");
+    let mut resume = hello_bytes([42; 16], 1, HELLO_FLAG_RESUME);
+    let outcome = ep.handshake_input(now, key, &mut resume);
+    assert_eq!(refused(&outcome.outcome), Some(HelloStatus::UnknownSession));
+    assert!(!outcome.output.is_empty(), "the refusal is sent");
+    assert_eq!(budget.taken(), 1);
+    assert_eq!(ep.len(), 1);
+    // Resuming a known session attaches.
+    let key = ep.accept_connection(now).expect("a server accepts");
+    let mut resume = hello_bytes(*c.id(), 1, HELLO_FLAG_RESUME);
+    assert!(matches!(
+        ep.handshake_input(now, key, &mut resume).outcome,
+        HandshakeOutcome::Pending
+    ));
+}
+
+#[test]
+fn removing_a_closed_session_gives_its_place_back() {
+    let now = Instant::now();
+    let (mut ep, budget) = server(1);
+    let mut a = client(1, now);
+    let HandshakeOutcome::Attached { session, .. } = handshake(&mut ep, &mut a, 0, now) else {
+        panic!("not attached");
+    };
+    assert_eq!(ep.reap(now, session), Reaped::Open);
+    assert_eq!(budget.taken(), 1);
+    ep[session]
+        .session_mut()
+        .close(crate::error::code::NO_ERROR, "done");
+    assert_eq!(ep.reap(now, session), Reaped::Removed { replacement: None });
+    assert_eq!(budget.taken(), 0);
+    assert!(ep.get(session).is_none());
+    assert_eq!(ep.find(a.id()), None);
+    let mut b = client(2, now);
+    assert!(matches!(
+        handshake(&mut ep, &mut b, 0, now),
+        HandshakeOutcome::Attached { created: true, .. }
+    ));
+}
+
+#[test]
+fn a_client_restarts_its_lost_session_until_stopping() {
+    let now = Instant::now();
+    let mut ep: Endpoint = Endpoint::client(config(2), now, [3; 32]);
+    let first = ep.client_session().expect("a client starts with a session");
+    let first_id = *ep[first].session().id();
+    assert!(
+        ep.accept_connection(now).is_none(),
+        "a client accepts no tunnels"
+    );
+    ep[first]
+        .session_mut()
+        .close(crate::error::code::NO_ERROR, "lost");
+    let Reaped::Removed {
+        replacement: Some(second),
+    } = ep.reap(now, first)
+    else {
+        panic!("no fresh session");
+    };
+    assert_eq!(ep.len(), 1);
+    assert_eq!(ep.client_session(), Some(second));
+    assert_ne!(*ep[second].session().id(), first_id);
+    // The fresh session dials its pool.
+    assert!(matches!(
+        ep[second].session_mut().poll_event(),
+        Some(crate::session::Event::Dial { .. })
+    ));
+    ep.set_stopping();
+    ep[second]
+        .session_mut()
+        .close(crate::error::code::NO_ERROR, "lost");
+    assert_eq!(ep.reap(now, second), Reaped::Removed { replacement: None });
+    assert!(ep.is_empty());
+}

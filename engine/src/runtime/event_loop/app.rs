@@ -1,0 +1,267 @@
+//! Application sockets: a client's application connections and a server's target connections,
+//! each carrying one stream.
+//!
+//! Owns: [`AppConn`] (its socket, the bytes the stream has not taken yet, its send queue and
+//! half-closes), opening a stream for an accepted application connection (client), and
+//! connecting a stream the peer opened to its target (server). Must not touch: in-process
+//! streams ([`super::local_streams`]) or tunnels.
+
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::streams::{After, StreamConn};
+use super::{APP_QUEUE, Entry, EventLoop, Outbox, RESET_APP_ERROR, RESET_CONNECT_FAILED, Role};
+use crate::endpoint::SessionKey;
+use crate::runtime::io::{Driver, IoStream};
+use crate::runtime::{Route, sockopt};
+use crate::session::{ReadOutcome, Session, StreamId};
+
+#[derive(Debug)]
+pub(super) struct AppConn<D: Driver> {
+    pub(super) sock: D::Stream,
+    session: SessionKey,
+    stream: StreamId,
+    pub(super) connecting: bool,
+    /// Bytes read from the socket that the stream has not taken yet; while set, the socket is
+    /// not read (the stream's `StreamWritable` resumes it).
+    unsent: Option<Bytes>,
+    read_eof: bool,
+    tx: Outbox,
+    fin_pending: bool,
+    write_closed: bool,
+    target: SocketAddr,
+}
+
+impl<D: Driver> AppConn<D> {
+    /// A connection carrying `stream`; `connecting` while a target connect is in progress.
+    fn new(
+        sock: D::Stream,
+        session: SessionKey,
+        stream: StreamId,
+        connecting: bool,
+        target: SocketAddr,
+    ) -> Self {
+        Self {
+            sock,
+            session,
+            stream,
+            connecting,
+            unsent: None,
+            read_eof: false,
+            tx: Outbox::default(),
+            fin_pending: false,
+            write_closed: false,
+            target,
+        }
+    }
+
+    /// Both directions are finished.
+    fn finished(&self) -> After {
+        if self.read_eof && self.write_closed {
+            After::Close
+        } else {
+            After::Keep
+        }
+    }
+}
+
+impl<D: Driver> StreamConn for AppConn<D> {
+    fn session(&self) -> SessionKey {
+        self.session
+    }
+
+    fn stream(&self) -> StreamId {
+        self.stream
+    }
+
+    fn to_session(&mut self, session: &mut Session, buf: &mut [u8]) -> After {
+        loop {
+            if self.connecting || self.read_eof {
+                return After::Keep;
+            }
+            if let Some(pending) = self.unsent.take() {
+                match session.write(self.stream, pending.clone()) {
+                    Ok(n) if n < pending.len() => {
+                        self.unsent = Some(pending.slice(n..));
+                        return After::Keep;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return After::Close,
+                }
+            }
+            match self.sock.read_bytes(buf) {
+                Ok(b) if b.is_empty() => {
+                    self.read_eof = true;
+                    let _ = session.shutdown(self.stream);
+                    return self.finished();
+                }
+                Ok(b) => self.unsent = Some(b),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return After::Keep,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::info!(
+                        stream = self.stream,
+                        "application connection failed: {e}; resetting the stream"
+                    );
+                    return After::Reset(RESET_APP_ERROR);
+                }
+            }
+        }
+    }
+
+    fn to_app(&mut self, session: &mut Session) -> After {
+        if self.connecting {
+            return After::Keep;
+        }
+        loop {
+            if let Err(e) = self.tx.flush(&mut self.sock) {
+                tracing::info!(
+                    stream = self.stream,
+                    "writing to the application failed: {e}; resetting the stream"
+                );
+                return After::Reset(RESET_APP_ERROR);
+            }
+            if self.tx.len >= APP_QUEUE || self.fin_pending || self.write_closed {
+                break;
+            }
+            match session.read(self.stream, APP_QUEUE) {
+                Ok(ReadOutcome::Data(b)) => self.tx.push(b),
+                Ok(ReadOutcome::Fin) => self.fin_pending = true,
+                Ok(ReadOutcome::WouldBlock) | Err(_) => break,
+            }
+        }
+        if self.fin_pending && self.tx.len == 0 && !self.write_closed {
+            self.write_closed = true;
+            let _ = self.sock.shutdown_write();
+            return self.finished();
+        }
+        After::Keep
+    }
+
+    fn peer_reset(&mut self, _code: u32) {
+        sockopt::abort_on_close(&self.sock);
+    }
+
+    fn stream_closed(&mut self) -> bool {
+        self.finished() == After::Close
+    }
+
+    fn session_lost(&mut self) {
+        sockopt::abort_on_close(&self.sock);
+    }
+}
+
+impl<D: Driver> EventLoop<D> {
+    /// Socket readiness of an application connection.
+    pub(super) fn on_app(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(Entry::App(app)) = self.entries.get_mut(key) else {
+            return;
+        };
+        if app.connecting {
+            match app.sock.take_error() {
+                Ok(None) if app.sock.peer_addr().is_ok() => {
+                    app.connecting = false;
+                    tracing::debug!(stream = app.stream, target = %app.target, "connected to target");
+                }
+                Ok(None) => return,
+                Ok(Some(e)) | Err(e) => {
+                    tracing::warn!(stream = app.stream, target = %app.target, "cannot connect to target: {e}; resetting the stream");
+                    self.after(key, After::Reset(RESET_CONNECT_FAILED));
+                    return;
+                }
+            }
+        }
+        if writable {
+            self.stream_to_app(key);
+        }
+        if readable {
+            self.stream_to_session(key);
+        }
+    }
+
+    /// Client: opens a stream for an application connection, or holds the connection until the
+    /// session can open one.
+    pub(super) fn start_client_stream(
+        &mut self,
+        skey: SessionKey,
+        conn: D::Stream,
+        target: Option<String>,
+    ) {
+        let Some(slot) = self.endpoint.get_mut(skey) else {
+            return;
+        };
+        let (session, io) = slot.parts_mut();
+        match session.open_stream(target.as_deref()) {
+            Ok(stream) => {
+                self.touch(skey);
+                let peer = conn
+                    .peer_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                tracing::info!(stream, %peer, "stream opened");
+                let app = AppConn::new(conn, skey, stream, false, peer);
+                match self.add(Entry::App(Box::new(app))) {
+                    Ok(k) => {
+                        self.endpoint[skey].data_mut().streams.insert(stream, k);
+                        self.stream_to_session(k);
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot register application socket: {e}");
+                        self.refuse_stream(skey, stream, RESET_APP_ERROR);
+                    }
+                }
+            }
+            Err(crate::StreamError::NotReady) | Err(crate::StreamError::StreamLimit) => {
+                // Held until a tunnel is up or the peer grants more streams.
+                io.waiting_apps.push_back((conn, target));
+            }
+            Err(e) => {
+                tracing::warn!("cannot open a stream: {e}; closing the application connection");
+            }
+        }
+    }
+
+    /// Server: connects a stream the peer opened to where the resolver says.
+    pub(super) fn open_target(
+        &mut self,
+        skey: SessionKey,
+        stream: StreamId,
+        target: Option<String>,
+    ) {
+        let Role::Server { resolve } = &self.role else {
+            return;
+        };
+        let addr = match resolve(target.as_deref()) {
+            Route::Connect(addr) => addr,
+            Route::Accept => return self.accept_local(skey, stream, target),
+            Route::Refuse => {
+                tracing::warn!(
+                    stream,
+                    target = target.as_deref().unwrap_or(""),
+                    "target not allowed or unresolvable; resetting"
+                );
+                return self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
+            }
+        };
+        match sockopt::connect_nonblocking(addr, None).and_then(|(s, _)| self.io.stream(s)) {
+            Ok(sock) => {
+                tracing::info!(stream, target = %addr, "stream opened");
+                let app = AppConn::new(sock, skey, stream, true, addr);
+                match self.add(Entry::App(Box::new(app))) {
+                    Ok(k) => {
+                        self.endpoint[skey].data_mut().streams.insert(stream, k);
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot register target socket: {e}");
+                        self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stream, target = %addr, "cannot connect to target: {e}; resetting");
+                self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
+            }
+        }
+    }
+}

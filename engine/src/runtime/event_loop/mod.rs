@@ -1,0 +1,444 @@
+//! The event loop: one thread moving bytes and timers between sockets and the sessions of an
+//! [`Endpoint`], generic over the I/O driver.
+//!
+//! Both drivers (mio and io_uring) run this same code: it only uses the readiness-shaped socket
+//! operations of [`super::io`], so session servicing, event handling and back-pressure are
+//! written once.
+//!
+//! Owns: every socket of its runtime (listeners, tunnels, application connections, server
+//! handshakes in progress), their user-space send queues, the mapping between sockets and
+//! (session, tunnel slot) or (session, stream), and which sessions need servicing when. Must not
+//! touch: protocol decisions — which session a tunnel joins, admission, handshakes and the
+//! client's restart are the [`Endpoint`]'s; a session's protocol is the session's, driven
+//! exactly as the contract in [`crate::session`] says.
+//!
+//! By concept: [`accept`] (listeners), [`pending`] (server handshakes in progress and the
+//! hand-over between workers), [`tunnels`] (tunnel sockets), [`app`] (application and target
+//! sockets), [`local_streams`] (in-process streams), [`streams`] (the one interface both stream
+//! kinds offer the session's events), [`sessions`] (the ready list, the timer heap, servicing
+//! and session events).
+//!
+//! Back-pressure is end to end: an application socket is read only while its stream's send buffer
+//! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
+//! session only while its application socket keeps up (an unflushed queue pauses it until the
+//! socket is writable again), so credit, not memory, absorbs a slow side.
+//!
+//! Only sessions with work are serviced on a wake-up (see [`sessions`]): the cost of a wake-up
+//! grows with the active sessions, not with all of them.
+
+mod accept;
+mod app;
+mod local_streams;
+mod pending;
+mod sessions;
+mod streams;
+mod tunnels;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use slab::Slab;
+
+use super::io::{Driver, IoStream, Ready};
+use super::worker::Mailbox;
+use super::{RuntimeOptions, TargetResolver};
+use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey};
+use app::AppConn;
+use local_streams::{LocalConn, LocalState};
+use sessions::SessionIo;
+
+/// User-space bytes queued towards an application before its stream is read further.
+const APP_QUEUE: usize = 256 * 1024;
+/// Reset code for streams whose target could not be reached.
+const RESET_CONNECT_FAILED: u32 = 1;
+/// Reset code for streams whose application connection failed.
+const RESET_APP_ERROR: u32 = 2;
+/// Longest wait: handshake deadlines, accept retries and a stop request are looked at least
+/// this often.
+const MAX_WAIT: Duration = Duration::from_millis(250);
+
+/// How far a read got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    /// The socket has nothing more now.
+    Drained,
+    /// A batch was read; more may be waiting.
+    Batch,
+    /// The peer closed its side.
+    Eof,
+}
+
+/// Bytes waiting to be written to a socket, written with vectored writes.
+#[derive(Debug, Default)]
+struct Outbox {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.chunks.push_back(b);
+        }
+    }
+
+    /// Writes as much as the socket takes; `Ok(true)` when empty.
+    fn flush(&mut self, sock: &mut impl IoStream) -> io::Result<bool> {
+        while !self.chunks.is_empty() {
+            match sock.write_chunks(&self.chunks) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    self.len -= n;
+                    while n > 0 {
+                        let Some(front) = self.chunks.front_mut() else {
+                            break;
+                        };
+                        if front.len() <= n {
+                            n -= front.len();
+                            self.chunks.pop_front();
+                        } else {
+                            let _ = front.split_to(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Reads into `rx` until the socket would block, it closes, or `rx` holds a batch worth handing
+/// to the session first. Readiness is edge-triggered: the caller must come back while this says
+/// `Batch`.
+fn read_into(sock: &mut impl IoStream, rx: &mut BytesMut, buf: &mut [u8]) -> io::Result<ReadState> {
+    loop {
+        match sock.read_append(rx, buf) {
+            Ok(0) => return Ok(ReadState::Eof),
+            Ok(_) => {
+                if rx.len() >= 4 * buf.len() {
+                    return Ok(ReadState::Batch);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadState::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Entry<D: Driver> {
+    /// Client: applications connect here.
+    AppListener {
+        sock: D::Listener,
+        target: Option<String>,
+    },
+    /// Server: tunnels connect here.
+    TunnelListener { sock: D::Listener },
+    /// Server: a tunnel connection whose handshake (in the endpoint) is in progress.
+    Pending {
+        sock: D::Stream,
+        handshake: HandshakeKey,
+        rx: BytesMut,
+        tx: Outbox,
+        peer: SocketAddr,
+        /// Known to belong on this worker (its session id was read, or there is one worker).
+        routed: bool,
+    },
+    /// A tunnel of a session.
+    Tunnel {
+        sock: D::Stream,
+        session: SessionKey,
+        slot: usize,
+        rx: BytesMut,
+        tx: Outbox,
+        connecting: bool,
+    },
+    /// An application connection (client) or target connection (server) carrying a stream.
+    App(Box<AppConn<D>>),
+    /// An in-process stream (no socket).
+    Local(Box<LocalConn>),
+}
+
+enum Role {
+    Client { server: SocketAddr },
+    Server { resolve: TargetResolver },
+}
+
+/// One event loop: a client (one session) or a server (many sessions).
+pub(super) struct EventLoop<D: Driver> {
+    io: D,
+    ready: Vec<Ready>,
+    role: Role,
+    opts: RuntimeOptions,
+    /// The sessions, with this loop's sockets for each, and the server's handshakes.
+    endpoint: Endpoint<SessionIo<D>>,
+    entries: Slab<Entry<D>>,
+    stop: Arc<AtomicBool>,
+    draining_since: Option<Instant>,
+    /// Listeners whose accept failed with connections possibly still queued.
+    accept_retry: Vec<usize>,
+    scratch: Vec<Bytes>,
+    read_buf: Vec<u8>,
+    /// This worker's ends of the rings to the other workers.
+    mailbox: Mailbox,
+    /// In-process streams, once a hub is attached.
+    local: Option<LocalState>,
+    /// Sessions with work to do on this turn of the loop (each at most once: `SessionIo::queued`).
+    work: Vec<SessionKey>,
+    /// Each session's next timer, earliest first; an entry that no longer matches its session's
+    /// `SessionIo::armed` is stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
+    /// The session being serviced now (what it is touched by is handled in the same service).
+    servicing: Option<SessionKey>,
+}
+
+/// What an event loop shares with the other workers of its runtime.
+pub(super) struct WorkerContext {
+    /// Set to stop every worker.
+    pub(super) stop: Arc<AtomicBool>,
+    /// This worker's rings.
+    pub(super) mailbox: Mailbox,
+    /// Server: the places for sessions on all workers together (`max_sessions`).
+    pub(super) budget: SessionBudget,
+}
+
+/// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
+fn os_seed() -> [u8; 32] {
+    let mut seed = [0; 32];
+    StdRng::from_os_rng().fill_bytes(&mut seed);
+    seed
+}
+
+impl<D: Driver> EventLoop<D> {
+    fn new(
+        io: D,
+        opts: RuntimeOptions,
+        role: Role,
+        endpoint: Endpoint<SessionIo<D>>,
+        ctx: WorkerContext,
+    ) -> Self {
+        let read_buf = vec![0; opts.read_chunk.max(4096)];
+        Self {
+            io,
+            ready: Vec::new(),
+            role,
+            opts,
+            endpoint,
+            entries: Slab::new(),
+            stop: ctx.stop,
+            draining_since: None,
+            accept_retry: Vec::new(),
+            scratch: Vec::new(),
+            read_buf,
+            mailbox: ctx.mailbox,
+            local: None,
+            work: Vec::new(),
+            timers: BinaryHeap::new(),
+            servicing: None,
+        }
+    }
+
+    pub(super) fn server(
+        io: D,
+        opts: RuntimeOptions,
+        listener: std::net::TcpListener,
+        resolve: TargetResolver,
+        ctx: WorkerContext,
+    ) -> io::Result<Self> {
+        let config = Arc::new(opts.engine.clone());
+        let endpoint = Endpoint::server(config, ctx.budget.clone(), os_seed());
+        let mut el = Self::new(io, opts, Role::Server { resolve }, endpoint, ctx);
+        let sock = el.io.listener(listener)?;
+        el.add(Entry::TunnelListener { sock })?;
+        Ok(el)
+    }
+
+    pub(super) fn client(
+        io: D,
+        opts: RuntimeOptions,
+        server: SocketAddr,
+        listeners: Vec<(std::net::TcpListener, Option<String>)>,
+        ctx: WorkerContext,
+    ) -> io::Result<Self> {
+        let config = Arc::new(opts.engine.clone());
+        let endpoint = Endpoint::client(config, Instant::now(), os_seed());
+        let mut el = Self::new(io, opts, Role::Client { server }, endpoint, ctx);
+        for (sock, target) in listeners {
+            let sock = el.io.listener(sock)?;
+            el.add(Entry::AppListener { sock, target })?;
+        }
+        // The new session asks for its tunnels to be dialed.
+        if let Some(key) = el.endpoint.client_session() {
+            el.touch(key);
+        }
+        Ok(el)
+    }
+
+    fn add(&mut self, mut entry: Entry<D>) -> io::Result<usize> {
+        let key = self.entries.vacant_key();
+        match &mut entry {
+            Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
+                self.io.register_listener(sock, key)?
+            }
+            Entry::Pending { sock, .. } => self.io.register_stream(sock, key, false)?,
+            Entry::Tunnel {
+                sock, connecting, ..
+            } => self.io.register_stream(sock, key, *connecting)?,
+            Entry::App(app) => self
+                .io
+                .register_stream(&mut app.sock, key, app.connecting)?,
+            Entry::Local(_) => {}
+        }
+        Ok(self.entries.insert(entry))
+    }
+
+    fn remove(&mut self, key: usize) -> Option<Entry<D>> {
+        let mut entry = self.entries.try_remove(key)?;
+        match &mut entry {
+            Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
+                self.io.deregister_listener(sock)
+            }
+            Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
+                self.io.deregister_stream(sock)
+            }
+            Entry::App(app) => self.io.deregister_stream(&mut app.sock),
+            Entry::Local(_) => {}
+        }
+        Some(entry)
+    }
+
+    /// Runs until stopped and drained.
+    pub(super) fn run(&mut self) {
+        loop {
+            let now = Instant::now();
+            if self.stop.load(Ordering::SeqCst) {
+                self.endpoint.set_stopping();
+            }
+            let timeout = self.wait_timeout(now);
+            if let Err(e) = self.io.wait(timeout, &mut self.ready) {
+                tracing::error!("event loop wait failed ({} driver): {e}", D::NAME);
+                return;
+            }
+            while let Some(msg) = self.mailbox.receive() {
+                self.adopt(msg);
+            }
+            let ready = std::mem::take(&mut self.ready);
+            for &(key, readable, writable) in &ready {
+                self.on_ready(key, readable, writable);
+            }
+            self.ready = ready;
+            self.ready.clear();
+            self.poll_local();
+            let now = Instant::now();
+            self.fire_timers(now);
+            self.service_ready();
+            self.expire_handshakes(now);
+            for key in std::mem::take(&mut self.accept_retry) {
+                self.on_ready(key, true, false);
+            }
+            if self.stop.load(Ordering::SeqCst) && self.drain(now) {
+                tracing::info!("stopped");
+                return;
+            }
+        }
+    }
+
+    /// How long the next wait may take: until the earliest timer, at once when sessions still
+    /// have work, and soon when a ring to another worker was full.
+    fn wait_timeout(&mut self, now: Instant) -> Duration {
+        if !self.work.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut timeout = MAX_WAIT;
+        if let Some(at) = self.next_timer() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.endpoint.poll_handshake_timeout() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if self.mailbox.retry() {
+            timeout = timeout.min(Duration::from_millis(1));
+        }
+        timeout
+    }
+
+    /// Graceful stop: no new connections, GO_AWAY, wait for streams up to the drain timeout.
+    /// True when done.
+    fn drain(&mut self, now: Instant) -> bool {
+        if self.draining_since.is_none() {
+            self.draining_since = Some(now);
+            tracing::info!(
+                "shutting down: no new connections; open streams have {:?} to finish",
+                self.opts.drain_timeout
+            );
+            let listeners: Vec<usize> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| {
+                    matches!(e, Entry::AppListener { .. } | Entry::TunnelListener { .. })
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in listeners {
+                self.remove(k);
+            }
+            for key in self.endpoint.keys() {
+                self.endpoint[key].session_mut().go_away(now);
+                self.service(key);
+            }
+        }
+        let all_done = self
+            .endpoint
+            .iter()
+            .all(|(_, s)| s.session().is_closed() || s.data().streams.is_empty());
+        let expired = self
+            .draining_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.opts.drain_timeout);
+        if all_done || expired {
+            if expired && !all_done {
+                tracing::warn!("drain timeout: closing sessions with streams still open");
+            }
+            for key in self.endpoint.keys() {
+                self.endpoint[key]
+                    .session_mut()
+                    .close(crate::error::code::SHUTDOWN, "shutting down");
+                self.service(key);
+            }
+            return true;
+        }
+        false
+    }
+
+    fn on_ready(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        match entry {
+            Entry::AppListener { .. } => self.accept_apps(key),
+            Entry::TunnelListener { .. } => self.accept_tunnels(key),
+            Entry::Pending { .. } => self.on_pending(key, readable, writable),
+            Entry::Tunnel { .. } => self.on_tunnel(key, readable, writable),
+            Entry::App(_) => self.on_app(key, readable, writable),
+            Entry::Local(_) => {}
+        }
+    }
+}
+
+/// A session id, shortened for logs.
+fn hex(id: &[u8]) -> String {
+    id.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}

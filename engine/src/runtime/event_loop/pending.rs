@@ -1,0 +1,215 @@
+//! Server tunnel connections whose handshake is in progress, and their hand-over between
+//! workers.
+//!
+//! Owns: reading and writing a pending connection's bytes, routing it to the worker that owns
+//! its session (read the session id from the ClientHello, hand the socket and the handshake over
+//! the worker ring), taking over connections other workers hand here, and turning a finished
+//! handshake into a tunnel entry. Must not touch: the handshake's decisions — admission,
+//! create-or-attach and timeouts are the endpoint's ([`crate::endpoint`]); this file writes what
+//! it answers and closes what it fails.
+
+use std::time::Instant;
+
+use super::{Entry, EventLoop, Outbox, ReadState, hex, read_into};
+use crate::endpoint::HandshakeOutcome;
+use crate::handshake::client_hello_session_id;
+use crate::runtime::io::Driver;
+use crate::runtime::worker::{Handoff, home_worker};
+
+impl<D: Driver> EventLoop<D> {
+    pub(super) fn on_pending(&mut self, key: usize, readable: bool, _writable: bool) {
+        let now = Instant::now();
+        let Some(Entry::Pending {
+            sock,
+            handshake,
+            rx,
+            tx,
+            peer,
+            routed,
+        }) = self.entries.get_mut(key)
+        else {
+            return;
+        };
+        let (peer, handshake) = (*peer, *handshake);
+        let mut eof = false;
+        if readable {
+            match read_into(sock, rx, &mut self.read_buf) {
+                Ok(state) => eof = state == ReadState::Eof,
+                Err(e) => {
+                    tracing::info!(%peer, "tunnel connection failed during handshake: {e}");
+                    self.drop_pending(key);
+                    return;
+                }
+            }
+        }
+        if !*routed {
+            match client_hello_session_id(rx) {
+                Ok(None) if !eof => return,
+                Ok(Some(id)) => {
+                    let home = home_worker(&id, self.mailbox.workers());
+                    if home != self.mailbox.index() {
+                        self.hand_over(key, home);
+                        return;
+                    }
+                }
+                // Not a ClientHello, or cut short: the handshake here says why.
+                Ok(None) | Err(_) => {}
+            }
+            *routed = true;
+        }
+        let step = self.endpoint.handshake_input(now, handshake, rx);
+        tx.push(step.output.freeze());
+        let flushed = tx.flush(sock);
+        match step.outcome {
+            HandshakeOutcome::Pending => {
+                if eof {
+                    tracing::info!(%peer, "tunnel connection closed during handshake");
+                    self.drop_pending(key);
+                } else if flushed.is_err() {
+                    self.drop_pending(key);
+                }
+            }
+            HandshakeOutcome::Attached {
+                session,
+                created,
+                tunnel,
+            } => {
+                let Some(Entry::Pending { sock, rx, tx, .. }) = self.remove(key) else {
+                    return;
+                };
+                if created {
+                    tracing::info!(session = %hex(&tunnel.session_id), %peer, pool = tunnel.pool_size, "session started");
+                }
+                self.touch(session);
+                let slot_index = usize::from(tunnel.tunnel_index);
+                let entry = Entry::Tunnel {
+                    sock,
+                    session,
+                    slot: slot_index,
+                    rx,
+                    tx,
+                    connecting: false,
+                };
+                match self.add(entry) {
+                    Ok(tk) => {
+                        if let Some(old) =
+                            self.endpoint[session].data_mut().set_tunnel(slot_index, tk)
+                        {
+                            self.remove(old);
+                        }
+                        tracing::info!(session = %hex(&tunnel.session_id), tunnel = slot_index, %peer, rtt = ?tunnel.rtt, "tunnel established");
+                        // Bytes after ClientAuth belong to the session, and more may wait in
+                        // the socket (0-RTT data right behind the handshake).
+                        self.on_tunnel(tk, true, true);
+                    }
+                    Err(e) => tracing::warn!("cannot register tunnel: {e}"),
+                }
+            }
+            HandshakeOutcome::Failed(e) => {
+                tracing::warn!(%peer, "tunnel handshake failed: {e}; connection closed");
+                self.remove(key);
+            }
+        }
+    }
+
+    /// Closes a pending connection and forgets its handshake.
+    fn drop_pending(&mut self, key: usize) {
+        if let Some(Entry::Pending { handshake, .. }) = self.remove(key) {
+            self.endpoint.abandon_handshake(handshake);
+        }
+    }
+
+    /// Passes a tunnel connection to the worker that owns its session.
+    fn hand_over(&mut self, key: usize, home: usize) {
+        let Some(Entry::Pending {
+            sock,
+            handshake,
+            mut rx,
+            peer,
+            ..
+        }) = self.entries.try_remove(key)
+        else {
+            return;
+        };
+        let Some(handshake) = self.endpoint.take_handshake(handshake) else {
+            return;
+        };
+        match self.io.detach_stream(sock) {
+            Ok((sock, received)) => {
+                rx.extend_from_slice(&received);
+                tracing::debug!(%peer, from = self.mailbox.index(), to = home, "tunnel handed to its session's worker");
+                self.mailbox.send(
+                    home,
+                    Handoff::Tunnel {
+                        sock,
+                        received: rx,
+                        handshake,
+                        peer,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(%peer, "cannot hand the tunnel to worker {home}: {e}; connection closed")
+            }
+        }
+    }
+
+    /// Takes over a tunnel connection another worker accepted for a session that lives here.
+    pub(super) fn adopt(&mut self, msg: Handoff) {
+        let Handoff::Tunnel {
+            sock,
+            received,
+            handshake,
+            peer,
+        } = msg;
+        let sock = match self.io.stream(sock) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot take over a tunnel connection: {e}; connection closed");
+                return;
+            }
+        };
+        let handshake = self.endpoint.adopt_handshake(handshake);
+        let entry = Entry::Pending {
+            sock,
+            handshake,
+            rx: received,
+            tx: Outbox::default(),
+            peer,
+            routed: true,
+        };
+        match self.add(entry) {
+            // The bytes already read are processed now; the socket may hold more.
+            Ok(key) => self.on_pending(key, true, false),
+            Err(e) => {
+                tracing::warn!(%peer, "cannot register a tunnel connection: {e}");
+                self.endpoint.abandon_handshake(handshake);
+            }
+        }
+    }
+
+    /// Closes the connections whose handshake the endpoint timed out.
+    pub(super) fn expire_handshakes(&mut self, now: Instant) {
+        if self
+            .endpoint
+            .poll_handshake_timeout()
+            .is_none_or(|at| at > now)
+        {
+            return;
+        }
+        let expired = self.endpoint.handshake_timeout(now);
+        let keys: Vec<usize> = self
+            .entries
+            .iter()
+            .filter_map(|(k, e)| match e {
+                Entry::Pending { handshake, .. } if expired.contains(handshake) => Some(k),
+                _ => None,
+            })
+            .collect();
+        for k in keys {
+            if let Some(Entry::Pending { peer, .. }) = self.remove(k) {
+                tracing::warn!(%peer, "tunnel handshake timed out; connection closed");
+            }
+        }
+    }
+}

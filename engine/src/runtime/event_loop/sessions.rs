@@ -1,0 +1,292 @@
+//! Servicing sessions: which need it (a ready list and a timer heap), reacting to their events,
+//! and letting go of closed ones.
+//!
+//! Owns: [`SessionIo`] (a session's sockets and stream connections in this loop), the ready list
+//! (sessions touched by input, a stream call, a socket event, an in-process notice or a
+//! hand-over), the timer heap (each session's `poll_timeout`, invalidated lazily), servicing
+//! (events, then transmit), and tearing down a closed session's sockets. Must not touch:
+//! whether a closed session is replaced or what a session decides — the endpoint and the session
+//! say.
+//!
+//! The rule that keeps bytes from stalling: every call that may make a session produce output
+//! or events is followed by [`EventLoop::touch`], so the session is serviced on this turn of the
+//! loop; a session nobody touched is only woken by its timer. A wake-up therefore costs in
+//! proportion to the sessions with work, not to all sessions.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use super::{EventLoop, Role, hex};
+use crate::endpoint::{Reaped, SessionKey};
+use crate::runtime::io::Driver;
+use crate::session::{Event, StreamId};
+
+/// Rounds of events-then-transmit in one service while the session keeps being touched by its
+/// own servicing; beyond that it goes back on the ready list for the next turn.
+const SERVICE_ROUNDS: usize = 4;
+
+/// A session's sockets and stream connections in this loop, and its place in the schedule.
+#[derive(Debug)]
+pub(super) struct SessionIo<D: Driver> {
+    /// Tunnel entry of each slot.
+    pub(super) tunnels: Vec<Option<usize>>,
+    /// Entry carrying each stream.
+    pub(super) streams: HashMap<StreamId, usize>,
+    /// Client: application connections accepted before the session could open streams.
+    pub(super) waiting_apps: VecDeque<(D::Stream, Option<String>)>,
+    /// On the ready list.
+    queued: bool,
+    /// Touched since its service began.
+    touched: bool,
+    /// The timer entry in the heap that counts (earlier ones were fired, later ones are stale).
+    armed: Option<Instant>,
+}
+
+impl<D: Driver> Default for SessionIo<D> {
+    fn default() -> Self {
+        Self {
+            tunnels: Vec::new(),
+            streams: HashMap::new(),
+            waiting_apps: VecDeque::new(),
+            queued: false,
+            touched: false,
+            armed: None,
+        }
+    }
+}
+
+impl<D: Driver> SessionIo<D> {
+    /// Puts tunnel entry `entry` in slot `t`; returns the entry it replaces.
+    pub(super) fn set_tunnel(&mut self, t: usize, entry: usize) -> Option<usize> {
+        if self.tunnels.len() <= t {
+            self.tunnels.resize(t + 1, None);
+        }
+        self.tunnels[t].replace(entry)
+    }
+
+    /// Empties slot `t` if it still holds `entry`.
+    pub(super) fn clear_tunnel(&mut self, t: usize, entry: usize) {
+        if let Some(slot) = self.tunnels.get_mut(t)
+            && *slot == Some(entry)
+        {
+            *slot = None;
+        }
+    }
+
+    /// Forgets `stream` if `entry` still carries it.
+    pub(super) fn forget_stream(&mut self, stream: StreamId, entry: usize) {
+        if self.streams.get(&stream) == Some(&entry) {
+            self.streams.remove(&stream);
+        }
+    }
+}
+
+impl<D: Driver> EventLoop<D> {
+    /// Session `skey` was called and may have output or events: service it on this turn.
+    pub(super) fn touch(&mut self, skey: SessionKey) {
+        let Some(slot) = self.endpoint.get_mut(skey) else {
+            return;
+        };
+        let io = slot.data_mut();
+        io.touched = true;
+        if !io.queued && self.servicing != Some(skey) {
+            io.queued = true;
+            self.work.push(skey);
+        }
+    }
+
+    /// The earliest live timer (stale heap entries are dropped on the way).
+    pub(super) fn next_timer(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, skey))) = self.timers.peek() {
+            if self
+                .endpoint
+                .get(skey)
+                .is_some_and(|s| s.data().armed == Some(at))
+            {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Fires the timers due at `now`: each such session handles its timeout and is serviced.
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some(at) = self.next_timer() {
+            if at > now {
+                break;
+            }
+            let Some(Reverse((_, skey))) = self.timers.pop() else {
+                break;
+            };
+            let Some(slot) = self.endpoint.get_mut(skey) else {
+                continue;
+            };
+            let (session, io) = slot.parts_mut();
+            io.armed = None;
+            if session.poll_timeout().is_some_and(|t| t <= now) {
+                session.handle_timeout(now);
+            }
+            // Serviced either way: servicing re-arms the timer where it is now.
+            self.touch(skey);
+        }
+    }
+
+    /// Services every session on the ready list.
+    pub(super) fn service_ready(&mut self) {
+        let work = std::mem::take(&mut self.work);
+        for &skey in &work {
+            if let Some(slot) = self.endpoint.get_mut(skey) {
+                slot.data_mut().queued = false;
+            }
+            self.service(skey);
+        }
+        // Keep the allocation; anything touched meanwhile went on `self.work`.
+        let mut work = work;
+        work.clear();
+        if self.work.is_empty() {
+            self.work = work;
+        }
+    }
+
+    /// Reacts to a session's events, sends what it has for its tunnels, re-arms its timer, and
+    /// lets it go once closed.
+    pub(super) fn service(&mut self, skey: SessionKey) {
+        let now = Instant::now();
+        self.servicing = Some(skey);
+        for _ in 0..SERVICE_ROUNDS {
+            let Some(slot) = self.endpoint.get_mut(skey) else {
+                break;
+            };
+            slot.data_mut().touched = false;
+            while let Some(ev) = self
+                .endpoint
+                .get_mut(skey)
+                .and_then(|s| s.session_mut().poll_event())
+            {
+                self.on_session_event(skey, ev, now);
+            }
+            self.transmit(skey);
+            if !self.endpoint.get(skey).is_some_and(|s| s.data().touched) {
+                break;
+            }
+        }
+        self.servicing = None;
+        let Some(slot) = self.endpoint.get_mut(skey) else {
+            return;
+        };
+        if slot.session().is_closed() {
+            // Everything was flushed by `transmit` above as far as the sockets allowed.
+            return self.let_go(skey, now);
+        }
+        let (session, io) = slot.parts_mut();
+        if io.touched && !io.queued {
+            // Still producing after its rounds: next turn.
+            io.queued = true;
+            self.work.push(skey);
+        }
+        if let Some(at) = session.poll_timeout()
+            && io.armed.is_none_or(|armed| at < armed)
+        {
+            io.armed = Some(at);
+            self.timers.push(Reverse((at, skey)));
+        }
+    }
+
+    /// Drops a closed session's sockets and streams and removes it from the endpoint (a client
+    /// endpoint starts a fresh session).
+    fn let_go(&mut self, skey: SessionKey, now: Instant) {
+        let Some(slot) = self.endpoint.get(skey) else {
+            return;
+        };
+        let tunnels: Vec<usize> = slot.data().tunnels.iter().flatten().copied().collect();
+        let streams: Vec<usize> = slot.data().streams.values().copied().collect();
+        for k in tunnels {
+            self.remove(k);
+        }
+        for k in streams {
+            self.stream_session_lost(k);
+        }
+        if let Reaped::Removed {
+            replacement: Some(fresh),
+        } = self.endpoint.reap(now, skey)
+        {
+            tracing::info!("starting a new session");
+            self.touch(fresh);
+        }
+    }
+
+    fn on_session_event(&mut self, skey: SessionKey, ev: Event, now: Instant) {
+        let id = self
+            .endpoint
+            .get(skey)
+            .map(|s| hex(s.session().id()))
+            .unwrap_or_default();
+        match ev {
+            Event::Dial { tunnel } => self.dial(skey, usize::from(tunnel), now),
+            Event::TunnelUp { tunnel, rtt } => {
+                if matches!(self.role, Role::Client { .. }) {
+                    let cc = self.tunnel_congestion(skey, usize::from(tunnel));
+                    tracing::info!(session = %id, tunnel, ?rtt, congestion = %cc, "tunnel established");
+                }
+                // Held application connections can go now.
+                let waiting: Vec<_> = self.endpoint[skey]
+                    .data_mut()
+                    .waiting_apps
+                    .drain(..)
+                    .collect();
+                for (conn, target) in waiting {
+                    self.start_client_stream(skey, conn, target);
+                }
+                self.open_waiting_locals();
+            }
+            Event::TunnelDown { tunnel, reason } => {
+                tracing::warn!(session = %id, tunnel, "tunnel lost: {reason}");
+                if let Some(k) = self.endpoint[skey]
+                    .data_mut()
+                    .tunnels
+                    .get_mut(usize::from(tunnel))
+                    .and_then(Option::take)
+                {
+                    self.remove(k);
+                }
+            }
+            Event::StreamOpened { stream, target } => self.open_target(skey, stream, target),
+            Event::StreamReadable { stream } => {
+                if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
+                    self.stream_to_app(k);
+                }
+            }
+            Event::StreamWritable { stream } => {
+                if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
+                    self.stream_to_session(k);
+                }
+            }
+            Event::StreamReset { stream, code } => {
+                tracing::info!(session = %id, stream, code, "stream reset by peer");
+                if let Some(k) = self.endpoint[skey].data_mut().streams.remove(&stream) {
+                    self.stream_reset_by_peer(k, code);
+                }
+            }
+            Event::StreamClosed {
+                stream,
+                sent,
+                received,
+            } => {
+                tracing::info!(session = %id, stream, bytes_sent = sent, bytes_received = received, "stream closed");
+                if let Some(k) = self.endpoint[skey].data_mut().streams.remove(&stream) {
+                    self.stream_closed(k);
+                }
+            }
+            Event::GoAway { code } => tracing::info!(session = %id, code, "peer is going away"),
+            Event::SessionClosed { reason } => {
+                if reason.code() == crate::error::code::NO_ERROR {
+                    tracing::info!(session = %id, "session closed: {reason}");
+                } else {
+                    tracing::warn!(session = %id, "session closed: {reason}");
+                }
+            }
+        }
+    }
+}

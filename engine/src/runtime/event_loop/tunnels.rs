@@ -1,0 +1,227 @@
+//! Tunnel sockets: dialing them (client), reading them into their session, writing what the
+//! session transmits, and reporting their loss.
+//!
+//! Owns: a tunnel entry's socket, receive buffer and send queue. Must not touch: the bytes'
+//! meaning (the session parses and produces them) or which session a server tunnel joins (the
+//! endpoint decided that in [`super::pending`]).
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::{Entry, EventLoop, Outbox, ReadState, Role, read_into};
+use crate::endpoint::SessionKey;
+use crate::runtime::io::{Driver, IoStream};
+use crate::runtime::sockopt;
+
+impl<D: Driver> EventLoop<D> {
+    pub(super) fn on_tunnel(&mut self, key: usize, readable: bool, writable: bool) {
+        let now = Instant::now();
+        let Some(Entry::Tunnel {
+            sock,
+            session,
+            slot,
+            connecting,
+            ..
+        }) = self.entries.get_mut(key)
+        else {
+            return;
+        };
+        let (skey, t) = (*session, *slot);
+        if *connecting {
+            if !writable && !readable {
+                return;
+            }
+            match sock.take_error() {
+                Ok(None) if sock.peer_addr().is_ok() => {
+                    *connecting = false;
+                    self.endpoint[skey].session_mut().tunnel_connected(now, t);
+                    self.touch(skey);
+                }
+                Ok(None) => return,
+                Ok(Some(e)) | Err(e) => {
+                    tracing::info!(tunnel = t, "dial failed: {e}");
+                    self.remove(key);
+                    let (session, io) = self.endpoint[skey].parts_mut();
+                    io.clear_tunnel(t, key);
+                    session.tunnel_dial_failed(now, t, &e.to_string());
+                    self.touch(skey);
+                    return;
+                }
+            }
+        }
+        if writable {
+            let Some(Entry::Tunnel { sock, tx, .. }) = self.entries.get_mut(key) else {
+                return;
+            };
+            if let Err(e) = tx.flush(sock) {
+                self.lose_tunnel(key, &format!("write failed: {e}"));
+                return;
+            }
+            // Room in the socket: the session may have more to send.
+            self.touch(skey);
+        }
+        if !readable {
+            return;
+        }
+        loop {
+            let Some(Entry::Tunnel { sock, rx, .. }) = self.entries.get_mut(key) else {
+                return;
+            };
+            let result = read_into(sock, rx, &mut self.read_buf);
+            self.feed_tunnel(key);
+            match result {
+                Ok(ReadState::Batch) => continue,
+                Ok(ReadState::Drained) => break,
+                Ok(ReadState::Eof) => {
+                    self.lose_tunnel(key, "closed by peer");
+                    break;
+                }
+                Err(e) => {
+                    self.lose_tunnel(key, &format!("read failed: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Hands the tunnel's received bytes to its session.
+    fn feed_tunnel(&mut self, key: usize) {
+        let now = Instant::now();
+        let Some(Entry::Tunnel {
+            session, slot, rx, ..
+        }) = self.entries.get_mut(key)
+        else {
+            return;
+        };
+        if rx.is_empty() {
+            return;
+        }
+        let (skey, t) = (*session, *slot);
+        let Some(s) = self.endpoint.get_mut(skey) else {
+            return;
+        };
+        if let Err(e) = s.session_mut().handle_input(now, t, rx) {
+            tracing::warn!(tunnel = t, "session closed: peer broke the protocol: {e}");
+        }
+        self.touch(skey);
+    }
+
+    pub(super) fn lose_tunnel(&mut self, key: usize, why: &str) {
+        let now = Instant::now();
+        if let Some(Entry::Tunnel { session, slot, .. }) = self.remove(key)
+            && let Some(s) = self.endpoint.get_mut(session)
+        {
+            let (s, io) = s.parts_mut();
+            io.clear_tunnel(slot, key);
+            s.tunnel_lost(now, slot, why);
+            self.touch(session);
+        }
+    }
+
+    /// Client: dials tunnel `t` of session `skey` (the session asked with `Event::Dial`).
+    pub(super) fn dial(&mut self, skey: SessionKey, t: usize, now: Instant) {
+        let Role::Client { server } = self.role else {
+            return;
+        };
+        let dialed = sockopt::connect_nonblocking(server, Some(&self.opts.tunnel_sockets))
+            .and_then(|(s, cc)| Ok((self.io.stream(s)?, cc)));
+        let failure = match dialed {
+            Ok((sock, cc)) => {
+                tracing::debug!(tunnel = t, %server, congestion = cc.as_deref().unwrap_or("?"), "dialing tunnel");
+                let entry = Entry::Tunnel {
+                    sock,
+                    session: skey,
+                    slot: t,
+                    rx: BytesMut::new(),
+                    tx: Outbox::default(),
+                    connecting: true,
+                };
+                match self.add(entry) {
+                    Ok(k) => {
+                        if let Some(old) = self.endpoint[skey].data_mut().set_tunnel(t, k) {
+                            self.remove(old);
+                        }
+                        return;
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => {
+                tracing::info!(tunnel = t, %server, "dial failed: {e}");
+                e
+            }
+        };
+        self.endpoint[skey]
+            .session_mut()
+            .tunnel_dial_failed(now, t, &failure.to_string());
+        self.touch(skey);
+    }
+
+    /// Sends what the session has for each of its tunnels, as far as the sockets take it.
+    pub(super) fn transmit(&mut self, skey: SessionKey) {
+        let now = Instant::now();
+        let Some(slot) = self.endpoint.get_mut(skey) else {
+            return;
+        };
+        let (session, io) = slot.parts_mut();
+        let mut lost = false;
+        for t in 0..io.tunnels.len() {
+            let Some(tk) = io.tunnels[t] else {
+                continue;
+            };
+            let Some(Entry::Tunnel {
+                sock,
+                tx,
+                connecting: false,
+                ..
+            }) = self.entries.get_mut(tk)
+            else {
+                continue;
+            };
+            let mut failed = None;
+            loop {
+                if tx.len >= D::TUNNEL_QUEUE {
+                    break;
+                }
+                self.scratch.clear();
+                let n = session.poll_transmit(now, t, D::TUNNEL_QUEUE - tx.len, &mut self.scratch);
+                for c in self.scratch.drain(..) {
+                    tx.push(c);
+                }
+                match tx.flush(sock) {
+                    Ok(true) if n > 0 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                let why = format!("write failed: {e}");
+                if let Some(Entry::Tunnel { mut sock, .. }) = self.entries.try_remove(tk) {
+                    self.io.deregister_stream(&mut sock);
+                    io.tunnels[t] = None;
+                    session.tunnel_lost(now, t, &why);
+                    lost = true;
+                }
+            }
+        }
+        if lost {
+            self.touch(skey);
+        }
+    }
+
+    /// The congestion control a session's tunnel `t` runs (for the log).
+    pub(super) fn tunnel_congestion(&self, skey: SessionKey, t: usize) -> String {
+        self.endpoint
+            .get(skey)
+            .and_then(|s| s.data().tunnels.get(t).copied().flatten())
+            .and_then(|k| match self.entries.get(k) {
+                Some(Entry::Tunnel { sock, .. }) => sockopt::congestion_of(sock),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}
