@@ -56,7 +56,7 @@ fn without_zero_rtt_the_pool_is_dialed_by_the_first_stream() {
     // A long idle start: nothing may be dialed while no stream is wanted.
     assert!(!pair.run(Duration::from_secs(5), |_| false));
     assert_eq!(dials(&pair), 0, "dialed before any stream: {:?}", pair.log);
-    assert!(pair.server.is_none(), "the server saw a tunnel");
+    assert!(pair.server().is_none(), "the server saw a tunnel");
     assert_eq!(active_tunnels(&pair), 0);
 
     // The first stream is refused for now, and that is what dials the pool.
@@ -87,7 +87,7 @@ fn with_zero_rtt_the_pool_is_up_before_any_stream() {
     assert!(!pair.run(Duration::from_secs(1), |_| false));
     assert_eq!(dials(&pair), LINKS.len());
     assert_eq!(active_tunnels(&pair), LINKS.len(), "{:?}", pair.log);
-    let server = pair.server.as_ref().expect("the server has the session");
+    let server = pair.server().expect("the server has the session");
     assert_eq!(server.stream_ids().count(), 0, "no stream was opened yet");
 
     let mut w = Workload::new(vec![FlowSpec::bulk(1 << 20, 256 << 10)]);
