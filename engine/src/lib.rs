@@ -4,20 +4,32 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+// What an embedder uses: the runtime (daemon or in-process streams), the sans-IO endpoint and
+// session for bringing your own I/O, their configuration and errors.
 pub mod config;
 pub mod endpoint;
 pub mod error;
-pub mod handshake;
-pub mod path;
-pub mod reorder;
 pub mod runtime;
-pub mod scheduler;
 pub mod session;
 pub mod settings;
+
+// Internals: public only so the benches, fuzz targets and the simulator's tests can reach them.
+// Not a stable API, and hidden from the docs.
+#[doc(hidden)]
+pub mod handshake;
+#[doc(hidden)]
+pub mod path;
+#[doc(hidden)]
+pub mod reorder;
+#[doc(hidden)]
+pub mod scheduler;
+#[doc(hidden)]
 pub mod sim;
+#[doc(hidden)]
 pub mod wire;
 
 pub use config::Config;
 pub use endpoint::{Endpoint, SessionBudget};
 pub use error::{SessionError, StreamError, TunnelError};
+pub use scheduler::SchedulerKind;
 pub use session::{Event, ReadOutcome, Role, Session, StreamId};

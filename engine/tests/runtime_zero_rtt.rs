@@ -5,53 +5,34 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use mtcpd_engine::runtime::{Client, ClientForward, IoChoice, RuntimeOptions, Server};
-use sha2::{Digest, Sha256};
+use mtcpd_testkit::{Driver, driver_tests, pattern};
 
 const T: Duration = Duration::from_secs(30);
 
-/// Runs `f` on its own thread; fails the test if it takes longer than `secs`.
-fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(r) => {
-            let _ = worker.join();
-            r
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the worker neither answered nor panicked"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test did not finish within {secs} s"),
+driver_tests! {
+    /// A TCP connection to a forward of an idle zero_rtt = false client dials the pool.
+    #[within(60)]
+    fn first_tcp_connection_dials_the_pool(io) {
+        first_tcp_connection_dials_the_pool(choice(io));
     }
 }
 
-/// Declares `mio` and `uring` tests for a scenario taking the driver.
-macro_rules! on_both_drivers {
-    ($($name:ident: $secs:expr;)*) => {$(
-        mod $name {
-            #[test]
-            fn mio() {
-                super::within($secs, || super::$name(super::IoChoice::Mio));
-            }
-            #[test]
-            #[cfg(target_os = "linux")]
-            fn uring() {
-                super::within($secs, || super::$name(super::IoChoice::Uring));
-            }
-        }
-    )*};
+driver_tests! {
+    /// The first in-process stream of an idle zero_rtt = false client dials the pool.
+    #[within(60)]
+    fn first_in_process_stream_dials_the_pool(io) {
+        first_in_process_stream_dials_the_pool(choice(io));
+    }
 }
 
-on_both_drivers! {
-    first_tcp_connection_dials_the_pool: 60;
-    first_in_process_stream_dials_the_pool: 60;
+fn choice(driver: Driver) -> IoChoice {
+    match driver {
+        Driver::Mio => IoChoice::Mio,
+        Driver::Uring => IoChoice::Uring,
+    }
 }
 
 fn opts(io: IoChoice, zero_rtt: bool) -> RuntimeOptions {
@@ -65,19 +46,6 @@ fn opts(io: IoChoice, zero_rtt: bool) -> RuntimeOptions {
     o.engine.zero_rtt = zero_rtt;
     o.tunnel_sockets.congestion = None;
     o
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A listener on the server's future address that records whether anything connected while
@@ -103,7 +71,7 @@ fn answer_with_digest(server: &Server) -> Vec<u8> {
     s.set_write_timeout(Some(T)).unwrap();
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
-    s.write_all(&Sha256::digest(&got)).unwrap();
+    s.write_all(&pattern::sha256(&got)).unwrap();
     got
 }
 
@@ -117,7 +85,7 @@ fn first_tcp_connection_dials_the_pool(io: IoChoice) {
     let server = Server::accept_all(opts(io, true), addr).unwrap();
     let mut app = TcpStream::connect(client.local_addrs()[0]).unwrap();
     app.set_read_timeout(Some(T)).unwrap();
-    let data = pattern(21, 2 << 20);
+    let data = pattern::bytes(21, 2 << 20);
     let writer = {
         let mut app = app.try_clone().unwrap();
         let data = data.clone();
@@ -131,7 +99,7 @@ fn first_tcp_connection_dials_the_pool(io: IoChoice) {
     assert!(got == data, "bytes differ");
     let mut answer = Vec::new();
     app.read_to_end(&mut answer).unwrap();
-    assert_eq!(answer, Sha256::digest(&data).as_slice());
+    assert_eq!(answer, pattern::sha256(&data).as_slice());
     client.shutdown();
     server.shutdown();
     client.join();
@@ -145,7 +113,7 @@ fn first_in_process_stream_dials_the_pool(io: IoChoice) {
     s.set_read_timeout(Some(T)).unwrap();
     s.set_write_timeout(Some(T)).unwrap();
     let (mut rd, mut wr) = s.into_split();
-    let data = pattern(22, 2 << 20);
+    let data = pattern::bytes(22, 2 << 20);
     let writer = {
         let data = data.clone();
         std::thread::spawn(move || {
@@ -158,7 +126,7 @@ fn first_in_process_stream_dials_the_pool(io: IoChoice) {
     assert!(got == data, "bytes differ");
     let mut answer = Vec::new();
     rd.read_to_end(&mut answer).unwrap();
-    assert_eq!(answer, Sha256::digest(&data).as_slice());
+    assert_eq!(answer, pattern::sha256(&data).as_slice());
     drop(rd);
     client.shutdown();
     server.shutdown();

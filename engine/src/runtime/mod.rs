@@ -33,13 +33,13 @@ mod event_loop;
 mod io;
 mod local;
 pub mod options;
-pub mod sockopt;
+mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
 mod worker;
 
 pub use api::{Accepted, Client, Server};
-pub use io::Waker;
+pub(crate) use io::Waker;
 pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
 
 use std::net::SocketAddr;

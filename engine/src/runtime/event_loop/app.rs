@@ -192,10 +192,12 @@ impl<D: Driver> EventLoop<D> {
         let Some(slot) = self.endpoint.get_mut(skey) else {
             return;
         };
-        let (session, io) = slot.parts_mut();
-        match session.open_stream(target.as_deref()) {
+        let opened = slot.session_mut().open_stream(target.as_deref());
+        // Even a refused open may have changed the session: without zero-RTT the first stream
+        // is what dials the pool, so its timers must be looked at again.
+        self.touch(skey);
+        match opened {
             Ok(stream) => {
-                self.touch(skey);
                 let peer = conn
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -214,7 +216,10 @@ impl<D: Driver> EventLoop<D> {
             }
             Err(crate::StreamError::NotReady) | Err(crate::StreamError::StreamLimit) => {
                 // Held until a tunnel is up or the peer grants more streams.
-                io.waiting_apps.push_back((conn, target));
+                self.endpoint[skey]
+                    .data_mut()
+                    .waiting_apps
+                    .push_back((conn, target));
             }
             Err(e) => {
                 tracing::warn!("cannot open a stream: {e}; closing the application connection");

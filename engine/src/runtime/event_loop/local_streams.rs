@@ -291,12 +291,13 @@ impl<D: Driver> EventLoop<D> {
             let Some(skey) = self.endpoint.client_session() else {
                 return;
             };
-            match self.endpoint[skey]
+            let opened = self.endpoint[skey]
                 .session_mut()
-                .open_stream(req.target.as_deref())
-            {
+                .open_stream(req.target.as_deref());
+            // Even a refused open may have changed the session (see `start_client_stream`).
+            self.touch(skey);
+            match opened {
                 Ok(stream) => {
-                    self.touch(skey);
                     let Some(req) = self.local.as_mut().and_then(|l| l.waiting.pop_front()) else {
                         return;
                     };
