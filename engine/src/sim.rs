@@ -22,7 +22,9 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 use crate::config::Config;
-use crate::endpoint::{Endpoint, HandshakeKey, HandshakeOutcome, SessionBudget, SessionKey};
+use crate::endpoint::{
+    Endpoint, HandshakeKey, HandshakeOutcome, Reaped, SessionBudget, SessionKey,
+};
 use crate::session::{Event, Session};
 
 /// One direction of a simulated tunnel path.
@@ -343,6 +345,24 @@ impl SimPair {
                 .and_then(|s| s.session_mut().poll_event())
             {
                 self.on_event(Notify::Server(key), ev);
+            }
+            self.reap_server_session(key);
+        }
+    }
+
+    /// As the daemon does once a server session has closed: the endpoint removes it (giving its
+    /// place back) and every connection still attached to it closes.
+    fn reap_server_session(&mut self, key: SessionKey) {
+        if self.server.reap(self.now, key) == Reaped::Open {
+            return;
+        }
+        for t in 0..self.links.len() {
+            // Close notices for the removed session must not reach one that reuses its key.
+            self.links[t]
+                .closing
+                .retain(|(_, to)| !matches!(to, Notify::Server(k) if *k == key));
+            if matches!(self.links[t].conn, Conn::Open { attached: Some(k), .. } if k == key) {
+                self.close_from_server(t);
             }
         }
     }

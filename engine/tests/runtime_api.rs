@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mtcpd_engine::runtime::{
-    self, Client, ClientForward, IoChoice, MtcpStream, Route, RuntimeOptions, Server, StreamFailure,
+    self, Client, ClientForward, MtcpStream, Route, RuntimeOptions, Server, StreamFailure,
 };
 use mtcpd_testkit::pattern::{self, Checksum, sha256};
 use mtcpd_testkit::{Driver, backends, driver_tests, within};
@@ -48,10 +48,8 @@ driver_tests! {
 
 fn opts(io: Driver) -> RuntimeOptions {
     let mut o = RuntimeOptions {
-        io: match io {
-            Driver::Mio => IoChoice::Mio,
-            Driver::Uring => IoChoice::Uring,
-        },
+        // The kit's driver names are the engine's `IoChoice` names.
+        io: io.name().parse().expect("a driver name"),
         drain_timeout: Duration::from_secs(2),
         ..RuntimeOptions::default()
     };

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use mtcpd_engine::runtime::{Client, IoChoice, RuntimeOptions, Server};
+use mtcpd_engine::runtime::{Client, RuntimeOptions, Server};
 use mtcpd_testkit::{Driver, driver_tests};
 
 struct Counting;
@@ -46,10 +46,8 @@ static MEASURING: Mutex<()> = Mutex::new(());
 
 fn opts(io: Driver) -> RuntimeOptions {
     let mut o = RuntimeOptions {
-        io: match io {
-            Driver::Mio => IoChoice::Mio,
-            Driver::Uring => IoChoice::Uring,
-        },
+        // The kit's driver names are the engine's `IoChoice` names.
+        io: io.name().parse().expect("a driver name"),
         drain_timeout: Duration::from_secs(2),
         ..RuntimeOptions::default()
     };

@@ -10,11 +10,9 @@ use std::time::Duration;
 use mtcpd_engine::runtime::{self, ClientForward, IoChoice, RuntimeOptions};
 use mtcpd_testkit::{Driver, backends, driver_tests, pattern};
 
+/// The kit's driver names are the engine's `IoChoice` names.
 fn choice(driver: Driver) -> IoChoice {
-    match driver {
-        Driver::Mio => IoChoice::Mio,
-        Driver::Uring => IoChoice::Uring,
-    }
+    driver.name().parse().expect("a driver name")
 }
 
 fn opts(io: IoChoice) -> RuntimeOptions {

@@ -28,11 +28,9 @@ driver_tests! {
     }
 }
 
+/// The kit's driver names are the engine's `IoChoice` names.
 fn choice(driver: Driver) -> IoChoice {
-    match driver {
-        Driver::Mio => IoChoice::Mio,
-        Driver::Uring => IoChoice::Uring,
-    }
+    driver.name().parse().expect("a driver name")
 }
 
 fn opts(io: IoChoice, zero_rtt: bool) -> RuntimeOptions {

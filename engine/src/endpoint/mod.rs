@@ -243,12 +243,25 @@ impl<T: Default> Endpoint<T> {
         };
         if let Some(&session) = self.by_id.get(&tunnel.session_id) {
             self.release_reservation(pending.reserved);
+            if self.sessions[session].session.is_closed() {
+                // Closed but not yet reaped: it takes no more tunnels, and the client learns
+                // on its next dial that the session is gone.
+                return HandshakeOutcome::Failed(HandshakeError::Refused(
+                    HelloStatus::UnknownSession,
+                ));
+            }
             self.sessions[session].session.attach_tunnel(now, &tunnel);
             return HandshakeOutcome::Attached {
                 session,
                 created: false,
                 tunnel,
             };
+        }
+        if tunnel.resume {
+            // Admitted as a tunnel of a live session that was removed while this handshake
+            // ran: resuming never creates a session.
+            self.release_reservation(pending.reserved);
+            return HandshakeOutcome::Failed(HandshakeError::Refused(HelloStatus::UnknownSession));
         }
         // The place taken at ClientHello becomes the session's. A handshake whose session was
         // created and has closed since holds none and must find one now.

@@ -345,3 +345,36 @@ fn a_client_restarts_its_lost_session_until_stopping() {
     assert_eq!(ep.reap(now, second), Reaped::Removed { replacement: None });
     assert!(ep.is_empty());
 }
+
+#[test]
+fn a_tunnel_of_a_session_that_ends_mid_handshake_creates_nothing() {
+    let now = Instant::now();
+    let (mut ep, budget) = server(4);
+    let mut c = client(1, now);
+    let HandshakeOutcome::Attached { session, .. } = handshake(&mut ep, &mut c, 0, now) else {
+        panic!("not attached");
+    };
+    // Tunnel 1 of the established session (its hello says "resume") is admitted...
+    let mut d = connect(&mut ep, &mut c, 1, now);
+    assert!(matches!(
+        exchange(&mut ep, &mut c, &mut d, now),
+        HandshakeOutcome::Pending
+    ));
+    // ...then the session closes before the tunnel's ClientAuth arrives: closed, not yet reaped.
+    ep[session]
+        .session_mut()
+        .close(crate::error::code::NO_ERROR, "done");
+    let outcome = exchange(&mut ep, &mut c, &mut d, now);
+    assert_eq!(refused(&outcome), Some(HelloStatus::UnknownSession));
+    // And once it is reaped, a resuming tunnel still never creates a session.
+    let mut d = connect(&mut ep, &mut c, 2, now);
+    assert!(matches!(
+        exchange(&mut ep, &mut c, &mut d, now),
+        HandshakeOutcome::Pending
+    ));
+    assert_eq!(ep.reap(now, session), Reaped::Removed { replacement: None });
+    let outcome = exchange(&mut ep, &mut c, &mut d, now);
+    assert_eq!(refused(&outcome), Some(HelloStatus::UnknownSession));
+    assert_eq!(ep.len(), 0);
+    assert_eq!(budget.taken(), 0);
+}

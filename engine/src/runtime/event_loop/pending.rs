@@ -102,7 +102,16 @@ impl<D: Driver> EventLoop<D> {
                         // the socket (0-RTT data right behind the handshake).
                         self.on_tunnel(tk, true, true);
                     }
-                    Err(e) => tracing::warn!("cannot register tunnel: {e}"),
+                    Err(e) => {
+                        // The session counts the tunnel as up: tell it, or it waits for an
+                        // idle timeout on a socket that is gone.
+                        tracing::warn!("cannot register tunnel: {e}");
+                        self.endpoint[session].session_mut().tunnel_lost(
+                            now,
+                            slot_index,
+                            "could not register the socket",
+                        );
+                    }
                 }
             }
             HandshakeOutcome::Failed(e) => {
