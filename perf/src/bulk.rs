@@ -3,10 +3,10 @@
 //! chosen and read back on both ends, TCP_INFO, and optional byte-exact pattern verification.
 
 use crate::net;
-use crate::pattern;
 use crate::proto::{self, Header, Hello, Mode, UpResult};
 use crate::server::NOTSENT_LOWAT;
 use anyhow::{Context, Result, bail};
+use mtcpd_common::pattern;
 use mtcpd_common::sockopt::{self, TcpInfo};
 use mtcpd_common::units::{format_bytes, format_rate};
 use serde::Serialize;

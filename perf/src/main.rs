@@ -12,7 +12,6 @@ mod bulk;
 mod grid;
 mod latency;
 mod net;
-mod pattern;
 mod proto;
 mod report;
 mod rng;

@@ -3,9 +3,9 @@
 //! with small stacks, a cap on concurrent connections, and timeouts on every read and write, so
 //! no handler can live forever.
 
-use crate::pattern;
 use crate::proto::{self, Header, Hello, Mode, UpResult};
 use anyhow::{Context, Result};
+use mtcpd_common::pattern;
 use mtcpd_common::sockopt;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 #[doc(hidden)]
-pub use paste as __paste;
+pub use pastey as __paste;
 
 /// An I/O driver of the mtcpd runtime, as a test sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

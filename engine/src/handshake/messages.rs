@@ -208,10 +208,11 @@ fn check_prefix(buf: &[u8], msg: u8) -> Result<(), HandshakeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn hello(version: u8) -> ClientHello {
+    /// A valid ClientHello of `version` (also used by the server half's tests).
+    pub(in crate::handshake) fn hello(version: u8) -> ClientHello {
         ClientHello {
             version,
             flags: 0,
@@ -224,7 +225,7 @@ mod tests {
         }
     }
 
-    const PARAMS: TransportParams = TransportParams {
+    pub(in crate::handshake) const PARAMS: TransportParams = TransportParams {
         max_frame_body: 65536,
         stream_window: 65536,
         session_window: 1 << 20,

@@ -241,29 +241,10 @@ impl ServerHandshake {
 
 #[cfg(test)]
 mod tests {
+    use super::super::messages::tests::{PARAMS, hello};
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-
-    fn hello(version: u8) -> ClientHello {
-        ClientHello {
-            version,
-            flags: 0,
-            session_id: [9; 16],
-            tunnel_index: 1,
-            pool_size: 4,
-            capabilities: 0,
-            nonce: [1; 16],
-            params: PARAMS,
-        }
-    }
-
-    const PARAMS: TransportParams = TransportParams {
-        max_frame_body: 65536,
-        stream_window: 65536,
-        session_window: 1 << 20,
-        max_streams: 3,
-    };
 
     #[test]
     fn wrong_version_is_refused_with_a_status() {
