@@ -2,13 +2,14 @@
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: build test lint fmt bench perf perf-quick perf-deps perf-build demo fuzz clean
+.PHONY: build test lint fmt bench perf perf-quick perf-deps perf-build demo fuzz fuzz-check \
+	fuzz-long clean
 
 build:
 	$(CARGO) build --release --workspace
 
-## The test command CI runs (.ci/run calls `make test`).
-test: lint
+## The test command CI runs (.ci/run calls `make test`): lint, build every fuzz target, test.
+test: lint fuzz-check
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --cargo-profile ci --no-fail-fast
 else
@@ -60,12 +61,46 @@ perf-quick: perf-deps perf-build
 demo: build
 	./scripts/demo.sh
 
+## Fuzzing (fuzz/: cargo-fuzz targets, a crate outside the workspace with its own Cargo.lock;
+## docs/FUZZING.md).
+##   make fuzz-check  type-checks and lints every target on stable: no nightly features, no C++
+##                    compiler (the libFuzzer runtime is left out). `make test` runs it, so a
+##                    target cannot silently stop compiling; --locked fails on a stale lock file.
+##   make fuzz        runs every target for FUZZ_SECONDS (default 20) each
+##   make fuzz-long   runs every target for FUZZ_SECONDS (default FUZZ_LONG_SECONDS, 3600) each
+##                    and prints each target's executions
+## Both runs need cargo-fuzz (installed when missing) and a C++ compiler; they run on stable
+## through RUSTC_BOOTSTRAP=1. New corpus entries stay in fuzz/corpus/<target> (git-ignored beyond
+## the committed seeds); crashes land in fuzz/artifacts/<target>/. FUZZ_ARGS adds libFuzzer
+## flags, e.g. FUZZ_ARGS="-rss_limit_mb=4096".
 FUZZ_SECONDS ?= 20
+FUZZ_LONG_SECONDS ?= 3600
+FUZZ_ARGS ?=
+
+fuzz-check:
+	cd fuzz && $(CARGO) fmt --check
+	cd fuzz && $(CARGO) clippy --locked --no-default-features --bins -- -D warnings \
+		|| { echo "fuzz-check failed; if Cargo.lock is stale: cd fuzz && cp ../Cargo.lock Cargo.lock && cargo update --workspace"; exit 1; }
+
 fuzz:
 	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $$(RUSTC_BOOTSTRAP=1 $(CARGO) fuzz list); do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) $(FUZZ_ARGS) \
+			|| exit 1; \
 	done
+
+# libFuzzer's own summary line ("Done N runs in S second(s)") is kept from each run's log.
+fuzz-long: FUZZ_SECONDS = $(FUZZ_LONG_SECONDS)
+fuzz-long:
+	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && mkdir -p target && rm -f target/fuzz-long.summary && \
+	for t in $$(RUSTC_BOOTSTRAP=1 $(CARGO) fuzz list); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) \
+			-print_final_stats=1 $(FUZZ_ARGS) 2>&1 | tee target/fuzz-long-$$t.log; \
+		grep -q '^Done [0-9]* runs' target/fuzz-long-$$t.log || { echo "fuzz-long: $$t failed"; exit 1; }; \
+		echo "$$t: $$(grep '^Done [0-9]* runs' target/fuzz-long-$$t.log)" >> target/fuzz-long.summary; \
+	done; \
+	echo "fuzz-long ($(FUZZ_SECONDS) s per target):"; cat target/fuzz-long.summary
 
 clean:
 	$(CARGO) clean
