@@ -33,6 +33,7 @@ mod event_loop;
 mod io;
 mod local;
 pub mod options;
+mod rejection_log;
 mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;

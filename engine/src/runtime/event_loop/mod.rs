@@ -48,6 +48,7 @@ use rand::{RngCore, SeedableRng};
 use slab::Slab;
 
 use super::io::{Driver, IoStream, Ready};
+use super::rejection_log::RejectionLog;
 use super::worker::Mailbox;
 use super::{RuntimeOptions, TargetResolver};
 use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey};
@@ -204,6 +205,8 @@ pub(super) struct EventLoop<D: Driver> {
     timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
     /// The session being serviced now (what it is touched by is handled in the same service).
     servicing: Option<SessionKey>,
+    /// Server: refused handshakes, logged aggregated.
+    rejections: RejectionLog,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -249,6 +252,7 @@ impl<D: Driver> EventLoop<D> {
             work: Vec::new(),
             timers: BinaryHeap::new(),
             servicing: None,
+            rejections: RejectionLog::new(Instant::now()),
         }
     }
 
@@ -347,6 +351,7 @@ impl<D: Driver> EventLoop<D> {
             self.fire_timers(now);
             self.service_ready();
             self.expire_handshakes(now);
+            self.flush_rejections(now);
             for key in std::mem::take(&mut self.accept_retry) {
                 self.on_ready(key, true, false);
             }
