@@ -441,6 +441,59 @@ driver_tests! {
         );
     }
 
+    fn a_wrong_key_is_one_error_on_each_side_not_a_flood(io) {
+        let backend = backends::serve(http_backend);
+        let dir = TempDir::new();
+        let ports = [reserve_port(), reserve_port()];
+        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
+        let server = Daemon::start(
+            &dir,
+            "server",
+            "server",
+            &server_config(tunnel_port, backend),
+            io,
+        );
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], tunnel_port)),
+            "server",
+            &server,
+        );
+        let wrong = client_config(app_port, tunnel_port, 4).replace(KEY, "not-the-servers-key-0123456789");
+        // At debug level, to see the attempts the client does not report above it.
+        let client = Daemon::start_with(&dir, "client", "client", &wrong, &["--io", io.name()], "debug");
+        // Before the redesign: ~20 lines a second on each side, for as long as it ran.
+        thread::sleep(Duration::from_secs(5));
+        let (client_log, server_log) = (client.log(), server.log());
+        let context = format!("{io}\n--- client\n{client_log}\n--- server\n{server_log}");
+        let refused = format!("server 127.0.0.1:{tunnel_port} failed to prove the key");
+        let said = |level: &str| {
+            client_log
+                .lines()
+                .filter(|line| line.contains(level) && line.contains(&refused))
+                .count()
+        };
+        assert_eq!(said(" ERROR "), 1, "{context}");
+        // 1 s, then 2 s (each with jitter down to half): at least one more attempt in 5 s.
+        let again = said(" DEBUG ");
+        assert!(again >= 1, "the client retried\n{context}");
+        // … and then waited (at least 0.5, 1, 2 and 4 s; three retries fit in 5 s, a fourth if the
+        // machine is slow): re-dialing at once would be thousands.
+        assert!(again <= 4, "{again} retries in 5 s\n{context}");
+        assert_eq!(
+            server_log.matches("authentication failed from 127.0.0.1").count(),
+            1,
+            "{context}"
+        );
+        for (side, log) in [("client", &client_log), ("server", &server_log)] {
+            // Log records (the configuration dump at start is one record of many lines).
+            let records = log
+                .lines()
+                .filter(|line| line.starts_with("20") && !line.contains(" DEBUG "))
+                .count();
+            assert!(records <= 10, "{side}: {records} records in 5 s\n{context}");
+        }
+    }
+
     fn sigterm_drains_and_exits_zero(io) {
         let backend = backends::serve(http_backend);
         let mut pair = Pair::start(backend, io, 2);

@@ -6,12 +6,15 @@
 //! at most one line per [`RejectionLog::interval`] with the count since the previous line. Its
 //! table is bounded ([`RejectionLog::capacity`]): quiet entries are evicted, and rejections that
 //! find the table full of busy sources are counted per reason and summarised once per interval.
-//! Must not touch: sockets or handshakes (the event loop records what the endpoint decided) or
+//! One log serves all the workers of a runtime ([`SharedRejectionLog`]; a rejection costs one
+//! uncontended lock, and each worker asks for due summaries once a second). Must not touch:
+//! sockets or handshakes (the event loop records what the endpoint decided) or
 //! how lines are written (it returns [`RejectionLine`]s; the caller logs them).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::handshake::{HandshakeError, HelloStatus};
@@ -102,6 +105,10 @@ pub(crate) struct RejectionLog {
     next_sweep: Instant,
 }
 
+/// One log for all the workers of a runtime, so that a source's rejections are counted together
+/// whichever worker accepted them.
+pub(crate) type SharedRejectionLog = Arc<Mutex<RejectionLog>>;
+
 /// How often [`RejectionLog::flush`] looks at the table at most.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -109,6 +116,11 @@ impl RejectionLog {
     /// The daemon's log: one line per (reason, source) a minute, 256 sources tracked.
     pub(crate) fn new(now: Instant) -> Self {
         Self::with_limits(now, Duration::from_secs(60), 256)
+    }
+
+    /// [`RejectionLog::new`], to share between workers.
+    pub(crate) fn shared(now: Instant) -> SharedRejectionLog {
+        Arc::new(Mutex::new(Self::new(now)))
     }
 
     /// A log with its own interval between lines and table bound.

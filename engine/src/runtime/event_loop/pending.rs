@@ -11,13 +11,14 @@
 use std::time::Instant;
 
 use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::{Entry, EventLoop, Outbox, ReadState, hex, read_into};
 use crate::endpoint::{HandshakeKey, HandshakeOutcome};
 use crate::handshake::client_hello_session_id;
 use crate::runtime::io::Driver;
-use crate::runtime::rejection_log::{RejectReason, RejectionLine};
+use crate::runtime::rejection_log::{RejectReason, RejectionLine, RejectionLog};
 use crate::runtime::worker::{Handoff, home_worker};
 
 impl<D: Driver> EventLoop<D> {
@@ -141,15 +142,21 @@ impl<D: Driver> EventLoop<D> {
     /// Counts a refused handshake; logs it if it is the first from its source or a summary is
     /// due.
     fn reject(&mut self, now: Instant, reason: RejectReason, peer: SocketAddr) {
-        if let Some(line) = self.rejections.record(now, reason, peer.ip()) {
-            log_rejection(&line, self.rejections.interval());
+        let mut log = lock(&self.rejections);
+        if let Some(line) = log.record(now, reason, peer.ip()) {
+            log_rejection(&line, log.interval());
         }
     }
 
-    /// Logs the rejection summaries that are due.
+    /// Logs the rejection summaries that are due (this worker looks once a second).
     pub(super) fn flush_rejections(&mut self, now: Instant) {
-        for line in self.rejections.flush(now) {
-            log_rejection(&line, self.rejections.interval());
+        if now < self.next_rejection_flush {
+            return;
+        }
+        self.next_rejection_flush = now + Duration::from_secs(1);
+        let mut log = lock(&self.rejections);
+        for line in log.flush(now) {
+            log_rejection(&line, log.interval());
         }
     }
 
@@ -278,4 +285,10 @@ fn log_rejection(line: &RejectionLine, interval: Duration) {
     } else {
         tracing::warn!("tunnel handshake from {source} refused: {reason}{times}");
     }
+}
+
+/// The shared rejection log; a worker that panicked while holding it left only counters behind,
+/// which are still good to use.
+fn lock(log: &Mutex<RejectionLog>) -> MutexGuard<'_, RejectionLog> {
+    log.lock().unwrap_or_else(PoisonError::into_inner)
 }
