@@ -4,7 +4,7 @@
 //! `driver_tests!`), so one driver's failure never hides the other's. Processes are stopped
 //! (the kit's `ChildGuard`) and temporary files removed even when a test fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -117,6 +117,13 @@ fn client_config(app_port: u16, tunnel_port: u16, pool: u16) -> String {
          [limits]\nstream_window = \"4MiB\"\nsession_window = \"64MiB\"\n\
          redial_backoff_min = \"50ms\"\nredial_backoff_max = \"500ms\"\ndrain_timeout = \"2s\"\n"
     )
+}
+
+/// Lines of `log` at `level` that report `refusal`.
+fn refusals(log: &str, level: &str, refusal: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains(level) && line.contains(refusal))
+        .count()
 }
 
 fn wait_listening(addr: SocketAddr, what: &str, daemon: &Daemon) {
@@ -453,39 +460,45 @@ driver_tests! {
             &server_config(tunnel_port, backend),
             io,
         );
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], tunnel_port)),
-            "server",
-            &server,
-        );
-        let wrong = client_config(app_port, tunnel_port, 4).replace(KEY, "not-the-servers-key-0123456789");
+        let tunnel_addr = SocketAddr::from(([127, 0, 0, 1], tunnel_port));
+        wait_listening(tunnel_addr, "server", &server);
+        let wrong = client_config(app_port, tunnel_port, 4)
+            .replace(KEY, "not-the-servers-key-0123456789");
         // At debug level, to see the attempts the client does not report above it.
-        let client = Daemon::start_with(&dir, "client", "client", &wrong, &["--io", io.name()], "debug");
+        let args = ["--io", io.name()];
+        let client = Daemon::start_with(&dir, "client", "client", &wrong, &args, "debug");
+        let started = Instant::now();
+        let refused = format!("server {tunnel_addr} failed to prove the key");
+        // Right after the second refusal the next attempt is at least 1 s away: an application
+        // connecting now is closed at once, not held until then.
+        while refusals(&client.log(), " DEBUG ", &refused) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "{io}: {}", client.log());
+            thread::sleep(Duration::from_millis(10));
+        }
+        let mut app = TcpStream::connect(("127.0.0.1", app_port)).expect("connect");
+        app.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let asked = Instant::now();
+        let closed = app.read(&mut [0u8; 16]);
+        let waited = asked.elapsed();
+        assert!(
+            matches!(&closed, Ok(0)) || closed.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+            "{io}: {closed:?}"
+        );
+        assert!(waited < Duration::from_millis(500), "{io}: closed after {waited:?}");
         // Before the redesign: ~20 lines a second on each side, for as long as it ran.
-        thread::sleep(Duration::from_secs(5));
+        thread::sleep(Duration::from_secs(5).saturating_sub(started.elapsed()));
         let (client_log, server_log) = (client.log(), server.log());
         let context = format!("{io}\n--- client\n{client_log}\n--- server\n{server_log}");
-        let refused = format!("server 127.0.0.1:{tunnel_port} failed to prove the key");
-        let said = |level: &str| {
-            client_log
-                .lines()
-                .filter(|line| line.contains(level) && line.contains(&refused))
-                .count()
-        };
-        assert_eq!(said(" ERROR "), 1, "{context}");
-        // 1 s, then 2 s (each with jitter down to half): at least one more attempt in 5 s.
-        let again = said(" DEBUG ");
-        assert!(again >= 1, "the client retried\n{context}");
-        // … and then waited (at least 0.5, 1, 2 and 4 s; three retries fit in 5 s, a fourth if the
-        // machine is slow): re-dialing at once would be thousands.
+        assert_eq!(refusals(&client_log, " ERROR ", &refused), 1, "{context}");
+        // Waits of at least 0.5, 1, 2 and 4 s: three retries fit in 5 s (a fourth if the machine
+        // is slow); re-dialing at once would be thousands.
+        let again = refusals(&client_log, " DEBUG ", &refused);
         assert!(again <= 4, "{again} retries in 5 s\n{context}");
-        assert_eq!(
-            server_log.matches("authentication failed from 127.0.0.1").count(),
-            1,
-            "{context}"
-        );
+        let failed = server_log.matches("authentication failed from 127.0.0.1").count();
+        assert_eq!(failed, 1, "{context}");
         for (side, log) in [("client", &client_log), ("server", &server_log)] {
-            // Log records (the configuration dump at start is one record of many lines).
+            // Records above debug (the configuration dump at start is one record of many lines).
             let records = log
                 .lines()
                 .filter(|line| line.starts_with("20") && !line.contains(" DEBUG "))

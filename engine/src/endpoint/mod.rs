@@ -331,6 +331,15 @@ impl<T: Default> Endpoint<T> {
         Reaped::Removed { replacement }
     }
 
+    /// Client: the server refused the last session for good and the current one has not been
+    /// accepted yet (it waits, or tries again): a stream asked for now would wait for minutes.
+    pub fn is_refused(&self) -> bool {
+        self.refusals.in_a_row() > 0
+            && self
+                .client_session()
+                .is_none_or(|key| !self.sessions[key].session.is_established())
+    }
+
     /// Client: the permanent refusal that ended the last session [`Endpoint::reap`] removed, once
     /// (its replacement waits [`ClientRefused::retry_in`] before it dials).
     pub fn take_refusal(&mut self) -> Option<ClientRefused> {

@@ -97,6 +97,11 @@ pub struct RefusalBackoff {
 }
 
 impl RefusalBackoff {
+    /// Sessions refused in a row so far (0: the last session was not refused).
+    pub fn in_a_row(&self) -> u32 {
+        self.in_a_row
+    }
+
     /// A client session closed at `now`: returns when its replacement may first dial, and the
     /// refusal if that is why it closed. Any other end (an established session that failed, a
     /// local close) starts afresh: the replacement dials at once.
