@@ -71,7 +71,7 @@ impl fmt::Display for RejectReason {
             Self::BadMagic => out.write_str("not an mtcpd handshake (bad magic)"),
             Self::Malformed(what) => write!(out, "malformed handshake: {what}"),
             Self::UnsupportedVersion => out.write_str("unsupported protocol version"),
-            Self::Refused(status) => write!(out, "refused ({status:?})"),
+            Self::Refused(status) => write!(out, "answered {status:?}"),
             Self::Timeout => out.write_str("handshake timed out"),
             Self::ClosedEarly => out.write_str("connection closed during the handshake"),
         }

@@ -263,11 +263,12 @@ impl<D: Driver> EventLoop<D> {
     }
 }
 
-/// One line of the rejection log: the first from a source at once, then a count per interval.
+/// One line of the rejection log: the first from a source at once, then a count per interval
+/// ("other sources": those that found the table full).
 fn log_rejection(line: &RejectionLine, interval: Duration) {
     let source = line
         .source
-        .map_or_else(|| "more sources".to_owned(), |ip| ip.to_string());
+        .map_or_else(|| "other sources".to_owned(), |ip| ip.to_string());
     let reason = line.reason;
     // Lines for one (reason, source) are at least `interval` apart.
     let times = if line.first {
@@ -283,7 +284,7 @@ fn log_rejection(line: &RejectionLine, interval: Duration) {
     } else if reason == RejectReason::ClosedEarly {
         tracing::info!("tunnel handshake from {source} ended: {reason}{times}");
     } else {
-        tracing::warn!("tunnel handshake from {source} refused: {reason}{times}");
+        tracing::warn!("tunnel handshake from {source} failed: {reason}{times}");
     }
 }
 
