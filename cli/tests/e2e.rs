@@ -4,7 +4,7 @@
 //! `driver_tests!`), so one driver's failure never hides the other's. Processes are stopped
 //! (the kit's `ChildGuard`) and temporary files removed even when a test fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -117,6 +117,13 @@ fn client_config(app_port: u16, tunnel_port: u16, pool: u16) -> String {
          [limits]\nstream_window = \"4MiB\"\nsession_window = \"64MiB\"\n\
          redial_backoff_min = \"50ms\"\nredial_backoff_max = \"500ms\"\ndrain_timeout = \"2s\"\n"
     )
+}
+
+/// Lines of `log` at `level` that report `refusal`.
+fn refusals(log: &str, level: &str, refusal: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains(level) && line.contains(refusal))
+        .count()
 }
 
 fn wait_listening(addr: SocketAddr, what: &str, daemon: &Daemon) {
@@ -439,6 +446,65 @@ driver_tests! {
             "{io}: {}",
             pair.server.log()
         );
+    }
+
+    fn a_wrong_key_is_one_error_on_each_side_not_a_flood(io) {
+        let backend = backends::serve(http_backend);
+        let dir = TempDir::new();
+        let ports = [reserve_port(), reserve_port()];
+        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
+        let server = Daemon::start(
+            &dir,
+            "server",
+            "server",
+            &server_config(tunnel_port, backend),
+            io,
+        );
+        let tunnel_addr = SocketAddr::from(([127, 0, 0, 1], tunnel_port));
+        wait_listening(tunnel_addr, "server", &server);
+        let wrong = client_config(app_port, tunnel_port, 4)
+            .replace(KEY, "not-the-servers-key-0123456789");
+        // At debug level, to see the attempts the client does not report above it.
+        let args = ["--io", io.name()];
+        let client = Daemon::start_with(&dir, "client", "client", &wrong, &args, "debug");
+        let started = Instant::now();
+        let refused = format!("server {tunnel_addr} failed to prove the key");
+        // Right after the second refusal the next attempt is at least 1 s away: an application
+        // connecting now is closed at once, not held until then.
+        while refusals(&client.log(), " DEBUG ", &refused) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "{io}: {}", client.log());
+            thread::sleep(Duration::from_millis(10));
+        }
+        let mut app = TcpStream::connect(("127.0.0.1", app_port)).expect("connect");
+        app.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let asked = Instant::now();
+        let closed = app.read(&mut [0u8; 16]);
+        let waited = asked.elapsed();
+        assert!(
+            matches!(&closed, Ok(0)) || closed.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+            "{io}: {closed:?}"
+        );
+        assert!(waited < Duration::from_millis(500), "{io}: closed after {waited:?}");
+        // Before the redesign: ~20 lines a second on each side, for as long as it ran.
+        thread::sleep(Duration::from_secs(5).saturating_sub(started.elapsed()));
+        let (client_log, server_log) = (client.log(), server.log());
+        let context = format!("{io}\n--- client\n{client_log}\n--- server\n{server_log}");
+        assert_eq!(refusals(&client_log, " ERROR ", &refused), 1, "{context}");
+        // Waits of at least 0.5, 1, 2 and 4 s: three retries fit in 5 s (a fourth if the machine
+        // is slow); re-dialing at once would be thousands.
+        let again = refusals(&client_log, " DEBUG ", &refused);
+        assert!(again <= 4, "{again} retries in 5 s\n{context}");
+        let failed = server_log.matches("authentication failed from 127.0.0.1").count();
+        assert_eq!(failed, 1, "{context}");
+        for (side, log) in [("client", &client_log), ("server", &server_log)] {
+            // Records above debug (the configuration dump at start is one record of many lines).
+            let records = log
+                .lines()
+                .filter(|line| line.starts_with("20") && !line.contains(" DEBUG "))
+                .count();
+            assert!(records <= 10, "{side}: {records} records in 5 s\n{context}");
+        }
     }
 
     fn sigterm_drains_and_exits_zero(io) {

@@ -60,6 +60,8 @@ pub mod range {
         Duration::from_millis(10)..=Duration::from_secs(3600);
     /// [`Config::redial_backoff_max`]; also at least `redial_backoff_min`.
     pub const REDIAL_BACKOFF_MAX: RangeInclusive<Duration> = Duration::from_millis(10)..=ONE_DAY;
+    /// [`Config::refused_backoff_max`].
+    pub const REFUSED_BACKOFF_MAX: RangeInclusive<Duration> = Duration::from_secs(1)..=ONE_DAY;
     /// Length of a configured pre-shared key, in bytes ([`super::check_psk`]). The engine
     /// itself takes any key up to the maximum (tests use short ones; empty means none).
     pub const PSK_LEN: RangeInclusive<usize> = 16..=1024;
@@ -99,6 +101,9 @@ pub struct Config {
     pub redial_backoff_min: Duration,
     /// Longest re-dial delay (client).
     pub redial_backoff_max: Duration,
+    /// Client: longest wait before a new session after the server refused the last ones for
+    /// good (wrong or missing key, another protocol). The wait starts at 1 s and doubles.
+    pub refused_backoff_max: Duration,
     /// Rate assumed for a tunnel before it has been measured, bytes/s.
     pub initial_rate: f64,
     /// Which scheduler picks tunnels.
@@ -133,6 +138,7 @@ impl Default for Config {
             session_grace: Duration::from_secs(60),
             redial_backoff_min: Duration::from_millis(100),
             redial_backoff_max: Duration::from_secs(10),
+            refused_backoff_max: Duration::from_secs(300),
             initial_rate: 125e6,
             scheduler: SchedulerKind::EarliestDelivery,
             copy_threshold: 256,
@@ -188,6 +194,7 @@ impl Config {
             session_grace,
             redial_backoff_min,
             redial_backoff_max,
+            refused_backoff_max,
             initial_rate,
             scheduler,
             copy_threshold,
@@ -235,6 +242,11 @@ impl Config {
                 "redial_backoff_max",
                 *redial_backoff_max,
                 range::REDIAL_BACKOFF_MAX,
+            ),
+            Setting::duration(
+                "refused_backoff_max",
+                *refused_backoff_max,
+                range::REFUSED_BACKOFF_MAX,
             ),
             Setting::unbounded("initial_rate", SettingValue::BytesPerSecond(*initial_rate)),
             Setting::unbounded(

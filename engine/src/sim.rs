@@ -23,7 +23,8 @@ use rand::{RngCore, SeedableRng};
 
 use crate::config::Config;
 use crate::endpoint::{
-    Endpoint, HandshakeKey, HandshakeOutcome, Reaped, SessionBudget, SessionKey,
+    ClientRefused, Endpoint, HandshakeKey, HandshakeOutcome, Reaped, RefusalBackoff, SessionBudget,
+    SessionKey,
 };
 use crate::session::{Event, Session};
 
@@ -155,6 +156,10 @@ pub struct SimPair {
     pub log: Vec<(Side, Event)>,
     /// Errors the server's handshakes ended with.
     pub handshake_errors: Vec<crate::handshake::HandshakeError>,
+    /// With [`SimPair::restart_closed_client`]: every permanent refusal, in order.
+    pub refusals: Vec<ClientRefused>,
+    /// With [`SimPair::restart_closed_client`]: the client's refusal memory across sessions.
+    restarts: Option<RefusalBackoff>,
     server_config: Arc<Config>,
     max_sessions: usize,
     client_config: Arc<Config>,
@@ -208,6 +213,8 @@ impl SimPair {
             events: VecDeque::new(),
             log: Vec::new(),
             handshake_errors: Vec::new(),
+            refusals: Vec::new(),
+            restarts: None,
             server_config,
             max_sessions,
             client_config: client_cfg,
@@ -240,6 +247,31 @@ impl SimPair {
         }
         self.client = Session::client(self.client_config.clone(), self.now, seed);
         self.drain_events();
+    }
+
+    /// From now on a client session that closes is replaced, as a client endpoint replaces it
+    /// ([`Endpoint::reap`]): at once, or after a permanent refusal when the same
+    /// [`RefusalBackoff`] says so (each refusal is kept in [`SimPair::refusals`]).
+    pub fn restart_closed_client(&mut self) {
+        self.restarts = Some(RefusalBackoff::default());
+    }
+
+    /// A closed client is replaced (with [`SimPair::restart_closed_client`]).
+    fn replace_closed_client(&mut self) -> bool {
+        let Some(restarts) = &mut self.restarts else {
+            return false;
+        };
+        if !self.client.is_closed() {
+            return false;
+        }
+        let (first_dial, refused) =
+            restarts.on_session_closed(self.now, &self.client, &self.client_config, &mut self.rng);
+        self.refusals.extend(refused);
+        let mut seed = [0; 32];
+        self.rng.fill_bytes(&mut seed);
+        self.client =
+            Session::client_dialing_at(self.client_config.clone(), self.now, seed, first_dial);
+        true
     }
 
     /// Time since the simulation started.
@@ -335,8 +367,13 @@ impl SimPair {
     }
 
     fn drain_events(&mut self) {
-        while let Some(ev) = self.client.poll_event() {
-            self.on_event(Notify::Client, ev);
+        loop {
+            while let Some(ev) = self.client.poll_event() {
+                self.on_event(Notify::Client, ev);
+            }
+            if !self.replace_closed_client() {
+                break;
+            }
         }
         for key in self.server.keys() {
             while let Some(ev) = self

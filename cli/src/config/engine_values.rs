@@ -39,6 +39,7 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("session_grace", Some("limits.session_grace")),
     ("redial_backoff_min", Some("limits.redial_backoff_min")),
     ("redial_backoff_max", Some("limits.redial_backoff_max")),
+    ("refused_backoff_max", Some("limits.refused_backoff_max")),
     ("initial_rate", None),
     ("scheduler", None),
     ("copy_threshold", None),
@@ -198,6 +199,7 @@ impl Checker {
             (&mut engine.session_grace, raw.session_grace),
             (&mut engine.redial_backoff_min, raw.redial_backoff_min),
             (&mut engine.redial_backoff_max, raw.redial_backoff_max),
+            (&mut engine.refused_backoff_max, raw.refused_backoff_max),
         ] {
             if let Some(duration) = value {
                 *field = duration.get();

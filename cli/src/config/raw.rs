@@ -127,5 +127,6 @@ pub struct RawLimits {
     pub session_grace: Option<HumanDuration>,
     pub redial_backoff_min: Option<HumanDuration>,
     pub redial_backoff_max: Option<HumanDuration>,
+    pub refused_backoff_max: Option<HumanDuration>,
     pub drain_timeout: Option<HumanDuration>,
 }

@@ -9,7 +9,7 @@
 //! built from the [`Config`] (one constructor), create-or-attach (a tunnel that finishes its
 //! handshake joins its session or creates it), refusing to resume an unknown session, removing
 //! closed sessions, and the client's restart of a lost session (a client endpoint always has one
-//! session). Must not touch: sockets, threads or the clock — callers pass `now` and bytes, and
+//! session; after a permanent refusal the next one waits, see `refusal`). Must not touch: sockets, threads or the clock — callers pass `now` and bytes, and
 //! write what they get back. The byte-level handshake is [`crate::handshake`]'s; a session's own
 //! protocol is [`crate::session`]'s.
 //!
@@ -20,10 +20,14 @@
 //! its sockets there; the simulator and the benches use `()`).
 
 mod budget;
+mod refusal;
 #[cfg(test)]
 mod tests;
 
 pub use budget::SessionBudget;
+pub use refusal::{
+    ClientRefused, FIRST_RETRY, REPORT_INTERVAL, Refusal, RefusalBackoff, RefusalReport,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -155,6 +159,9 @@ pub struct Endpoint<T = ()> {
     reserved: HashMap<SessionId, usize>,
     rng: StdRng,
     stopping: bool,
+    /// Client: refusals across successive sessions, and the last one not yet taken.
+    refusals: RefusalBackoff,
+    refused: Option<ClientRefused>,
 }
 
 impl<T: Default> Endpoint<T> {
@@ -168,7 +175,7 @@ impl<T: Default> Endpoint<T> {
     /// closes (until [`Endpoint::set_stopping`]). Session ids and nonces come from `seed`.
     pub fn client(config: Arc<Config>, now: Instant, seed: [u8; 32]) -> Self {
         let mut endpoint = Self::new(config, Side::Client, seed);
-        endpoint.start_client_session(now);
+        endpoint.start_client_session(now, now);
         endpoint
     }
 
@@ -182,13 +189,17 @@ impl<T: Default> Endpoint<T> {
             reserved: HashMap::new(),
             rng: StdRng::from_seed(seed),
             stopping: false,
+            refusals: RefusalBackoff::default(),
+            refused: None,
         }
     }
 
-    fn start_client_session(&mut self, now: Instant) -> SessionKey {
+    /// A fresh client session created at `now` whose tunnels are dialed no sooner than
+    /// `first_dial`.
+    fn start_client_session(&mut self, now: Instant, first_dial: Instant) -> SessionKey {
         let mut seed = [0; 32];
         self.rng.fill_bytes(&mut seed);
-        let session = Session::client_seeded(self.config.clone(), now, seed);
+        let session = Session::client_dialing_at(self.config.clone(), now, seed, first_dial);
         let id = *session.id();
         let key = self.sessions.insert(SessionSlot {
             session,
@@ -299,12 +310,40 @@ impl<T: Default> Endpoint<T> {
         {
             return Reaped::Open;
         }
-        self.remove(key);
+        let closed = self.remove(key);
         let replacement = match self.side {
-            Side::Client if !self.stopping => Some(self.start_client_session(now)),
+            Side::Client if !self.stopping => {
+                let mut first_dial = now;
+                if let Some(closed) = closed {
+                    let (at, refused) = self.refusals.on_session_closed(
+                        now,
+                        closed.session(),
+                        &self.config,
+                        &mut self.rng,
+                    );
+                    first_dial = at;
+                    self.refused = refused;
+                }
+                Some(self.start_client_session(now, first_dial))
+            }
             _ => None,
         };
         Reaped::Removed { replacement }
+    }
+
+    /// Client: the server refused the last session for good and the current one has not been
+    /// accepted yet (it waits, or tries again): a stream asked for now would wait for minutes.
+    pub fn is_refused(&self) -> bool {
+        self.refusals.in_a_row() > 0
+            && self
+                .client_session()
+                .is_none_or(|key| !self.sessions[key].session.is_established())
+    }
+
+    /// Client: the permanent refusal that ended the last session [`Endpoint::reap`] removed, once
+    /// (its replacement waits [`ClientRefused::retry_in`] before it dials).
+    pub fn take_refusal(&mut self) -> Option<ClientRefused> {
+        self.refused.take()
     }
 
     /// Removes a session whatever its state (giving its budget place back), for a caller that
@@ -385,6 +424,13 @@ impl<T> Endpoint<T> {
             .iter()
             .map(|(_, p)| p.handshake.deadline())
             .min()
+    }
+
+    /// Whether handshake `key` has sent its ServerHello (see [`ServerHandshake::answered`]).
+    pub fn handshake_answered(&self, key: HandshakeKey) -> bool {
+        self.handshakes
+            .get(key.0)
+            .is_some_and(|p| p.handshake.answered())
     }
 
     /// Handshakes in progress.

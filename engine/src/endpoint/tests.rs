@@ -378,3 +378,43 @@ fn a_tunnel_of_a_session_that_ends_mid_handshake_creates_nothing() {
     assert_eq!(ep.len(), 0);
     assert_eq!(budget.taken(), 0);
 }
+
+#[test]
+fn a_refused_client_session_is_reported_once_and_replaced_by_one_that_waits() {
+    let now = Instant::now();
+    let mut client_ep: Endpoint = Endpoint::client(config(1), now, [4; 32]);
+    let another_key = Arc::new(Config {
+        psk: b"another key".to_vec(),
+        ..Config::default()
+    });
+    let mut server_ep: Endpoint = Endpoint::server(another_key, SessionBudget::new(4), [5; 32]);
+    let first = client_ep
+        .client_session()
+        .expect("a client starts with a session");
+    let c = client_ep[first].session_mut();
+    while c.poll_event().is_some() {}
+    let mut d = connect(&mut server_ep, c, 0, now);
+    exchange(&mut server_ep, c, &mut d, now);
+    assert!(c.is_closed(), "the server could not prove our key");
+    let Reaped::Removed {
+        replacement: Some(second),
+    } = client_ep.reap(now, first)
+    else {
+        panic!("no fresh session");
+    };
+    let refused = client_ep.take_refusal().expect("the refusal is reported");
+    assert_eq!(refused.refusal, Refusal::KeyNotProved);
+    assert_eq!(refused.report, RefusalReport::First);
+    assert_eq!(refused.in_a_row, 1);
+    assert!(client_ep.take_refusal().is_none(), "once");
+    let fresh = client_ep[second].session_mut();
+    assert!(fresh.poll_event().is_none(), "no dial at once");
+    let at = fresh.poll_timeout().expect("a dial is scheduled");
+    assert_eq!(at, now + refused.retry_in);
+    assert!(refused.retry_in >= FIRST_RETRY / 2 && refused.retry_in <= FIRST_RETRY);
+    fresh.handle_timeout(at);
+    assert!(matches!(
+        fresh.poll_event(),
+        Some(crate::session::Event::Dial { .. })
+    ));
+}

@@ -115,7 +115,7 @@ impl TransportParams {
 }
 
 /// The server's answer status in ServerHello (docs/PROTOCOL.md §2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum HelloStatus {
     /// Proceed.

@@ -105,6 +105,12 @@ impl ServerHandshake {
         Ok(())
     }
 
+    /// Whether our ServerHello (with its proof) has been written: a client that hangs up after
+    /// it could not verify the proof.
+    pub fn answered(&self) -> bool {
+        self.hello.is_some()
+    }
+
     /// Bytes to write to the connection (ServerHello, or a refusal).
     pub fn take_output(&mut self) -> BytesMut {
         self.output.split()

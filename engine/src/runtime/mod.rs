@@ -33,6 +33,7 @@ mod event_loop;
 mod io;
 mod local;
 pub mod options;
+mod rejection_log;
 mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -400,6 +401,7 @@ fn start_on<D: io::Driver>(
     let wakers: Arc<[Arc<Waker>]> = wakers.into();
     let stop = Arc::new(AtomicBool::new(false));
     let budget = crate::endpoint::SessionBudget::new(opts.max_sessions);
+    let rejections = rejection_log::RejectionLog::shared(std::time::Instant::now());
     let shutdown = ShutdownHandle {
         stop: stop.clone(),
         wakers: wakers.clone(),
@@ -420,6 +422,7 @@ fn start_on<D: io::Driver>(
             stop: stop.clone(),
             mailbox,
             budget: budget.clone(),
+            rejections: rejections.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

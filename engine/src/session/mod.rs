@@ -200,6 +200,8 @@ pub struct Session {
     no_tunnel_since: Option<Instant>,
     /// Client with zero-RTT off: the pool is not dialed until the first stream is tried.
     pool_deferred: bool,
+    /// Client: no tunnel is dialed before this instant.
+    first_dial: Instant,
     events: VecDeque<Event>,
     scheduler: Box<dyn Scheduler>,
     views: Vec<PathView>,
@@ -221,11 +223,23 @@ impl Session {
     /// dial every slot: at once, or, with [`Config::zero_rtt`] off, once the first stream is
     /// tried with [`Session::open_stream`].
     pub fn client_seeded(config: Arc<Config>, now: Instant, seed: [u8; 32]) -> Self {
+        Self::client_dialing_at(config, now, seed, now)
+    }
+
+    /// [`Session::client_seeded`] whose tunnels are dialed no sooner than `first_dial` (the
+    /// server refused the previous session for good: [`crate::endpoint::RefusalBackoff`]).
+    pub fn client_dialing_at(
+        config: Arc<Config>,
+        now: Instant,
+        seed: [u8; 32],
+        first_dial: Instant,
+    ) -> Self {
         let mut rng = StdRng::from_seed(seed);
         let mut id = [0; 16];
         rng.fill_bytes(&mut id);
         let pool = config.pool_size.max(1) as usize;
         let mut session = Self::new(Role::Client, config, id, rng, now, pool);
+        session.first_dial = first_dial;
         if session.config.zero_rtt {
             session.dial_pool(now);
         } else {
@@ -289,6 +303,7 @@ impl Session {
             going_away_peer: false,
             no_tunnel_since: None,
             pool_deferred: false,
+            first_dial: now,
             events: VecDeque::new(),
             scheduler: config.scheduler.build(),
             views: Vec::with_capacity(pool),

@@ -128,11 +128,19 @@ impl Tunnel {
 
 impl Session {
     /// Client: asks the driver to dial every slot now (a zero-RTT session, at its start).
+    /// Before the session's first allowed dial, every slot waits for it instead.
     pub(super) fn dial_pool(&mut self, now: Instant) {
         self.pool_deferred = false;
+        let first_dial = self.first_dial;
         for (t, tun) in self.tunnels.iter_mut().enumerate() {
-            tun.state = TunnelState::Dialing { since: now };
-            self.events.push_back(Event::Dial { tunnel: t as u16 });
+            if first_dial > now {
+                tun.state = TunnelState::Down {
+                    redial_at: Some(first_dial),
+                };
+            } else {
+                tun.state = TunnelState::Dialing { since: now };
+                self.events.push_back(Event::Dial { tunnel: t as u16 });
+            }
         }
     }
 
@@ -143,7 +151,7 @@ impl Session {
         self.pool_deferred = false;
         for tun in &mut self.tunnels {
             tun.state = TunnelState::Down {
-                redial_at: Some(self.epoch),
+                redial_at: Some(self.epoch.max(self.first_dial)),
             };
         }
     }

@@ -214,6 +214,11 @@ impl<D: Driver> EventLoop<D> {
                     }
                 }
             }
+            Err(crate::StreamError::NotReady) if self.endpoint.is_refused() => {
+                // The server refuses this client for good (logged once, when it did): the
+                // application learns at once, instead of waiting for the next attempt.
+                tracing::debug!("application connection closed: the server refuses this client");
+            }
             Err(crate::StreamError::NotReady) | Err(crate::StreamError::StreamLimit) => {
                 // Held until a tunnel is up or the peer grants more streams.
                 self.endpoint[skey]

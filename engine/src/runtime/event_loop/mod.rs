@@ -48,6 +48,7 @@ use rand::{RngCore, SeedableRng};
 use slab::Slab;
 
 use super::io::{Driver, IoStream, Ready};
+use super::rejection_log::SharedRejectionLog;
 use super::worker::Mailbox;
 use super::{RuntimeOptions, TargetResolver};
 use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey};
@@ -204,6 +205,10 @@ pub(super) struct EventLoop<D: Driver> {
     timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
     /// The session being serviced now (what it is touched by is handled in the same service).
     servicing: Option<SessionKey>,
+    /// Server: refused handshakes of all workers, logged aggregated.
+    rejections: SharedRejectionLog,
+    /// When this worker next asks the rejection log for its due summaries.
+    next_rejection_flush: Instant,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -214,6 +219,8 @@ pub(super) struct WorkerContext {
     pub(super) mailbox: Mailbox,
     /// Server: the places for sessions on all workers together (`max_sessions`).
     pub(super) budget: SessionBudget,
+    /// Server: refused handshakes of all workers together, logged aggregated.
+    pub(super) rejections: SharedRejectionLog,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -249,6 +256,8 @@ impl<D: Driver> EventLoop<D> {
             work: Vec::new(),
             timers: BinaryHeap::new(),
             servicing: None,
+            rejections: ctx.rejections,
+            next_rejection_flush: Instant::now(),
         }
     }
 
@@ -347,6 +356,7 @@ impl<D: Driver> EventLoop<D> {
             self.fire_timers(now);
             self.service_ready();
             self.expire_handshakes(now);
+            self.flush_rejections(now);
             for key in std::mem::take(&mut self.accept_retry) {
                 self.on_ready(key, true, false);
             }

@@ -10,10 +10,15 @@
 
 use std::time::Instant;
 
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
 use super::{Entry, EventLoop, Outbox, ReadState, hex, read_into};
-use crate::endpoint::HandshakeOutcome;
+use crate::endpoint::{HandshakeKey, HandshakeOutcome};
 use crate::handshake::client_hello_session_id;
 use crate::runtime::io::Driver;
+use crate::runtime::rejection_log::{RejectReason, RejectionLine, RejectionLog};
 use crate::runtime::worker::{Handoff, home_worker};
 
 impl<D: Driver> EventLoop<D> {
@@ -36,7 +41,8 @@ impl<D: Driver> EventLoop<D> {
             match read_into(sock, rx, &mut self.read_buf) {
                 Ok(state) => eof = state == ReadState::Eof,
                 Err(e) => {
-                    tracing::info!(%peer, "tunnel connection failed during handshake: {e}");
+                    tracing::debug!(%peer, "tunnel connection failed during handshake: {e}");
+                    self.reject_closed(now, handshake, peer);
                     self.drop_pending(key);
                     return;
                 }
@@ -63,7 +69,7 @@ impl<D: Driver> EventLoop<D> {
         match step.outcome {
             HandshakeOutcome::Pending => {
                 if eof {
-                    tracing::info!(%peer, "tunnel connection closed during handshake");
+                    self.reject_closed(now, handshake, peer);
                     self.drop_pending(key);
                 } else if flushed.is_err() {
                     self.drop_pending(key);
@@ -115,9 +121,42 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             HandshakeOutcome::Failed(e) => {
-                tracing::warn!(%peer, "tunnel handshake failed: {e}; connection closed");
+                tracing::debug!(%peer, "tunnel handshake failed: {e}; connection closed");
+                self.reject(now, RejectReason::of(&e), peer);
                 self.remove(key);
             }
+        }
+    }
+
+    /// A pending connection closed or failed: after our proof, that is how a client with
+    /// another key (or none) leaves.
+    fn reject_closed(&mut self, now: Instant, handshake: HandshakeKey, peer: SocketAddr) {
+        let reason = if self.endpoint.handshake_answered(handshake) {
+            RejectReason::ClosedAfterProof
+        } else {
+            RejectReason::ClosedEarly
+        };
+        self.reject(now, reason, peer);
+    }
+
+    /// Counts a refused handshake; logs it if it is the first from its source or a summary is
+    /// due.
+    fn reject(&mut self, now: Instant, reason: RejectReason, peer: SocketAddr) {
+        let mut log = lock(&self.rejections);
+        if let Some(line) = log.record(now, reason, peer.ip()) {
+            log_rejection(&line, log.interval());
+        }
+    }
+
+    /// Logs the rejection summaries that are due (this worker looks once a second).
+    pub(super) fn flush_rejections(&mut self, now: Instant) {
+        if now < self.next_rejection_flush {
+            return;
+        }
+        self.next_rejection_flush = now + Duration::from_secs(1);
+        let mut log = lock(&self.rejections);
+        for line in log.flush(now) {
+            log_rejection(&line, log.interval());
         }
     }
 
@@ -217,8 +256,40 @@ impl<D: Driver> EventLoop<D> {
             .collect();
         for k in keys {
             if let Some(Entry::Pending { peer, .. }) = self.remove(k) {
-                tracing::warn!(%peer, "tunnel handshake timed out; connection closed");
+                tracing::debug!(%peer, "tunnel handshake timed out; connection closed");
+                self.reject(now, RejectReason::Timeout, peer);
             }
         }
     }
+}
+
+/// One line of the rejection log: the first from a source at once, then a count per interval
+/// ("other sources": those that found the table full).
+fn log_rejection(line: &RejectionLine, interval: Duration) {
+    let source = line
+        .source
+        .map_or_else(|| "other sources".to_owned(), |ip| ip.to_string());
+    let reason = line.reason;
+    // Lines for one (reason, source) are at least `interval` apart.
+    let times = if line.first {
+        String::new()
+    } else {
+        format!(
+            " ({} times since the last report, at most one per {interval:?})",
+            line.count
+        )
+    };
+    if reason.is_authentication() {
+        tracing::warn!("authentication failed from {source}: {reason}{times}");
+    } else if reason == RejectReason::ClosedEarly {
+        tracing::info!("tunnel handshake from {source} ended: {reason}{times}");
+    } else {
+        tracing::warn!("tunnel handshake from {source} failed: {reason}{times}");
+    }
+}
+
+/// The shared rejection log; a worker that panicked while holding it left only counters behind,
+/// which are still good to use.
+fn lock(log: &Mutex<RejectionLog>) -> MutexGuard<'_, RejectionLog> {
+    log.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -18,7 +18,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use super::{EventLoop, Role, hex};
-use crate::endpoint::{Reaped, SessionKey};
+use crate::endpoint::{ClientRefused, Reaped, RefusalReport, SessionKey};
+use crate::error::SessionError;
 use crate::runtime::io::Driver;
 use crate::session::{Event, StreamId};
 
@@ -212,8 +213,34 @@ impl<D: Driver> EventLoop<D> {
             replacement: Some(fresh),
         } = self.endpoint.reap(now, skey)
         {
-            tracing::info!("starting a new session");
+            match self.endpoint.take_refusal() {
+                Some(refused) => self.log_refusal(&refused),
+                None => tracing::info!("starting a new session"),
+            }
             self.touch(fresh);
+        }
+    }
+
+    /// Client: the server refused the session for good. Said once as an error; while the same
+    /// refusal repeats, a summary every [`crate::endpoint::REPORT_INTERVAL`], the rest at debug.
+    fn log_refusal(&self, refused: &ClientRefused) {
+        let Role::Client { server } = &self.role else {
+            return;
+        };
+        let (why, retry_in) = (&refused.refusal, refused.retry_in);
+        match refused.report {
+            RefusalReport::First => tracing::error!(
+                "server {server} {why}; not retrying for {retry_in:?}, then less and less often"
+            ),
+            RefusalReport::StillRefused { since_last_report } => tracing::warn!(
+                refused_in_a_row = refused.in_a_row,
+                "server {server} {why} (refused {since_last_report} more times since the last \
+                 report); next try in {retry_in:?}"
+            ),
+            RefusalReport::Repeated => tracing::debug!(
+                refused_in_a_row = refused.in_a_row,
+                "server {server} {why}; next try in {retry_in:?}"
+            ),
         }
     }
 
@@ -223,6 +250,11 @@ impl<D: Driver> EventLoop<D> {
             .get(skey)
             .map(|s| hex(s.session().id()))
             .unwrap_or_default();
+        // A session the server refused for good: the refusal is logged once when it is let go
+        // (`log_refusal`), so its tunnels and its end are not each a warning at every attempt.
+        let refused = self.endpoint.get(skey).is_some_and(|s| {
+            matches!(s.session().close_reason(), Some(SessionError::Handshake(_)))
+        });
         match ev {
             Event::Dial { tunnel } => self.dial(skey, usize::from(tunnel), now),
             Event::TunnelUp { tunnel, rtt } => {
@@ -242,7 +274,11 @@ impl<D: Driver> EventLoop<D> {
                 self.open_waiting_locals();
             }
             Event::TunnelDown { tunnel, reason } => {
-                tracing::warn!(session = %id, tunnel, "tunnel lost: {reason}");
+                if refused {
+                    tracing::debug!(session = %id, tunnel, "tunnel lost: {reason}");
+                } else {
+                    tracing::warn!(session = %id, tunnel, "tunnel lost: {reason}");
+                }
                 if let Some(k) = self.endpoint[skey]
                     .data_mut()
                     .tunnels
@@ -281,7 +317,9 @@ impl<D: Driver> EventLoop<D> {
             }
             Event::GoAway { code } => tracing::info!(session = %id, code, "peer is going away"),
             Event::SessionClosed { reason } => {
-                if reason.code() == crate::error::code::NO_ERROR {
+                if refused {
+                    tracing::debug!(session = %id, "session closed: {reason}");
+                } else if reason.code() == crate::error::code::NO_ERROR {
                     tracing::info!(session = %id, "session closed: {reason}");
                 } else {
                     tracing::warn!(session = %id, "session closed: {reason}");

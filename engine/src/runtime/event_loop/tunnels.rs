@@ -11,6 +11,7 @@ use bytes::BytesMut;
 
 use super::{Entry, EventLoop, Outbox, ReadState, Role, read_into};
 use crate::endpoint::SessionKey;
+use crate::error::SessionError;
 use crate::runtime::io::{Driver, IoStream};
 use crate::runtime::sockopt;
 
@@ -101,8 +102,14 @@ impl<D: Driver> EventLoop<D> {
         let Some(s) = self.endpoint.get_mut(skey) else {
             return;
         };
-        if let Err(e) = s.session_mut().handle_input(now, t, rx) {
-            tracing::warn!(tunnel = t, "session closed: peer broke the protocol: {e}");
+        match s.session_mut().handle_input(now, t, rx) {
+            Ok(()) => {}
+            // A permanent refusal: said once, by the endpoint's report, when the session is
+            // let go.
+            Err(e @ SessionError::Handshake(_)) => {
+                tracing::debug!(tunnel = t, "session closed: {e}")
+            }
+            Err(e) => tracing::warn!(tunnel = t, "session closed: peer broke the protocol: {e}"),
         }
         self.touch(skey);
     }
