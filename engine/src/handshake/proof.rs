@@ -28,9 +28,9 @@ pub fn proof(
     server_nonce: &[u8; NONCE_LEN],
     status: HelloStatus,
 ) -> [u8; PROOF_LEN] {
-    let mut mac = proof_mac(key, label);
-    proof_input(
-        &mut mac,
+    let mac = proof_mac(
+        key,
+        label,
         session_id,
         tunnel_index,
         client_nonce,
@@ -54,9 +54,9 @@ pub fn verify_proof(
     status: HelloStatus,
     received: &[u8; PROOF_LEN],
 ) -> bool {
-    let mut mac = proof_mac(key, label);
-    proof_input(
-        &mut mac,
+    let mac = proof_mac(
+        key,
+        label,
         session_id,
         tunnel_index,
         client_nonce,
@@ -66,7 +66,16 @@ pub fn verify_proof(
     mac.verify_slice(received).is_ok()
 }
 
-fn proof_mac(key: &[u8], label: ProofLabel) -> Hmac<Sha256> {
+/// The HMAC both [`proof`] and [`verify_proof`] finish: keyed, labelled, fed every input.
+fn proof_mac(
+    key: &[u8],
+    label: ProofLabel,
+    session_id: &SessionId,
+    tunnel_index: u16,
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+    status: HelloStatus,
+) -> Hmac<Sha256> {
     let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
         Ok(mac) => mac,
         Err(_) => unreachable!("HMAC accepts keys of any length"),
@@ -75,22 +84,12 @@ fn proof_mac(key: &[u8], label: ProofLabel) -> Hmac<Sha256> {
         ProofLabel::Server => b"mtcpd v1 server proof",
         ProofLabel::Client => b"mtcpd v1 client proof",
     });
-    mac
-}
-
-fn proof_input(
-    mac: &mut Hmac<Sha256>,
-    session_id: &SessionId,
-    tunnel_index: u16,
-    client_nonce: &[u8; NONCE_LEN],
-    server_nonce: &[u8; NONCE_LEN],
-    status: HelloStatus,
-) {
     mac.update(session_id);
     mac.update(&tunnel_index.to_be_bytes());
     mac.update(client_nonce);
     mac.update(server_nonce);
     mac.update(&(status as u16).to_be_bytes());
+    mac
 }
 
 #[cfg(test)]

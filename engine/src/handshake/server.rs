@@ -166,25 +166,7 @@ impl ServerHandshake {
                 self.refuse(&hello, status, pool);
                 return Err(HandshakeError::Refused(status));
             }
-            let proof = proof(
-                &self.key,
-                ProofLabel::Server,
-                &hello.session_id,
-                hello.tunnel_index,
-                &hello.nonce,
-                &self.server_nonce,
-                HelloStatus::Ok,
-            );
-            ServerHello {
-                version: PROTOCOL_VERSION,
-                status: HelloStatus::Ok,
-                pool_size: pool,
-                capabilities: 0,
-                nonce: self.server_nonce,
-                proof,
-                params: self.params,
-            }
-            .encode(&mut self.output);
+            self.answer(&hello, HelloStatus::Ok, pool);
             self.hello = Some((hello, pool, now));
         }
         let Some((hello, pool, sent_at)) = &self.hello else {
@@ -223,6 +205,11 @@ impl ServerHandshake {
 
     fn refuse(&mut self, hello: &ClientHello, status: HelloStatus, pool: u16) {
         self.finished = true;
+        self.answer(hello, status, pool);
+    }
+
+    /// Writes the ServerHello with `status`, signed with the server's proof (refusals too).
+    fn answer(&mut self, hello: &ClientHello, status: HelloStatus, pool: u16) {
         let proof = proof(
             &self.key,
             ProofLabel::Server,
