@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use mtcpd_engine::handshake::PLAINTEXT_BINDING;
 use mtcpd_engine::runtime::{Client, RuntimeOptions, Server};
 use mtcpd_engine::{Config, Session};
 
@@ -60,7 +61,7 @@ fn idle_session(server: SocketAddr, seed: u64) -> Idle {
     sock.set_nodelay(true).expect("nodelay");
     sock.set_read_timeout(Some(Duration::from_millis(20)))
         .expect("timeout");
-    session.tunnel_connected(now, 0);
+    session.tunnel_connected(now, 0, &PLAINTEXT_BINDING);
     let mut rx = BytesMut::new();
     let mut buf = [0u8; 4096];
     let mut out = Vec::new();

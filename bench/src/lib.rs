@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mtcpd_engine::endpoint::{Endpoint, HandshakeKey, HandshakeOutcome, SessionBudget, SessionKey};
-use mtcpd_engine::handshake::HandshakeError;
+use mtcpd_engine::handshake::{HandshakeError, PLAINTEXT_BINDING};
 use mtcpd_engine::{Config, Event, ReadOutcome, Session, SessionError, StreamError, StreamId};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -161,7 +161,7 @@ impl MemPair {
                         let t = usize::from(tunnel);
                         handshakes[t] = endpoint.accept_connection(now);
                         attached[t] = false;
-                        client.tunnel_connected(now, t);
+                        client.tunnel_connected(now, t, &PLAINTEXT_BINDING);
                     }
                     Event::SessionClosed { reason } => {
                         return Err(PairError::Closed {
@@ -220,7 +220,8 @@ impl MemPair {
                 if let Some(key) = handshakes[t]
                     && !to_server[t].is_empty()
                 {
-                    let step = endpoint.handshake_input(now, key, &mut to_server[t]);
+                    let step =
+                        endpoint.handshake_input(now, key, &mut to_server[t], &PLAINTEXT_BINDING);
                     to_client[t].extend_from_slice(&step.output);
                     match step.outcome {
                         HandshakeOutcome::Pending => {}

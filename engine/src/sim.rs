@@ -26,6 +26,7 @@ use crate::endpoint::{
     ClientRefused, Endpoint, HandshakeKey, HandshakeOutcome, Reaped, RefusalBackoff, SessionBudget,
     SessionKey,
 };
+use crate::handshake::PLAINTEXT_BINDING;
 use crate::session::{Event, Session};
 
 /// One direction of a simulated tunnel path.
@@ -469,7 +470,7 @@ impl SimPair {
                         handshake: self.server.accept_connection(now),
                         attached: None,
                     };
-                    self.client.tunnel_connected(now, t);
+                    self.client.tunnel_connected(now, t, &PLAINTEXT_BINDING);
                 }
                 Conn::Failing { at } if at <= now => {
                     self.links[t].conn = Conn::None;
@@ -570,7 +571,9 @@ impl SimPair {
             ..
         } = self.links[t].conn
         {
-            let step = self.server.handshake_input(now, key, &mut rx);
+            let step = self
+                .server
+                .handshake_input(now, key, &mut rx, &PLAINTEXT_BINDING);
             if !step.output.is_empty() {
                 let spec = self.links[t].spec;
                 self.links[t].dirs[1].enqueue(now, &spec, step.output.freeze());

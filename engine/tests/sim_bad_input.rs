@@ -83,7 +83,7 @@ fn wrong_key_fails_the_handshake_on_both_ends_with_a_clear_error() {
     }
     .encode(&mut buf);
     assert_eq!(
-        hs.handle_input(now, &mut buf, |_| Admission::Admit),
+        hs.handle_input(now, &mut buf, &[0; 32], |_| Admission::Admit),
         Ok(ServerProgress::Pending)
     );
     let mut out = hs.take_output();
@@ -91,6 +91,7 @@ fn wrong_key_fails_the_handshake_on_both_ends_with_a_clear_error() {
     let bogus = mtcpd_engine::handshake::proof(
         b"client key",
         mtcpd_engine::handshake::ProofLabel::Client,
+        &[0; 32],
         &[7; 16],
         0,
         &[3; 16],
@@ -99,7 +100,7 @@ fn wrong_key_fails_the_handshake_on_both_ends_with_a_clear_error() {
     );
     mtcpd_engine::handshake::encode_client_auth(&bogus, &mut buf);
     assert_eq!(
-        hs.handle_input(now, &mut buf, |_| Admission::Admit),
+        hs.handle_input(now, &mut buf, &[0; 32], |_| Admission::Admit),
         Err(HandshakeError::WrongKey)
     );
 }
@@ -113,7 +114,7 @@ fn wrong_version_is_refused_and_reported_to_the_client() {
     buf.put_u8(PROTOCOL_VERSION + 1);
     buf.put_slice(&[0u8; 71]);
     assert_eq!(
-        hs.handle_input(now, &mut buf, |_| Admission::Admit),
+        hs.handle_input(now, &mut buf, &[0; 32], |_| Admission::Admit),
         Err(HandshakeError::UnsupportedVersion {
             peer: PROTOCOL_VERSION + 1
         })
@@ -141,7 +142,7 @@ fn garbage_and_early_frames_are_bad_magic_with_no_answer() {
         let mut hs = server_handshake(now);
         let mut buf = BytesMut::from(input);
         assert_eq!(
-            hs.handle_input(now, &mut buf, |_| Admission::Admit),
+            hs.handle_input(now, &mut buf, &[0; 32], |_| Admission::Admit),
             Err(HandshakeError::BadMagic),
             "input {input:?}"
         );
@@ -279,7 +280,7 @@ fn the_server_session_survives_a_garbage_connection_beside_it() {
     let mut hs = server_handshake(now);
     let mut junk = BytesMut::from(&b"\x16\x03\x01\x02\x00garbage"[..]);
     assert!(
-        hs.handle_input(now, &mut junk, |_| Admission::Admit)
+        hs.handle_input(now, &mut junk, &[0; 32], |_| Admission::Admit)
             .is_err()
     );
     let mut w = Workload::new(vec![FlowSpec::bulk(100_000, 100_000)]);

@@ -34,8 +34,8 @@ use libfuzzer_sys::fuzz_target;
 use mtcpd_engine::Config;
 use mtcpd_engine::endpoint::{Endpoint, HandshakeKey, HandshakeOutcome, SessionBudget};
 use mtcpd_engine::handshake::{
-    ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN, PROOF_LEN, ProofLabel,
-    ServerHello, SessionId, encode_client_auth, proof, verify_proof,
+    ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN, PLAINTEXT_BINDING,
+    PROOF_LEN, ProofLabel, ServerHello, SessionId, encode_client_auth, proof, verify_proof,
 };
 use mtcpd_engine::wire::PROTOCOL_VERSION;
 
@@ -90,7 +90,7 @@ impl Conn {
     fn read(&mut self, ep: &mut Endpoint, now: Instant) -> HandshakeOutcome {
         let in_progress = ep.handshakes_in_progress();
         let existed = self.hello().and_then(|h| ep.find(&h.session_id));
-        let step = ep.handshake_input(now, self.key, &mut self.unread);
+        let step = ep.handshake_input(now, self.key, &mut self.unread, &PLAINTEXT_BINDING);
         self.check_answer(step.output, ep.config().pool_size);
         match &step.outcome {
             HandshakeOutcome::Pending => {
@@ -142,7 +142,12 @@ impl Conn {
         }
         if self.finished {
             // The key is gone: nothing more reaches a finished handshake.
-            let again = ep.handshake_input(now, self.key, &mut BytesMut::from(&b"MTCP"[..]));
+            let again = ep.handshake_input(
+                now,
+                self.key,
+                &mut BytesMut::from(&b"MTCP"[..]),
+                &PLAINTEXT_BINDING,
+            );
             assert!(again.output.is_empty());
             assert!(matches!(again.outcome, HandshakeOutcome::Failed(_)));
         }
@@ -180,6 +185,7 @@ impl Conn {
                 verify_proof(
                     KEY,
                     ProofLabel::Server,
+                    &PLAINTEXT_BINDING,
                     &hello.session_id,
                     hello.tunnel_index,
                     &hello.nonce,
@@ -207,6 +213,7 @@ impl Conn {
         let p = proof(
             KEY,
             ProofLabel::Client,
+            &PLAINTEXT_BINDING,
             &hello.session_id,
             hello.tunnel_index,
             &hello.nonce,

@@ -40,8 +40,8 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::handshake::{
-    AcceptedTunnel, Admission, ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus,
-    ServerHandshake, ServerProgress, SessionId,
+    AcceptedTunnel, Admission, ChannelBinding, ClientHello, HELLO_FLAG_RESUME, HandshakeError,
+    HelloStatus, ServerHandshake, ServerProgress, SessionId,
 };
 use crate::session::Session;
 
@@ -209,13 +209,15 @@ impl<T: Default> Endpoint<T> {
         key
     }
 
-    /// Feeds bytes of handshake `key`'s connection; consumes what the handshake used from the
-    /// front of `buf`. On [`HandshakeOutcome::Attached`] the session is created or joined here.
+    /// Feeds bytes of handshake `key`'s connection, whose [`ChannelBinding`] is `binding`;
+    /// consumes what the handshake used from the front of `buf`. On
+    /// [`HandshakeOutcome::Attached`] the session is created or joined here.
     pub fn handshake_input(
         &mut self,
         now: Instant,
         key: HandshakeKey,
         buf: &mut BytesMut,
+        binding: &ChannelBinding,
     ) -> HandshakeStep {
         let Some(pending) = self.handshakes.get_mut(key.0) else {
             return HandshakeStep {
@@ -225,7 +227,7 @@ impl<T: Default> Endpoint<T> {
         };
         let (by_id, reserved_ids, side) = (&self.by_id, &mut self.reserved, &self.side);
         let reserved = &mut pending.reserved;
-        let result = pending.handshake.handle_input(now, buf, |hello| {
+        let result = pending.handshake.handle_input(now, buf, binding, |hello| {
             let (admission, place) = admit(hello, by_id, reserved_ids, side);
             *reserved = place;
             admission

@@ -5,7 +5,7 @@
 use super::*;
 use std::time::Duration;
 
-use crate::handshake::HandshakeError;
+use crate::handshake::{HandshakeError, PLAINTEXT_BINDING};
 
 fn config(pool: u16) -> Arc<Config> {
     Arc::new(Config {
@@ -33,7 +33,7 @@ fn client(seed: u64, now: Instant) -> Session {
 
 /// The client connects tunnel `t`; the server accepts the connection. Nothing is sent yet.
 fn connect(ep: &mut Endpoint, c: &mut Session, t: usize, now: Instant) -> Dial {
-    c.tunnel_connected(now, t);
+    c.tunnel_connected(now, t, &PLAINTEXT_BINDING);
     let key = ep.accept_connection(now).expect("a server accepts");
     Dial {
         key,
@@ -49,7 +49,7 @@ fn exchange(ep: &mut Endpoint, c: &mut Session, d: &mut Dial, now: Instant) -> H
     for chunk in out {
         d.to_server.extend_from_slice(&chunk);
     }
-    let step = ep.handshake_input(now, d.key, &mut d.to_server);
+    let step = ep.handshake_input(now, d.key, &mut d.to_server, &PLAINTEXT_BINDING);
     let mut back = step.output;
     if !back.is_empty() {
         let _ = c.handle_input(now, d.t, &mut back);
@@ -137,7 +137,8 @@ fn concurrent_handshakes_of_new_sessions_cannot_overshoot() {
             verdicts.push((
                 session,
                 key,
-                ep.handshake_input(now, key, &mut hello).outcome,
+                ep.handshake_input(now, key, &mut hello, &PLAINTEXT_BINDING)
+                    .outcome,
             ));
         }
     }
@@ -247,12 +248,15 @@ fn failed_and_timed_out_handshakes_give_their_place_back() {
     let key = ep.accept_connection(now).expect("a server accepts");
     let mut bytes = hello_bytes([9; 16], 0, 0);
     assert!(matches!(
-        ep.handshake_input(now, key, &mut bytes).outcome,
+        ep.handshake_input(now, key, &mut bytes, &PLAINTEXT_BINDING)
+            .outcome,
         HandshakeOutcome::Pending
     ));
     assert_eq!(budget.taken(), 1);
     crate::handshake::encode_client_auth(&[0; crate::handshake::PROOF_LEN], &mut bytes);
-    let outcome = ep.handshake_input(now, key, &mut bytes).outcome;
+    let outcome = ep
+        .handshake_input(now, key, &mut bytes, &PLAINTEXT_BINDING)
+        .outcome;
     assert!(
         matches!(outcome, HandshakeOutcome::Failed(HandshakeError::WrongKey)),
         "{outcome:?}"
@@ -273,7 +277,7 @@ fn resuming_an_unknown_session_is_refused() {
     // one this endpoint does not know.
     let key = ep.accept_connection(now).expect("a server accepts");
     let mut resume = hello_bytes([42; 16], 1, HELLO_FLAG_RESUME);
-    let outcome = ep.handshake_input(now, key, &mut resume);
+    let outcome = ep.handshake_input(now, key, &mut resume, &PLAINTEXT_BINDING);
     assert_eq!(refused(&outcome.outcome), Some(HelloStatus::UnknownSession));
     assert!(!outcome.output.is_empty(), "the refusal is sent");
     assert_eq!(budget.taken(), 1);
@@ -282,7 +286,8 @@ fn resuming_an_unknown_session_is_refused() {
     let key = ep.accept_connection(now).expect("a server accepts");
     let mut resume = hello_bytes(*c.id(), 1, HELLO_FLAG_RESUME);
     assert!(matches!(
-        ep.handshake_input(now, key, &mut resume).outcome,
+        ep.handshake_input(now, key, &mut resume, &PLAINTEXT_BINDING)
+            .outcome,
         HandshakeOutcome::Pending
     ));
 }

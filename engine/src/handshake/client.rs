@@ -11,8 +11,8 @@ use bytes::BytesMut;
 use rand::RngCore;
 
 use super::{
-    ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN, ProofLabel,
-    ServerHello, SessionId, TransportParams, encode_client_auth, proof, verify_proof,
+    ChannelBinding, ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN,
+    ProofLabel, ServerHello, SessionId, TransportParams, encode_client_auth, proof, verify_proof,
 };
 use crate::wire::PROTOCOL_VERSION;
 
@@ -61,14 +61,16 @@ pub struct ClientHandshake {
     session_id: SessionId,
     tunnel_index: u16,
     nonce: [u8; NONCE_LEN],
+    binding: ChannelBinding,
     started: Instant,
 }
 
 impl ClientHandshake {
-    /// Starts the handshake of a connection established at `now`: appends the ClientHello to
-    /// `out`.
+    /// Starts the handshake of a connection established at `now`, whose [`ChannelBinding`] is
+    /// `binding`: appends the ClientHello to `out`.
     pub fn start(
         offer: ClientOffer,
+        binding: &ChannelBinding,
         now: Instant,
         rng: &mut impl RngCore,
         out: &mut BytesMut,
@@ -90,6 +92,7 @@ impl ClientHandshake {
             session_id: offer.session_id,
             tunnel_index: offer.tunnel_index,
             nonce,
+            binding: *binding,
             started: now,
         }
     }
@@ -121,6 +124,7 @@ impl ClientHandshake {
         if !verify_proof(
             key,
             ProofLabel::Server,
+            &self.binding,
             &self.session_id,
             self.tunnel_index,
             &self.nonce,
@@ -140,6 +144,7 @@ impl ClientHandshake {
         let client_proof = proof(
             key,
             ProofLabel::Client,
+            &self.binding,
             &self.session_id,
             self.tunnel_index,
             &self.nonce,
@@ -192,10 +197,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let t0 = Instant::now();
         let mut to_server = BytesMut::new();
-        let mut client = ClientHandshake::start(offer(1), t0, &mut rng, &mut to_server);
+        let mut client = ClientHandshake::start(offer(1), &[0; 32], t0, &mut rng, &mut to_server);
         let mut server =
             ServerHandshake::new(server_key, 4, PARAMS, Duration::from_secs(5), t0, &mut rng);
-        let first = server.handle_input(t0, &mut to_server, |_| admission);
+        let first = server.handle_input(t0, &mut to_server, &[0; 32], |_| admission);
         let mut to_client = server.take_output();
         let t1 = t0 + Duration::from_millis(30);
         // Byte by byte: the client waits for the whole ServerHello.
@@ -208,7 +213,7 @@ mod tests {
         }
         let server_end = match (&first, &progress) {
             (Ok(ServerProgress::Pending), Ok(ClientProgress::Accepted(_))) => {
-                Some(server.handle_input(t1, &mut to_server, |_| admission))
+                Some(server.handle_input(t1, &mut to_server, &[0; 32], |_| admission))
             }
             _ => None,
         };
@@ -255,7 +260,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let now = Instant::now();
         let mut out = BytesMut::new();
-        let mut client = ClientHandshake::start(offer(0), now, &mut rng, &mut out);
+        let mut client = ClientHandshake::start(offer(0), &[0; 32], now, &mut rng, &mut out);
         let mut reply = BytesMut::from(&b"HTTP/1.1 400 Bad Request\r\n"[..]);
         assert_eq!(
             client.handle_input(b"key", now, &mut reply, &mut out),

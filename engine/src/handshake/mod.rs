@@ -58,6 +58,20 @@ pub const HELLO_FLAG_RESUME: u16 = 0x0001;
 /// A 128-bit session id.
 pub type SessionId = [u8; SESSION_ID_LEN];
 
+/// Length of a [`ChannelBinding`].
+pub const CHANNEL_BINDING_LEN: usize = 32;
+
+/// A value both ends of one tunnel connection share and nobody else knows: the TLS exporter
+/// (RFC 8446 §7.5) of the connection the handshake runs inside. Every proof covers it, so a
+/// proof made on one connection is worthless on another (a relay that terminates TLS on both
+/// sides holds two connections with two different values). Plaintext tunnels use
+/// [`PLAINTEXT_BINDING`].
+pub type ChannelBinding = [u8; CHANNEL_BINDING_LEN];
+
+/// The binding of a tunnel without TLS (`insecure_plaintext`): a constant, so such a tunnel's
+/// proofs bind nothing beyond their nonces.
+pub const PLAINTEXT_BINDING: ChannelBinding = [0; CHANNEL_BINDING_LEN];
+
 /// Limits each side announces in its hello: the peer's initial credits for this side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportParams {

@@ -6,7 +6,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{HelloStatus, NONCE_LEN, PROOF_LEN, SessionId};
+use super::{ChannelBinding, HelloStatus, NONCE_LEN, PROOF_LEN, SessionId};
 
 /// Which side a proof speaks for.
 #[derive(Debug, Clone, Copy)]
@@ -17,11 +17,13 @@ pub enum ProofLabel {
     Client,
 }
 
-/// HMAC-SHA256(key, label ‖ session id ‖ tunnel index ‖ client nonce ‖ server nonce ‖ status).
+/// HMAC-SHA256(key, label ‖ channel binding ‖ session id ‖ tunnel index ‖ client nonce ‖ server nonce ‖ status).
 /// The status is the ServerHello's (the client's proof uses `Ok`), so refusals are signed too.
+#[allow(clippy::too_many_arguments)]
 pub fn proof(
     key: &[u8],
     label: ProofLabel,
+    binding: &ChannelBinding,
     session_id: &SessionId,
     tunnel_index: u16,
     client_nonce: &[u8; NONCE_LEN],
@@ -31,6 +33,7 @@ pub fn proof(
     let mac = proof_mac(
         key,
         label,
+        binding,
         session_id,
         tunnel_index,
         client_nonce,
@@ -47,6 +50,7 @@ pub fn proof(
 pub fn verify_proof(
     key: &[u8],
     label: ProofLabel,
+    binding: &ChannelBinding,
     session_id: &SessionId,
     tunnel_index: u16,
     client_nonce: &[u8; NONCE_LEN],
@@ -57,6 +61,7 @@ pub fn verify_proof(
     let mac = proof_mac(
         key,
         label,
+        binding,
         session_id,
         tunnel_index,
         client_nonce,
@@ -67,9 +72,11 @@ pub fn verify_proof(
 }
 
 /// The HMAC both [`proof`] and [`verify_proof`] finish: keyed, labelled, fed every input.
+#[allow(clippy::too_many_arguments)]
 fn proof_mac(
     key: &[u8],
     label: ProofLabel,
+    binding: &ChannelBinding,
     session_id: &SessionId,
     tunnel_index: u16,
     client_nonce: &[u8; NONCE_LEN],
@@ -84,6 +91,7 @@ fn proof_mac(
         ProofLabel::Server => b"mtcpd v1 server proof",
         ProofLabel::Client => b"mtcpd v1 client proof",
     });
+    mac.update(binding);
     mac.update(session_id);
     mac.update(&tunnel_index.to_be_bytes());
     mac.update(client_nonce);
@@ -100,7 +108,9 @@ mod tests {
     fn proofs_depend_on_every_input() {
         let ok = HelloStatus::Ok;
         let p = |key: &[u8], label, idx, cn: u8, sn: u8, status| {
-            proof(key, label, &[1; 16], idx, &[cn; 16], &[sn; 16], status)
+            proof(
+                key, label, &[0; 32], &[1; 16], idx, &[cn; 16], &[sn; 16], status,
+            )
         };
         let base = p(b"key", ProofLabel::Server, 0, 2, 3, ok);
         assert_ne!(base, p(b"kez", ProofLabel::Server, 0, 2, 3, ok));
@@ -121,7 +131,10 @@ mod tests {
         );
         let label = ProofLabel::Server;
         assert!(verify_proof(
-            b"key", label, &[1; 16], 0, &[2; 16], &[3; 16], ok, &base
+            b"key", label, &[0; 32], &[1; 16], 0, &[2; 16], &[3; 16], ok, &base
+        ));
+        assert!(!verify_proof(
+            b"key", label, &[1; 32], &[1; 16], 0, &[2; 16], &[3; 16], ok, &base
         ));
     }
 }

@@ -10,8 +10,9 @@ use bytes::BytesMut;
 use rand::RngCore;
 
 use super::{
-    ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN, PROOF_LEN, ProofLabel,
-    ServerHello, SessionId, TransportParams, decode_client_auth, proof, verify_proof,
+    ChannelBinding, ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN,
+    PROOF_LEN, ProofLabel, ServerHello, SessionId, TransportParams, decode_client_auth, proof,
+    verify_proof,
 };
 use crate::wire::PROTOCOL_VERSION;
 
@@ -63,6 +64,7 @@ pub struct ServerHandshake {
     deadline: Instant,
     server_nonce: [u8; NONCE_LEN],
     hello: Option<(ClientHello, u16, Instant)>,
+    binding: ChannelBinding,
     output: BytesMut,
     finished: bool,
 }
@@ -86,6 +88,7 @@ impl ServerHandshake {
             deadline: now + timeout,
             server_nonce,
             hello: None,
+            binding: [0; super::CHANNEL_BINDING_LEN],
             output: BytesMut::new(),
             finished: false,
         }
@@ -116,18 +119,21 @@ impl ServerHandshake {
         self.output.split()
     }
 
-    /// Consumes handshake bytes from the front of `buf`. `admit` is asked once, with the
-    /// ClientHello, whether the session may take this tunnel.
+    /// Consumes handshake bytes from the front of `buf`, read from a connection whose
+    /// [`ChannelBinding`] is `binding`. `admit` is asked once, with the ClientHello, whether the
+    /// session may take this tunnel.
     pub fn handle_input(
         &mut self,
         now: Instant,
         buf: &mut BytesMut,
+        binding: &ChannelBinding,
         admit: impl FnOnce(&ClientHello) -> Admission,
     ) -> Result<ServerProgress, HandshakeError> {
         if self.finished {
             return Err(HandshakeError::Malformed("handshake already finished"));
         }
         if self.hello.is_none() {
+            self.binding = *binding;
             let hello = match ClientHello::decode(buf) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(ServerProgress::Pending),
@@ -184,6 +190,7 @@ impl ServerHandshake {
         if !verify_proof(
             &self.key,
             ProofLabel::Client,
+            &self.binding,
             &hello.session_id,
             hello.tunnel_index,
             &hello.nonce,
@@ -213,6 +220,7 @@ impl ServerHandshake {
         let proof = proof(
             &self.key,
             ProofLabel::Server,
+            &self.binding,
             &hello.session_id,
             hello.tunnel_index,
             &hello.nonce,
@@ -247,7 +255,7 @@ mod tests {
         let mut buf = BytesMut::new();
         hello(9).encode(&mut buf);
         let err = hs
-            .handle_input(now, &mut buf, |_| Admission::Admit)
+            .handle_input(now, &mut buf, &[0; 32], |_| Admission::Admit)
             .unwrap_err();
         assert_eq!(err, HandshakeError::UnsupportedVersion { peer: 9 });
         let mut out = hs.take_output();
@@ -262,7 +270,7 @@ mod tests {
         let mut hs = ServerHandshake::new(b"k", 8, PARAMS, Duration::from_secs(5), now, &mut rng);
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
         assert_eq!(
-            hs.handle_input(now, &mut buf, |_| Admission::Admit),
+            hs.handle_input(now, &mut buf, &[0; 32], |_| Admission::Admit),
             Err(HandshakeError::BadMagic)
         );
         assert!(hs.take_output().is_empty(), "no answer to garbage");

@@ -16,8 +16,8 @@ use super::retransmit::Retained;
 use super::{Event, Role, Session};
 use crate::error::{SessionError, TunnelError};
 use crate::handshake::{
-    AcceptedTunnel, ClientHandshake, ClientOffer, ClientProgress, HandshakeError, HelloStatus,
-    ServerAccepted,
+    AcceptedTunnel, ChannelBinding, ClientHandshake, ClientOffer, ClientProgress, HandshakeError,
+    HelloStatus, ServerAccepted,
 };
 use crate::path::PathEstimate;
 
@@ -156,8 +156,9 @@ impl Session {
         }
     }
 
-    /// Client: the driver connected slot `t`; the handshake starts.
-    pub fn tunnel_connected(&mut self, now: Instant, t: usize) {
+    /// Client: the driver connected slot `t` (and, unless plaintext, finished TLS on it, whose
+    /// exporter is `binding`); the handshake starts.
+    pub fn tunnel_connected(&mut self, now: Instant, t: usize, binding: &ChannelBinding) {
         if self.role != Role::Client || self.closed.is_some() {
             return;
         }
@@ -175,7 +176,7 @@ impl Session {
             return;
         }
         tun.reset_connection(now);
-        let hs = ClientHandshake::start(offer, now, &mut self.rng, &mut tun.handshake_out);
+        let hs = ClientHandshake::start(offer, binding, now, &mut self.rng, &mut tun.handshake_out);
         tun.state = TunnelState::Handshaking(hs);
     }
 

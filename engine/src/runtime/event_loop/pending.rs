@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::{Entry, EventLoop, Outbox, ReadState, hex, read_into};
 use crate::endpoint::{HandshakeKey, HandshakeOutcome};
-use crate::handshake::client_hello_session_id;
+use crate::handshake::{PLAINTEXT_BINDING, client_hello_session_id};
 use crate::runtime::io::Driver;
 use crate::runtime::rejection_log::{RejectReason, RejectionLine, RejectionLog};
 use crate::runtime::worker::{Handoff, home_worker};
@@ -63,7 +63,9 @@ impl<D: Driver> EventLoop<D> {
             }
             *routed = true;
         }
-        let step = self.endpoint.handshake_input(now, handshake, rx);
+        let step = self
+            .endpoint
+            .handshake_input(now, handshake, rx, &PLAINTEXT_BINDING);
         tx.push(step.output.freeze());
         let flushed = tx.flush(sock);
         match step.outcome {

@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use super::{Entry, EventLoop, Outbox, ReadState, Role, read_into};
 use crate::endpoint::SessionKey;
 use crate::error::SessionError;
+use crate::handshake::PLAINTEXT_BINDING;
 use crate::runtime::io::{Driver, IoStream};
 use crate::runtime::sockopt;
 
@@ -36,7 +37,9 @@ impl<D: Driver> EventLoop<D> {
             match sock.take_error() {
                 Ok(None) if sock.peer_addr().is_ok() => {
                     *connecting = false;
-                    self.endpoint[skey].session_mut().tunnel_connected(now, t);
+                    self.endpoint[skey]
+                        .session_mut()
+                        .tunnel_connected(now, t, &PLAINTEXT_BINDING);
                     self.touch(skey);
                 }
                 Ok(None) => return,
