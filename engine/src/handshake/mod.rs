@@ -26,6 +26,8 @@ mod client;
 mod messages;
 mod proof;
 mod server;
+#[cfg(test)]
+mod tests;
 
 pub use client::{ClientHandshake, ClientOffer, ClientProgress, ServerAccepted};
 pub use messages::{ClientHello, ServerHello, client_hello_session_id};
