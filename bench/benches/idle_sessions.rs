@@ -25,7 +25,7 @@ use mtcpd_engine::{Config, Session};
 
 const IDLE: [usize; 2] = [0, 1000];
 const MESSAGE: [u8; 64] = [0x42; 64];
-const PSK: &[u8] = b"idle sessions bench";
+const PSK: &[u8] = b"idle sessions bench, a key of 32+ bytes";
 
 fn engine_config(pool_size: u16) -> Config {
     Config {

@@ -7,6 +7,7 @@
 //! - `mtcpd --role server|client [-c FILE] [--cores N] [--io auto|uring|mio]`
 //! - `mtcpd server -c FILE` / `mtcpd client -c FILE` (the seed's form)
 //! - `mtcpd check -c FILE [--role server|client]`
+//! - `mtcpd genkey [--out FILE]`
 
 use std::path::PathBuf;
 
@@ -55,6 +56,12 @@ Configuration:
   validates a file and prints the resolved configuration. Errors name the file, the key
   (e.g. client.server_port) and what is wrong.
 
+Keys:
+  Both ends prove the same pre-shared key (psk or psk_file, 32 bytes at least). Make one with
+  `mtcpd genkey` (or `mtcpd genkey --out FILE` for psk_file). A server with [[server.forward]]
+  targets refuses to start without a key; a keyless server with only its default backend or a
+  keyless client runs, with a warning.
+
 Environment:
   RUST_LOG      log filter (default: info), e.g. RUST_LOG=debug or RUST_LOG=mtcpd=debug
                 (the seed's RUST_LOG=mtcp=debug works too: targets match by prefix)
@@ -70,7 +77,8 @@ Examples:
   mtcpd server -c config/config.server.toml
   mtcpd client -c config/config.client.toml
   mtcpd --role server --cores 8
-  mtcpd check -c config/mtcpd.example.toml --role client";
+  mtcpd check -c config/mtcpd.example.toml --role client
+  mtcpd genkey --out mtcpd.psk     (then psk_file = \"mtcpd.psk\" on both ends)";
 
 /// Command line of the mtcpd daemon.
 #[derive(Debug, Parser)]
@@ -101,6 +109,13 @@ pub enum Command {
     Client,
     /// Validate a config file, print the resolved configuration, exit 0 if valid, 1 if not.
     Check,
+    /// Make a new pre-shared key: 32 random bytes from the OS, printed as 64 hex characters
+    /// (use them as `psk = "…"` on both ends), or written to FILE (mode 0600) for `psk_file`.
+    Genkey {
+        /// Write the key to this new file (readable by its owner only) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Options accepted before or after the subcommand.
@@ -140,6 +155,8 @@ pub enum Action {
     Run(LoadRequest),
     /// Validate and print.
     Check(LoadRequest),
+    /// Make a key (to stdout, or to this file).
+    Genkey(Option<PathBuf>),
 }
 
 /// A command line that parses but does not make sense.
@@ -164,9 +181,10 @@ pub enum UsageError {
 impl Cli {
     /// Reconciles the subcommand with `--role` and builds the load request.
     pub fn action(&self) -> Result<Action, UsageError> {
-        let command_role = match self.command {
+        let command_role = match &self.command {
             Some(Command::Server) => Some(Role::Server),
             Some(Command::Client) => Some(Role::Client),
+            Some(Command::Genkey { out }) => return Ok(Action::Genkey(out.clone())),
             Some(Command::Check) | None => None,
         };
         let role = match (command_role, self.options.role) {
@@ -244,6 +262,15 @@ mod tests {
                 command: Role::Server,
                 role: Role::Client
             })
+        );
+    }
+
+    #[test]
+    fn genkey_takes_an_optional_output_file() {
+        assert_eq!(action_of(&["mtcpd", "genkey"]), Ok(Action::Genkey(None)));
+        assert_eq!(
+            action_of(&["mtcpd", "genkey", "--out", "k.psk"]),
+            Ok(Action::Genkey(Some(PathBuf::from("k.psk"))))
         );
     }
 

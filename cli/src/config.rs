@@ -147,6 +147,10 @@ mod tests {
         );
         assert_eq!(config.runtime.io, IoChoice::Auto);
         assert!(!config.has_psk());
+        assert!(
+            config.runtime.engine.allow_unauthenticated,
+            "a keyless server with only its default backend may run (with a warning)"
+        );
         let engine_defaults = RuntimeOptions::for_role(Role::Server);
         assert_eq!(config.runtime.settings(), engine_defaults.settings());
         assert_eq!(
@@ -216,10 +220,12 @@ mod tests {
     #[test]
     fn server_routes_allowed_targets_and_defaults_the_rest() {
         let config = load_text(
-            "[server]\n[[server.forward]]\ntarget = \"db.internal:5432\"\n",
+            "psk = \"a server key of 32 bytes or longer\"\n\
+             [server]\n[[server.forward]]\ntarget = \"db.internal:5432\"\n",
             None,
         )
         .unwrap();
+        assert!(!config.runtime.engine.allow_unauthenticated);
         let server = config.server().unwrap();
         let allowed = parse_target("db.internal:5432").unwrap();
         let refused = parse_target("10.9.9.9:22").unwrap();
@@ -227,6 +233,26 @@ mod tests {
         let backend = TargetAddr::Socket(defaults::SERVER_BACKEND);
         assert_eq!(server.target_for(Some(&refused)), backend);
         assert_eq!(server.target_for(None), backend);
+    }
+
+    #[test]
+    fn a_keyless_server_with_forward_targets_refuses_to_start() {
+        let error = load_text(
+            "[server]\nlisten_ip = \"0.0.0.0\"\n[[server.forward]]\ntarget = \"db.internal:5432\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("psk"), "{error}");
+        assert!(error.contains("needs a key"), "{error}");
+        assert!(error.contains("mtcpd genkey"), "{error}");
+        let short = load_text(
+            "psk = \"0123456789abcdef0123456789abcde\"\n[server]\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(short.contains("mtcpd genkey"), "{short}");
     }
 
     #[test]
@@ -442,10 +468,17 @@ mod tests {
 
     #[test]
     fn resolved_config_never_prints_the_psk() {
-        let config = load_text("psk = \"correct horse battery staple\"\n[server]\n", None).unwrap();
+        let config = load_text(
+            "psk = \"correct horse battery staple, again and again\"\n[server]\n",
+            None,
+        )
+        .unwrap();
         let printed = format!("{config}\n{config:?}");
         assert!(!printed.contains("horse"), "{printed}");
         assert!(printed.contains("redacted"));
-        assert_eq!(config.runtime.engine.psk, b"correct horse battery staple");
+        assert_eq!(
+            config.runtime.engine.psk,
+            b"correct horse battery staple, again and again"
+        );
     }
 }

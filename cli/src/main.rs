@@ -32,6 +32,7 @@ fn main() -> ExitCode {
     let outcome = match action {
         Action::Check(request) => check(&request),
         Action::Run(request) => run(&request),
+        Action::Genkey(out) => genkey(out.as_deref()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,6 +64,17 @@ fn check(request: &LoadRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `mtcpd genkey [--out FILE]`: a new key on stdout (instructions on stderr), or in FILE.
+fn genkey(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let key = mtcpd::genkey::new_key_text()?;
+    match out {
+        Some(path) => mtcpd::genkey::write_key_file(path, &key)?,
+        None => println!("{key}"),
+    }
+    eprintln!("{}", mtcpd::genkey::instructions(out));
+    Ok(())
+}
+
 /// `mtcpd server|client` / `mtcpd --role …`: load, then hand over to the runtime.
 fn run(request: &LoadRequest) -> anyhow::Result<()> {
     let config = load_config(request)?;
@@ -75,10 +87,32 @@ fn load_config(request: &LoadRequest) -> anyhow::Result<DaemonConfig> {
     if config.origin == ConfigOrigin::BuiltInDefaults {
         announce_defaults(config.role);
     }
-    if !config.has_psk() {
-        tracing::warn!("no psk or psk_file set: tunnels are not authenticated");
-    }
+    warn_if_keyless(&config);
     Ok(config)
+}
+
+/// A keyless daemon runs (the config allowed it), but says so: loudly for a server that anyone
+/// beyond this host can reach.
+fn warn_if_keyless(config: &DaemonConfig) {
+    if config.has_psk() {
+        return;
+    }
+    match config.server() {
+        Some(server) if !server.listen.ip().is_loopback() => tracing::warn!(
+            "NO KEY: this server accepts tunnels on {} from anyone who can reach it, and \
+             forwards their streams to {}. Make a key with `mtcpd genkey` and set psk or \
+             psk_file on both ends",
+            server.listen,
+            server.default_backend
+        ),
+        Some(_) => tracing::warn!(
+            "no psk or psk_file set: tunnels are not authenticated (make a key with `mtcpd genkey`)"
+        ),
+        None => tracing::warn!(
+            "no psk or psk_file set: this client cannot tell its server from an impostor, and \
+             a server with a key will refuse it (make a key with `mtcpd genkey`)"
+        ),
+    }
 }
 
 fn announce_defaults(role: Role) {

@@ -174,6 +174,16 @@ fn daemon_commands_validate_the_config_then_start_the_runtime() {
         "mio",
     ]);
     let role_form = daemon(&["--role", "client", "--cores", "1"]);
+    // The seed's configs have no key: they still start, with a warning (a loud one for a
+    // server listening beyond loopback).
+    let seed_stderr = text(&seed_form.stderr);
+    assert!(seed_stderr.contains("NO KEY"), "{seed_stderr}");
+    assert!(seed_stderr.contains("mtcpd genkey"), "{seed_stderr}");
+    let client_stderr = text(&role_form.stderr);
+    assert!(
+        client_stderr.contains("no psk or psk_file set"),
+        "{client_stderr}"
+    );
     for output in [seed_form, role_form] {
         assert_eq!(output.status.code(), Some(1));
         let stderr = text(&output.stderr);

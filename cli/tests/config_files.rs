@@ -78,7 +78,7 @@ fn pool_size_mismatch_with_the_server_is_fine() {
 fn rich_server_resolves_every_key() {
     let config = load_file(fixture("good_rich_server.toml"), None).unwrap();
     let runtime = &config.runtime;
-    assert_eq!(runtime.engine.psk, b"this-is-a-test-psk-0123456789");
+    assert_eq!(runtime.engine.psk, b"this-is-a-test-psk-0123456789abcdef");
     assert_eq!(runtime.workers, 2);
     assert_eq!(runtime.io, IoChoice::Mio);
     assert_eq!(runtime.tunnel_sockets.congestion.as_deref(), Some("cubic"));

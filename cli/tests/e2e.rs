@@ -98,7 +98,7 @@ struct Pair {
     _ports: [PortLease; 2],
 }
 
-const KEY: &str = "e2e-test-key-0123456789abcdef";
+const KEY: &str = "e2e-test-key-0123456789abcdef-0123456789";
 
 fn server_config(tunnel_port: u16, backend: SocketAddr) -> String {
     format!(
@@ -463,12 +463,12 @@ driver_tests! {
         let tunnel_addr = SocketAddr::from(([127, 0, 0, 1], tunnel_port));
         wait_listening(tunnel_addr, "server", &server);
         let wrong = client_config(app_port, tunnel_port, 4)
-            .replace(KEY, "not-the-servers-key-0123456789");
+            .replace(KEY, "not-the-servers-key-0123456789-abcdefghij");
         // At debug level, to see the attempts the client does not report above it.
         let args = ["--io", io.name()];
         let client = Daemon::start_with(&dir, "client", "client", &wrong, &args, "debug");
         let started = Instant::now();
-        let refused = format!("server {tunnel_addr} failed to prove the key");
+        let refused = format!("server {tunnel_addr} rejected our key");
         // Right after the second refusal the next attempt is at least 1 s away: an application
         // connecting now is closed at once, not held until then.
         while refusals(&client.log(), " DEBUG ", &refused) == 0 {

@@ -6,7 +6,7 @@ use mtcpd_engine::runtime::{Client, RuntimeOptions, Server};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = RuntimeOptions::default();
-    opts.engine.psk = b"an example key, not a secret".to_vec();
+    opts.engine.psk = b"an example key, not a secret: make yours with `mtcpd genkey`".to_vec();
     opts.engine.pool_size = 4;
 
     // A server that hands every stream to this program, and a client with 4 tunnels to it.

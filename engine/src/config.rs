@@ -62,9 +62,11 @@ pub mod range {
     pub const REDIAL_BACKOFF_MAX: RangeInclusive<Duration> = Duration::from_millis(10)..=ONE_DAY;
     /// [`Config::refused_backoff_max`].
     pub const REFUSED_BACKOFF_MAX: RangeInclusive<Duration> = Duration::from_secs(1)..=ONE_DAY;
-    /// Length of a configured pre-shared key, in bytes ([`super::check_psk`]). The engine
-    /// itself takes any key up to the maximum (tests use short ones; empty means none).
-    pub const PSK_LEN: RangeInclusive<usize> = 16..=1024;
+    /// Length of a configured pre-shared key, in bytes ([`super::check_psk`]): 32 random
+    /// bytes (`mtcpd genkey`) at least. The sans-IO engine itself takes any key up to the
+    /// maximum (its tests use short ones; empty means none); a runtime checks this range at
+    /// start ([`Config::check_key`]).
+    pub const PSK_LEN: RangeInclusive<usize> = 32..=1024;
 }
 
 /// Limits and timers of a session. Both ends may differ; what matters to the peer is announced
@@ -72,7 +74,8 @@ pub mod range {
 #[derive(Clone)]
 pub struct Config {
     /// Pre-shared key both ends prove knowledge of. Empty means "no key" (still challenge–
-    /// response, but anyone can compute it): the daemon warns about it.
+    /// response, but anyone can compute it): a runtime refuses to start on it unless
+    /// [`Config::allow_unauthenticated`] is set.
     pub psk: Vec<u8>,
     /// Client: tunnels to open. Server: the most tunnels it lets one session have.
     pub pool_size: u16,
@@ -114,6 +117,12 @@ pub struct Config {
     /// leave with no handshake across the WAN (0-RTT). When false, the pool is dialed when the
     /// first stream opens.
     pub zero_rtt: bool,
+    /// Lets a runtime start without a key (empty [`Config::psk`]): anyone who can reach the
+    /// server then passes the handshake. Off by default, so that forgetting the key is an error
+    /// ([`Config::check_key`]) and never a silently open tunnel. Not a config-file key: the
+    /// daemon sets it itself for the cases it allows (a server with only its default backend,
+    /// a client), with a warning.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for Config {
@@ -143,6 +152,7 @@ impl Default for Config {
             scheduler: SchedulerKind::EarliestDelivery,
             copy_threshold: 256,
             zero_rtt: true,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -199,6 +209,8 @@ impl Config {
             scheduler,
             copy_threshold,
             zero_rtt,
+            // A decision of the embedding program, not a setting: never printed.
+            allow_unauthenticated: _,
         } = self;
         vec![
             Setting::unbounded("psk", SettingValue::Secret { len: psk.len() }),
@@ -314,6 +326,23 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the key a runtime is about to run on: [`range::PSK_LEN`] bytes, or none with
+    /// [`Config::allow_unauthenticated`] set.
+    pub fn check_key(&self) -> Result<(), ConfigError> {
+        if self.psk.is_empty() {
+            if self.allow_unauthenticated {
+                return Ok(());
+            }
+            return Err(bad(
+                "psk",
+                "no pre-shared key: anyone who reaches the server could use the tunnel. Make \
+                 one with `mtcpd genkey` and give it to both ends (psk or psk_file), or opt in \
+                 to running without one (Config::allow_unauthenticated)",
+            ));
+        }
+        check_psk(&self.psk)
+    }
+
     /// What this end announces in its hello.
     pub fn transport_params(&self) -> TransportParams {
         TransportParams {
@@ -348,7 +377,8 @@ pub fn check_psk(psk: &[u8]) -> Result<(), ConfigError> {
         Err(bad(
             "psk",
             format!(
-                "the pre-shared key must be {} to {} bytes long, got {} bytes",
+                "the pre-shared key must be {} to {} bytes long, got {} bytes; make a random \
+                 one with `mtcpd genkey`",
                 range::PSK_LEN.start(),
                 range::PSK_LEN.end(),
                 psk.len()
@@ -464,9 +494,35 @@ mod tests {
             !shown.contains("horse") && shown.contains("redacted"),
             "{shown}"
         );
-        check_psk(&c.psk).unwrap();
-        assert_eq!(check_psk(b"short").unwrap_err().key, "psk");
+        assert_eq!(check_psk(&c.psk).unwrap_err().key, "psk", "28 bytes");
+        check_psk(&[7; 32]).unwrap();
+        let short = check_psk(&[7; 31]).unwrap_err();
+        assert!(short.problem.contains("mtcpd genkey"), "{short}");
         assert_eq!(check_psk(&[7; 1025]).unwrap_err().key, "psk");
+    }
+
+    #[test]
+    fn running_without_a_key_needs_an_explicit_opt_in() {
+        let keyless = Config::default();
+        let error = keyless.check_key().unwrap_err();
+        assert_eq!(error.key, "psk");
+        assert!(error.problem.contains("mtcpd genkey"), "{error}");
+        let opted_in = Config {
+            allow_unauthenticated: true,
+            ..Config::default()
+        };
+        opted_in.check_key().unwrap();
+        let short = Config {
+            psk: b"short".to_vec(),
+            allow_unauthenticated: true,
+            ..Config::default()
+        };
+        assert_eq!(short.check_key().unwrap_err().key, "psk");
+        let keyed = Config {
+            psk: vec![1; 32],
+            ..Config::default()
+        };
+        keyed.check_key().unwrap();
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn opts(io: Driver) -> RuntimeOptions {
         drain_timeout: Duration::from_secs(2),
         ..RuntimeOptions::default()
     };
-    o.engine.psk = b"runtime-api-test-key".to_vec();
+    o.engine.psk = b"runtime-api-test-key, 32 bytes at least".to_vec();
     o.engine.pool_size = 4;
     o.engine.redial_backoff_min = Duration::from_millis(20);
     o.engine.redial_backoff_max = Duration::from_millis(200);

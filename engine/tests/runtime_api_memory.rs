@@ -51,7 +51,7 @@ fn opts(io: Driver) -> RuntimeOptions {
         drain_timeout: Duration::from_secs(2),
         ..RuntimeOptions::default()
     };
-    o.engine.psk = b"runtime-api-memory-test".to_vec();
+    o.engine.psk = b"runtime-api-memory-test, 32 bytes or more".to_vec();
     o.engine.pool_size = 4;
     o.tunnel_sockets.congestion = None;
     o

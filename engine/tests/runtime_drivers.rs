@@ -21,7 +21,7 @@ fn opts(io: IoChoice) -> RuntimeOptions {
         drain_timeout: Duration::from_secs(2),
         ..RuntimeOptions::default()
     };
-    o.engine.psk = b"runtime-driver-test-key".to_vec();
+    o.engine.psk = b"runtime-driver-test-key, at least 32 bytes".to_vec();
     o.engine.pool_size = 4;
     o.tunnel_sockets.congestion = None;
     o

@@ -39,7 +39,7 @@ fn opts(io: IoChoice, zero_rtt: bool) -> RuntimeOptions {
         drain_timeout: Duration::from_secs(2),
         ..RuntimeOptions::default()
     };
-    o.engine.psk = b"zero-rtt-runtime-test-key".to_vec();
+    o.engine.psk = b"zero-rtt-runtime-test-key, 32 bytes or more".to_vec();
     o.engine.pool_size = 3;
     o.engine.zero_rtt = zero_rtt;
     o.tunnel_sockets.congestion = None;

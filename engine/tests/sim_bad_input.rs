@@ -11,7 +11,7 @@ use bytes::{BufMut, BytesMut};
 use mtcpd_engine::Config;
 use mtcpd_engine::error::{SessionError, TunnelError};
 use mtcpd_engine::handshake::{
-    Admission, ClientHello, HandshakeError, ServerHandshake, ServerHello, ServerProgress,
+    Admission, ClientHello, HandshakeError, HelloStatus, ServerHandshake, ServerHello,
 };
 use mtcpd_engine::session::{Event, Session};
 use mtcpd_engine::sim::{LinkSpec, Side, SimPair};
@@ -49,29 +49,31 @@ fn wrong_key_fails_the_handshake_on_both_ends_with_a_clear_error() {
     );
     let closed = pair.run(Duration::from_secs(30), |p| p.client.is_closed());
     assert!(closed, "the client gave up");
+    let rejected = HandshakeError::Refused(HelloStatus::AuthFailed);
     assert_eq!(
         pair.client.close_reason(),
-        Some(&SessionError::Handshake(HandshakeError::WrongKey))
+        Some(&SessionError::Handshake(rejected.clone()))
     );
     assert!(pair.log.iter().any(|(s, e)| *s == Side::Client
         && matches!(
             e,
             Event::TunnelDown {
-                reason: TunnelError::Handshake(HandshakeError::WrongKey),
+                reason: TunnelError::Handshake(r),
                 ..
-            }
+            } if *r == rejected
         )));
     assert!(
         pair.server().is_none(),
         "no session was created at the server"
     );
 
-    // A client that skips the check and sends a proof anyway is refused by the server.
+    // The server refused the hello with an unsigned AuthFailed: it computed nothing with its
+    // key for a peer that proved nothing.
     let now = Instant::now();
     let mut hs = server_handshake(now);
     let mut buf = BytesMut::new();
     let client_cfg = keyed(b"client key");
-    ClientHello {
+    let mut hello = ClientHello {
         version: PROTOCOL_VERSION,
         flags: 0,
         session_id: [7; 16],
@@ -80,29 +82,21 @@ fn wrong_key_fails_the_handshake_on_both_ends_with_a_clear_error() {
         capabilities: 0,
         nonce: [3; 16],
         params: client_cfg.transport_params(),
-    }
-    .encode(&mut buf);
-    assert_eq!(
-        hs.handle_input(now, &mut buf, &[0; 32], |_| Admission::Admit),
-        Ok(ServerProgress::Pending)
-    );
-    let mut out = hs.take_output();
-    let hello = ServerHello::decode(&mut out).unwrap().unwrap();
-    let bogus = mtcpd_engine::handshake::proof(
-        b"client key",
-        mtcpd_engine::handshake::ProofLabel::Client,
-        &[0; 32],
-        &[7; 16],
-        0,
-        &[3; 16],
-        &hello.nonce,
-        mtcpd_engine::handshake::HelloStatus::Ok,
-    );
-    mtcpd_engine::handshake::encode_client_auth(&bogus, &mut buf);
+        masked_secret: [1; 32],
+        proof: [0; 32],
+    };
+    hello.sign(b"client key", &[0; 32]);
+    hello.encode(&mut buf);
     assert_eq!(
         hs.handle_input(now, &mut buf, &[0; 32], |_| Admission::Admit),
         Err(HandshakeError::WrongKey)
     );
+    let mut out = hs.take_output();
+    let answer = ServerHello::decode(&mut out).unwrap().unwrap();
+    assert_eq!(answer.status, HelloStatus::AuthFailed);
+    assert_eq!(answer.proof, [0; 32]);
+    assert_eq!(answer.nonce, [0; 16]);
+    assert!(out.is_empty());
 }
 
 #[test]

@@ -60,7 +60,7 @@ fn a_wrong_key_backs_off_and_is_reported_once() {
         dials(&pair)
     );
     for (i, refused) in pair.refusals.iter().enumerate() {
-        assert_eq!(refused.refusal, Refusal::KeyNotProved);
+        assert_eq!(refused.refusal, Refusal::KeyRejected);
         assert_eq!(refused.in_a_row as usize, i + 1);
         let expected = if i == 0 {
             RefusalReport::First

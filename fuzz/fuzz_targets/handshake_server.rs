@@ -3,27 +3,32 @@
 //! once the tunnel is attached the rest goes to its session's `handle_input`.
 //!
 //! Modes (bits of the first byte):
-//! - bit 0, valid prefix: a well-formed ClientHello built from fuzzed fields comes first, so the
-//!   fuzzer reaches past the magic without having to find it;
-//! - bit 1, with bit 0: an `Ok` ServerHello is answered with the correct ClientAuth, so the
-//!   accepted path (create-or-attach) and the session's frame input after it are reached;
-//! - bit 2: a session (id `EXISTING`) was created by a valid tunnel 0 beforehand, so a hello can
-//!   join it, resume it or collide with it;
-//! - bit 3: a companion connection of the same session sent its ClientHello before the fuzzed one
-//!   (two handshakes sharing one budget place), and is finished or dropped afterwards.
+//! - bit 0, valid prefix: a well-formed ClientHello (protocol version 2) built from fuzzed
+//!   fields comes first, so the fuzzer reaches past the magic without having to find it;
+//! - bit 1, with bit 0: the hello is signed with the server's key (else with another key, so
+//!   the unsigned AuthFailed path is taken), and its session secret masked with it; the accepted
+//!   path (create-or-attach) and the session's frame input after it are reached;
+//! - bit 2: a session (id `EXISTING`, secret `EXISTING_SECRET`) was created by a valid tunnel 0
+//!   beforehand, so a hello can join it, resume it, or name it with the wrong secret;
+//! - bit 3: a companion connection of the same session sent half of its ClientHello before the
+//!   fuzzed one, and sends the rest or is dropped afterwards.
 //!
-//! Checks: no panic; every output is empty or exactly one ServerHello per connection, signed for
-//! the ClientHello it answers, with the negotiated pool size; a refusal's status is the error's;
-//! an attached tunnel's session is found by its id, the tunnel is active and `created` is true
-//! exactly when the session did not exist; a finished handshake is gone from the endpoint; and
-//! with no handshake in progress the session budget holds exactly one place per session, and
-//! none once every session is removed.
+//! Checks: no panic; every output is empty or exactly one ServerHello per connection: an
+//! unsigned refusal (zero proof, zero limits) exactly when the hello's version is foreign or its
+//! proof does not verify with the key, else signed over the whole ClientHello and the
+//! ServerHello, with the negotiated pool size; a refusal's status is the error's; a tunnel that
+//! names an existing session with another secret is refused `SessionSecretMismatch` and
+//! replaces nothing; an attached tunnel's session is found by its id, holds the unmasked secret,
+//! the tunnel is active and `created` is true exactly when the session did not exist; a
+//! finished handshake is gone from the endpoint; and with no handshake in progress the session
+//! budget holds exactly one place per session, and none once every session is removed.
 //!
 //! Input layout: `[mode][chunk seed][shape][hello fields: 12][client nonce: 16][bytes...]`
 //! (hello fields and nonce only in valid-prefix mode). `shape`: bits 0-1 the budget (0-3
 //! sessions), bits 2-4 the server's pool size (1-8), bit 5 the companion finishes its handshake
 //! (else it is abandoned), bit 6 what is still pending ends by the handshake deadline (else by
-//! abandonment), bit 7 the companion's tunnel index.
+//! abandonment), bit 7 the companion's tunnel index. Hello field 4: bit 7 names `EXISTING`
+//! (bit 6 then gives it the wrong secret).
 #![no_main]
 
 use std::sync::Arc;
@@ -34,14 +39,17 @@ use libfuzzer_sys::fuzz_target;
 use mtcpd_engine::Config;
 use mtcpd_engine::endpoint::{Endpoint, HandshakeKey, HandshakeOutcome, SessionBudget};
 use mtcpd_engine::handshake::{
-    ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN, PLAINTEXT_BINDING,
-    PROOF_LEN, ProofLabel, ServerHello, SessionId, encode_client_auth, proof, verify_proof,
+    CLIENT_HELLO_LEN, ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN,
+    PLAINTEXT_BINDING, PROOF_LEN, ProofLabel, SERVER_HELLO_LEN, ServerHello, SessionId,
+    SessionSecret, mask_session_secret, transcript_hash, verify_proof,
 };
 use mtcpd_engine::wire::PROTOCOL_VERSION;
 
 const KEY: &[u8] = b"fuzz key";
-/// The session that exists before the fuzzed connection (mode bit 2).
+const OTHER_KEY: &[u8] = b"not the fuzz key";
+/// The session that exists before the fuzzed connection (mode bit 2), and its secret.
 const EXISTING: SessionId = [0xe5; 16];
+const EXISTING_SECRET: SessionSecret = [0x5e; 32];
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One tunnel connection to the endpoint, from the client's side of the socket.
@@ -77,19 +85,16 @@ impl Conn {
         self.read(ep, now)
     }
 
-    /// Sends `bytes` ahead of those the endpoint has not read yet, and lets it read.
-    fn send_first(&mut self, ep: &mut Endpoint, now: Instant, bytes: &[u8]) -> HandshakeOutcome {
-        self.sent.extend_from_slice(bytes);
-        let mut unread = BytesMut::from(bytes);
-        unread.extend_from_slice(&self.unread);
-        self.unread = unread;
-        self.read(ep, now)
-    }
-
     /// The endpoint reads what it has of this connection; checks what comes back.
     fn read(&mut self, ep: &mut Endpoint, now: Instant) -> HandshakeOutcome {
         let in_progress = ep.handshakes_in_progress();
         let existed = self.hello().and_then(|h| ep.find(&h.session_id));
+        let active_before: Vec<bool> = existed.map_or_else(Vec::new, |k| {
+            let s = ep[k].session();
+            (0..s.tunnel_count())
+                .map(|t| s.tunnel_is_active(t))
+                .collect()
+        });
         let step = ep.handshake_input(now, self.key, &mut self.unread, &PLAINTEXT_BINDING);
         self.check_answer(step.output, ep.config().pool_size);
         match &step.outcome {
@@ -113,6 +118,14 @@ impl Conn {
                 assert_eq!(tunnel.tunnel_index, hello.tunnel_index);
                 assert_eq!(tunnel.pool_size, answer.pool_size);
                 assert_eq!(tunnel.resume, hello.flags & HELLO_FLAG_RESUME != 0);
+                let secret = mask_session_secret(
+                    KEY,
+                    &PLAINTEXT_BINDING,
+                    &hello.nonce,
+                    &hello.masked_secret,
+                );
+                assert_eq!(tunnel.session_secret, secret);
+                assert!(ep[*session].session().secret_matches(&secret));
                 assert_eq!(
                     *created,
                     existed.is_none(),
@@ -129,12 +142,31 @@ impl Conn {
             HandshakeOutcome::Failed(e) => {
                 self.finished = true;
                 assert_eq!(ep.handshakes_in_progress(), in_progress - 1);
+                if let Some(k) = existed {
+                    // A refused tunnel replaced none of the session's.
+                    let s = ep[k].session();
+                    for (t, was) in active_before.iter().enumerate() {
+                        assert_eq!(s.tunnel_is_active(t), *was, "tunnel {t}");
+                    }
+                }
+                if *e == HandshakeError::Refused(HelloStatus::SessionSecretMismatch) {
+                    let hello = self.hello().expect("a hello was refused");
+                    let secret = mask_session_secret(
+                        KEY,
+                        &PLAINTEXT_BINDING,
+                        &hello.nonce,
+                        &hello.masked_secret,
+                    );
+                    let k = existed.expect("only an existing session's secret can mismatch");
+                    assert!(!ep[k].session().secret_matches(&secret));
+                }
                 if let Some(answer) = &self.server_hello {
                     match answer.status {
                         HelloStatus::Ok => {}
                         HelloStatus::UnsupportedVersion => {
                             assert!(matches!(e, HandshakeError::UnsupportedVersion { .. }));
                         }
+                        HelloStatus::AuthFailed => assert_eq!(*e, HandshakeError::WrongKey),
                         refused => assert_eq!(*e, HandshakeError::Refused(refused)),
                     }
                 }
@@ -159,11 +191,19 @@ impl Conn {
         ClientHello::decode(&mut self.sent.clone()).ok().flatten()
     }
 
+    /// The bytes of the ClientHello at the front of what was sent, if it is one.
+    fn hello_bytes(&self) -> Option<BytesMut> {
+        ClientHello::decode_with_bytes(&mut self.sent.clone())
+            .ok()
+            .flatten()
+            .map(|(_, raw)| raw)
+    }
+
     fn check_answer(&mut self, mut output: BytesMut, pool_cap: u16) {
         if output.is_empty() {
             return;
         }
-        let answer = ServerHello::decode(&mut output)
+        let (answer, answer_bytes) = ServerHello::decode_with_bytes(&mut output)
             .expect("server output parses")
             .expect("server output is a whole ServerHello");
         assert!(output.is_empty(), "nothing but a ServerHello");
@@ -172,106 +212,149 @@ impl Conn {
             "one ServerHello per connection"
         );
         assert_eq!(answer.version, PROTOCOL_VERSION);
-        if answer.status == HelloStatus::UnsupportedVersion {
-            // A foreign version's hello cannot be signed.
-            assert_eq!(answer.proof, [0; PROOF_LEN]);
-            assert!(matches!(
-                ClientHello::decode(&mut self.sent.clone()),
-                Err(HandshakeError::UnsupportedVersion { .. })
-            ));
-        } else {
-            let hello = self.hello().expect("a ServerHello answers a ClientHello");
-            assert!(
-                verify_proof(
-                    KEY,
-                    ProofLabel::Server,
-                    &PLAINTEXT_BINDING,
-                    &hello.session_id,
-                    hello.tunnel_index,
-                    &hello.nonce,
-                    &answer.nonce,
-                    answer.status,
-                    &answer.proof,
-                ),
-                "the server signs every answer, refusals too"
-            );
-            assert_eq!(answer.pool_size, hello.pool_size.clamp(1, pool_cap.max(1)));
-            if answer.status == HelloStatus::Ok {
-                assert!(hello.tunnel_index < answer.pool_size);
+        let proved = self.hello_bytes().is_some_and(|raw| {
+            let covered = [transcript_hash(&raw[..CLIENT_HELLO_LEN - PROOF_LEN])];
+            let hello = self.hello().expect("decoded above");
+            verify_proof(
+                KEY,
+                ProofLabel::Client,
+                &PLAINTEXT_BINDING,
+                &covered,
+                &hello.proof,
+            )
+        });
+        match answer.status {
+            HelloStatus::UnsupportedVersion | HelloStatus::AuthFailed => {
+                // Decided before the client proved the key: nothing signed, nothing told.
+                assert_eq!(answer.proof, [0; PROOF_LEN]);
+                assert_eq!(answer.params.max_frame_body, 0);
+                assert_eq!(answer.pool_size, 0);
+                if answer.status == HelloStatus::UnsupportedVersion {
+                    assert!(matches!(
+                        ClientHello::decode(&mut self.sent.clone()),
+                        Err(HandshakeError::UnsupportedVersion { .. })
+                    ));
+                } else {
+                    assert!(!proved, "a proved hello is never refused AuthFailed");
+                }
+            }
+            _ => {
+                assert!(proved, "only a proved hello gets a signed answer");
+                let hello = self.hello().expect("a ServerHello answers a ClientHello");
+                let raw = self.hello_bytes().expect("decoded above");
+                let covered = [
+                    transcript_hash(&raw),
+                    transcript_hash(&answer_bytes[..SERVER_HELLO_LEN - PROOF_LEN]),
+                ];
+                assert!(
+                    verify_proof(
+                        KEY,
+                        ProofLabel::Server,
+                        &PLAINTEXT_BINDING,
+                        &covered,
+                        &answer.proof,
+                    ),
+                    "the server signs every answer to a proved hello, refusals too"
+                );
+                assert_eq!(answer.pool_size, hello.pool_size.clamp(1, pool_cap.max(1)));
+                if answer.status == HelloStatus::Ok {
+                    assert!(hello.tunnel_index < answer.pool_size);
+                }
             }
         }
         self.server_hello = Some(answer);
     }
+}
 
-    /// The ClientAuth a client with the key sends after an `Ok` ServerHello.
-    fn client_auth(&self) -> Option<BytesMut> {
-        let hello = self.hello()?;
-        let answer = self.server_hello.as_ref()?;
-        if answer.status != HelloStatus::Ok {
-            return None;
-        }
-        let p = proof(
-            KEY,
-            ProofLabel::Client,
-            &PLAINTEXT_BINDING,
-            &hello.session_id,
-            hello.tunnel_index,
-            &hello.nonce,
-            &answer.nonce,
-            HelloStatus::Ok,
-        );
-        let mut auth = BytesMut::new();
-        encode_client_auth(&p, &mut auth);
-        Some(auth)
+/// A ClientHello signed with `key`, for session `session_id` with `secret`.
+#[allow(clippy::too_many_arguments)]
+fn signed_hello(
+    key: &[u8],
+    version: u8,
+    flags: u16,
+    (session_id, secret): (SessionId, SessionSecret),
+    tunnel_index: u16,
+    pool_size: u16,
+    capabilities: u32,
+    nonce: [u8; NONCE_LEN],
+    params: mtcpd_engine::handshake::TransportParams,
+) -> BytesMut {
+    let mut hello = ClientHello {
+        version,
+        flags,
+        session_id,
+        tunnel_index,
+        pool_size,
+        capabilities,
+        nonce,
+        params,
+        masked_secret: mask_session_secret(key, &PLAINTEXT_BINDING, &nonce, &secret),
+        proof: [0; PROOF_LEN],
+    };
+    hello.sign(key, &PLAINTEXT_BINDING);
+    let mut out = BytesMut::new();
+    hello.encode(&mut out);
+    out
+}
+
+/// The secret a real client of session `id` holds.
+fn secret_of(id: SessionId) -> SessionSecret {
+    if id == EXISTING {
+        EXISTING_SECRET
+    } else {
+        [id[0] ^ 0x33; 32]
     }
 }
 
 /// A ClientHello as a real client sends it.
 fn client_hello(ep: &Endpoint, session_id: SessionId, tunnel_index: u16, nonce: u8) -> BytesMut {
     let config = ep.config();
-    let mut out = BytesMut::new();
-    ClientHello {
-        version: PROTOCOL_VERSION,
-        flags: if ep.find(&session_id).is_some() {
-            HELLO_FLAG_RESUME
-        } else {
-            0
-        },
-        session_id,
+    let flags = if ep.find(&session_id).is_some() {
+        HELLO_FLAG_RESUME
+    } else {
+        0
+    };
+    signed_hello(
+        KEY,
+        PROTOCOL_VERSION,
+        flags,
+        (session_id, secret_of(session_id)),
         tunnel_index,
-        pool_size: config.pool_size,
-        capabilities: 0,
-        nonce: [nonce; NONCE_LEN],
-        params: config.transport_params(),
-    }
-    .encode(&mut out);
-    out
+        config.pool_size,
+        0,
+        [nonce; NONCE_LEN],
+        config.transport_params(),
+    )
 }
 
-/// A ClientHello from fuzzed fields: mostly sane, with every field free to be wrong.
-fn fuzzed_hello(data: &mut &[u8], defaults: &Config) -> BytesMut {
+/// A ClientHello from fuzzed fields: mostly sane, with every field free to be wrong; signed
+/// with the server's key when `proved`.
+fn fuzzed_hello(data: &mut &[u8], defaults: &Config, proved: bool) -> BytesMut {
     let f: [u8; 12] = take(data);
     let nonce: [u8; NONCE_LEN] = take(data);
     let mut params = defaults.transport_params();
     params.max_frame_body = u32::from(f[10]) << 12;
     params.stream_window = u64::from(f[11]) << 16;
-    let mut out = BytesMut::new();
-    ClientHello {
-        version: if f[0] == 0xff { f[1] } else { PROTOCOL_VERSION },
-        flags: u16::from_be_bytes([f[2], f[3]]),
-        session_id: if f[4] & 0x80 != 0 {
-            EXISTING
-        } else {
-            [f[4]; 16]
-        },
-        tunnel_index: u16::from_be_bytes([f[5], f[6]]) % 16,
-        pool_size: u16::from_be_bytes([f[7], f[8]]),
-        capabilities: u32::from(f[9]),
+    let session_id = if f[4] & 0x80 != 0 {
+        EXISTING
+    } else {
+        [f[4]; 16]
+    };
+    let mut secret = secret_of(session_id);
+    if f[4] & 0x40 != 0 {
+        secret[0] ^= 1;
+    }
+    signed_hello(
+        if proved { KEY } else { OTHER_KEY },
+        if f[0] == 0xff { f[1] } else { PROTOCOL_VERSION },
+        u16::from_be_bytes([f[2], f[3]]),
+        (session_id, secret),
+        u16::from_be_bytes([f[5], f[6]]) % 16,
+        u16::from_be_bytes([f[7], f[8]]),
+        u32::from(f[9]),
         nonce,
         params,
-    }
-    .encode(&mut out);
-    out
+    )
 }
 
 /// Splits `bytes` into pieces whose lengths follow a tiny xorshift seeded by `seed` (0: whole).
@@ -307,11 +390,7 @@ fn take<const N: usize>(data: &mut &[u8]) -> [u8; N] {
 fn establish(ep: &mut Endpoint, now: Instant, id: SessionId, tunnel: u16) -> HandshakeOutcome {
     let mut conn = Conn::accept(ep, now);
     let hello = client_hello(ep, id, tunnel, 0x11);
-    let outcome = conn.send(ep, now, &hello);
-    let Some(auth) = conn.client_auth() else {
-        return outcome;
-    };
-    conn.send(ep, now, &auth)
+    conn.send(ep, now, &hello)
 }
 
 /// Feeds bytes that arrive after the handshake to the tunnel's session, and lets it answer.
@@ -362,7 +441,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let prefix = if mode & 1 != 0 {
-        fuzzed_hello(&mut rest, &config)
+        fuzzed_hello(&mut rest, &config, mode & 2 != 0)
     } else {
         BytesMut::new()
     };
@@ -373,15 +452,15 @@ fuzz_target!(|data: &[u8]| {
 
     let mut companion = (mode & 8 != 0).then(|| {
         let mut c = Conn::accept(&mut ep, now);
-        let hello = client_hello(&ep, fuzzed_id, u16::from(shape >> 7), 0x22);
+        let mut hello = client_hello(&ep, fuzzed_id, u16::from(shape >> 7), 0x22);
+        let rest = hello.split_off(hello.len() / 2);
         c.send(&mut ep, now, &hello);
-        c
+        (c, rest)
     });
 
     let mut conn = Conn::accept(&mut ep, now);
     let mut attached: Option<(usize, usize)> = None;
     let mut after = BytesMut::new();
-    let mut auth_sent = false;
     let pieces = std::iter::once(&prefix[..]).chain(chunks(rest, seed));
     for piece in pieces {
         if let Some(at) = attached {
@@ -392,19 +471,9 @@ fuzz_target!(|data: &[u8]| {
         if conn.finished {
             break;
         }
-        let mut outcome = conn.send(&mut ep, now, piece);
-        if mode & 2 != 0
-            && !auth_sent
-            && matches!(outcome, HandshakeOutcome::Pending)
-            && let Some(auth) = conn.client_auth()
-        {
-            // The client proves the key; the fuzzed bytes follow its proof.
-            auth_sent = true;
-            outcome = conn.send_first(&mut ep, now, &auth);
-        }
         if let HandshakeOutcome::Attached {
             session, tunnel, ..
-        } = outcome
+        } = conn.send(&mut ep, now, piece)
         {
             let at = (session, usize::from(tunnel.tunnel_index));
             attached = Some(at);
@@ -413,12 +482,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if let Some(c) = &mut companion
+    if let Some((c, rest)) = &mut companion
         && !c.finished
         && shape & 0x20 != 0
-        && let Some(auth) = c.client_auth()
     {
-        c.send(&mut ep, now, &auth);
+        c.send(&mut ep, now, rest);
     }
 
     let in_progress = ep.handshakes_in_progress();
@@ -435,7 +503,7 @@ fuzz_target!(|data: &[u8]| {
         let expired = ep.handshake_timeout(now + HANDSHAKE_TIMEOUT);
         assert_eq!(expired.len(), in_progress);
     } else {
-        for c in std::iter::once(&conn).chain(companion.as_ref()) {
+        for c in std::iter::once(&conn).chain(companion.as_ref().map(|(c, _)| c)) {
             if !c.finished {
                 ep.abandon_handshake(c.key);
             }

@@ -85,6 +85,7 @@ pub fn resolve(
         check_psk(&psk).map_err(|error| checker.invalid(key, error.problem))?;
         runtime.engine.psk = psk;
     }
+    checker.keyless_policy(&endpoint, &mut runtime)?;
     checker.runtime_keys(&raw, overrides, &mut runtime)?;
     runtime
         .validate()
@@ -370,6 +371,36 @@ impl Checker {
             ));
         }
         Ok(Some(name.to_owned()))
+    }
+
+    /// Without a key, a server may only forward to its default backend (a port forward, as the
+    /// seed's config does); one that would relay to any `[[server.forward]]` target refuses to
+    /// start. A keyless client, or such a server, runs with the engine's explicit opt-in (the
+    /// daemon warns at start).
+    fn keyless_policy(
+        &self,
+        endpoint: &Endpoint,
+        runtime: &mut RuntimeOptions,
+    ) -> Result<(), ConfigFileError> {
+        if !runtime.engine.psk.is_empty() {
+            return Ok(());
+        }
+        if let Endpoint::Server(server) = endpoint
+            && !server.allowed_targets.is_empty()
+        {
+            return Err(self.invalid(
+                "psk",
+                format!(
+                    "a server with [[server.forward]] targets needs a key: without one, anyone \
+                     who reaches {} could open streams to every one of them. Make a key with \
+                     `mtcpd genkey --out mtcpd.psk`, and set psk_file = \"mtcpd.psk\" (or psk) \
+                     on both ends",
+                    server.listen
+                ),
+            ));
+        }
+        runtime.engine.allow_unauthenticated = true;
+        Ok(())
     }
 
     /// The key's bytes and the file key that gave them, if the file sets one.

@@ -8,7 +8,9 @@
 //! when that handshake fails or times out, or when the session is removed), the server handshake
 //! built from the [`Config`] (one constructor), create-or-attach (a tunnel that finishes its
 //! handshake joins its session or creates it), refusing to resume an unknown session, removing
-//! closed sessions, and the client's restart of a lost session (a client endpoint always has one
+//! closed sessions, the session secret as the capability to join a session (a tunnel that does
+//! not carry the secret of the session it names is refused, so it can neither join nor replace a
+//! live tunnel), and the client's restart of a lost session (a client endpoint always has one
 //! session; after a permanent refusal the next one waits, see `refusal`). Must not touch: sockets, threads or the clock — callers pass `now` and bytes, and
 //! write what they get back. The byte-level handshake is [`crate::handshake`]'s; a session's own
 //! protocol is [`crate::session`]'s.
@@ -40,8 +42,8 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::handshake::{
-    AcceptedTunnel, Admission, ChannelBinding, ClientHello, HELLO_FLAG_RESUME, HandshakeError,
-    HelloStatus, ServerHandshake, ServerProgress, SessionId,
+    AcceptedTunnel, Admission, ChannelBinding, HandshakeError, HelloStatus, ServerHandshake,
+    ServerProgress, SessionId,
 };
 use crate::session::Session;
 
@@ -105,7 +107,7 @@ pub struct HandshakeStep {
 pub enum HandshakeOutcome {
     /// More bytes are needed.
     Pending,
-    /// The tunnel is verified and attached to `session` (bytes after ClientAuth remain in the
+    /// The tunnel is verified and attached to `session` (bytes after the ClientHello remain in the
     /// caller's buffer and belong to that session, tunnel `tunnel.tunnel_index`). The handshake
     /// is gone from the endpoint.
     Attached {
@@ -226,9 +228,11 @@ impl<T: Default> Endpoint<T> {
             };
         };
         let (by_id, reserved_ids, side) = (&self.by_id, &mut self.reserved, &self.side);
+        let sessions = &self.sessions;
         let reserved = &mut pending.reserved;
-        let result = pending.handshake.handle_input(now, buf, binding, |hello| {
-            let (admission, place) = admit(hello, by_id, reserved_ids, side);
+        let result = pending.handshake.handle_input(now, buf, binding, |tunnel| {
+            let existing = by_id.get(&tunnel.session_id).map(|&k| &sessions[k].session);
+            let (admission, place) = admit(tunnel, existing, reserved_ids, side);
             *reserved = place;
             admission
         });
@@ -256,6 +260,16 @@ impl<T: Default> Endpoint<T> {
         };
         if let Some(&session) = self.by_id.get(&tunnel.session_id) {
             self.release_reservation(pending.reserved);
+            if !self.sessions[session]
+                .session
+                .secret_matches(&tunnel.session_secret)
+            {
+                // Admission checked it already; a session created under the same id since
+                // would have to be another client's.
+                return HandshakeOutcome::Failed(HandshakeError::Refused(
+                    HelloStatus::SessionSecretMismatch,
+                ));
+            }
             if self.sessions[session].session.is_closed() {
                 // Closed but not yet reaped: it takes no more tunnels, and the client learns
                 // on its next dial that the session is gone.
@@ -537,20 +551,30 @@ impl<T> std::ops::IndexMut<SessionKey> for Endpoint<T> {
     }
 }
 
-/// Admission of a ClientHello: a known session takes the tunnel; a resume of an unknown one is
-/// refused; a new one needs a budget place (shared by every handshake of that new session).
-/// Returns the verdict and the new session id this handshake now holds a place for.
+/// Admission of a verified tunnel: a known session (`existing`) takes it if it carries the
+/// session's secret; a resume of an unknown one is refused; a new one needs a budget place
+/// (shared by every handshake of that new session). Returns the verdict and the new session id
+/// this handshake now holds a place for.
 fn admit(
-    hello: &ClientHello,
-    by_id: &HashMap<SessionId, SessionKey>,
+    tunnel: &AcceptedTunnel,
+    existing: Option<&Session>,
     reserved: &mut HashMap<SessionId, usize>,
     side: &Side,
 ) -> (Admission, Option<SessionId>) {
-    let id = hello.session_id;
-    if by_id.contains_key(&id) {
+    let id = tunnel.session_id;
+    if let Some(session) = existing {
+        if !session.secret_matches(&tunnel.session_secret) {
+            // Knowing a session's id is not enough to join it or take over one of its slots.
+            return (Admission::Refuse(HelloStatus::SessionSecretMismatch), None);
+        }
+        if session.is_closed() {
+            // Closed but not yet reaped: it takes no more tunnels, and the client learns
+            // that the session is gone.
+            return (Admission::Refuse(HelloStatus::UnknownSession), None);
+        }
         return (Admission::Admit, None);
     }
-    if hello.flags & HELLO_FLAG_RESUME != 0 {
+    if tunnel.resume {
         return (Admission::Refuse(HelloStatus::UnknownSession), None);
     }
     if let Some(holders) = reserved.get_mut(&id) {

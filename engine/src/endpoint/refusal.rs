@@ -1,5 +1,5 @@
-//! A client turned away for good: a server that cannot prove our key (or needs one we lack), or
-//! one that speaks another protocol, will refuse the next session exactly as it refused this
+//! A client turned away for good: a server that rejects our key (or needs one we lack), one that
+//! cannot prove our key, or one that speaks another protocol, will refuse the next session exactly as it refused this
 //! one, so the client waits longer and longer before trying again and says so once, not at
 //! every attempt.
 //!
@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::error::SessionError;
-use crate::handshake::HandshakeError;
+use crate::handshake::{HandshakeError, HelloStatus};
 use crate::session::Session;
 
 /// The wait after the first refusal; it doubles with each refusal in a row.
@@ -30,9 +30,12 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(600);
 /// Displayed after "server ADDR ".
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// This client has no key, and the server's proof needs one.
-    #[error("requires a key (this client has none)")]
+    /// This client has no key, and the server rejected its proof: it needs one.
+    #[error("requires a key (this client has none; make one with `mtcpd genkey`)")]
     KeyRequired,
+    /// The server rejected our proof: its key differs from ours (or it has none).
+    #[error("rejected our key (the keys differ, or the server has none)")]
+    KeyRejected,
     /// The server's proof does not verify with our key: the keys differ, or it is not an
     /// mtcpd server.
     #[error("failed to prove the key: wrong key or not an mtcpd server")]
@@ -50,8 +53,12 @@ impl Refusal {
             return None;
         }
         match session.close_reason()? {
-            SessionError::Handshake(HandshakeError::WrongKey) if !have_key => {
-                Some(Self::KeyRequired)
+            SessionError::Handshake(HandshakeError::Refused(HelloStatus::AuthFailed)) => {
+                Some(if have_key {
+                    Self::KeyRejected
+                } else {
+                    Self::KeyRequired
+                })
             }
             SessionError::Handshake(HandshakeError::WrongKey) => Some(Self::KeyNotProved),
             SessionError::Handshake(e) => Some(Self::Incompatible(e.clone())),

@@ -5,11 +5,16 @@
 use super::*;
 use std::time::Duration;
 
-use crate::handshake::{HandshakeError, PLAINTEXT_BINDING};
+use crate::handshake::{
+    ClientHello, HELLO_FLAG_RESUME, HandshakeError, PLAINTEXT_BINDING, PROOF_LEN, ServerHello,
+    SessionSecret, mask_session_secret,
+};
+
+const KEY: &[u8] = b"endpoint test";
 
 fn config(pool: u16) -> Arc<Config> {
     Arc::new(Config {
-        psk: b"endpoint test".to_vec(),
+        psk: KEY.to_vec(),
         pool_size: pool,
         ..Config::default()
     })
@@ -44,12 +49,27 @@ fn connect(ep: &mut Endpoint, c: &mut Session, t: usize, now: Instant) -> Dial {
 
 /// Moves what the client has for the tunnel to the server and the server's answer back.
 fn exchange(ep: &mut Endpoint, c: &mut Session, d: &mut Dial, now: Instant) -> HandshakeOutcome {
+    exchange_part(ep, c, d, now, usize::MAX)
+}
+
+/// [`exchange`], but the server reads at most `limit` of the bytes it has so far (the rest
+/// waits for the next exchange).
+fn exchange_part(
+    ep: &mut Endpoint,
+    c: &mut Session,
+    d: &mut Dial,
+    now: Instant,
+    limit: usize,
+) -> HandshakeOutcome {
     let mut out = Vec::new();
     c.poll_transmit(now, d.t, 1 << 20, &mut out);
     for chunk in out {
         d.to_server.extend_from_slice(&chunk);
     }
-    let step = ep.handshake_input(now, d.key, &mut d.to_server, &PLAINTEXT_BINDING);
+    let mut readable = d.to_server.split_to(limit.min(d.to_server.len()));
+    let step = ep.handshake_input(now, d.key, &mut readable, &PLAINTEXT_BINDING);
+    readable.unsplit(d.to_server.split());
+    d.to_server = readable;
     let mut back = step.output;
     if !back.is_empty() {
         let _ = c.handle_input(now, d.t, &mut back);
@@ -57,7 +77,7 @@ fn exchange(ep: &mut Endpoint, c: &mut Session, d: &mut Dial, now: Instant) -> H
     step.outcome
 }
 
-/// Runs tunnel `t`'s whole handshake (hello, then auth).
+/// Runs tunnel `t`'s whole handshake (one ClientHello, one ServerHello).
 fn handshake(ep: &mut Endpoint, c: &mut Session, t: usize, now: Instant) -> HandshakeOutcome {
     let mut d = connect(ep, c, t, now);
     match exchange(ep, c, &mut d, now) {
@@ -125,41 +145,47 @@ fn a_second_session_beyond_max_sessions_is_refused() {
 }
 
 #[test]
-fn concurrent_handshakes_of_new_sessions_cannot_overshoot() {
+fn handshakes_of_new_sessions_cannot_overshoot() {
     let now = Instant::now();
     let (mut ep, budget) = server(2);
-    // Four new sessions, two tunnels each, send their ClientHello before any handshake finishes.
+    // Four new sessions, two tunnels each, arrive while the budget holds two.
     let mut verdicts = Vec::new();
     for session in 0..4u8 {
         for tunnel in 0..2 {
             let key = ep.accept_connection(now).expect("a server accepts");
-            let mut hello = hello_bytes([session; 16], tunnel, 0);
-            verdicts.push((
-                session,
-                key,
-                ep.handshake_input(now, key, &mut hello, &PLAINTEXT_BINDING)
-                    .outcome,
-            ));
+            let mut hello = hello_bytes([session; 16], [session; 32], tunnel, 0);
+            let outcome = ep
+                .handshake_input(now, key, &mut hello, &PLAINTEXT_BINDING)
+                .outcome;
+            verdicts.push((session, outcome));
         }
     }
-    let admitted: Vec<u8> = verdicts
+    let attached: Vec<u8> = verdicts
         .iter()
-        .filter(|(_, _, v)| matches!(v, HandshakeOutcome::Pending))
-        .map(|(s, _, _)| *s)
+        .filter(|(_, v)| matches!(v, HandshakeOutcome::Attached { .. }))
+        .map(|(s, _)| *s)
         .collect();
     // Two sessions, both tunnels each: one place per session, not per tunnel.
-    assert_eq!(admitted, vec![0, 0, 1, 1]);
+    assert_eq!(attached, vec![0, 0, 1, 1]);
     assert!(
         verdicts
             .iter()
-            .filter(|(s, _, _)| *s >= 2)
-            .all(|(_, _, v)| refused(v) == Some(HelloStatus::TooManySessions))
+            .filter(|(s, _)| *s >= 2)
+            .all(|(_, v)| refused(v) == Some(HelloStatus::TooManySessions))
     );
     assert_eq!(budget.taken(), 2);
-    // Session 0's first tunnel fails: its second still holds the place.
-    ep.abandon_handshake(verdicts[0].1);
+    // A hello still arriving holds no place; a removed session gives its place back.
+    let key = ep.accept_connection(now).expect("a server accepts");
+    let mut half = hello_bytes([7; 16], [7; 32], 0, 0).split_to(60);
+    assert!(matches!(
+        ep.handshake_input(now, key, &mut half, &PLAINTEXT_BINDING)
+            .outcome,
+        HandshakeOutcome::Pending
+    ));
     assert_eq!(budget.taken(), 2);
-    ep.abandon_handshake(verdicts[1].1);
+    ep.abandon_handshake(key);
+    let first = ep.find(&[0; 16]).expect("session 0 exists");
+    ep.remove(first);
     assert_eq!(budget.taken(), 1);
     // Real clients finish their handshakes against the rest of the budget.
     let mut c = client(1, now);
@@ -173,20 +199,30 @@ fn concurrent_handshakes_of_new_sessions_cannot_overshoot() {
     assert_eq!(refused(&outcome), Some(HelloStatus::TooManySessions));
 }
 
-/// A ClientHello, as a client would send it.
-fn hello_bytes(session_id: SessionId, tunnel_index: u16, flags: u16) -> BytesMut {
-    let mut out = BytesMut::new();
-    ClientHello {
+/// A ClientHello as a client with the endpoint's key would send it for a session with this id
+/// and secret.
+fn hello_bytes(
+    session_id: SessionId,
+    secret: SessionSecret,
+    tunnel_index: u16,
+    flags: u16,
+) -> BytesMut {
+    let nonce = [5; crate::handshake::NONCE_LEN];
+    let mut hello = ClientHello {
         version: crate::wire::PROTOCOL_VERSION,
         flags,
         session_id,
         tunnel_index,
         pool_size: 4,
         capabilities: 0,
-        nonce: [5; crate::handshake::NONCE_LEN],
+        nonce,
         params: config(4).transport_params(),
-    }
-    .encode(&mut out);
+        masked_secret: mask_session_secret(KEY, &PLAINTEXT_BINDING, &nonce, &secret),
+        proof: [0; PROOF_LEN],
+    };
+    hello.sign(KEY, &PLAINTEXT_BINDING);
+    let mut out = BytesMut::new();
+    hello.encode(&mut out);
     out
 }
 
@@ -201,7 +237,7 @@ fn a_budget_shared_by_two_endpoints_is_not_overshot() {
     let mut db = connect(&mut two, &mut b, 0, now);
     assert!(matches!(
         exchange(&mut one, &mut a, &mut da, now),
-        HandshakeOutcome::Pending
+        HandshakeOutcome::Attached { created: true, .. }
     ));
     let second = exchange(&mut two, &mut b, &mut db, now);
     assert_eq!(refused(&second), Some(HelloStatus::TooManySessions));
@@ -209,59 +245,64 @@ fn a_budget_shared_by_two_endpoints_is_not_overshot() {
 }
 
 #[test]
-fn failed_and_timed_out_handshakes_give_their_place_back() {
+fn failed_and_timed_out_handshakes_hold_no_place() {
     let now = Instant::now();
     let (mut ep, budget) = server(1);
-    // Admitted at ClientHello, then the connection goes away.
+    // Half a ClientHello, then the connection goes away.
     let mut a = client(1, now);
     let mut d = connect(&mut ep, &mut a, 0, now);
     assert!(matches!(
-        exchange(&mut ep, &mut a, &mut d, now),
+        exchange_part(&mut ep, &mut a, &mut d, now, 70),
         HandshakeOutcome::Pending
     ));
-    assert_eq!(budget.taken(), 1);
-    ep.abandon_handshake(d.key);
     assert_eq!(budget.taken(), 0);
-    // Admitted, then silent past the deadline.
+    ep.abandon_handshake(d.key);
+    // Half a ClientHello, then silent past the deadline.
     let mut b = client(2, now);
     let mut d = connect(&mut ep, &mut b, 0, now);
     assert!(matches!(
-        exchange(&mut ep, &mut b, &mut d, now),
+        exchange_part(&mut ep, &mut b, &mut d, now, 70),
         HandshakeOutcome::Pending
     ));
-    assert_eq!(budget.taken(), 1);
     let deadline = ep.poll_handshake_timeout().expect("a deadline");
     assert!(
         ep.handshake_timeout(deadline - Duration::from_millis(1))
             .is_empty()
     );
     assert_eq!(ep.handshake_timeout(deadline), vec![d.key]);
+    assert_eq!(ep.handshakes_in_progress(), 0);
     assert_eq!(budget.taken(), 0);
-    // The place is free again for a third session.
+    // The place is free for a third session.
     let mut c = client(3, now);
     assert!(matches!(
         handshake(&mut ep, &mut c, 0, now),
         HandshakeOutcome::Attached { created: true, .. }
     ));
-    // A wrong proof fails after admission and gives the place back too.
+    // A wrong proof is refused before admission, unsigned, and takes no place.
     let (mut ep, budget) = server(1);
     let key = ep.accept_connection(now).expect("a server accepts");
-    let mut bytes = hello_bytes([9; 16], 0, 0);
-    assert!(matches!(
-        ep.handshake_input(now, key, &mut bytes, &PLAINTEXT_BINDING)
-            .outcome,
-        HandshakeOutcome::Pending
-    ));
-    assert_eq!(budget.taken(), 1);
-    crate::handshake::encode_client_auth(&[0; crate::handshake::PROOF_LEN], &mut bytes);
-    let outcome = ep
-        .handshake_input(now, key, &mut bytes, &PLAINTEXT_BINDING)
-        .outcome;
+    let mut bytes = hello_bytes([9; 16], [9; 32], 0, 0);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let step = ep.handshake_input(now, key, &mut bytes, &PLAINTEXT_BINDING);
     assert!(
-        matches!(outcome, HandshakeOutcome::Failed(HandshakeError::WrongKey)),
-        "{outcome:?}"
+        matches!(
+            step.outcome,
+            HandshakeOutcome::Failed(HandshakeError::WrongKey)
+        ),
+        "{:?}",
+        step.outcome
+    );
+    let answer = ServerHello::decode(&mut step.output.clone())
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, HelloStatus::AuthFailed);
+    assert_eq!(
+        answer.proof, [0; PROOF_LEN],
+        "nothing signed for an unproved peer"
     );
     assert_eq!(budget.taken(), 0);
+    assert_eq!(ep.handshakes_in_progress(), 0);
 }
 
 #[test]
@@ -276,20 +317,69 @@ fn resuming_an_unknown_session_is_refused() {
     // A client that believes its session lives here (a restarted server, say) asks to resume
     // one this endpoint does not know.
     let key = ep.accept_connection(now).expect("a server accepts");
-    let mut resume = hello_bytes([42; 16], 1, HELLO_FLAG_RESUME);
+    let mut resume = hello_bytes([42; 16], [42; 32], 1, HELLO_FLAG_RESUME);
     let outcome = ep.handshake_input(now, key, &mut resume, &PLAINTEXT_BINDING);
     assert_eq!(refused(&outcome.outcome), Some(HelloStatus::UnknownSession));
     assert!(!outcome.output.is_empty(), "the refusal is sent");
     assert_eq!(budget.taken(), 1);
     assert_eq!(ep.len(), 1);
-    // Resuming a known session attaches.
-    let key = ep.accept_connection(now).expect("a server accepts");
-    let mut resume = hello_bytes(*c.id(), 1, HELLO_FLAG_RESUME);
+    // Its own client resuming it attaches.
     assert!(matches!(
-        ep.handshake_input(now, key, &mut resume, &PLAINTEXT_BINDING)
-            .outcome,
-        HandshakeOutcome::Pending
+        handshake(&mut ep, &mut c, 1, now),
+        HandshakeOutcome::Attached { created: false, .. }
     ));
+}
+
+#[test]
+fn knowing_a_session_id_is_not_enough_to_join_it_or_take_over_a_slot() {
+    let now = Instant::now();
+    let (mut ep, budget) = server(4);
+    let mut victim = client(1, now);
+    let HandshakeOutcome::Attached { session, .. } = handshake(&mut ep, &mut victim, 0, now) else {
+        panic!("not attached");
+    };
+    assert!(matches!(
+        handshake(&mut ep, &mut victim, 1, now),
+        HandshakeOutcome::Attached { .. }
+    ));
+    while ep[session].session_mut().poll_event().is_some() {}
+    // Another client with the same key, which saw the victim's id (in a plaintext hello),
+    // tries to join with its own secret, to take over slot 0, and to add slot 2.
+    let id = *victim.id();
+    for (tunnel, flags) in [
+        (0, HELLO_FLAG_RESUME),
+        (0, 0),
+        (2, HELLO_FLAG_RESUME),
+        (2, 0),
+    ] {
+        let key = ep.accept_connection(now).expect("a server accepts");
+        let mut hello = hello_bytes(id, [0xa7; 32], tunnel, flags);
+        let step = ep.handshake_input(now, key, &mut hello, &PLAINTEXT_BINDING);
+        assert_eq!(
+            refused(&step.outcome),
+            Some(HelloStatus::SessionSecretMismatch),
+            "tunnel {tunnel} flags {flags}"
+        );
+        assert!(!step.output.is_empty(), "the refusal is sent (signed)");
+    }
+    let s = ep[session].session_mut();
+    assert!(s.tunnel_is_active(0) && s.tunnel_is_active(1));
+    assert!(!s.tunnel_is_active(2));
+    assert!(
+        s.poll_event().is_none(),
+        "no tunnel of the victim went down"
+    );
+    assert_eq!(
+        (ep.len(), budget.taken(), ep.handshakes_in_progress()),
+        (1, 1, 0)
+    );
+    eprintln!(
+        "server held {} session(s), {} handshake(s) in progress, {} bytes buffered after 4 \
+         takeover attempts",
+        ep.len(),
+        ep.handshakes_in_progress(),
+        ep[session].session().stats().buffered_bytes
+    );
 }
 
 #[test]
@@ -359,24 +449,22 @@ fn a_tunnel_of_a_session_that_ends_mid_handshake_creates_nothing() {
     let HandshakeOutcome::Attached { session, .. } = handshake(&mut ep, &mut c, 0, now) else {
         panic!("not attached");
     };
-    // Tunnel 1 of the established session (its hello says "resume") is admitted...
-    let mut d = connect(&mut ep, &mut c, 1, now);
-    assert!(matches!(
-        exchange(&mut ep, &mut c, &mut d, now),
-        HandshakeOutcome::Pending
-    ));
-    // ...then the session closes before the tunnel's ClientAuth arrives: closed, not yet reaped.
+    // Tunnels 1 and 2 of the established session (their hellos say "resume") are half-way in...
+    let mut d1 = connect(&mut ep, &mut c, 1, now);
+    let mut d = connect(&mut ep, &mut c, 2, now);
+    for d in [&mut d1, &mut d] {
+        assert!(matches!(
+            exchange_part(&mut ep, &mut c, d, now, 70),
+            HandshakeOutcome::Pending
+        ));
+    }
+    // ...when the session closes: closed, not yet reaped.
     ep[session]
         .session_mut()
         .close(crate::error::code::NO_ERROR, "done");
-    let outcome = exchange(&mut ep, &mut c, &mut d, now);
+    let outcome = exchange(&mut ep, &mut c, &mut d1, now);
     assert_eq!(refused(&outcome), Some(HelloStatus::UnknownSession));
     // And once it is reaped, a resuming tunnel still never creates a session.
-    let mut d = connect(&mut ep, &mut c, 2, now);
-    assert!(matches!(
-        exchange(&mut ep, &mut c, &mut d, now),
-        HandshakeOutcome::Pending
-    ));
     assert_eq!(ep.reap(now, session), Reaped::Removed { replacement: None });
     let outcome = exchange(&mut ep, &mut c, &mut d, now);
     assert_eq!(refused(&outcome), Some(HelloStatus::UnknownSession));
@@ -400,7 +488,7 @@ fn a_refused_client_session_is_reported_once_and_replaced_by_one_that_waits() {
     while c.poll_event().is_some() {}
     let mut d = connect(&mut server_ep, c, 0, now);
     exchange(&mut server_ep, c, &mut d, now);
-    assert!(c.is_closed(), "the server could not prove our key");
+    assert!(c.is_closed(), "the server rejected our key");
     let Reaped::Removed {
         replacement: Some(second),
     } = client_ep.reap(now, first)
@@ -408,7 +496,7 @@ fn a_refused_client_session_is_reported_once_and_replaced_by_one_that_waits() {
         panic!("no fresh session");
     };
     let refused = client_ep.take_refusal().expect("the refusal is reported");
-    assert_eq!(refused.refusal, Refusal::KeyNotProved);
+    assert_eq!(refused.refusal, Refusal::KeyRejected);
     assert_eq!(refused.report, RefusalReport::First);
     assert_eq!(refused.in_a_row, 1);
     assert!(client_ep.take_refusal().is_none(), "once");

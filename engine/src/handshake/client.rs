@@ -1,9 +1,10 @@
-//! The client half of a tunnel's handshake: [`ClientHandshake`] writes the ClientHello, checks the
-//! server's answer (version, proof, status, limits) and writes the client's proof.
+//! The client half of a tunnel's handshake: [`ClientHandshake`] writes the signed ClientHello
+//! (with the session's masked secret) and checks the server's answer (version, proof, status,
+//! limits).
 //!
-//! Owns: the client's per-connection handshake state (its nonce and when it started). Must not
-//! touch: the session — the session's tunnel drives this, and decides what an answer means for
-//! the session (established, retired slot, re-dial, session lost).
+//! Owns: the client's per-connection handshake state (the hash of the hello it sent and when it
+//! started). Must not touch: the session — the session's tunnel drives this, and decides what an
+//! answer means for the session (established, retired slot, re-dial, session lost, refused).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,8 @@ use rand::RngCore;
 
 use super::{
     ChannelBinding, ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN,
-    ProofLabel, ServerHello, SessionId, TransportParams, encode_client_auth, proof, verify_proof,
+    PROOF_LEN, ProofLabel, SERVER_HELLO_LEN, ServerHello, SessionId, SessionSecret,
+    TransportParams, mask_session_secret, transcript_hash, verify_proof,
 };
 use crate::wire::PROTOCOL_VERSION;
 
@@ -21,6 +23,8 @@ use crate::wire::PROTOCOL_VERSION;
 pub struct ClientOffer {
     /// The session the tunnel joins.
     pub session_id: SessionId,
+    /// The session's secret: the server lets the tunnel join only if it matches.
+    pub session_secret: SessionSecret,
     /// The tunnel's slot in the pool.
     pub tunnel_index: u16,
     /// The session is already established at the server (set [`HELLO_FLAG_RESUME`]).
@@ -47,8 +51,8 @@ pub struct ServerAccepted {
 pub enum ClientProgress {
     /// More bytes are needed.
     Pending,
-    /// The server proved the key and accepted; ClientAuth was written. Bytes after ServerHello
-    /// remain in the caller's buffer and are frames.
+    /// The server proved the key and accepted. Bytes after ServerHello remain in the caller's
+    /// buffer and are frames; the client may send frames now.
     Accepted(ServerAccepted),
 }
 
@@ -58,18 +62,18 @@ pub enum ClientProgress {
 /// [`ClientHandshake::handle_input`] until it accepts or fails. On failure drop the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientHandshake {
-    session_id: SessionId,
-    tunnel_index: u16,
-    nonce: [u8; NONCE_LEN],
+    /// SHA-256 of the whole ClientHello sent: the server's proof covers it.
+    hello_hash: [u8; 32],
     binding: ChannelBinding,
     started: Instant,
 }
 
 impl ClientHandshake {
     /// Starts the handshake of a connection established at `now`, whose [`ChannelBinding`] is
-    /// `binding`: appends the ClientHello to `out`.
+    /// `binding`: appends the ClientHello, signed with `key`, to `out`.
     pub fn start(
         offer: ClientOffer,
+        key: &[u8],
         binding: &ChannelBinding,
         now: Instant,
         rng: &mut impl RngCore,
@@ -77,7 +81,7 @@ impl ClientHandshake {
     ) -> Self {
         let mut nonce = [0; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        ClientHello {
+        let mut hello = ClientHello {
             version: PROTOCOL_VERSION,
             flags: if offer.resume { HELLO_FLAG_RESUME } else { 0 },
             session_id: offer.session_id,
@@ -86,12 +90,14 @@ impl ClientHandshake {
             capabilities: 0,
             nonce,
             params: offer.params,
-        }
-        .encode(out);
+            masked_secret: mask_session_secret(key, binding, &nonce, &offer.session_secret),
+            proof: [0; PROOF_LEN],
+        };
+        hello.sign(key, binding);
+        let start = out.len();
+        hello.encode(out);
         Self {
-            session_id: offer.session_id,
-            tunnel_index: offer.tunnel_index,
-            nonce,
+            hello_hash: transcript_hash(&out[start..]),
             binding: *binding,
             started: now,
         }
@@ -102,16 +108,15 @@ impl ClientHandshake {
         self.started
     }
 
-    /// Consumes the ServerHello from the front of `buf` once it is complete. On acceptance the
-    /// client's proof (ClientAuth) is appended to `out`. `key` is the pre-shared key.
+    /// Consumes the ServerHello from the front of `buf` once it is complete. `key` is the
+    /// pre-shared key.
     pub fn handle_input(
         &mut self,
         key: &[u8],
         now: Instant,
         buf: &mut BytesMut,
-        out: &mut BytesMut,
     ) -> Result<ClientProgress, HandshakeError> {
-        let Some(hello) = ServerHello::decode(buf)? else {
+        let Some((hello, raw)) = ServerHello::decode_with_bytes(buf)? else {
             return Ok(ClientProgress::Pending);
         };
         if hello.version != PROTOCOL_VERSION || hello.status == HelloStatus::UnsupportedVersion {
@@ -119,17 +124,22 @@ impl ClientHandshake {
                 peer: hello.version,
             });
         }
-        // Refusals are signed like acceptances, so nobody without the key can end a session by
-        // injecting one.
+        if hello.status == HelloStatus::AuthFailed {
+            // Unsigned by design (the server does not use its key for a peer that proved
+            // nothing); only the caller's policy decides how final it is.
+            return Err(HandshakeError::Refused(HelloStatus::AuthFailed));
+        }
+        // Every other answer is signed, refusals too, so nobody without the key can end a
+        // session by injecting one, nor alter a field of either hello.
+        let covered = [
+            self.hello_hash,
+            transcript_hash(&raw[..SERVER_HELLO_LEN - PROOF_LEN]),
+        ];
         if !verify_proof(
             key,
             ProofLabel::Server,
             &self.binding,
-            &self.session_id,
-            self.tunnel_index,
-            &self.nonce,
-            &hello.nonce,
-            hello.status,
+            &covered,
             &hello.proof,
         ) {
             return Err(HandshakeError::WrongKey);
@@ -141,17 +151,6 @@ impl ClientHandshake {
             return Err(HandshakeError::Malformed("ServerHello pool size 0"));
         }
         hello.params.validate()?;
-        let client_proof = proof(
-            key,
-            ProofLabel::Client,
-            &self.binding,
-            &self.session_id,
-            self.tunnel_index,
-            &self.nonce,
-            &hello.nonce,
-            HelloStatus::Ok,
-        );
-        encode_client_auth(&client_proof, out);
         Ok(ClientProgress::Accepted(ServerAccepted {
             pool_size: hello.pool_size,
             params: hello.params,
@@ -177,6 +176,7 @@ mod tests {
     fn offer(tunnel_index: u16) -> ClientOffer {
         ClientOffer {
             session_id: [5; 16],
+            session_secret: [6; 32],
             tunnel_index,
             resume: true,
             pool_size: 8,
@@ -192,15 +192,16 @@ mod tests {
         admission: Admission,
     ) -> (
         Result<ClientProgress, HandshakeError>,
-        Option<Result<ServerProgress, HandshakeError>>,
+        Result<ServerProgress, HandshakeError>,
     ) {
         let mut rng = StdRng::seed_from_u64(7);
         let t0 = Instant::now();
         let mut to_server = BytesMut::new();
-        let mut client = ClientHandshake::start(offer(1), &[0; 32], t0, &mut rng, &mut to_server);
+        let mut client =
+            ClientHandshake::start(offer(1), client_key, &[0; 32], t0, &mut rng, &mut to_server);
         let mut server =
             ServerHandshake::new(server_key, 4, PARAMS, Duration::from_secs(5), t0, &mut rng);
-        let first = server.handle_input(t0, &mut to_server, &[0; 32], |_| admission);
+        let server_end = server.handle_input(t0, &mut to_server, &[0; 32], |_| admission);
         let mut to_client = server.take_output();
         let t1 = t0 + Duration::from_millis(30);
         // Byte by byte: the client waits for the whole ServerHello.
@@ -209,14 +210,8 @@ mod tests {
         for b in whole.iter() {
             assert_eq!(progress, Ok(ClientProgress::Pending));
             to_client.extend_from_slice(&[*b]);
-            progress = client.handle_input(client_key, t1, &mut to_client, &mut to_server);
+            progress = client.handle_input(client_key, t1, &mut to_client);
         }
-        let server_end = match (&first, &progress) {
-            (Ok(ServerProgress::Pending), Ok(ClientProgress::Accepted(_))) => {
-                Some(server.handle_input(t1, &mut to_server, &[0; 32], |_| admission))
-            }
-            _ => None,
-        };
         (progress, server_end)
     }
 
@@ -229,30 +224,37 @@ mod tests {
         assert_eq!(granted.pool_size, 4, "the server caps the pool");
         assert_eq!(granted.params, PARAMS);
         assert_eq!(granted.rtt, Duration::from_millis(30));
-        let Some(Ok(ServerProgress::Accepted(tunnel))) = server else {
+        let Ok(ServerProgress::Accepted(tunnel)) = server else {
             panic!("server: {server:?}");
         };
         assert_eq!(tunnel.session_id, [5; 16]);
+        assert_eq!(tunnel.session_secret, [6; 32], "the secret is unmasked");
         assert_eq!(tunnel.tunnel_index, 1);
         assert!(tunnel.resume);
     }
 
     #[test]
-    fn a_server_without_the_key_is_not_believed() {
-        let (client, _) = run(b"key", b"other", Admission::Admit);
-        assert_eq!(client, Err(HandshakeError::WrongKey));
+    fn keys_that_differ_are_refused_by_the_server_before_it_signs_anything() {
+        for (client_key, server_key) in [(&b"key"[..], &b"other"[..]), (b"", b"key"), (b"key", b"")]
+        {
+            let (client, server) = run(client_key, server_key, Admission::Admit);
+            assert_eq!(
+                client,
+                Err(HandshakeError::Refused(HelloStatus::AuthFailed)),
+                "{client_key:?} vs {server_key:?}"
+            );
+            assert_eq!(server, Err(HandshakeError::WrongKey));
+        }
     }
 
     #[test]
-    fn a_signed_refusal_is_reported_and_a_forged_one_is_not_believed() {
+    fn a_signed_refusal_is_reported() {
         let refuse = Admission::Refuse(HelloStatus::TooManySessions);
         let (client, _) = run(b"key", b"key", refuse);
         assert_eq!(
             client,
             Err(HandshakeError::Refused(HelloStatus::TooManySessions))
         );
-        let (client, _) = run(b"key", b"forger", refuse);
-        assert_eq!(client, Err(HandshakeError::WrongKey));
     }
 
     #[test]
@@ -260,10 +262,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let now = Instant::now();
         let mut out = BytesMut::new();
-        let mut client = ClientHandshake::start(offer(0), &[0; 32], now, &mut rng, &mut out);
+        let mut client =
+            ClientHandshake::start(offer(0), b"key", &[0; 32], now, &mut rng, &mut out);
         let mut reply = BytesMut::from(&b"HTTP/1.1 400 Bad Request\r\n"[..]);
         assert_eq!(
-            client.handle_input(b"key", now, &mut reply, &mut out),
+            client.handle_input(b"key", now, &mut reply),
             Err(HandshakeError::BadMagic)
         );
     }

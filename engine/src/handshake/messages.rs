@@ -1,15 +1,16 @@
-//! The handshake messages on the wire: ClientHello, ServerHello and ClientAuth (docs/PROTOCOL.md
-//! §2), encoded and decoded, plus the early read of a ClientHello's session id used for routing.
+//! The handshake messages on the wire: ClientHello and ServerHello (docs/PROTOCOL.md §2), encoded,
+//! signed over their own bytes and decoded (with the bytes a proof covers), plus the early read of
+//! a ClientHello's session id used for routing.
 //!
-//! Owns: byte layouts only. Must not touch: proofs (`proof`) or any decision about what a message
-//! means (`server`, `client`).
+//! Owns: byte layouts, and which bytes each proof covers. Must not touch: the MAC itself
+//! (`proof`) or any decision about what a message means (`server`, `client`).
 
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::{
-    CLIENT_AUTH_LEN, CLIENT_HELLO_LEN, HandshakeError, HelloStatus, MAGIC, MSG_CLIENT_AUTH,
-    MSG_CLIENT_HELLO, MSG_SERVER_HELLO, NONCE_LEN, PROOF_LEN, SERVER_HELLO_LEN, SESSION_ID_LEN,
-    SessionId, TransportParams,
+    CLIENT_HELLO_LEN, ChannelBinding, HandshakeError, HelloStatus, MAGIC, MSG_CLIENT_HELLO,
+    MSG_SERVER_HELLO, NONCE_LEN, PROOF_LEN, ProofLabel, SERVER_HELLO_LEN, SESSION_ID_LEN,
+    SESSION_SECRET_LEN, SessionId, TransportParams, proof, transcript_hash,
 };
 use crate::wire::PROTOCOL_VERSION;
 
@@ -26,12 +27,18 @@ pub struct ClientHello {
     pub tunnel_index: u16,
     /// Pool size the client would like.
     pub pool_size: u16,
-    /// Capability bits (none defined in version 1; must be ignored when unknown).
+    /// Capability bits (none defined in version 2; must be ignored when unknown).
     pub capabilities: u32,
-    /// Client's challenge.
+    /// Client's nonce: makes every hello, and the mask of its secret, unique.
     pub nonce: [u8; NONCE_LEN],
     /// The client's limits.
     pub params: TransportParams,
+    /// The session's secret XOR a pad only key holders on this connection can compute
+    /// ([`super::mask_session_secret`]).
+    pub masked_secret: [u8; SESSION_SECRET_LEN],
+    /// HMAC proving the client knows the key, over the binding and every byte before it
+    /// ([`ClientHello::sign`]).
+    pub proof: [u8; PROOF_LEN],
 }
 
 /// The server's answer.
@@ -45,13 +52,14 @@ pub struct ServerHello {
     pub pool_size: u16,
     /// Capability bits.
     pub capabilities: u32,
-    /// Server's challenge.
+    /// Server's nonce.
     pub nonce: [u8; NONCE_LEN],
-    /// HMAC proving the server knows the key, over the status too (zero only in an
-    /// UnsupportedVersion refusal, which cannot be signed).
-    pub proof: [u8; PROOF_LEN],
-    /// The server's limits.
+    /// The server's limits (zero in an unsigned refusal).
     pub params: TransportParams,
+    /// HMAC proving the server knows the key, over the binding, the whole ClientHello and every
+    /// byte of this message before it ([`ServerHello::sign`]); zero in the two unsigned refusals
+    /// ([`HelloStatus::is_signed`]).
+    pub proof: [u8; PROOF_LEN],
 }
 
 impl ClientHello {
@@ -67,16 +75,36 @@ impl ClientHello {
         out.put_u32(self.capabilities);
         out.put_slice(&self.nonce);
         self.params.encode(out);
+        out.put_slice(&self.masked_secret);
+        out.put_slice(&self.proof);
+    }
+
+    /// Sets [`ClientHello::proof`]: HMAC(key, client label ‖ binding ‖ SHA-256(every byte of the
+    /// encoded hello before the proof)).
+    pub fn sign(&mut self, key: &[u8], binding: &ChannelBinding) {
+        let mut bytes = BytesMut::with_capacity(CLIENT_HELLO_LEN);
+        self.encode(&mut bytes);
+        let covered = transcript_hash(&bytes[..CLIENT_HELLO_LEN - PROOF_LEN]);
+        self.proof = proof(key, ProofLabel::Client, binding, &[covered]);
     }
 
     /// Parses from the front of `buf`; `Ok(None)` while incomplete. The version is checked after
     /// the magic and before anything else, so an unknown version is reported as such.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Self>, HandshakeError> {
+        Ok(Self::decode_with_bytes(buf)?.map(|(hello, _)| hello))
+    }
+
+    /// [`ClientHello::decode`], also returning the message's bytes as received (what the proofs
+    /// cover).
+    pub fn decode_with_bytes(
+        buf: &mut BytesMut,
+    ) -> Result<Option<(Self, BytesMut)>, HandshakeError> {
         check_prefix(buf, MSG_CLIENT_HELLO)?;
         if buf.len() < CLIENT_HELLO_LEN {
             return Ok(None);
         }
-        let mut m = buf.split_to(CLIENT_HELLO_LEN);
+        let raw = buf.split_to(CLIENT_HELLO_LEN);
+        let mut m = raw.clone();
         m.advance(4);
         let version = m.get_u8();
         m.advance(1);
@@ -89,7 +117,11 @@ impl ClientHello {
         let mut nonce = [0; NONCE_LEN];
         m.copy_to_slice(&mut nonce);
         let params = TransportParams::decode(&mut m);
-        Ok(Some(Self {
+        let mut masked_secret = [0; SESSION_SECRET_LEN];
+        m.copy_to_slice(&mut masked_secret);
+        let mut proof = [0; PROOF_LEN];
+        m.copy_to_slice(&mut proof);
+        let hello = Self {
             version,
             flags,
             session_id,
@@ -98,7 +130,10 @@ impl ClientHello {
             capabilities,
             nonce,
             params,
-        }))
+            masked_secret,
+            proof,
+        };
+        Ok(Some((hello, raw)))
     }
 }
 
@@ -113,17 +148,38 @@ impl ServerHello {
         out.put_u16(0);
         out.put_u32(self.capabilities);
         out.put_slice(&self.nonce);
-        out.put_slice(&self.proof);
         self.params.encode(out);
+        out.put_slice(&self.proof);
+    }
+
+    /// Sets [`ServerHello::proof`]: HMAC(key, server label ‖ binding ‖ SHA-256(the whole
+    /// ClientHello as received) ‖ SHA-256(every byte of this hello before the proof)).
+    pub fn sign(&mut self, key: &[u8], binding: &ChannelBinding, client_hello: &[u8]) {
+        let mut bytes = BytesMut::with_capacity(SERVER_HELLO_LEN);
+        self.encode(&mut bytes);
+        let hashes = [
+            transcript_hash(client_hello),
+            transcript_hash(&bytes[..SERVER_HELLO_LEN - PROOF_LEN]),
+        ];
+        self.proof = proof(key, ProofLabel::Server, binding, &hashes);
     }
 
     /// Parses from the front of `buf`; `Ok(None)` while incomplete.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Self>, HandshakeError> {
+        Ok(Self::decode_with_bytes(buf)?.map(|(hello, _)| hello))
+    }
+
+    /// [`ServerHello::decode`], also returning the message's bytes as received (what the
+    /// server's proof covers).
+    pub fn decode_with_bytes(
+        buf: &mut BytesMut,
+    ) -> Result<Option<(Self, BytesMut)>, HandshakeError> {
         check_prefix(buf, MSG_SERVER_HELLO)?;
         if buf.len() < SERVER_HELLO_LEN {
             return Ok(None);
         }
-        let mut m = buf.split_to(SERVER_HELLO_LEN);
+        let raw = buf.split_to(SERVER_HELLO_LEN);
+        let mut m = raw.clone();
         m.advance(4);
         let version = m.get_u8();
         m.advance(1);
@@ -134,18 +190,19 @@ impl ServerHello {
         let capabilities = m.get_u32();
         let mut nonce = [0; NONCE_LEN];
         m.copy_to_slice(&mut nonce);
+        let params = TransportParams::decode(&mut m);
         let mut proof = [0; PROOF_LEN];
         m.copy_to_slice(&mut proof);
-        let params = TransportParams::decode(&mut m);
-        Ok(Some(Self {
+        let hello = Self {
             version,
             status,
             pool_size,
             capabilities,
             nonce,
-            proof,
             params,
-        }))
+            proof,
+        };
+        Ok(Some((hello, raw)))
     }
 }
 
@@ -162,28 +219,6 @@ pub fn client_hello_session_id(buf: &[u8]) -> Result<Option<SessionId>, Handshak
     let mut out = [0; SESSION_ID_LEN];
     out.copy_from_slice(id);
     Ok(Some(out))
-}
-
-/// Encodes ClientAuth (the client's proof).
-pub fn encode_client_auth(proof: &[u8; PROOF_LEN], out: &mut BytesMut) {
-    out.put_slice(&MAGIC);
-    out.put_u8(PROTOCOL_VERSION);
-    out.put_u8(MSG_CLIENT_AUTH);
-    out.put_u16(0);
-    out.put_slice(proof);
-}
-
-/// Parses ClientAuth from the front of `buf`; `Ok(None)` while incomplete.
-pub fn decode_client_auth(buf: &mut BytesMut) -> Result<Option<[u8; PROOF_LEN]>, HandshakeError> {
-    check_prefix(buf, MSG_CLIENT_AUTH)?;
-    if buf.len() < CLIENT_AUTH_LEN {
-        return Ok(None);
-    }
-    let mut m = buf.split_to(CLIENT_AUTH_LEN);
-    m.advance(8);
-    let mut proof = [0; PROOF_LEN];
-    m.copy_to_slice(&mut proof);
-    Ok(Some(proof))
 }
 
 /// Checks magic, version and message type as far as bytes are available.
@@ -222,6 +257,8 @@ pub(super) mod tests {
             capabilities: 0,
             nonce: [1; 16],
             params: PARAMS,
+            masked_secret: [3; 32],
+            proof: [0; 32],
         }
     }
 
@@ -244,14 +281,38 @@ pub(super) mod tests {
             pool_size: 1,
             capabilities: 0,
             nonce: [0; 16],
-            proof: [0; 32],
             params: PARAMS,
+            proof: [0; 32],
         }
         .encode(&mut b);
         assert_eq!(b.len(), SERVER_HELLO_LEN);
-        b.clear();
-        encode_client_auth(&[0; 32], &mut b);
-        assert_eq!(b.len(), CLIENT_AUTH_LEN);
+        assert_eq!((CLIENT_HELLO_LEN, SERVER_HELLO_LEN), (140, 92));
+    }
+
+    #[test]
+    fn hellos_round_trip_with_their_bytes() {
+        let mut h = hello(PROTOCOL_VERSION);
+        h.sign(b"key", &[0; 32]);
+        let mut b = BytesMut::new();
+        h.encode(&mut b);
+        let wire = b.clone();
+        let (back, raw) = ClientHello::decode_with_bytes(&mut b).unwrap().unwrap();
+        assert_eq!(back, h);
+        assert_eq!(raw, wire);
+        assert!(b.is_empty());
+        let mut sh = ServerHello {
+            version: PROTOCOL_VERSION,
+            status: HelloStatus::SessionSecretMismatch,
+            pool_size: 3,
+            capabilities: 9,
+            nonce: [4; 16],
+            params: PARAMS,
+            proof: [0; 32],
+        };
+        sh.sign(b"key", &[0; 32], &wire);
+        assert_ne!(sh.proof, [0; 32]);
+        sh.encode(&mut b);
+        assert_eq!(ServerHello::decode(&mut b).unwrap().unwrap(), sh);
     }
 
     #[test]

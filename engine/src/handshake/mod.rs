@@ -1,5 +1,5 @@
-//! Tunnel handshake: the three messages that open every tunnel connection, the pre-shared-key
-//! proofs, and both ends' per-connection handshake state machines.
+//! Tunnel handshake: the two messages that open every tunnel connection, the pre-shared-key
+//! proofs, the masked session secret, and both ends' per-connection handshake state machines.
 //!
 //! Owns: the handshake byte layouts (docs/PROTOCOL.md §2, in `messages`), HMAC-SHA256
 //! challenge–response (`proof`), the server's [`ServerHandshake`], which runs on a fresh server
@@ -8,9 +8,16 @@
 //! the server's handshake hands an [`AcceptedTunnel`] to whoever owns the sessions, the client's
 //! hands a [`ServerAccepted`] back to the session's tunnel; neither knows what happens next.
 //!
-//! The key never crosses the wire: each side proves knowledge of it by an HMAC over both nonces,
-//! the session id, the tunnel index and the server's status, with a label per direction so one
-//! proof cannot be replayed as the other.
+//! The key never crosses the wire. Protocol version 2 (docs/PROTOCOL.md §2): the client proves
+//! first, in its ClientHello, with an HMAC over the connection's [`ChannelBinding`] and a hash of
+//! every byte of the hello before the proof; the server checks it before it computes anything
+//! with the key, so a peer that proved nothing gets no HMAC of the key to attack offline (it gets
+//! an unsigned [`HelloStatus::AuthFailed`]). Only then does the server answer with its own proof,
+//! over the binding, the whole ClientHello and its ServerHello. Every field of both hellos is
+//! thereby covered, and a label per direction keeps one proof from passing for the other. The
+//! ClientHello also carries the session's secret, masked with a key-derived pad, which the server
+//! compares before it lets a tunnel join an existing session: the session id names a session, the
+//! secret is the capability.
 //!
 //! This module holds what both halves share: constants, [`TransportParams`], [`HelloStatus`] and
 //! [`HandshakeError`].
@@ -19,12 +26,12 @@ mod client;
 mod messages;
 mod proof;
 mod server;
+#[cfg(test)]
+mod tests;
 
 pub use client::{ClientHandshake, ClientOffer, ClientProgress, ServerAccepted};
-pub use messages::{
-    ClientHello, ServerHello, client_hello_session_id, decode_client_auth, encode_client_auth,
-};
-pub use proof::{ProofLabel, proof, verify_proof};
+pub use messages::{ClientHello, ServerHello, client_hello_session_id};
+pub use proof::{ProofLabel, mask_session_secret, proof, transcript_hash, verify_proof};
 pub use server::{AcceptedTunnel, Admission, ServerHandshake, ServerProgress};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -41,22 +48,33 @@ pub const NONCE_LEN: usize = 16;
 /// Length of a proof (HMAC-SHA256).
 pub const PROOF_LEN: usize = 32;
 
-/// ClientHello size on the wire.
-pub const CLIENT_HELLO_LEN: usize = 48 + PARAMS_LEN;
-/// ServerHello size on the wire.
+/// Length of a session secret.
+pub const SESSION_SECRET_LEN: usize = 32;
+
+/// ClientHello size on the wire (the proof is its last [`PROOF_LEN`] bytes).
+pub const CLIENT_HELLO_LEN: usize = 48 + PARAMS_LEN + SESSION_SECRET_LEN + PROOF_LEN;
+/// ServerHello size on the wire (the proof is its last [`PROOF_LEN`] bytes).
 pub const SERVER_HELLO_LEN: usize = 64 + PARAMS_LEN;
-/// ClientAuth size on the wire.
-pub const CLIENT_AUTH_LEN: usize = 40;
 
 const MSG_CLIENT_HELLO: u8 = 1;
 const MSG_SERVER_HELLO: u8 = 2;
-const MSG_CLIENT_AUTH: u8 = 3;
 
 /// ClientHello flag: the client already has this session established at the server.
 pub const HELLO_FLAG_RESUME: u16 = 0x0001;
 
 /// A 128-bit session id.
 pub type SessionId = [u8; SESSION_ID_LEN];
+
+/// The secret a client session proves on every tunnel: drawn at random when the session starts,
+/// sent masked in each ClientHello ([`mask_session_secret`]), kept by the server from the tunnel
+/// that created the session and compared in constant time for every later one.
+pub type SessionSecret = [u8; SESSION_SECRET_LEN];
+
+/// Compares two session secrets in time independent of where they differ.
+pub fn session_secrets_equal(a: &SessionSecret, b: &SessionSecret) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
 
 /// Length of a [`ChannelBinding`].
 pub const CHANNEL_BINDING_LEN: usize = 32;
@@ -144,6 +162,12 @@ pub enum HelloStatus {
     UnknownSession = 4,
     /// The server is shutting down.
     ShuttingDown = 5,
+    /// The client's proof did not verify (its key differs from the server's, or one end has
+    /// none). Unsigned: the server does not use the key for a peer that proved nothing.
+    AuthFailed = 6,
+    /// The session exists but the ClientHello did not carry its secret: the tunnel may not
+    /// join it (nor replace one of its tunnels).
+    SessionSecretMismatch = 7,
 }
 
 impl HelloStatus {
@@ -155,8 +179,16 @@ impl HelloStatus {
             3 => Self::TooManySessions,
             4 => Self::UnknownSession,
             5 => Self::ShuttingDown,
+            6 => Self::AuthFailed,
+            7 => Self::SessionSecretMismatch,
             _ => return None,
         })
+    }
+
+    /// Whether a ServerHello with this status carries the server's proof. The two that do not
+    /// are decided before the client has proved the key (its hello's version, its proof).
+    pub fn is_signed(self) -> bool {
+        !matches!(self, Self::UnsupportedVersion | Self::AuthFailed)
     }
 }
 
@@ -175,7 +207,9 @@ pub enum HandshakeError {
     /// A message had the wrong type or impossible fields.
     #[error("malformed handshake: {0}")]
     Malformed(&'static str),
-    /// The peer's proof of the pre-shared key did not verify: the keys differ.
+    /// The peer's proof of the pre-shared key did not verify: the keys differ. (A client whose
+    /// own proof the server rejected gets [`HandshakeError::Refused`] with
+    /// [`HelloStatus::AuthFailed`] instead.)
     #[error("pre-shared key mismatch: the peer's proof did not verify")]
     WrongKey,
     /// The server refused the tunnel.

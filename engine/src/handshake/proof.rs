@@ -1,103 +1,112 @@
-//! The pre-shared-key proofs: HMAC-SHA256 over both nonces, the session id, the tunnel index and
-//! the server's status, labelled per direction.
+//! The pre-shared-key computations of protocol version 2: the two proofs (HMAC-SHA256 over a
+//! label, the channel binding and SHA-256 hashes of the hello bytes they cover) and the pad that
+//! masks the session secret.
 //!
-//! Owns: computing and verifying proofs. Must not touch: message layouts or handshake state.
+//! Owns: computing and verifying proofs, hashing hello bytes, the secret's mask. Must not touch:
+//! message layouts or handshake state (callers pass the bytes to cover).
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
-use super::{ChannelBinding, HelloStatus, NONCE_LEN, PROOF_LEN, SessionId};
+use super::{ChannelBinding, NONCE_LEN, PROOF_LEN, SESSION_SECRET_LEN, SessionSecret};
 
 /// Which side a proof speaks for.
 #[derive(Debug, Clone, Copy)]
 pub enum ProofLabel {
-    /// Proof sent by the server in ServerHello.
+    /// Proof sent by the server in ServerHello: covers the hash of the whole ClientHello, then
+    /// the hash of the ServerHello before its proof.
     Server,
-    /// Proof sent by the client in ClientAuth.
+    /// Proof sent by the client in ClientHello: covers the hash of the ClientHello before its
+    /// proof.
     Client,
 }
 
-/// HMAC-SHA256(key, label ‖ channel binding ‖ session id ‖ tunnel index ‖ client nonce ‖ server nonce ‖ status).
-/// The status is the ServerHello's (the client's proof uses `Ok`), so refusals are signed too.
-#[allow(clippy::too_many_arguments)]
+impl ProofLabel {
+    fn text(self) -> &'static [u8] {
+        match self {
+            Self::Server => b"mtcpd v2 server proof",
+            Self::Client => b"mtcpd v2 client proof",
+        }
+    }
+}
+
+/// SHA-256 of hello bytes, as a proof covers them.
+pub fn transcript_hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// HMAC-SHA256(key, label ‖ channel binding ‖ each of `hashes` in order). `hashes` are
+/// [`transcript_hash`]es of the hello bytes the proof covers (see [`ProofLabel`]).
 pub fn proof(
     key: &[u8],
     label: ProofLabel,
     binding: &ChannelBinding,
-    session_id: &SessionId,
-    tunnel_index: u16,
-    client_nonce: &[u8; NONCE_LEN],
-    server_nonce: &[u8; NONCE_LEN],
-    status: HelloStatus,
+    hashes: &[[u8; 32]],
 ) -> [u8; PROOF_LEN] {
-    let mac = proof_mac(
-        key,
-        label,
-        binding,
-        session_id,
-        tunnel_index,
-        client_nonce,
-        server_nonce,
-        status,
-    );
     let mut out = [0; PROOF_LEN];
-    out.copy_from_slice(&mac.finalize().into_bytes());
+    out.copy_from_slice(
+        &proof_mac(key, label, binding, hashes)
+            .finalize()
+            .into_bytes(),
+    );
     out
 }
 
-/// Constant-time check of a received proof.
-#[allow(clippy::too_many_arguments)]
+/// Constant-time check of a received [`proof`].
 pub fn verify_proof(
     key: &[u8],
     label: ProofLabel,
     binding: &ChannelBinding,
-    session_id: &SessionId,
-    tunnel_index: u16,
-    client_nonce: &[u8; NONCE_LEN],
-    server_nonce: &[u8; NONCE_LEN],
-    status: HelloStatus,
+    hashes: &[[u8; 32]],
     received: &[u8; PROOF_LEN],
 ) -> bool {
-    let mac = proof_mac(
-        key,
-        label,
-        binding,
-        session_id,
-        tunnel_index,
-        client_nonce,
-        server_nonce,
-        status,
-    );
-    mac.verify_slice(received).is_ok()
+    proof_mac(key, label, binding, hashes)
+        .verify_slice(received)
+        .is_ok()
+}
+
+/// `secret` XOR HMAC-SHA256(key, "mtcpd v2 session secret" ‖ binding ‖ client nonce): masks a
+/// session secret for a ClientHello, and unmasks a received one (XOR is its own inverse). Only a
+/// holder of the key, on this connection, with this nonce, can unmask it.
+pub fn mask_session_secret(
+    key: &[u8],
+    binding: &ChannelBinding,
+    client_nonce: &[u8; NONCE_LEN],
+    secret: &SessionSecret,
+) -> SessionSecret {
+    let mut mac = keyed(key);
+    mac.update(b"mtcpd v2 session secret");
+    mac.update(binding);
+    mac.update(client_nonce);
+    let pad = mac.finalize().into_bytes();
+    let mut out = [0; SESSION_SECRET_LEN];
+    for (o, (s, p)) in out.iter_mut().zip(secret.iter().zip(pad.iter())) {
+        *o = s ^ p;
+    }
+    out
 }
 
 /// The HMAC both [`proof`] and [`verify_proof`] finish: keyed, labelled, fed every input.
-#[allow(clippy::too_many_arguments)]
 fn proof_mac(
     key: &[u8],
     label: ProofLabel,
     binding: &ChannelBinding,
-    session_id: &SessionId,
-    tunnel_index: u16,
-    client_nonce: &[u8; NONCE_LEN],
-    server_nonce: &[u8; NONCE_LEN],
-    status: HelloStatus,
+    hashes: &[[u8; 32]],
 ) -> Hmac<Sha256> {
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+    let mut mac = keyed(key);
+    mac.update(label.text());
+    mac.update(binding);
+    for hash in hashes {
+        mac.update(hash);
+    }
+    mac
+}
+
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
         Ok(mac) => mac,
         Err(_) => unreachable!("HMAC accepts keys of any length"),
-    };
-    mac.update(match label {
-        ProofLabel::Server => b"mtcpd v1 server proof",
-        ProofLabel::Client => b"mtcpd v1 client proof",
-    });
-    mac.update(binding);
-    mac.update(session_id);
-    mac.update(&tunnel_index.to_be_bytes());
-    mac.update(client_nonce);
-    mac.update(server_nonce);
-    mac.update(&(status as u16).to_be_bytes());
-    mac
+    }
 }
 
 #[cfg(test)]
@@ -106,35 +115,42 @@ mod tests {
 
     #[test]
     fn proofs_depend_on_every_input() {
-        let ok = HelloStatus::Ok;
-        let p = |key: &[u8], label, idx, cn: u8, sn: u8, status| {
-            proof(
-                key, label, &[0; 32], &[1; 16], idx, &[cn; 16], &[sn; 16], status,
-            )
+        let h = |b: u8| transcript_hash(&[b]);
+        let p = |key: &[u8], label, binding: u8, hashes: &[[u8; 32]]| {
+            proof(key, label, &[binding; 32], hashes)
         };
-        let base = p(b"key", ProofLabel::Server, 0, 2, 3, ok);
-        assert_ne!(base, p(b"kez", ProofLabel::Server, 0, 2, 3, ok));
-        assert_ne!(base, p(b"key", ProofLabel::Client, 0, 2, 3, ok));
-        assert_ne!(base, p(b"key", ProofLabel::Server, 1, 2, 3, ok));
-        assert_ne!(base, p(b"key", ProofLabel::Server, 0, 9, 3, ok));
-        assert_ne!(base, p(b"key", ProofLabel::Server, 0, 2, 9, ok));
-        assert_ne!(
-            base,
-            p(
-                b"key",
-                ProofLabel::Server,
-                0,
-                2,
-                3,
-                HelloStatus::UnknownSession
-            )
-        );
+        let base = p(b"key", ProofLabel::Server, 0, &[h(1), h(2)]);
+        assert_ne!(base, p(b"kez", ProofLabel::Server, 0, &[h(1), h(2)]));
+        assert_ne!(base, p(b"key", ProofLabel::Client, 0, &[h(1), h(2)]));
+        assert_ne!(base, p(b"key", ProofLabel::Server, 1, &[h(1), h(2)]));
+        assert_ne!(base, p(b"key", ProofLabel::Server, 0, &[h(3), h(2)]));
+        assert_ne!(base, p(b"key", ProofLabel::Server, 0, &[h(1), h(3)]));
+        assert_ne!(base, p(b"key", ProofLabel::Server, 0, &[h(1)]));
         let label = ProofLabel::Server;
-        assert!(verify_proof(
-            b"key", label, &[0; 32], &[1; 16], 0, &[2; 16], &[3; 16], ok, &base
-        ));
-        assert!(!verify_proof(
-            b"key", label, &[1; 32], &[1; 16], 0, &[2; 16], &[3; 16], ok, &base
-        ));
+        assert!(verify_proof(b"key", label, &[0; 32], &[h(1), h(2)], &base));
+        assert!(!verify_proof(b"key", label, &[1; 32], &[h(1), h(2)], &base));
+    }
+
+    #[test]
+    fn the_secret_mask_is_an_involution_bound_to_key_binding_and_nonce() {
+        let secret = [0x5a; 32];
+        let masked = mask_session_secret(b"key", &[0; 32], &[1; 16], &secret);
+        assert_ne!(masked, secret);
+        assert_eq!(
+            mask_session_secret(b"key", &[0; 32], &[1; 16], &masked),
+            secret
+        );
+        assert_ne!(
+            mask_session_secret(b"kez", &[0; 32], &[1; 16], &masked),
+            secret
+        );
+        assert_ne!(
+            mask_session_secret(b"key", &[2; 32], &[1; 16], &masked),
+            secret
+        );
+        assert_ne!(
+            mask_session_secret(b"key", &[0; 32], &[2; 16], &masked),
+            secret
+        );
     }
 }

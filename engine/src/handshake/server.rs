@@ -1,8 +1,13 @@
-//! The server half of a tunnel's handshake: [`ServerHandshake`] answers a ClientHello, asks its
-//! owner whether the session may take the tunnel, and verifies the client's proof.
+//! The server half of a tunnel's handshake: [`ServerHandshake`] verifies the client's proof in its
+//! ClientHello, unmasks the session secret, asks its owner whether the session may take the
+//! tunnel, and answers.
 //!
 //! Owns: the server's per-connection handshake state. Must not touch: sessions (admission is
 //! the caller's closure; the result is an [`AcceptedTunnel`] for whoever owns the sessions).
+//!
+//! Nothing is computed with the key for a peer until its proof verified: a bad proof gets an
+//! unsigned [`HelloStatus::AuthFailed`], so the answers of this side are no oracle for guessing
+//! the key offline.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +15,9 @@ use bytes::BytesMut;
 use rand::RngCore;
 
 use super::{
-    ChannelBinding, ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus, NONCE_LEN,
-    PROOF_LEN, ProofLabel, ServerHello, SessionId, TransportParams, decode_client_auth, proof,
-    verify_proof,
+    CLIENT_HELLO_LEN, ChannelBinding, ClientHello, HELLO_FLAG_RESUME, HandshakeError, HelloStatus,
+    NONCE_LEN, PROOF_LEN, ProofLabel, ServerHello, SessionId, SessionSecret, TransportParams,
+    mask_session_secret, transcript_hash, verify_proof,
 };
 use crate::wire::PROTOCOL_VERSION;
 
@@ -21,6 +26,8 @@ use crate::wire::PROTOCOL_VERSION;
 pub struct AcceptedTunnel {
     /// The session the tunnel belongs to.
     pub session_id: SessionId,
+    /// The session's secret, unmasked: a new session keeps it, an existing one must match it.
+    pub session_secret: SessionSecret,
     /// Its slot in the pool.
     pub tunnel_index: u16,
     /// Negotiated pool size.
@@ -29,16 +36,17 @@ pub struct AcceptedTunnel {
     pub resume: bool,
     /// The client's limits.
     pub peer_params: TransportParams,
-    /// Round trip measured across ServerHello → ClientAuth.
+    /// Round trip measured by the handshake: zero, since version 2 has one message each way
+    /// and the server cannot time it (the tunnel's first PING measures it).
     pub rtt: Duration,
 }
 
-/// What the server's owner of sessions says about a ClientHello, before the server answers it.
+/// What the server's owner of sessions says about a verified tunnel, before the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Proceed.
     Admit,
-    /// Refuse with this status.
+    /// Refuse with this status (signed: the client has proved the key).
     Refuse(HelloStatus),
 }
 
@@ -47,8 +55,8 @@ pub enum Admission {
 pub enum ServerProgress {
     /// More bytes are needed.
     Pending,
-    /// The tunnel is verified; bytes after ClientAuth remain in the caller's buffer and belong to
-    /// the session.
+    /// The tunnel is verified and the ServerHello written; bytes after the ClientHello remain in
+    /// the caller's buffer and belong to the session.
     Accepted(AcceptedTunnel),
 }
 
@@ -63,9 +71,8 @@ pub struct ServerHandshake {
     params: TransportParams,
     deadline: Instant,
     server_nonce: [u8; NONCE_LEN],
-    hello: Option<(ClientHello, u16, Instant)>,
-    binding: ChannelBinding,
     output: BytesMut,
+    answered: bool,
     finished: bool,
 }
 
@@ -87,9 +94,8 @@ impl ServerHandshake {
             params,
             deadline: now + timeout,
             server_nonce,
-            hello: None,
-            binding: [0; super::CHANNEL_BINDING_LEN],
             output: BytesMut::new(),
+            answered: false,
             finished: false,
         }
     }
@@ -108,10 +114,10 @@ impl ServerHandshake {
         Ok(())
     }
 
-    /// Whether our ServerHello (with its proof) has been written: a client that hangs up after
-    /// it could not verify the proof.
+    /// Whether a ServerHello has been written (an answer or a refusal). In version 2 that is
+    /// also the end of the handshake.
     pub fn answered(&self) -> bool {
-        self.hello.is_some()
+        self.answered
     }
 
     /// Bytes to write to the connection (ServerHello, or a refusal).
@@ -119,126 +125,124 @@ impl ServerHandshake {
         self.output.split()
     }
 
-    /// Consumes handshake bytes from the front of `buf`, read from a connection whose
-    /// [`ChannelBinding`] is `binding`. `admit` is asked once, with the ClientHello, whether the
-    /// session may take this tunnel.
+    /// Consumes the ClientHello from the front of `buf`, read from a connection whose
+    /// [`ChannelBinding`] is `binding`. Once its proof verified, `admit` is asked once, with the
+    /// tunnel it would accept, whether the session may take it.
     pub fn handle_input(
         &mut self,
-        now: Instant,
+        _now: Instant,
         buf: &mut BytesMut,
         binding: &ChannelBinding,
-        admit: impl FnOnce(&ClientHello) -> Admission,
+        admit: impl FnOnce(&AcceptedTunnel) -> Admission,
     ) -> Result<ServerProgress, HandshakeError> {
         if self.finished {
             return Err(HandshakeError::Malformed("handshake already finished"));
         }
-        if self.hello.is_none() {
-            self.binding = *binding;
-            let hello = match ClientHello::decode(buf) {
-                Ok(Some(h)) => h,
-                Ok(None) => return Ok(ServerProgress::Pending),
-                Err(HandshakeError::UnsupportedVersion { peer }) => {
-                    // A foreign version's hello need not have our layout, so the refusal cannot
-                    // be signed; a client takes it as final only before its session is
-                    // established.
-                    self.finished = true;
-                    ServerHello {
-                        version: PROTOCOL_VERSION,
-                        status: HelloStatus::UnsupportedVersion,
-                        pool_size: 0,
-                        capabilities: 0,
-                        nonce: self.server_nonce,
-                        proof: [0; PROOF_LEN],
-                        params: self.params,
-                    }
-                    .encode(&mut self.output);
-                    return Err(HandshakeError::UnsupportedVersion { peer });
-                }
-                Err(e) => {
-                    self.finished = true;
-                    return Err(e);
-                }
-            };
-            if let Err(e) = hello.params.validate() {
-                self.finished = true;
-                return Err(e);
-            }
-            let pool = hello.pool_size.clamp(1, self.max_pool);
-            if hello.tunnel_index >= pool {
-                self.refuse(&hello, HelloStatus::TunnelIndexOutOfRange, pool);
-                return Err(HandshakeError::Refused(HelloStatus::TunnelIndexOutOfRange));
-            }
-            if let Admission::Refuse(status) = admit(&hello) {
-                self.refuse(&hello, status, pool);
-                return Err(HandshakeError::Refused(status));
-            }
-            self.answer(&hello, HelloStatus::Ok, pool);
-            self.hello = Some((hello, pool, now));
-        }
-        let Some((hello, pool, sent_at)) = &self.hello else {
-            return Ok(ServerProgress::Pending);
-        };
-        let client_proof = match decode_client_auth(buf) {
-            Ok(Some(p)) => p,
+        let (hello, raw) = match ClientHello::decode_with_bytes(buf) {
+            Ok(Some(h)) => h,
             Ok(None) => return Ok(ServerProgress::Pending),
+            Err(HandshakeError::UnsupportedVersion { peer }) => {
+                // A foreign version's hello need not have our layout, so the refusal cannot
+                // be signed; a client takes it as final only before its session is
+                // established.
+                self.refuse_unsigned(HelloStatus::UnsupportedVersion);
+                return Err(HandshakeError::UnsupportedVersion { peer });
+            }
             Err(e) => {
                 self.finished = true;
                 return Err(e);
             }
         };
-        self.finished = true;
+        let covered = [transcript_hash(&raw[..CLIENT_HELLO_LEN - PROOF_LEN])];
         if !verify_proof(
             &self.key,
             ProofLabel::Client,
-            &self.binding,
-            &hello.session_id,
-            hello.tunnel_index,
-            &hello.nonce,
-            &self.server_nonce,
-            HelloStatus::Ok,
-            &client_proof,
+            binding,
+            &covered,
+            &hello.proof,
         ) {
+            self.refuse_unsigned(HelloStatus::AuthFailed);
             return Err(HandshakeError::WrongKey);
         }
-        Ok(ServerProgress::Accepted(AcceptedTunnel {
+        if let Err(e) = hello.params.validate() {
+            self.finished = true;
+            return Err(e);
+        }
+        let pool = hello.pool_size.clamp(1, self.max_pool);
+        if hello.tunnel_index >= pool {
+            self.answer(&raw, binding, HelloStatus::TunnelIndexOutOfRange, pool);
+            return Err(HandshakeError::Refused(HelloStatus::TunnelIndexOutOfRange));
+        }
+        let tunnel = AcceptedTunnel {
             session_id: hello.session_id,
+            session_secret: mask_session_secret(
+                &self.key,
+                binding,
+                &hello.nonce,
+                &hello.masked_secret,
+            ),
             tunnel_index: hello.tunnel_index,
-            pool_size: *pool,
+            pool_size: pool,
             resume: hello.flags & HELLO_FLAG_RESUME != 0,
             peer_params: hello.params,
-            rtt: now.saturating_duration_since(*sent_at),
-        }))
+            rtt: Duration::ZERO,
+        };
+        if let Admission::Refuse(status) = admit(&tunnel) {
+            self.answer(&raw, binding, status, pool);
+            return Err(HandshakeError::Refused(status));
+        }
+        self.answer(&raw, binding, HelloStatus::Ok, pool);
+        Ok(ServerProgress::Accepted(tunnel))
     }
 
-    fn refuse(&mut self, hello: &ClientHello, status: HelloStatus, pool: u16) {
+    /// Writes a refusal decided before the client proved the key: no proof, no limits.
+    fn refuse_unsigned(&mut self, status: HelloStatus) {
         self.finished = true;
-        self.answer(hello, status, pool);
+        self.answered = true;
+        ServerHello {
+            version: PROTOCOL_VERSION,
+            status,
+            pool_size: 0,
+            capabilities: 0,
+            nonce: [0; NONCE_LEN],
+            params: UNSIGNED_PARAMS,
+            proof: [0; PROOF_LEN],
+        }
+        .encode(&mut self.output);
     }
 
-    /// Writes the ServerHello with `status`, signed with the server's proof (refusals too).
-    fn answer(&mut self, hello: &ClientHello, status: HelloStatus, pool: u16) {
-        let proof = proof(
-            &self.key,
-            ProofLabel::Server,
-            &self.binding,
-            &hello.session_id,
-            hello.tunnel_index,
-            &hello.nonce,
-            &self.server_nonce,
-            status,
-        );
-        ServerHello {
+    /// Writes the ServerHello with `status`, signed with the server's proof (refusals too), for
+    /// the ClientHello whose bytes are `client_hello`. Ends the handshake.
+    fn answer(
+        &mut self,
+        client_hello: &[u8],
+        binding: &ChannelBinding,
+        status: HelloStatus,
+        pool: u16,
+    ) {
+        self.finished = true;
+        self.answered = true;
+        let mut hello = ServerHello {
             version: PROTOCOL_VERSION,
             status,
             pool_size: pool,
             capabilities: 0,
             nonce: self.server_nonce,
-            proof,
             params: self.params,
-        }
-        .encode(&mut self.output);
+            proof: [0; PROOF_LEN],
+        };
+        hello.sign(&self.key, binding, client_hello);
+        hello.encode(&mut self.output);
     }
 }
+
+/// The limits field of an unsigned refusal: all zero (nothing is told to an unproved peer).
+const UNSIGNED_PARAMS: TransportParams = TransportParams {
+    max_frame_body: 0,
+    stream_window: 0,
+    session_window: 0,
+    max_streams: 0,
+};
 
 #[cfg(test)]
 mod tests {

@@ -232,6 +232,8 @@ fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
         return Err(RuntimeError::Workers);
     }
     opts.validate()?;
+    // A runtime is what exposes the tunnel to a network: no key without an explicit opt-in.
+    opts.engine.check_key()?;
     let driver = choose_driver(opts.io)?;
     tracing::info!(driver = driver.name(), requested = ?opts.io, "I/O driver selected");
     match sockopt::raise_nofile_limit() {

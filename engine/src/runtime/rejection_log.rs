@@ -22,7 +22,8 @@ use crate::handshake::{HandshakeError, HelloStatus};
 /// Why a server handshake ended without a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum RejectReason {
-    /// The client's proof did not verify: it has another key.
+    /// The client's proof did not verify (answered AuthFailed): it has another key, or none,
+    /// or its hello was altered or replayed from another connection.
     WrongKey,
     /// The client hung up after our ServerHello: it could not verify our proof (its key
     /// differs, or it has none), or it is not an mtcpd client.
@@ -63,7 +64,10 @@ impl RejectReason {
 impl fmt::Display for RejectReason {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::WrongKey => out.write_str("the client's key is wrong"),
+            Self::WrongKey => out.write_str(
+                "the client's proof failed (its key differs or it has none, or the hello was \
+                 altered or replayed)",
+            ),
             Self::ClosedAfterProof => out.write_str(
                 "the client hung up after our proof (its key differs, or it has none, or it is \
                  not an mtcpd client)",

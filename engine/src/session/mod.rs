@@ -53,7 +53,9 @@ use rand::{RngCore, SeedableRng};
 
 use crate::config::Config;
 use crate::error::{SessionError, TunnelError};
-use crate::handshake::{AcceptedTunnel, SessionId, TransportParams};
+use crate::handshake::{
+    AcceptedTunnel, SessionId, SessionSecret, TransportParams, session_secrets_equal,
+};
 use crate::path::PathEstimate;
 use crate::scheduler::{PathView, Scheduler};
 use retransmit::Reliable;
@@ -169,6 +171,9 @@ pub struct Session {
     role: Role,
     config: Arc<Config>,
     id: SessionId,
+    /// Client: drawn at start, sent masked on every tunnel. Server: the one the creating tunnel
+    /// carried; every later tunnel must carry the same.
+    secret: SessionSecret,
     rng: StdRng,
     epoch: Instant,
     closed: Option<SessionError>,
@@ -237,8 +242,10 @@ impl Session {
         let mut rng = StdRng::from_seed(seed);
         let mut id = [0; 16];
         rng.fill_bytes(&mut id);
+        let mut secret = [0; 32];
+        rng.fill_bytes(&mut secret);
         let pool = config.pool_size.max(1) as usize;
-        let mut session = Self::new(Role::Client, config, id, rng, now, pool);
+        let mut session = Self::new(Role::Client, config, (id, secret), rng, now, pool);
         session.first_dial = first_dial;
         if session.config.zero_rtt {
             session.dial_pool(now);
@@ -253,7 +260,8 @@ impl Session {
     pub fn server(config: Arc<Config>, now: Instant, first: &AcceptedTunnel, seed: u64) -> Self {
         let rng = StdRng::seed_from_u64(seed);
         let pool = first.pool_size.max(1) as usize;
-        let mut session = Self::new(Role::Server, config, first.session_id, rng, now, pool);
+        let identity = (first.session_id, first.session_secret);
+        let mut session = Self::new(Role::Server, config, identity, rng, now, pool);
         session.peer_params = Some(first.peer_params);
         session.apply_peer_params(first.peer_params);
         session.established = true;
@@ -264,7 +272,7 @@ impl Session {
     fn new(
         role: Role,
         config: Arc<Config>,
-        id: SessionId,
+        (id, secret): (SessionId, SessionSecret),
         rng: StdRng,
         now: Instant,
         pool: usize,
@@ -275,6 +283,7 @@ impl Session {
         Self {
             role,
             id,
+            secret,
             rng,
             epoch: now,
             closed: None,
@@ -328,6 +337,12 @@ impl Session {
     /// The session id.
     pub fn id(&self) -> &SessionId {
         &self.id
+    }
+
+    /// Whether `secret` is this session's secret (constant time): a tunnel that does not carry
+    /// it may not join the session.
+    pub fn secret_matches(&self, secret: &SessionSecret) -> bool {
+        session_secrets_equal(&self.secret, secret)
     }
 
     /// Tunnel slots (the negotiated pool size once known).

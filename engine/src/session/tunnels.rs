@@ -41,7 +41,7 @@ pub(super) enum TunnelState {
 #[derive(Debug)]
 pub(super) struct Tunnel {
     pub(super) state: TunnelState,
-    /// Handshake bytes to write before any frame (ClientHello, then ClientAuth).
+    /// Handshake bytes to write before any frame (the ClientHello).
     pub(super) handshake_out: BytesMut,
     /// Reliable frames sent on this connection and not yet acknowledged, oldest first.
     pub(super) retained: VecDeque<Retained>,
@@ -118,11 +118,18 @@ impl Tunnel {
     }
 
     /// The connection carries frames from `now`.
+    /// A zero `rtt` is "not measured" (the server's side of a version 2 handshake): a PING
+    /// leaves with the ServerHello to measure it, so the sample arrives with the client's first
+    /// frames, when version 1's ClientAuth gave it.
     fn activate(&mut self, now: Instant, rtt: Duration, keepalive: Duration) {
         self.state = TunnelState::Active;
         self.last_recv = now;
         self.next_ping = now + keepalive;
-        self.path.on_rtt_sample(rtt, now);
+        if rtt.is_zero() {
+            self.ping_due = true;
+        } else {
+            self.path.on_rtt_sample(rtt, now);
+        }
     }
 }
 
@@ -164,6 +171,7 @@ impl Session {
         }
         let offer = ClientOffer {
             session_id: self.id,
+            session_secret: self.secret,
             tunnel_index: t as u16,
             resume: self.established,
             pool_size: self.config.pool_size,
@@ -176,7 +184,14 @@ impl Session {
             return;
         }
         tun.reset_connection(now);
-        let hs = ClientHandshake::start(offer, binding, now, &mut self.rng, &mut tun.handshake_out);
+        let hs = ClientHandshake::start(
+            offer,
+            &self.config.psk,
+            binding,
+            now,
+            &mut self.rng,
+            &mut tun.handshake_out,
+        );
         tun.state = TunnelState::Handshaking(hs);
     }
 
@@ -190,9 +205,13 @@ impl Session {
     }
 
     /// Server: attach a tunnel whose handshake [`crate::handshake::ServerHandshake`] accepted.
-    /// A live tunnel in the same slot is replaced (the client re-dialed it).
+    /// A live tunnel in the same slot is replaced (the client re-dialed it). A tunnel that does
+    /// not carry the session's secret is ignored (the endpoint refuses it before this).
     pub fn attach_tunnel(&mut self, now: Instant, accepted: &AcceptedTunnel) {
-        if self.role != Role::Server || self.closed.is_some() {
+        if self.role != Role::Server
+            || self.closed.is_some()
+            || !self.secret_matches(&accepted.session_secret)
+        {
             return;
         }
         let t = accepted.tunnel_index as usize;
@@ -278,7 +297,7 @@ impl Session {
         let TunnelState::Handshaking(hs) = &mut tun.state else {
             return Ok(());
         };
-        match hs.handle_input(&self.config.psk, now, buf, &mut tun.handshake_out) {
+        match hs.handle_input(&self.config.psk, now, buf) {
             Ok(ClientProgress::Pending) => Ok(()),
             Ok(ClientProgress::Accepted(granted)) => {
                 self.on_tunnel_accepted(now, t, granted);
@@ -291,7 +310,7 @@ impl Session {
         }
     }
 
-    /// Client: the server accepted tunnel `t` (ClientAuth is queued): it carries frames now.
+    /// Client: the server accepted tunnel `t`: it carries frames now.
     fn on_tunnel_accepted(&mut self, now: Instant, t: usize, granted: ServerAccepted) {
         if self.peer_params.is_none() {
             self.peer_params = Some(granted.params);
@@ -328,14 +347,17 @@ impl Session {
         let permanent = matches!(
             e,
             HandshakeError::WrongKey
+                | HandshakeError::Refused(HelloStatus::AuthFailed)
                 | HandshakeError::UnsupportedVersion { .. }
                 | HandshakeError::BadMagic
                 | HandshakeError::Malformed(_)
         );
         match e {
-            HandshakeError::Refused(HelloStatus::UnknownSession) => {
-                Err(self.fail(now, SessionError::SessionLost))
-            }
+            // The server forgot the session, or holds another one under its id: either way
+            // this session's streams are not there.
+            HandshakeError::Refused(
+                HelloStatus::UnknownSession | HelloStatus::SessionSecretMismatch,
+            ) => Err(self.fail(now, SessionError::SessionLost)),
             HandshakeError::Refused(HelloStatus::TunnelIndexOutOfRange) => {
                 self.tunnel_down(now, t, TunnelError::Retired);
                 Ok(())
