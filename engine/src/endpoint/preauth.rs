@@ -46,6 +46,18 @@ impl SourcePrefix {
         }
     }
 
+    /// The network's first address (for logs that count per address).
+    pub fn network(&self) -> IpAddr {
+        match *self {
+            Self::V4([a, b, c]) => IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, 0)),
+            Self::V6(first) => {
+                let mut all = [0; 16];
+                all[..8].copy_from_slice(&first);
+                IpAddr::V6(std::net::Ipv6Addr::from(all))
+            }
+        }
+    }
+
     fn v4(octets: [u8; 4]) -> Self {
         Self::V4([octets[0], octets[1], octets[2]])
     }
@@ -169,6 +181,7 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.to_string(), "198.51.100.0/24");
+        assert_eq!(a.network(), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 0)));
         let mapped = SourcePrefix::of(IpAddr::V6(Ipv4Addr::new(198, 51, 100, 9).to_ipv6_mapped()));
         assert_eq!(mapped, a);
         let v6a: Ipv6Addr = "2001:db8:1:2:aaaa::1".parse().unwrap();
@@ -185,6 +198,10 @@ mod tests {
         assert_eq!(
             SourcePrefix::of(IpAddr::V6(v6a)).to_string(),
             "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            SourcePrefix::of(IpAddr::V6(v6a)).network(),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
         );
     }
 

@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -116,7 +117,14 @@ impl<D: Driver> EventLoop<D> {
                             // A reset: nothing is sent, and no TIME_WAIT is left here.
                             sockopt::abort_on_close(&conn);
                             drop(conn);
-                            self.reject(now, RejectReason::of_preauth(&refusal), peer);
+                            // A network over its cap is one source in the log, not 256.
+                            let source = match refusal {
+                                PreauthRefusal::TooManyFromSource { network, .. } => {
+                                    SocketAddr::new(network.network(), 0)
+                                }
+                                _ => peer,
+                            };
+                            self.reject(now, RejectReason::of_preauth(&refusal), source);
                             continue;
                         }
                     };
