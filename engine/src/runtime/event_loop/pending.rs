@@ -38,10 +38,11 @@ impl<D: Driver> EventLoop<D> {
             return;
         };
         let (peer, handshake) = (*peer, *handshake);
-        let mut eof = false;
+        let (mut eof, mut full) = (false, false);
         if readable {
+            // Small reads: a read stops at MAX_HANDSHAKE_INPUT (a `Batch`).
             match read_into(sock, rx, &mut self.read_buf[..super::HANDSHAKE_READ]) {
-                Ok(state) => eof = state == ReadState::Eof,
+                Ok(state) => (eof, full) = (state == ReadState::Eof, state == ReadState::Batch),
                 Err(e) => {
                     tracing::debug!(%peer, "tunnel connection failed during handshake: {e}");
                     self.reject_closed(now, handshake, peer);
@@ -72,7 +73,7 @@ impl<D: Driver> EventLoop<D> {
         let flushed = tx.flush(sock);
         match step.outcome {
             HandshakeOutcome::Pending => {
-                if rx.len() >= MAX_HANDSHAKE_INPUT {
+                if full || rx.len() >= MAX_HANDSHAKE_INPUT {
                     tracing::debug!(%peer, "tunnel connection sent too much during its handshake; closed");
                     self.reject(now, RejectReason::InputTooLarge, peer);
                     self.drop_pending(key);
