@@ -183,6 +183,10 @@ impl<D: Driver> EventLoop<D> {
         retry.due = Some(now + retry.backoff);
         retry.backoff = (retry.backoff * 2).min(RETRY_MAX);
         if out_of_files(&e) {
+            if self.accepts.spare.is_none() {
+                // Lost to another thread last time: take it back if a descriptor is free.
+                self.accepts.spare = open_spare();
+            }
             self.shed_queued(key, tunnels, now);
         }
     }
