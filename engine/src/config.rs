@@ -48,6 +48,14 @@ pub mod range {
     /// [`Config::handshake_timeout`].
     pub const HANDSHAKE_TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(100)..=Duration::from_secs(300);
+    /// [`Config::preauth_timeout`]: long enough for a TLS and an mtcpd handshake across a
+    /// slow WAN path, short enough that a half-open connection is not held for long.
+    pub const PREAUTH_TIMEOUT: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(60);
+    /// [`Config::max_handshakes`].
+    pub const MAX_HANDSHAKES: RangeInclusive<u32> = 1..=1_000_000;
+    /// [`Config::max_handshakes_per_source`].
+    pub const MAX_HANDSHAKES_PER_SOURCE: RangeInclusive<u32> = 1..=1_000_000;
     /// [`Config::tunnel_idle_timeout`]; also longer than `keepalive_interval`.
     pub const TUNNEL_IDLE_TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=ONE_DAY;
     /// [`Config::keepalive_interval`]; also shorter than `tunnel_idle_timeout`.
@@ -91,8 +99,19 @@ pub struct Config {
     pub stream_send_buffer: usize,
     /// How many streams the peer may have open at once.
     pub max_streams: u64,
-    /// A tunnel must finish its handshake within this.
+    /// Client: a tunnel must be dialed and finish its handshake within this (the server's
+    /// deadline is [`Config::preauth_timeout`]).
     pub handshake_timeout: Duration,
+    /// Server: a connection must finish its handshake within this after it was accepted, or
+    /// it is closed (what an unauthenticated peer can hold a connection for).
+    pub preauth_timeout: Duration,
+    /// Server: most handshakes in progress at once per endpoint (each worker of a runtime has
+    /// one); connections beyond it are closed at once. A runtime lowers it so that handshakes
+    /// never hold more than a quarter of the open-file limit.
+    pub max_handshakes: u32,
+    /// Server: most handshakes in progress at once from one source network (an IPv4 /24, an
+    /// IPv6 /64), across all workers of a runtime; connections beyond it are closed at once.
+    pub max_handshakes_per_source: u32,
     /// A tunnel that receives nothing for this long is dead.
     pub tunnel_idle_timeout: Duration,
     /// A PING goes out on each idle tunnel this often (keeps the idle timeout from firing and
@@ -142,6 +161,9 @@ impl Default for Config {
             stream_send_buffer: 1024 * 1024,
             max_streams: 131_072,
             handshake_timeout: Duration::from_secs(10),
+            preauth_timeout: Duration::from_secs(3),
+            max_handshakes: 1024,
+            max_handshakes_per_source: 64,
             tunnel_idle_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             session_grace: Duration::from_secs(60),
@@ -199,6 +221,9 @@ impl Config {
             stream_send_buffer,
             max_streams,
             handshake_timeout,
+            preauth_timeout,
+            max_handshakes,
+            max_handshakes_per_source,
             tunnel_idle_timeout,
             keepalive_interval,
             session_grace,
@@ -233,6 +258,13 @@ impl Config {
                 "handshake_timeout",
                 *handshake_timeout,
                 range::HANDSHAKE_TIMEOUT,
+            ),
+            Setting::duration("preauth_timeout", *preauth_timeout, range::PREAUTH_TIMEOUT),
+            Setting::count("max_handshakes", *max_handshakes, range::MAX_HANDSHAKES),
+            Setting::count(
+                "max_handshakes_per_source",
+                *max_handshakes_per_source,
+                range::MAX_HANDSHAKES_PER_SOURCE,
             ),
             Setting::duration(
                 "tunnel_idle_timeout",

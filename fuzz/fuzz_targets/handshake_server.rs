@@ -419,6 +419,7 @@ fuzz_target!(|data: &[u8]| {
         psk: KEY.to_vec(),
         pool_size: u16::from((shape >> 2) & 7) + 1,
         handshake_timeout: HANDSHAKE_TIMEOUT,
+        preauth_timeout: HANDSHAKE_TIMEOUT,
         ..Config::default()
     };
     let budget = SessionBudget::new(usize::from(shape & 3));

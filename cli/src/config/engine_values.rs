@@ -34,6 +34,12 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("stream_send_buffer", None),
     ("max_streams", Some("limits.max_streams_per_session")),
     ("handshake_timeout", Some("limits.handshake_timeout")),
+    ("preauth_timeout", Some("limits.preauth_timeout")),
+    ("max_handshakes", Some("limits.max_handshakes_per_worker")),
+    (
+        "max_handshakes_per_source",
+        Some("limits.max_handshakes_per_source"),
+    ),
     ("tunnel_idle_timeout", Some("limits.tunnel_idle_timeout")),
     ("keepalive_interval", Some("limits.keepalive_interval")),
     ("session_grace", Some("limits.session_grace")),
@@ -192,8 +198,23 @@ impl Checker {
                 protocol_range::MAX_FRAME_PAYLOAD,
             )?;
         }
+        if let Some(count) = raw.max_handshakes_per_worker {
+            engine.max_handshakes = self.count_in(
+                "limits.max_handshakes_per_worker",
+                count,
+                protocol_range::MAX_HANDSHAKES,
+            )?;
+        }
+        if let Some(count) = raw.max_handshakes_per_source {
+            engine.max_handshakes_per_source = self.count_in(
+                "limits.max_handshakes_per_source",
+                count,
+                protocol_range::MAX_HANDSHAKES_PER_SOURCE,
+            )?;
+        }
         for (field, value) in [
             (&mut engine.handshake_timeout, raw.handshake_timeout),
+            (&mut engine.preauth_timeout, raw.preauth_timeout),
             (&mut engine.tunnel_idle_timeout, raw.tunnel_idle_timeout),
             (&mut engine.keepalive_interval, raw.keepalive_interval),
             (&mut engine.session_grace, raw.session_grace),

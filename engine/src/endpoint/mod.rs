@@ -22,16 +22,21 @@
 //! its sockets there; the simulator and the benches use `()`).
 
 mod budget;
+mod preauth;
 mod refusal;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_preauth;
 
 pub use budget::SessionBudget;
+pub use preauth::{MAX_HANDSHAKE_INPUT, PreauthRefusal, SourceBudget, SourcePrefix};
 pub use refusal::{
     ClientRefused, FIRST_RETRY, REPORT_INTERVAL, Refusal, RefusalBackoff, RefusalReport,
 };
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -146,6 +151,8 @@ struct PendingHandshake {
     handshake: Box<ServerHandshake>,
     /// The new session id this handshake's ClientHello took a budget place for.
     reserved: Option<SessionId>,
+    /// The source network this handshake holds a [`SourceBudget`] place for.
+    source: Option<SourcePrefix>,
 }
 
 /// Every session of one end (see the module docs).
@@ -159,6 +166,9 @@ pub struct Endpoint<T = ()> {
     /// New session ids admitted at ClientHello, each holding one budget place, with how many
     /// of their handshakes are in progress (a client dials its whole pool at once: one place).
     reserved: HashMap<SessionId, usize>,
+    /// Server: handshakes in progress per source network (shared with the other workers'
+    /// endpoints by [`Endpoint::share_source_budget`]).
+    sources: SourceBudget,
     rng: StdRng,
     stopping: bool,
     /// Client: refusals across successive sessions, and the last one not yet taken.
@@ -182,6 +192,7 @@ impl<T: Default> Endpoint<T> {
     }
 
     fn new(config: Arc<Config>, side: Side, seed: [u8; 32]) -> Self {
+        let sources = SourceBudget::new(config.max_handshakes_per_source);
         Self {
             config,
             side,
@@ -189,6 +200,7 @@ impl<T: Default> Endpoint<T> {
             by_id: HashMap::new(),
             handshakes: Slab::new(),
             reserved: HashMap::new(),
+            sources,
             rng: StdRng::from_seed(seed),
             stopping: false,
             refusals: RefusalBackoff::default(),
@@ -258,6 +270,8 @@ impl<T: Default> Endpoint<T> {
         let Some(pending) = self.handshakes.try_remove(key.0) else {
             return HandshakeOutcome::Failed(HandshakeError::Malformed("no such handshake"));
         };
+        // Authenticated: the connection no longer counts against its source network.
+        self.release_source(pending.source);
         if let Some(&session) = self.by_id.get(&tunnel.session_id) {
             self.release_reservation(pending.reserved);
             if !self.sessions[session]
@@ -377,21 +391,75 @@ impl<T: Default> Endpoint<T> {
 }
 
 impl<T> Endpoint<T> {
-    /// Server: starts the handshake of a connection accepted at `now` (none on a client).
+    /// Server: starts the handshake of a connection accepted at `now` (none on a client),
+    /// without the pre-auth caps (for harnesses that make their own connections; a server
+    /// facing a network uses [`Endpoint::accept_connection_from`]).
     pub fn accept_connection(&mut self, now: Instant) -> Option<HandshakeKey> {
         let Side::Server { .. } = self.side else {
             return None;
         };
+        Some(self.start_handshake(now, None))
+    }
+
+    /// Server: starts the handshake of a connection from `peer` accepted at `now`, or refuses
+    /// it (close it at once, without a reply) when this endpoint already has
+    /// `Config::max_handshakes` handshakes in progress, or `peer`'s network
+    /// `Config::max_handshakes_per_source` (see [`SourcePrefix`]).
+    pub fn accept_connection_from(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+    ) -> Result<HandshakeKey, PreauthRefusal> {
+        let Side::Server { .. } = self.side else {
+            return Err(PreauthRefusal::NotAServer);
+        };
+        let limit = self.config.max_handshakes;
+        if self.handshakes.len() >= limit as usize {
+            return Err(PreauthRefusal::TooManyHandshakes { limit });
+        }
+        let source = SourcePrefix::of(peer);
+        if !self.sources.try_take(source) {
+            return Err(PreauthRefusal::TooManyFromSource {
+                network: source,
+                limit: self.sources.limit(),
+            });
+        }
+        Ok(self.start_handshake(now, Some(source)))
+    }
+
+    fn start_handshake(&mut self, now: Instant, source: Option<SourcePrefix>) -> HandshakeKey {
         let c = &self.config;
         let handshake = ServerHandshake::new(
             &c.psk,
             c.pool_size,
             c.transport_params(),
-            c.handshake_timeout,
+            c.preauth_timeout,
             now,
             &mut self.rng,
         );
-        Some(self.adopt_handshake(Box::new(handshake)))
+        HandshakeKey(self.handshakes.insert(PendingHandshake {
+            handshake: Box::new(handshake),
+            reserved: None,
+            source,
+        }))
+    }
+
+    /// Counts the handshakes in progress per source network together with every endpoint
+    /// `budget` is shared with (the other workers of a runtime), instead of alone.
+    pub fn share_source_budget(&mut self, budget: SourceBudget) {
+        self.sources = budget;
+    }
+
+    /// The handshakes in progress per source network this endpoint counts against.
+    pub fn source_budget(&self) -> &SourceBudget {
+        &self.sources
+    }
+
+    /// Whether a connection accepted at `accepted_at` has outlived the pre-auth deadline
+    /// (`Config::preauth_timeout`) at `now`: a hand-off that waited that long is closed rather
+    /// than adopted.
+    pub fn preauth_expired(&self, accepted_at: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(accepted_at) >= self.config.preauth_timeout
     }
 
     /// Takes over a handshake another endpoint started (a connection handed between workers
@@ -400,14 +468,33 @@ impl<T> Endpoint<T> {
         HandshakeKey(self.handshakes.insert(PendingHandshake {
             handshake,
             reserved: None,
+            source: None,
+        }))
+    }
+
+    /// [`Endpoint::adopt_handshake`] for a connection from `peer`: it counts against its
+    /// source network again (the sending endpoint gave the place back in
+    /// [`Endpoint::take_handshake`]), but is never refused here — it was admitted there.
+    pub fn adopt_handshake_from(
+        &mut self,
+        handshake: Box<ServerHandshake>,
+        peer: IpAddr,
+    ) -> HandshakeKey {
+        let source = SourcePrefix::of(peer);
+        self.sources.take(source);
+        HandshakeKey(self.handshakes.insert(PendingHandshake {
+            handshake,
+            reserved: None,
+            source: Some(source),
         }))
     }
 
     /// Gives up handshake `key` to hand it to another endpoint (only before its ClientHello was
-    /// fed: then it holds no budget place).
+    /// fed: then it holds no budget place); its source network's place is given back.
     pub fn take_handshake(&mut self, key: HandshakeKey) -> Option<Box<ServerHandshake>> {
         let pending = self.handshakes.try_remove(key.0)?;
         self.release_reservation(pending.reserved);
+        self.release_source(pending.source);
         Some(pending.handshake)
     }
 
@@ -457,6 +544,13 @@ impl<T> Endpoint<T> {
     fn drop_handshake(&mut self, key: HandshakeKey) {
         if let Some(pending) = self.handshakes.try_remove(key.0) {
             self.release_reservation(pending.reserved);
+            self.release_source(pending.source);
+        }
+    }
+
+    fn release_source(&mut self, source: Option<SourcePrefix>) {
+        if let Some(source) = source {
+            self.sources.give_back(source);
         }
     }
 

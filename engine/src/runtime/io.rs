@@ -26,7 +26,7 @@ pub(super) const MAX_IOV: usize = 64;
 pub(super) type Ready = (usize, bool, bool);
 
 /// A listening socket.
-pub(super) trait IoListener: Send + std::fmt::Debug + Sized {
+pub(super) trait IoListener: Send + std::fmt::Debug + AsFd + Sized {
     /// The connections it accepts.
     type Stream: IoStream;
     /// Accepts one connection, or `WouldBlock`.
@@ -86,6 +86,10 @@ pub(super) trait Driver: Send + Sized + 'static {
         token: usize,
         connecting: bool,
     ) -> io::Result<()>;
+    /// Sizes a stream's receive buffers for a handshake (`true`: a connection that has not
+    /// proved anything yet must not hold a bulk-sized buffer) or for a session's tunnel. A
+    /// driver that reads into the loop's scratch buffer holds none and ignores this.
+    fn handshake_buffers(&mut self, _s: &mut Self::Stream, _handshake: bool) {}
     /// Stops reporting a listener's events.
     fn deregister_listener(&mut self, l: &mut Self::Listener);
     /// Stops reporting a stream's events (it may be registered again under another token).

@@ -227,7 +227,7 @@ impl Drop for RuntimeHandle {
     }
 }
 
-fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
+fn prepare(opts: &mut RuntimeOptions) -> Result<DriverKind, RuntimeError> {
     if opts.workers == 0 {
         return Err(RuntimeError::Workers);
     }
@@ -238,11 +238,31 @@ fn prepare(opts: &RuntimeOptions) -> Result<DriverKind, RuntimeError> {
     tracing::info!(driver = driver.name(), requested = ?opts.io, "I/O driver selected");
     match sockopt::raise_nofile_limit() {
         Ok((before, now, hard)) => {
-            tracing::info!(soft_before = before, soft = now, hard, "open-file limit")
+            tracing::info!(soft_before = before, soft = now, hard, "open-file limit");
+            reserve_descriptors(opts, now);
         }
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
     }
     Ok(driver)
+}
+
+/// Keeps three quarters of the open-file limit `nofile` for tunnels, backend connections and
+/// re-dials: a worker's handshakes in progress plus its hand-offs waiting for a full ring (each
+/// at most `max_handshakes`) may take the rest, so `max_handshakes` is lowered to
+/// `nofile / (8 × workers)` when it is higher.
+fn reserve_descriptors(opts: &mut RuntimeOptions, nofile: u64) {
+    let share = nofile / (8 * opts.workers.max(1) as u64);
+    let share = u32::try_from(share).unwrap_or(u32::MAX).max(1);
+    if share < opts.engine.max_handshakes {
+        tracing::info!(
+            configured = opts.engine.max_handshakes,
+            applied = share,
+            nofile,
+            "handshakes in progress per worker lowered to keep descriptors for tunnels and \
+             backend connections"
+        );
+        opts.engine.max_handshakes = share;
+    }
 }
 
 /// Listeners for `addr`, one per worker: the first binds (resolving port 0), the others join
@@ -281,7 +301,8 @@ fn start_server(
     resolve: TargetResolver,
     accept: Option<api::AcceptSender>,
 ) -> Result<RuntimeHandle, RuntimeError> {
-    let driver = prepare(&opts)?;
+    let mut opts = opts;
+    let driver = prepare(&mut opts)?;
     let listeners = listeners_per_worker(listen, opts.workers)?;
     let local = listeners[0].local_addr()?;
     tracing::info!(%local, workers = opts.workers, "listening for tunnels");
@@ -301,7 +322,8 @@ pub fn spawn_client(
     server: SocketAddr,
     forwards: &[ClientForward],
 ) -> Result<RuntimeHandle, RuntimeError> {
-    let driver = prepare(&opts)?;
+    let mut opts = opts;
+    let driver = prepare(&mut opts)?;
     let mut listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
         (0..opts.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
@@ -418,13 +440,21 @@ fn start_on<D: io::Driver>(
         WorkerSetup::Server { accept, .. } => accept.clone(),
         WorkerSetup::Client { .. } => None,
     };
-    let mailboxes = worker::Mailbox::wire(wakers.clone());
+    // Hand-offs waiting for a full ring are connections before authentication too: as many as
+    // a worker may have handshakes.
+    let mailboxes = worker::Mailbox::wire(
+        wakers.clone(),
+        opts.engine.max_handshakes as usize,
+        worker::Placement::random(),
+    );
+    let sources = crate::endpoint::SourceBudget::new(opts.engine.max_handshakes_per_source);
     for (w, (driver, mailbox)) in drivers.into_iter().zip(mailboxes).enumerate() {
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
             mailbox,
             budget: budget.clone(),
             rejections: rejections.clone(),
+            sources: sources.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

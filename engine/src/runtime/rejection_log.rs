@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::endpoint::PreauthRefusal;
 use crate::handshake::{HandshakeError, HelloStatus};
 
 /// Why a server handshake ended without a tunnel.
@@ -40,6 +41,18 @@ pub(crate) enum RejectReason {
     Timeout,
     /// The connection closed or failed before our proof was sent.
     ClosedEarly,
+    /// Closed at accept: the worker had `max_handshakes` in progress.
+    TooManyHandshakes,
+    /// Closed at accept: the source's /24 (or /64) had `max_handshakes_per_source` in progress.
+    TooManyFromSource,
+    /// Closed while handed to another worker: the hand-off backlog was full.
+    HandoffBacklogFull,
+    /// Closed when another worker took it over: the pre-auth deadline had passed meanwhile.
+    StaleHandoff,
+    /// The peer sent more than the handshake may hold before it was done.
+    InputTooLarge,
+    /// Accepted and closed at once: the process was out of file descriptors.
+    OutOfFiles,
 }
 
 impl RejectReason {
@@ -52,6 +65,16 @@ impl RejectReason {
             HandshakeError::UnsupportedVersion { .. } => Self::UnsupportedVersion,
             HandshakeError::Refused(status) => Self::Refused(*status),
             HandshakeError::Timeout => Self::Timeout,
+        }
+    }
+
+    /// The reason a connection was refused before its handshake started.
+    pub(crate) fn of_preauth(refusal: &PreauthRefusal) -> Self {
+        match refusal {
+            PreauthRefusal::TooManyHandshakes { .. } | PreauthRefusal::NotAServer => {
+                Self::TooManyHandshakes
+            }
+            PreauthRefusal::TooManyFromSource { .. } => Self::TooManyFromSource,
         }
     }
 
@@ -78,6 +101,23 @@ impl fmt::Display for RejectReason {
             Self::Refused(status) => write!(out, "answered {status:?}"),
             Self::Timeout => out.write_str("handshake timed out"),
             Self::ClosedEarly => out.write_str("connection closed during the handshake"),
+            Self::TooManyHandshakes => out.write_str(
+                "too many handshakes in progress on this worker (limits.max_handshakes_per_worker)",
+            ),
+            Self::TooManyFromSource => out.write_str(
+                "too many handshakes in progress from this /24 or /64 \
+                 (limits.max_handshakes_per_source)",
+            ),
+            Self::HandoffBacklogFull => {
+                out.write_str("the hand-off backlog between workers is full")
+            }
+            Self::StaleHandoff => {
+                out.write_str("handed between workers past the pre-auth deadline")
+            }
+            Self::InputTooLarge => {
+                out.write_str("sent more than 16 KiB before the handshake was done")
+            }
+            Self::OutOfFiles => out.write_str("out of file descriptors: closed at once"),
         }
     }
 }

@@ -126,3 +126,49 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64, u64)> {
     }
     Ok((before, lim.rlim_cur, lim.rlim_max))
 }
+
+/// Accepts one queued connection of listener `fd` and closes it with a reset, without waiting
+/// if none is queued (`Ok(None)`; the listener may be in blocking mode, as io_uring's are).
+/// Gives the peer (unspecified if it is already gone). For shedding connections when the
+/// process is out of descriptors: the caller has freed one for this.
+pub fn accept_and_reset(fd: std::os::fd::RawFd) -> io::Result<Option<SocketAddr>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    if ready < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ready == 0 || poll.revents & libc::POLLIN == 0 {
+        return Ok(None);
+    }
+    // SAFETY: `fd` is a listening socket the caller owns; no address is asked for.
+    let conn = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if conn < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: a successful accept returns a new descriptor that nobody owns yet.
+    let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(conn) });
+    let peer = conn
+        .peer_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let _ = conn.set_linger(Some(Duration::ZERO));
+    Ok(Some(peer))
+}

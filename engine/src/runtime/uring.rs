@@ -5,7 +5,8 @@
 //!
 //! # Completion model
 //! - Each stream has at most one receive in flight, into a buffer it owns (`read_chunk` bytes
-//!   of capacity; a well-filled one is handed to the session as `Bytes` without a copy, tunnel
+//!   of capacity, or [`HANDSHAKE_RECV`] while the loop says the connection is in its handshake,
+//!   so a half-open connection does not pin a bulk buffer; a well-filled one is handed to the session as `Bytes` without a copy, tunnel
 //!   bytes are appended straight to the tunnel's receive buffer), and at most one vectored send (`SENDMSG` with `MSG_NOSIGNAL`) of clones of the queued
 //!   `Bytes`, which keep the payload alive until the completion arrives. The loop's outbox only
 //!   drops bytes the completion reports as sent, so the send never references freed memory.
@@ -48,6 +49,9 @@ const UNTRACKED: u64 = u64::MAX;
 /// How long a listener waits before accepting again after an accept failed (e.g. `EMFILE`),
 /// rather than spinning on the error.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Receive buffer of a connection in its handshake (see [`Driver::handshake_buffers`]).
+const HANDSHAKE_RECV: usize = 4096;
 
 /// The ring the driver runs on. The kernel must support `IORING_FEAT_EXT_ARG` (Linux 5.11), which
 /// the loop's timed wait needs; every opcode used here is older.
@@ -105,6 +109,8 @@ struct Sock {
     poll_op: Option<usize>,
     accept_op: Option<usize>,
     accepted: VecDeque<io::Result<OwnedFd>>,
+    /// Receives into [`HANDSHAKE_RECV`] bytes rather than `read_chunk`.
+    handshake: bool,
 }
 
 struct Core {
@@ -188,10 +194,16 @@ impl Core {
         if s.closed || s.recv_op.is_some() || s.rx.is_some() {
             return;
         }
+        let size = if s.handshake {
+            HANDSHAKE_RECV
+        } else {
+            self.read_chunk
+        };
         let mut buf = std::mem::take(&mut s.spare);
         buf.clear();
-        if buf.capacity() < self.read_chunk {
-            buf = Vec::with_capacity(self.read_chunk);
+        // The kernel fills the whole capacity: a handshake must not reuse a bulk-sized spare.
+        if buf.capacity() < size || (s.handshake && buf.capacity() > size) {
+            buf = Vec::with_capacity(size);
         }
         let op = self.start(Some(id), OpKind::Recv(buf));
         self.socks[id].recv_op = Some(op);
@@ -428,6 +440,12 @@ impl std::fmt::Debug for UringListener {
         f.debug_struct("UringListener")
             .field("sock", &self.sock)
             .finish()
+    }
+}
+
+impl AsFd for UringListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 }
 
@@ -678,6 +696,16 @@ impl Driver for Uring {
             c.ready.push((token, true, true));
         }
         Ok(())
+    }
+
+    fn handshake_buffers(&mut self, s: &mut UringStream, handshake: bool) {
+        let mut c = lock(&self.core);
+        let sock = &mut c.socks[s.id];
+        sock.handshake = handshake;
+        if handshake {
+            // A spare left from a bulk receive would be reused at its size.
+            sock.spare = Vec::new();
+        }
     }
 
     fn deregister_listener(&mut self, l: &mut UringListener) {

@@ -2,8 +2,8 @@
 //!
 //! Owns: the lock-free single-producer single-consumer rings between every ordered pair of
 //! workers (one [`Mailbox`] per worker holds its ends), the messages sent through them
-//! ([`Handoff`]), the rule that names a session's home worker ([`home_worker`]), and pinning a
-//! worker to a core. Must not touch: sockets or sessions themselves (the event loop owns those;
+//! ([`Handoff`]) and the bound on those waiting for a full ring, the rule that names a session's
+//! home worker ([`Placement`], keyed per runtime), and pinning a worker to a core. Must not touch: sockets or sessions themselves (the event loop owns those;
 //! this module only carries them from one loop to another).
 //!
 //! A session and everything it owns (tunnels, streams, application sockets) lives on one worker
@@ -11,10 +11,15 @@
 //! a tunnel connection the kernel's `SO_REUSEPORT` balancing gave to another worker than its
 //! session's home: that worker reads the first 24 bytes of its ClientHello, learns the session
 //! id, and hands the socket (with the bytes already read) to the home worker here.
+//!
+//! The session id is the client's choice, so the home worker is a keyed hash of it (SipHash
+//! with keys drawn at runtime start): a peer cannot aim its connections at one worker.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 
@@ -22,7 +27,8 @@ use super::io::Waker;
 use crate::handshake::{SESSION_ID_LEN, ServerHandshake};
 
 /// Slots per ring. A hand-off happens once per tunnel connection, so this only has to absorb a
-/// burst of reconnecting clients; beyond it a worker keeps the rest in its own backlog.
+/// burst of reconnecting clients; beyond it a worker keeps the rest in its own backlog (bounded:
+/// [`Mailbox::wire`]'s `backlog_limit`).
 const RING_SLOTS: usize = 256;
 
 /// What one worker passes to another.
@@ -38,6 +44,9 @@ pub(super) enum Handoff {
         handshake: Box<ServerHandshake>,
         /// The remote address.
         peer: SocketAddr,
+        /// When the connection was accepted: a hand-off adopted after the pre-auth deadline is
+        /// closed instead.
+        accepted_at: Instant,
     },
 }
 
@@ -49,6 +58,10 @@ pub(super) struct Mailbox {
     wakers: Arc<[Arc<Waker>]>,
     /// Messages that found their ring full, retried on every turn of the loop.
     backlog: VecDeque<(usize, Handoff)>,
+    /// Most messages in `backlog`: each holds a socket of a peer that has proved nothing yet.
+    backlog_limit: usize,
+    /// Where sessions live.
+    placement: Placement,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -63,8 +76,13 @@ impl std::fmt::Debug for Mailbox {
 
 impl Mailbox {
     /// One mailbox per worker, wired so that `mailboxes[i]` can send to every `j != i`;
-    /// `wakers[j]` interrupts worker `j`'s wait.
-    pub(super) fn wire(wakers: Arc<[Arc<Waker>]>) -> Vec<Mailbox> {
+    /// `wakers[j]` interrupts worker `j`'s wait. Each keeps at most `backlog_limit` messages
+    /// waiting for a full ring, and places sessions with `placement` (the same for all).
+    pub(super) fn wire(
+        wakers: Arc<[Arc<Waker>]>,
+        backlog_limit: usize,
+        placement: Placement,
+    ) -> Vec<Mailbox> {
         let n = wakers.len();
         let mut boxes: Vec<Mailbox> = (0..n)
             .map(|index| Mailbox {
@@ -73,6 +91,8 @@ impl Mailbox {
                 incoming: Vec::new(),
                 wakers: wakers.clone(),
                 backlog: VecDeque::new(),
+                backlog_limit,
+                placement: placement.clone(),
             })
             .collect();
         for from in 0..n {
@@ -97,17 +117,27 @@ impl Mailbox {
         self.wakers.len()
     }
 
+    /// The worker that owns session `id` (see [`Placement`]).
+    pub(super) fn home_worker(&self, id: &[u8; SESSION_ID_LEN]) -> usize {
+        self.placement.home_worker(id, self.workers())
+    }
+
     /// Sends `msg` to worker `to` and wakes it; a full ring keeps the message for
-    /// [`Mailbox::retry`].
-    pub(super) fn send(&mut self, to: usize, msg: Handoff) {
+    /// [`Mailbox::retry`]. Gives the message back when the backlog is full too (the caller
+    /// closes the connection).
+    pub(super) fn send(&mut self, to: usize, msg: Handoff) -> Result<(), Handoff> {
+        if self.backlog.len() >= self.backlog_limit {
+            return Err(msg);
+        }
         if !self.backlog.is_empty() {
             // Keep order behind what is already waiting.
             self.backlog.push_back((to, msg));
-            return;
+            return Ok(());
         }
         if let Err(msg) = self.push(to, msg) {
             self.backlog.push_back((to, msg));
         }
+        Ok(())
     }
 
     /// Sends what found its ring full earlier. True while some is still waiting.
@@ -147,13 +177,26 @@ impl Mailbox {
     }
 }
 
-/// The worker that owns the session `id` among `workers`. Session ids are random (chosen by the
-/// client), so their first bytes spread sessions evenly; every tunnel of a session, including
-/// ones re-dialed later, lands on the same worker without any shared table.
-pub(super) fn home_worker(id: &[u8; SESSION_ID_LEN], workers: usize) -> usize {
-    let mut first = [0; 8];
-    first.copy_from_slice(&id[..8]);
-    (u64::from_le_bytes(first) % workers.max(1) as u64) as usize
+/// Which worker a session lives on: a keyed hash (SipHash, keys drawn from the OS when the
+/// runtime starts) of its id. Every tunnel of a session, including ones re-dialed later, lands
+/// on the same worker without any shared table; a peer, which picks the id, cannot tell which
+/// worker an id maps to, so it cannot pile its handshakes onto one. Clones share the keys (all
+/// the workers of one runtime); two runtimes place differently.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Placement {
+    keys: RandomState,
+}
+
+impl Placement {
+    /// A placement with fresh random keys.
+    pub(super) fn random() -> Self {
+        Self::default()
+    }
+
+    /// The worker that owns the session `id` among `workers`.
+    pub(super) fn home_worker(&self, id: &[u8; SESSION_ID_LEN], workers: usize) -> usize {
+        (self.keys.hash_one(id) % workers.max(1) as u64) as usize
+    }
 }
 
 /// Pins the calling thread to the `index`-th core the process may run on (wrapping around when
@@ -167,21 +210,83 @@ pub(super) fn pin_to_core(index: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::endpoint::{Endpoint, SessionBudget};
 
     #[test]
     fn home_worker_spreads_and_is_stable() {
+        let placement = Placement::random();
+        let shared = placement.clone();
         let mut counts = [0usize; 4];
         for i in 0u64..4000 {
+            // Ids an attacker would pick: a counter, not random at all.
             let mut id = [0u8; 16];
-            // Stand-in for random ids: a multiplicative hash of the counter.
-            id[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-            let home = home_worker(&id, 4);
-            assert_eq!(home, home_worker(&id, 4));
+            id[..8].copy_from_slice(&i.to_le_bytes());
+            let home = placement.home_worker(&id, 4);
+            assert_eq!(home, placement.home_worker(&id, 4));
+            assert_eq!(home, shared.home_worker(&id, 4), "clones share the keys");
             counts[home] += 1;
         }
         for c in counts {
             assert!((800..1200).contains(&c), "{counts:?}");
         }
-        assert_eq!(home_worker(&[0xff; 16], 1), 0);
+        assert_eq!(placement.home_worker(&[0xff; 16], 1), 0);
+    }
+
+    #[test]
+    fn two_runtimes_place_the_same_ids_differently() {
+        // An attacker that learned where its ids land on one runtime (or computed an unkeyed
+        // hash) learns nothing about another: about 3 in 4 of 1,000 ids move with 4 workers.
+        let a = Placement::random();
+        let b = Placement::random();
+        let moved = (0u64..1000)
+            .filter(|i| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&i.to_le_bytes());
+                a.home_worker(&id, 4) != b.home_worker(&id, 4)
+            })
+            .count();
+        assert!((600..900).contains(&moved), "{moved} of 1000 moved");
+    }
+
+    fn handoff(accepted_at: Instant) -> Handoff {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut endpoint = Endpoint::<()>::server(
+            Arc::new(Config::default()),
+            SessionBudget::unlimited(),
+            [1; 32],
+        );
+        let key = endpoint.accept_connection(accepted_at).unwrap();
+        Handoff::Tunnel {
+            peer: sock.local_addr().unwrap(),
+            sock,
+            received: BytesMut::new(),
+            handshake: endpoint.take_handshake(key).unwrap(),
+            accepted_at,
+        }
+    }
+
+    #[test]
+    fn the_backlog_behind_a_full_ring_is_bounded() {
+        let (_io, waker) = super::super::io::Mio::new().unwrap();
+        let (_io2, waker2) = super::super::io::Mio::new().unwrap();
+        let wakers: Arc<[Arc<Waker>]> = vec![Arc::new(waker), Arc::new(waker2)].into();
+        let mut boxes = Mailbox::wire(wakers, 3, Placement::random());
+        let now = Instant::now();
+        // The ring takes RING_SLOTS, the backlog 3 more; the next is given back.
+        for n in 0..RING_SLOTS + 3 {
+            assert!(boxes[0].send(1, handoff(now)).is_ok(), "message {n}");
+        }
+        assert!(boxes[0].send(1, handoff(now)).is_err(), "backlog full");
+        assert!(boxes[0].retry(), "still waiting");
+        // The receiver drains; the backlog moves and there is room again.
+        let mut received = 0;
+        while boxes[1].receive().is_some() {
+            received += 1;
+        }
+        assert_eq!(received, RING_SLOTS);
+        assert!(!boxes[0].retry(), "the backlog went through");
+        assert!(boxes[0].send(1, handoff(now)).is_ok());
     }
 }

@@ -51,7 +51,7 @@ use super::io::{Driver, IoStream, Ready};
 use super::rejection_log::SharedRejectionLog;
 use super::worker::Mailbox;
 use super::{RuntimeOptions, TargetResolver};
-use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey};
+use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey, SourceBudget};
 use app::AppConn;
 use local_streams::{LocalConn, LocalState};
 use sessions::SessionIo;
@@ -65,6 +65,9 @@ const RESET_APP_ERROR: u32 = 2;
 /// Longest wait: handshake deadlines, accept retries and a stop request are looked at least
 /// this often.
 const MAX_WAIT: Duration = Duration::from_millis(250);
+/// Read size of a connection whose handshake is in progress: a read stops taking more once
+/// [`crate::endpoint::MAX_HANDSHAKE_INPUT`] (four of these) is buffered.
+const HANDSHAKE_READ: usize = crate::endpoint::MAX_HANDSHAKE_INPUT / 4;
 
 /// How far a read got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +161,8 @@ enum Entry<D: Driver> {
         peer: SocketAddr,
         /// Known to belong on this worker (its session id was read, or there is one worker).
         routed: bool,
+        /// When a worker accepted it (the pre-auth deadline runs from here).
+        accepted_at: Instant,
     },
     /// A tunnel of a session.
     Tunnel {
@@ -190,8 +195,9 @@ pub(super) struct EventLoop<D: Driver> {
     entries: Slab<Entry<D>>,
     stop: Arc<AtomicBool>,
     draining_since: Option<Instant>,
-    /// Listeners whose accept failed with connections possibly still queued.
-    accept_retry: Vec<usize>,
+    /// Listeners whose accept failed with connections possibly still queued, and their
+    /// back-off.
+    accepts: accept::AcceptRetry,
     scratch: Vec<Bytes>,
     read_buf: Vec<u8>,
     /// This worker's ends of the rings to the other workers.
@@ -221,6 +227,8 @@ pub(super) struct WorkerContext {
     pub(super) budget: SessionBudget,
     /// Server: refused handshakes of all workers together, logged aggregated.
     pub(super) rejections: SharedRejectionLog,
+    /// Server: handshakes in progress per source network, all workers together.
+    pub(super) sources: SourceBudget,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -248,7 +256,7 @@ impl<D: Driver> EventLoop<D> {
             entries: Slab::new(),
             stop: ctx.stop,
             draining_since: None,
-            accept_retry: Vec::new(),
+            accepts: accept::AcceptRetry::new(),
             scratch: Vec::new(),
             read_buf,
             mailbox: ctx.mailbox,
@@ -269,7 +277,8 @@ impl<D: Driver> EventLoop<D> {
         ctx: WorkerContext,
     ) -> io::Result<Self> {
         let config = Arc::new(opts.engine.clone());
-        let endpoint = Endpoint::server(config, ctx.budget.clone(), os_seed());
+        let mut endpoint = Endpoint::server(config, ctx.budget.clone(), os_seed());
+        endpoint.share_source_budget(ctx.sources.clone());
         let mut el = Self::new(io, opts, Role::Server { resolve }, endpoint, ctx);
         let sock = el.io.listener(listener)?;
         el.add(Entry::TunnelListener { sock })?;
@@ -303,10 +312,17 @@ impl<D: Driver> EventLoop<D> {
             Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
                 self.io.register_listener(sock, key)?
             }
-            Entry::Pending { sock, .. } => self.io.register_stream(sock, key, false)?,
+            Entry::Pending { sock, .. } => {
+                // Until it is a session's, a connection is read in small pieces.
+                self.io.handshake_buffers(sock, true);
+                self.io.register_stream(sock, key, false)?
+            }
             Entry::Tunnel {
                 sock, connecting, ..
-            } => self.io.register_stream(sock, key, *connecting)?,
+            } => {
+                self.io.handshake_buffers(sock, false);
+                self.io.register_stream(sock, key, *connecting)?
+            }
             Entry::App(app) => self
                 .io
                 .register_stream(&mut app.sock, key, app.connecting)?,
@@ -357,9 +373,7 @@ impl<D: Driver> EventLoop<D> {
             self.service_ready();
             self.expire_handshakes(now);
             self.flush_rejections(now);
-            for key in std::mem::take(&mut self.accept_retry) {
-                self.on_ready(key, true, false);
-            }
+            self.retry_accepts(Instant::now());
             if self.stop.load(Ordering::SeqCst) && self.drain(now) {
                 tracing::info!("stopped");
                 return;
@@ -378,6 +392,9 @@ impl<D: Driver> EventLoop<D> {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if let Some(at) = self.endpoint.poll_handshake_timeout() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.accepts.due() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if self.mailbox.retry() {

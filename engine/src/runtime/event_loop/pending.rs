@@ -15,11 +15,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::{Entry, EventLoop, Outbox, ReadState, hex, read_into};
+use crate::endpoint::MAX_HANDSHAKE_INPUT;
 use crate::endpoint::{HandshakeKey, HandshakeOutcome};
 use crate::handshake::{PLAINTEXT_BINDING, client_hello_session_id};
 use crate::runtime::io::Driver;
 use crate::runtime::rejection_log::{RejectReason, RejectionLine, RejectionLog};
-use crate::runtime::worker::{Handoff, home_worker};
+use crate::runtime::worker::Handoff;
 
 impl<D: Driver> EventLoop<D> {
     pub(super) fn on_pending(&mut self, key: usize, readable: bool, _writable: bool) {
@@ -31,15 +32,17 @@ impl<D: Driver> EventLoop<D> {
             tx,
             peer,
             routed,
+            ..
         }) = self.entries.get_mut(key)
         else {
             return;
         };
         let (peer, handshake) = (*peer, *handshake);
-        let mut eof = false;
+        let (mut eof, mut full) = (false, false);
         if readable {
-            match read_into(sock, rx, &mut self.read_buf) {
-                Ok(state) => eof = state == ReadState::Eof,
+            // Small reads: a read stops at MAX_HANDSHAKE_INPUT (a `Batch`).
+            match read_into(sock, rx, &mut self.read_buf[..super::HANDSHAKE_READ]) {
+                Ok(state) => (eof, full) = (state == ReadState::Eof, state == ReadState::Batch),
                 Err(e) => {
                     tracing::debug!(%peer, "tunnel connection failed during handshake: {e}");
                     self.reject_closed(now, handshake, peer);
@@ -52,7 +55,7 @@ impl<D: Driver> EventLoop<D> {
             match client_hello_session_id(rx) {
                 Ok(None) if !eof => return,
                 Ok(Some(id)) => {
-                    let home = home_worker(&id, self.mailbox.workers());
+                    let home = self.mailbox.home_worker(&id);
                     if home != self.mailbox.index() {
                         self.hand_over(key, home);
                         return;
@@ -70,7 +73,11 @@ impl<D: Driver> EventLoop<D> {
         let flushed = tx.flush(sock);
         match step.outcome {
             HandshakeOutcome::Pending => {
-                if eof {
+                if full || rx.len() >= MAX_HANDSHAKE_INPUT {
+                    tracing::debug!(%peer, "tunnel connection sent too much during its handshake; closed");
+                    self.reject(now, RejectReason::InputTooLarge, peer);
+                    self.drop_pending(key);
+                } else if eof {
                     self.reject_closed(now, handshake, peer);
                     self.drop_pending(key);
                 } else if flushed.is_err() {
@@ -143,7 +150,7 @@ impl<D: Driver> EventLoop<D> {
 
     /// Counts a refused handshake; logs it if it is the first from its source or a summary is
     /// due.
-    fn reject(&mut self, now: Instant, reason: RejectReason, peer: SocketAddr) {
+    pub(super) fn reject(&mut self, now: Instant, reason: RejectReason, peer: SocketAddr) {
         let mut log = lock(&self.rejections);
         if let Some(line) = log.record(now, reason, peer.ip()) {
             log_rejection(&line, log.interval());
@@ -176,6 +183,7 @@ impl<D: Driver> EventLoop<D> {
             handshake,
             mut rx,
             peer,
+            accepted_at,
             ..
         }) = self.entries.try_remove(key)
         else {
@@ -188,15 +196,17 @@ impl<D: Driver> EventLoop<D> {
             Ok((sock, received)) => {
                 rx.extend_from_slice(&received);
                 tracing::debug!(%peer, from = self.mailbox.index(), to = home, "tunnel handed to its session's worker");
-                self.mailbox.send(
-                    home,
-                    Handoff::Tunnel {
-                        sock,
-                        received: rx,
-                        handshake,
-                        peer,
-                    },
-                );
+                let handoff = Handoff::Tunnel {
+                    sock,
+                    received: rx,
+                    handshake,
+                    peer,
+                    accepted_at,
+                };
+                if self.mailbox.send(home, handoff).is_err() {
+                    tracing::debug!(%peer, "hand-off backlog full; connection closed");
+                    self.reject(Instant::now(), RejectReason::HandoffBacklogFull, peer);
+                }
             }
             Err(e) => {
                 tracing::warn!(%peer, "cannot hand the tunnel to worker {home}: {e}; connection closed")
@@ -211,7 +221,14 @@ impl<D: Driver> EventLoop<D> {
             received,
             handshake,
             peer,
+            accepted_at,
         } = msg;
+        let now = Instant::now();
+        if self.endpoint.preauth_expired(accepted_at, now) {
+            tracing::debug!(%peer, "handed over past the pre-auth deadline; connection closed");
+            self.reject(now, RejectReason::StaleHandoff, peer);
+            return;
+        }
         let sock = match self.io.stream(sock) {
             Ok(s) => s,
             Err(e) => {
@@ -219,7 +236,7 @@ impl<D: Driver> EventLoop<D> {
                 return;
             }
         };
-        let handshake = self.endpoint.adopt_handshake(handshake);
+        let handshake = self.endpoint.adopt_handshake_from(handshake, peer.ip());
         let entry = Entry::Pending {
             sock,
             handshake,
@@ -227,6 +244,7 @@ impl<D: Driver> EventLoop<D> {
             tx: Outbox::default(),
             peer,
             routed: true,
+            accepted_at,
         };
         match self.add(entry) {
             // The bytes already read are processed now; the socket may hold more.
