@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// How long a maximum delivery-rate sample stays valid, at least.
 const RATE_WINDOW_MIN: Duration = Duration::from_millis(200);
+/// The RTT the scheduler assumes for a tunnel not yet measured (QUIC's initial RTT, RFC 9002
+/// §6.2.2). Not zero: the server's side of a version 2 handshake has no RTT sample until its
+/// first PONG, and a tunnel that looked instant would draw every frame, window updates included,
+/// onto what may be the slowest path.
+pub const UNMEASURED_RTT: Duration = Duration::from_millis(333);
 /// The rate floor is this many bytes per RTT (about TCP's initial window, rounded up).
 const FLOOR_BYTES_PER_RTT: f64 = 64.0 * 1024.0;
 
@@ -88,6 +93,11 @@ impl PathEstimate {
     /// Path RTT (windowed minimum); zero before any sample.
     pub fn min_rtt(&self) -> Duration {
         self.min_rtt.map(|(m, _)| m).unwrap_or_default()
+    }
+
+    /// The RTT to schedule by: the path RTT, or [`UNMEASURED_RTT`] before any sample.
+    pub fn scheduling_rtt(&self) -> Duration {
+        self.min_rtt.map_or(UNMEASURED_RTT, |(m, _)| m)
     }
 
     /// Smoothed RTT; zero before any sample.

@@ -35,7 +35,7 @@ fn opts(io: Driver) -> RuntimeOptions {
         workers: 1,
         ..RuntimeOptions::default()
     };
-    o.engine.psk = b"runtime-emfile-test-key".to_vec();
+    o.engine.psk = b"runtime-emfile-test-key-0123456789abcdef".to_vec();
     o.engine.pool_size = 2;
     o.tunnel_sockets.congestion = None;
     o

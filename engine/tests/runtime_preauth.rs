@@ -68,7 +68,7 @@ fn opts(io: Driver) -> RuntimeOptions {
         workers: 2,
         ..RuntimeOptions::default()
     };
-    o.engine.psk = b"runtime-preauth-test-key".to_vec();
+    o.engine.psk = b"runtime-preauth-test-key-0123456789abcdef".to_vec();
     o.engine.pool_size = 4;
     o.tunnel_sockets.congestion = None;
     o
@@ -106,8 +106,8 @@ fn flood(server: SocketAddr, count: usize) -> Vec<Socket> {
             Err(e) => panic!("flood connection {n}: {e}"),
         }
         if n % 2 == 1 {
-            // Magic and version, then silence.
-            let _ = sock.send(b"MTCP\x01");
+            // Magic and this build's version, then silence.
+            let _ = sock.send(&[b'M', b'T', b'C', b'P', mtcpd_engine::wire::PROTOCOL_VERSION]);
         }
         held.push(sock);
     }

@@ -141,6 +141,10 @@ fn places_come_back_on_timeout_failure_and_authentication() {
         let mut back = step.output;
         let _ = client.handle_input(start, 0, &mut back);
         outcome = step.outcome;
+        // Version 2 settles in one round trip: nothing more to feed once attached.
+        if !matches!(outcome, HandshakeOutcome::Pending) {
+            break;
+        }
     }
     assert!(
         matches!(outcome, HandshakeOutcome::Attached { .. }),

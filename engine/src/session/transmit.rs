@@ -108,7 +108,7 @@ impl Session {
                 usable: tun.is_active() && tun.close_pending.is_none(),
                 unacked_bytes: tun.unacked_bytes,
                 rate: tun.path.rate(),
-                rtt: tun.path.min_rtt(),
+                rtt: tun.path.scheduling_rtt(),
                 waiting_bytes: if full_now { self.backlog } else { 0 },
             });
         }
