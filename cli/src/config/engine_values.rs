@@ -33,6 +33,12 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("session_window", Some("limits.session_window")),
     ("stream_send_buffer", None),
     ("max_streams", Some("limits.max_streams_per_session")),
+    ("max_unacked_bytes", Some("limits.max_unacked_bytes")),
+    (
+        "max_tunnel_unacked_bytes",
+        Some("limits.max_tunnel_unacked_bytes"),
+    ),
+    ("max_pending_ranges", Some("limits.max_pending_ranges")),
     ("handshake_timeout", Some("limits.handshake_timeout")),
     ("tunnel_idle_timeout", Some("limits.tunnel_idle_timeout")),
     ("keepalive_interval", Some("limits.keepalive_interval")),
@@ -181,6 +187,19 @@ impl Checker {
         }
         if let Some(size) = raw.stream_window {
             engine.stream_window = size.bytes();
+        }
+        if let Some(size) = raw.max_unacked_bytes {
+            engine.max_unacked_bytes = size.bytes();
+        }
+        if let Some(size) = raw.max_tunnel_unacked_bytes {
+            engine.max_tunnel_unacked_bytes = size.bytes();
+        }
+        if let Some(count) = raw.max_pending_ranges {
+            engine.max_pending_ranges = self.count_in(
+                "limits.max_pending_ranges",
+                count,
+                protocol_range::MAX_PENDING_RANGES,
+            )?;
         }
         if let Some(size) = raw.session_window {
             engine.session_window = size.bytes();
