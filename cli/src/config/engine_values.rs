@@ -55,6 +55,14 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("read_chunk", Some("{role}.buffer_size")),
     ("drain_timeout", Some("limits.drain_timeout")),
     ("max_sessions", Some("limits.max_sessions")),
+    (
+        "backend_connect_timeout",
+        Some("limits.backend_connect_timeout"),
+    ),
+    (
+        "max_backend_connections",
+        Some("limits.max_backend_connections"),
+    ),
     ("tunnel_sockets.congestion", Some("congestion")),
     ("tunnel_sockets.send_buffer", Some("socket_send_buffer")),
     ("tunnel_sockets.recv_buffer", Some("socket_recv_buffer")),
@@ -176,6 +184,16 @@ impl Checker {
         }
         if let Some(duration) = raw.drain_timeout {
             opts.drain_timeout = duration.get();
+        }
+        if let Some(duration) = raw.backend_connect_timeout {
+            opts.backend_connect_timeout = duration.get();
+        }
+        if let Some(count) = raw.max_backend_connections {
+            opts.max_backend_connections = self.count_in(
+                "limits.max_backend_connections",
+                count,
+                runtime_range::MAX_BACKEND_CONNECTIONS,
+            )?;
         }
         let engine = &mut opts.engine;
         if let Some(count) = raw.max_streams_per_session {

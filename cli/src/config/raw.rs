@@ -132,4 +132,6 @@ pub struct RawLimits {
     pub redial_backoff_max: Option<HumanDuration>,
     pub refused_backoff_max: Option<HumanDuration>,
     pub drain_timeout: Option<HumanDuration>,
+    pub backend_connect_timeout: Option<HumanDuration>,
+    pub max_backend_connections: Option<i64>,
 }
