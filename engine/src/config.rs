@@ -492,6 +492,16 @@ mod tests {
         };
         assert_eq!(c.validate().unwrap_err().key, "stream_window");
         let c = Config {
+            max_tunnel_unacked_bytes: 256 * MIB,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "max_tunnel_unacked_bytes");
+        let c = Config {
+            max_pending_ranges: 1,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "max_pending_ranges");
+        let c = Config {
             session_window: 8 * KIB,
             ..Config::default()
         };

@@ -136,9 +136,8 @@ pub struct RuntimeOptions {
     /// Server: a stream whose backend connection is not established within this is reset
     /// (code 3).
     pub backend_connect_timeout: Duration,
-    /// Server: most backend connections (connecting, connected, or waiting for their target to
-    /// be resolved), all workers together; a stream opened beyond it is reset at once (code
-    /// 4). Each holds at most 256 KiB queued towards the backend plus one `read_chunk` towards
+    /// Server: most backend connections (connecting or connected), all workers together; a
+    /// stream whose target would need one more is reset at once (code 4). Each holds at most 256 KiB queued towards the backend plus one `read_chunk` towards
     /// the stream, which bounds the bytes buffered for backends too.
     pub max_backend_connections: usize,
 }

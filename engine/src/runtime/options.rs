@@ -263,6 +263,16 @@ mod tests {
             ..RuntimeOptions::default()
         };
         assert_eq!(opts.validate().unwrap_err().key, "max_sessions");
+        let opts = RuntimeOptions {
+            backend_connect_timeout: Duration::from_millis(1),
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(opts.validate().unwrap_err().key, "backend_connect_timeout");
+        let opts = RuntimeOptions {
+            max_backend_connections: 0,
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(opts.validate().unwrap_err().key, "max_backend_connections");
     }
 
     #[test]

@@ -24,13 +24,15 @@ use super::{Route, TargetResolver, Waker};
 /// Threads that run the resolver: a slow lookup holds one, the other keeps answering.
 pub const RESOLVER_THREADS: usize = 2;
 /// Lookups waiting for a resolver thread, all workers together; beyond it streams are refused.
-pub const RESOLVER_QUEUE: usize = 1024;
+/// Generous (a burst of opens to distinct targets is normal for an in-process server), and
+/// bounded: a job is its target (at most 1 KiB) and a few words.
+pub const RESOLVER_QUEUE: usize = 65_536;
 /// How long an answer (including "refused" and "unresolvable") is reused.
 pub const RESOLVER_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most answers kept.
 pub const RESOLVER_CACHE_ENTRIES: usize = 4096;
 
-/// The process-wide count of backend connections (connecting, or resolving towards one), capped
+/// The process-wide count of backend connections (connecting or connected), capped
 /// at `max_backend_connections`. Cheap to clone; every worker holds one.
 #[derive(Debug, Clone)]
 pub(crate) struct BackendBudget {

@@ -2,8 +2,8 @@
 //! resolved off this thread, every backend connection holds a place in the process-wide budget,
 //! and a connect that does not complete in time resets its stream.
 //!
-//! Owns: [`Backends`] (the budget, this worker's resolver handle, the lookups in flight and the
-//! connect deadlines), the route a stream takes once its target is known, and the resets for a
+//! Owns: [`Backends`] (the budget, this worker's resolver handle, the lookups in flight with
+//! the streams waiting for each, and the connect deadlines), the route a stream takes once its target is known, and the resets for a
 //! spent budget (code 4) and a connect timeout (code 3). Must not touch: how a connected
 //! stream moves its bytes ([`super::app`]) or what the resolver decides
 //! ([`crate::runtime::resolver`]).
@@ -18,19 +18,25 @@ use super::{
 use crate::endpoint::SessionKey;
 use crate::handshake::SessionId;
 use crate::runtime::io::Driver;
-use crate::runtime::resolver::{BackendBudget, BackendPermit, LookupRefused, WorkerResolver};
+use crate::runtime::resolver::{BackendBudget, LookupRefused, WorkerResolver};
 use crate::runtime::{Route, sockopt};
 use crate::session::StreamId;
 
 /// A stream waiting for its target's answer from the resolver threads.
 #[derive(Debug)]
-struct Lookup {
+struct Waiter {
     session: SessionKey,
     /// Slab keys are reused: the answer only counts for the same session.
     session_id: SessionId,
     stream: StreamId,
+}
+
+/// One lookup in flight and the streams waiting for it (every stream of this worker that asked
+/// for the same target meanwhile joins it, so a burst of opens is one lookup).
+#[derive(Debug)]
+struct Lookup {
     target: Option<String>,
-    permit: BackendPermit,
+    waiters: Vec<Waiter>,
 }
 
 /// A backend connect in progress and when it gives up.
@@ -48,6 +54,8 @@ pub(in crate::runtime) struct Backends {
     budget: BackendBudget,
     resolver: Option<WorkerResolver>,
     lookups: HashMap<u64, Lookup>,
+    /// The lookup in flight for each target.
+    in_flight: HashMap<Option<String>, u64>,
     next_token: u64,
     /// In the order they started; the timeout is the same for all, so the earliest is first.
     deadlines: VecDeque<ConnectDeadline>,
@@ -59,6 +67,7 @@ impl Backends {
             budget,
             resolver,
             lookups: HashMap::new(),
+            in_flight: HashMap::new(),
             next_token: 0,
             deadlines: VecDeque::new(),
         }
@@ -83,37 +92,41 @@ impl<D: Driver> EventLoop<D> {
         let Role::Server { resolve } = &self.role else {
             return;
         };
-        let Some(permit) = self.backends.budget.try_acquire() else {
-            tracing::warn!(
-                stream,
-                limit = self.opts.max_backend_connections,
-                "backend connection budget spent; resetting the stream"
-            );
-            return self.refuse_stream(skey, stream, RESET_BACKEND_BUSY);
-        };
         let Some(resolver) = &self.backends.resolver else {
             // No resolver threads (not started by `start_server`): resolve here.
             let route = resolve(target.as_deref());
-            return self.route_stream(skey, stream, target, route, permit);
+            return self.route_stream(skey, stream, target, route);
         };
         if let Some(route) = resolver.lookup(&target) {
-            return self.route_stream(skey, stream, target, route, permit);
+            return self.route_stream(skey, stream, target, route);
         }
         let Some(session_id) = self.endpoint.get(skey).map(|s| *s.session().id()) else {
             return;
         };
+        let waiter = Waiter {
+            session: skey,
+            session_id,
+            stream,
+        };
+        if let Some(lookup) = self
+            .backends
+            .in_flight
+            .get(&target)
+            .and_then(|token| self.backends.lookups.get_mut(token))
+        {
+            lookup.waiters.push(waiter);
+            return;
+        }
         let token = self.backends.next_token;
         self.backends.next_token += 1;
         match resolver.submit(target.clone(), token) {
             Ok(()) => {
+                self.backends.in_flight.insert(target.clone(), token);
                 self.backends.lookups.insert(
                     token,
                     Lookup {
-                        session: skey,
-                        session_id,
-                        stream,
                         target,
-                        permit,
+                        waiters: vec![waiter],
                     },
                 );
             }
@@ -141,38 +154,44 @@ impl<D: Driver> EventLoop<D> {
             let Some(lookup) = self.backends.lookups.remove(&token) else {
                 continue;
             };
-            let still_open = self.endpoint.get(lookup.session).is_some_and(|s| {
-                *s.session().id() == lookup.session_id
-                    && s.session().stream_buffered(lookup.stream).is_some()
-                    && !s.data().streams.contains_key(&lookup.stream)
-            });
-            if still_open {
-                self.route_stream(
-                    lookup.session,
-                    lookup.stream,
-                    lookup.target,
-                    route,
-                    lookup.permit,
-                );
+            self.backends.in_flight.remove(&lookup.target);
+            for waiter in lookup.waiters {
+                let still_open = self.endpoint.get(waiter.session).is_some_and(|s| {
+                    *s.session().id() == waiter.session_id
+                        && s.session().stream_buffered(waiter.stream).is_some()
+                        && !s.data().streams.contains_key(&waiter.stream)
+                });
+                if !still_open {
+                    continue;
+                }
+                let (skey, stream) = (waiter.session, waiter.stream);
+                self.route_stream(skey, stream, lookup.target.clone(), route);
+                // What the peer sent meanwhile is waiting, and its StreamReadable went by while
+                // no connection carried the stream: hand it over now.
+                if let Some(&k) = self
+                    .endpoint
+                    .get(skey)
+                    .and_then(|s| s.data().streams.get(&stream))
+                {
+                    self.stream_to_app(k);
+                }
+                self.touch(skey);
             }
         }
     }
 
-    /// Sends a stream where its route says; `permit` is its place in the backend budget.
+    /// Sends a stream where its route says; a backend connection takes a place in the budget
+    /// first, or the stream is reset (code 4).
     fn route_stream(
         &mut self,
         skey: SessionKey,
         stream: StreamId,
         target: Option<String>,
         route: Route,
-        permit: BackendPermit,
     ) {
         let addr = match route {
             Route::Connect(addr) => addr,
-            Route::Accept => {
-                drop(permit);
-                return self.accept_local(skey, stream, target);
-            }
+            Route::Accept => return self.accept_local(skey, stream, target),
             Route::Refuse => {
                 tracing::warn!(
                     stream,
@@ -181,6 +200,14 @@ impl<D: Driver> EventLoop<D> {
                 );
                 return self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
             }
+        };
+        let Some(permit) = self.backends.budget.try_acquire() else {
+            tracing::warn!(
+                stream,
+                limit = self.opts.max_backend_connections,
+                "backend connection budget spent; resetting the stream"
+            );
+            return self.refuse_stream(skey, stream, RESET_BACKEND_BUSY);
         };
         match sockopt::connect_nonblocking(addr, None).and_then(|(s, _)| self.io.stream(s)) {
             Ok(sock) => {
