@@ -45,6 +45,12 @@ pub mod range {
     pub const STREAM_SEND_BUFFER: RangeInclusive<usize> = 4096..=GIB as usize;
     /// [`Config::max_streams`].
     pub const MAX_STREAMS: RangeInclusive<u64> = 1..=1 << 24;
+    /// [`Config::max_unacked_bytes`].
+    pub const MAX_UNACKED_BYTES: RangeInclusive<u64> = 64 * KIB..=64 * GIB;
+    /// [`Config::max_tunnel_unacked_bytes`]; also at most `max_unacked_bytes`.
+    pub const MAX_TUNNEL_UNACKED_BYTES: RangeInclusive<u64> = 64 * KIB..=64 * GIB;
+    /// [`Config::max_pending_ranges`].
+    pub const MAX_PENDING_RANGES: RangeInclusive<u64> = 16..=1 << 20;
     /// [`Config::handshake_timeout`].
     pub const HANDSHAKE_TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(100)..=Duration::from_secs(300);
@@ -99,6 +105,17 @@ pub struct Config {
     pub stream_send_buffer: usize,
     /// How many streams the peer may have open at once.
     pub max_streams: u64,
+    /// Bytes of reliable frames this end keeps for resend (sent and not yet acknowledged, or
+    /// waiting to be sent again), across the session. No new DATA is framed at the cap; resends
+    /// and control frames still go. Bounds what a peer that never acknowledges makes us hold.
+    pub max_unacked_bytes: u64,
+    /// The same cap for one tunnel: no new DATA is framed on a tunnel holding this much
+    /// unacknowledged.
+    pub max_tunnel_unacked_bytes: u64,
+    /// Separate ranges of out-of-order bytes (each behind its own hole) one stream may hold; more
+    /// is a flow-control violation that closes the session. Each stored piece is also charged
+    /// [`crate::reorder::PIECE_OVERHEAD`] bytes against the session window.
+    pub max_pending_ranges: u64,
     /// Client: a tunnel must be dialed and finish its handshake within this (the server's
     /// deadline is [`Config::preauth_timeout`]).
     pub handshake_timeout: Duration,
@@ -160,6 +177,12 @@ impl Default for Config {
             session_window: 256 * 1024 * 1024,
             stream_send_buffer: 1024 * 1024,
             max_streams: 131_072,
+            // Far above what the windows keep in flight on a healthy path (the bandwidth-delay
+            // product plus the kernel's socket buffers), so the caps only bite when the peer
+            // stops acknowledging.
+            max_unacked_bytes: 128 * MIB,
+            max_tunnel_unacked_bytes: 32 * MIB,
+            max_pending_ranges: 1024,
             handshake_timeout: Duration::from_secs(10),
             preauth_timeout: Duration::from_secs(3),
             max_handshakes: 1024,
@@ -220,6 +243,9 @@ impl Config {
             session_window,
             stream_send_buffer,
             max_streams,
+            max_unacked_bytes,
+            max_tunnel_unacked_bytes,
+            max_pending_ranges,
             handshake_timeout,
             preauth_timeout,
             max_handshakes,
@@ -254,6 +280,21 @@ impl Config {
                 range::STREAM_SEND_BUFFER,
             ),
             Setting::count("max_streams", *max_streams, range::MAX_STREAMS),
+            Setting::bytes(
+                "max_unacked_bytes",
+                *max_unacked_bytes,
+                range::MAX_UNACKED_BYTES,
+            ),
+            Setting::bytes(
+                "max_tunnel_unacked_bytes",
+                *max_tunnel_unacked_bytes,
+                range::MAX_TUNNEL_UNACKED_BYTES,
+            ),
+            Setting::count(
+                "max_pending_ranges",
+                *max_pending_ranges,
+                range::MAX_PENDING_RANGES,
+            ),
             Setting::duration(
                 "handshake_timeout",
                 *handshake_timeout,
@@ -334,6 +375,15 @@ impl Config {
                 ),
             ));
         }
+        if self.max_tunnel_unacked_bytes > self.max_unacked_bytes {
+            return Err(bad(
+                "max_tunnel_unacked_bytes",
+                format!(
+                    "must be at most max_unacked_bytes ({})",
+                    SettingValue::Bytes(self.max_unacked_bytes)
+                ),
+            ));
+        }
         if self.keepalive_interval >= self.tunnel_idle_timeout {
             return Err(bad(
                 "keepalive_interval",
@@ -382,6 +432,17 @@ impl Config {
             stream_window: self.stream_window,
             session_window: self.session_window,
             max_streams: self.max_streams,
+        }
+    }
+
+    /// The peer's announced limits, each clamped to the most this end would ever announce
+    /// ([`range`]): an announced 2^62 means no more than the largest valid local value.
+    pub(crate) fn clamp_peer_params(p: TransportParams) -> TransportParams {
+        TransportParams {
+            max_frame_body: p.max_frame_body.min(*range::MAX_FRAME_BODY.end()),
+            stream_window: p.stream_window.min(*range::STREAM_WINDOW.end()),
+            session_window: p.session_window.min(*range::SESSION_WINDOW.end()),
+            max_streams: p.max_streams.min(*range::MAX_STREAMS.end()),
         }
     }
 
@@ -492,6 +553,16 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "stream_window");
+        let c = Config {
+            max_tunnel_unacked_bytes: 256 * MIB,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "max_tunnel_unacked_bytes");
+        let c = Config {
+            max_pending_ranges: 1,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "max_pending_ranges");
         let c = Config {
             session_window: 8 * KIB,
             ..Config::default()

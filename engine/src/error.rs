@@ -56,6 +56,24 @@ pub enum SessionError {
         /// Session credit given.
         limit: u64,
     },
+    /// The peer left more separate out-of-order ranges waiting on one stream than this end holds.
+    #[error("flow control violated on stream {stream}: more than {limit} out-of-order ranges")]
+    PendingRanges {
+        /// Stream id.
+        stream: u64,
+        /// The most separate ranges one stream may hold (`max_pending_ranges`).
+        limit: u64,
+    },
+    /// The peer's out-of-order pieces, charged a fixed overhead each, exceed the session window.
+    #[error(
+        "flow control violated: out-of-order pieces charged {charged} bytes of overhead, credit {limit}"
+    )]
+    ReorderCharge {
+        /// Overhead charged for every stream's out-of-order pieces.
+        charged: u64,
+        /// The session window.
+        limit: u64,
+    },
     /// A tunnel handshake failed in a way retrying cannot fix, before the session was ever
     /// established (wrong key, unsupported version, not an mtcpd server).
     #[error("handshake failed: {0}")]
@@ -100,7 +118,10 @@ impl SessionError {
     pub fn code(&self) -> u32 {
         match self {
             Self::Frame { .. } | Self::Protocol(_) => code::PROTOCOL_VIOLATION,
-            Self::FlowControl { .. } | Self::SessionFlowControl { .. } => code::FLOW_CONTROL,
+            Self::FlowControl { .. }
+            | Self::SessionFlowControl { .. }
+            | Self::PendingRanges { .. }
+            | Self::ReorderCharge { .. } => code::FLOW_CONTROL,
             Self::Handshake(_) => code::PROTOCOL_VIOLATION,
             Self::StreamLimit { .. } => code::STREAM_LIMIT,
             Self::UnknownStream(_) => code::UNKNOWN_STREAM,
@@ -119,6 +140,10 @@ pub enum TunnelError {
     /// Nothing arrived for the idle timeout.
     #[error("no data for {0:?}")]
     IdleTimeout(Duration),
+    /// The oldest frame sent on it went unacknowledged for the idle timeout: the peer keeps the
+    /// tunnel alive (PINGs) but does not take our data.
+    #[error("a frame unacknowledged for {0:?}")]
+    Unacknowledged(Duration),
     /// The driver reported the connection closed or failed.
     #[error("connection lost: {0}")]
     ConnectionLost(String),

@@ -1,16 +1,33 @@
 //! Per-stream reorder buffer: turns frames that arrive in any order, possibly twice, into the
 //! stream's bytes exactly once and in order.
 //!
-//! Owns: the received-but-unread bytes of one stream direction and the bookkeeping of what has
-//! arrived. Must not touch: flow-control credit (the session checks a frame against the window
-//! before inserting it, which is what bounds this buffer) or the wire.
+//! Owns: the received-but-unread bytes of one stream direction, the bookkeeping of what has
+//! arrived, and what its out-of-order pieces are charged ([`PIECE_OVERHEAD`]). Must not touch:
+//! flow-control credit (the session checks a frame against the window, and the pieces' charge
+//! against the session window and their count against `max_pending_ranges`, before and after
+//! inserting it: that is what bounds this buffer) or the wire.
 //!
 //! In-order arrivals, the common case, go straight to the readable queue without touching the
-//! map. Payloads are kept as the `Bytes` the wire layer produced, so nothing is copied.
+//! map, kept as the `Bytes` the wire layer produced (nothing copied). Out-of-order pieces
+//! shorter than [`COPY_BELOW`] are copied (so a 1-byte piece cannot pin a whole receive buffer)
+//! and merged with adjacent small pieces, so a run of small pieces costs one map entry.
+//!
+//! Memory bound: each out-of-order piece costs its map entry (key, `Bytes`, B-tree share) and,
+//! when copied, one allocation: under [`PIECE_OVERHEAD`] plus its bytes, which is what it is
+//! charged. A piece of [`COPY_BELOW`] bytes or more may share a receive buffer with other
+//! frames; it then pins at most that buffer, so at most `1 + buffer / COPY_BELOW` times its
+//! charge.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+
+/// What each out-of-order piece is charged beyond its bytes: its map entry and allocation.
+pub const PIECE_OVERHEAD: u64 = 128;
+
+/// Out-of-order pieces shorter than this are copied out of the receive buffer (and merged with
+/// adjacent copied pieces up to this size) instead of being held as slices of it.
+pub const COPY_BELOW: usize = 4096;
 
 /// Received bytes of one stream, ordered.
 #[derive(Debug, Default)]
@@ -25,6 +42,8 @@ pub struct ReorderBuffer {
     /// Out-of-order pieces above `contiguous_end`, non-overlapping, keyed by offset.
     pending: BTreeMap<u64, Bytes>,
     pending_len: usize,
+    /// Maximal runs of contiguous pending bytes (the holes before them, counted).
+    pending_ranges: usize,
 }
 
 impl ReorderBuffer {
@@ -51,6 +70,27 @@ impl ReorderBuffer {
     /// Bytes ready to read in order.
     pub fn readable_len(&self) -> usize {
         self.readable_len
+    }
+
+    /// Out-of-order pieces held (map entries, after merging adjacent small ones).
+    pub fn pending_pieces(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Separate ranges of out-of-order bytes (each behind its own hole); adjacent pieces are
+    /// one range. What `max_pending_ranges` caps.
+    pub fn pending_ranges(&self) -> usize {
+        self.pending_ranges
+    }
+
+    /// What the out-of-order pieces are charged: their bytes plus [`PIECE_OVERHEAD`] each.
+    pub fn pending_charge(&self) -> u64 {
+        self.pending_len as u64 + self.pending_overhead()
+    }
+
+    /// The overhead part of the charge: [`PIECE_OVERHEAD`] per piece.
+    pub fn pending_overhead(&self) -> u64 {
+        self.pending.len() as u64 * PIECE_OVERHEAD
     }
 
     /// Stores `data` received at `offset`. Bytes already received are ignored, so duplicates and
@@ -104,16 +144,57 @@ impl ReorderBuffer {
         for (piece_start, piece_end) in inside {
             if piece_start > cursor {
                 let gap = data.slice((cursor - offset) as usize..(piece_start - offset) as usize);
-                self.pending_len += gap.len();
-                self.pending.insert(cursor, gap);
+                self.store_pending(cursor, gap);
             }
             cursor = cursor.max(piece_end);
         }
         if cursor < end {
             let rest = data.slice((cursor - offset) as usize..);
-            self.pending_len += rest.len();
-            self.pending.insert(cursor, rest);
+            self.store_pending(cursor, rest);
         }
+    }
+
+    /// Stores one piece that overlaps nothing pending. A small piece is copied, and merged with
+    /// a small neighbour that touches it (left, then right) while the result stays small.
+    fn store_pending(&mut self, offset: u64, data: Bytes) {
+        let end = offset + data.len() as u64;
+        let touches_left = self
+            .pending
+            .range(..offset)
+            .next_back()
+            .is_some_and(|(&o, b)| o + b.len() as u64 == offset);
+        let touches_right = self.pending.contains_key(&end);
+        // A piece alone opens a range; one touching a range extends it; one between two joins
+        // them.
+        self.pending_ranges =
+            self.pending_ranges + 1 - usize::from(touches_left) - usize::from(touches_right);
+        self.pending_len += data.len();
+        if data.len() >= COPY_BELOW {
+            self.pending.insert(offset, data);
+            return;
+        }
+        let mut start = offset;
+        let mut merged = BytesMut::with_capacity(data.len());
+        if let Some((&left_off, left)) = self.pending.range(..offset).next_back()
+            && left_off + left.len() as u64 == offset
+            && left.len() < COPY_BELOW
+            && left.len() + data.len() <= COPY_BELOW
+            && let Some(left) = self.pending.remove(&left_off)
+        {
+            start = left_off;
+            merged.reserve(left.len());
+            merged.extend_from_slice(&left);
+        }
+        merged.extend_from_slice(&data);
+        let end = start + merged.len() as u64;
+        if let Some(right) = self.pending.get(&end)
+            && right.len() < COPY_BELOW
+            && right.len() + merged.len() <= COPY_BELOW
+            && let Some(right) = self.pending.remove(&end)
+        {
+            merged.extend_from_slice(&right);
+        }
+        self.pending.insert(start, merged.freeze());
     }
 
     fn drain_pending(&mut self) -> usize {
@@ -125,6 +206,10 @@ impl ReorderBuffer {
             let piece = entry.remove();
             self.pending_len -= piece.len();
             moved += self.push_readable(piece);
+        }
+        if moved > 0 {
+            // The first range, all of it: it is contiguous.
+            self.pending_ranges -= 1;
         }
         moved
     }
@@ -149,6 +234,7 @@ impl ReorderBuffer {
         self.pending.clear();
         self.readable_len = 0;
         self.pending_len = 0;
+        self.pending_ranges = 0;
         n
     }
 }
@@ -176,6 +262,39 @@ mod tests {
         assert_eq!(read_all(&mut b), b"abcdefghij");
         assert_eq!(b.insert(3, Bytes::from_static(b"xxxxxxx")), 0);
         assert_eq!(b.buffered(), 0);
+    }
+
+    #[test]
+    fn small_pieces_are_copied_merged_and_charged() {
+        let mut b = ReorderBuffer::new();
+        let big = Bytes::from(vec![7u8; 64 * 1024]);
+        // 1-byte slices of one big buffer, at scattered offsets: each is a copy, not a slice.
+        for i in 0..10u64 {
+            b.insert(100 + i * 10, big.slice(0..1));
+        }
+        assert_eq!(b.pending_pieces(), 10);
+        assert_eq!(b.pending_charge(), 10 + 10 * PIECE_OVERHEAD);
+        // Adjacent small pieces merge into one entry.
+        let mut run = ReorderBuffer::new();
+        for i in (1..50u64).rev() {
+            run.insert(i, big.slice(0..1));
+        }
+        run.insert(60, big.slice(0..1));
+        assert_eq!(run.pending_pieces(), 2);
+        assert_eq!(run.pending_charge(), 50 + 2 * PIECE_OVERHEAD);
+        // A big piece is kept as it came; small neighbours do not merge into it.
+        run.insert(200, big.slice(0..COPY_BELOW));
+        run.insert(199, big.slice(0..1));
+        assert_eq!(run.pending_pieces(), 4);
+        assert_eq!(run.pending_ranges(), 3);
+        run.insert(0, Bytes::from_static(b"x"));
+        assert_eq!(run.pending_ranges(), 2);
+        assert_eq!(run.readable_len(), 50);
+        assert_eq!(run.pending_pieces(), 3);
+        assert_eq!(
+            run.pending_charge(),
+            2 + COPY_BELOW as u64 + 3 * PIECE_OVERHEAD
+        );
     }
 
     proptest! {
@@ -208,6 +327,17 @@ mod tests {
             for (s, e) in pieces {
                 b.insert(s as u64, bytes.slice(s..e));
                 prop_assert!(b.buffered() <= len);
+                let mut ranges = 0;
+                let mut last_end = None;
+                for (&o, piece) in &b.pending {
+                    if last_end != Some(o) { ranges += 1; }
+                    last_end = Some(o + piece.len() as u64);
+                }
+                prop_assert_eq!(b.pending_ranges(), ranges);
+                prop_assert_eq!(
+                    b.pending_charge(),
+                    (b.buffered() - b.readable_len()) as u64 + b.pending_pieces() as u64 * PIECE_OVERHEAD
+                );
                 if state % 3 == 0 { out.extend(read_all(&mut b)); }
             }
             out.extend(read_all(&mut b));

@@ -33,6 +33,12 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("session_window", Some("limits.session_window")),
     ("stream_send_buffer", None),
     ("max_streams", Some("limits.max_streams_per_session")),
+    ("max_unacked_bytes", Some("limits.max_unacked_bytes")),
+    (
+        "max_tunnel_unacked_bytes",
+        Some("limits.max_tunnel_unacked_bytes"),
+    ),
+    ("max_pending_ranges", Some("limits.max_pending_ranges")),
     ("handshake_timeout", Some("limits.handshake_timeout")),
     ("preauth_timeout", Some("limits.preauth_timeout")),
     ("max_handshakes", Some("limits.max_handshakes_per_worker")),
@@ -55,6 +61,14 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("read_chunk", Some("{role}.buffer_size")),
     ("drain_timeout", Some("limits.drain_timeout")),
     ("max_sessions", Some("limits.max_sessions")),
+    (
+        "backend_connect_timeout",
+        Some("limits.backend_connect_timeout"),
+    ),
+    (
+        "max_backend_connections",
+        Some("limits.max_backend_connections"),
+    ),
     ("tunnel_sockets.congestion", Some("congestion")),
     ("tunnel_sockets.send_buffer", Some("socket_send_buffer")),
     ("tunnel_sockets.recv_buffer", Some("socket_recv_buffer")),
@@ -177,6 +191,16 @@ impl Checker {
         if let Some(duration) = raw.drain_timeout {
             opts.drain_timeout = duration.get();
         }
+        if let Some(duration) = raw.backend_connect_timeout {
+            opts.backend_connect_timeout = duration.get();
+        }
+        if let Some(count) = raw.max_backend_connections {
+            opts.max_backend_connections = self.count_in(
+                "limits.max_backend_connections",
+                count,
+                runtime_range::MAX_BACKEND_CONNECTIONS,
+            )?;
+        }
         let engine = &mut opts.engine;
         if let Some(count) = raw.max_streams_per_session {
             engine.max_streams = self.count_in(
@@ -187,6 +211,19 @@ impl Checker {
         }
         if let Some(size) = raw.stream_window {
             engine.stream_window = size.bytes();
+        }
+        if let Some(size) = raw.max_unacked_bytes {
+            engine.max_unacked_bytes = size.bytes();
+        }
+        if let Some(size) = raw.max_tunnel_unacked_bytes {
+            engine.max_tunnel_unacked_bytes = size.bytes();
+        }
+        if let Some(count) = raw.max_pending_ranges {
+            engine.max_pending_ranges = self.count_in(
+                "limits.max_pending_ranges",
+                count,
+                protocol_range::MAX_PENDING_RANGES,
+            )?;
         }
         if let Some(size) = raw.session_window {
             engine.session_window = size.bytes();

@@ -121,6 +121,9 @@ pub struct RawLimits {
     pub stream_window: Option<ByteSize>,
     pub session_window: Option<ByteSize>,
     pub max_frame_payload: Option<ByteSize>,
+    pub max_unacked_bytes: Option<ByteSize>,
+    pub max_tunnel_unacked_bytes: Option<ByteSize>,
+    pub max_pending_ranges: Option<i64>,
     pub handshake_timeout: Option<HumanDuration>,
     pub preauth_timeout: Option<HumanDuration>,
     pub max_handshakes_per_worker: Option<i64>,
@@ -132,4 +135,6 @@ pub struct RawLimits {
     pub redial_backoff_max: Option<HumanDuration>,
     pub refused_backoff_max: Option<HumanDuration>,
     pub drain_timeout: Option<HumanDuration>,
+    pub backend_connect_timeout: Option<HumanDuration>,
+    pub max_backend_connections: Option<i64>,
 }

@@ -34,6 +34,7 @@ mod io;
 mod local;
 pub mod options;
 mod rejection_log;
+mod resolver;
 mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -108,7 +109,9 @@ pub enum Route {
     Refuse,
 }
 
-/// Where the server sends a stream, given the target its client asked for.
+/// Where the server sends a stream, given the target its client asked for. Runs on the
+/// server's resolver threads, never on a worker, so it may block (DNS); its answer for a target
+/// is reused for 30 s (`resolver`).
 pub type TargetResolver = Arc<dyn Fn(Option<&str>) -> Route + Send + Sync>;
 
 /// Settings shared by both roles. Defaults and valid ranges are in [`options`].
@@ -130,6 +133,13 @@ pub struct RuntimeOptions {
     /// A server spreads sessions over them; a client runs one session (with its own tunnel
     /// pool) per worker.
     pub workers: usize,
+    /// Server: a stream whose backend connection is not established within this is reset
+    /// (code 3).
+    pub backend_connect_timeout: Duration,
+    /// Server: most backend connections (connecting or connected), all workers together; a
+    /// stream whose target would need one more is reset at once (code 4). Each holds at most 256 KiB queued towards the backend plus one `read_chunk` towards
+    /// the stream, which bounds the bytes buffered for backends too.
+    pub max_backend_connections: usize,
 }
 
 impl std::fmt::Debug for RuntimeOptions {
@@ -141,6 +151,8 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("drain_timeout", &self.drain_timeout)
             .field("max_sessions", &self.max_sessions)
             .field("workers", &self.workers)
+            .field("backend_connect_timeout", &self.backend_connect_timeout)
+            .field("max_backend_connections", &self.max_backend_connections)
             .field("engine", &self.engine)
             .finish()
     }
@@ -448,6 +460,13 @@ fn start_on<D: io::Driver>(
         worker::Placement::random(),
     );
     let sources = crate::endpoint::SourceBudget::new(opts.engine.max_handshakes_per_source);
+    let resolver = match &setup {
+        WorkerSetup::Server { resolve, .. } => {
+            Some(resolver::ResolverPool::start(resolve.clone())?)
+        }
+        WorkerSetup::Client { .. } => None,
+    };
+    let backends = resolver::BackendBudget::new(opts.max_backend_connections);
     for (w, (driver, mailbox)) in drivers.into_iter().zip(mailboxes).enumerate() {
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
@@ -455,6 +474,10 @@ fn start_on<D: io::Driver>(
             budget: budget.clone(),
             rejections: rejections.clone(),
             sources: sources.clone(),
+            backends: backends.clone(),
+            resolver: resolver
+                .as_ref()
+                .map(|pool| pool.for_worker(wakers[w].clone())),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

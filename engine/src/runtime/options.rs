@@ -37,6 +37,11 @@ pub mod range {
         Duration::ZERO..=Duration::from_secs(24 * 60 * 60);
     /// [`RuntimeOptions::max_sessions`].
     pub const MAX_SESSIONS: RangeInclusive<usize> = 1..=1_000_000;
+    /// [`RuntimeOptions::backend_connect_timeout`].
+    pub const BACKEND_CONNECT_TIMEOUT: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(300);
+    /// [`RuntimeOptions::max_backend_connections`].
+    pub const MAX_BACKEND_CONNECTIONS: RangeInclusive<usize> = 1..=1_000_000;
     /// [`TunnelSocketOptions::send_buffer`] and [`TunnelSocketOptions::recv_buffer`], when set.
     pub const SOCKET_BUFFER: RangeInclusive<usize> = 4 * KIB..=1024 * MIB;
     /// [`TunnelSocketOptions::notsent_lowat`] (0 leaves the kernel's default): below 16 KiB a
@@ -62,6 +67,8 @@ impl Default for RuntimeOptions {
             drain_timeout: Duration::from_secs(30),
             max_sessions: 1024,
             workers: 1,
+            backend_connect_timeout: Duration::from_secs(10),
+            max_backend_connections: 8192,
         }
     }
 }
@@ -100,6 +107,8 @@ impl RuntimeOptions {
             drain_timeout,
             max_sessions,
             workers,
+            backend_connect_timeout,
+            max_backend_connections,
         } = self;
         let TunnelSocketOptions {
             congestion,
@@ -120,6 +129,16 @@ impl RuntimeOptions {
                 "max_sessions",
                 *max_sessions as u64,
                 as_u64(range::MAX_SESSIONS),
+            ),
+            Setting::duration(
+                "backend_connect_timeout",
+                *backend_connect_timeout,
+                range::BACKEND_CONNECT_TIMEOUT,
+            ),
+            Setting::count(
+                "max_backend_connections",
+                *max_backend_connections as u64,
+                as_u64(range::MAX_BACKEND_CONNECTIONS),
             ),
             Setting::unbounded(
                 "tunnel_sockets.congestion",
@@ -244,6 +263,16 @@ mod tests {
             ..RuntimeOptions::default()
         };
         assert_eq!(opts.validate().unwrap_err().key, "max_sessions");
+        let opts = RuntimeOptions {
+            backend_connect_timeout: Duration::from_millis(1),
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(opts.validate().unwrap_err().key, "backend_connect_timeout");
+        let opts = RuntimeOptions {
+            max_backend_connections: 0,
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(opts.validate().unwrap_err().key, "max_backend_connections");
     }
 
     #[test]

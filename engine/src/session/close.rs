@@ -87,9 +87,11 @@ impl Session {
             }
         }
         self.streams.clear();
+        self.reorder_overhead = 0;
         self.backlog = 0;
         self.ready.clear();
         self.retransmit.clear();
+        self.retransmit_bytes = 0;
         self.control.clear();
         self.closed = Some(reason.clone());
         self.events.push_back(Event::SessionClosed { reason });

@@ -8,6 +8,7 @@
 
 use super::retransmit::Reliable;
 use super::{Session, StreamId};
+use crate::config::range;
 use crate::error::SessionError;
 
 impl Session {
@@ -72,7 +73,8 @@ impl Session {
         }
     }
 
-    /// The peer's STREAM_WINDOW: more credit for one of our streams, which may send again.
+    /// The peer's STREAM_WINDOW: more credit for one of our streams, which may send again. The
+    /// credit is clamped to the largest window this end could announce beyond what it sent.
     pub(super) fn on_stream_window(
         &mut self,
         stream: StreamId,
@@ -81,9 +83,12 @@ impl Session {
         if !self.admit_stream(stream)? {
             return Ok(());
         }
-        if let Some(s) = self.streams.get_mut(&stream)
-            && max_offset > s.send_max
-        {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            let max_offset =
+                max_offset.min(s.send_offset.saturating_add(*range::STREAM_WINDOW.end()));
+            if max_offset <= s.send_max {
+                return Ok(());
+            }
             s.send_max = max_offset;
             if s.has_sendable() && !s.in_ready {
                 s.in_ready = true;
@@ -93,13 +98,21 @@ impl Session {
         Ok(())
     }
 
-    /// The peer's SESSION_WINDOW: credits only grow (updates may overtake each other).
+    /// The peer's SESSION_WINDOW: credits only grow (updates may overtake each other), and
+    /// never beyond the largest session window this end could announce past what it sent.
     pub(super) fn on_session_window(&mut self, max_data: u64) {
-        self.peer_max_data = self.peer_max_data.max(max_data);
+        let ceiling = self
+            .send_data_total
+            .saturating_add(*range::SESSION_WINDOW.end());
+        self.peer_max_data = self.peer_max_data.max(max_data.min(ceiling));
     }
 
-    /// The peer's MAX_STREAMS: the cumulative count of streams this end may open.
+    /// The peer's MAX_STREAMS: the cumulative count of streams this end may open, never more
+    /// than the largest `max_streams` this end could announce beyond those it opened.
     pub(super) fn on_max_streams(&mut self, count: u64) {
-        self.local_stream_limit = self.local_stream_limit.max(count);
+        let ceiling = self
+            .next_local_index
+            .saturating_add(*range::MAX_STREAMS.end());
+        self.local_stream_limit = self.local_stream_limit.max(count.min(ceiling));
     }
 }

@@ -39,6 +39,8 @@ mod flow_control;
 mod input;
 mod retransmit;
 mod streams;
+#[cfg(test)]
+mod tests;
 mod timers;
 mod transmit;
 mod tunnels;
@@ -163,6 +165,15 @@ pub struct SessionStats {
     pub streams: usize,
     /// Tunnels carrying frames.
     pub active_tunnels: usize,
+    /// Encoded bytes of reliable frames kept for resend: sent and unacknowledged on every
+    /// tunnel, plus the resend queue (capped by [`Config::max_unacked_bytes`]).
+    pub retained_bytes: u64,
+    /// Out-of-order pieces held by every stream's reorder buffer.
+    pub reorder_pieces: u64,
+    /// What those pieces are charged: their bytes (at most the session window, by the offset
+    /// accounting) plus [`crate::reorder::PIECE_OVERHEAD`] each (also at most the session
+    /// window).
+    pub reorder_charged: u64,
 }
 
 /// One end of an mtcpd session.
@@ -190,7 +201,14 @@ pub struct Session {
     peer_stream_limit: u64,
     max_streams_queued: bool,
     ready: VecDeque<StreamId>,
-    retransmit: VecDeque<Reliable>,
+    /// Frames of dead tunnels waiting to be sent again, with their encoded length.
+    retransmit: VecDeque<(Reliable, u64)>,
+    /// Encoded bytes in `retransmit` (with the tunnels' unacknowledged bytes, what
+    /// [`Config::max_unacked_bytes`] caps).
+    retransmit_bytes: u64,
+    /// Σ of every stream's [`crate::reorder::ReorderBuffer::pending_overhead`]: at most the
+    /// session window (the pieces' bytes are bounded by the offset accounting).
+    reorder_overhead: u64,
     control: VecDeque<Reliable>,
     send_data_total: u64,
     /// Stream bytes written by the application and not yet framed.
@@ -300,6 +318,8 @@ impl Session {
             max_streams_queued: false,
             ready: VecDeque::new(),
             retransmit: VecDeque::new(),
+            retransmit_bytes: 0,
+            reorder_overhead: 0,
             control: VecDeque::new(),
             send_data_total: 0,
             backlog: 0,
@@ -322,7 +342,10 @@ impl Session {
         }
     }
 
+    /// Takes the peer's limits, clamped to what this end would ever announce itself.
     fn apply_peer_params(&mut self, p: TransportParams) {
+        let p = Config::clamp_peer_params(p);
+        self.peer_params = Some(p);
         self.local_stream_limit = p.max_streams;
         self.peer_max_data = p.session_window;
     }
@@ -405,7 +428,15 @@ impl Session {
                 }
             }
         }
+        let (mut reorder_pieces, mut reorder_charged) = (0u64, 0u64);
+        for s in self.streams.values() {
+            reorder_pieces += s.recv.pending_pieces() as u64;
+            reorder_charged += s.recv.pending_charge();
+        }
         SessionStats {
+            retained_bytes: self.retained_bytes(),
+            reorder_pieces,
+            reorder_charged,
             frames_resent: self.frames_resent,
             buffered_bytes: buffered,
             streams: self.streams.len(),

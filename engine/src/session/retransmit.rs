@@ -122,8 +122,30 @@ impl Session {
         let tun = &mut self.tunnels[t];
         while let Some(r) = tun.retained.pop_front() {
             self.frames_resent += 1;
-            self.retransmit.push_back(r.frame);
+            self.retransmit_bytes += r.wire_len;
+            self.retransmit.push_back((r.frame, r.wire_len));
         }
+    }
+
+    /// Takes the oldest frame of the resend queue off its accounting.
+    pub(super) fn pop_resend(&mut self) -> Option<Reliable> {
+        let (r, len) = self.retransmit.pop_front()?;
+        self.retransmit_bytes -= len;
+        Some(r)
+    }
+
+    /// Encoded bytes kept for resend: unacknowledged on every tunnel plus the resend queue.
+    pub(super) fn retained_bytes(&self) -> u64 {
+        self.retransmit_bytes + self.tunnels.iter().map(|t| t.unacked_bytes).sum::<u64>()
+    }
+
+    /// Whether new stream data may be framed on tunnel `t`: neither the session nor the tunnel
+    /// holds its cap of unacknowledged bytes (resends and control frames are not held back).
+    pub(super) fn may_frame_data(&self, t: usize) -> bool {
+        self.tunnels
+            .get(t)
+            .is_some_and(|tun| tun.unacked_bytes < self.config.max_tunnel_unacked_bytes)
+            && self.retained_bytes() < self.config.max_unacked_bytes
     }
 
     /// The frame to send for a remembered reliable frame, with current values; `None` when it

@@ -1,7 +1,8 @@
 //! Timers: the one deadline a driver must wake the session at, and what fires then.
 //!
-//! Owns: [`Session::poll_timeout`] and [`Session::handle_timeout`]: handshake and idle timeouts,
-//! due (re-)dials, keepalive PINGs, and the grace period of a session with no live tunnel.
+//! Owns: [`Session::poll_timeout`] and [`Session::handle_timeout`]: handshake, idle and
+//! unacknowledged-frame timeouts, due (re-)dials, keepalive PINGs, and the grace period of a
+//! session with no live tunnel.
 //! Must not touch: the transitions themselves (`tunnels`, `close`); it only decides they are due.
 
 use std::time::Instant;
@@ -30,6 +31,9 @@ impl Session {
                 } => consider(at),
                 TunnelState::Active => {
                     consider(tun.last_recv + c.tunnel_idle_timeout);
+                    if let Some(oldest) = tun.retained.front() {
+                        consider(oldest.sent_at + c.tunnel_idle_timeout);
+                    }
                     if !tun.ping_outstanding && !tun.ping_due {
                         consider(tun.next_ping);
                     }
@@ -71,6 +75,15 @@ impl Session {
                 }
                 TunnelState::Active if self.tunnels[t].last_recv + idle <= now => {
                     self.tunnel_down(now, t, TunnelError::IdleTimeout(idle));
+                }
+                TunnelState::Active
+                    if self.tunnels[t]
+                        .retained
+                        .front()
+                        .is_some_and(|oldest| oldest.sent_at + idle <= now) =>
+                {
+                    // Answering PINGs is not enough: a tunnel must take what is sent on it.
+                    self.tunnel_down(now, t, TunnelError::Unacknowledged(idle));
                 }
                 TunnelState::Active => {
                     // The PING goes out with the tunnel's next transmit; the timer is re-armed

@@ -33,7 +33,7 @@ impl Session {
             || tun.ping_due
             || !self.retransmit.is_empty()
             || !self.control.is_empty()
-            || !self.ready.is_empty()
+            || (!self.ready.is_empty() && self.may_frame_data(t))
     }
 
     /// Appends to `out` the bytes to write to tunnel `t` now, about `max_bytes` of them (a frame
@@ -118,17 +118,17 @@ impl Session {
     /// is nothing to send or it belongs on another tunnel.
     fn send_one_reliable(&mut self, now: Instant, t: usize, out: &mut Vec<Bytes>) -> Option<usize> {
         // Resends first (they are the oldest), then control, then new stream data.
-        while let Some(r) = self.retransmit.front() {
+        while let Some((r, _)) = self.retransmit.front() {
             match self.materialize(r) {
                 Some(frame) => {
                     if !self.scheduled_here(t, frame.encoded_len()) {
                         return None;
                     }
-                    let r = self.retransmit.pop_front()?;
+                    let r = self.pop_resend()?;
                     return Some(self.emit(now, t, r, frame, out));
                 }
                 None => {
-                    self.retransmit.pop_front();
+                    self.pop_resend();
                 }
             }
         }
@@ -186,6 +186,10 @@ impl Session {
     /// Sends the next piece of stream data on `t`, as far as credit, frame size and the
     /// scheduler allow. `None` when nothing goes out here now.
     fn send_stream_data(&mut self, now: Instant, t: usize, out: &mut Vec<Bytes>) -> Option<usize> {
+        if !self.may_frame_data(t) {
+            // Held for resend up to the cap: new data waits for ACKs (like quinn's send window).
+            return None;
+        }
         let payload_limit = self
             .config
             .payload_limit(self.peer_params.map_or(0, |p| p.max_frame_body));

@@ -2,9 +2,9 @@
 //! each carrying one stream.
 //!
 //! Owns: [`AppConn`] (its socket, the bytes the stream has not taken yet, its send queue and
-//! half-closes), opening a stream for an accepted application connection (client), and
-//! connecting a stream the peer opened to its target (server). Must not touch: in-process
-//! streams ([`super::local_streams`]) or tunnels.
+//! half-closes) and opening a stream for an accepted application connection (client). Must not
+//! touch: in-process streams ([`super::local_streams`]), tunnels, or how a server picks and
+//! bounds its backend connections ([`super::backends`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use super::streams::{After, StreamConn};
-use super::{APP_QUEUE, Entry, EventLoop, Outbox, RESET_APP_ERROR, RESET_CONNECT_FAILED, Role};
+use super::{APP_QUEUE, Entry, EventLoop, Outbox, RESET_APP_ERROR, RESET_CONNECT_FAILED};
 use crate::endpoint::SessionKey;
 use crate::runtime::io::{Driver, IoStream};
-use crate::runtime::{Route, sockopt};
+use crate::runtime::resolver::BackendPermit;
+use crate::runtime::sockopt;
 use crate::session::{ReadOutcome, Session, StreamId};
 
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub(super) struct AppConn<D: Driver> {
     fin_pending: bool,
     write_closed: bool,
     target: SocketAddr,
+    /// Server: this backend connection's place in the process-wide budget.
+    _permit: Option<BackendPermit>,
 }
 
 impl<D: Driver> AppConn<D> {
@@ -54,7 +57,27 @@ impl<D: Driver> AppConn<D> {
             fin_pending: false,
             write_closed: false,
             target,
+            _permit: None,
         }
+    }
+
+    /// Server: a connection being made to `target` for `stream`, holding `permit`.
+    pub(super) fn backend(
+        sock: D::Stream,
+        session: SessionKey,
+        stream: StreamId,
+        target: SocketAddr,
+        permit: BackendPermit,
+    ) -> Self {
+        Self {
+            _permit: Some(permit),
+            ..Self::new(sock, session, stream, true, target)
+        }
+    }
+
+    /// Still connecting, for `stream` of `session` (a slab key may have been reused).
+    pub(super) fn is_connecting_for(&self, session: SessionKey, stream: StreamId) -> bool {
+        self.connecting && self.session == session && self.stream == stream
     }
 
     /// Both directions are finished.
@@ -228,49 +251,6 @@ impl<D: Driver> EventLoop<D> {
             }
             Err(e) => {
                 tracing::warn!("cannot open a stream: {e}; closing the application connection");
-            }
-        }
-    }
-
-    /// Server: connects a stream the peer opened to where the resolver says.
-    pub(super) fn open_target(
-        &mut self,
-        skey: SessionKey,
-        stream: StreamId,
-        target: Option<String>,
-    ) {
-        let Role::Server { resolve } = &self.role else {
-            return;
-        };
-        let addr = match resolve(target.as_deref()) {
-            Route::Connect(addr) => addr,
-            Route::Accept => return self.accept_local(skey, stream, target),
-            Route::Refuse => {
-                tracing::warn!(
-                    stream,
-                    target = target.as_deref().unwrap_or(""),
-                    "target not allowed or unresolvable; resetting"
-                );
-                return self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
-            }
-        };
-        match sockopt::connect_nonblocking(addr, None).and_then(|(s, _)| self.io.stream(s)) {
-            Ok(sock) => {
-                tracing::info!(stream, target = %addr, "stream opened");
-                let app = AppConn::new(sock, skey, stream, true, addr);
-                match self.add(Entry::App(Box::new(app))) {
-                    Ok(k) => {
-                        self.endpoint[skey].data_mut().streams.insert(stream, k);
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot register target socket: {e}");
-                        self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(stream, target = %addr, "cannot connect to target: {e}; resetting");
-                self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
             }
         }
     }

@@ -14,9 +14,10 @@
 //!
 //! By concept: [`accept`] (listeners), [`pending`] (server handshakes in progress and the
 //! hand-over between workers), [`tunnels`] (tunnel sockets), [`app`] (application and target
-//! sockets), [`local_streams`] (in-process streams), [`streams`] (the one interface both stream
-//! kinds offer the session's events), [`sessions`] (the ready list, the timer heap, servicing
-//! and session events).
+//! sockets), [`backends`] (a server's target resolution, backend budget and connect timeout),
+//! [`local_streams`] (in-process streams), [`streams`] (the one interface both stream kinds
+//! offer the session's events), [`sessions`] (the ready list, the timer heap, servicing and
+//! session events).
 //!
 //! Back-pressure is end to end: an application socket is read only while its stream's send buffer
 //! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
@@ -28,6 +29,7 @@
 
 mod accept;
 mod app;
+mod backends;
 mod local_streams;
 mod pending;
 mod sessions;
@@ -49,10 +51,12 @@ use slab::Slab;
 
 use super::io::{Driver, IoStream, Ready};
 use super::rejection_log::SharedRejectionLog;
+use super::resolver::{BackendBudget, WorkerResolver};
 use super::worker::Mailbox;
 use super::{RuntimeOptions, TargetResolver};
 use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey, SourceBudget};
 use app::AppConn;
+use backends::Backends;
 use local_streams::{LocalConn, LocalState};
 use sessions::SessionIo;
 
@@ -62,6 +66,11 @@ const APP_QUEUE: usize = 256 * 1024;
 const RESET_CONNECT_FAILED: u32 = 1;
 /// Reset code for streams whose application connection failed.
 const RESET_APP_ERROR: u32 = 2;
+/// Reset code for streams whose target did not accept the connection in time.
+const RESET_CONNECT_TIMEOUT: u32 = 3;
+/// Reset code for streams refused because the backend budget (connections, or lookups waiting
+/// for the resolver) is spent.
+const RESET_BACKEND_BUSY: u32 = 4;
 /// Longest wait: handshake deadlines, accept retries and a stop request are looked at least
 /// this often.
 const MAX_WAIT: Duration = Duration::from_millis(250);
@@ -215,6 +224,8 @@ pub(super) struct EventLoop<D: Driver> {
     rejections: SharedRejectionLog,
     /// When this worker next asks the rejection log for its due summaries.
     next_rejection_flush: Instant,
+    /// Server: backend connections being resolved and connected.
+    backends: Backends,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -229,6 +240,10 @@ pub(super) struct WorkerContext {
     pub(super) rejections: SharedRejectionLog,
     /// Server: handshakes in progress per source network, all workers together.
     pub(super) sources: SourceBudget,
+    /// Server: the places for backend connections on all workers together.
+    pub(super) backends: BackendBudget,
+    /// Server: this worker's handle on the resolver threads.
+    pub(super) resolver: Option<WorkerResolver>,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -266,6 +281,7 @@ impl<D: Driver> EventLoop<D> {
             servicing: None,
             rejections: ctx.rejections,
             next_rejection_flush: Instant::now(),
+            backends: Backends::new(ctx.backends, ctx.resolver),
         }
     }
 
@@ -372,6 +388,8 @@ impl<D: Driver> EventLoop<D> {
             self.fire_timers(now);
             self.service_ready();
             self.expire_handshakes(now);
+            self.take_resolved();
+            self.expire_backend_connects(now);
             self.flush_rejections(now);
             self.retry_accepts(Instant::now());
             if self.stop.load(Ordering::SeqCst) && self.drain(now) {
@@ -395,6 +413,9 @@ impl<D: Driver> EventLoop<D> {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if let Some(at) = self.accepts.due() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.backends.next_deadline() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if self.mailbox.retry() {

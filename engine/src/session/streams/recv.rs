@@ -119,7 +119,24 @@ impl Session {
             self.maybe_remove(stream);
             return Ok(());
         }
+        // Each out-of-order piece costs a map entry and an allocation beyond its bytes: that
+        // overhead is charged against the session window too (docs/PROTOCOL.md §5.4).
+        let overhead_before = s.recv.pending_overhead();
         s.recv.insert(offset, payload);
+        let (overhead_after, ranges) = (s.recv.pending_overhead(), s.recv.pending_ranges());
+        self.reorder_overhead = self.reorder_overhead - overhead_before + overhead_after;
+        if ranges as u64 > self.config.max_pending_ranges {
+            return Err(SessionError::PendingRanges {
+                stream,
+                limit: self.config.max_pending_ranges,
+            });
+        }
+        if self.reorder_overhead > self.config.session_window {
+            return Err(SessionError::ReorderCharge {
+                charged: self.reorder_overhead,
+                limit: self.config.session_window,
+            });
+        }
         self.signal_readable(stream);
         Ok(())
     }
@@ -163,6 +180,7 @@ impl Session {
         s.final_size = Some(final_offset);
         self.recv_consumed_total += final_offset - s.recv_consumed;
         s.recv_consumed = final_offset;
+        self.reorder_overhead -= s.recv.pending_overhead();
         s.recv.discard();
         s.peer_reset = Some(code);
         let announce = s.announced && s.local_reset.is_none();

@@ -117,6 +117,7 @@ impl Session {
         }
         s.local_reset = Some(code);
         Self::abandon_send(s, &mut self.backlog);
+        self.reorder_overhead -= s.recv.pending_overhead();
         s.recv.discard();
         let consumed = s.recv_highest - s.recv_consumed;
         s.recv_consumed = s.recv_highest;
