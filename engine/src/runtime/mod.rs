@@ -94,6 +94,9 @@ pub enum RuntimeError {
     /// The event loop could not be created.
     #[error("event loop: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS identity or verification settings cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where the server sends a stream.
@@ -130,6 +133,8 @@ pub struct RuntimeOptions {
     /// A server spreads sessions over them; a client runs one session (with its own tunnel
     /// pool) per worker.
     pub workers: usize,
+    /// TLS under every tunnel (on unless `insecure_plaintext`), and the identities.
+    pub tls: crate::tls::TlsOptions,
 }
 
 impl std::fmt::Debug for RuntimeOptions {
@@ -141,6 +146,7 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("drain_timeout", &self.drain_timeout)
             .field("max_sessions", &self.max_sessions)
             .field("workers", &self.workers)
+            .field("tls", &self.tls)
             .field("engine", &self.engine)
             .finish()
     }
@@ -280,6 +286,7 @@ fn start_server(
     accept: Option<api::AcceptSender>,
 ) -> Result<RuntimeHandle, RuntimeError> {
     let driver = prepare(&opts)?;
+    let tls = opts.tls.server_setup()?;
     let listeners = listeners_per_worker(listen, opts.workers)?;
     let local = listeners[0].local_addr()?;
     tracing::info!(%local, workers = opts.workers, "listening for tunnels");
@@ -288,7 +295,7 @@ fn start_server(
         resolve,
         accept,
     };
-    start(driver, opts, vec![local], setup)
+    start(driver, opts, vec![local], setup, tls)
 }
 
 /// Starts a client: opens the tunnel pool to `server` and carries every connection accepted on a
@@ -300,6 +307,7 @@ pub fn spawn_client(
     forwards: &[ClientForward],
 ) -> Result<RuntimeHandle, RuntimeError> {
     let driver = prepare(&opts)?;
+    let tls = opts.tls.client_setup()?;
     let mut listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
         (0..opts.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
@@ -317,6 +325,7 @@ pub fn spawn_client(
         opts,
         addrs,
         WorkerSetup::Client { server, listeners },
+        tls,
     )
 }
 
@@ -373,13 +382,14 @@ fn start(
     opts: RuntimeOptions,
     local_addrs: Vec<SocketAddr>,
     setup: WorkerSetup,
+    tls: crate::tls::TlsSetup,
 ) -> Result<RuntimeHandle, RuntimeError> {
     match driver {
-        DriverKind::Mio => start_on(io::Mio::new, opts, local_addrs, setup),
+        DriverKind::Mio => start_on(io::Mio::new, opts, local_addrs, setup, tls),
         #[cfg(target_os = "linux")]
         DriverKind::Uring => {
             let chunk = opts.read_chunk;
-            start_on(move || uring::Uring::new(chunk), opts, local_addrs, setup)
+            start_on(move || uring::Uring::new(chunk), opts, local_addrs, setup, tls)
         }
     }
 }
@@ -389,6 +399,7 @@ fn start_on<D: io::Driver>(
     opts: RuntimeOptions,
     local_addrs: Vec<SocketAddr>,
     mut setup: WorkerSetup,
+    tls: crate::tls::TlsSetup,
 ) -> Result<RuntimeHandle, RuntimeError> {
     let workers = opts.workers;
     let mut drivers = Vec::with_capacity(workers);
@@ -423,6 +434,7 @@ fn start_on<D: io::Driver>(
             mailbox,
             budget: budget.clone(),
             rejections: rejections.clone(),
+            tls: tls.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

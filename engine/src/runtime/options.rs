@@ -62,6 +62,7 @@ impl Default for RuntimeOptions {
             drain_timeout: Duration::from_secs(30),
             max_sessions: 1024,
             workers: 1,
+            tls: crate::tls::TlsOptions::default(),
         }
     }
 }
@@ -100,6 +101,7 @@ impl RuntimeOptions {
             drain_timeout,
             max_sessions,
             workers,
+            tls,
         } = self;
         let TunnelSocketOptions {
             congestion,
@@ -140,6 +142,9 @@ impl RuntimeOptions {
                 }
             },
         ]
+        .into_iter()
+        .chain(tls.settings())
+        .collect()
     }
 
     /// Checks the protocol config and every runtime value; the runtime never starts on options
@@ -152,6 +157,7 @@ impl RuntimeOptions {
         if let Some(name) = &self.tunnel_sockets.congestion {
             check_congestion_name(name)?;
         }
+        self.tls.validate()?;
         Ok(())
     }
 }

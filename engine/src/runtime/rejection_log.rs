@@ -39,9 +39,24 @@ pub(crate) enum RejectReason {
     Timeout,
     /// The connection closed or failed before our proof was sent.
     ClosedEarly,
+    /// The TLS handshake failed, or a record failed authentication.
+    Tls,
+    /// The client speaks plaintext to this TLS server.
+    PlaintextClient,
+    /// The client speaks TLS to this plaintext (`insecure_plaintext`) server.
+    TlsClient,
 }
 
 impl RejectReason {
+    /// The reason of a connection whose TLS layer failed with `e`.
+    pub(crate) fn of_tls(e: &crate::tls::TlsError) -> Self {
+        match e {
+            crate::tls::TlsError::PeerSpeaksPlaintext => Self::PlaintextClient,
+            crate::tls::TlsError::PeerSpeaksTls => Self::TlsClient,
+            _ => Self::Tls,
+        }
+    }
+
     /// The reason of a handshake that failed with `e`.
     pub(crate) fn of(e: &HandshakeError) -> Self {
         match e {
@@ -74,6 +89,14 @@ impl fmt::Display for RejectReason {
             Self::Refused(status) => write!(out, "answered {status:?}"),
             Self::Timeout => out.write_str("handshake timed out"),
             Self::ClosedEarly => out.write_str("connection closed during the handshake"),
+            Self::Tls => out.write_str("TLS failed"),
+            Self::PlaintextClient => out.write_str(
+                "client speaks plaintext, this server TLS: set insecure_plaintext on both ends \
+                 or neither",
+            ),
+            Self::TlsClient => out.write_str(
+                "client speaks TLS; set insecure_plaintext on both ends or neither",
+            ),
         }
     }
 }

@@ -111,6 +111,15 @@ fn plaintext_against_tls_is_named_on_both_sides() {
     let mut answer = BytesMut::from(&b"MTCP\x01\x02 plaintext server hello"[..]);
     let err = c.read(&mut answer, &mut BytesMut::new()).unwrap_err();
     assert!(matches!(err, TlsError::PeerSpeaksPlaintext), "{err}");
+
+    // A plaintext end that receives a TLS handshake says so.
+    let mut plain_end = TunnelTls::plaintext();
+    let err = plain_end.read(&mut client_hello, &mut BytesMut::new()).unwrap_err();
+    assert!(matches!(err, TlsError::PeerSpeaksTls), "{err}");
+    let mut mtcp = BytesMut::from(&b"MTCP"[..]);
+    let mut got = BytesMut::new();
+    TunnelTls::plaintext().read(&mut mtcp, &mut got).unwrap();
+    assert_eq!(&got[..], b"MTCP");
 }
 
 #[test]

@@ -103,6 +103,9 @@ impl TunnelTls {
         let result = with_conn!(&mut self.inner,
             c => read_records(&mut ***c, received, plain),
             plain => {
+                if first && looks_like_tls(received) {
+                    return Err(TlsError::PeerSpeaksTls);
+                }
                 if plain.is_empty() {
                     *plain = received.split();
                 } else {

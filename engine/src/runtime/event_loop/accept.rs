@@ -1,6 +1,6 @@
 //! Listeners: applications connecting to a client, tunnels connecting to a server.
 //!
-//! Owns: accepting from the listeners, and retrying an accept that failed while connections may
+//! Owns: accepting from the listeners (a tunnel connection starts with its TLS record layer), and retrying an accept that failed while connections may
 //! still be queued. Must not touch: what happens to an accepted connection next — a tunnel goes
 //! to [`super::pending`] with a handshake the endpoint starts, an application connection to
 //! [`super::app`].
@@ -47,12 +47,21 @@ impl<D: Driver> EventLoop<D> {
                 Ok((conn, peer)) => {
                     let cc = sockopt::tune_tunnel(&conn, &self.opts.tunnel_sockets);
                     tracing::debug!(%peer, congestion = %cc, "tunnel connection accepted");
+                    let tls = match self.tls.connection() {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            tracing::warn!(%peer, "cannot start TLS: {e}; connection closed");
+                            continue;
+                        }
+                    };
                     let Some(handshake) = self.endpoint.accept_connection(Instant::now()) else {
                         return;
                     };
                     let entry = Entry::Pending {
                         sock: conn,
                         handshake,
+                        tls,
+                        received: BytesMut::new(),
                         rx: BytesMut::new(),
                         tx: Outbox::default(),
                         peer,

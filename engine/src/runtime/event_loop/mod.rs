@@ -52,6 +52,7 @@ use super::rejection_log::SharedRejectionLog;
 use super::worker::Mailbox;
 use super::{RuntimeOptions, TargetResolver};
 use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey};
+use crate::tls::{TlsSetup, TunnelTls};
 use app::AppConn;
 use local_streams::{LocalConn, LocalState};
 use sessions::SessionIo;
@@ -153,7 +154,13 @@ enum Entry<D: Driver> {
     Pending {
         sock: D::Stream,
         handshake: HandshakeKey,
+        /// Its record layer (the TLS handshake comes first).
+        tls: TunnelTls,
+        /// Bytes read from the socket, not yet through `tls`.
+        received: BytesMut,
+        /// Plaintext: the mtcpd handshake.
         rx: BytesMut,
+        /// Ciphertext to write.
         tx: Outbox,
         peer: SocketAddr,
         /// Known to belong on this worker (its session id was read, or there is one worker).
@@ -164,7 +171,14 @@ enum Entry<D: Driver> {
         sock: D::Stream,
         session: SessionKey,
         slot: usize,
+        /// Its record layer (client: the TLS handshake runs after the TCP connect, and the
+        /// session hears `tunnel_connected` once it is done).
+        tls: TunnelTls,
+        /// Bytes read from the socket, not yet through `tls`.
+        received: BytesMut,
+        /// Plaintext for the session.
         rx: BytesMut,
+        /// Ciphertext to write.
         tx: Outbox,
         connecting: bool,
     },
@@ -209,6 +223,8 @@ pub(super) struct EventLoop<D: Driver> {
     rejections: SharedRejectionLog,
     /// When this worker next asks the rejection log for its due summaries.
     next_rejection_flush: Instant,
+    /// Makes each tunnel connection's record layer (TLS, or plaintext).
+    tls: TlsSetup,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -221,6 +237,8 @@ pub(super) struct WorkerContext {
     pub(super) budget: SessionBudget,
     /// Server: refused handshakes of all workers together, logged aggregated.
     pub(super) rejections: SharedRejectionLog,
+    /// The runtime's TLS setup (built once: identity loaded, verifier chosen).
+    pub(super) tls: TlsSetup,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -258,6 +276,7 @@ impl<D: Driver> EventLoop<D> {
             servicing: None,
             rejections: ctx.rejections,
             next_rejection_flush: Instant::now(),
+            tls: ctx.tls,
         }
     }
 

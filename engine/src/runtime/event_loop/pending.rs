@@ -1,7 +1,8 @@
 //! Server tunnel connections whose handshake is in progress, and their hand-over between
 //! workers.
 //!
-//! Owns: reading and writing a pending connection's bytes, routing it to the worker that owns
+//! Owns: reading and writing a pending connection's bytes (through its TLS record layer: the
+//! TLS handshake first, then the mtcpd handshake inside it, bound to the TLS exporter), routing it to the worker that owns
 //! its session (read the session id from the ClientHello, hand the socket and the handshake over
 //! the worker ring), taking over connections other workers hand here, and turning a finished
 //! handshake into a tunnel entry. Must not touch: the handshake's decisions — admission,
@@ -10,13 +11,14 @@
 
 use std::time::Instant;
 
+use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::{Entry, EventLoop, Outbox, ReadState, hex, read_into};
 use crate::endpoint::{HandshakeKey, HandshakeOutcome};
-use crate::handshake::{PLAINTEXT_BINDING, client_hello_session_id};
+use crate::handshake::client_hello_session_id;
 use crate::runtime::io::Driver;
 use crate::runtime::rejection_log::{RejectReason, RejectionLine, RejectionLog};
 use crate::runtime::worker::{Handoff, home_worker};
@@ -27,6 +29,8 @@ impl<D: Driver> EventLoop<D> {
         let Some(Entry::Pending {
             sock,
             handshake,
+            tls,
+            received,
             rx,
             tx,
             peer,
@@ -38,7 +42,7 @@ impl<D: Driver> EventLoop<D> {
         let (peer, handshake) = (*peer, *handshake);
         let mut eof = false;
         if readable {
-            match read_into(sock, rx, &mut self.read_buf) {
+            match read_into(sock, received, &mut self.read_buf) {
                 Ok(state) => eof = state == ReadState::Eof,
                 Err(e) => {
                     tracing::debug!(%peer, "tunnel connection failed during handshake: {e}");
@@ -48,13 +52,39 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
         }
+        // TLS first: what it decrypts is the mtcpd handshake; what it answers goes out now.
+        let decrypted = tls.read(received, rx);
+        tls.take_output(|c| tx.push(c));
+        let flushed = tx.flush(sock);
+        if let Err(e) = decrypted {
+            tracing::debug!(%peer, "tunnel TLS failed: {e}; connection closed");
+            self.reject(now, RejectReason::of_tls(&e), peer);
+            self.drop_pending(key);
+            return;
+        }
+        if flushed.is_err() {
+            self.drop_pending(key);
+            return;
+        }
+        let Some(&binding) = tls.binding() else {
+            if eof {
+                self.reject_closed(now, handshake, peer);
+                self.drop_pending(key);
+            }
+            return;
+        };
         if !*routed {
             match client_hello_session_id(rx) {
                 Ok(None) if !eof => return,
                 Ok(Some(id)) => {
                     let home = home_worker(&id, self.mailbox.workers());
                     if home != self.mailbox.index() {
-                        self.hand_over(key, home);
+                        // A socket changes driver only with nothing of ours in flight: the
+                        // TLS server's flight must be written first (io_uring completes it
+                        // later, with a writable event that brings us back here).
+                        if tx.len == 0 {
+                            self.hand_over(key, home);
+                        }
                         return;
                     }
                 }
@@ -63,11 +93,18 @@ impl<D: Driver> EventLoop<D> {
             }
             *routed = true;
         }
+        if rx.is_empty() && !eof {
+            return;
+        }
         let step = self
             .endpoint
-            .handshake_input(now, handshake, rx, &PLAINTEXT_BINDING);
-        tx.push(step.output.freeze());
+            .handshake_input(now, handshake, rx, &binding);
+        let sealed = tls.seal([step.output.freeze()], |c| tx.push(c));
         let flushed = tx.flush(sock);
+        if sealed.is_err() {
+            self.drop_pending(key);
+            return;
+        }
         match step.outcome {
             HandshakeOutcome::Pending => {
                 if eof {
@@ -82,7 +119,15 @@ impl<D: Driver> EventLoop<D> {
                 created,
                 tunnel,
             } => {
-                let Some(Entry::Pending { sock, rx, tx, .. }) = self.remove(key) else {
+                let Some(Entry::Pending {
+                    sock,
+                    tls,
+                    received,
+                    rx,
+                    tx,
+                    ..
+                }) = self.remove(key)
+                else {
                     return;
                 };
                 if created {
@@ -94,6 +139,8 @@ impl<D: Driver> EventLoop<D> {
                     sock,
                     session,
                     slot: slot_index,
+                    tls,
+                    received,
                     rx,
                     tx,
                     connecting: false,
@@ -174,6 +221,8 @@ impl<D: Driver> EventLoop<D> {
         let Some(Entry::Pending {
             sock,
             handshake,
+            mut tls,
+            received: mut ciphertext,
             mut rx,
             peer,
             ..
@@ -185,14 +234,21 @@ impl<D: Driver> EventLoop<D> {
             return;
         };
         match self.io.detach_stream(sock) {
-            Ok((sock, received)) => {
-                rx.extend_from_slice(&received);
+            Ok((sock, unread)) => {
+                // What the driver still held goes through TLS here; the new owner gets
+                // plaintext and the record layer.
+                ciphertext.extend_from_slice(&unread);
+                if let Err(e) = tls.read(&mut ciphertext, &mut rx) {
+                    tracing::debug!(%peer, "tunnel TLS failed: {e}; connection closed");
+                    return;
+                }
                 tracing::debug!(%peer, from = self.mailbox.index(), to = home, "tunnel handed to its session's worker");
                 self.mailbox.send(
                     home,
                     Handoff::Tunnel {
                         sock,
                         received: rx,
+                        tls: Box::new(tls),
                         handshake,
                         peer,
                     },
@@ -209,6 +265,7 @@ impl<D: Driver> EventLoop<D> {
         let Handoff::Tunnel {
             sock,
             received,
+            tls,
             handshake,
             peer,
         } = msg;
@@ -223,6 +280,8 @@ impl<D: Driver> EventLoop<D> {
         let entry = Entry::Pending {
             sock,
             handshake,
+            tls: *tls,
+            received: BytesMut::new(),
             rx: received,
             tx: Outbox::default(),
             peer,
