@@ -389,7 +389,13 @@ fn start(
         #[cfg(target_os = "linux")]
         DriverKind::Uring => {
             let chunk = opts.read_chunk;
-            start_on(move || uring::Uring::new(chunk), opts, local_addrs, setup, tls)
+            start_on(
+                move || uring::Uring::new(chunk),
+                opts,
+                local_addrs,
+                setup,
+                tls,
+            )
         }
     }
 }

@@ -94,9 +94,9 @@ impl fmt::Display for RejectReason {
                 "client speaks plaintext, this server TLS: set insecure_plaintext on both ends \
                  or neither",
             ),
-            Self::TlsClient => out.write_str(
-                "client speaks TLS; set insecure_plaintext on both ends or neither",
-            ),
+            Self::TlsClient => {
+                out.write_str("client speaks TLS; set insecure_plaintext on both ends or neither")
+            }
         }
     }
 }

@@ -151,19 +151,24 @@ pub fn fingerprint_of(der: &[u8]) -> String {
 
 /// A self-signed certificate and key in PEM.
 fn generate_pem() -> Result<(String, String), TlsError> {
-    let generated = rcgen::generate_simple_self_signed(vec![GENERATED_NAME.to_owned()]).map_err(
-        |e| TlsError::File {
-            path: PathBuf::from("<generated>"),
-            problem: format!("cannot generate a key pair: {e}"),
-        },
-    )?;
+    let generated =
+        rcgen::generate_simple_self_signed(vec![GENERATED_NAME.to_owned()]).map_err(|e| {
+            TlsError::File {
+                path: PathBuf::from("<generated>"),
+                problem: format!("cannot generate a key pair: {e}"),
+            }
+        })?;
     Ok((generated.cert.pem(), generated.key_pair.serialize_pem()))
 }
 
 /// Writes `bytes` to a private temporary file and links it to `path` unless `path` exists:
 /// readers never see a half-written file. False when another process published first.
 fn publish(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<bool> {
-    let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), rand::random::<u32>()));
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let written = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -228,11 +233,20 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = temp_dir("state");
         let first = ServerIdentity::in_state_dir(&dir).unwrap();
-        assert!(matches!(first.source, IdentitySource::StateDir { created: true, .. }));
-        let mode = fs::metadata(dir.join(KEY_FILE_NAME)).unwrap().permissions().mode();
+        assert!(matches!(
+            first.source,
+            IdentitySource::StateDir { created: true, .. }
+        ));
+        let mode = fs::metadata(dir.join(KEY_FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "the key is readable by its owner only");
         let again = ServerIdentity::in_state_dir(&dir).unwrap();
-        assert!(matches!(again.source, IdentitySource::StateDir { created: false, .. }));
+        assert!(matches!(
+            again.source,
+            IdentitySource::StateDir { created: false, .. }
+        ));
         assert_eq!(first.fingerprint(), again.fingerprint());
         assert!(first.fingerprint().starts_with("sha256:"));
         assert_eq!(first.fingerprint().len(), "sha256:".len() + 64);

@@ -78,7 +78,10 @@ impl TlsOptions {
             None => SettingValue::Unset(unset),
         };
         vec![
-            Setting::unbounded("insecure_plaintext", SettingValue::Flag(*insecure_plaintext)),
+            Setting::unbounded(
+                "insecure_plaintext",
+                SettingValue::Flag(*insecure_plaintext),
+            ),
             Setting::unbounded("tls.cert_file", path(cert_file, "generated")),
             Setting::unbounded("tls.key_file", path(key_file, "generated")),
             Setting::unbounded("tls.state_dir", path(state_dir, "first writable default")),
@@ -99,7 +102,10 @@ impl TlsOptions {
             } else {
                 "tls.cert_file"
             };
-            return Err(bad(key, "cert_file and key_file go together: set both or neither"));
+            return Err(bad(
+                key,
+                "cert_file and key_file go together: set both or neither",
+            ));
         }
         if self.ca_file.is_some() != self.server_name.is_some() {
             let key = if self.ca_file.is_some() {
@@ -337,10 +343,9 @@ impl TlsSetup {
             Self::Server { config, .. } => {
                 TunnelTls::server(rustls::ServerConnection::new(config.clone())?)
             }
-            Self::Client { config, name } => TunnelTls::client(rustls::ClientConnection::new(
-                config.clone(),
-                name.clone(),
-            )?),
+            Self::Client { config, name } => {
+                TunnelTls::client(rustls::ClientConnection::new(config.clone(), name.clone())?)
+            }
         })
     }
 }

@@ -47,7 +47,10 @@ fn handshake_gives_both_ends_the_same_binding_and_data_crosses() {
     let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
     let mut wire = BytesMut::new();
     c.seal(
-        [Bytes::from(payload[..1000].to_vec()), Bytes::from(payload[1000..].to_vec())],
+        [
+            Bytes::from(payload[..1000].to_vec()),
+            Bytes::from(payload[1000..].to_vec()),
+        ],
         |chunk| wire.extend_from_slice(&chunk),
     )
     .unwrap();
@@ -58,7 +61,10 @@ fn handshake_gives_both_ends_the_same_binding_and_data_crosses() {
         s.read(&mut BytesMut::from(piece), &mut plain).unwrap();
     }
     assert_eq!(&plain[..], &payload[..]);
-    assert!(!s.wants_write(), "no session tickets: the server writes nothing after its flight");
+    assert!(
+        !s.wants_write(),
+        "no session tickets: the server writes nothing after its flight"
+    );
 }
 
 #[test]
@@ -66,8 +72,10 @@ fn a_flipped_bit_is_a_tampered_record() {
     let (mut c, mut s) = pair(&server_setup(), &TlsSetup::client_accepting_any().unwrap());
     pump(&mut c, &mut s).unwrap();
     let mut wire = BytesMut::new();
-    s.seal([Bytes::from_static(&[7; 5000])], |chunk| wire.extend_from_slice(&chunk))
-        .unwrap();
+    s.seal([Bytes::from_static(&[7; 5000])], |chunk| {
+        wire.extend_from_slice(&chunk)
+    })
+    .unwrap();
     wire[2000] ^= 0x10;
     let err = c.read(&mut wire, &mut BytesMut::new()).unwrap_err();
     assert!(matches!(err, TlsError::Tampered), "{err}");
@@ -104,7 +112,10 @@ fn plaintext_against_tls_is_named_on_both_sides() {
     let err = s.read(&mut hello, &mut BytesMut::new()).unwrap_err();
     assert!(matches!(err, TlsError::PeerSpeaksPlaintext), "{err}");
 
-    let mut c = TlsSetup::client_accepting_any().unwrap().connection().unwrap();
+    let mut c = TlsSetup::client_accepting_any()
+        .unwrap()
+        .connection()
+        .unwrap();
     let mut client_hello = BytesMut::new();
     c.take_output(|chunk| client_hello.extend_from_slice(&chunk));
     assert!(looks_like_tls(&client_hello), "a plaintext server can tell");
@@ -114,7 +125,9 @@ fn plaintext_against_tls_is_named_on_both_sides() {
 
     // A plaintext end that receives a TLS handshake says so.
     let mut plain_end = TunnelTls::plaintext();
-    let err = plain_end.read(&mut client_hello, &mut BytesMut::new()).unwrap_err();
+    let err = plain_end
+        .read(&mut client_hello, &mut BytesMut::new())
+        .unwrap_err();
     assert!(matches!(err, TlsError::PeerSpeaksTls), "{err}");
     let mut mtcp = BytesMut::from(&b"MTCP"[..]);
     let mut got = BytesMut::new();

@@ -158,17 +158,37 @@ impl TunnelTls {
         Ok(())
     }
 
-    /// Passes the records TLS wants to send (handshake messages, alerts, sealed data) to `emit`.
+    /// Passes the records TLS wants to send (handshake messages, alerts, sealed data) to
+    /// `emit`, one chunk per record: a record leaves as soon as it is sealed, never held back
+    /// behind the ones after it (what a simulated link, which delivers whole chunks, relies on).
     pub fn take_output(&mut self, mut emit: impl FnMut(Bytes)) {
         with_conn!(&mut self.inner, c => {
             while c.wants_write() {
-                let mut out = Vec::new();
-                match c.write_tls(&mut out) {
+                let mut record = OneRecord(None);
+                match c.write_tls(&mut record) {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => emit(Bytes::from(out)),
+                    Ok(_) => {
+                        if let Some(bytes) = record.0 {
+                            emit(Bytes::from(bytes));
+                        }
+                    }
                 }
             }
         }, plain => {})
+    }
+}
+
+/// Takes the first buffer of a vectored write (rustls hands one record per buffer).
+struct OneRecord(Option<Vec<u8>>);
+
+impl Write for OneRecord {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = Some(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -96,9 +96,7 @@ impl<D: Driver> EventLoop<D> {
         if rx.is_empty() && !eof {
             return;
         }
-        let step = self
-            .endpoint
-            .handshake_input(now, handshake, rx, &binding);
+        let step = self.endpoint.handshake_input(now, handshake, rx, &binding);
         let sealed = tls.seal([step.output.freeze()], |c| tx.push(c));
         let flushed = tx.flush(sock);
         if sealed.is_err() {

@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::hex;
 use super::{Entry, EventLoop, Outbox, ReadState, Role, read_into};
 use crate::endpoint::SessionKey;
 use crate::error::SessionError;
+use crate::handshake::PLAINTEXT_BINDING;
 use crate::runtime::io::{Driver, IoStream};
 use crate::runtime::sockopt;
-use crate::handshake::PLAINTEXT_BINDING;
-use super::hex;
 
 impl<D: Driver> EventLoop<D> {
     pub(super) fn on_tunnel(&mut self, key: usize, readable: bool, writable: bool) {
@@ -129,7 +129,9 @@ impl<D: Driver> EventLoop<D> {
         tls.take_output(|c| tx.push(c));
         let flushed = tx.flush(sock);
         if let Err(e) = decrypted {
-            let peer = sock.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            let peer = sock
+                .peer_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string());
             let session_id = self.endpoint.get(skey).map(|s| hex(s.session().id()));
             tracing::warn!(
                 session = session_id.as_deref().unwrap_or("?"),
@@ -196,26 +198,26 @@ impl<D: Driver> EventLoop<D> {
             Ok((sock, cc)) => match self.tls.connection() {
                 Err(e) => std::io::Error::other(e),
                 Ok(tls) => {
-                tracing::debug!(tunnel = t, %server, congestion = cc.as_deref().unwrap_or("?"), "dialing tunnel");
-                let entry = Entry::Tunnel {
-                    sock,
-                    session: skey,
-                    slot: t,
-                    tls,
-                    received: BytesMut::new(),
-                    rx: BytesMut::new(),
-                    tx: Outbox::default(),
-                    connecting: true,
-                };
-                match self.add(entry) {
-                    Ok(k) => {
-                        if let Some(old) = self.endpoint[skey].data_mut().set_tunnel(t, k) {
-                            self.remove(old);
+                    tracing::debug!(tunnel = t, %server, congestion = cc.as_deref().unwrap_or("?"), "dialing tunnel");
+                    let entry = Entry::Tunnel {
+                        sock,
+                        session: skey,
+                        slot: t,
+                        tls,
+                        received: BytesMut::new(),
+                        rx: BytesMut::new(),
+                        tx: Outbox::default(),
+                        connecting: true,
+                    };
+                    match self.add(entry) {
+                        Ok(k) => {
+                            if let Some(old) = self.endpoint[skey].data_mut().set_tunnel(t, k) {
+                                self.remove(old);
+                            }
+                            return;
                         }
-                        return;
+                        Err(e) => e,
                     }
-                    Err(e) => e,
-                }
                 }
             },
             Err(e) => {
