@@ -133,12 +133,17 @@ impl<D: Driver> EventLoop<D> {
                 .peer_addr()
                 .map_or_else(|_| "?".to_owned(), |a| a.to_string());
             let session_id = self.endpoint.get(skey).map(|s| hex(s.session().id()));
-            tracing::warn!(
-                session = session_id.as_deref().unwrap_or("?"),
-                tunnel = t,
-                %peer,
-                "tunnel dropped: {e}; its unacknowledged data goes on the other tunnels"
-            );
+            let session = session_id.as_deref().unwrap_or("?");
+            if was_handshaking {
+                tracing::warn!(session, tunnel = t, %peer, "TLS handshake failed: {e}");
+            } else {
+                tracing::warn!(
+                    session,
+                    tunnel = t,
+                    %peer,
+                    "tunnel dropped: {e}; its unacknowledged data goes on the other tunnels"
+                );
+            }
             self.lose_tunnel(key, &e.to_string());
             return false;
         }
