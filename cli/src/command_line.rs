@@ -7,6 +7,7 @@
 //! - `mtcpd --role server|client [-c FILE] [--cores N] [--io auto|uring|mio]`
 //! - `mtcpd server -c FILE` / `mtcpd client -c FILE` (the seed's form)
 //! - `mtcpd check -c FILE [--role server|client]`
+//! - `mtcpd fingerprint [-c FILE]` (the server's TLS certificate fingerprint, for pinning)
 
 use std::path::PathBuf;
 
@@ -70,7 +71,8 @@ Examples:
   mtcpd server -c config/config.server.toml
   mtcpd client -c config/config.client.toml
   mtcpd --role server --cores 8
-  mtcpd check -c config/mtcpd.example.toml --role client";
+  mtcpd check -c config/mtcpd.example.toml --role client
+  mtcpd fingerprint -c config/config.server.toml";
 
 /// Command line of the mtcpd daemon.
 #[derive(Debug, Parser)]
@@ -101,6 +103,9 @@ pub enum Command {
     Client,
     /// Validate a config file, print the resolved configuration, exit 0 if valid, 1 if not.
     Check,
+    /// Print the server's TLS certificate fingerprint (for clients' tls.server_fingerprint);
+    /// generates the server's key pair in its state directory if it has none yet.
+    Fingerprint,
 }
 
 /// Options accepted before or after the subcommand.
@@ -140,6 +145,8 @@ pub enum Action {
     Run(LoadRequest),
     /// Validate and print.
     Check(LoadRequest),
+    /// Print the server's certificate fingerprint.
+    Fingerprint(LoadRequest),
 }
 
 /// A command line that parses but does not make sense.
@@ -167,6 +174,7 @@ impl Cli {
         let command_role = match self.command {
             Some(Command::Server) => Some(Role::Server),
             Some(Command::Client) => Some(Role::Client),
+            Some(Command::Fingerprint) => Some(Role::Server),
             Some(Command::Check) | None => None,
         };
         let role = match (command_role, self.options.role) {
@@ -186,6 +194,7 @@ impl Cli {
         };
         match self.command {
             Some(Command::Check) => Ok(Action::Check(request)),
+            Some(Command::Fingerprint) => Ok(Action::Fingerprint(request)),
             _ if role.is_none() && request.file.is_none() => Err(UsageError::NothingToRun),
             _ => Ok(Action::Run(request)),
         }

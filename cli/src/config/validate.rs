@@ -86,6 +86,7 @@ pub fn resolve(
         runtime.engine.psk = psk;
     }
     checker.runtime_keys(&raw, overrides, &mut runtime)?;
+    checker.tls_keys(&raw, role, base_dir, &mut runtime)?;
     runtime
         .validate()
         .map_err(|error| checker.engine_refused(error, role, &raw, overrides))?;

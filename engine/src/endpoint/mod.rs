@@ -537,8 +537,8 @@ impl<T> std::ops::IndexMut<SessionKey> for Endpoint<T> {
     }
 }
 
-/// Admission of a ClientHello: a known session takes the tunnel; a resume of an unknown one is
-/// refused; a new one needs a budget place (shared by every handshake of that new session).
+/// Admission of a ClientHello: a known session (or one a handshake is creating) takes the
+/// tunnel; a resume of an unknown one is refused; a new one needs a budget place (shared by every handshake of that new session).
 /// Returns the verdict and the new session id this handshake now holds a place for.
 fn admit(
     hello: &ClientHello,
@@ -550,12 +550,16 @@ fn admit(
     if by_id.contains_key(&id) {
         return (Admission::Admit, None);
     }
-    if hello.flags & HELLO_FLAG_RESUME != 0 {
-        return (Admission::Refuse(HelloStatus::UnknownSession), None);
-    }
+    // A handshake in progress is creating this session: a resume may overtake that
+    // handshake's ClientAuth (sent when its ServerHello arrived, on another connection), so it
+    // waits for it rather than being refused. If the session is not there by this tunnel's own
+    // ClientAuth, the resume is refused then.
     if let Some(holders) = reserved.get_mut(&id) {
         *holders += 1;
         return (Admission::Admit, Some(id));
+    }
+    if hello.flags & HELLO_FLAG_RESUME != 0 {
+        return (Admission::Refuse(HelloStatus::UnknownSession), None);
     }
     let Side::Server { budget } = side else {
         return (Admission::Refuse(HelloStatus::TooManySessions), None);

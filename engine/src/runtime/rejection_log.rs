@@ -91,8 +91,8 @@ impl fmt::Display for RejectReason {
             Self::ClosedEarly => out.write_str("connection closed during the handshake"),
             Self::Tls => out.write_str("TLS failed"),
             Self::PlaintextClient => out.write_str(
-                "client speaks plaintext, this server TLS: set insecure_plaintext on both ends \
-                 or neither",
+                "not TLS (a plaintext mtcpd client? set insecure_plaintext on both ends or \
+                 neither)",
             ),
             Self::TlsClient => {
                 out.write_str("client speaks TLS; set insecure_plaintext on both ends or neither")
