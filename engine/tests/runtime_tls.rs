@@ -99,7 +99,8 @@ fn stop(handles: impl IntoIterator<Item = RuntimeHandle>) {
     }
 }
 
-/// Copies `from` to `to`; on connection `tamper`, flips one bit once `after` bytes have passed.
+/// Copies `from` to `to`; with `tamper`, flips one bit once `after` bytes have passed, unless
+/// the shared flag says another connection already did.
 fn copy(mut from: TcpStream, mut to: TcpStream, tamper: Option<(usize, Arc<AtomicBool>)>) {
     let mut buf = vec![0; 64 * 1024];
     let mut passed = 0;
@@ -123,8 +124,8 @@ fn copy(mut from: TcpStream, mut to: TcpStream, tamper: Option<(usize, Arc<Atomi
     let _ = from.shutdown(Shutdown::Read);
 }
 
-/// A TCP relay to `server` that flips one bit in the server→client bytes of its second
-/// connection once 256 KiB have passed; counts the connections it accepted.
+/// A TCP relay to `server` that flips one bit in the server→client bytes of the first
+/// connection to pass 256 KiB that way (once in all); counts the connections it accepted.
 fn tampering_relay(server: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -133,13 +134,13 @@ fn tampering_relay(server: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>, Arc<Ato
     let (count, flip) = (accepted.clone(), flipped.clone());
     thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            let n = count.fetch_add(1, Ordering::SeqCst);
+            count.fetch_add(1, Ordering::SeqCst);
             let Ok(up) = TcpStream::connect(server) else {
                 continue;
             };
             let (c2, u2) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
             thread::spawn(move || copy(conn, up, None));
-            let tamper = (n == 1).then(|| (256 * 1024, flip.clone()));
+            let tamper = Some((256 * 1024, flip.clone()));
             thread::spawn(move || copy(u2, c2, tamper));
         }
     });
