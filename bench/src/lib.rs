@@ -249,8 +249,7 @@ impl MemPair {
         let mut to_server = vec![BytesMut::new(); n];
         let mut to_client = vec![BytesMut::new(); n];
         let mut out = Vec::new();
-        let mut records: Option<Vec<Option<Records>>> =
-            tls.then(|| (0..n).map(|_| None).collect());
+        let mut records: Option<Vec<Option<Records>>> = tls.then(|| (0..n).map(|_| None).collect());
         let mut bindings = vec![PLAINTEXT_BINDING; n];
 
         for _ in 0..SETUP_ROUNDS {
@@ -414,14 +413,26 @@ impl MemPair {
             let n = self
                 .client
                 .poll_transmit(now, t, self.budget, &mut self.out);
-            carry(&mut self.records, t, true, &self.out, &mut self.to_server[t]);
+            carry(
+                &mut self.records,
+                t,
+                true,
+                &self.out,
+                &mut self.to_server[t],
+            );
             self.tunnel_bytes[t][0] += n as u64;
             moved += n;
             self.out.clear();
             let n = self
                 .server
                 .poll_transmit(now, t, self.budget, &mut self.out);
-            carry(&mut self.records, t, false, &self.out, &mut self.to_client[t]);
+            carry(
+                &mut self.records,
+                t,
+                false,
+                &self.out,
+                &mut self.to_client[t],
+            );
             self.tunnel_bytes[t][1] += n as u64;
             moved += n;
         }
@@ -602,7 +613,9 @@ mod tests {
         let data = pattern(total, 43);
         let mut got = Vec::with_capacity(total);
         let n = pair
-            .transfer(&[id], total as u64, &data, |_, _, b| got.extend_from_slice(b))
+            .transfer(&[id], total as u64, &data, |_, _, b| {
+                got.extend_from_slice(b)
+            })
             .unwrap();
         assert_eq!(n, total as u64);
         assert!(got == data[..], "received bytes differ from those sent");
