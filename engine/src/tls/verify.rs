@@ -21,6 +21,16 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::fingerprint_of;
 
+/// The server showed another certificate than the pinned one.
+#[derive(Debug, thiserror::Error)]
+#[error("the server's certificate is {seen}, not the pinned server_fingerprint {pinned}")]
+pub struct PinMismatch {
+    /// The fingerprint of the certificate the server showed.
+    pub seen: String,
+    /// The configured `server_fingerprint`.
+    pub pinned: String,
+}
+
 /// Accepts the server certificate whose fingerprint is `pin`, or any when `pin` is `None`.
 #[derive(Debug)]
 pub struct PinnedOrAny {
@@ -55,9 +65,12 @@ impl ServerCertVerifier for PinnedOrAny {
         if &seen == pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "the server's certificate is {seen}, not the pinned server_fingerprint {pin}"
-            )))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
+                    seen,
+                    pinned: pin.clone(),
+                }))),
+            ))
         }
     }
 
