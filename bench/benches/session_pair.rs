@@ -1,5 +1,6 @@
 //! Whole protocol processing on one core: a client and a server session over 8 in-memory tunnels
-//! ([`mtcpd_bench::MemPair`]), bulk data on 1 and on 64 streams (bytes/s), and 64-byte messages
+//! ([`mtcpd_bench::MemPair`]), bulk data on 1 and on 64 streams (bytes/s), each in plaintext and
+//! over TLS 1.3 (AES-128-GCM: `_tls`, both ends' crypto on the one core), and 64-byte messages
 //! on 256 streams (messages/s). Each iteration moves a fixed amount over long-lived streams of one
 //! pair built once; the handshake is not measured.
 //!
@@ -22,10 +23,21 @@ fn bulk(c: &mut Criterion) {
     let chunk = Bytes::from(vec![0xa5u8; 64 * 1024]);
     let mut g = c.benchmark_group("session_pair/bulk_8_tunnels");
     g.throughput(Throughput::Bytes(BULK));
-    for streams in [1usize, 64] {
-        let mut pair = MemPair::new(bench_config(TUNNELS), 1).expect("pair");
+    // Plaintext (`insecure_plaintext`) and TLS side by side in one group, so the ratio shows.
+    for (streams, tls) in [(1usize, false), (1, true), (64, false), (64, true)] {
+        let mut pair = if tls {
+            MemPair::with_tls(bench_config(TUNNELS), 1)
+        } else {
+            MemPair::new(bench_config(TUNNELS), 1)
+        }
+        .expect("pair");
         let ids = pair.open_streams(streams).expect("streams");
-        g.bench_function(format!("{streams}_streams"), |b| {
+        let name = if tls {
+            format!("{streams}_streams_tls")
+        } else {
+            format!("{streams}_streams")
+        };
+        g.bench_function(name, |b| {
             b.iter(|| {
                 let n = pair
                     .transfer(&ids, BULK, &chunk, |_, _, _| {})

@@ -11,12 +11,13 @@
 //! [`mtcpd_engine::session`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mtcpd_engine::endpoint::{Endpoint, HandshakeKey, HandshakeOutcome, SessionBudget, SessionKey};
 use mtcpd_engine::handshake::{HandshakeError, PLAINTEXT_BINDING};
+use mtcpd_engine::tls::{ServerIdentity, TlsSetup, TunnelTls};
 use mtcpd_engine::{Config, Event, ReadOutcome, Session, SessionError, StreamError, StreamId};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -50,6 +51,9 @@ pub enum PairError {
         /// Why.
         reason: SessionError,
     },
+    /// TLS could not be set up between the in-memory ends.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The client asked to (re)dial a tunnel: the in-memory pair does not model tunnel loss.
     #[error("client asked to dial tunnel {0} after setup (tunnel loss is not modelled)")]
     Redial(u16),
@@ -123,6 +127,87 @@ pub struct MemPair {
     to_server: Vec<BytesMut>,
     to_client: Vec<BytesMut>,
     out: Vec<Bytes>,
+    /// With TLS: each tunnel's record layers (client end, server end), once dialed.
+    records: Option<Vec<Option<Records>>>,
+}
+
+/// One in-memory tunnel's TLS: both ends' record layers and the ciphertext between them.
+#[derive(Debug)]
+struct Records {
+    client: TunnelTls,
+    server: TunnelTls,
+    wire: BytesMut,
+}
+
+impl Records {
+    /// Both ends of a new TLS connection, handshake done.
+    fn connect() -> Result<Self, PairError> {
+        static SETUPS: OnceLock<Result<(TlsSetup, TlsSetup), String>> = OnceLock::new();
+        let (client_setup, server_setup) = SETUPS
+            .get_or_init(|| {
+                let server = ServerIdentity::generate()
+                    .and_then(TlsSetup::server)
+                    .map_err(|e| e.to_string())?;
+                let client = TlsSetup::client_accepting_any().map_err(|e| e.to_string())?;
+                Ok((client, server))
+            })
+            .clone()
+            .map_err(PairError::Tls)?;
+        let tls = |e: mtcpd_engine::tls::TlsError| PairError::Tls(e.to_string());
+        let mut r = Self {
+            client: client_setup.connection().map_err(tls)?,
+            server: server_setup.connection().map_err(tls)?,
+            wire: BytesMut::new(),
+        };
+        let mut ignored = BytesMut::new();
+        for _ in 0..8 {
+            r.client.take_output(|c| r.wire.extend_from_slice(&c));
+            r.server.read(&mut r.wire, &mut ignored).map_err(tls)?;
+            r.server.take_output(|c| r.wire.extend_from_slice(&c));
+            r.client.read(&mut r.wire, &mut ignored).map_err(tls)?;
+        }
+        if r.client.is_handshaking() || r.server.is_handshaking() {
+            return Err(PairError::Tls("TLS handshake did not finish".into()));
+        }
+        Ok(r)
+    }
+
+    /// Seals `chunks` at one end and opens them at the other, appending the plaintext to `to`.
+    fn carry(&mut self, client_to_server: bool, chunks: &[Bytes], to: &mut BytesMut) {
+        let (from, into) = if client_to_server {
+            (&mut self.client, &mut self.server)
+        } else {
+            (&mut self.server, &mut self.client)
+        };
+        let wire = &mut self.wire;
+        // In memory, with both ends ours: neither can fail short of a bug, which the
+        // transfer's checks then show as missing bytes.
+        let _ = from.seal(chunks.iter().cloned(), |c| wire.extend_from_slice(&c));
+        let _ = into.read(wire, to);
+    }
+}
+
+/// Moves `chunks` onto tunnel `t` towards the server (`client_to_server`) or the client:
+/// through TLS when the pair has it, else one copy as into a socket.
+fn carry(
+    records: &mut Option<Vec<Option<Records>>>,
+    t: usize,
+    client_to_server: bool,
+    chunks: &[Bytes],
+    to: &mut BytesMut,
+) {
+    match records {
+        Some(records) => {
+            if let Some(r) = records.get_mut(t).and_then(Option::as_mut) {
+                r.carry(client_to_server, chunks, to);
+            }
+        }
+        None => {
+            for chunk in chunks {
+                to.extend_from_slice(chunk);
+            }
+        }
+    }
 }
 
 impl MemPair {
@@ -138,6 +223,17 @@ impl MemPair {
     /// when one finishes. Once every tunnel is up the session is taken out of the endpoint and
     /// pumped directly.
     pub fn with_configs(client: Config, server: Config, seed: u64) -> Result<Self, PairError> {
+        Self::build(client, server, seed, false)
+    }
+
+    /// [`MemPair::new`] with TLS on every tunnel: each tunnel's TLS handshake runs when it is
+    /// dialed, the mtcpd handshakes are bound to its exporter, and every byte is sealed and
+    /// opened (what a benchmark then measures includes the crypto).
+    pub fn with_tls(config: Config, seed: u64) -> Result<Self, PairError> {
+        Self::build(config.clone(), config, seed, true)
+    }
+
+    fn build(client: Config, server: Config, seed: u64, tls: bool) -> Result<Self, PairError> {
         let mut now = Instant::now();
         let tick = Duration::from_micros(10);
         let budget = 256 * 1024;
@@ -153,6 +249,8 @@ impl MemPair {
         let mut to_server = vec![BytesMut::new(); n];
         let mut to_client = vec![BytesMut::new(); n];
         let mut out = Vec::new();
+        let mut records: Option<Vec<Option<Records>>> = tls.then(|| (0..n).map(|_| None).collect());
+        let mut bindings = vec![PLAINTEXT_BINDING; n];
 
         for _ in 0..SETUP_ROUNDS {
             while let Some(ev) = client.poll_event() {
@@ -161,7 +259,14 @@ impl MemPair {
                         let t = usize::from(tunnel);
                         handshakes[t] = endpoint.accept_connection(now);
                         attached[t] = false;
-                        client.tunnel_connected(now, t, &PLAINTEXT_BINDING);
+                        if let Some(records) = &mut records {
+                            let r = Records::connect()?;
+                            if let Some(binding) = r.client.binding() {
+                                bindings[t] = *binding;
+                            }
+                            records[t] = Some(r);
+                        }
+                        client.tunnel_connected(now, t, &bindings[t]);
                     }
                     Event::SessionClosed { reason } => {
                         return Err(PairError::Closed {
@@ -203,6 +308,7 @@ impl MemPair {
                         to_server,
                         to_client,
                         out,
+                        records,
                     };
                     // Flush what the handshakes left (acks, first pings) before handing over.
                     pair.pump()?;
@@ -214,15 +320,18 @@ impl MemPair {
             for t in 0..n {
                 out.clear();
                 client.poll_transmit(now, t, budget, &mut out);
-                for chunk in &out {
-                    to_server[t].extend_from_slice(chunk);
-                }
+                carry(&mut records, t, true, &out, &mut to_server[t]);
                 if let Some(key) = handshakes[t]
                     && !to_server[t].is_empty()
                 {
-                    let step =
-                        endpoint.handshake_input(now, key, &mut to_server[t], &PLAINTEXT_BINDING);
-                    to_client[t].extend_from_slice(&step.output);
+                    let step = endpoint.handshake_input(now, key, &mut to_server[t], &bindings[t]);
+                    carry(
+                        &mut records,
+                        t,
+                        false,
+                        &[step.output.freeze()],
+                        &mut to_client[t],
+                    );
                     match step.outcome {
                         HandshakeOutcome::Pending => {}
                         HandshakeOutcome::Attached { session, .. } => {
@@ -246,9 +355,7 @@ impl MemPair {
                     }
                     out.clear();
                     s.poll_transmit(now, t, budget, &mut out);
-                    for chunk in &out {
-                        to_client[t].extend_from_slice(chunk);
-                    }
+                    carry(&mut records, t, false, &out, &mut to_client[t]);
                 }
                 if !to_client[t].is_empty() {
                     client
@@ -306,18 +413,26 @@ impl MemPair {
             let n = self
                 .client
                 .poll_transmit(now, t, self.budget, &mut self.out);
-            for chunk in &self.out {
-                self.to_server[t].extend_from_slice(chunk);
-            }
+            carry(
+                &mut self.records,
+                t,
+                true,
+                &self.out,
+                &mut self.to_server[t],
+            );
             self.tunnel_bytes[t][0] += n as u64;
             moved += n;
             self.out.clear();
             let n = self
                 .server
                 .poll_transmit(now, t, self.budget, &mut self.out);
-            for chunk in &self.out {
-                self.to_client[t].extend_from_slice(chunk);
-            }
+            carry(
+                &mut self.records,
+                t,
+                false,
+                &self.out,
+                &mut self.to_client[t],
+            );
             self.tunnel_bytes[t][1] += n as u64;
             moved += n;
         }
@@ -488,6 +603,29 @@ mod tests {
         assert_eq!(pair.client.stats().active_tunnels, 8);
         assert_eq!(pair.server.stats().active_tunnels, 8);
         assert_eq!(pair.server.stream_buffered(id), Some((0, 0)));
+    }
+
+    #[test]
+    fn tls_pair_moves_8_mib_byte_exact() {
+        let mut pair = MemPair::with_tls(bench_config(8), 7).unwrap();
+        let id = pair.open_streams(1).unwrap()[0];
+        let total = 8 << 20;
+        let data = pattern(total, 43);
+        let mut got = Vec::with_capacity(total);
+        let n = pair
+            .transfer(&[id], total as u64, &data, |_, _, b| {
+                got.extend_from_slice(b)
+            })
+            .unwrap();
+        assert_eq!(n, total as u64);
+        assert!(got == data[..], "received bytes differ from those sent");
+        let records = pair.records.as_ref().expect("TLS on");
+        assert!(records.iter().flatten().all(|r| !r.client.is_handshaking()));
+        // The two ends of each tunnel agree on a binding that is not the plaintext one.
+        for r in records.iter().flatten() {
+            assert_eq!(r.client.binding(), r.server.binding());
+            assert_ne!(r.client.binding(), Some(&PLAINTEXT_BINDING));
+        }
     }
 
     #[test]

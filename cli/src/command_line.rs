@@ -8,6 +8,7 @@
 //! - `mtcpd server -c FILE` / `mtcpd client -c FILE` (the seed's form)
 //! - `mtcpd check -c FILE [--role server|client]`
 //! - `mtcpd genkey [--out FILE]`
+//! - `mtcpd fingerprint [-c FILE]` (the server's TLS certificate fingerprint, for pinning)
 
 use std::path::PathBuf;
 
@@ -78,7 +79,8 @@ Examples:
   mtcpd client -c config/config.client.toml
   mtcpd --role server --cores 8
   mtcpd check -c config/mtcpd.example.toml --role client
-  mtcpd genkey --out mtcpd.psk     (then psk_file = \"mtcpd.psk\" on both ends)";
+  mtcpd genkey --out mtcpd.psk     (then psk_file = \"mtcpd.psk\" on both ends)
+  mtcpd fingerprint -c config/config.server.toml";
 
 /// Command line of the mtcpd daemon.
 #[derive(Debug, Parser)]
@@ -116,6 +118,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Print the server's TLS certificate fingerprint (for clients' tls.server_fingerprint);
+    /// generates the server's key pair in its state directory if it has none yet.
+    Fingerprint,
 }
 
 /// Options accepted before or after the subcommand.
@@ -157,6 +162,8 @@ pub enum Action {
     Check(LoadRequest),
     /// Make a key (to stdout, or to this file).
     Genkey(Option<PathBuf>),
+    /// Print the server's certificate fingerprint.
+    Fingerprint(LoadRequest),
 }
 
 /// A command line that parses but does not make sense.
@@ -185,6 +192,7 @@ impl Cli {
             Some(Command::Server) => Some(Role::Server),
             Some(Command::Client) => Some(Role::Client),
             Some(Command::Genkey { out }) => return Ok(Action::Genkey(out.clone())),
+            Some(Command::Fingerprint) => Some(Role::Server),
             Some(Command::Check) | None => None,
         };
         let role = match (command_role, self.options.role) {
@@ -204,6 +212,7 @@ impl Cli {
         };
         match self.command {
             Some(Command::Check) => Ok(Action::Check(request)),
+            Some(Command::Fingerprint) => Ok(Action::Fingerprint(request)),
             _ if role.is_none() && request.file.is_none() => Err(UsageError::NothingToRun),
             _ => Ok(Action::Run(request)),
         }

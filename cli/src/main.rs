@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Action::Check(request) => check(&request),
         Action::Run(request) => run(&request),
         Action::Genkey(out) => genkey(out.as_deref()),
+        Action::Fingerprint(request) => fingerprint(&request),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +73,34 @@ fn genkey(out: Option<&std::path::Path>) -> anyhow::Result<()> {
         None => println!("{key}"),
     }
     eprintln!("{}", mtcpd::genkey::instructions(out));
+    Ok(())
+}
+
+/// `mtcpd fingerprint`: the server's TLS certificate fingerprint on stdout (generating the key
+/// pair in the state directory on first use, as the server's first start would).
+fn fingerprint(request: &LoadRequest) -> anyhow::Result<()> {
+    let config = load_config(request)?;
+    let tls = &config.runtime.tls;
+    if tls.insecure_plaintext {
+        anyhow::bail!(
+            "{}: insecure_plaintext is set: this server has no TLS identity",
+            config.origin
+        );
+    }
+    let identity = tls
+        .server_identity()
+        .context("cannot load the server's TLS identity")?;
+    println!("{}", identity.fingerprint());
+    let from = match &identity.source {
+        mtcpd_engine::tls::IdentitySource::Files => "the configured tls.cert_file".to_owned(),
+        mtcpd_engine::tls::IdentitySource::StateDir { dir, .. } => dir.display().to_string(),
+        mtcpd_engine::tls::IdentitySource::Ephemeral => {
+            "a key pair for this process only (no writable state directory): it cannot be \
+             pinned"
+                .to_owned()
+        }
+    };
+    eprintln!("mtcpd: certificate from {from}; pin it in clients with [tls] server_fingerprint");
     Ok(())
 }
 

@@ -241,7 +241,93 @@ fn tunnel_local_ports(tunnel_port: u16) -> Vec<u16> {
 
 // Tests --------------------------------------------------------------------------------------
 
+/// The server's fingerprint as it logs it at start.
+fn logged_fingerprint(log: &str) -> Option<String> {
+    let at = log.find("fingerprint=sha256:")? + "fingerprint=".len();
+    Some(log[at..at + "sha256:".len() + 64].to_owned())
+}
+
+/// Waits up to 20 s for `daemon`'s log to contain `text`.
+fn wait_for_log(daemon: &Daemon, text: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if daemon.log().contains(text) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 driver_tests! {
+    fn fingerprint_command_prints_what_the_server_logs_and_a_pin_connects(io) {
+        let backend = backends::serve(http_backend);
+        let dir = TempDir::new();
+        let ports = [reserve_port(), reserve_port()];
+        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
+        let state = dir.0.join("state");
+        let server_toml = format!(
+            "{}[tls]\nstate_dir = \"{}\"\n",
+            server_config(tunnel_port, backend),
+            state.display()
+        );
+        let config_path = dir.0.join("fp-server.toml");
+        std::fs::write(&config_path, &server_toml).expect("config");
+        let printed = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+            .args(["fingerprint", "-c"])
+            .arg(&config_path)
+            .output()
+            .expect("mtcpd fingerprint");
+        assert!(printed.status.success(), "{printed:?}");
+        let printed = String::from_utf8_lossy(&printed.stdout).trim().to_owned();
+        assert!(printed.starts_with("sha256:") && printed.len() == 71, "{printed}");
+        let server = Daemon::start(&dir, "server", "server", &server_toml, io);
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)), "server", &server);
+        assert_eq!(logged_fingerprint(&server.log()).as_deref(), Some(printed.as_str()), "{}", server.log());
+        let client_toml = format!(
+            "{}[tls]\nserver_fingerprint = \"{printed}\"\n",
+            client_config(app_port, tunnel_port, 2)
+        );
+        let client = Daemon::start(&dir, "client", "client", &client_toml, io);
+        let app = SocketAddr::from(([127, 0, 0, 1], app_port));
+        wait_listening(app, "client", &client);
+        let mut s = TcpStream::connect(app).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        s.write_all(b"GET /pinned HTTP/1.1\r\n\r\n").expect("request");
+        let mut response = String::new();
+        s.read_to_string(&mut response).expect("response");
+        assert!(response.ends_with("/pinned\n"), "{io}: {response}\n{}", client.log());
+    }
+
+    fn insecure_plaintext_on_one_end_says_so_on_both(io) {
+        let backend = backends::serve(http_backend);
+        let dir = TempDir::new();
+        let ports = [reserve_port(), reserve_port()];
+        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
+        // Top-level keys go before the first table.
+        let plain = |config: String| format!("insecure_plaintext = true\n{config}");
+        let server = Daemon::start(&dir, "server", "server", &plain(server_config(tunnel_port, backend)), io);
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)), "server", &server);
+        assert!(server.log().contains("insecure_plaintext"), "warned at start: {}", server.log());
+        let client = Daemon::start(&dir, "client", "client", &client_config(app_port, tunnel_port, 2), io);
+        assert!(
+            wait_for_log(&server, "client speaks TLS; set insecure_plaintext on both ends or neither"),
+            "{io}: {}",
+            server.log()
+        );
+        drop(client);
+        drop(server);
+        let tls_server = Daemon::start(&dir, "server2", "server", &server_config(tunnel_port, backend), io);
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)), "server", &tls_server);
+        let plain_client = Daemon::start(&dir, "client2", "client", &plain(client_config(app_port, tunnel_port, 2)), io);
+        assert!(wait_for_log(&tls_server, "not TLS (a plaintext mtcpd client?"), "{io}: {}", tls_server.log());
+        assert!(
+            wait_for_log(&plain_client, "set insecure_plaintext on both ends or neither"),
+            "{io}: {}",
+            plain_client.log()
+        );
+    }
+
     fn http_request_through_client_and_server_returns_the_right_body(io) {
         let backend = backends::serve(http_backend);
         let pair = Pair::start(backend, io, 4);
@@ -429,11 +515,12 @@ driver_tests! {
             .expect("timeout");
         junk.write_all(b"GET / HTTP/1.1\r\nHost: not-a-tunnel\r\n\r\n")
             .expect("write");
-        let mut buf = [0u8; 64];
-        let n = junk.read(&mut buf).unwrap_or(0);
-        assert_eq!(
-            n, 0,
-            "the server closes a garbage connection without answering"
+        // At most a TLS alert (7 bytes: record type 21), then the connection closes.
+        let mut answer = Vec::new();
+        let _ = junk.read_to_end(&mut answer);
+        assert!(
+            answer.is_empty() || (answer.len() <= 7 && answer[0] == 0x15),
+            "the server closes a garbage connection with no more than an alert: {answer:?}"
         );
         let mut s = pair.connect();
         s.write_all(b"GET /still-fine HTTP/1.1\r\n\r\n")
@@ -442,7 +529,7 @@ driver_tests! {
         s.read_to_string(&mut response).expect("response");
         assert!(response.ends_with("/still-fine\n"), "{io}: {response}");
         assert!(
-            pair.server.log().contains("bad magic"),
+            pair.server.log().contains("not TLS"),
             "{io}: {}",
             pair.server.log()
         );

@@ -12,6 +12,7 @@ pub mod error;
 pub mod runtime;
 pub mod session;
 pub mod settings;
+pub mod tls;
 
 // Internals: public only so the benches, fuzz targets and the simulator's tests can reach them.
 // Not a stable API, and hidden from the docs.

@@ -26,8 +26,11 @@ use crate::endpoint::{
     ClientRefused, Endpoint, HandshakeKey, HandshakeOutcome, Reaped, RefusalBackoff, SessionBudget,
     SessionKey,
 };
-use crate::handshake::PLAINTEXT_BINDING;
+use crate::tls::{TlsError, TlsSetup, TunnelTls};
+
+mod records;
 use crate::session::{Event, Session};
+use records::sim_tls;
 
 /// One direction of a simulated tunnel path.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +73,10 @@ struct Dir {
     serializing: VecDeque<(Instant, Bytes)>,
     serializing_bytes: usize,
     propagating: VecDeque<(Instant, Bytes)>,
+    /// Bytes arrived, not yet through the receiving end's record layer.
     rx: BytesMut,
+    /// Plaintext from the record layer, not yet consumed by the receiving end.
+    plain: BytesMut,
 }
 
 impl Dir {
@@ -81,6 +87,7 @@ impl Dir {
             serializing_bytes: 0,
             propagating: VecDeque::new(),
             rx: BytesMut::new(),
+            plain: BytesMut::new(),
         }
     }
 
@@ -139,6 +146,8 @@ struct Link {
     cut: bool,
     /// Pending "connection closed" notices: (when, end to notify).
     closing: Vec<(Instant, Notify)>,
+    /// The record layers of the open connection: client end, server end.
+    tls: Option<[TunnelTls; 2]>,
 }
 
 /// A client session and a server over simulated tunnels.
@@ -159,6 +168,10 @@ pub struct SimPair {
     pub handshake_errors: Vec<crate::handshake::HandshakeError>,
     /// With [`SimPair::restart_closed_client`]: every permanent refusal, in order.
     pub refusals: Vec<ClientRefused>,
+    /// Tunnels dropped because a record failed (tunnel, error), in order.
+    pub tls_errors: Vec<(usize, TlsError)>,
+    /// TLS on every link (client setup, server setup), or `None` for plaintext.
+    tls: Option<(TlsSetup, TlsSetup)>,
     /// With [`SimPair::restart_closed_client`]: the client's refusal memory across sessions.
     restarts: Option<RefusalBackoff>,
     server_config: Arc<Config>,
@@ -204,6 +217,7 @@ impl SimPair {
                 stalled_until: None,
                 cut: false,
                 closing: Vec::new(),
+                tls: None,
             })
             .collect();
         Self {
@@ -215,6 +229,8 @@ impl SimPair {
             log: Vec::new(),
             handshake_errors: Vec::new(),
             refusals: Vec::new(),
+            tls_errors: Vec::new(),
+            tls: Some(sim_tls()),
             restarts: None,
             server_config,
             max_sessions,
@@ -225,6 +241,12 @@ impl SimPair {
             out: Vec::new(),
             rng,
         }
+    }
+
+    /// Plaintext links (`insecure_plaintext` on both ends): call before the first run.
+    pub fn plaintext(mut self) -> Self {
+        self.tls = None;
+        self
     }
 
     /// The server's session for the current client, once a tunnel has been accepted.
@@ -314,6 +336,7 @@ impl SimPair {
             self.server.abandon_handshake(key);
         }
         link.conn = Conn::None;
+        link.tls = None;
         for d in &mut link.dirs {
             *d = Dir::new(now);
         }
@@ -470,7 +493,7 @@ impl SimPair {
                         handshake: self.server.accept_connection(now),
                         attached: None,
                     };
-                    self.client.tunnel_connected(now, t, &PLAINTEXT_BINDING);
+                    self.open_tls(t);
                 }
                 Conn::Failing { at } if at <= now => {
                     self.links[t].conn = Conn::None;
@@ -502,9 +525,7 @@ impl SimPair {
                     if d == 0 {
                         self.deliver_to_server(t);
                     } else {
-                        let mut rx = std::mem::take(&mut self.links[t].dirs[1].rx);
-                        let _ = self.client.handle_input(now, t, &mut rx);
-                        self.links[t].dirs[1].rx = rx;
+                        self.deliver_to_client(t);
                     }
                 }
             }
@@ -565,18 +586,21 @@ impl SimPair {
 
     fn deliver_to_server(&mut self, t: usize) {
         let now = self.now;
-        let mut rx = std::mem::take(&mut self.links[t].dirs[0].rx);
+        if !self.unseal(t, 1) {
+            return;
+        }
+        let Some(&binding) = self.links[t].tls.as_ref().and_then(|p| p[1].binding()) else {
+            return;
+        };
+        let mut rx = std::mem::take(&mut self.links[t].dirs[0].plain);
         if let Conn::Open {
             handshake: Some(key),
             ..
         } = self.links[t].conn
         {
-            let step = self
-                .server
-                .handshake_input(now, key, &mut rx, &PLAINTEXT_BINDING);
+            let step = self.server.handshake_input(now, key, &mut rx, &binding);
             if !step.output.is_empty() {
-                let spec = self.links[t].spec;
-                self.links[t].dirs[1].enqueue(now, &spec, step.output.freeze());
+                self.seal(t, 1, vec![step.output.freeze()]);
             }
             match step.outcome {
                 HandshakeOutcome::Pending => {}
@@ -602,7 +626,7 @@ impl SimPair {
         {
             let _ = s.session_mut().handle_input(now, t, &mut rx);
         }
-        self.links[t].dirs[0].rx = rx;
+        self.links[t].dirs[0].plain = rx;
     }
 
     fn transmit_all(&mut self) {
@@ -615,12 +639,14 @@ impl SimPair {
             let room = spec
                 .buffer
                 .saturating_sub(self.links[t].dirs[0].serializing_bytes);
-            if room > 0 {
-                self.out.clear();
-                self.client.poll_transmit(now, t, room, &mut self.out);
-                for chunk in self.out.drain(..) {
-                    self.links[t].dirs[0].enqueue(now, &spec, chunk);
-                }
+            let connected = self.links[t]
+                .tls
+                .as_ref()
+                .is_some_and(|pair| !pair[0].is_handshaking());
+            if room > 0 && connected {
+                let mut out = std::mem::take(&mut self.out);
+                self.client.poll_transmit(now, t, room, &mut out);
+                self.seal(t, 0, out);
             }
             if let Some(s) = attached.and_then(|k| self.server.get_mut(k)) {
                 let s = s.session_mut();
@@ -628,11 +654,9 @@ impl SimPair {
                     .buffer
                     .saturating_sub(self.links[t].dirs[1].serializing_bytes);
                 if room > 0 {
-                    self.out.clear();
-                    s.poll_transmit(now, t, room, &mut self.out);
-                    for chunk in self.out.drain(..) {
-                        self.links[t].dirs[1].enqueue(now, &spec, chunk);
-                    }
+                    let mut out = std::mem::take(&mut self.out);
+                    s.poll_transmit(now, t, room, &mut out);
+                    self.seal(t, 1, out);
                 }
             }
         }

@@ -99,6 +99,15 @@ impl fmt::Display for DaemonConfig {
         for (_, key, setting) in table("limits") {
             write_setting(out, key, setting)?;
         }
+        writeln!(out, "\n[tls]")?;
+        if self.runtime.tls.insecure_plaintext {
+            writeln!(out, "# off: insecure_plaintext")?;
+        } else if role == mtcpd_engine::Role::Server {
+            writeln!(out, "# fingerprint: `mtcpd fingerprint -c FILE` prints it")?;
+        }
+        for (_, key, setting) in table("tls") {
+            write_setting(out, key, setting)?;
+        }
         writeln!(out, "\n# Engine values no config key sets (built in):")?;
         for setting in built_in {
             writeln!(out, "# {} = {}", setting.key, setting.value)?;

@@ -18,7 +18,7 @@ use mtcpd_engine::runtime::options::range as runtime_range;
 use mtcpd_engine::settings::{SettingValue, check_in};
 
 use super::error::ConfigFileError;
-use super::raw::{RawConfigFile, RawLimits};
+use super::raw::{RawConfigFile, RawLimits, RawTls};
 use super::validate::{Checker, CommandLineOverrides};
 use mtcpd_common::units::ByteSize;
 
@@ -73,6 +73,13 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("tunnel_sockets.send_buffer", Some("socket_send_buffer")),
     ("tunnel_sockets.recv_buffer", Some("socket_recv_buffer")),
     ("tunnel_sockets.notsent_lowat", Some("socket_notsent_lowat")),
+    ("insecure_plaintext", Some("insecure_plaintext")),
+    ("tls.cert_file", Some("tls.cert_file")),
+    ("tls.key_file", Some("tls.key_file")),
+    ("tls.state_dir", Some("tls.state_dir")),
+    ("tls.ca_file", Some("tls.ca_file")),
+    ("tls.server_name", Some("tls.server_name")),
+    ("tls.server_fingerprint", Some("tls.server_fingerprint")),
 ];
 
 /// The file key that sets engine setting `engine_key` for `role`, if a file can set it
@@ -174,6 +181,61 @@ impl Checker {
             sockets.notsent_lowat =
                 self.bytes_in("socket_notsent_lowat", size, runtime_range::NOTSENT_LOWAT)?;
         }
+        Ok(())
+    }
+
+    /// Puts `insecure_plaintext` and `[tls]` into `opts` (paths relative to `base_dir`); a key
+    /// of the other role is an error rather than silently ignored.
+    pub(super) fn tls_keys(
+        &self,
+        raw: &RawConfigFile,
+        role: Role,
+        base_dir: &std::path::Path,
+        opts: &mut RuntimeOptions,
+    ) -> Result<(), ConfigFileError> {
+        let RawTls {
+            cert_file,
+            key_file,
+            state_dir,
+            ca_file,
+            server_name,
+            server_fingerprint,
+        } = &raw.tls;
+        let (wrong_role, owner) = match role {
+            Role::Server => (
+                [
+                    ("tls.ca_file", ca_file.is_some()),
+                    ("tls.server_name", server_name.is_some()),
+                    ("tls.server_fingerprint", server_fingerprint.is_some()),
+                ],
+                "client",
+            ),
+            Role::Client => (
+                [
+                    ("tls.cert_file", cert_file.is_some()),
+                    ("tls.key_file", key_file.is_some()),
+                    ("tls.state_dir", state_dir.is_some()),
+                ],
+                "server",
+            ),
+        };
+        if let Some((key, _)) = wrong_role.iter().find(|(_, set)| *set) {
+            return Err(self.invalid(
+                *key,
+                format!("a {owner} setting: this file configures a {role}"),
+            ));
+        }
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| base_dir.join(p));
+        let tls = &mut opts.tls;
+        if let Some(plaintext) = raw.insecure_plaintext {
+            tls.insecure_plaintext = plaintext;
+        }
+        tls.cert_file = path(cert_file);
+        tls.key_file = path(key_file);
+        tls.state_dir = path(state_dir);
+        tls.ca_file = path(ca_file);
+        tls.server_name = server_name.clone();
+        tls.server_fingerprint = server_fingerprint.clone();
         Ok(())
     }
 

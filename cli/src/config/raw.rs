@@ -61,6 +61,29 @@ pub struct RawConfigFile {
     /// `[limits]`.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Tunnels without TLS (for benchmarks; both ends must say so).
+    pub insecure_plaintext: Option<bool>,
+    /// `[tls]`: the server's identity and how the client verifies it.
+    #[serde(default)]
+    pub tls: RawTls,
+}
+
+/// `[tls]`. Paths are relative to the config file's directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Server: certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Server: its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Server: where the generated identity is kept.
+    pub state_dir: Option<PathBuf>,
+    /// Client: CA certificates (PEM) to verify the server by name.
+    pub ca_file: Option<PathBuf>,
+    /// Client: the name the server's certificate must carry.
+    pub server_name: Option<String>,
+    /// Client: the server certificate's fingerprint to pin.
+    pub server_fingerprint: Option<String>,
 }
 
 /// `[server]`: the seed's keys plus the target allow-list.

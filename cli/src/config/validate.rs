@@ -87,6 +87,7 @@ pub fn resolve(
     }
     checker.keyless_policy(&endpoint, &mut runtime)?;
     checker.runtime_keys(&raw, overrides, &mut runtime)?;
+    checker.tls_keys(&raw, role, base_dir, &mut runtime)?;
     runtime
         .validate()
         .map_err(|error| checker.engine_refused(error, role, &raw, overrides))?;

@@ -95,6 +95,9 @@ pub enum RuntimeError {
     /// The event loop could not be created.
     #[error("event loop: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS identity or verification settings cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where the server sends a stream.
@@ -140,6 +143,8 @@ pub struct RuntimeOptions {
     /// stream whose target would need one more is reset at once (code 4). Each holds at most 256 KiB queued towards the backend plus one `read_chunk` towards
     /// the stream, which bounds the bytes buffered for backends too.
     pub max_backend_connections: usize,
+    /// TLS under every tunnel (on unless `insecure_plaintext`), and the identities.
+    pub tls: crate::tls::TlsOptions,
 }
 
 impl std::fmt::Debug for RuntimeOptions {
@@ -153,6 +158,7 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("workers", &self.workers)
             .field("backend_connect_timeout", &self.backend_connect_timeout)
             .field("max_backend_connections", &self.max_backend_connections)
+            .field("tls", &self.tls)
             .field("engine", &self.engine)
             .finish()
     }
@@ -315,6 +321,7 @@ fn start_server(
 ) -> Result<RuntimeHandle, RuntimeError> {
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
+    let tls = opts.tls.server_setup()?;
     let listeners = listeners_per_worker(listen, opts.workers)?;
     let local = listeners[0].local_addr()?;
     tracing::info!(%local, workers = opts.workers, "listening for tunnels");
@@ -323,7 +330,7 @@ fn start_server(
         resolve,
         accept,
     };
-    start(driver, opts, vec![local], setup)
+    start(driver, opts, vec![local], setup, tls)
 }
 
 /// Starts a client: opens the tunnel pool to `server` and carries every connection accepted on a
@@ -336,6 +343,7 @@ pub fn spawn_client(
 ) -> Result<RuntimeHandle, RuntimeError> {
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
+    let tls = opts.tls.client_setup()?;
     let mut listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
         (0..opts.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
@@ -353,6 +361,7 @@ pub fn spawn_client(
         opts,
         addrs,
         WorkerSetup::Client { server, listeners },
+        tls,
     )
 }
 
@@ -409,13 +418,20 @@ fn start(
     opts: RuntimeOptions,
     local_addrs: Vec<SocketAddr>,
     setup: WorkerSetup,
+    tls: crate::tls::TlsSetup,
 ) -> Result<RuntimeHandle, RuntimeError> {
     match driver {
-        DriverKind::Mio => start_on(io::Mio::new, opts, local_addrs, setup),
+        DriverKind::Mio => start_on(io::Mio::new, opts, local_addrs, setup, tls),
         #[cfg(target_os = "linux")]
         DriverKind::Uring => {
             let chunk = opts.read_chunk;
-            start_on(move || uring::Uring::new(chunk), opts, local_addrs, setup)
+            start_on(
+                move || uring::Uring::new(chunk),
+                opts,
+                local_addrs,
+                setup,
+                tls,
+            )
         }
     }
 }
@@ -425,6 +441,7 @@ fn start_on<D: io::Driver>(
     opts: RuntimeOptions,
     local_addrs: Vec<SocketAddr>,
     mut setup: WorkerSetup,
+    tls: crate::tls::TlsSetup,
 ) -> Result<RuntimeHandle, RuntimeError> {
     let workers = opts.workers;
     let mut drivers = Vec::with_capacity(workers);
@@ -478,6 +495,7 @@ fn start_on<D: io::Driver>(
             resolver: resolver
                 .as_ref()
                 .map(|pool| pool.for_worker(wakers[w].clone())),
+            tls: tls.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

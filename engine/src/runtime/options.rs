@@ -69,6 +69,7 @@ impl Default for RuntimeOptions {
             workers: 1,
             backend_connect_timeout: Duration::from_secs(10),
             max_backend_connections: 8192,
+            tls: crate::tls::TlsOptions::default(),
         }
     }
 }
@@ -109,6 +110,7 @@ impl RuntimeOptions {
             workers,
             backend_connect_timeout,
             max_backend_connections,
+            tls,
         } = self;
         let TunnelSocketOptions {
             congestion,
@@ -159,6 +161,9 @@ impl RuntimeOptions {
                 }
             },
         ]
+        .into_iter()
+        .chain(tls.settings())
+        .collect()
     }
 
     /// Checks the protocol config and every runtime value; the runtime never starts on options
@@ -171,6 +176,7 @@ impl RuntimeOptions {
         if let Some(name) = &self.tunnel_sockets.congestion {
             check_congestion_name(name)?;
         }
+        self.tls.validate()?;
         Ok(())
     }
 }

@@ -53,9 +53,24 @@ pub(crate) enum RejectReason {
     InputTooLarge,
     /// Accepted and closed at once: the process was out of file descriptors.
     OutOfFiles,
+    /// The TLS handshake failed, or a record failed authentication.
+    Tls,
+    /// The client speaks plaintext to this TLS server.
+    PlaintextClient,
+    /// The client speaks TLS to this plaintext (`insecure_plaintext`) server.
+    TlsClient,
 }
 
 impl RejectReason {
+    /// The reason of a connection whose TLS layer failed with `e`.
+    pub(crate) fn of_tls(e: &crate::tls::TlsError) -> Self {
+        match e {
+            crate::tls::TlsError::PeerSpeaksPlaintext => Self::PlaintextClient,
+            crate::tls::TlsError::PeerSpeaksTls => Self::TlsClient,
+            _ => Self::Tls,
+        }
+    }
+
     /// The reason of a handshake that failed with `e`.
     pub(crate) fn of(e: &HandshakeError) -> Self {
         match e {
@@ -118,6 +133,14 @@ impl fmt::Display for RejectReason {
                 out.write_str("sent more than 16 KiB before the handshake was done")
             }
             Self::OutOfFiles => out.write_str("out of file descriptors: closed at once"),
+            Self::Tls => out.write_str("TLS failed"),
+            Self::PlaintextClient => out.write_str(
+                "not TLS (a plaintext mtcpd client? set insecure_plaintext on both ends or \
+                 neither)",
+            ),
+            Self::TlsClient => {
+                out.write_str("client speaks TLS; set insecure_plaintext on both ends or neither")
+            }
         }
     }
 }

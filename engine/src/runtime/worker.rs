@@ -38,8 +38,10 @@ pub(super) enum Handoff {
     Tunnel {
         /// The connection, out of the sending worker's driver.
         sock: TcpStream,
-        /// Bytes already read from it (the start of the ClientHello, at least).
+        /// Plaintext already received from it (the start of the ClientHello, at least).
         received: BytesMut,
+        /// Its record layer, past the TLS handshake (everything it wrote has been written).
+        tls: Box<crate::tls::TunnelTls>,
         /// The handshake, started when the connection was accepted (its deadline runs on).
         handshake: Box<ServerHandshake>,
         /// The remote address.
@@ -262,6 +264,7 @@ mod tests {
             peer: sock.local_addr().unwrap(),
             sock,
             received: BytesMut::new(),
+            tls: Box::new(crate::tls::TunnelTls::plaintext()),
             handshake: endpoint.take_handshake(key).unwrap(),
             accepted_at,
         }

@@ -1,6 +1,7 @@
 //! Listeners: applications connecting to a client, tunnels connecting to a server.
 //!
-//! Owns: accepting from the listeners, closing at once the tunnel connections the endpoint's
+//! Owns: accepting from the listeners (a tunnel connection starts with its TLS record layer),
+//! closing at once the tunnel connections the endpoint's
 //! pre-auth caps refuse, and what happens when an accept fails: out of file descriptors, the
 //! queued connections are accepted and closed with a spare descriptor kept for that (so peers
 //! are not left hanging in the queue), and the listener is tried again on a back-off timer (no
@@ -130,9 +131,19 @@ impl<D: Driver> EventLoop<D> {
                     };
                     let cc = sockopt::tune_tunnel(&conn, &self.opts.tunnel_sockets);
                     tracing::debug!(%peer, congestion = %cc, "tunnel connection accepted");
+                    let tls = match self.tls.connection() {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            tracing::warn!(%peer, "cannot start TLS: {e}; connection closed");
+                            self.endpoint.abandon_handshake(handshake);
+                            continue;
+                        }
+                    };
                     let entry = Entry::Pending {
                         sock: conn,
                         handshake,
+                        tls,
+                        received: BytesMut::new(),
                         rx: BytesMut::new(),
                         tx: Outbox::default(),
                         peer,

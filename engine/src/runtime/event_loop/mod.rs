@@ -55,6 +55,7 @@ use super::resolver::{BackendBudget, WorkerResolver};
 use super::worker::Mailbox;
 use super::{RuntimeOptions, TargetResolver};
 use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey, SourceBudget};
+use crate::tls::{TlsSetup, TunnelTls};
 use app::AppConn;
 use backends::Backends;
 use local_streams::{LocalConn, LocalState};
@@ -165,7 +166,13 @@ enum Entry<D: Driver> {
     Pending {
         sock: D::Stream,
         handshake: HandshakeKey,
+        /// Its record layer (the TLS handshake comes first).
+        tls: TunnelTls,
+        /// Bytes read from the socket, not yet through `tls`.
+        received: BytesMut,
+        /// Plaintext: the mtcpd handshake.
         rx: BytesMut,
+        /// Ciphertext to write.
         tx: Outbox,
         peer: SocketAddr,
         /// Known to belong on this worker (its session id was read, or there is one worker).
@@ -178,7 +185,14 @@ enum Entry<D: Driver> {
         sock: D::Stream,
         session: SessionKey,
         slot: usize,
+        /// Its record layer (client: the TLS handshake runs after the TCP connect, and the
+        /// session hears `tunnel_connected` once it is done).
+        tls: TunnelTls,
+        /// Bytes read from the socket, not yet through `tls`.
+        received: BytesMut,
+        /// Plaintext for the session.
         rx: BytesMut,
+        /// Ciphertext to write.
         tx: Outbox,
         connecting: bool,
     },
@@ -226,6 +240,8 @@ pub(super) struct EventLoop<D: Driver> {
     next_rejection_flush: Instant,
     /// Server: backend connections being resolved and connected.
     backends: Backends,
+    /// Makes each tunnel connection's record layer (TLS, or plaintext).
+    tls: TlsSetup,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -244,6 +260,8 @@ pub(super) struct WorkerContext {
     pub(super) backends: BackendBudget,
     /// Server: this worker's handle on the resolver threads.
     pub(super) resolver: Option<WorkerResolver>,
+    /// The runtime's TLS setup (built once: identity loaded, verifier chosen).
+    pub(super) tls: TlsSetup,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -282,6 +300,7 @@ impl<D: Driver> EventLoop<D> {
             rejections: ctx.rejections,
             next_rejection_flush: Instant::now(),
             backends: Backends::new(ctx.backends, ctx.resolver),
+            tls: ctx.tls,
         }
     }
 

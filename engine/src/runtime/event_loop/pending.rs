@@ -1,7 +1,8 @@
 //! Server tunnel connections whose handshake is in progress, and their hand-over between
 //! workers.
 //!
-//! Owns: reading and writing a pending connection's bytes, routing it to the worker that owns
+//! Owns: reading and writing a pending connection's bytes (through its TLS record layer: the
+//! TLS handshake first, then the mtcpd handshake inside it, bound to the TLS exporter), routing it to the worker that owns
 //! its session (read the session id from the ClientHello, hand the socket and the handshake over
 //! the worker ring), taking over connections other workers hand here, and turning a finished
 //! handshake into a tunnel entry. Must not touch: the handshake's decisions — admission,
@@ -10,6 +11,7 @@
 
 use std::time::Instant;
 
+use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use super::{Entry, EventLoop, Outbox, ReadState, hex, read_into};
 use crate::endpoint::MAX_HANDSHAKE_INPUT;
 use crate::endpoint::{HandshakeKey, HandshakeOutcome};
-use crate::handshake::{PLAINTEXT_BINDING, client_hello_session_id};
+use crate::handshake::client_hello_session_id;
 use crate::runtime::io::Driver;
 use crate::runtime::rejection_log::{RejectReason, RejectionLine, RejectionLog};
 use crate::runtime::worker::Handoff;
@@ -28,6 +30,8 @@ impl<D: Driver> EventLoop<D> {
         let Some(Entry::Pending {
             sock,
             handshake,
+            tls,
+            received,
             rx,
             tx,
             peer,
@@ -41,7 +45,7 @@ impl<D: Driver> EventLoop<D> {
         let (mut eof, mut full) = (false, false);
         if readable {
             // Small reads: a read stops at MAX_HANDSHAKE_INPUT (a `Batch`).
-            match read_into(sock, rx, &mut self.read_buf[..super::HANDSHAKE_READ]) {
+            match read_into(sock, received, &mut self.read_buf[..super::HANDSHAKE_READ]) {
                 Ok(state) => (eof, full) = (state == ReadState::Eof, state == ReadState::Batch),
                 Err(e) => {
                     tracing::debug!(%peer, "tunnel connection failed during handshake: {e}");
@@ -51,13 +55,47 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
         }
+        // TLS first: what it decrypts is the mtcpd handshake; what it answers goes out now.
+        let decrypted = tls.read(received, rx);
+        // Before authentication a connection holds little: a peer that sends more than a
+        // handshake needs (in one read, or left over on either side of TLS) is cut off.
+        if full || received.len() >= MAX_HANDSHAKE_INPUT || rx.len() >= MAX_HANDSHAKE_INPUT {
+            tracing::debug!(%peer, "tunnel connection sent too much during its handshake; closed");
+            self.reject(now, RejectReason::InputTooLarge, peer);
+            self.drop_pending(key);
+            return;
+        }
+        tls.take_output(|c| tx.push(c));
+        let flushed = tx.flush(sock);
+        if let Err(e) = decrypted {
+            tracing::debug!(%peer, "tunnel TLS failed: {e}; connection closed");
+            self.reject(now, RejectReason::of_tls(&e), peer);
+            self.drop_pending(key);
+            return;
+        }
+        if flushed.is_err() {
+            self.drop_pending(key);
+            return;
+        }
+        let Some(&binding) = tls.binding() else {
+            if eof {
+                self.reject_closed(now, handshake, peer);
+                self.drop_pending(key);
+            }
+            return;
+        };
         if !*routed {
             match client_hello_session_id(rx) {
                 Ok(None) if !eof => return,
                 Ok(Some(id)) => {
                     let home = self.mailbox.home_worker(&id);
                     if home != self.mailbox.index() {
-                        self.hand_over(key, home);
+                        // A socket changes driver only with nothing of ours in flight: the
+                        // TLS server's flight must be written first (io_uring completes it
+                        // later, with a writable event that brings us back here).
+                        if tx.len == 0 {
+                            self.hand_over(key, home);
+                        }
                         return;
                     }
                 }
@@ -66,14 +104,19 @@ impl<D: Driver> EventLoop<D> {
             }
             *routed = true;
         }
-        let step = self
-            .endpoint
-            .handshake_input(now, handshake, rx, &PLAINTEXT_BINDING);
-        tx.push(step.output.freeze());
+        if rx.is_empty() && !eof {
+            return;
+        }
+        let step = self.endpoint.handshake_input(now, handshake, rx, &binding);
+        let sealed = tls.seal([step.output.freeze()], |c| tx.push(c));
         let flushed = tx.flush(sock);
+        if sealed.is_err() {
+            self.drop_pending(key);
+            return;
+        }
         match step.outcome {
             HandshakeOutcome::Pending => {
-                if full || rx.len() >= MAX_HANDSHAKE_INPUT {
+                if rx.len() >= MAX_HANDSHAKE_INPUT {
                     tracing::debug!(%peer, "tunnel connection sent too much during its handshake; closed");
                     self.reject(now, RejectReason::InputTooLarge, peer);
                     self.drop_pending(key);
@@ -89,7 +132,15 @@ impl<D: Driver> EventLoop<D> {
                 created,
                 tunnel,
             } => {
-                let Some(Entry::Pending { sock, rx, tx, .. }) = self.remove(key) else {
+                let Some(Entry::Pending {
+                    sock,
+                    tls,
+                    received,
+                    rx,
+                    tx,
+                    ..
+                }) = self.remove(key)
+                else {
                     return;
                 };
                 if created {
@@ -101,6 +152,8 @@ impl<D: Driver> EventLoop<D> {
                     sock,
                     session,
                     slot: slot_index,
+                    tls,
+                    received,
                     rx,
                     tx,
                     connecting: false,
@@ -181,6 +234,8 @@ impl<D: Driver> EventLoop<D> {
         let Some(Entry::Pending {
             sock,
             handshake,
+            mut tls,
+            received: mut ciphertext,
             mut rx,
             peer,
             accepted_at,
@@ -193,12 +248,19 @@ impl<D: Driver> EventLoop<D> {
             return;
         };
         match self.io.detach_stream(sock) {
-            Ok((sock, received)) => {
-                rx.extend_from_slice(&received);
+            Ok((sock, unread)) => {
+                // What the driver still held goes through TLS here; the new owner gets
+                // plaintext and the record layer.
+                ciphertext.extend_from_slice(&unread);
+                if let Err(e) = tls.read(&mut ciphertext, &mut rx) {
+                    tracing::debug!(%peer, "tunnel TLS failed: {e}; connection closed");
+                    return;
+                }
                 tracing::debug!(%peer, from = self.mailbox.index(), to = home, "tunnel handed to its session's worker");
                 let handoff = Handoff::Tunnel {
                     sock,
                     received: rx,
+                    tls: Box::new(tls),
                     handshake,
                     peer,
                     accepted_at,
@@ -219,6 +281,7 @@ impl<D: Driver> EventLoop<D> {
         let Handoff::Tunnel {
             sock,
             received,
+            tls,
             handshake,
             peer,
             accepted_at,
@@ -240,6 +303,8 @@ impl<D: Driver> EventLoop<D> {
         let entry = Entry::Pending {
             sock,
             handshake,
+            tls: *tls,
+            received: BytesMut::new(),
             rx: received,
             tx: Outbox::default(),
             peer,

@@ -1,14 +1,15 @@
-//! Tunnel sockets: dialing them (client), reading them into their session, writing what the
-//! session transmits, and reporting their loss.
+//! Tunnel sockets: dialing them (client), their TLS record layer, reading them into their
+//! session, writing what the session transmits, and reporting their loss.
 //!
-//! Owns: a tunnel entry's socket, receive buffer and send queue. Must not touch: the bytes'
-//! meaning (the session parses and produces them) or which session a server tunnel joins (the
-//! endpoint decided that in [`super::pending`]).
+//! Owns: a tunnel entry's socket, record layer, receive buffers and send queue. Must not touch:
+//! the bytes' meaning (the session parses and produces them) or which session a server tunnel
+//! joins (the endpoint decided that in [`super::pending`]).
 
 use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::hex;
 use super::{Entry, EventLoop, Outbox, ReadState, Role, read_into};
 use crate::endpoint::SessionKey;
 use crate::error::SessionError;
@@ -24,6 +25,8 @@ impl<D: Driver> EventLoop<D> {
             session,
             slot,
             connecting,
+            tls,
+            tx,
             ..
         }) = self.entries.get_mut(key)
         else {
@@ -37,10 +40,18 @@ impl<D: Driver> EventLoop<D> {
             match sock.take_error() {
                 Ok(None) if sock.peer_addr().is_ok() => {
                     *connecting = false;
-                    self.endpoint[skey]
-                        .session_mut()
-                        .tunnel_connected(now, t, &PLAINTEXT_BINDING);
-                    self.touch(skey);
+                    if tls.is_handshaking() {
+                        // TLS first: its ClientHello goes out now; the session hears
+                        // `tunnel_connected` when the handshake is done (its dial timeout
+                        // covers both).
+                        tls.take_output(|c| tx.push(c));
+                    } else {
+                        let binding = *tls.binding().unwrap_or(&PLAINTEXT_BINDING);
+                        self.endpoint[skey]
+                            .session_mut()
+                            .tunnel_connected(now, t, &binding);
+                        self.touch(skey);
+                    }
                 }
                 Ok(None) => return,
                 Ok(Some(e)) | Err(e) => {
@@ -54,7 +65,7 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
         }
-        if writable {
+        {
             let Some(Entry::Tunnel { sock, tx, .. }) = self.entries.get_mut(key) else {
                 return;
             };
@@ -62,18 +73,22 @@ impl<D: Driver> EventLoop<D> {
                 self.lose_tunnel(key, &format!("write failed: {e}"));
                 return;
             }
-            // Room in the socket: the session may have more to send.
-            self.touch(skey);
+            if writable {
+                // Room in the socket: the session may have more to send.
+                self.touch(skey);
+            }
         }
         if !readable {
             return;
         }
         loop {
-            let Some(Entry::Tunnel { sock, rx, .. }) = self.entries.get_mut(key) else {
+            let Some(Entry::Tunnel { sock, received, .. }) = self.entries.get_mut(key) else {
                 return;
             };
-            let result = read_into(sock, rx, &mut self.read_buf);
-            self.feed_tunnel(key);
+            let result = read_into(sock, received, &mut self.read_buf);
+            if !self.feed_tunnel(key) {
+                return;
+            }
             match result {
                 Ok(ReadState::Batch) => continue,
                 Ok(ReadState::Drained) => break,
@@ -89,21 +104,68 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
-    /// Hands the tunnel's received bytes to its session.
-    fn feed_tunnel(&mut self, key: usize) {
+    /// Passes the tunnel's received bytes through its record layer and the plaintext to its
+    /// session; tells the session when a client tunnel's TLS handshake is done. False when the
+    /// tunnel was lost (a record failed, or its reply could not be written).
+    fn feed_tunnel(&mut self, key: usize) -> bool {
         let now = Instant::now();
         let Some(Entry::Tunnel {
-            session, slot, rx, ..
+            sock,
+            session,
+            slot,
+            tls,
+            received,
+            rx,
+            tx,
+            ..
         }) = self.entries.get_mut(key)
         else {
-            return;
+            return false;
+        };
+        let (skey, t) = (*session, *slot);
+        let was_handshaking = tls.is_handshaking();
+        let decrypted = tls.read(received, rx);
+        // TLS's own answers (handshake messages, alerts) go out even when the read failed.
+        tls.take_output(|c| tx.push(c));
+        let flushed = tx.flush(sock);
+        if let Err(e) = decrypted {
+            let peer = sock
+                .peer_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            let session_id = self.endpoint.get(skey).map(|s| hex(s.session().id()));
+            let session = session_id.as_deref().unwrap_or("?");
+            if was_handshaking {
+                tracing::warn!(session, tunnel = t, %peer, "TLS handshake failed: {e}");
+            } else {
+                tracing::warn!(
+                    session,
+                    tunnel = t,
+                    %peer,
+                    "tunnel dropped: {e}; its unacknowledged data goes on the other tunnels"
+                );
+            }
+            self.lose_tunnel(key, &e.to_string());
+            return false;
+        }
+        if let Err(e) = flushed {
+            self.lose_tunnel(key, &format!("write failed: {e}"));
+            return false;
+        }
+        if was_handshaking && let Some(binding) = tls.binding() {
+            let binding = *binding;
+            self.endpoint[skey]
+                .session_mut()
+                .tunnel_connected(now, t, &binding);
+            self.touch(skey);
+        }
+        let Some(Entry::Tunnel { rx, .. }) = self.entries.get_mut(key) else {
+            return false;
         };
         if rx.is_empty() {
-            return;
+            return true;
         }
-        let (skey, t) = (*session, *slot);
         let Some(s) = self.endpoint.get_mut(skey) else {
-            return;
+            return true;
         };
         match s.session_mut().handle_input(now, t, rx) {
             Ok(()) => {}
@@ -115,6 +177,7 @@ impl<D: Driver> EventLoop<D> {
             Err(e) => tracing::warn!(tunnel = t, "session closed: peer broke the protocol: {e}"),
         }
         self.touch(skey);
+        true
     }
 
     pub(super) fn lose_tunnel(&mut self, key: usize, why: &str) {
@@ -137,26 +200,31 @@ impl<D: Driver> EventLoop<D> {
         let dialed = sockopt::connect_nonblocking(server, Some(&self.opts.tunnel_sockets))
             .and_then(|(s, cc)| Ok((self.io.stream(s)?, cc)));
         let failure = match dialed {
-            Ok((sock, cc)) => {
-                tracing::debug!(tunnel = t, %server, congestion = cc.as_deref().unwrap_or("?"), "dialing tunnel");
-                let entry = Entry::Tunnel {
-                    sock,
-                    session: skey,
-                    slot: t,
-                    rx: BytesMut::new(),
-                    tx: Outbox::default(),
-                    connecting: true,
-                };
-                match self.add(entry) {
-                    Ok(k) => {
-                        if let Some(old) = self.endpoint[skey].data_mut().set_tunnel(t, k) {
-                            self.remove(old);
+            Ok((sock, cc)) => match self.tls.connection() {
+                Err(e) => std::io::Error::other(e),
+                Ok(tls) => {
+                    tracing::debug!(tunnel = t, %server, congestion = cc.as_deref().unwrap_or("?"), "dialing tunnel");
+                    let entry = Entry::Tunnel {
+                        sock,
+                        session: skey,
+                        slot: t,
+                        tls,
+                        received: BytesMut::new(),
+                        rx: BytesMut::new(),
+                        tx: Outbox::default(),
+                        connecting: true,
+                    };
+                    match self.add(entry) {
+                        Ok(k) => {
+                            if let Some(old) = self.endpoint[skey].data_mut().set_tunnel(t, k) {
+                                self.remove(old);
+                            }
+                            return;
                         }
-                        return;
+                        Err(e) => e,
                     }
-                    Err(e) => e,
                 }
-            }
+            },
             Err(e) => {
                 tracing::info!(tunnel = t, %server, "dial failed: {e}");
                 e
@@ -183,12 +251,17 @@ impl<D: Driver> EventLoop<D> {
             let Some(Entry::Tunnel {
                 sock,
                 tx,
+                tls,
                 connecting: false,
                 ..
             }) = self.entries.get_mut(tk)
             else {
                 continue;
             };
+            if tls.is_handshaking() {
+                // The session has not been told this tunnel is connected yet.
+                continue;
+            }
             let mut failed = None;
             loop {
                 if tx.len >= D::TUNNEL_QUEUE {
@@ -196,8 +269,9 @@ impl<D: Driver> EventLoop<D> {
                 }
                 self.scratch.clear();
                 let n = session.poll_transmit(now, t, D::TUNNEL_QUEUE - tx.len, &mut self.scratch);
-                for c in self.scratch.drain(..) {
-                    tx.push(c);
+                if let Err(e) = tls.seal(self.scratch.drain(..), |c| tx.push(c)) {
+                    failed = Some(std::io::Error::other(e));
+                    break;
                 }
                 match tx.flush(sock) {
                     Ok(true) if n > 0 => continue,
