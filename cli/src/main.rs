@@ -138,8 +138,9 @@ fn warn_if_keyless(config: &DaemonConfig) {
             "no psk or psk_file set: tunnels are not authenticated (make a key with `mtcpd genkey`)"
         ),
         None => tracing::warn!(
-            "no psk or psk_file set: this client cannot tell its server from an impostor, and \
-             a server with a key will refuse it (make a key with `mtcpd genkey`)"
+            "no psk or psk_file set: unless [tls] server_fingerprint or ca_file is set, this \
+             client cannot tell its server from an impostor (a man in the middle reads \
+             everything), and a server with a key will refuse it (make a key with `mtcpd genkey`)"
         ),
     }
 }

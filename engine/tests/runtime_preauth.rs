@@ -158,6 +158,39 @@ fn echo_through_new_client(io: Driver, server: SocketAddr) -> (runtime::RuntimeH
 }
 
 driver_tests! {
+    /// A TLS handshake message may announce 64 KiB, which TLS would buffer: a peer that
+    /// trickles one in below the per-read cap is still cut off at 16 KiB of pre-auth input.
+    #[within(60)]
+    fn a_trickled_oversized_tls_hello_is_cut_off(io) {
+        let backend = backends::echo_backend();
+        let server = runtime::spawn_server(
+            opts(io),
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(move |_| runtime::Route::Connect(backend)),
+        )
+        .unwrap();
+        let mut conn = TcpStream::connect(server.local_addrs()[0]).unwrap();
+        // A handshake record announcing 65,000 bytes, then a ClientHello header announcing
+        // most of them, sent 2 KiB at a time.
+        conn.write_all(&[0x16, 0x03, 0x01, 0xfd, 0xe8, 0x01, 0x00, 0xfd, 0xe4]).unwrap();
+        let mut sent = 9;
+        let closed = (0..40).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            if conn.write_all(&[0u8; 2048]).is_err() {
+                return true;
+            }
+            sent += 2048;
+            false
+        });
+        assert!(closed, "{io}: still open after {sent} bytes of one TLS hello");
+        assert!(
+            sent <= 32 * 1024,
+            "{io}: the server took {sent} bytes before closing"
+        );
+        server.shutdown();
+        server.join();
+    }
+
     #[within(120)]
     fn a_half_open_flood_from_one_network_leaves_room_for_a_real_client(io) {
         let _alone = MEASURING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

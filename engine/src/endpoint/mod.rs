@@ -472,21 +472,32 @@ impl<T> Endpoint<T> {
         }))
     }
 
-    /// [`Endpoint::adopt_handshake`] for a connection from `peer`: it counts against its
-    /// source network again (the sending endpoint gave the place back in
-    /// [`Endpoint::take_handshake`]), but is never refused here — it was admitted there.
+    /// [`Endpoint::adopt_handshake`] for a connection from `peer`, under the same caps as
+    /// [`Endpoint::accept_connection_from`]: it counts against this endpoint's
+    /// `max_handshakes` and its source network again (the sending endpoint gave both back in
+    /// [`Endpoint::take_handshake`]), so connections aimed at one worker from many accepting
+    /// workers cannot pile up there beyond its cap.
     pub fn adopt_handshake_from(
         &mut self,
         handshake: Box<ServerHandshake>,
         peer: IpAddr,
-    ) -> HandshakeKey {
+    ) -> Result<HandshakeKey, PreauthRefusal> {
+        let limit = self.config.max_handshakes;
+        if self.handshakes.len() >= limit as usize {
+            return Err(PreauthRefusal::TooManyHandshakes { limit });
+        }
         let source = SourcePrefix::of(peer);
-        self.sources.take(source);
-        HandshakeKey(self.handshakes.insert(PendingHandshake {
+        if !self.sources.try_take(source) {
+            return Err(PreauthRefusal::TooManyFromSource {
+                network: source,
+                limit: self.sources.limit(),
+            });
+        }
+        Ok(HandshakeKey(self.handshakes.insert(PendingHandshake {
             handshake,
             reserved: None,
             source: Some(source),
-        }))
+        })))
     }
 
     /// Gives up handshake `key` to hand it to another endpoint (only before its ClientHello was

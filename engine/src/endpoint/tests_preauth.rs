@@ -94,13 +94,38 @@ fn the_source_cap_is_shared_by_the_endpoints_of_a_runtime() {
     b.accept_connection_from(now, ip(198, 51, 100, 2)).unwrap();
     assert!(a.accept_connection_from(now, ip(198, 51, 100, 3)).is_err());
     assert!(b.accept_connection_from(now, ip(198, 51, 100, 4)).is_err());
-    // A hand-off from `a` to `b`: the place moves with it, never refused on arrival.
+    // A hand-off from `a` to `b`: the place moves with it (under `b`'s caps).
     let handshake = a.take_handshake(first).expect("in progress");
     assert_eq!(shared.held(SourcePrefix::of(ip(198, 51, 100, 1))), 1);
-    let adopted = b.adopt_handshake_from(handshake, ip(198, 51, 100, 1));
+    let adopted = b
+        .adopt_handshake_from(handshake, ip(198, 51, 100, 1))
+        .unwrap();
     assert_eq!(shared.held(SourcePrefix::of(ip(198, 51, 100, 1))), 2);
     b.abandon_handshake(adopted);
     assert_eq!(shared.held(SourcePrefix::of(ip(198, 51, 100, 1))), 1);
+}
+
+#[test]
+fn a_hand_off_to_a_worker_at_its_cap_is_refused() {
+    let now = Instant::now();
+    // Many accepting workers aiming at one: the receiving worker's cap still holds.
+    let mut home = server(1, 100);
+    let mut accepting = server(100, 100);
+    home.accept_connection_from(now, ip(203, 0, 113, 1))
+        .unwrap();
+    let key = accepting
+        .accept_connection_from(now, ip(198, 51, 100, 7))
+        .unwrap();
+    let handshake = accepting.take_handshake(key).expect("in progress");
+    assert!(matches!(
+        home.adopt_handshake_from(handshake, ip(198, 51, 100, 7)),
+        Err(PreauthRefusal::TooManyHandshakes { limit: 1 })
+    ));
+    assert_eq!(
+        home.source_budget()
+            .held(SourcePrefix::of(ip(198, 51, 100, 7))),
+        0
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! touch: what the plaintext means (the session and the endpoint parse it) or the socket (the
 //! caller reads and writes it).
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IoSlice, Write};
 
 use bytes::{Bytes, BytesMut};
 use rustls::{ClientConnection, ServerConnection};
@@ -21,6 +21,10 @@ pub struct TunnelTls {
     binding: Option<ChannelBinding>,
     /// Bytes already received (to tell a peer that does not speak TLS from a corrupt record).
     received_any: bool,
+    /// Bytes fed in before the channel binding existed (what TLS may be holding for a
+    /// handshake message in progress, up to 64 KiB in rustls): the pre-auth input cap counts
+    /// these, not only what is left over.
+    before_binding: usize,
 }
 
 #[derive(Debug)]
@@ -48,6 +52,7 @@ impl TunnelTls {
             inner: Inner::Plaintext,
             binding: Some(PLAINTEXT_BINDING),
             received_any: false,
+            before_binding: 0,
         }
     }
 
@@ -58,6 +63,7 @@ impl TunnelTls {
             inner: Inner::Client(Box::new(conn)),
             binding: None,
             received_any: false,
+            before_binding: 0,
         }
     }
 
@@ -68,6 +74,7 @@ impl TunnelTls {
             inner: Inner::Server(Box::new(conn)),
             binding: None,
             received_any: false,
+            before_binding: 0,
         }
     }
 
@@ -86,6 +93,11 @@ impl TunnelTls {
         with_conn!(&self.inner, c => c.wants_write(), plain => false)
     }
 
+    /// Bytes read in before the TLS handshake was done (zero for plaintext).
+    pub fn bytes_before_binding(&self) -> usize {
+        self.before_binding
+    }
+
     /// The channel binding: the TLS exporter once the handshake is done
     /// ([`PLAINTEXT_BINDING`] without TLS), `None` before.
     pub fn binding(&self) -> Option<&ChannelBinding> {
@@ -100,6 +112,9 @@ impl TunnelTls {
         }
         let first = !self.received_any;
         self.received_any = true;
+        if self.binding.is_none() {
+            self.before_binding = self.before_binding.saturating_add(received.len());
+        }
         let result = with_conn!(&mut self.inner,
             c => read_records(&mut ***c, received, plain),
             plain => {
@@ -139,12 +154,30 @@ impl TunnelTls {
     ) -> Result<(), TlsError> {
         with_conn!(&mut self.inner,
             c => {
+                // One vectored write: rustls fills whole records across the chunks (a frame's
+                // header and payload share a record) instead of one record per chunk.
+                let chunks: Vec<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
                 let mut writer = c.writer();
-                for chunk in chunks {
-                    // The buffer limit is off: rustls takes every byte.
-                    writer
-                        .write_all(&chunk)
+                let (mut at, mut offset) = (0, 0);
+                while at < chunks.len() {
+                    let slices: Vec<IoSlice<'_>> = std::iter::once(&chunks[at][offset..])
+                        .chain(chunks[at + 1..].iter().map(|c| &c[..]))
+                        .map(IoSlice::new)
+                        .collect();
+                    // The buffer limit is off: rustls takes every byte at once.
+                    let mut n = writer
+                        .write_vectored(&slices)
                         .map_err(|e| TlsError::Protocol(rustls::Error::General(e.to_string())))?;
+                    if n == 0 {
+                        return Err(TlsError::Protocol(rustls::Error::General(
+                            "TLS took no bytes".into(),
+                        )));
+                    }
+                    while at < chunks.len() && n >= chunks[at].len() - offset {
+                        n -= chunks[at].len() - offset;
+                        (at, offset) = (at + 1, 0);
+                    }
+                    offset += n;
                 }
             },
             plain => {
@@ -163,28 +196,38 @@ impl TunnelTls {
     /// behind the ones after it (what a simulated link, which delivers whole chunks, relies on).
     pub fn take_output(&mut self, mut emit: impl FnMut(Bytes)) {
         with_conn!(&mut self.inner, c => {
+            // Every pending record into one buffer: one allocation and one chunk for the
+            // socket, however many records the last seal made.
+            let mut out = AllRecords(BytesMut::new());
             while c.wants_write() {
-                let mut record = OneRecord(None);
-                match c.write_tls(&mut record) {
+                match c.write_tls(&mut out) {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        if let Some(bytes) = record.0 {
-                            emit(Bytes::from(bytes));
-                        }
-                    }
+                    Ok(_) => {}
                 }
+            }
+            if !out.0.is_empty() {
+                emit(out.0.freeze());
             }
         }, plain => {})
     }
 }
 
-/// Takes the first buffer of a vectored write (rustls hands one record per buffer).
-struct OneRecord(Option<Vec<u8>>);
+/// Collects what rustls writes: every buffer of a vectored write, back to back.
+struct AllRecords(BytesMut);
 
-impl Write for OneRecord {
+impl Write for AllRecords {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 = Some(buf.to_vec());
+        self.0.extend_from_slice(buf);
         Ok(buf.len())
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let total = bufs.iter().map(|b| b.len()).sum();
+        self.0.reserve(total);
+        for b in bufs {
+            self.0.extend_from_slice(b);
+        }
+        Ok(total)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -59,7 +59,11 @@ impl<D: Driver> EventLoop<D> {
         let decrypted = tls.read(received, rx);
         // Before authentication a connection holds little: a peer that sends more than a
         // handshake needs (in one read, or left over on either side of TLS) is cut off.
-        if full || received.len() >= MAX_HANDSHAKE_INPUT || rx.len() >= MAX_HANDSHAKE_INPUT {
+        if full
+            || received.len() >= MAX_HANDSHAKE_INPUT
+            || rx.len() >= MAX_HANDSHAKE_INPUT
+            || tls.bytes_before_binding() >= MAX_HANDSHAKE_INPUT
+        {
             tracing::debug!(%peer, "tunnel connection sent too much during its handshake; closed");
             self.reject(now, RejectReason::InputTooLarge, peer);
             self.drop_pending(key);
@@ -245,6 +249,10 @@ impl<D: Driver> EventLoop<D> {
             return;
         };
         let Some(handshake) = self.endpoint.take_handshake(handshake) else {
+            // Not expected (every pending entry has its handshake); still, nothing of the
+            // driver may keep pointing at a socket that is going away.
+            let mut sock = sock;
+            self.io.deregister_stream(&mut sock);
             return;
         };
         match self.io.detach_stream(sock) {
@@ -292,14 +300,22 @@ impl<D: Driver> EventLoop<D> {
             self.reject(now, RejectReason::StaleHandoff, peer);
             return;
         }
+        let handshake = match self.endpoint.adopt_handshake_from(handshake, peer.ip()) {
+            Ok(handshake) => handshake,
+            Err(refusal) => {
+                tracing::debug!(%peer, "handed-over connection closed: {refusal}");
+                self.reject(now, RejectReason::of_preauth(&refusal), peer);
+                return;
+            }
+        };
         let sock = match self.io.stream(sock) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%peer, "cannot take over a tunnel connection: {e}; connection closed");
+                self.endpoint.abandon_handshake(handshake);
                 return;
             }
         };
-        let handshake = self.endpoint.adopt_handshake_from(handshake, peer.ip());
         let entry = Entry::Pending {
             sock,
             handshake,
@@ -330,7 +346,9 @@ impl<D: Driver> EventLoop<D> {
         {
             return;
         }
-        let expired = self.endpoint.handshake_timeout(now);
+        // A set: thousands may expire in one turn among tens of thousands of entries.
+        let expired: std::collections::HashSet<HandshakeKey> =
+            self.endpoint.handshake_timeout(now).into_iter().collect();
         let keys: Vec<usize> = self
             .entries
             .iter()
