@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mtcpd_engine::runtime::{self, ClientForward, IoChoice, RuntimeHandle, RuntimeOptions};
@@ -274,6 +274,12 @@ fn mitm_with_its_own_certificate_is_refused(io: Driver) {
         client.local_addrs()[0],
         Duration::from_secs(3)
     ));
+    // The application connection may be given up before the relay has seen a hello (the
+    // session is refused on another tunnel first): wait for it a little.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !saw_mtcp.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         saw_mtcp.load(Ordering::SeqCst),
         "the mtcpd handshake ran through the man in the middle (so the proof refused it)"
