@@ -4,42 +4,15 @@
 //! included), on each I/O driver. Only this scenario is in this binary, and its runs take turns
 //! (a lock), so nothing else allocates meanwhile.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use mtcpd_testkit::alloc::{CountingAlloc, live_bytes};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use mtcpd_engine::runtime::{Client, RuntimeOptions, Server};
 use mtcpd_testkit::{Driver, driver_tests};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Held while measuring: the two drivers' runs must not overlap.
 static MEASURING: Mutex<()> = Mutex::new(());
@@ -82,11 +55,11 @@ fn idle_in_process_stream_footprint(io: Driver) {
     // Warm up: tunnels, buffers and tables that do not grow per stream.
     open(100, &mut held);
     std::thread::sleep(Duration::from_millis(200));
-    let before = LIVE.load(Ordering::SeqCst);
+    let before = live_bytes();
     open(STREAMS, &mut held);
     // Let acknowledgements settle.
     std::thread::sleep(Duration::from_millis(300));
-    let after = LIVE.load(Ordering::SeqCst);
+    let after = live_bytes();
     let per_stream = (after - before) / STREAMS as isize;
     println!(
         "{io}: {STREAMS} idle in-process streams: {} bytes each, both ends together \

@@ -7,10 +7,9 @@
 //! scenario is in this binary, and its runs take turns (a lock), so nothing else allocates
 //! meanwhile.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use mtcpd_testkit::alloc::{CountingAlloc, live_bytes};
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,34 +17,8 @@ use mtcpd_engine::runtime::{self, ClientForward, RuntimeOptions};
 use mtcpd_testkit::{Driver, backends, driver_tests, pattern};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Held while measuring: the two drivers' runs must not overlap.
 static MEASURING: Mutex<()> = Mutex::new(());
@@ -228,10 +201,10 @@ fn half_open_cost(io: Driver) {
     warm.shutdown();
     warm.join();
     std::thread::sleep(Duration::from_millis(300));
-    let heap_before = LIVE.load(Ordering::SeqCst);
+    let heap_before = live_bytes();
     let held = flood(addr, HALF_OPEN);
     std::thread::sleep(Duration::from_millis(300));
-    let heap = LIVE.load(Ordering::SeqCst) - heap_before;
+    let heap = live_bytes() - heap_before;
     let kept = HALF_OPEN - closed_by_server(&held);
     let per_connection = heap / kept.max(1) as isize;
     eprintln!(
@@ -267,14 +240,14 @@ fn half_open_flood(io: Driver) {
     warm.shutdown();
     warm.join();
     std::thread::sleep(Duration::from_millis(300));
-    let (heap_before, rss_before) = (LIVE.load(Ordering::SeqCst), rss_bytes());
+    let (heap_before, rss_before) = (live_bytes(), rss_bytes());
 
     let flood_started = Instant::now();
     let held = flood(addr, HALF_OPEN);
     let flood_took = flood_started.elapsed();
     // Let the server accept and sort out the last ones.
     std::thread::sleep(Duration::from_millis(300));
-    let heap = LIVE.load(Ordering::SeqCst) - heap_before;
+    let heap = live_bytes() - heap_before;
     let rss = rss_bytes() - rss_before;
     let reset = closed_by_server(&held);
     eprintln!(

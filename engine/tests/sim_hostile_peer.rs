@@ -5,8 +5,7 @@
 //! the tests take turns (a lock) so that nothing else allocates while one measures. Run with
 //! `--nocapture` to see the figures.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use mtcpd_testkit::alloc::{CountingAlloc, live_bytes};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,34 +17,8 @@ use mtcpd_engine::reorder::PIECE_OVERHEAD;
 use mtcpd_engine::session::{Event, Session};
 use mtcpd_engine::wire::Frame;
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Held while measuring: the tests of this binary must not overlap.
 static MEASURING: Mutex<()> = Mutex::new(());
@@ -57,7 +30,7 @@ fn alone() -> MutexGuard<'static, ()> {
 }
 
 fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
+    live_bytes()
 }
 
 const MIB: u64 = 1024 * 1024;

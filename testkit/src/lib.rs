@@ -17,6 +17,7 @@
 //! that uses it links exactly one engine; tests turn a [`Driver`] into their own type (e.g.
 //! `IoChoice`) by [`Driver::name`].
 
+pub mod alloc;
 pub mod backends;
 pub mod pattern;
 pub mod ports;

@@ -413,6 +413,13 @@ impl<T> Endpoint<T> {
         let Side::Server { .. } = self.side else {
             return Err(PreauthRefusal::NotAServer);
         };
+        let source = self.take_preauth_place(peer)?;
+        Ok(self.start_handshake(now, Some(source)))
+    }
+
+    /// The pre-auth caps, for a connection from `peer` that would become one more handshake
+    /// here: this endpoint's `max_handshakes`, then a place for `peer`'s network (taken).
+    fn take_preauth_place(&mut self, peer: IpAddr) -> Result<SourcePrefix, PreauthRefusal> {
         let limit = self.config.max_handshakes;
         if self.handshakes.len() >= limit as usize {
             return Err(PreauthRefusal::TooManyHandshakes { limit });
@@ -424,7 +431,7 @@ impl<T> Endpoint<T> {
                 limit: self.sources.limit(),
             });
         }
-        Ok(self.start_handshake(now, Some(source)))
+        Ok(source)
     }
 
     fn start_handshake(&mut self, now: Instant, source: Option<SourcePrefix>) -> HandshakeKey {
@@ -482,17 +489,7 @@ impl<T> Endpoint<T> {
         handshake: Box<ServerHandshake>,
         peer: IpAddr,
     ) -> Result<HandshakeKey, PreauthRefusal> {
-        let limit = self.config.max_handshakes;
-        if self.handshakes.len() >= limit as usize {
-            return Err(PreauthRefusal::TooManyHandshakes { limit });
-        }
-        let source = SourcePrefix::of(peer);
-        if !self.sources.try_take(source) {
-            return Err(PreauthRefusal::TooManyFromSource {
-                network: source,
-                limit: self.sources.limit(),
-            });
-        }
+        let source = self.take_preauth_place(peer)?;
         Ok(HandshakeKey(self.handshakes.insert(PendingHandshake {
             handshake,
             reserved: None,
