@@ -237,6 +237,10 @@ pub(super) struct EventLoop<D: Driver> {
     /// Server: refused handshakes of all workers, logged aggregated.
     rejections: SharedRejectionLog,
     /// When this worker next asks the rejection log for its due summaries.
+    /// Client: the last TLS handshake failure logged as a warning; the same failure again (a
+    /// pinned fingerprint that does not match fails every re-dial of every slot) is logged at
+    /// debug until a TLS handshake succeeds.
+    tls_failure_warned: Option<String>,
     next_rejection_flush: Instant,
     /// Server: backend connections being resolved and connected.
     backends: Backends,
@@ -299,6 +303,7 @@ impl<D: Driver> EventLoop<D> {
             servicing: None,
             rejections: ctx.rejections,
             next_rejection_flush: Instant::now(),
+            tls_failure_warned: None,
             backends: Backends::new(ctx.backends, ctx.resolver),
             tls: ctx.tls,
         }

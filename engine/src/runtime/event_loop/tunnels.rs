@@ -135,7 +135,18 @@ impl<D: Driver> EventLoop<D> {
             let session_id = self.endpoint.get(skey).map(|s| hex(s.session().id()));
             let session = session_id.as_deref().unwrap_or("?");
             if was_handshaking {
-                tracing::warn!(session, tunnel = t, %peer, "TLS handshake failed: {e}");
+                let why = e.to_string();
+                if self.tls_failure_warned.as_deref() == Some(why.as_str()) {
+                    tracing::debug!(session, tunnel = t, %peer, "TLS handshake failed again: {e}");
+                } else {
+                    tracing::warn!(
+                        session,
+                        tunnel = t,
+                        %peer,
+                        "TLS handshake failed: {e} (repeats of this failure are logged at debug)"
+                    );
+                    self.tls_failure_warned = Some(why);
+                }
             } else {
                 tracing::warn!(
                     session,
@@ -153,6 +164,7 @@ impl<D: Driver> EventLoop<D> {
         }
         if was_handshaking && let Some(binding) = tls.binding() {
             let binding = *binding;
+            self.tls_failure_warned = None;
             self.endpoint[skey]
                 .session_mut()
                 .tunnel_connected(now, t, &binding);
