@@ -235,33 +235,58 @@ impl Write for AllRecords {
     }
 }
 
-/// Feeds `received` through `conn` record by record, appending plaintext to `plain`.
+/// Feeds `received` through `conn`, appending plaintext to `plain`.
+///
+/// rustls's deframer takes at most 4 KiB per `read_tls` (growing up to one largest record), so
+/// each round fills it as far as it goes before one `process_new_packets`: whole records are
+/// decrypted together instead of a round per 4 KiB.
 fn read_records<D>(
     conn: &mut rustls::ConnectionCommon<D>,
     received: &BytesMut,
     plain: &mut BytesMut,
 ) -> Result<(), TlsError> {
+    // Plaintext is never longer than the ciphertext carrying it: one allocation at most (not
+    // in the handshake, which yields none, so pre-auth input costs no plaintext buffer).
+    if !conn.is_handshaking() {
+        plain.reserve(received.len());
+    }
     let mut input: &[u8] = received;
     while !input.is_empty() {
-        match conn.read_tls(&mut input) {
-            // The peer closed TLS (close_notify): nothing after it counts.
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => return Err(TlsError::Protocol(rustls::Error::General(e.to_string()))),
-        }
-        conn.process_new_packets().map_err(TlsError::from_rustls)?;
-        let mut reader = conn.reader();
-        loop {
-            match reader.fill_buf() {
-                Ok([]) => break,
-                Ok(bytes) => {
-                    let n = bytes.len();
-                    plain.extend_from_slice(bytes);
-                    reader.consume(n);
+        let mut fed = 0;
+        let mut closed = false;
+        while !input.is_empty() {
+            match conn.read_tls(&mut input) {
+                // The peer closed TLS (close_notify): nothing after it counts.
+                Ok(0) => {
+                    closed = true;
+                    break;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Ok(n) => fed += n,
+                // The deframer is full: process what it holds, then feed it again.
+                Err(_) if fed > 0 => break,
                 Err(e) => return Err(TlsError::Protocol(rustls::Error::General(e.to_string()))),
             }
+        }
+        if fed > 0 {
+            conn.process_new_packets().map_err(TlsError::from_rustls)?;
+            let mut reader = conn.reader();
+            loop {
+                match reader.fill_buf() {
+                    Ok([]) => break,
+                    Ok(bytes) => {
+                        let n = bytes.len();
+                        plain.extend_from_slice(bytes);
+                        reader.consume(n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        return Err(TlsError::Protocol(rustls::Error::General(e.to_string())));
+                    }
+                }
+            }
+        }
+        if closed {
+            break;
         }
     }
     Ok(())
