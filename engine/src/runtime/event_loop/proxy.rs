@@ -29,9 +29,14 @@ use crate::session::StreamId;
 
 /// Proxy connections per worker whose request is not complete or whose stream is not open
 /// yet; beyond this, new proxy connections are closed at once.
-pub(super) const MAX_PROXY_HANDSHAKES: usize = 1024;
+pub(super) const MAX_PROXY_HANDSHAKES: usize = if cfg!(test) { 8 } else { 1024 };
 /// From accept to a complete proxy request (and an open stream).
-pub(super) const PROXY_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const PROXY_HANDSHAKE_TIMEOUT: Duration = if cfg!(test) {
+    // The unit tests below wait for it.
+    Duration::from_millis(400)
+} else {
+    Duration::from_secs(10)
+};
 /// From the stream's open to the server's verdict. Longer than the server's default
 /// `backend_connect_timeout` (10 s) plus a lookup, so the server's own answer normally comes
 /// first; this bounds a server that never answers (one that predates confirmations).
@@ -363,6 +368,90 @@ impl<D: Driver> EventLoop<D> {
                 tracing::warn!(stream, timeout = ?PROXY_VERDICT_TIMEOUT, "no verdict from the server for a proxy stream; resetting it");
                 self.after(d.key, After::Reset(reset_code::CONNECT_TIMEOUT));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use super::{MAX_PROXY_HANDSHAKES, PROXY_HANDSHAKE_TIMEOUT};
+    use crate::runtime::{ClientProxy, ProxyKind, RuntimeOptions, spawn_client_with_proxies};
+
+    /// Reads until EOF or an error, within `limit`; true when the peer closed.
+    fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    }
+
+    mtcpd_testkit::driver_tests! {
+        /// The proxy handshakes a worker holds are capped (the one beyond is closed at once),
+        /// a handshake that stalls is closed at its deadline (HTTP with 408), and the places
+        /// come back.
+        #[within(60)]
+        fn proxy_handshakes_are_capped_and_time_out(io) {
+            let mut opts = RuntimeOptions {
+                io: io.name().parse().expect("a driver name"),
+                drain_timeout: Duration::from_millis(200),
+                workers: 1,
+                ..RuntimeOptions::default()
+            };
+            opts.engine.psk = b"proxy-cap-test-key: 32 bytes or more!".to_vec();
+            opts.tunnel_sockets.congestion = None;
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            let proxies = [
+                ClientProxy { listen: any, kind: ProxyKind::Socks5 { credentials: None } },
+                ClientProxy { listen: any, kind: ProxyKind::Http },
+            ];
+            // No server: the proxies never get as far as a stream.
+            let nowhere = SocketAddr::from(([127, 0, 0, 1], 1));
+            let handle = spawn_client_with_proxies(opts, nowhere, &[], &proxies).unwrap();
+            let (socks, http) = (handle.local_addrs()[0], handle.local_addrs()[1]);
+            let mut held: Vec<TcpStream> = (0..MAX_PROXY_HANDSHAKES - 1)
+                .map(|_| TcpStream::connect(socks).unwrap())
+                .collect();
+            let mut http_conn = TcpStream::connect(http).unwrap();
+            http_conn.write_all(b"GET http://x/ HTTP/1.1\r\n").unwrap();
+            // Let the worker accept them all before the one over the cap.
+            std::thread::sleep(Duration::from_millis(100));
+            let started = Instant::now();
+            let mut over = TcpStream::connect(socks).unwrap();
+            assert!(
+                closed_within(&mut over, Duration::from_millis(300)),
+                "a connection beyond {MAX_PROXY_HANDSHAKES} handshakes is closed at once"
+            );
+            assert!(started.elapsed() < PROXY_HANDSHAKE_TIMEOUT);
+            for s in &mut held {
+                assert!(closed_within(s, PROXY_HANDSHAKE_TIMEOUT * 4), "stalled handshake closed");
+            }
+            let mut reply = Vec::new();
+            http_conn.set_read_timeout(Some(PROXY_HANDSHAKE_TIMEOUT * 4)).unwrap();
+            let _ = http_conn.read_to_end(&mut reply);
+            assert!(reply.starts_with(b"HTTP/1.1 408 "), "{:?}", String::from_utf8_lossy(&reply));
+            // The places came back: a new handshake is answered.
+            let mut again = TcpStream::connect(socks).unwrap();
+            again.write_all(&[5, 1, 0]).unwrap();
+            let mut method = [0u8; 2];
+            again.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            again.read_exact(&mut method).unwrap();
+            assert_eq!(method, [5, 0]);
+            handle.shutdown();
+            handle.join();
         }
     }
 }
