@@ -17,6 +17,7 @@
 //! `config/mtcpd.example.toml`. Sizes and durations are parsed by `mtcpd_common::units`, the
 //! same parser mtcp-perf's command line uses.
 
+mod allow;
 mod display;
 mod engine_values;
 mod error;
@@ -28,6 +29,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use allow::{AllowList, is_public};
 pub use engine_values::{FILE_KEYS, file_key};
 pub use error::{ConfigFileError, ConfigOrigin, TextPosition};
 pub use mtcpd_common::units::{ByteSize, HumanDuration};

@@ -35,6 +35,12 @@ fn target_resolver(server: &ServerConfig) -> TargetResolver {
                 .find(|f| f.target.to_string() == want)
                 .map(|f| f.target.clone())
         });
+        if let (Some(want), None) = (requested, &allowed)
+            && !server.allow.is_empty()
+        {
+            // Not a configured forward: a dynamic target, judged by `[server] allow`.
+            return crate::dynamic_route::route(&server.allow, want);
+        }
         if let (Some(want), None) = (requested, &allowed) {
             tracing::info!(
                 target = want,
@@ -64,8 +70,13 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
                     "client forward"
                 );
             }
-            runtime::spawn_client(opts, client.server, &client.engine_forwards())
-                .context("cannot start the client")?
+            runtime::spawn_client_with_proxies(
+                opts,
+                client.server,
+                &client.engine_forwards(),
+                &client.proxies,
+            )
+            .context("cannot start the client")?
         }
         (Role::Server, _, Some(server)) => {
             runtime::spawn_server(opts, server.listen, target_resolver(server))

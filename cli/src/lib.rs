@@ -11,4 +11,5 @@
 pub mod command_line;
 pub mod config;
 pub mod daemon;
+pub mod dynamic_route;
 pub mod genkey;

@@ -185,7 +185,58 @@ const BAD_FIXTURES: &[(&str, Option<Role>, &str, &str)] = &[
         "limits.handshake_timeout",
         "not a duration",
     ),
+    (
+        "bad_allow_rule.toml",
+        None,
+        "server.allow[1]",
+        "the network is 10.0.0.0/8",
+    ),
+    ("bad_allow_without_psk.toml", None, "psk", "allow list"),
+    (
+        "bad_socks5_half_credentials.toml",
+        None,
+        "client.socks5[0].password",
+        "go together",
+    ),
+    (
+        "bad_proxy_listen_taken.toml",
+        None,
+        "client.http_proxy[0].listen",
+        "already used by client.socks5[0].listen",
+    ),
 ];
+
+#[test]
+fn a_client_with_only_proxies_and_a_server_with_an_allow_list_load() {
+    use mtcpd::config::ClientForward;
+    use mtcpd_engine::runtime::ProxyKind;
+    let config = load_file(fixture("good_proxy_client.toml"), None).unwrap();
+    let client = config.client().unwrap();
+    assert!(client.forwards.is_empty());
+    let kinds: Vec<(String, &ProxyKind)> = client
+        .proxies
+        .iter()
+        .map(|p| (p.listen.to_string(), &p.kind))
+        .collect();
+    assert_eq!(kinds.len(), 3);
+    assert_eq!(
+        kinds[0],
+        (
+            "127.0.0.1:1080".into(),
+            &ProxyKind::Socks5 { credentials: None }
+        )
+    );
+    assert!(
+        matches!(kinds[1].1, ProxyKind::Socks5 { credentials: Some(c) } if c.username == "alice" && c.password == "s3cret")
+    );
+    assert_eq!(kinds[2], ("[::1]:3128".into(), &ProxyKind::Http));
+    let _: Vec<ClientForward> = client.engine_forwards();
+    let server = load_file(fixture("good_allow_server.toml"), None).unwrap();
+    assert_eq!(
+        server.server().unwrap().allow.to_string(),
+        "[10.0.0.0/8:443, *.example.com:1-65535, 127.0.0.1:9000, [fd00::/8]:22]"
+    );
+}
 
 #[test]
 fn bad_fixtures_name_the_exact_key() {

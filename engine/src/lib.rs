@@ -9,6 +9,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod error;
+pub mod proxy;
 pub mod runtime;
 pub mod session;
 pub mod settings;

@@ -65,6 +65,7 @@ impl fmt::Display for DaemonConfig {
             Endpoint::Server(server) => {
                 writeln!(out, "listen = \"{}\"", server.listen)?;
                 writeln!(out, "default_backend = \"{}\"", server.default_backend)?;
+                writeln!(out, "allow = {}", server.allow)?;
             }
             Endpoint::Client(client) => writeln!(out, "server = \"{}\"", client.server)?,
         }
@@ -82,6 +83,22 @@ impl fmt::Display for DaemonConfig {
                 }
             }
             Endpoint::Client(client) => {
+                for proxy in &client.proxies {
+                    match &proxy.kind {
+                        mtcpd_engine::runtime::ProxyKind::Socks5 { credentials } => {
+                            writeln!(out, "\n[[client.socks5]]")?;
+                            writeln!(out, "listen = \"{}\"", proxy.listen)?;
+                            if let Some(c) = credentials {
+                                writeln!(out, "username = \"{}\"", c.username)?;
+                                writeln!(out, "# password: set")?;
+                            }
+                        }
+                        mtcpd_engine::runtime::ProxyKind::Http => {
+                            writeln!(out, "\n[[client.http_proxy]]")?;
+                            writeln!(out, "listen = \"{}\"", proxy.listen)?;
+                        }
+                    }
+                }
                 for labelled in &client.forwards {
                     writeln!(out, "\n[[client.forward]]")?;
                     if let Some(name) = &labelled.name {

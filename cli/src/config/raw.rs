@@ -99,6 +99,9 @@ pub struct RawServerSection {
     /// `[[server.forward]]`: targets clients may ask for.
     #[serde(default)]
     pub forward: Vec<RawServerForward>,
+    /// Dynamic targets clients may ask for (`HOST:PORTS` rules; empty: none).
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// One `[[server.forward]]`: a target the server agrees to connect to.
@@ -123,6 +126,28 @@ pub struct RawClientSection {
     /// `[[client.forward]]`: local listeners.
     #[serde(default)]
     pub forward: Vec<RawClientForward>,
+    /// `[[client.socks5]]`: SOCKS5 proxy listeners.
+    #[serde(default)]
+    pub socks5: Vec<RawSocks5>,
+    /// `[[client.http_proxy]]`: HTTP proxy listeners.
+    #[serde(default)]
+    pub http_proxy: Vec<RawHttpProxy>,
+}
+
+/// One `[[client.socks5]]`: a local SOCKS5 listener, with optional username/password.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSocks5 {
+    pub listen: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// One `[[client.http_proxy]]`: a local HTTP proxy listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpProxy {
+    pub listen: String,
 }
 
 /// One `[[client.forward]]`: a local listen address and the target asked of the server.

@@ -12,7 +12,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use mtcpd_engine::Role;
-use mtcpd_engine::runtime::{ClientForward, RuntimeOptions};
+use mtcpd_engine::runtime::{ClientForward, ClientProxy, RuntimeOptions};
+
+use super::allow::AllowList;
 
 use super::error::ConfigOrigin;
 
@@ -112,6 +114,8 @@ pub struct ServerConfig {
     pub default_backend: SocketAddr,
     /// Targets a client may ask for (`[[server.forward]]`).
     pub allowed_targets: Vec<ServerForward>,
+    /// Dynamic targets a client may ask for (`[server] allow`); empty allows none.
+    pub allow: AllowList,
 }
 
 impl ServerConfig {
@@ -145,8 +149,10 @@ pub struct ServerForward {
 pub struct ClientConfig {
     /// The server's tunnel address.
     pub server: SocketAddr,
-    /// Local listeners, in file order; at least one.
+    /// Local listeners, in file order; at least one forward or proxy in all.
     pub forwards: Vec<LabelledForward>,
+    /// Proxy listeners (`[[client.socks5]]`, then `[[client.http_proxy]]`).
+    pub proxies: Vec<ClientProxy>,
 }
 
 impl ClientConfig {

@@ -17,13 +17,15 @@ use std::str::FromStr;
 
 use mtcpd_engine::Role;
 use mtcpd_engine::config::{ConfigError, check_psk, range as protocol_range};
+use mtcpd_engine::proxy::Socks5Credentials;
 use mtcpd_engine::runtime::options::range as runtime_range;
-use mtcpd_engine::runtime::{ClientForward, IoChoice, RuntimeOptions};
+use mtcpd_engine::runtime::{ClientForward, ClientProxy, IoChoice, ProxyKind, RuntimeOptions};
 
+use super::allow::AllowList;
 use super::engine_values::file_key;
 use super::error::{ConfigFileError, ConfigOrigin};
 use super::locate::locate;
-use super::raw::{RawClientSection, RawConfigFile, RawServerSection};
+use super::raw::{RawClientSection, RawConfigFile, RawServerSection, RawSocks5};
 use super::resolved::{
     ClientConfig, DaemonConfig, Endpoint, LabelledForward, ServerConfig, ServerForward, defaults,
 };
@@ -251,10 +253,13 @@ impl Checker {
                 .map_err(|message| self.invalid(format!("{key}.target"), message))?;
             allowed_targets.push(ServerForward { name, target });
         }
+        let allow = AllowList::parse(&section.allow)
+            .map_err(|(index, message)| self.invalid(format!("server.allow[{index}]"), message))?;
         Ok(ServerConfig {
             listen,
             default_backend,
             allowed_targets,
+            allow,
         })
     }
 
@@ -343,14 +348,96 @@ impl Checker {
                 },
             });
         }
-        if forwards.is_empty() {
+        let proxies = self.proxies(section, &mut listen_keys)?;
+        if forwards.is_empty() && proxies.is_empty() {
             return Err(self.invalid(
                 "client.forward",
-                "a client needs at least one forward: set local_listen_ip/local_listen_port \
-                 or add a [[client.forward]] table with `listen`",
+                "a client needs at least one forward or proxy: set \
+                 local_listen_ip/local_listen_port, or add a [[client.forward]] table with \
+                 `listen`, or a [[client.socks5]] or [[client.http_proxy]] table",
             ));
         }
-        Ok(ClientConfig { server, forwards })
+        Ok(ClientConfig {
+            server,
+            forwards,
+            proxies,
+        })
+    }
+
+    /// `[[client.socks5]]` and `[[client.http_proxy]]`: their listen addresses (unique among
+    /// all listeners) and SOCKS5 credentials (both or neither, 1 to 255 bytes each).
+    fn proxies(
+        &self,
+        section: &RawClientSection,
+        listen_keys: &mut Vec<(SocketAddr, String)>,
+    ) -> Result<Vec<ClientProxy>, ConfigFileError> {
+        let mut proxies = Vec::new();
+        let listeners = section
+            .socks5
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("client.socks5[{i}]"), &s.listen, Some(s)))
+            .chain(
+                section
+                    .http_proxy
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| (format!("client.http_proxy[{i}]"), &h.listen, None)),
+            );
+        for (key, listen, socks) in listeners {
+            let listen = parse_listen_address(listen)
+                .map_err(|message| self.invalid(format!("{key}.listen"), message))?;
+            if let Some((_, earlier_key)) = listen_keys.iter().find(|(used, _)| *used == listen) {
+                return Err(self.invalid(
+                    format!("{key}.listen"),
+                    format!("{listen} is already used by {earlier_key}"),
+                ));
+            }
+            listen_keys.push((listen, format!("{key}.listen")));
+            let kind = match socks {
+                None => ProxyKind::Http,
+                Some(socks) => ProxyKind::Socks5 {
+                    credentials: self.socks5_credentials(&key, socks)?,
+                },
+            };
+            proxies.push(ClientProxy { listen, kind });
+        }
+        Ok(proxies)
+    }
+
+    fn socks5_credentials(
+        &self,
+        key: &str,
+        socks: &RawSocks5,
+    ) -> Result<Option<Socks5Credentials>, ConfigFileError> {
+        let (username, password) = match (&socks.username, &socks.password) {
+            (None, None) => return Ok(None),
+            (Some(u), Some(p)) => (u, p),
+            (Some(_), None) => {
+                return Err(self.invalid(
+                    format!("{key}.password"),
+                    "missing: username and password go together",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(
+                    format!("{key}.username"),
+                    "missing: username and password go together",
+                ));
+            }
+        };
+        for (field, value) in [("username", username), ("password", password)] {
+            if value.is_empty() || value.len() > 255 {
+                return Err(self.invalid(
+                    format!("{key}.{field}"),
+                    "must be 1 to 255 bytes (RFC 1929)",
+                ));
+            }
+        }
+        Ok(Some(Socks5Credentials {
+            username: username.clone(),
+            password: password.clone(),
+        }))
     }
 
     fn forward_name(
@@ -385,6 +472,20 @@ impl Checker {
     ) -> Result<(), ConfigFileError> {
         if !runtime.engine.psk.is_empty() {
             return Ok(());
+        }
+        if let Endpoint::Server(server) = endpoint
+            && !server.allow.is_empty()
+        {
+            return Err(self.invalid(
+                "psk",
+                format!(
+                    "a server with an allow list (server.allow) needs a key: without one, \
+                     anyone who reaches {} could open streams to every target it allows. Make \
+                     a key with `mtcpd genkey --out mtcpd.psk`, and set psk_file = \
+                     \"mtcpd.psk\" (or psk) on both ends",
+                    server.listen
+                ),
+            ));
         }
         if let Endpoint::Server(server) = endpoint
             && !server.allowed_targets.is_empty()

@@ -34,6 +34,7 @@ mod io;
 mod local;
 pub mod options;
 mod rejection_log;
+pub mod reset_code;
 mod resolver;
 mod sockopt;
 #[cfg(target_os = "linux")]
@@ -110,6 +111,9 @@ pub enum Route {
     Accept,
     /// Reset it (code 1, as for a target that cannot be reached).
     Refuse,
+    /// Reset it with this code ([`reset_code`]: e.g. not allowed, unresolvable), so that the
+    /// client can tell its application why.
+    Reset(u32),
 }
 
 /// Where the server sends a stream, given the target its client asked for. Runs on the
@@ -171,6 +175,38 @@ pub struct ClientForward {
     pub listen: SocketAddr,
     /// Target asked of the server (`None`: the server's default backend).
     pub target: Option<String>,
+}
+
+/// One client proxy listener: applications connect to `listen` and name their target with
+/// the proxy protocol of `kind`; the target rides in the stream's OPEN and the application
+/// hears the server's verdict (PROTOCOL.md §4.8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientProxy {
+    /// Local listen address.
+    pub listen: SocketAddr,
+    /// The protocol spoken there.
+    pub kind: ProxyKind,
+}
+
+/// The protocol of a [`ClientProxy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// SOCKS5 CONNECT, with username/password when `credentials` is set.
+    Socks5 {
+        /// Required username and password (RFC 1929), if any.
+        credentials: Option<crate::proxy::Socks5Credentials>,
+    },
+    /// HTTP proxy: CONNECT, and absolute-form requests (`GET http://host/path`).
+    Http,
+}
+
+/// What a client listener serves.
+#[derive(Debug, Clone)]
+enum ListenerRole {
+    /// A forward: every connection asks for this target.
+    Forward(Option<String>),
+    /// A proxy: each connection names its target.
+    Proxy(ProxyKind),
 }
 
 /// A running client or server.
@@ -341,10 +377,21 @@ pub fn spawn_client(
     server: SocketAddr,
     forwards: &[ClientForward],
 ) -> Result<RuntimeHandle, RuntimeError> {
+    spawn_client_with_proxies(opts, server, forwards, &[])
+}
+
+/// [`spawn_client`] with proxy listeners too (SOCKS5, HTTP): each of their connections names
+/// its own target. A client may have proxies and no forward.
+pub fn spawn_client_with_proxies(
+    opts: RuntimeOptions,
+    server: SocketAddr,
+    forwards: &[ClientForward],
+    proxies: &[ClientProxy],
+) -> Result<RuntimeHandle, RuntimeError> {
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
     let tls = opts.tls.client_setup()?;
-    let mut listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
+    let mut listeners: Vec<Vec<(std::net::TcpListener, ListenerRole)>> =
         (0..opts.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for f in forwards {
@@ -353,7 +400,21 @@ pub fn spawn_client(
         tracing::info!(%local, target = f.target.as_deref().unwrap_or("<server default>"), %server, "listening for applications");
         addrs.push(local);
         for (w, l) in copies.into_iter().enumerate() {
-            listeners[w].push((l, f.target.clone()));
+            listeners[w].push((l, ListenerRole::Forward(f.target.clone())));
+        }
+    }
+    for p in proxies {
+        let copies = listeners_per_worker(p.listen, opts.workers)?;
+        let local = copies[0].local_addr()?;
+        let kind = match &p.kind {
+            ProxyKind::Socks5 { credentials: None } => "SOCKS5",
+            ProxyKind::Socks5 { .. } => "SOCKS5 (username/password)",
+            ProxyKind::Http => "HTTP",
+        };
+        tracing::info!(%local, proxy = kind, %server, "listening for proxy requests");
+        addrs.push(local);
+        for (w, l) in copies.into_iter().enumerate() {
+            listeners[w].push((l, ListenerRole::Proxy(p.kind.clone())));
         }
     }
     start(
@@ -375,7 +436,7 @@ enum WorkerSetup {
     },
     Client {
         server: SocketAddr,
-        listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>>,
+        listeners: Vec<Vec<(std::net::TcpListener, ListenerRole)>>,
     },
 }
 

@@ -84,6 +84,11 @@ impl Session {
             return Ok(());
         }
         if let Some(s) = self.streams.get_mut(&stream) {
+            if s.local && !s.confirmed && s.reset_code().is_none() {
+                s.confirmed = true;
+                self.events
+                    .push_back(super::Event::StreamConfirmed { stream });
+            }
             let max_offset =
                 max_offset.min(s.send_offset.saturating_add(*range::STREAM_WINDOW.end()));
             if max_offset <= s.send_max {
@@ -96,6 +101,23 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Confirms a stream the peer opened (its target is connected, PROTOCOL.md §4.8): a
+    /// STREAM_WINDOW repeating the current limit, which changes no credit. A no-op when an
+    /// update is already queued (it confirms as well) or for this end's own streams.
+    pub fn confirm_stream(&mut self, id: StreamId) {
+        if id & 1 == self.local_parity() {
+            return;
+        }
+        if let Some(s) = self.streams.get_mut(&id)
+            && !s.window_update_queued
+            && s.reset_code().is_none()
+        {
+            s.window_update_queued = true;
+            self.control
+                .push_back(Reliable::StreamWindow { stream: id });
+        }
     }
 
     /// The peer's SESSION_WINDOW: credits only grow (updates may overtake each other), and

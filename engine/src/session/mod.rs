@@ -115,6 +115,13 @@ pub enum Event {
         /// Stream id.
         stream: StreamId,
     },
+    /// The peer confirmed a stream this end opened: its first DATA or STREAM_WINDOW for it
+    /// arrived, which a server sends once the stream's target is connected (PROTOCOL.md §4.8).
+    /// Raised once per stream, before any `StreamReadable` the same frame causes.
+    StreamConfirmed {
+        /// Stream id.
+        stream: StreamId,
+    },
     /// The peer reset the stream.
     StreamReset {
         /// Stream id.

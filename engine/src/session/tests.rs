@@ -86,3 +86,90 @@ fn credit_frames_are_clamped_to_local_maxima_beyond_what_was_used() {
     inject(&mut s, now, Frame::SessionWindow { max_data: 5 });
     assert_eq!(s.peer_max_data, sent + *range::SESSION_WINDOW.end());
 }
+
+#[test]
+fn a_stream_is_confirmed_once_by_the_peers_first_window_or_data() {
+    let now = Instant::now();
+    let mut s = hostile_server(now);
+    let confirmed = |s: &mut Session| {
+        std::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, super::Event::StreamConfirmed { .. }))
+            .count()
+    };
+    let id = s.open_stream(Some("a:1")).unwrap();
+    assert_eq!(confirmed(&mut s), 0, "opening confirms nothing");
+    // A STREAM_WINDOW that changes no credit (what a server sends once connected) confirms.
+    let max_offset = s.streams[&id].send_max;
+    inject(
+        &mut s,
+        now,
+        Frame::StreamWindow {
+            stream: id,
+            max_offset,
+        },
+    );
+    assert_eq!(confirmed(&mut s), 1);
+    inject(
+        &mut s,
+        now,
+        Frame::StreamWindow {
+            stream: id,
+            max_offset,
+        },
+    );
+    assert_eq!(confirmed(&mut s), 0, "once per stream");
+    // DATA confirms a stream that had no window first.
+    let other = s.open_stream(Some("b:1")).unwrap();
+    let data = Frame::Data {
+        stream: other,
+        offset: 0,
+        fin: false,
+        payload: bytes::Bytes::from_static(b"x"),
+    };
+    inject(&mut s, now, data);
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    let first = events
+        .iter()
+        .position(|e| matches!(e, super::Event::StreamConfirmed { stream } if *stream == other));
+    let readable = events
+        .iter()
+        .position(|e| matches!(e, super::Event::StreamReadable { stream } if *stream == other));
+    assert!(first.is_some() && first < readable, "{events:?}");
+}
+
+#[test]
+fn confirming_a_peer_stream_sends_a_window_that_changes_no_credit() {
+    let now = Instant::now();
+    let mut s = hostile_server(now);
+    let peer_stream = 0; // client parity
+    inject(
+        &mut s,
+        now,
+        Frame::Open {
+            stream: peer_stream,
+            target: None,
+        },
+    );
+    let limit = s.streams[&peer_stream].recv_max_advertised;
+    s.confirm_stream(peer_stream);
+    s.confirm_stream(peer_stream);
+    let own = s.open_stream(None).unwrap();
+    s.confirm_stream(own);
+    let mut out = Vec::new();
+    s.poll_transmit(now, 0, 1 << 20, &mut out);
+    let mut wire = BytesMut::new();
+    for chunk in out {
+        wire.extend_from_slice(&chunk);
+    }
+    let mut windows = Vec::new();
+    while let Ok(Some(frame)) = crate::wire::decode(&mut wire, u32::MAX) {
+        if let Frame::StreamWindow { stream, max_offset } = frame {
+            windows.push((stream, max_offset));
+        }
+    }
+    assert_eq!(
+        windows,
+        [(peer_stream, limit)],
+        "one window, for the peer's stream only"
+    );
+}

@@ -99,6 +99,26 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
+    /// Client: takes connections on a proxy listener; each starts a proxy handshake
+    /// ([`super::proxy`]).
+    pub(super) fn accept_proxies(&mut self, key: usize) {
+        loop {
+            let Some(Entry::ProxyListener { sock, kind }) = self.entries.get_mut(key) else {
+                return;
+            };
+            let kind = kind.clone();
+            match sock.accept() {
+                Ok((conn, peer)) => {
+                    self.accept_works();
+                    sockopt::tune_app(&conn);
+                    self.start_proxy(conn, peer, &kind);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => return self.accept_failed(key, e, false),
+            }
+        }
+    }
+
     /// Server: takes tunnel connections; the endpoint starts a handshake for each, or refuses
     /// it (closed at once, without a reply, and counted in the rejection log).
     pub(super) fn accept_tunnels(&mut self, key: usize) {
@@ -224,9 +244,11 @@ impl<D: Driver> EventLoop<D> {
     /// with it, and takes it again.
     fn shed_queued(&mut self, key: usize, tunnels: bool, now: Instant) {
         let fd: RawFd = match self.entries.get(key) {
-            Some(Entry::AppListener { sock, .. } | Entry::TunnelListener { sock }) => {
-                sock.as_fd().as_raw_fd()
-            }
+            Some(
+                Entry::AppListener { sock, .. }
+                | Entry::TunnelListener { sock }
+                | Entry::ProxyListener { sock, .. },
+            ) => sock.as_fd().as_raw_fd(),
             _ => return,
         };
         let Some(spare) = self.accepts.spare.take() else {

@@ -11,10 +11,13 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use super::proxy::{close_after_reply, send_now};
 use super::streams::{After, StreamConn};
-use super::{APP_QUEUE, Entry, EventLoop, Outbox, RESET_APP_ERROR, RESET_CONNECT_FAILED};
+use super::{APP_QUEUE, Entry, EventLoop, Outbox, RESET_APP_ERROR};
 use crate::endpoint::SessionKey;
+use crate::proxy::{ReplyKind, Verdict};
 use crate::runtime::io::{Driver, IoStream};
+use crate::runtime::reset_code;
 use crate::runtime::resolver::BackendPermit;
 use crate::runtime::sockopt;
 use crate::session::{ReadOutcome, Session, StreamId};
@@ -35,6 +38,9 @@ pub(super) struct AppConn<D: Driver> {
     target: SocketAddr,
     /// Server: this backend connection's place in the process-wide budget.
     _permit: Option<BackendPermit>,
+    /// Client proxy connection: the server's verdict has not come yet, and this is how the
+    /// application is told. Until then the socket is not read and nothing is written to it.
+    verdict: Option<ReplyKind>,
 }
 
 impl<D: Driver> AppConn<D> {
@@ -58,7 +64,39 @@ impl<D: Driver> AppConn<D> {
             write_closed: false,
             target,
             _permit: None,
+            verdict: None,
         }
+    }
+
+    /// Client: a proxy connection whose stream was opened for it; `first` (an HTTP request
+    /// head, bytes the application sent early) goes on the stream before anything else.
+    pub(super) fn proxied(
+        sock: D::Stream,
+        session: SessionKey,
+        stream: StreamId,
+        peer: SocketAddr,
+        reply: ReplyKind,
+        first: Bytes,
+    ) -> Self {
+        Self {
+            verdict: Some(reply),
+            unsent: (!first.is_empty()).then_some(first),
+            ..Self::new(sock, session, stream, false, peer)
+        }
+    }
+
+    /// A proxy connection of `stream` still waiting for its verdict is told it timed out (and
+    /// closed by the caller); false when it is another connection or already answered.
+    pub(super) fn give_up_verdict(&mut self, session: SessionKey, stream: StreamId) -> bool {
+        if self.session != session || self.stream != stream {
+            return false;
+        }
+        let Some(kind) = self.verdict.take() else {
+            return false;
+        };
+        send_now(&self.sock, &kind.reply(Verdict::TimedOut));
+        close_after_reply(&self.sock);
+        true
     }
 
     /// Server: a connection being made to `target` for `stream`, holding `permit`.
@@ -114,6 +152,10 @@ impl<D: Driver> StreamConn for AppConn<D> {
                     Err(_) => return After::Close,
                 }
             }
+            if self.verdict.is_some() {
+                // A proxy's application waits for its reply before it sends more.
+                return After::Keep;
+            }
             match self.sock.read_bytes(buf) {
                 Ok(b) if b.is_empty() => {
                     self.read_eof = true;
@@ -135,7 +177,7 @@ impl<D: Driver> StreamConn for AppConn<D> {
     }
 
     fn to_app(&mut self, session: &mut Session) -> After {
-        if self.connecting {
+        if self.connecting || self.verdict.is_some() {
             return After::Keep;
         }
         loop {
@@ -163,8 +205,27 @@ impl<D: Driver> StreamConn for AppConn<D> {
         After::Keep
     }
 
-    fn peer_reset(&mut self, _code: u32) {
+    fn peer_reset(&mut self, code: u32) {
+        if let Some(kind) = self.verdict.take() {
+            // The server's verdict is a refusal: the application hears why, then a clean close.
+            let verdict = reset_code::verdict(code);
+            tracing::info!(
+                stream = self.stream,
+                code,
+                ?verdict,
+                "proxy request refused by the server"
+            );
+            send_now(&self.sock, &kind.reply(verdict));
+            close_after_reply(&self.sock);
+            return;
+        }
         sockopt::abort_on_close(&self.sock);
+    }
+
+    fn confirmed(&mut self) {
+        if let Some(kind) = self.verdict.take() {
+            self.tx.push(Bytes::from(kind.reply(Verdict::Connected)));
+        }
     }
 
     fn stream_closed(&mut self) -> bool {
@@ -172,6 +233,11 @@ impl<D: Driver> StreamConn for AppConn<D> {
     }
 
     fn session_lost(&mut self) {
+        if let Some(kind) = self.verdict.take() {
+            send_now(&self.sock, &kind.reply(Verdict::Failed));
+            close_after_reply(&self.sock);
+            return;
+        }
         sockopt::abort_on_close(&self.sock);
     }
 }
@@ -187,11 +253,17 @@ impl<D: Driver> EventLoop<D> {
                 Ok(None) if app.sock.peer_addr().is_ok() => {
                     app.connecting = false;
                     tracing::debug!(stream = app.stream, target = %app.target, "connected to target");
+                    // The client may be waiting for this (a proxy's verdict, PROTOCOL.md §4.8).
+                    let (skey, stream) = (app.session, app.stream);
+                    if let Some(s) = self.endpoint.get_mut(skey) {
+                        s.session_mut().confirm_stream(stream);
+                        self.touch(skey);
+                    }
                 }
                 Ok(None) => return,
                 Ok(Some(e)) | Err(e) => {
                     tracing::warn!(stream = app.stream, target = %app.target, "cannot connect to target: {e}; resetting the stream");
-                    self.after(key, After::Reset(RESET_CONNECT_FAILED));
+                    self.after(key, After::Reset(reset_code::for_connect_error(&e)));
                     return;
                 }
             }

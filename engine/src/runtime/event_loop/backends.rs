@@ -192,6 +192,15 @@ impl<D: Driver> EventLoop<D> {
         let addr = match route {
             Route::Connect(addr) => addr,
             Route::Accept => return self.accept_local(skey, stream, target),
+            Route::Reset(code) => {
+                tracing::info!(
+                    stream,
+                    target = target.as_deref().unwrap_or(""),
+                    code,
+                    "target refused; resetting the stream"
+                );
+                return self.refuse_stream(skey, stream, code);
+            }
             Route::Refuse => {
                 tracing::warn!(
                     stream,
@@ -231,7 +240,8 @@ impl<D: Driver> EventLoop<D> {
             }
             Err(e) => {
                 tracing::warn!(stream, target = %addr, "cannot connect to target: {e}; resetting");
-                self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
+                let code = crate::runtime::reset_code::for_connect_error(&e);
+                self.refuse_stream(skey, stream, code);
             }
         }
     }

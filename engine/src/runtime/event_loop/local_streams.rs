@@ -367,6 +367,11 @@ impl<D: Driver> EventLoop<D> {
             tracing::warn!(stream, "the program no longer accepts streams; resetting");
             return self.after(key, After::Reset(RESET_CONNECT_FAILED));
         }
+        // Handed to the program: the stream's "target" is connected (PROTOCOL.md §4.8).
+        if let Some(s) = self.endpoint.get_mut(skey) {
+            s.session_mut().confirm_stream(stream);
+            self.touch(skey);
+        }
         tracing::info!(
             stream,
             target = target.as_deref().unwrap_or(""),

@@ -32,6 +32,7 @@ mod app;
 mod backends;
 mod local_streams;
 mod pending;
+mod proxy;
 mod sessions;
 mod streams;
 mod tunnels;
@@ -53,12 +54,13 @@ use super::io::{Driver, IoStream, Ready};
 use super::rejection_log::SharedRejectionLog;
 use super::resolver::{BackendBudget, WorkerResolver};
 use super::worker::Mailbox;
-use super::{RuntimeOptions, TargetResolver};
+use super::{ListenerRole, ProxyKind, RuntimeOptions, TargetResolver};
 use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey, SourceBudget};
 use crate::tls::{TlsSetup, TunnelTls};
 use app::AppConn;
 use backends::Backends;
 use local_streams::{LocalConn, LocalState};
+use proxy::{Proxies, ProxyConn};
 use sessions::SessionIo;
 
 /// User-space bytes queued towards an application before its stream is read further.
@@ -162,6 +164,11 @@ enum Entry<D: Driver> {
     },
     /// Server: tunnels connect here.
     TunnelListener { sock: D::Listener },
+    /// Client: applications speaking a proxy protocol connect here.
+    ProxyListener { sock: D::Listener, kind: ProxyKind },
+    /// Client: a proxy connection whose request is not complete (or whose stream cannot be
+    /// opened yet).
+    Proxy(Box<ProxyConn<D>>),
     /// Server: a tunnel connection whose handshake (in the endpoint) is in progress.
     Pending {
         sock: D::Stream,
@@ -246,6 +253,8 @@ pub(super) struct EventLoop<D: Driver> {
     backends: Backends,
     /// Makes each tunnel connection's record layer (TLS, or plaintext).
     tls: TlsSetup,
+    /// Client: proxy handshakes in progress and their deadlines.
+    proxies: Proxies,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -306,6 +315,7 @@ impl<D: Driver> EventLoop<D> {
             tls_failure_warned: None,
             backends: Backends::new(ctx.backends, ctx.resolver),
             tls: ctx.tls,
+            proxies: Proxies::default(),
         }
     }
 
@@ -329,15 +339,18 @@ impl<D: Driver> EventLoop<D> {
         io: D,
         opts: RuntimeOptions,
         server: SocketAddr,
-        listeners: Vec<(std::net::TcpListener, Option<String>)>,
+        listeners: Vec<(std::net::TcpListener, ListenerRole)>,
         ctx: WorkerContext,
     ) -> io::Result<Self> {
         let config = Arc::new(opts.engine.clone());
         let endpoint = Endpoint::client(config, Instant::now(), os_seed());
         let mut el = Self::new(io, opts, Role::Client { server }, endpoint, ctx);
-        for (sock, target) in listeners {
+        for (sock, role) in listeners {
             let sock = el.io.listener(sock)?;
-            el.add(Entry::AppListener { sock, target })?;
+            match role {
+                ListenerRole::Forward(target) => el.add(Entry::AppListener { sock, target })?,
+                ListenerRole::Proxy(kind) => el.add(Entry::ProxyListener { sock, kind })?,
+            };
         }
         // The new session asks for its tunnels to be dialed.
         if let Some(key) = el.endpoint.client_session() {
@@ -349,9 +362,10 @@ impl<D: Driver> EventLoop<D> {
     fn add(&mut self, mut entry: Entry<D>) -> io::Result<usize> {
         let key = self.entries.vacant_key();
         match &mut entry {
-            Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
-                self.io.register_listener(sock, key)?
-            }
+            Entry::AppListener { sock, .. }
+            | Entry::TunnelListener { sock }
+            | Entry::ProxyListener { sock, .. } => self.io.register_listener(sock, key)?,
+            Entry::Proxy(proxy) => self.io.register_stream(&mut proxy.sock, key, false)?,
             Entry::Pending { sock, .. } => {
                 // Until it is a session's, a connection is read in small pieces.
                 self.io.handshake_buffers(sock, true);
@@ -374,8 +388,12 @@ impl<D: Driver> EventLoop<D> {
     fn remove(&mut self, key: usize) -> Option<Entry<D>> {
         let mut entry = self.entries.try_remove(key)?;
         match &mut entry {
-            Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
-                self.io.deregister_listener(sock)
+            Entry::AppListener { sock, .. }
+            | Entry::TunnelListener { sock }
+            | Entry::ProxyListener { sock, .. } => self.io.deregister_listener(sock),
+            Entry::Proxy(proxy) => {
+                self.proxies.handshake_ended();
+                self.io.deregister_stream(&mut proxy.sock)
             }
             Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
                 self.io.deregister_stream(sock)
@@ -414,6 +432,7 @@ impl<D: Driver> EventLoop<D> {
             self.expire_handshakes(now);
             self.take_resolved();
             self.expire_backend_connects(now);
+            self.expire_proxies(Instant::now());
             self.flush_rejections(now);
             self.retry_accepts(Instant::now());
             if self.stop.load(Ordering::SeqCst) && self.drain(now) {
@@ -439,6 +458,9 @@ impl<D: Driver> EventLoop<D> {
         if let Some(at) = self.accepts.due() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
+        if let Some(at) = self.proxies.next_deadline() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
         if let Some(at) = self.backends.next_deadline() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
@@ -461,7 +483,12 @@ impl<D: Driver> EventLoop<D> {
                 .entries
                 .iter()
                 .filter(|(_, e)| {
-                    matches!(e, Entry::AppListener { .. } | Entry::TunnelListener { .. })
+                    matches!(
+                        e,
+                        Entry::AppListener { .. }
+                            | Entry::TunnelListener { .. }
+                            | Entry::ProxyListener { .. }
+                    )
                 })
                 .map(|(k, _)| k)
                 .collect();
@@ -505,6 +532,8 @@ impl<D: Driver> EventLoop<D> {
             Entry::Pending { .. } => self.on_pending(key, readable, writable),
             Entry::Tunnel { .. } => self.on_tunnel(key, readable, writable),
             Entry::App(_) => self.on_app(key, readable, writable),
+            Entry::ProxyListener { .. } => self.accept_proxies(key),
+            Entry::Proxy(_) => self.on_proxy(key),
             Entry::Local(_) => {}
         }
     }

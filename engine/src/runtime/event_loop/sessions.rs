@@ -271,6 +271,7 @@ impl<D: Driver> EventLoop<D> {
                 for (conn, target) in waiting {
                     self.start_client_stream(skey, conn, target);
                 }
+                self.open_waiting_proxies();
                 self.open_waiting_locals();
             }
             Event::TunnelDown { tunnel, reason } => {
@@ -297,6 +298,11 @@ impl<D: Driver> EventLoop<D> {
             Event::StreamWritable { stream } => {
                 if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
                     self.stream_to_session(k);
+                }
+            }
+            Event::StreamConfirmed { stream } => {
+                if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
+                    self.stream_confirmed(k);
                 }
             }
             Event::StreamReset { stream, code } => {

@@ -42,6 +42,9 @@ pub(super) trait StreamConn {
     fn stream_closed(&mut self) -> bool;
     /// The session closed under the stream (the connection is dropped next).
     fn session_lost(&mut self);
+    /// The peer confirmed a stream this end opened (`StreamConfirmed`): its target is
+    /// connected.
+    fn confirmed(&mut self) {}
 }
 
 impl<D: Driver> Entry<D> {
@@ -114,6 +117,16 @@ impl<D: Driver> EventLoop<D> {
             s.data_mut().forget_stream(stream, key);
         }
         self.remove(key);
+    }
+
+    /// `StreamConfirmed` for the connection at `key`: it may answer its application and start
+    /// moving bytes.
+    pub(super) fn stream_confirmed(&mut self, key: usize) {
+        if let Some(conn) = self.entries.get_mut(key).and_then(Entry::stream_conn) {
+            conn.confirmed();
+            self.stream_to_app(key);
+            self.stream_to_session(key);
+        }
     }
 
     /// `StreamReset` for the connection at `key` (its mapping is already gone).

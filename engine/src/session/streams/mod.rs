@@ -48,6 +48,9 @@ pub(in crate::session) struct Stream {
     pub(in crate::session) reset_sent: bool,
     pub(in crate::session) peer_reset: Option<u32>,
     pub(in crate::session) local_reset: Option<u32>,
+    /// Own stream: the peer has sent DATA or STREAM_WINDOW for it (its target is connected,
+    /// §4.8), and the application was told once.
+    pub(in crate::session) confirmed: bool,
 }
 
 impl Stream {
@@ -76,6 +79,7 @@ impl Stream {
             reset_sent: false,
             peer_reset: None,
             local_reset: None,
+            confirmed: false,
         }
     }
 

@@ -78,6 +78,10 @@ impl Session {
         if s.peer_reset.is_some() {
             return Ok(());
         }
+        if s.local && !s.confirmed {
+            s.confirmed = true;
+            self.events.push_back(Event::StreamConfirmed { stream });
+        }
         if end > s.recv_max_advertised {
             return Err(SessionError::FlowControl {
                 stream,
