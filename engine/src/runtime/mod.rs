@@ -35,6 +35,7 @@ mod local;
 pub mod options;
 mod rejection_log;
 mod resolver;
+pub mod reverse;
 mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -43,6 +44,7 @@ mod worker;
 pub use api::{Accepted, Client, Server};
 pub(crate) use io::Waker;
 pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
+pub use reverse::{ExposedService, ReverseListener, WhenAbsent};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,6 +100,10 @@ pub enum RuntimeError {
     /// The TLS identity or verification settings cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// Reverse tunnels (a server's reverse listeners, a client's exposed services) need a key
+    /// on both ends, or their configuration is not usable (a bad or repeated name).
+    #[error("reverse tunnels: {0}")]
+    Reverse(String),
 }
 
 /// Where the server sends a stream.
@@ -312,6 +318,54 @@ pub fn spawn_server(
     start_server(opts, listen, resolve, None)
 }
 
+/// [`spawn_server`] with reverse tunnels: each of `reverse` listens (on worker 0) while a
+/// client that exposes its name is connected, or always ([`WhenAbsent::Reset`]), and carries
+/// each connection as a stream the server opens towards that client. Requires a key.
+pub fn spawn_reverse_server(
+    opts: RuntimeOptions,
+    listen: SocketAddr,
+    resolve: TargetResolver,
+    reverse: &[ReverseListener],
+) -> Result<RuntimeHandle, RuntimeError> {
+    start_server_with(opts, listen, resolve, None, reverse)
+}
+
+/// [`spawn_client`] exposing services: the server's streams for each name in `exposed` are
+/// connected to its target (any other name is reset, code 5). Requires a key.
+pub fn spawn_exposing_client(
+    opts: RuntimeOptions,
+    server: SocketAddr,
+    forwards: &[ClientForward],
+    exposed: &[ExposedService],
+) -> Result<RuntimeHandle, RuntimeError> {
+    start_client(opts, server, forwards, exposed)
+}
+
+/// Reverse tunnels need a key (the peer must prove it before a port opens or a target is
+/// reached) and names a client can send.
+fn check_reverse<'a>(
+    opts: &RuntimeOptions,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), RuntimeError> {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    if opts.engine.psk.is_empty() {
+        return Err(RuntimeError::Reverse(
+            "reverse tunnels need a key on both ends (make one with `mtcpd genkey`)".into(),
+        ));
+    }
+    if crate::wire::encode_expose_names(&names).is_none() {
+        return Err(RuntimeError::Reverse(format!(
+            "names must be distinct, 1 to {} ASCII letters, digits, '.', '_' or '-', and fit in              {} bytes together (one more byte each): {names:?}",
+            crate::wire::MAX_EXPOSE_NAME,
+            crate::wire::MAX_EXPOSE_BODY
+        )));
+    }
+    Ok(())
+}
+
 /// [`spawn_server`], handing the streams routed to [`Route::Accept`] to `accept`.
 fn start_server(
     opts: RuntimeOptions,
@@ -319,6 +373,18 @@ fn start_server(
     resolve: TargetResolver,
     accept: Option<api::AcceptSender>,
 ) -> Result<RuntimeHandle, RuntimeError> {
+    start_server_with(opts, listen, resolve, accept, &[])
+}
+
+/// [`start_server`] with reverse listeners.
+fn start_server_with(
+    opts: RuntimeOptions,
+    listen: SocketAddr,
+    resolve: TargetResolver,
+    accept: Option<api::AcceptSender>,
+    reverse: &[ReverseListener],
+) -> Result<RuntimeHandle, RuntimeError> {
+    check_reverse(&opts, reverse.iter().map(|r| r.name.as_str()))?;
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
     let tls = opts.tls.server_setup()?;
@@ -329,6 +395,7 @@ fn start_server(
         listeners: listeners.into_iter().map(Some).collect(),
         resolve,
         accept,
+        reverse: (!reverse.is_empty()).then(|| Arc::new(reverse::ReverseTable::new(reverse))),
     };
     start(driver, opts, vec![local], setup, tls)
 }
@@ -341,6 +408,16 @@ pub fn spawn_client(
     server: SocketAddr,
     forwards: &[ClientForward],
 ) -> Result<RuntimeHandle, RuntimeError> {
+    start_client(opts, server, forwards, &[])
+}
+
+fn start_client(
+    opts: RuntimeOptions,
+    server: SocketAddr,
+    forwards: &[ClientForward],
+    exposed: &[ExposedService],
+) -> Result<RuntimeHandle, RuntimeError> {
+    check_reverse(&opts, exposed.iter().map(|e| e.name.as_str()))?;
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
     let tls = opts.tls.client_setup()?;
@@ -360,7 +437,11 @@ pub fn spawn_client(
         driver,
         opts,
         addrs,
-        WorkerSetup::Client { server, listeners },
+        WorkerSetup::Client {
+            server,
+            listeners,
+            exposed: exposed.into(),
+        },
         tls,
     )
 }
@@ -372,10 +453,14 @@ enum WorkerSetup {
         resolve: TargetResolver,
         /// Where streams routed to [`Route::Accept`] go (every worker holds a sender).
         accept: Option<api::AcceptSender>,
+        /// The reverse listeners and their owners, shared by every worker.
+        reverse: Option<Arc<reverse::ReverseTable>>,
     },
     Client {
         server: SocketAddr,
         listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>>,
+        /// The services this client exposes.
+        exposed: Arc<[ExposedService]>,
     },
 }
 
@@ -404,7 +489,9 @@ impl WorkerSetup {
                     .ok_or_else(|| std::io::Error::other("worker listener taken twice"))?;
                 event_loop::EventLoop::server(io, opts, listener, resolve.clone(), ctx)
             }
-            WorkerSetup::Client { server, listeners } => {
+            WorkerSetup::Client {
+                server, listeners, ..
+            } => {
                 let mine = std::mem::take(&mut listeners[w]);
                 event_loop::EventLoop::client(io, opts, *server, mine, ctx)
             }
@@ -484,6 +571,10 @@ fn start_on<D: io::Driver>(
         WorkerSetup::Client { .. } => None,
     };
     let backends = resolver::BackendBudget::new(opts.max_backend_connections);
+    let (reverse_table, exposed) = match &setup {
+        WorkerSetup::Server { reverse, .. } => (reverse.clone(), Arc::from([])),
+        WorkerSetup::Client { exposed, .. } => (None, exposed.clone()),
+    };
     for (w, (driver, mailbox)) in drivers.into_iter().zip(mailboxes).enumerate() {
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
@@ -496,6 +587,8 @@ fn start_on<D: io::Driver>(
                 .as_ref()
                 .map(|pool| pool.for_worker(wakers[w].clone())),
             tls: tls.clone(),
+            reverse_table: reverse_table.clone(),
+            exposed: exposed.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

@@ -17,7 +17,8 @@
 //! sockets), [`backends`] (a server's target resolution, backend budget and connect timeout),
 //! [`local_streams`] (in-process streams), [`streams`] (the one interface both stream kinds
 //! offer the session's events), [`sessions`] (the ready list, the timer heap, servicing and
-//! session events).
+//! session events), [`reverse`] (reverse tunnels: a server's public listeners and the streams it
+//! opens for them; a client's exposed services).
 //!
 //! Back-pressure is end to end: an application socket is read only while its stream's send buffer
 //! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
@@ -32,6 +33,7 @@ mod app;
 mod backends;
 mod local_streams;
 mod pending;
+mod reverse;
 mod sessions;
 mod streams;
 mod tunnels;
@@ -162,6 +164,8 @@ enum Entry<D: Driver> {
     },
     /// Server: tunnels connect here.
     TunnelListener { sock: D::Listener },
+    /// Server (worker 0): users of reverse service `index` connect here.
+    ReverseListener { sock: D::Listener, index: usize },
     /// Server: a tunnel connection whose handshake (in the endpoint) is in progress.
     Pending {
         sock: D::Stream,
@@ -246,6 +250,8 @@ pub(super) struct EventLoop<D: Driver> {
     backends: Backends,
     /// Makes each tunnel connection's record layer (TLS, or plaintext).
     tls: TlsSetup,
+    /// Reverse tunnels: a server's listeners and table, a client's exposed services.
+    reverse: reverse::ReverseState,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -266,6 +272,10 @@ pub(super) struct WorkerContext {
     pub(super) resolver: Option<WorkerResolver>,
     /// The runtime's TLS setup (built once: identity loaded, verifier chosen).
     pub(super) tls: TlsSetup,
+    /// Server: the reverse listeners and who owns each name, all workers together.
+    pub(super) reverse_table: Option<Arc<super::reverse::ReverseTable>>,
+    /// Client: the services it exposes.
+    pub(super) exposed: Arc<[super::reverse::ExposedService]>,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -306,6 +316,7 @@ impl<D: Driver> EventLoop<D> {
             tls_failure_warned: None,
             backends: Backends::new(ctx.backends, ctx.resolver),
             tls: ctx.tls,
+            reverse: reverse::ReverseState::new(ctx.reverse_table, ctx.exposed),
         }
     }
 
@@ -322,6 +333,7 @@ impl<D: Driver> EventLoop<D> {
         let mut el = Self::new(io, opts, Role::Server { resolve }, endpoint, ctx);
         let sock = el.io.listener(listener)?;
         el.add(Entry::TunnelListener { sock })?;
+        el.open_reverse_listeners()?;
         Ok(el)
     }
 
@@ -342,6 +354,7 @@ impl<D: Driver> EventLoop<D> {
         // The new session asks for its tunnels to be dialed.
         if let Some(key) = el.endpoint.client_session() {
             el.touch(key);
+            el.expose_on(key);
         }
         Ok(el)
     }
@@ -349,9 +362,9 @@ impl<D: Driver> EventLoop<D> {
     fn add(&mut self, mut entry: Entry<D>) -> io::Result<usize> {
         let key = self.entries.vacant_key();
         match &mut entry {
-            Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
-                self.io.register_listener(sock, key)?
-            }
+            Entry::AppListener { sock, .. }
+            | Entry::TunnelListener { sock }
+            | Entry::ReverseListener { sock, .. } => self.io.register_listener(sock, key)?,
             Entry::Pending { sock, .. } => {
                 // Until it is a session's, a connection is read in small pieces.
                 self.io.handshake_buffers(sock, true);
@@ -374,9 +387,9 @@ impl<D: Driver> EventLoop<D> {
     fn remove(&mut self, key: usize) -> Option<Entry<D>> {
         let mut entry = self.entries.try_remove(key)?;
         match &mut entry {
-            Entry::AppListener { sock, .. } | Entry::TunnelListener { sock } => {
-                self.io.deregister_listener(sock)
-            }
+            Entry::AppListener { sock, .. }
+            | Entry::TunnelListener { sock }
+            | Entry::ReverseListener { sock, .. } => self.io.deregister_listener(sock),
             Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
                 self.io.deregister_stream(sock)
             }
@@ -399,7 +412,16 @@ impl<D: Driver> EventLoop<D> {
                 return;
             }
             while let Some(msg) = self.mailbox.receive() {
-                self.adopt(msg);
+                match msg {
+                    super::worker::Handoff::Reverse {
+                        sock,
+                        early,
+                        session,
+                        index,
+                        peer,
+                    } => self.adopt_reverse(sock, early, session, index, peer),
+                    tunnel => self.adopt(tunnel),
+                }
             }
             let ready = std::mem::take(&mut self.ready);
             for &(key, readable, writable) in &ready {
@@ -410,6 +432,7 @@ impl<D: Driver> EventLoop<D> {
             self.poll_local();
             let now = Instant::now();
             self.fire_timers(now);
+            self.reconcile_reverse(now);
             self.service_ready();
             self.expire_handshakes(now);
             self.take_resolved();
@@ -468,6 +491,7 @@ impl<D: Driver> EventLoop<D> {
             for k in listeners {
                 self.remove(k);
             }
+            self.close_reverse_listeners();
             for key in self.endpoint.keys() {
                 self.endpoint[key].session_mut().go_away(now);
                 self.service(key);
@@ -502,6 +526,7 @@ impl<D: Driver> EventLoop<D> {
         match entry {
             Entry::AppListener { .. } => self.accept_apps(key),
             Entry::TunnelListener { .. } => self.accept_tunnels(key),
+            Entry::ReverseListener { .. } => self.accept_reverse(key),
             Entry::Pending { .. } => self.on_pending(key, readable, writable),
             Entry::Tunnel { .. } => self.on_tunnel(key, readable, writable),
             Entry::App(_) => self.on_app(key, readable, writable),
