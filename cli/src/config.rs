@@ -23,6 +23,7 @@ mod error;
 mod locate;
 mod raw;
 mod resolved;
+mod reverse;
 mod targets;
 mod validate;
 
@@ -34,8 +35,8 @@ pub use mtcpd_common::units::{ByteSize, HumanDuration};
 pub use mtcpd_engine::Role;
 pub use mtcpd_engine::runtime::{ClientForward, IoChoice, RuntimeOptions};
 pub use resolved::{
-    ClientConfig, DaemonConfig, Endpoint, LabelledForward, ServerConfig, ServerForward, TargetAddr,
-    defaults,
+    ClientConfig, ClientExpose, DaemonConfig, Endpoint, LabelledForward, ServerConfig,
+    ServerForward, TargetAddr, defaults,
 };
 pub use targets::parse_target;
 pub use validate::CommandLineOverrides;

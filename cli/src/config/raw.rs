@@ -99,6 +99,18 @@ pub struct RawServerSection {
     /// `[[server.forward]]`: targets clients may ask for.
     #[serde(default)]
     pub forward: Vec<RawServerForward>,
+    /// `[[server.reverse]]`: public ports carried to the client that exposes their name.
+    #[serde(default)]
+    pub reverse: Vec<RawServerReverse>,
+}
+
+/// One `[[server.reverse]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerReverse {
+    pub name: String,
+    pub listen: String,
+    pub when_absent: Option<String>,
 }
 
 /// One `[[server.forward]]`: a target the server agrees to connect to.
@@ -123,6 +135,17 @@ pub struct RawClientSection {
     /// `[[client.forward]]`: local listeners.
     #[serde(default)]
     pub forward: Vec<RawClientForward>,
+    /// `[[client.expose]]`: services the server's reverse listeners reach.
+    #[serde(default)]
+    pub expose: Vec<RawClientExpose>,
+}
+
+/// One `[[client.expose]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientExpose {
+    pub name: String,
+    pub target: String,
 }
 
 /// One `[[client.forward]]`: a local listen address and the target asked of the server.

@@ -112,6 +112,8 @@ pub struct ServerConfig {
     pub default_backend: SocketAddr,
     /// Targets a client may ask for (`[[server.forward]]`).
     pub allowed_targets: Vec<ServerForward>,
+    /// Reverse listeners (`[[server.reverse]]`).
+    pub reverse: Vec<mtcpd_engine::runtime::ReverseListener>,
 }
 
 impl ServerConfig {
@@ -145,8 +147,19 @@ pub struct ServerForward {
 pub struct ClientConfig {
     /// The server's tunnel address.
     pub server: SocketAddr,
-    /// Local listeners, in file order; at least one.
+    /// Local listeners, in file order; at least one unless the client exposes services.
     pub forwards: Vec<LabelledForward>,
+    /// Services this client exposes (`[[client.expose]]`), in file order.
+    pub exposed: Vec<ClientExpose>,
+}
+
+/// One `[[client.expose]]`: the server's streams for `name` are connected to `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientExpose {
+    /// The service's name, as the server's `[[server.reverse]]` names it.
+    pub name: String,
+    /// Where this client connects those streams (a host name is resolved at start).
+    pub target: TargetAddr,
 }
 
 impl ClientConfig {

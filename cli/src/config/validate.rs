@@ -85,6 +85,7 @@ pub fn resolve(
         check_psk(&psk).map_err(|error| checker.invalid(key, error.problem))?;
         runtime.engine.psk = psk;
     }
+    checker.reverse_needs_key(&endpoint, !runtime.engine.psk.is_empty())?;
     checker.keyless_policy(&endpoint, &mut runtime)?;
     checker.runtime_keys(&raw, overrides, &mut runtime)?;
     checker.tls_keys(&raw, role, base_dir, &mut runtime)?;
@@ -251,10 +252,12 @@ impl Checker {
                 .map_err(|message| self.invalid(format!("{key}.target"), message))?;
             allowed_targets.push(ServerForward { name, target });
         }
+        let reverse = self.reverse_listeners(&section.reverse, listen)?;
         Ok(ServerConfig {
             listen,
             default_backend,
             allowed_targets,
+            reverse,
         })
     }
 
@@ -343,14 +346,20 @@ impl Checker {
                 },
             });
         }
-        if forwards.is_empty() {
+        let exposed = self.exposed_services(&section.expose)?;
+        if forwards.is_empty() && exposed.is_empty() {
             return Err(self.invalid(
                 "client.forward",
-                "a client needs at least one forward: set local_listen_ip/local_listen_port \
-                 or add a [[client.forward]] table with `listen`",
+                "a client needs at least one forward: set local_listen_ip/local_listen_port, \
+                 add a [[client.forward]] table with `listen`, or expose a service with \
+                 [[client.expose]]",
             ));
         }
-        Ok(ClientConfig { server, forwards })
+        Ok(ClientConfig {
+            server,
+            forwards,
+            exposed,
+        })
     }
 
     fn forward_name(
