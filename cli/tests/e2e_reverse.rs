@@ -94,7 +94,11 @@ fn server_config(tunnel_port: u16, backend: SocketAddr, reverse: &[(&str, u16, &
 
 /// A client of `tunnel_port` exposing `exposed` (name, target), with a forward on `app_port`
 /// when given.
-fn client_config(tunnel_port: u16, app_port: Option<u16>, exposed: &[(&str, SocketAddr)]) -> String {
+fn client_config(
+    tunnel_port: u16,
+    app_port: Option<u16>,
+    exposed: &[(&str, SocketAddr)],
+) -> String {
     let mut toml = format!(
         "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nserver_ip = \"127.0.0.1\"\n\
          server_port = {tunnel_port}\nconnection_pool_size = 4\n"
@@ -130,7 +134,10 @@ fn wait_refused(addr: SocketAddr, what: &str, logs: &dyn Fn() -> String) {
             _ => thread::sleep(Duration::from_millis(20)),
         }
     }
-    panic!("{what}: {addr} still accepts connections; logs:\n{}", logs());
+    panic!(
+        "{what}: {addr} still accepts connections; logs:\n{}",
+        logs()
+    );
 }
 
 /// A connection the far end resets (or closes) without a byte: what a reverse listener in
@@ -142,7 +149,8 @@ fn assert_reset_without_data(addr: SocketAddr, logs: &dyn Fn() -> String) {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
         Err(e) => panic!("connect {addr}: {e}; logs:\n{}", logs()),
     };
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut buf = [0u8; 16];
     match s.read(&mut buf) {
         Ok(0) => {}
@@ -192,11 +200,22 @@ impl Setup {
     }
 }
 
-fn start_server(io: Driver, backend: SocketAddr, reverse: &[(&str, u16, &str)], ports: Vec<PortLease>) -> Setup {
+fn start_server(
+    io: Driver,
+    backend: SocketAddr,
+    reverse: &[(&str, u16, &str)],
+    ports: Vec<PortLease>,
+) -> Setup {
     let dir = TempDir::new();
     let tunnel_port = reserve_port();
     let port = tunnel_port.port();
-    let server = Daemon::start(&dir, "server", "server", &server_config(port, backend, reverse), io);
+    let server = Daemon::start(
+        &dir,
+        "server",
+        "server",
+        &server_config(port, backend, reverse),
+        io,
+    );
     wait_listening(local(port), "server", &|| server.log());
     let mut ports = ports;
     ports.push(tunnel_port);
@@ -329,6 +348,9 @@ fn reverse_tables_without_a_key_are_refused() {
             .expect("mtcpd check");
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{role}: {text}");
-        assert!(text.contains(key) && text.contains("need a key"), "{role}: {text}");
+        assert!(
+            text.contains(key) && text.contains("need a key"),
+            "{role}: {text}"
+        );
     }
 }

@@ -546,7 +546,9 @@ mod tests {
             Frame::Expose {
                 names: encode_expose_names(&["web", "ssh.home"]).unwrap(),
             },
-            Frame::Expose { names: Bytes::new() },
+            Frame::Expose {
+                names: Bytes::new(),
+            },
         ]
     }
 
@@ -566,14 +568,25 @@ mod tests {
         assert!(encode_expose_names(&over).is_none());
         // On the wire: truncated, empty, non-ASCII and repeated names are frame errors.
         for body in [&b"\x05web"[..], b"\x00", b"\x02\xc3\xa9", b"\x01a\x01a"] {
-            let frame = [&[frame_type::EXPOSE, 0, 0, 0, 0, 0, 0, body.len() as u8][..], body].concat();
+            let frame = [
+                &[frame_type::EXPOSE, 0, 0, 0, 0, 0, 0, body.len() as u8][..],
+                body,
+            ]
+            .concat();
             let mut buf = BytesMut::from(&frame[..]);
-            assert_eq!(decode(&mut buf, 4096), Err(FrameError::BadText("EXPOSE names")), "{body:?}");
+            assert_eq!(
+                decode(&mut buf, 4096),
+                Err(FrameError::BadText("EXPOSE names")),
+                "{body:?}"
+            );
         }
         let mut oversize = vec![frame_type::EXPOSE, 0, 0, 0, 0, 0, 0x04, 0x01];
         oversize.extend(std::iter::repeat_n(b'a', 1025));
         let mut buf = BytesMut::from(&oversize[..]);
-        assert!(matches!(decode(&mut buf, 4096), Err(FrameError::BadLength { kind: "EXPOSE", .. })));
+        assert!(matches!(
+            decode(&mut buf, 4096),
+            Err(FrameError::BadLength { kind: "EXPOSE", .. })
+        ));
     }
 
     #[test]

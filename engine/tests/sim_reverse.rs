@@ -74,7 +74,11 @@ fn server_opened_streams_reset_by_either_end_leave_exact_prefixes() {
     by_client.reset = Some((Side::Client, 100_000));
     let mut by_server = FlowSpec::server_opened(1 << 20, 1 << 20);
     by_server.reset = Some((Side::Server, 200_000));
-    let mut w = Workload::new(vec![by_client, by_server, FlowSpec::server_opened(5000, 7000)]);
+    let mut w = Workload::new(vec![
+        by_client,
+        by_server,
+        FlowSpec::server_opened(5000, 7000),
+    ]);
     let done = pair.run(Duration::from_secs(60), |p| w.step(p));
     assert!(done, "not finished: {:?}", w.errors);
     w.verify().unwrap();
@@ -87,7 +91,11 @@ fn server_opened_streams_reset_by_either_end_leave_exact_prefixes() {
     // The server resets its stream in the same step it opened it, so the RESET may overtake the
     // OPEN: then the client never sees the stream at all (PROTOCOL.md §4.6).
     assert!(resets_seen(Side::Client) <= 1);
-    assert_eq!(resets_seen(Side::Server), 1, "the client's reset reached the server");
+    assert_eq!(
+        resets_seen(Side::Server),
+        1,
+        "the client's reset reached the server"
+    );
     assert!(!pair.client.is_closed());
 }
 
@@ -128,7 +136,10 @@ fn the_server_opens_no_more_streams_than_the_client_allows() {
         opened = p.server_mut().and_then(|s| s.open_stream(Some("web")).ok());
         opened.is_some()
     });
-    assert!(done, "the client's MAX_STREAMS let the server open a third stream");
+    assert!(
+        done,
+        "the client's MAX_STREAMS let the server open a third stream"
+    );
     assert_eq!(opened.map(|id| id >> 1), Some(2), "index 2, the third");
 }
 
@@ -182,9 +193,10 @@ fn the_server_learns_the_exposed_names_once_even_across_tunnel_loss() {
     assert!(pair.run(Duration::from_secs(10), |p| exposed(p) == 2));
     assert_eq!(pair.server().unwrap().peer_exposed(), ["web"]);
     assert!(pair.log.iter().any(|(s, e)| *s == Side::Server
-        && *e == Event::PeerExposed {
-            names: vec!["web".into()]
-        }));
+        && *e
+            == Event::PeerExposed {
+                names: vec!["web".into()]
+            }));
     // Only a client exposes, and only good names.
     assert!(pair.server_mut().unwrap().expose(&["web"]).is_err());
     assert!(pair.client.expose(&["no spaces"]).is_err());

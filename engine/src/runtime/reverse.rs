@@ -156,9 +156,7 @@ impl ReverseTable {
                 Some(slot) if slot.owner == Some(owner) => {}
                 Some(slot) => {
                     let before = slot.owner.replace(owner);
-                    claims
-                        .taken
-                        .push((name.clone(), slot.spec.listen, before));
+                    claims.taken.push((name.clone(), slot.spec.listen, before));
                 }
                 None => claims.unknown.push(name.clone()),
             }

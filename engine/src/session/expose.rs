@@ -64,10 +64,8 @@ impl Session {
             return Err(SessionError::Protocol("EXPOSE sent by a server".into()));
         }
         // Checked when parsed; a resend of the same frame changes nothing.
-        let names = wire::expose_names(&names).map_err(|source| SessionError::Frame {
-            tunnel: 0,
-            source,
-        })?;
+        let names = wire::expose_names(&names)
+            .map_err(|source| SessionError::Frame { tunnel: 0, source })?;
         if names != self.peer_exposed {
             self.peer_exposed = names.clone();
             self.events.push_back(Event::PeerExposed { names });

@@ -57,12 +57,12 @@ use rand::{RngCore, SeedableRng};
 
 use crate::config::Config;
 use crate::error::{SessionError, TunnelError};
-pub use expose::ExposeError;
 use crate::handshake::{
     AcceptedTunnel, SessionId, SessionSecret, TransportParams, session_secrets_equal,
 };
 use crate::path::PathEstimate;
 use crate::scheduler::{PathView, Scheduler};
+pub use expose::ExposeError;
 use retransmit::Reliable;
 use streams::Stream;
 use tunnels::Tunnel;

@@ -54,7 +54,12 @@ impl ReverseState {
     pub(super) fn new(table: Option<Arc<ReverseTable>>, exposed: Arc<[ExposedService]>) -> Self {
         let names: Vec<Arc<str>> = table
             .as_ref()
-            .map(|t| t.specs().iter().map(|s| Arc::from(s.name.as_str())).collect())
+            .map(|t| {
+                t.specs()
+                    .iter()
+                    .map(|s| Arc::from(s.name.as_str()))
+                    .collect()
+            })
             .unwrap_or_default();
         Self {
             listeners: vec![None; names.len()],
@@ -90,7 +95,8 @@ impl<D: Driver> EventLoop<D> {
             })?;
             if spec.when_absent == WhenAbsent::Reset {
                 let sock = self.io.listener(bound)?;
-                self.reverse.listeners[index] = Some(self.add(Entry::ReverseListener { sock, index })?);
+                self.reverse.listeners[index] =
+                    Some(self.add(Entry::ReverseListener { sock, index })?);
                 tracing::info!(service = %spec.name, listen = %spec.listen, "reverse listener open (connections are reset until a client exposes it)");
             }
         }
@@ -147,7 +153,10 @@ impl<D: Driver> EventLoop<D> {
 
     /// On shutdown: the reverse listeners close with the others.
     pub(super) fn close_reverse_listeners(&mut self) {
-        for k in std::mem::take(&mut self.reverse.listeners).into_iter().flatten() {
+        for k in std::mem::take(&mut self.reverse.listeners)
+            .into_iter()
+            .flatten()
+        {
             self.remove(k);
         }
     }
@@ -280,8 +289,12 @@ impl<D: Driver> EventLoop<D> {
         let claims = table.claim(owner, &names);
         for (name, listen, before) in &claims.taken {
             match before {
-                Some(old) => tracing::warn!(session = %hex(&id), service = %name, replaced = %hex(&old.session), "a newer session exposes the service: it takes the reverse listener (the newest wins)"),
-                None => tracing::info!(session = %hex(&id), service = %name, %listen, "the client exposes the service"),
+                Some(old) => {
+                    tracing::warn!(session = %hex(&id), service = %name, replaced = %hex(&old.session), "a newer session exposes the service: it takes the reverse listener (the newest wins)")
+                }
+                None => {
+                    tracing::info!(session = %hex(&id), service = %name, %listen, "the client exposes the service")
+                }
             }
         }
         for name in &claims.released {
@@ -325,7 +338,12 @@ impl<D: Driver> EventLoop<D> {
         if self.reverse.exposed.is_empty() {
             return;
         }
-        let names: Vec<&str> = self.reverse.exposed.iter().map(|e| e.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .reverse
+            .exposed
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
         if let Some(slot) = self.endpoint.get_mut(skey)
             && let Err(e) = slot.session_mut().expose(&names)
         {
@@ -337,7 +355,12 @@ impl<D: Driver> EventLoop<D> {
     /// Client: the server opened `stream` for service `target`: connect it to the exposed
     /// target (within the connection budget and connect timeout), or reset it (code 5) when
     /// this client does not expose that name; nothing else is ever connected.
-    pub(super) fn open_exposed(&mut self, skey: SessionKey, stream: StreamId, target: Option<String>) {
+    pub(super) fn open_exposed(
+        &mut self,
+        skey: SessionKey,
+        stream: StreamId,
+        target: Option<String>,
+    ) {
         debug_assert!(matches!(self.role, Role::Client { .. }));
         let addr = target
             .as_deref()
