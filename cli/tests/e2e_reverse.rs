@@ -3,7 +3,7 @@
 //! exposes. On both I/O drivers (`driver_tests!`); processes stopped and files removed even when
 //! a test fails; every wait bounded.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
