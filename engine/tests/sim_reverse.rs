@@ -202,3 +202,23 @@ fn the_server_learns_the_exposed_names_once_even_across_tunnel_loss() {
     assert!(pair.client.expose(&["no spaces"]).is_err());
     assert!(!pair.client.is_closed());
 }
+
+#[test]
+fn exposing_dials_a_client_whose_zero_rtt_is_off() {
+    let lazy = Config {
+        zero_rtt: false,
+        ..keyed()
+    };
+    let mut pair = SimPair::new(lazy, keyed(), &[LinkSpec::new(5, 100.0)], 17);
+    // Nothing dials while nothing is wanted...
+    pair.run(Duration::from_secs(2), |_| false);
+    assert!(
+        pair.server().is_none(),
+        "a lazy client dialed with nothing to do"
+    );
+    // ...but a client that exposes services must be reachable.
+    pair.client.expose(&["web"]).unwrap();
+    assert!(pair.run(Duration::from_secs(10), |p| {
+        p.server().is_some_and(|s| s.peer_exposed() == ["web"])
+    }));
+}

@@ -39,7 +39,8 @@ impl Session {
     /// Client: tells the server which services this end connects server-opened streams to
     /// (their names; the targets stay here). Queued at once, sent on the first tunnel up, and
     /// resent like any reliable frame; calling it again replaces the set. An empty list
-    /// withdraws every name.
+    /// withdraws every name. With [`crate::Config::zero_rtt`] off, this dials the pool (as a
+    /// first stream would).
     pub fn expose<S: AsRef<str>>(&mut self, names: &[S]) -> Result<(), ExposeError> {
         if self.role != Role::Client {
             return Err(ExposeError::NotAClient);
@@ -50,6 +51,11 @@ impl Session {
         let body = wire::encode_expose_names(names).ok_or(ExposeError::BadNames)?;
         self.exposed = Some(body);
         self.control.push_back(Reliable::Expose);
+        if self.pool_deferred {
+            // Zero-RTT is off, but a client that exposes services must be reachable: the
+            // server can only open their streams over tunnels that are up.
+            self.dial_pool_soon();
+        }
         Ok(())
     }
 
