@@ -24,6 +24,7 @@ mod error;
 mod locate;
 mod raw;
 mod resolved;
+mod reverse;
 mod targets;
 mod validate;
 
@@ -36,8 +37,8 @@ pub use mtcpd_common::units::{ByteSize, HumanDuration};
 pub use mtcpd_engine::Role;
 pub use mtcpd_engine::runtime::{ClientForward, IoChoice, RuntimeOptions};
 pub use resolved::{
-    ClientConfig, DaemonConfig, Endpoint, LabelledForward, ServerConfig, ServerForward, TargetAddr,
-    defaults,
+    ClientConfig, ClientExpose, DaemonConfig, Endpoint, LabelledForward, ServerConfig,
+    ServerForward, TargetAddr, defaults,
 };
 pub use targets::parse_target;
 pub use validate::CommandLineOverrides;

@@ -13,7 +13,7 @@ use mtcpd_engine::runtime::{self, Route, TargetResolver};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::{DaemonConfig, Role, ServerConfig, TargetAddr};
+use crate::config::{ClientConfig, DaemonConfig, Role, ServerConfig, TargetAddr};
 
 fn resolve(target: &TargetAddr) -> Option<SocketAddr> {
     match target {
@@ -51,6 +51,27 @@ fn target_resolver(server: &ServerConfig) -> TargetResolver {
     })
 }
 
+/// The client's exposed services with their targets resolved (once, at start).
+fn exposed_services(client: &ClientConfig) -> anyhow::Result<Vec<runtime::ExposedService>> {
+    client
+        .exposed
+        .iter()
+        .map(|exposed| {
+            let target = resolve(&exposed.target).with_context(|| {
+                format!(
+                    "cannot resolve {} (the target of exposed service {:?})",
+                    exposed.target, exposed.name
+                )
+            })?;
+            tracing::info!(service = %exposed.name, %target, "exposed service");
+            Ok(runtime::ExposedService {
+                name: exposed.name.clone(),
+                target,
+            })
+        })
+        .collect()
+}
+
 /// Runs the daemon for `role` with `config` until SIGINT or SIGTERM, then drains and returns.
 pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
     tracing::info!(
@@ -70,17 +91,39 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
                     "client forward"
                 );
             }
-            runtime::spawn_client_with_proxies(
+            let exposed = exposed_services(client)?;
+            runtime::spawn_client_with(
                 opts,
                 client.server,
-                &client.engine_forwards(),
-                &client.proxies,
+                runtime::ClientServices {
+                    forwards: &client.engine_forwards(),
+                    proxies: &client.proxies,
+                    exposed: &exposed,
+                },
             )
             .context("cannot start the client")?
         }
         (Role::Server, _, Some(server)) => {
-            runtime::spawn_server(opts, server.listen, target_resolver(server))
+            if server.reverse.is_empty() {
+                runtime::spawn_server(opts, server.listen, target_resolver(server))
+                    .context("cannot start the server")?
+            } else {
+                for reverse in &server.reverse {
+                    tracing::info!(
+                        service = %reverse.name,
+                        listen = %reverse.listen,
+                        when_absent = reverse.when_absent.name(),
+                        "reverse tunnel"
+                    );
+                }
+                runtime::spawn_reverse_server(
+                    opts,
+                    server.listen,
+                    target_resolver(server),
+                    &server.reverse,
+                )
                 .context("cannot start the server")?
+            }
         }
         _ => anyhow::bail!("the configuration does not describe a {role}"),
     };

@@ -31,6 +31,13 @@ pub const MAX_REASON_LEN: usize = 512;
 /// Fixed body part of a DATA frame: stream id and offset.
 pub const DATA_FIXED_LEN: usize = 16;
 
+/// The largest EXPOSE body: it fits within the smallest `max_frame_body` a peer may announce
+/// (docs/PROTOCOL.md §2.2), so it never needs splitting.
+pub const MAX_EXPOSE_BODY: usize = 1024;
+
+/// The longest name of an exposed service.
+pub const MAX_EXPOSE_NAME: usize = 63;
+
 /// Flag on DATA: the sender's direction of the stream ends after this frame's payload.
 pub const FLAG_FIN: u8 = 0x01;
 
@@ -48,6 +55,7 @@ pub mod frame_type {
     pub const PONG: u8 = 0x09;
     pub const GO_AWAY: u8 = 0x0A;
     pub const CLOSE: u8 = 0x0B;
+    pub const EXPOSE: u8 = 0x0C;
 }
 
 /// Why a frame could not be parsed. Any of these ends the session (docs/PROTOCOL.md §9).
@@ -159,6 +167,12 @@ pub enum Frame {
         /// Human-readable reason, UTF-8.
         reason: Bytes,
     },
+    /// Client: the names of the services it connects server-opened streams to (reverse
+    /// tunnels); the body as on the wire, checked by [`expose_names`] when parsed.
+    Expose {
+        /// The encoded names (each a length byte and the name).
+        names: Bytes,
+    },
 }
 
 impl Frame {
@@ -189,6 +203,7 @@ impl Frame {
             | Frame::Pong { .. } => 8,
             Frame::GoAway { .. } => 4,
             Frame::Close { reason, .. } => 4 + reason.len(),
+            Frame::Expose { names } => names.len(),
         }
     }
 
@@ -210,6 +225,7 @@ impl Frame {
             Frame::Pong { .. } => (frame_type::PONG, 0),
             Frame::GoAway { .. } => (frame_type::GO_AWAY, 0),
             Frame::Close { .. } => (frame_type::CLOSE, 0),
+            Frame::Expose { .. } => (frame_type::EXPOSE, 0),
         };
         scratch.put_u8(ty);
         scratch.put_u8(flags);
@@ -262,6 +278,7 @@ impl Frame {
                 scratch.put_u32(*code);
                 Some(reason)
             }
+            Frame::Expose { names } => Some(names),
         };
         match tail {
             Some(t) if t.len() >= copy_below => {
@@ -304,7 +321,7 @@ pub fn decode(buf: &mut BytesMut, max_body: u32) -> Result<Option<Frame>, FrameE
     if reserved != 0 || flags & !allowed_flags != 0 {
         return Err(FrameError::Reserved { flags, reserved });
     }
-    if !(frame_type::DATA..=frame_type::CLOSE).contains(&ty) {
+    if !(frame_type::DATA..=frame_type::EXPOSE).contains(&ty) {
         return Err(FrameError::UnknownType(ty));
     }
     let total = FRAME_HEADER_LEN + declared as usize;
@@ -425,8 +442,60 @@ fn parse_body(ty: u8, flags: u8, mut body: Bytes) -> Result<Frame, FrameError> {
             }
             Frame::Close { code, reason: body }
         }
+        frame_type::EXPOSE => {
+            expose_names(&body)?;
+            Frame::Expose { names: body }
+        }
         other => return Err(FrameError::UnknownType(other)),
     })
+}
+
+/// A name a client may expose: 1 to [`MAX_EXPOSE_NAME`] bytes of ASCII letters, digits, `.`,
+/// `_` and `-` (so it can be logged and written in a config file as it is).
+pub fn valid_expose_name(name: &str) -> bool {
+    (1..=MAX_EXPOSE_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Encodes exposed names as an EXPOSE body; `None` when a name is not
+/// [valid](valid_expose_name), a name repeats, or the body would exceed [`MAX_EXPOSE_BODY`].
+pub fn encode_expose_names<S: AsRef<str>>(names: &[S]) -> Option<Bytes> {
+    let mut body = BytesMut::new();
+    for (i, name) in names.iter().enumerate() {
+        let name = name.as_ref();
+        if !valid_expose_name(name) || names[..i].iter().any(|n| n.as_ref() == name) {
+            return None;
+        }
+        body.put_u8(name.len() as u8);
+        body.extend_from_slice(name.as_bytes());
+    }
+    (body.len() <= MAX_EXPOSE_BODY).then(|| body.freeze())
+}
+
+/// The names in an EXPOSE body, checked: each a length byte and a
+/// [valid](valid_expose_name) name, no repeats, the body at most [`MAX_EXPOSE_BODY`].
+pub fn expose_names(body: &[u8]) -> Result<Vec<String>, FrameError> {
+    let bad = || FrameError::BadText("EXPOSE names");
+    if body.len() > MAX_EXPOSE_BODY {
+        return Err(FrameError::BadLength {
+            kind: "EXPOSE",
+            len: body.len(),
+        });
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut rest = body;
+    while let Some((&len, tail)) = rest.split_first() {
+        let name = tail.get(..usize::from(len)).ok_or_else(bad)?;
+        let name = std::str::from_utf8(name).map_err(|_| bad())?;
+        if !valid_expose_name(name) || names.iter().any(|n| n == name) {
+            return Err(bad());
+        }
+        names.push(name.to_owned());
+        rest = &tail[usize::from(len)..];
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -474,7 +543,50 @@ mod tests {
                 code: 2,
                 reason: Bytes::from_static(b"bye"),
             },
+            Frame::Expose {
+                names: encode_expose_names(&["web", "ssh.home"]).unwrap(),
+            },
+            Frame::Expose {
+                names: Bytes::new(),
+            },
         ]
+    }
+
+    #[test]
+    fn expose_names_round_trip_and_bad_ones_are_refused() {
+        let body = encode_expose_names(&["web", "a-b_c.d"]).unwrap();
+        assert_eq!(expose_names(&body).unwrap(), ["web", "a-b_c.d"]);
+        assert!(encode_expose_names(&["web", "web"]).is_none(), "repeated");
+        assert!(encode_expose_names(&["we b"]).is_none(), "space");
+        assert!(encode_expose_names(&[""]).is_none(), "empty");
+        assert!(encode_expose_names(&["x".repeat(64)]).is_none(), "too long");
+        // 16 names of 63 bytes: 1024 bytes, the most; one more byte is too much.
+        let most: Vec<String> = (0..16).map(|i| format!("{i:x}").repeat(63)).collect();
+        assert_eq!(encode_expose_names(&most).unwrap().len(), MAX_EXPOSE_BODY);
+        let mut over = most.clone();
+        over.push("z".into());
+        assert!(encode_expose_names(&over).is_none());
+        // On the wire: truncated, empty, non-ASCII and repeated names are frame errors.
+        for body in [&b"\x05web"[..], b"\x00", b"\x02\xc3\xa9", b"\x01a\x01a"] {
+            let frame = [
+                &[frame_type::EXPOSE, 0, 0, 0, 0, 0, 0, body.len() as u8][..],
+                body,
+            ]
+            .concat();
+            let mut buf = BytesMut::from(&frame[..]);
+            assert_eq!(
+                decode(&mut buf, 4096),
+                Err(FrameError::BadText("EXPOSE names")),
+                "{body:?}"
+            );
+        }
+        let mut oversize = vec![frame_type::EXPOSE, 0, 0, 0, 0, 0, 0x04, 0x01];
+        oversize.extend(std::iter::repeat_n(b'a', 1025));
+        let mut buf = BytesMut::from(&oversize[..]);
+        assert!(matches!(
+            decode(&mut buf, 4096),
+            Err(FrameError::BadLength { kind: "EXPOSE", .. })
+        ));
     }
 
     #[test]

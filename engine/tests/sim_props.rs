@@ -1,6 +1,6 @@
 //! Property test: random opens, writes of random sizes, half-closes and resets over 1–16
 //! tunnels of different delays and bandwidths ⇒ every stream's bytes arrive exactly once and in
-//! order, in both directions.
+//! order, in both directions, on streams either end opened.
 
 mod support;
 
@@ -24,13 +24,15 @@ fn flow_strategy() -> impl Strategy<Value = FlowSpec> {
                 at
             ))),
         ],
+        prop_oneof![3 => Just(Side::Client), 1 => Just(Side::Server)],
     )
-        .prop_map(|(up, down, reply_after_eof, reset)| FlowSpec {
+        .prop_map(|(up, down, reply_after_eof, reset, opened_by)| FlowSpec {
             up,
             down,
             reply_after_eof,
             reset,
             target: None,
+            opened_by,
         })
 }
 

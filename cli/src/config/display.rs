@@ -81,6 +81,12 @@ impl fmt::Display for DaemonConfig {
                     }
                     writeln!(out, "target = \"{}\"", allowed.target)?;
                 }
+                for reverse in &server.reverse {
+                    writeln!(out, "\n[[server.reverse]]")?;
+                    writeln!(out, "name = \"{}\"", reverse.name)?;
+                    writeln!(out, "listen = \"{}\"", reverse.listen)?;
+                    writeln!(out, "when_absent = \"{}\"", reverse.when_absent.name())?;
+                }
             }
             Endpoint::Client(client) => {
                 for proxy in &client.proxies {
@@ -109,6 +115,11 @@ impl fmt::Display for DaemonConfig {
                         Some(target) => writeln!(out, "target = \"{target}\"")?,
                         None => writeln!(out, "# target: the server's default backend")?,
                     }
+                }
+                for exposed in &client.exposed {
+                    writeln!(out, "\n[[client.expose]]")?;
+                    writeln!(out, "name = \"{}\"", exposed.name)?;
+                    writeln!(out, "target = \"{}\"", exposed.target)?;
                 }
             }
         }

@@ -102,6 +102,18 @@ pub struct RawServerSection {
     /// Dynamic targets clients may ask for (`HOST:PORTS` rules; empty: none).
     #[serde(default)]
     pub allow: Vec<String>,
+    /// `[[server.reverse]]`: public ports carried to the client that exposes their name.
+    #[serde(default)]
+    pub reverse: Vec<RawServerReverse>,
+}
+
+/// One `[[server.reverse]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerReverse {
+    pub name: String,
+    pub listen: String,
+    pub when_absent: Option<String>,
 }
 
 /// One `[[server.forward]]`: a target the server agrees to connect to.
@@ -132,6 +144,9 @@ pub struct RawClientSection {
     /// `[[client.http_proxy]]`: HTTP proxy listeners.
     #[serde(default)]
     pub http_proxy: Vec<RawHttpProxy>,
+    /// `[[client.expose]]`: services the server's reverse listeners reach.
+    #[serde(default)]
+    pub expose: Vec<RawClientExpose>,
 }
 
 /// One `[[client.socks5]]`: a local SOCKS5 listener, with optional username/password.
@@ -148,6 +163,14 @@ pub struct RawSocks5 {
 #[serde(deny_unknown_fields)]
 pub struct RawHttpProxy {
     pub listen: String,
+}
+
+/// One `[[client.expose]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientExpose {
+    pub name: String,
+    pub target: String,
 }
 
 /// One `[[client.forward]]`: a local listen address and the target asked of the server.

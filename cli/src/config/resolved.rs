@@ -116,6 +116,8 @@ pub struct ServerConfig {
     pub allowed_targets: Vec<ServerForward>,
     /// Dynamic targets a client may ask for (`[server] allow`); empty allows none.
     pub allow: AllowList,
+    /// Reverse listeners (`[[server.reverse]]`).
+    pub reverse: Vec<mtcpd_engine::runtime::ReverseListener>,
 }
 
 impl ServerConfig {
@@ -149,10 +151,21 @@ pub struct ServerForward {
 pub struct ClientConfig {
     /// The server's tunnel address.
     pub server: SocketAddr,
-    /// Local listeners, in file order; at least one forward or proxy in all.
+    /// Local listeners, in file order; at least one forward, proxy or exposed service in all.
     pub forwards: Vec<LabelledForward>,
     /// Proxy listeners (`[[client.socks5]]`, then `[[client.http_proxy]]`).
     pub proxies: Vec<ClientProxy>,
+    /// Services this client exposes (`[[client.expose]]`), in file order.
+    pub exposed: Vec<ClientExpose>,
+}
+
+/// One `[[client.expose]]`: the server's streams for `name` are connected to `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientExpose {
+    /// The service's name, as the server's `[[server.reverse]]` names it.
+    pub name: String,
+    /// Where this client connects those streams (a host name is resolved at start).
+    pub target: TargetAddr,
 }
 
 impl ClientConfig {

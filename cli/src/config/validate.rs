@@ -87,6 +87,7 @@ pub fn resolve(
         check_psk(&psk).map_err(|error| checker.invalid(key, error.problem))?;
         runtime.engine.psk = psk;
     }
+    checker.reverse_needs_key(&endpoint, !runtime.engine.psk.is_empty())?;
     checker.keyless_policy(&endpoint, &mut runtime)?;
     checker.runtime_keys(&raw, overrides, &mut runtime)?;
     checker.tls_keys(&raw, role, base_dir, &mut runtime)?;
@@ -255,11 +256,13 @@ impl Checker {
         }
         let allow = AllowList::parse(&section.allow)
             .map_err(|(index, message)| self.invalid(format!("server.allow[{index}]"), message))?;
+        let reverse = self.reverse_listeners(&section.reverse, listen)?;
         Ok(ServerConfig {
             listen,
             default_backend,
             allowed_targets,
             allow,
+            reverse,
         })
     }
 
@@ -349,18 +352,21 @@ impl Checker {
             });
         }
         let proxies = self.proxies(section, &mut listen_keys)?;
-        if forwards.is_empty() && proxies.is_empty() {
+        let exposed = self.exposed_services(&section.expose)?;
+        if forwards.is_empty() && proxies.is_empty() && exposed.is_empty() {
             return Err(self.invalid(
                 "client.forward",
-                "a client needs at least one forward or proxy: set \
-                 local_listen_ip/local_listen_port, or add a [[client.forward]] table with \
-                 `listen`, or a [[client.socks5]] or [[client.http_proxy]] table",
+                "a client needs at least one forward, proxy or exposed service: set \
+                 local_listen_ip/local_listen_port, add a [[client.forward]] table with \
+                 `listen`, a [[client.socks5]] or [[client.http_proxy]] table, or expose a \
+                 service with [[client.expose]]",
             ));
         }
         Ok(ClientConfig {
             server,
             forwards,
             proxies,
+            exposed,
         })
     }
 

@@ -97,7 +97,8 @@ pub(super) trait Driver: Send + Sized + 'static {
     /// Takes a stream out of this driver so that another worker's driver can adopt it: once
     /// this returns, nothing of this driver refers to the socket or will read from it. Gives
     /// back the socket and the bytes the driver had received but not yet handed out. Only for a
-    /// stream with no write in flight (a server tunnel before its first reply).
+    /// stream with no write in flight (a server tunnel before its first reply, or an accepted
+    /// connection never registered).
     fn detach_stream(&mut self, s: Self::Stream) -> io::Result<(std::net::TcpStream, Bytes)>;
     /// Waits up to `timeout` and appends what became ready (the waker reports nothing).
     fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()>;
@@ -226,8 +227,12 @@ impl Driver for Mio {
         let _ = self.poll.registry().deregister(s);
     }
     fn detach_stream(&mut self, mut s: Self::Stream) -> io::Result<(std::net::TcpStream, Bytes)> {
-        // Readiness reads nothing by itself: every received byte is still in the socket.
-        self.poll.registry().deregister(&mut s)?;
+        // Readiness reads nothing by itself: every received byte is still in the socket. A
+        // stream accepted and handed on before it was ever registered (a connection to a
+        // reverse listener, for a session on another worker) has nothing to deregister.
+        if let Err(e) = self.poll.registry().deregister(&mut s) {
+            tracing::trace!("detaching a stream that was not registered: {e}");
+        }
         Ok((s.into(), Bytes::new()))
     }
     fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()> {

@@ -36,6 +36,7 @@ pub mod options;
 mod rejection_log;
 pub mod reset_code;
 mod resolver;
+pub mod reverse;
 mod sockopt;
 #[cfg(target_os = "linux")]
 mod uring;
@@ -44,6 +45,7 @@ mod worker;
 pub use api::{Accepted, Client, Server};
 pub(crate) use io::Waker;
 pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
+pub use reverse::{ExposedService, ReverseListener, WhenAbsent};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +101,10 @@ pub enum RuntimeError {
     /// The TLS identity or verification settings cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// Reverse tunnels (a server's reverse listeners, a client's exposed services) need a key
+    /// on both ends, or their configuration is not usable (a bad or repeated name).
+    #[error("reverse tunnels: {0}")]
+    Reverse(String),
 }
 
 /// Where the server sends a stream.
@@ -348,6 +354,62 @@ pub fn spawn_server(
     start_server(opts, listen, resolve, None)
 }
 
+/// [`spawn_server`] with reverse tunnels: each of `reverse` listens (on worker 0) while a
+/// client that exposes its name is connected, or always ([`WhenAbsent::Reset`]), and carries
+/// each connection as a stream the server opens towards that client. Requires a key.
+pub fn spawn_reverse_server(
+    opts: RuntimeOptions,
+    listen: SocketAddr,
+    resolve: TargetResolver,
+    reverse: &[ReverseListener],
+) -> Result<RuntimeHandle, RuntimeError> {
+    start_server_with(opts, listen, resolve, None, reverse)
+}
+
+/// [`spawn_client`] exposing services: the server's streams for each name in `exposed` are
+/// connected to its target (any other name is reset, code 5). Requires a key.
+pub fn spawn_exposing_client(
+    opts: RuntimeOptions,
+    server: SocketAddr,
+    forwards: &[ClientForward],
+    exposed: &[ExposedService],
+) -> Result<RuntimeHandle, RuntimeError> {
+    spawn_client_with(
+        opts,
+        server,
+        ClientServices {
+            forwards,
+            proxies: &[],
+            exposed,
+        },
+    )
+}
+
+/// Reverse tunnels need a key (the peer must prove it before a port opens or a target is
+/// reached) and names a client can send.
+fn check_reverse<'a>(
+    opts: &RuntimeOptions,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), RuntimeError> {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    if opts.engine.psk.is_empty() {
+        return Err(RuntimeError::Reverse(
+            "reverse tunnels need a key on both ends (make one with `mtcpd genkey`)".into(),
+        ));
+    }
+    if crate::wire::encode_expose_names(&names).is_none() {
+        return Err(RuntimeError::Reverse(format!(
+            "names must be distinct, 1 to {} ASCII letters, digits, '.', '_' or '-', and fit in              {} bytes together (one more byte each): {names:?}",
+            crate::wire::MAX_EXPOSE_NAME,
+            crate::wire::MAX_EXPOSE_BODY
+        )));
+    }
+    Ok(())
+}
+
 /// [`spawn_server`], handing the streams routed to [`Route::Accept`] to `accept`.
 fn start_server(
     opts: RuntimeOptions,
@@ -355,6 +417,18 @@ fn start_server(
     resolve: TargetResolver,
     accept: Option<api::AcceptSender>,
 ) -> Result<RuntimeHandle, RuntimeError> {
+    start_server_with(opts, listen, resolve, accept, &[])
+}
+
+/// [`start_server`] with reverse listeners.
+fn start_server_with(
+    opts: RuntimeOptions,
+    listen: SocketAddr,
+    resolve: TargetResolver,
+    accept: Option<api::AcceptSender>,
+    reverse: &[ReverseListener],
+) -> Result<RuntimeHandle, RuntimeError> {
+    check_reverse(&opts, reverse.iter().map(|r| r.name.as_str()))?;
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
     let tls = opts.tls.server_setup()?;
@@ -365,6 +439,7 @@ fn start_server(
         listeners: listeners.into_iter().map(Some).collect(),
         resolve,
         accept,
+        reverse: (!reverse.is_empty()).then(|| Arc::new(reverse::ReverseTable::new(reverse))),
     };
     start(driver, opts, vec![local], setup, tls)
 }
@@ -377,7 +452,14 @@ pub fn spawn_client(
     server: SocketAddr,
     forwards: &[ClientForward],
 ) -> Result<RuntimeHandle, RuntimeError> {
-    spawn_client_with_proxies(opts, server, forwards, &[])
+    spawn_client_with(
+        opts,
+        server,
+        ClientServices {
+            forwards,
+            ..ClientServices::default()
+        },
+    )
 }
 
 /// [`spawn_client`] with proxy listeners too (SOCKS5, HTTP): each of their connections names
@@ -388,6 +470,43 @@ pub fn spawn_client_with_proxies(
     forwards: &[ClientForward],
     proxies: &[ClientProxy],
 ) -> Result<RuntimeHandle, RuntimeError> {
+    spawn_client_with(
+        opts,
+        server,
+        ClientServices {
+            forwards,
+            proxies,
+            exposed: &[],
+        },
+    )
+}
+
+/// Everything a client serves besides its tunnels: forwards, proxy listeners and the services
+/// the server's reverse listeners reach. A client needs at least one of them to be useful, but
+/// the runtime does not insist (a library client may only open streams itself).
+#[derive(Clone, Copy, Default)]
+pub struct ClientServices<'a> {
+    /// Local listeners whose connections go to a fixed target.
+    pub forwards: &'a [ClientForward],
+    /// Local SOCKS5 / HTTP proxy listeners: each connection names its own target.
+    pub proxies: &'a [ClientProxy],
+    /// Services this client connects the server's reverse streams to (requires a key).
+    pub exposed: &'a [ExposedService],
+}
+
+/// Starts a client with all of `services`: the general form of [`spawn_client`],
+/// [`spawn_client_with_proxies`] and [`spawn_exposing_client`].
+pub fn spawn_client_with(
+    opts: RuntimeOptions,
+    server: SocketAddr,
+    services: ClientServices<'_>,
+) -> Result<RuntimeHandle, RuntimeError> {
+    let ClientServices {
+        forwards,
+        proxies,
+        exposed,
+    } = services;
+    check_reverse(&opts, exposed.iter().map(|e| e.name.as_str()))?;
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
     let tls = opts.tls.client_setup()?;
@@ -421,7 +540,11 @@ pub fn spawn_client_with_proxies(
         driver,
         opts,
         addrs,
-        WorkerSetup::Client { server, listeners },
+        WorkerSetup::Client {
+            server,
+            listeners,
+            exposed: exposed.into(),
+        },
         tls,
     )
 }
@@ -433,10 +556,14 @@ enum WorkerSetup {
         resolve: TargetResolver,
         /// Where streams routed to [`Route::Accept`] go (every worker holds a sender).
         accept: Option<api::AcceptSender>,
+        /// The reverse listeners and their owners, shared by every worker.
+        reverse: Option<Arc<reverse::ReverseTable>>,
     },
     Client {
         server: SocketAddr,
         listeners: Vec<Vec<(std::net::TcpListener, ListenerRole)>>,
+        /// The services this client exposes.
+        exposed: Arc<[ExposedService]>,
     },
 }
 
@@ -465,7 +592,9 @@ impl WorkerSetup {
                     .ok_or_else(|| std::io::Error::other("worker listener taken twice"))?;
                 event_loop::EventLoop::server(io, opts, listener, resolve.clone(), ctx)
             }
-            WorkerSetup::Client { server, listeners } => {
+            WorkerSetup::Client {
+                server, listeners, ..
+            } => {
                 let mine = std::mem::take(&mut listeners[w]);
                 event_loop::EventLoop::client(io, opts, *server, mine, ctx)
             }
@@ -545,6 +674,10 @@ fn start_on<D: io::Driver>(
         WorkerSetup::Client { .. } => None,
     };
     let backends = resolver::BackendBudget::new(opts.max_backend_connections);
+    let (reverse_table, exposed) = match &setup {
+        WorkerSetup::Server { reverse, .. } => (reverse.clone(), Arc::from([])),
+        WorkerSetup::Client { exposed, .. } => (None, exposed.clone()),
+    };
     for (w, (driver, mailbox)) in drivers.into_iter().zip(mailboxes).enumerate() {
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
@@ -557,6 +690,8 @@ fn start_on<D: io::Driver>(
                 .as_ref()
                 .map(|pool| pool.for_worker(wakers[w].clone())),
             tls: tls.clone(),
+            reverse_table: reverse_table.clone(),
+            exposed: exposed.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

@@ -11,7 +11,8 @@ use crate::proxy::Verdict;
 pub const CONNECT_FAILED: u32 = 1;
 /// The target did not accept the connection within `backend_connect_timeout`.
 pub const CONNECT_TIMEOUT: u32 = 3;
-/// The target is not allowed by the server's allow-list (`[server] allow`).
+/// The target is not allowed: by the server's allow-list (`[server] allow`), or, at a client,
+/// a server-opened stream names a service the client does not expose.
 pub const NOT_ALLOWED: u32 = 5;
 /// The target refused the connection (nothing listens on its port).
 pub const CONNECTION_REFUSED: u32 = 6;

@@ -50,6 +50,20 @@ pub(super) enum Handoff {
         /// closed instead.
         accepted_at: Instant,
     },
+    /// A connection to a reverse listener (accepted by worker 0) for a session that lives on
+    /// the receiving worker.
+    Reverse {
+        /// The connection, out of the sending worker's driver.
+        sock: TcpStream,
+        /// Bytes already received from it.
+        early: bytes::Bytes,
+        /// The session that exposes the service.
+        session: crate::handshake::SessionId,
+        /// The reverse listener (its index in the server's configuration).
+        index: usize,
+        /// The remote address.
+        peer: SocketAddr,
+    },
 }
 
 /// One worker's ends of the rings: a producer towards every other worker, a consumer from each.
@@ -170,6 +184,15 @@ impl Mailbox {
                 Ok(())
             }
             Err(rtrb::PushError::Full(msg)) => Err(msg),
+        }
+    }
+
+    /// Wakes worker `to` (it has something to look at in state shared with this one).
+    pub(super) fn wake(&self, to: usize) {
+        if let Some(w) = self.wakers.get(to)
+            && let Err(e) = w.wake()
+        {
+            tracing::warn!(to, "cannot wake worker: {e}");
         }
     }
 

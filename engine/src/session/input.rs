@@ -113,6 +113,7 @@ impl Session {
                 self.finish(SessionError::PeerClosed { code, reason });
                 Ok(())
             }
+            Frame::Expose { names } => self.on_expose(names),
         }
     }
 }

@@ -17,6 +17,7 @@
 //! - `transmit`: [`Session::poll_transmit`], scheduling across tunnels, emitting frames.
 //! - `timers`: [`Session::poll_timeout`] and [`Session::handle_timeout`].
 //! - `close`: GO_AWAY, close, failure and the end of the session.
+//! - `expose`: a client's exposed services (reverse tunnels) and the server's view of them.
 //!
 //! Must not touch: sockets, clocks, threads, or the byte layout of frames (that is `wire` and
 //! `handshake`).
@@ -35,6 +36,7 @@
 //!   is up: retry after [`Event::TunnelUp`]).
 
 mod close;
+mod expose;
 mod flow_control;
 mod input;
 mod retransmit;
@@ -60,6 +62,7 @@ use crate::handshake::{
 };
 use crate::path::PathEstimate;
 use crate::scheduler::{PathView, Scheduler};
+pub use expose::ExposeError;
 use retransmit::Reliable;
 use streams::Stream;
 use tunnels::Tunnel;
@@ -147,6 +150,12 @@ pub enum Event {
     SessionClosed {
         /// Why.
         reason: SessionError,
+    },
+    /// Server: the client's set of exposed services (reverse tunnels) is now `names` (raised
+    /// when its EXPOSE frame arrives, and again only if a later one changes the set).
+    PeerExposed {
+        /// The names, as the client sent them.
+        names: Vec<String>,
     },
 }
 
@@ -237,6 +246,10 @@ pub struct Session {
     views: Vec<PathView>,
     scratch: BytesMut,
     frames_resent: u64,
+    /// Client: the EXPOSE body of the services it exposes (`Session::expose`).
+    exposed: Option<Bytes>,
+    /// Server: the names the client's last EXPOSE carried.
+    peer_exposed: Vec<String>,
 }
 
 impl Session {
@@ -345,6 +358,8 @@ impl Session {
             views: Vec::with_capacity(pool),
             scratch: BytesMut::with_capacity(4096),
             frames_resent: 0,
+            exposed: None,
+            peer_exposed: Vec::new(),
             config,
         }
     }

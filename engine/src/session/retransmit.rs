@@ -40,6 +40,8 @@ pub(super) enum Reliable {
     GoAway {
         code: u32,
     },
+    /// Client: its exposed services, sent as the current set.
+    Expose,
 }
 
 impl Reliable {
@@ -197,6 +199,9 @@ impl Session {
                 count: self.peer_stream_limit,
             },
             Reliable::GoAway { code } => Frame::GoAway { code: *code },
+            Reliable::Expose => Frame::Expose {
+                names: self.expose_body()?,
+            },
         })
     }
 }

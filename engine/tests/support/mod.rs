@@ -1,8 +1,9 @@
 //! Test support: an application workload over a [`SimPair`] that checks every byte.
 //!
-//! Each flow is one stream opened by the client: the client sends `up` bytes and half-closes;
-//! the server sends `down` bytes (at once, or only after it read the client's EOF) and
-//! half-closes. Bytes are the test kit's deterministic pattern, one stream per (flow,
+//! Each flow is one stream opened by the client (or by the server: `FlowSpec::opened_by`): the
+//! client sends `up` bytes and half-closes; the server sends `down` bytes and half-closes. The
+//! end that did not open the stream writes once it saw the OPEN (and, with `reply_after_eof`,
+//! only after it read the opener's EOF). Bytes are the test kit's deterministic pattern, one stream per (flow,
 //! direction), so the reader checks each byte's value and position as it arrives and also keeps
 //! a SHA-256 of the stream to compare with the sender's. A flow may be reset by either side after some bytes; then each side
 //! must have received an exact prefix of what was sent.
@@ -34,6 +35,8 @@ pub struct FlowSpec {
     /// Reset by this side once it has sent this many bytes.
     pub reset: Option<(Side, u64)>,
     pub target: Option<String>,
+    /// Which end opens the stream (the server: a reverse tunnel's stream).
+    pub opened_by: Side,
 }
 
 impl FlowSpec {
@@ -44,6 +47,15 @@ impl FlowSpec {
             reply_after_eof: false,
             reset: None,
             target: None,
+            opened_by: Side::Client,
+        }
+    }
+
+    /// [`FlowSpec::bulk`] on a stream the server opens.
+    pub fn server_opened(up: u64, down: u64) -> Self {
+        Self {
+            opened_by: Side::Server,
+            ..Self::bulk(up, down)
         }
     }
 }
@@ -64,6 +76,7 @@ struct FlowState {
     stream: Option<StreamId>,
     client: Half,
     server: Half,
+    /// The end that did not open the stream saw its OPEN.
     server_seen: bool,
     reset_done: bool,
     reset_seen_client: bool,
@@ -143,11 +156,17 @@ impl Workload {
             self.on_event(side, ev);
         }
         for i in 0..self.flows.len() {
+            let opener = self.flows[i].spec.opened_by;
             if self.flows[i].stream.is_none() {
-                match pair
-                    .client
-                    .open_stream(self.flows[i].spec.target.as_deref())
-                {
+                let target = self.flows[i].spec.target.clone();
+                let opened = match opener {
+                    Side::Client => pair.client.open_stream(target.as_deref()),
+                    Side::Server => match pair.server_mut() {
+                        Some(s) => s.open_stream(target.as_deref()),
+                        None => continue,
+                    },
+                };
+                match opened {
                     Ok(id) => {
                         self.flows[i].stream = Some(id);
                         self.by_stream.insert(id, i);
@@ -155,9 +174,13 @@ impl Workload {
                     Err(_) => continue,
                 }
             }
-            self.pump(pair, i, Side::Client);
+            let acceptor = match opener {
+                Side::Client => Side::Server,
+                Side::Server => Side::Client,
+            };
+            self.pump(pair, i, opener);
             if self.flows[i].server_seen {
-                self.pump(pair, i, Side::Server);
+                self.pump(pair, i, acceptor);
             }
         }
         !self.errors.is_empty() || self.all_done()
@@ -165,13 +188,15 @@ impl Workload {
 
     fn on_event(&mut self, side: Side, ev: Event) {
         match ev {
-            Event::StreamOpened { stream, target } if side == Side::Server => {
+            Event::StreamOpened { stream, target } => {
                 self.targets_seen.push(target);
                 match self.by_stream.get(&stream) {
-                    Some(&i) => self.flows[i].server_seen = true,
-                    None => self
+                    Some(&i) if self.flows[i].spec.opened_by != side => {
+                        self.flows[i].server_seen = true
+                    }
+                    _ => self
                         .errors
-                        .push(format!("server saw unknown stream {stream}")),
+                        .push(format!("{side:?} saw unknown stream {stream} opened")),
                 }
             }
             Event::StreamReset { stream, .. } => {
@@ -215,13 +240,12 @@ impl Workload {
                 None => return,
             },
         };
-        let (total, peer_half_fin) = match side {
-            Side::Client => (f.spec.up, true),
-            Side::Server => (
-                f.spec.down,
-                !f.spec.reply_after_eof || f.server.fin_received,
-            ),
+        let opener = side == f.spec.opened_by;
+        let (total, own_fin_received) = match side {
+            Side::Client => (f.spec.up, f.client.fin_received),
+            Side::Server => (f.spec.down, f.server.fin_received),
         };
+        let peer_half_fin = opener || !f.spec.reply_after_eof || own_fin_received;
         let half = match side {
             Side::Client => &mut f.client,
             Side::Server => &mut f.server,
@@ -267,7 +291,7 @@ impl Workload {
             }
         }
         // Read.
-        if side == Side::Server && self.paused_readers.contains(&i) {
+        if !opener && self.paused_readers.contains(&i) {
             return;
         }
         loop {

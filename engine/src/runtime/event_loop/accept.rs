@@ -195,7 +195,7 @@ impl<D: Driver> EventLoop<D> {
 
     /// An accept failed with connections possibly still queued: out of descriptors, close the
     /// queued ones with the spare; then try again after a back-off. One warning per episode.
-    fn accept_failed(&mut self, key: usize, e: io::Error, tunnels: bool) {
+    pub(super) fn accept_failed(&mut self, key: usize, e: io::Error, tunnels: bool) {
         let now = Instant::now();
         let retry = &mut self.accepts;
         if retry.failures == 0 {
@@ -223,7 +223,7 @@ impl<D: Driver> EventLoop<D> {
     }
 
     /// An accept worked: the end of a failure episode, if there was one.
-    fn accept_works(&mut self) {
+    pub(super) fn accept_works(&mut self) {
         let retry = &mut self.accepts;
         if retry.failures > 0 {
             let over = retry.since.map(|at| at.elapsed()).unwrap_or_default();
@@ -247,7 +247,8 @@ impl<D: Driver> EventLoop<D> {
             Some(
                 Entry::AppListener { sock, .. }
                 | Entry::TunnelListener { sock }
-                | Entry::ProxyListener { sock, .. },
+                | Entry::ProxyListener { sock, .. }
+                | Entry::ReverseListener { sock, .. },
             ) => sock.as_fd().as_raw_fd(),
             _ => return,
         };

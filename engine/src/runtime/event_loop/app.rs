@@ -113,6 +113,23 @@ impl<D: Driver> AppConn<D> {
         }
     }
 
+    /// Server: a connection accepted on a reverse listener, carried by `stream` (which the
+    /// server opened), holding `permit`; `early` is what it sent before it was handed over.
+    pub(super) fn reverse(
+        sock: D::Stream,
+        session: SessionKey,
+        stream: StreamId,
+        peer: SocketAddr,
+        permit: BackendPermit,
+        early: Bytes,
+    ) -> Self {
+        Self {
+            _permit: Some(permit),
+            unsent: (!early.is_empty()).then_some(early),
+            ..Self::new(sock, session, stream, false, peer)
+        }
+    }
+
     /// Still connecting, for `stream` of `session` (a slab key may have been reused).
     pub(super) fn is_connecting_for(&self, session: SessionKey, stream: StreamId) -> bool {
         self.connecting && self.session == session && self.stream == stream

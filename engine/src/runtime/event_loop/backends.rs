@@ -51,7 +51,7 @@ struct ConnectDeadline {
 /// This worker's backend connections in the making.
 #[derive(Debug)]
 pub(in crate::runtime) struct Backends {
-    budget: BackendBudget,
+    pub(super) budget: BackendBudget,
     resolver: Option<WorkerResolver>,
     lookups: HashMap<u64, Lookup>,
     /// The lookup in flight for each target.
@@ -90,7 +90,8 @@ impl<D: Driver> EventLoop<D> {
         target: Option<String>,
     ) {
         let Role::Server { resolve } = &self.role else {
-            return;
+            // A client connects only the services it exposes (reverse tunnels).
+            return self.open_exposed(skey, stream, target);
         };
         let Some(resolver) = &self.backends.resolver else {
             // No resolver threads (not started by `start_server`): resolve here.
@@ -182,7 +183,7 @@ impl<D: Driver> EventLoop<D> {
 
     /// Sends a stream where its route says; a backend connection takes a place in the budget
     /// first, or the stream is reset (code 4).
-    fn route_stream(
+    pub(super) fn route_stream(
         &mut self,
         skey: SessionKey,
         stream: StreamId,

@@ -17,7 +17,8 @@
 //! sockets), [`backends`] (a server's target resolution, backend budget and connect timeout),
 //! [`local_streams`] (in-process streams), [`streams`] (the one interface both stream kinds
 //! offer the session's events), [`sessions`] (the ready list, the timer heap, servicing and
-//! session events).
+//! session events), [`reverse`] (reverse tunnels: a server's public listeners and the streams it
+//! opens for them; a client's exposed services).
 //!
 //! Back-pressure is end to end: an application socket is read only while its stream's send buffer
 //! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
@@ -33,6 +34,7 @@ mod backends;
 mod local_streams;
 mod pending;
 mod proxy;
+mod reverse;
 mod sessions;
 mod streams;
 mod tunnels;
@@ -169,6 +171,8 @@ enum Entry<D: Driver> {
     /// Client: a proxy connection whose request is not complete (or whose stream cannot be
     /// opened yet).
     Proxy(Box<ProxyConn<D>>),
+    /// Server (worker 0): users of reverse service `index` connect here.
+    ReverseListener { sock: D::Listener, index: usize },
     /// Server: a tunnel connection whose handshake (in the endpoint) is in progress.
     Pending {
         sock: D::Stream,
@@ -255,6 +259,8 @@ pub(super) struct EventLoop<D: Driver> {
     tls: TlsSetup,
     /// Client: proxy handshakes in progress and their deadlines.
     proxies: Proxies,
+    /// Reverse tunnels: a server's listeners and table, a client's exposed services.
+    reverse: reverse::ReverseState,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -275,6 +281,10 @@ pub(super) struct WorkerContext {
     pub(super) resolver: Option<WorkerResolver>,
     /// The runtime's TLS setup (built once: identity loaded, verifier chosen).
     pub(super) tls: TlsSetup,
+    /// Server: the reverse listeners and who owns each name, all workers together.
+    pub(super) reverse_table: Option<Arc<super::reverse::ReverseTable>>,
+    /// Client: the services it exposes.
+    pub(super) exposed: Arc<[super::reverse::ExposedService]>,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -316,6 +326,7 @@ impl<D: Driver> EventLoop<D> {
             backends: Backends::new(ctx.backends, ctx.resolver),
             tls: ctx.tls,
             proxies: Proxies::default(),
+            reverse: reverse::ReverseState::new(ctx.reverse_table, ctx.exposed),
         }
     }
 
@@ -332,6 +343,7 @@ impl<D: Driver> EventLoop<D> {
         let mut el = Self::new(io, opts, Role::Server { resolve }, endpoint, ctx);
         let sock = el.io.listener(listener)?;
         el.add(Entry::TunnelListener { sock })?;
+        el.open_reverse_listeners()?;
         Ok(el)
     }
 
@@ -355,6 +367,7 @@ impl<D: Driver> EventLoop<D> {
         // The new session asks for its tunnels to be dialed.
         if let Some(key) = el.endpoint.client_session() {
             el.touch(key);
+            el.expose_on(key);
         }
         Ok(el)
     }
@@ -364,7 +377,8 @@ impl<D: Driver> EventLoop<D> {
         match &mut entry {
             Entry::AppListener { sock, .. }
             | Entry::TunnelListener { sock }
-            | Entry::ProxyListener { sock, .. } => self.io.register_listener(sock, key)?,
+            | Entry::ProxyListener { sock, .. }
+            | Entry::ReverseListener { sock, .. } => self.io.register_listener(sock, key)?,
             Entry::Proxy(proxy) => self.io.register_stream(&mut proxy.sock, key, false)?,
             Entry::Pending { sock, .. } => {
                 // Until it is a session's, a connection is read in small pieces.
@@ -390,7 +404,8 @@ impl<D: Driver> EventLoop<D> {
         match &mut entry {
             Entry::AppListener { sock, .. }
             | Entry::TunnelListener { sock }
-            | Entry::ProxyListener { sock, .. } => self.io.deregister_listener(sock),
+            | Entry::ProxyListener { sock, .. }
+            | Entry::ReverseListener { sock, .. } => self.io.deregister_listener(sock),
             Entry::Proxy(proxy) => {
                 self.proxies.handshake_ended();
                 self.io.deregister_stream(&mut proxy.sock)
@@ -417,7 +432,16 @@ impl<D: Driver> EventLoop<D> {
                 return;
             }
             while let Some(msg) = self.mailbox.receive() {
-                self.adopt(msg);
+                match msg {
+                    super::worker::Handoff::Reverse {
+                        sock,
+                        early,
+                        session,
+                        index,
+                        peer,
+                    } => self.adopt_reverse(sock, early, session, index, peer),
+                    tunnel => self.adopt(tunnel),
+                }
             }
             let ready = std::mem::take(&mut self.ready);
             for &(key, readable, writable) in &ready {
@@ -428,6 +452,7 @@ impl<D: Driver> EventLoop<D> {
             self.poll_local();
             let now = Instant::now();
             self.fire_timers(now);
+            self.reconcile_reverse(now);
             self.service_ready();
             self.expire_handshakes(now);
             self.take_resolved();
@@ -495,6 +520,7 @@ impl<D: Driver> EventLoop<D> {
             for k in listeners {
                 self.remove(k);
             }
+            self.close_reverse_listeners();
             for key in self.endpoint.keys() {
                 self.endpoint[key].session_mut().go_away(now);
                 self.service(key);
@@ -529,6 +555,7 @@ impl<D: Driver> EventLoop<D> {
         match entry {
             Entry::AppListener { .. } => self.accept_apps(key),
             Entry::TunnelListener { .. } => self.accept_tunnels(key),
+            Entry::ReverseListener { .. } => self.accept_reverse(key),
             Entry::Pending { .. } => self.on_pending(key, readable, writable),
             Entry::Tunnel { .. } => self.on_tunnel(key, readable, writable),
             Entry::App(_) => self.on_app(key, readable, writable),

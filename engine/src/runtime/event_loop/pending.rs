@@ -293,7 +293,10 @@ impl<D: Driver> EventLoop<D> {
             handshake,
             peer,
             accepted_at,
-        } = msg;
+        } = msg
+        else {
+            return;
+        };
         let now = Instant::now();
         if self.endpoint.preauth_expired(accepted_at, now) {
             tracing::debug!(%peer, "handed over past the pre-auth deadline; connection closed");

@@ -209,6 +209,7 @@ impl<D: Driver> EventLoop<D> {
         for k in streams {
             self.stream_session_lost(k);
         }
+        self.release_reverse(skey);
         if let Reaped::Removed {
             replacement: Some(fresh),
         } = self.endpoint.reap(now, skey)
@@ -218,6 +219,7 @@ impl<D: Driver> EventLoop<D> {
                 None => tracing::info!("starting a new session"),
             }
             self.touch(fresh);
+            self.expose_on(fresh);
         }
     }
 
@@ -322,6 +324,7 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             Event::GoAway { code } => tracing::info!(session = %id, code, "peer is going away"),
+            Event::PeerExposed { names } => self.peer_exposed(skey, names),
             Event::SessionClosed { reason } => {
                 if refused {
                     tracing::debug!(session = %id, "session closed: {reason}");
