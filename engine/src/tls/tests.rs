@@ -118,6 +118,13 @@ fn plaintext_against_tls_is_named_on_both_sides() {
     let mut hello = BytesMut::from(&b"MTCP\x01\x01 and the rest of a plaintext hello"[..]);
     let err = s.read(&mut hello, &mut BytesMut::new()).unwrap_err();
     assert!(matches!(err, TlsError::PeerSpeaksPlaintext), "{err}");
+    // With an alert for the plaintext peer, which names the mismatch from it.
+    let mut alert = BytesMut::new();
+    s.take_output(|chunk| alert.extend_from_slice(&chunk));
+    let err = TunnelTls::plaintext()
+        .read(&mut alert, &mut BytesMut::new())
+        .unwrap_err();
+    assert!(matches!(err, TlsError::PeerSpeaksTls), "{err}");
 
     let mut c = TlsSetup::client_accepting_any()
         .unwrap()

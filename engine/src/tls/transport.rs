@@ -332,13 +332,14 @@ fn read_handshake<D>(
 ) -> Result<usize, TlsError> {
     let mut whole = 0;
     while let Some(header) = received.get(whole..whole + HEADER_LEN) {
-        // Not a TLS 1.x record at all: said at once, not after waiting for a length.
-        if !(0x14..=0x17).contains(&header[0]) || header[1] != 0x03 {
-            return Err(TlsError::BadRecord("not a TLS record"));
-        }
-        match whole_record(&received[whole..])? {
-            Some(len) => whole += len,
-            None => break,
+        // Not a TLS 1.x record at all, or longer than any: said at once, not after waiting
+        // for a length, and through rustls, so that its alert tells the peer (a plaintext
+        // mtcpd end names the mismatch from it).
+        let valid = (0x14..=0x17).contains(&header[0]) && header[1] == 0x03;
+        match whole_record(&received[whole..]) {
+            Ok(Some(len)) if valid => whole += len,
+            Ok(None) if valid => break,
+            _ => return Err(refuse_through_rustls(conn, &received[whole..])),
         }
     }
     let mut input: &[u8] = &received[..whole];
@@ -382,6 +383,16 @@ fn read_handshake<D>(
     }
     let _ = received.split_to(whole);
     Ok(whole)
+}
+
+/// Hands bytes that cannot be a TLS record to rustls, whose error queues the alert that tells
+/// the peer; the error to report.
+fn refuse_through_rustls<D>(conn: &mut rustls::ConnectionCommon<D>, mut bytes: &[u8]) -> TlsError {
+    let fed = conn.read_tls(&mut bytes);
+    match fed.map(|_| conn.process_new_packets()) {
+        Ok(Err(e)) => TlsError::from_rustls(e),
+        _ => TlsError::BadRecord("not a TLS record"),
+    }
 }
 
 /// The exporter, once the handshake is done.
