@@ -182,7 +182,15 @@ impl Records {
         let wire = &mut self.wire;
         // In memory, with both ends ours: neither can fail short of a bug, which the
         // transfer's checks then show as missing bytes.
-        let _ = from.seal(chunks.iter().cloned(), |c| wire.extend_from_slice(&c));
+        let mut sealed = Vec::new();
+        let _ = from.seal(chunks.iter().cloned(), |c| sealed.push(c));
+        // The socket's copy, into a receive buffer placed so that the opened plaintext joins
+        // what the session left in `to` (as the event loop reads).
+        let total = sealed.iter().map(Bytes::len).sum();
+        TunnelTls::reserve_receive(wire, to, total);
+        for c in &sealed {
+            wire.extend_from_slice(c);
+        }
         let _ = into.read(wire, to);
     }
 }

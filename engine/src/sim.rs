@@ -172,6 +172,8 @@ pub struct SimPair {
     pub tls_errors: Vec<(usize, TlsError)>,
     /// TLS on every link (client setup, server setup), or `None` for plaintext.
     tls: Option<(TlsSetup, TlsSetup)>,
+    /// Records each TLS key may protect, below its suite's limit ([`SimPair::record_limit`]).
+    record_limit: Option<u64>,
     /// With [`SimPair::restart_closed_client`]: the client's refusal memory across sessions.
     restarts: Option<RefusalBackoff>,
     server_config: Arc<Config>,
@@ -231,6 +233,7 @@ impl SimPair {
             refusals: Vec::new(),
             tls_errors: Vec::new(),
             tls: Some(sim_tls()),
+            record_limit: None,
             restarts: None,
             server_config,
             max_sessions,

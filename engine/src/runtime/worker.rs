@@ -42,6 +42,8 @@ pub(super) enum Handoff {
         received: BytesMut,
         /// Its record layer, past the TLS handshake (everything it wrote has been written).
         tls: Box<crate::tls::TunnelTls>,
+        /// Ciphertext received after the last whole record (the start of the next one).
+        unopened: Box<[u8]>,
         /// The handshake, started when the connection was accepted (its deadline runs on).
         handshake: Box<ServerHandshake>,
         /// The remote address.
@@ -288,6 +290,7 @@ mod tests {
             sock,
             received: BytesMut::new(),
             tls: Box::new(crate::tls::TunnelTls::plaintext()),
+            unopened: Box::default(),
             handshake: endpoint.take_handshake(key).unwrap(),
             accepted_at,
         }

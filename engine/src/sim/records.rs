@@ -33,6 +33,14 @@ impl SimPair {
         true
     }
 
+    /// Every TLS key of every link protects at most `records` records (the AES-GCM suites
+    /// allow 2^24), so that tests see tunnels reach the limit and get replaced: call before the
+    /// first run.
+    pub fn record_limit(mut self, records: u64) -> Self {
+        self.record_limit = Some(records);
+        self
+    }
+
     /// A new connection on link `t`: its record layers; the client's TLS ClientHello leaves, or
     /// (plaintext) the session hears the connection is up.
     pub(super) fn open_tls(&mut self, t: usize) {
@@ -47,7 +55,11 @@ impl SimPair {
                 self.links[t].tls = Some([TunnelTls::plaintext(), TunnelTls::plaintext()]);
                 self.client.tunnel_connected(now, t, &PLAINTEXT_BINDING);
             }
-            Some(Ok(pair)) => {
+            Some(Ok(mut pair)) => {
+                if let Some(records) = self.record_limit {
+                    pair.iter_mut()
+                        .for_each(|end| end.set_record_limit(records));
+                }
                 self.links[t].tls = Some(pair);
                 self.seal(t, 0, Vec::new());
             }

@@ -14,12 +14,14 @@
 //! exporters differ and neither side's proof verifies at the other, even when the client accepts
 //! any certificate.
 //!
-//! By concept: [`transport`] (one connection's records), [`identity`] (certificate and key),
+//! By concept: [`transport`] (one connection's records: rustls for the handshake, then
+//! [`records`], the TLS 1.3 record layer in place on the extracted keys), [`identity`] (certificate and key),
 //! [`verify`] (the client's certificate checks), [`options`] (settings, validation, and the
 //! per-runtime [`TlsSetup`] that makes transports).
 
 pub mod identity;
 pub mod options;
+pub mod records;
 pub mod transport;
 pub mod verify;
 
@@ -54,6 +56,27 @@ pub enum TlsError {
     /// Any other TLS failure (certificate refused, handshake alert, protocol error).
     #[error("TLS: {0}")]
     Protocol(#[from] rustls::Error),
+    /// A record after the handshake was malformed (header, length, content type).
+    #[error("a malformed TLS record: {0}")]
+    BadRecord(&'static str),
+    /// After the handshake the peer sent a record neither mtcpd end ever sends then.
+    #[error("the peer sent a TLS {0} after the handshake, which mtcpd never sends")]
+    UnexpectedRecord(&'static str),
+    /// The peer ended TLS in order (a close_notify alert).
+    #[error("the peer closed TLS (close_notify)")]
+    PeerClosed,
+    /// The connection's keys protected as many records as their cipher suite allows: the
+    /// tunnel is closed and the client dials a fresh one (new keys).
+    #[error(
+        "the TLS keys protected {records} records and may protect at most {limit}: tunnel \
+         closed, a fresh one replaces it"
+    )]
+    KeyLimit {
+        /// Records protected by the key.
+        records: u64,
+        /// Records the key may protect.
+        limit: u64,
+    },
     /// A certificate or key file could not be read or used.
     #[error("{path}: {problem}")]
     File {

@@ -259,6 +259,8 @@ impl TlsOptions {
         };
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
+        // After the handshake the tunnel runs its own record layer on rustls's keys.
+        config.enable_secret_extraction = true;
         Ok(TlsSetup::Client {
             config: Arc::new(config),
             name,
@@ -320,6 +322,8 @@ impl TlsSetup {
         // can be handed to another worker once that flight is written.
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        // After the handshake the tunnel runs its own record layer on rustls's keys.
+        config.enable_secret_extraction = true;
         Ok(Self::Server {
             config: Arc::new(config),
             fingerprint,

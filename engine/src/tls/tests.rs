@@ -55,11 +55,18 @@ fn handshake_gives_both_ends_the_same_binding_and_data_crosses() {
     )
     .unwrap();
     assert!(wire.len() > payload.len(), "sealed records carry overhead");
+    assert!(
+        c.uses_record_layer() && s.uses_record_layer(),
+        "both ends left rustls for the in-place record layer"
+    );
     let mut plain = BytesMut::new();
-    // Arrives in odd pieces, as from a socket.
+    // Arrives in odd pieces, as from a socket: a partial record waits in `received`.
+    let mut received = BytesMut::new();
     for piece in wire.chunks(777) {
-        s.read(&mut BytesMut::from(piece), &mut plain).unwrap();
+        received.extend_from_slice(piece);
+        s.read(&mut received, &mut plain).unwrap();
     }
+    assert!(received.is_empty());
     assert_eq!(&plain[..], &payload[..]);
     assert!(
         !s.wants_write(),
@@ -111,6 +118,13 @@ fn plaintext_against_tls_is_named_on_both_sides() {
     let mut hello = BytesMut::from(&b"MTCP\x01\x01 and the rest of a plaintext hello"[..]);
     let err = s.read(&mut hello, &mut BytesMut::new()).unwrap_err();
     assert!(matches!(err, TlsError::PeerSpeaksPlaintext), "{err}");
+    // With an alert for the plaintext peer, which names the mismatch from it.
+    let mut alert = BytesMut::new();
+    s.take_output(|chunk| alert.extend_from_slice(&chunk));
+    let err = TunnelTls::plaintext()
+        .read(&mut alert, &mut BytesMut::new())
+        .unwrap_err();
+    assert!(matches!(err, TlsError::PeerSpeaksTls), "{err}");
 
     let mut c = TlsSetup::client_accepting_any()
         .unwrap()
@@ -164,4 +178,59 @@ fn options_that_do_not_fit_together_name_their_key() {
         Err("tls.server_fingerprint")
     );
     assert_eq!(check(with(|o| o.insecure_plaintext = true)), Ok(()));
+}
+
+#[test]
+fn records_sealed_before_the_switch_and_after_it_all_arrive() {
+    // The client seals its first data while rustls still has its Finished to send (as a
+    // client pipelines its mtcpd hello): those records come from rustls, the next ones from
+    // the record layer, with sequence numbers carried over.
+    let (mut c, mut s) = pair(&server_setup(), &TlsSetup::client_accepting_any().unwrap());
+    let mut wire = BytesMut::new();
+    c.take_output(|chunk| wire.extend_from_slice(&chunk));
+    s.read(&mut wire, &mut BytesMut::new()).unwrap();
+    s.take_output(|chunk| wire.extend_from_slice(&chunk));
+    let mut to_client = std::mem::take(&mut wire);
+    c.read(&mut to_client, &mut BytesMut::new()).unwrap();
+    assert!(c.wants_write() && !c.uses_record_layer());
+    let mut to_server = BytesMut::new();
+    c.seal([Bytes::from_static(b"pipelined ")], |chunk| {
+        to_server.extend_from_slice(&chunk)
+    })
+    .unwrap();
+    assert!(
+        c.uses_record_layer(),
+        "the seal flushed rustls, which then handed over"
+    );
+    c.seal([Bytes::from_static(b"and after")], |chunk| {
+        to_server.extend_from_slice(&chunk)
+    })
+    .unwrap();
+    let mut plain = BytesMut::new();
+    s.read(&mut to_server, &mut plain).unwrap();
+    assert_eq!(&plain[..], b"pipelined and after");
+    assert!(s.uses_record_layer());
+    assert!(to_server.is_empty());
+}
+
+#[test]
+fn a_lowered_record_limit_closes_the_connection_before_it_is_passed() {
+    let (mut c, mut s) = pair(&server_setup(), &TlsSetup::client_accepting_any().unwrap());
+    c.set_record_limit(4);
+    pump(&mut c, &mut s).unwrap();
+    let mut wire = BytesMut::new();
+    c.seal([Bytes::from(vec![1; 3 * 16384])], |chunk| {
+        wire.extend_from_slice(&chunk)
+    })
+    .unwrap();
+    let err = c
+        .seal([Bytes::from(vec![1; 2 * 16384])], |chunk| {
+            wire.extend_from_slice(&chunk)
+        })
+        .unwrap_err();
+    assert!(matches!(err, TlsError::KeyLimit { .. }), "{err}");
+    assert!(err.to_string().contains("fresh one"), "{err}");
+    let mut plain = BytesMut::new();
+    s.read(&mut wire, &mut plain).unwrap();
+    assert_eq!(plain.len(), 3 * 16384);
 }

@@ -11,7 +11,6 @@
 
 use std::time::Instant;
 
-use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -258,7 +257,7 @@ impl<D: Driver> EventLoop<D> {
         match self.io.detach_stream(sock) {
             Ok((sock, unread)) => {
                 // What the driver still held goes through TLS here; the new owner gets
-                // plaintext and the record layer.
+                // plaintext, the record layer and the start of a record not yet whole.
                 ciphertext.extend_from_slice(&unread);
                 if let Err(e) = tls.read(&mut ciphertext, &mut rx) {
                     tracing::debug!(%peer, "tunnel TLS failed: {e}; connection closed");
@@ -269,6 +268,7 @@ impl<D: Driver> EventLoop<D> {
                     sock,
                     received: rx,
                     tls: Box::new(tls),
+                    unopened: ciphertext[..].into(),
                     handshake,
                     peer,
                     accepted_at,
@@ -290,6 +290,7 @@ impl<D: Driver> EventLoop<D> {
             sock,
             received,
             tls,
+            unopened,
             handshake,
             peer,
             accepted_at,
@@ -323,7 +324,7 @@ impl<D: Driver> EventLoop<D> {
             sock,
             handshake,
             tls: *tls,
-            received: BytesMut::new(),
+            received: bytes::BytesMut::from(&unopened[..]),
             rx: received,
             tx: Outbox::default(),
             peer,

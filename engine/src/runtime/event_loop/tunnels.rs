@@ -10,12 +10,13 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::hex;
-use super::{Entry, EventLoop, Outbox, ReadState, Role, read_into};
+use super::{Entry, EventLoop, Outbox, ReadState, Role};
 use crate::endpoint::SessionKey;
 use crate::error::SessionError;
 use crate::handshake::PLAINTEXT_BINDING;
 use crate::runtime::io::{Driver, IoStream};
 use crate::runtime::sockopt;
+use crate::tls::{TlsError, TunnelTls};
 
 impl<D: Driver> EventLoop<D> {
     pub(super) fn on_tunnel(&mut self, key: usize, readable: bool, writable: bool) {
@@ -82,10 +83,13 @@ impl<D: Driver> EventLoop<D> {
             return;
         }
         loop {
-            let Some(Entry::Tunnel { sock, received, .. }) = self.entries.get_mut(key) else {
+            let Some(Entry::Tunnel {
+                sock, received, rx, ..
+            }) = self.entries.get_mut(key)
+            else {
                 return;
             };
-            let result = read_into(sock, received, &mut self.read_buf);
+            let result = read_tunnel(sock, received, rx, &mut self.read_buf);
             if !self.feed_tunnel(key) {
                 return;
             }
@@ -147,6 +151,13 @@ impl<D: Driver> EventLoop<D> {
                     );
                     self.tls_failure_warned = Some(why);
                 }
+            } else if matches!(e, TlsError::PeerClosed | TlsError::KeyLimit { .. }) {
+                tracing::info!(
+                    session,
+                    tunnel = t,
+                    %peer,
+                    "tunnel closed: {e}; its unacknowledged data goes on the other tunnels"
+                );
             } else {
                 tracing::warn!(
                     session,
@@ -319,5 +330,36 @@ impl<D: Driver> EventLoop<D> {
                 _ => None,
             })
             .unwrap_or_default()
+    }
+}
+
+/// Reads a tunnel's socket into `received` as [`super::read_into`] does, first making room so
+/// that the plaintext its records open into joins `plain` (the partial frame the session left)
+/// without a copy: room for one read, and for a whole batch once a read filled the buffer.
+fn read_tunnel(
+    sock: &mut impl IoStream,
+    received: &mut BytesMut,
+    plain: &mut BytesMut,
+    buf: &mut [u8],
+) -> std::io::Result<ReadState> {
+    let mut room = buf.len();
+    loop {
+        TunnelTls::reserve_receive(received, plain, room);
+        match sock.read_append(received, buf) {
+            Ok(0) => return Ok(ReadState::Eof),
+            Ok(n) => {
+                if received.len() >= 4 * buf.len() {
+                    return Ok(ReadState::Batch);
+                }
+                if n == buf.len() {
+                    room = 4 * buf.len();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(ReadState::Drained);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
