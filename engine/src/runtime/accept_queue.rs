@@ -84,7 +84,10 @@ pub(crate) struct AcceptSender {
 
 impl AcceptSender {
     /// Queues `accepted` for the program and wakes the tasks waiting for it; gives it back if
-    /// the program no longer accepts.
+    /// the program no longer accepts. (The signature of `mpsc::Sender::send`, which this
+    /// replaced at its call site; the stream is handed back, not boxed, on a path taken at most
+    /// once per stream.)
+    #[allow(clippy::result_large_err)]
     pub(crate) fn send(&self, accepted: Accepted) -> Result<(), SendError<Accepted>> {
         match &self.tx {
             Some(tx) => tx.send(accepted)?,
