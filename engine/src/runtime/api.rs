@@ -23,10 +23,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::accept_queue::{self, AcceptWaiters};
 use super::local::{Hub, MtcpStream, OpenRequest, stream_pair};
 use super::{
     ClientForward, Route, RuntimeError, RuntimeHandle, RuntimeOptions, TargetResolver,
@@ -35,7 +36,7 @@ use super::{
 use crate::wire::MAX_TARGET_LEN;
 
 /// Where a server's event loop puts the streams it accepted for the program.
-pub(super) type AcceptSender = Sender<Accepted>;
+pub(super) use super::accept_queue::AcceptSender;
 
 /// A stream a [`Server`] accepted for the program.
 #[derive(Debug)]
@@ -136,7 +137,9 @@ impl Client {
 #[derive(Debug)]
 pub struct Server {
     handle: RuntimeHandle,
-    accepted: Mutex<Receiver<Accepted>>,
+    pub(super) accepted: Mutex<Receiver<Accepted>>,
+    /// The tasks waiting in [`Server::accept_async`].
+    pub(super) accept_waiters: Arc<AcceptWaiters>,
 }
 
 impl Server {
@@ -146,11 +149,12 @@ impl Server {
         listen: SocketAddr,
         route: TargetResolver,
     ) -> Result<Self, RuntimeError> {
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx, accept_waiters) = accept_queue::channel();
         let handle = start_server(opts, listen, route, Some(tx))?;
         Ok(Self {
             handle,
             accepted: Mutex::new(rx),
+            accept_waiters,
         })
     }
 
@@ -164,7 +168,7 @@ impl Server {
         self.handle.local_addrs()[0]
     }
 
-    fn stopped() -> io::Error {
+    pub(super) fn stopped() -> io::Error {
         io::Error::new(io::ErrorKind::ConnectionAborted, "the server has stopped")
     }
 

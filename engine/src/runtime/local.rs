@@ -22,8 +22,14 @@
 //!   `scheduled` flag suppresses duplicates until the loop takes it) and wakes the driver through its [`Waker`] (once per loop iteration: a
 //!   `wake_pending` flag suppresses the system call while a wake-up is already on its way). The
 //!   loop services exactly the streams it was sent; it never scans.
-//! - Sleeping: a blocked reader or writer parks on the stream's `Mutex<()>` + `Condvar`, used
-//!   for nothing else; the loop takes the mutex only when a waiter's bit is set.
+//! - Sleeping: a blocked reader or writer parks on the stream's `Mutex` + `Condvar`, used for
+//!   nothing else; the loop takes the mutex only when a waiter's bit is set.
+//! - Tasks: an async reader or writer (`runtime::async_stream`) leaves its task's
+//!   [`TaskWaker`] in the same mutex instead of sleeping, with the same waiter bit; whoever
+//!   wakes the waiter (the loop's worker thread, mostly) takes the waker out and wakes it after
+//!   the mutex is released. One mechanism, so a blocked thread and a pending task are woken by
+//!   exactly the same events, and a waker is any [`TaskWaker`] (a tokio task's, or one that
+//!   queues the stream on a readiness list).
 //!
 //! # Lifetime
 //! The loop's ends of a stream ([`LoopEnds`]) mark the stream detached when dropped, whatever
@@ -35,6 +41,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering::SeqCst, fence};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::task::Waker as TaskWaker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,8 +75,10 @@ pub(super) const DETACHED: u32 = 1 << 7;
 /// Everything that ends a direction with an error.
 const FAILURES: u32 = APP_RESET | PEER_RESET | FAILED_OPEN | FAILED_SESSION | DETACHED;
 
-const READER: u8 = 1;
-const WRITER: u8 = 2;
+/// A waiter bit: the stream's reader (a thread or a task) waits.
+pub(super) const READER: u8 = 1;
+/// A waiter bit: the stream's writer waits.
+pub(super) const WRITER: u8 = 2;
 
 /// Why an in-process stream failed: the payload of the [`io::Error`]s its reads and writes
 /// return (`err.get_ref().and_then(|e| e.downcast_ref::<StreamFailure>())`).
@@ -140,8 +149,16 @@ pub(super) struct StreamShared {
     /// The loop's slab key for this stream (`usize::MAX` until it has one). Loop-only.
     pub(super) key: AtomicUsize,
     waiters: AtomicU8,
-    lock: Mutex<()>,
+    /// The async tasks waiting, if any (blocked threads wait on `cv`).
+    lock: Mutex<WaitingTasks>,
     cv: Condvar,
+}
+
+/// The tasks waiting on one stream: at most one reader and one writer, as for threads.
+#[derive(Debug, Default)]
+struct WaitingTasks {
+    reader: Option<TaskWaker>,
+    writer: Option<TaskWaker>,
 }
 
 impl StreamShared {
@@ -156,7 +173,7 @@ impl StreamShared {
             scheduled: AtomicBool::new(false),
             key: AtomicUsize::new(usize::MAX),
             waiters: AtomicU8::new(0),
-            lock: Mutex::new(()),
+            lock: Mutex::new(WaitingTasks::default()),
             cv: Condvar::new(),
         }
     }
@@ -184,7 +201,7 @@ impl StreamShared {
     }
 
     /// Why the stream failed, if it did.
-    fn failure(&self, state: u32) -> Option<StreamFailure> {
+    pub(super) fn failure(&self, state: u32) -> Option<StreamFailure> {
         if state & FAILURES == 0 {
             None
         } else if state & APP_RESET != 0 {
@@ -216,9 +233,52 @@ impl StreamShared {
         fence(SeqCst);
         if self.waiters.load(SeqCst) & who != 0 {
             self.waiters.fetch_and(!who, SeqCst);
-            drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
+            let (reader, writer) = {
+                let mut tasks = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+                let reader = if who & READER != 0 {
+                    tasks.reader.take()
+                } else {
+                    None
+                };
+                let writer = if who & WRITER != 0 {
+                    tasks.writer.take()
+                } else {
+                    None
+                };
+                (reader, writer)
+            };
             self.cv.notify_all();
+            // Outside the mutex: a waker may run arbitrary code (tokio's schedules the task).
+            reader.into_iter().chain(writer).for_each(TaskWaker::wake);
         }
+    }
+
+    /// Leaves `waker` to be woken as `who` on the next change, then answers whether `ready`
+    /// holds already (then the caller goes on instead of returning `Pending`; the waker stays
+    /// and may fire once for nothing). The same order as [`StreamShared::park`]: the bit and the
+    /// waker are in place before `ready` is checked, and a waker changes what `ready` reads
+    /// before it looks at the bits, so no wake-up is lost.
+    pub(super) fn register_task(
+        &self,
+        who: u8,
+        waker: &TaskWaker,
+        ready: impl Fn() -> bool,
+    ) -> bool {
+        {
+            let mut tasks = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = if who == READER {
+                &mut tasks.reader
+            } else {
+                &mut tasks.writer
+            };
+            match slot {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
+            self.waiters.fetch_or(who, SeqCst);
+        }
+        fence(SeqCst);
+        ready()
     }
 
     /// Parks the calling thread as `who` until `ready` holds or `deadline` passes. A waker
@@ -468,11 +528,11 @@ impl Write for MtcpStream {
 
 /// The reading half of an [`MtcpStream`]. Dropping it discards whatever arrives later.
 pub struct ReadHalf {
-    shared: Arc<StreamShared>,
+    pub(super) shared: Arc<StreamShared>,
     hub: Arc<Hub>,
-    ring: Consumer<Bytes>,
+    pub(super) ring: Consumer<Bytes>,
     /// The chunk being read.
-    current: Bytes,
+    pub(super) current: Bytes,
     timeout: Option<Duration>,
 }
 
@@ -501,7 +561,7 @@ impl ReadHalf {
     }
 
     /// Takes one chunk from the ring, without blocking.
-    fn take(&mut self) -> bool {
+    pub(super) fn take(&mut self) -> bool {
         let Ok(chunk) = self.ring.pop() else {
             return false;
         };
@@ -517,23 +577,35 @@ impl ReadHalf {
     fn fill(&mut self) -> io::Result<()> {
         let deadline = deadline(self.timeout);
         loop {
-            if self.take() {
+            if self.try_fill()? {
                 return Ok(());
-            }
-            let state = self.shared.state();
-            if state & PEER_FIN != 0 {
-                // Every byte went into the ring before the flag: one more look, then EOF.
-                self.take();
-                return Ok(());
-            }
-            if let Some(f) = self.shared.failure(state) {
-                return Err(f.into());
             }
             let (shared, ring) = (&self.shared, &self.ring);
-            shared.park(READER, deadline, || {
-                !ring.is_empty() || shared.state() & (PEER_FIN | FAILURES) != 0
-            })?;
+            shared.park(READER, deadline, || Self::readable(shared, ring))?;
         }
+    }
+
+    /// Whether a read would not wait: a chunk, the end of the stream or an error is there.
+    pub(super) fn readable(shared: &StreamShared, ring: &Consumer<Bytes>) -> bool {
+        !ring.is_empty() || shared.state() & (PEER_FIN | FAILURES) != 0
+    }
+
+    /// Makes `current` non-empty, or leaves it empty at the end of the stream (both `true`),
+    /// or answers `false` when that means waiting.
+    pub(super) fn try_fill(&mut self) -> io::Result<bool> {
+        if self.take() {
+            return Ok(true);
+        }
+        let state = self.shared.state();
+        if state & PEER_FIN != 0 {
+            // Every byte went into the ring before the flag: one more look, then EOF.
+            self.take();
+            return Ok(true);
+        }
+        if let Some(f) = self.shared.failure(state) {
+            return Err(f.into());
+        }
+        Ok(false)
     }
 }
 
@@ -562,9 +634,9 @@ impl Drop for ReadHalf {
 /// The writing half of an [`MtcpStream`]. Dropping it finishes the direction (see
 /// [`WriteHalf::shutdown_write`]).
 pub struct WriteHalf {
-    shared: Arc<StreamShared>,
+    pub(super) shared: Arc<StreamShared>,
     hub: Arc<Hub>,
-    ring: Producer<Bytes>,
+    pub(super) ring: Producer<Bytes>,
     timeout: Option<Duration>,
 }
 
@@ -577,7 +649,7 @@ impl fmt::Debug for WriteHalf {
 }
 
 /// What a write hands over.
-enum Source<'a> {
+pub(super) enum Source<'a> {
     Slice(&'a [u8]),
     Bytes(Bytes),
 }
@@ -616,48 +688,60 @@ impl WriteHalf {
     }
 
     fn push(&mut self, src: Source<'_>) -> io::Result<usize> {
-        let len = match &src {
+        let deadline = deadline(self.timeout);
+        loop {
+            if let Some(n) = self.try_push(&src)? {
+                return Ok(n);
+            }
+            let (shared, ring) = (&self.shared, &self.ring);
+            shared.park(WRITER, deadline, || Self::writable(shared, ring))?;
+        }
+    }
+
+    /// Whether a write would not wait: there is room, or there is an error to report.
+    pub(super) fn writable(shared: &StreamShared, ring: &Producer<Bytes>) -> bool {
+        (shared.tx_bytes.load(SeqCst) < STREAM_BUFFER && !ring.is_full())
+            || shared.state() & (APP_SHUT | FAILURES) != 0
+    }
+
+    /// Queues a prefix of `src` if the stream has room (`Some(its length)`; 0 only for an
+    /// empty `src`), or answers `None` without waiting.
+    pub(super) fn try_push(&mut self, src: &Source<'_>) -> io::Result<Option<usize>> {
+        let len = match src {
             Source::Slice(s) => s.len(),
             Source::Bytes(b) => b.len(),
         };
         if len == 0 {
-            return Ok(0);
+            return Ok(Some(0));
         }
-        let deadline = deadline(self.timeout);
-        loop {
-            let state = self.shared.state();
-            if state & APP_SHUT != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "write after shutdown_write",
-                ));
-            }
-            if let Some(f) = self.shared.failure(state) {
-                return Err(f.into());
-            }
-            let room = STREAM_BUFFER.saturating_sub(self.shared.tx_bytes.load(SeqCst));
-            if room > 0 && !self.ring.is_full() {
-                let n = room.min(len);
-                let chunk = match src {
-                    Source::Slice(s) => Bytes::copy_from_slice(&s[..n]),
-                    Source::Bytes(b) => b.slice(..n),
-                };
-                // Counted before it is visible, so the loop never takes more than was counted.
-                self.shared.tx_bytes.fetch_add(n, SeqCst);
-                if let Err(rtrb::PushError::Full(_)) = self.ring.push(chunk) {
-                    // Only this half pushes, and it saw a free slot.
-                    self.shared.tx_bytes.fetch_sub(n, SeqCst);
-                    return Err(io::Error::other("in-process stream ring unexpectedly full"));
-                }
-                self.hub.notify(&self.shared);
-                return Ok(n);
-            }
-            let (shared, ring) = (&self.shared, &self.ring);
-            shared.park(WRITER, deadline, || {
-                (shared.tx_bytes.load(SeqCst) < STREAM_BUFFER && !ring.is_full())
-                    || shared.state() & (APP_SHUT | FAILURES) != 0
-            })?;
+        let state = self.shared.state();
+        if state & APP_SHUT != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown_write",
+            ));
         }
+        if let Some(f) = self.shared.failure(state) {
+            return Err(f.into());
+        }
+        let room = STREAM_BUFFER.saturating_sub(self.shared.tx_bytes.load(SeqCst));
+        if room == 0 || self.ring.is_full() {
+            return Ok(None);
+        }
+        let n = room.min(len);
+        let chunk = match src {
+            Source::Slice(s) => Bytes::copy_from_slice(&s[..n]),
+            Source::Bytes(b) => b.slice(..n),
+        };
+        // Counted before it is visible, so the loop never takes more than was counted.
+        self.shared.tx_bytes.fetch_add(n, SeqCst);
+        if let Err(rtrb::PushError::Full(_)) = self.ring.push(chunk) {
+            // Only this half pushes, and it saw a free slot.
+            self.shared.tx_bytes.fetch_sub(n, SeqCst);
+            return Err(io::Error::other("in-process stream ring unexpectedly full"));
+        }
+        self.hub.notify(&self.shared);
+        Ok(Some(n))
     }
 }
 

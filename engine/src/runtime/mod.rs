@@ -27,7 +27,9 @@
 //! [`Client::open_stream`] and takes them with [`Server::accept`] as [`MtcpStream`]s (blocking
 //! `std::io` objects with no socket behind them): see [`api`] for an example.
 
+mod accept_queue;
 pub mod api;
+mod async_stream;
 mod driver_choice;
 mod event_loop;
 mod io;
@@ -43,6 +45,7 @@ mod uring;
 mod worker;
 
 pub use api::{Accepted, Client, Server};
+pub use async_stream::{AcceptedAsync, AsyncMtcpStream, AsyncReadHalf, AsyncWriteHalf};
 pub(crate) use io::Waker;
 pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
 pub use reverse::{ExposedService, ReverseListener, WhenAbsent};
