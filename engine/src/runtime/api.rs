@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::local::{Hub, MtcpStream, OpenRequest, stream_pair};
+use super::stats::{RuntimeStats, STATS_TIMEOUT};
 use super::{
     ClientForward, Route, RuntimeError, RuntimeHandle, RuntimeOptions, TargetResolver,
     spawn_client, start_server,
@@ -114,6 +115,13 @@ impl Client {
         self.handle.local_addrs()
     }
 
+    /// The client's figures now: its sessions and their tunnels (RTT, congestion window,
+    /// delivery rate and retransmissions from TCP_INFO, bytes each way), streams, counters
+    /// since start and forwards. Waits at most [`STATS_TIMEOUT`] for the workers.
+    pub fn stats(&self) -> RuntimeStats {
+        self.handle.stats(STATS_TIMEOUT)
+    }
+
     /// Asks for a graceful stop (see [`RuntimeHandle::shutdown`]); new streams are refused.
     pub fn shutdown(&self) {
         self.handle.shutdown();
@@ -162,6 +170,11 @@ impl Server {
     /// The address tunnels connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.handle.local_addrs()[0]
+    }
+
+    /// The server's figures now (as [`Client::stats`]), with the handshakes it refused.
+    pub fn stats(&self) -> RuntimeStats {
+        self.handle.stats(STATS_TIMEOUT)
     }
 
     fn stopped() -> io::Error {

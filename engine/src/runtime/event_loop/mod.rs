@@ -31,6 +31,7 @@ mod accept;
 mod app;
 mod backends;
 mod local_streams;
+mod metrics;
 mod pending;
 mod sessions;
 mod streams;
@@ -159,6 +160,8 @@ enum Entry<D: Driver> {
     AppListener {
         sock: D::Listener,
         target: Option<String>,
+        /// Its place in the runtime's forwards (for the metrics).
+        forward: usize,
     },
     /// Server: tunnels connect here.
     TunnelListener { sock: D::Listener },
@@ -246,6 +249,8 @@ pub(super) struct EventLoop<D: Driver> {
     backends: Backends,
     /// Makes each tunnel connection's record layer (TLS, or plaintext).
     tls: TlsSetup,
+    /// This worker's counters and stats requests.
+    metrics: metrics::WorkerMetrics,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -266,6 +271,10 @@ pub(super) struct WorkerContext {
     pub(super) resolver: Option<WorkerResolver>,
     /// The runtime's TLS setup (built once: identity loaded, verifier chosen).
     pub(super) tls: TlsSetup,
+    /// This worker's index in its runtime.
+    pub(super) worker: usize,
+    /// Where stats requests for this worker arrive.
+    pub(super) stats: Option<super::stats::StatsInbox>,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -306,6 +315,7 @@ impl<D: Driver> EventLoop<D> {
             tls_failure_warned: None,
             backends: Backends::new(ctx.backends, ctx.resolver),
             tls: ctx.tls,
+            metrics: metrics::WorkerMetrics::new(ctx.worker, ctx.stats),
         }
     }
 
@@ -336,8 +346,13 @@ impl<D: Driver> EventLoop<D> {
         let endpoint = Endpoint::client(config, Instant::now(), os_seed());
         let mut el = Self::new(io, opts, Role::Client { server }, endpoint, ctx);
         for (sock, target) in listeners {
+            let forward = el.metrics.add_forward(sock.local_addr()?);
             let sock = el.io.listener(sock)?;
-            el.add(Entry::AppListener { sock, target })?;
+            el.add(Entry::AppListener {
+                sock,
+                target,
+                forward,
+            })?;
         }
         // The new session asks for its tunnels to be dialed.
         if let Some(key) = el.endpoint.client_session() {
@@ -401,6 +416,7 @@ impl<D: Driver> EventLoop<D> {
             while let Some(msg) = self.mailbox.receive() {
                 self.adopt(msg);
             }
+            self.answer_stats_requests();
             let ready = std::mem::take(&mut self.ready);
             for &(key, readable, writable) in &ready {
                 self.on_ready(key, readable, writable);
