@@ -257,6 +257,38 @@ fn merge_forwards(all: &mut Vec<ForwardStats>, mine: Vec<ForwardStats>) {
     }
 }
 
+/// Every value [`tunnel_loss_reason`] gives (so a counter can be shown at 0 before it happens).
+pub const TUNNEL_LOSS_REASONS: &[&str] = &[
+    "handshake",
+    "idle_timeout",
+    "unacknowledged",
+    "connection_lost",
+    "replaced",
+    "retired",
+    "session_closed",
+];
+
+/// Every `reason` of [`Counters::handshakes_rejected`].
+pub const REJECTION_REASONS: &[&str] = &[
+    "wrong_key",
+    "closed_after_proof",
+    "bad_magic",
+    "malformed",
+    "unsupported_version",
+    "refused",
+    "timeout",
+    "closed_early",
+    "too_many_handshakes",
+    "too_many_from_source",
+    "handoff_backlog_full",
+    "stale_handoff",
+    "input_too_large",
+    "out_of_files",
+    "tls",
+    "plaintext_client",
+    "tls_client",
+];
+
 /// The `reason` label of a lost tunnel.
 pub fn tunnel_loss_reason(e: &TunnelError) -> &'static str {
     match e {
@@ -329,6 +361,47 @@ mod tests {
         let stats = probe.snapshot(Duration::from_secs(5));
         assert_eq!(stats.workers_missing, 1);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn every_reason_label_is_listed() {
+        use crate::handshake::{HandshakeError, HelloStatus};
+        let losses = [
+            TunnelError::Handshake(HandshakeError::Timeout),
+            TunnelError::IdleTimeout(Duration::ZERO),
+            TunnelError::Unacknowledged(Duration::ZERO),
+            TunnelError::ConnectionLost(String::new()),
+            TunnelError::Replaced,
+            TunnelError::Retired,
+            TunnelError::SessionClosed,
+        ];
+        for e in &losses {
+            assert!(TUNNEL_LOSS_REASONS.contains(&tunnel_loss_reason(e)));
+        }
+        let rejections = [
+            RejectReason::WrongKey,
+            RejectReason::ClosedAfterProof,
+            RejectReason::BadMagic,
+            RejectReason::Malformed("x"),
+            RejectReason::UnsupportedVersion,
+            RejectReason::Refused(HelloStatus::TooManySessions),
+            RejectReason::Timeout,
+            RejectReason::ClosedEarly,
+            RejectReason::TooManyHandshakes,
+            RejectReason::TooManyFromSource,
+            RejectReason::HandoffBacklogFull,
+            RejectReason::StaleHandoff,
+            RejectReason::InputTooLarge,
+            RejectReason::OutOfFiles,
+            RejectReason::Tls,
+            RejectReason::PlaintextClient,
+            RejectReason::TlsClient,
+        ];
+        for r in rejections {
+            assert!(REJECTION_REASONS.contains(&rejection_reason(r)));
+        }
+        assert_eq!(rejections.len(), REJECTION_REASONS.len());
+        assert_eq!(losses.len(), TUNNEL_LOSS_REASONS.len());
     }
 
     #[test]
