@@ -460,14 +460,6 @@ impl Session {
             .map(|s| (s.send_queued, s.recv.buffered()))
     }
 
-    /// Bytes stream `id` has sent and received so far (what [`Event::StreamClosed`] reports
-    /// at its end), or `None` if unknown.
-    pub fn stream_traffic(&self, id: StreamId) -> Option<(u64, u64)> {
-        self.streams
-            .get(&id)
-            .map(|s| (s.send_offset, s.recv_highest))
-    }
-
     /// Next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

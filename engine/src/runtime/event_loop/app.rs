@@ -35,6 +35,10 @@ pub(super) struct AppConn<D: Driver> {
     target: SocketAddr,
     /// Server: this backend connection's place in the process-wide budget.
     _permit: Option<BackendPermit>,
+    /// Bytes the stream took from this connection (for the metrics).
+    pub(super) bytes_to_peer: u64,
+    /// Bytes read from the stream for this connection (for the metrics).
+    pub(super) bytes_from_peer: u64,
 }
 
 impl<D: Driver> AppConn<D> {
@@ -58,6 +62,8 @@ impl<D: Driver> AppConn<D> {
             write_closed: false,
             target,
             _permit: None,
+            bytes_to_peer: 0,
+            bytes_from_peer: 0,
         }
     }
 
@@ -106,11 +112,13 @@ impl<D: Driver> StreamConn for AppConn<D> {
             }
             if let Some(pending) = self.unsent.take() {
                 match session.write(self.stream, pending.clone()) {
-                    Ok(n) if n < pending.len() => {
-                        self.unsent = Some(pending.slice(n..));
-                        return After::Keep;
+                    Ok(n) => {
+                        self.bytes_to_peer += n as u64;
+                        if n < pending.len() {
+                            self.unsent = Some(pending.slice(n..));
+                            return After::Keep;
+                        }
                     }
-                    Ok(_) => {}
                     Err(_) => return After::Close,
                 }
             }
@@ -150,7 +158,10 @@ impl<D: Driver> StreamConn for AppConn<D> {
                 break;
             }
             match session.read(self.stream, APP_QUEUE) {
-                Ok(ReadOutcome::Data(b)) => self.tx.push(b),
+                Ok(ReadOutcome::Data(b)) => {
+                    self.bytes_from_peer += b.len() as u64;
+                    self.tx.push(b)
+                }
                 Ok(ReadOutcome::Fin) => self.fin_pending = true,
                 Ok(ReadOutcome::WouldBlock) | Err(_) => break,
             }

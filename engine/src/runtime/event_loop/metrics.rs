@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc::TryRecvError;
 use std::time::Duration;
 
-use super::streams::StreamConn;
+use super::app::AppConn;
 use super::{Entry, EventLoop, hex};
 use crate::endpoint::SessionKey;
 use crate::runtime::io::{Driver, IoStream};
@@ -32,7 +32,7 @@ const ANSWERS_PER_TURN: usize = 4;
 struct ForwardCounters {
     listen: SocketAddr,
     connections: u64,
-    /// Bytes of its connections' streams that have closed.
+    /// Bytes of its connections that have closed.
     closed_to_peer: u64,
     closed_from_peer: u64,
 }
@@ -74,13 +74,15 @@ impl WorkerMetrics {
         }
     }
 
-    /// A stream carried by a connection whose local address is `local` closed after `sent` /
-    /// `received` bytes.
-    pub(super) fn forward_stream_closed(&mut self, local: SocketAddr, sent: u64, received: u64) {
-        if let Some(f) = self.forward_of(local) {
+    /// Client: an application connection goes; its forward keeps its bytes.
+    pub(super) fn connection_done<D: Driver>(&mut self, app: &AppConn<D>) {
+        if self.forwards.is_empty() {
+            return;
+        }
+        if let Some(f) = local_addr(&app.sock).and_then(|local| self.forward_of(local)) {
             let f = &mut self.forwards[f];
-            f.closed_to_peer += sent;
-            f.closed_from_peer += received;
+            f.closed_to_peer += app.bytes_to_peer;
+            f.closed_from_peer += app.bytes_from_peer;
         }
     }
 
@@ -145,16 +147,6 @@ fn tcp_stats(sock: &impl std::os::fd::AsFd) -> Option<TcpStats> {
 }
 
 impl<D: Driver> EventLoop<D> {
-    /// Client: the stream carried by the connection at `key` closed after `sent` / `received`
-    /// bytes; its forward counts them.
-    pub(super) fn count_forward_stream(&mut self, key: usize, sent: u64, received: u64) {
-        if let Some(Entry::App(app)) = self.entries.get(key)
-            && let Some(local) = local_addr(&app.sock)
-        {
-            self.metrics.forward_stream_closed(local, sent, received);
-        }
-    }
-
     /// Answers the stats requests waiting for this worker.
     pub(super) fn answer_stats_requests(&mut self) {
         for _ in 0..ANSWERS_PER_TURN {
@@ -195,8 +187,11 @@ impl<D: Driver> EventLoop<D> {
                 bytes_from_peer: f.closed_from_peer,
             })
             .collect();
-        // Live connections' streams, so far.
+        // Live connections, so far.
         for (_, entry) in self.entries.iter() {
+            if forwards.is_empty() {
+                break;
+            }
             let Entry::App(app) = entry else { continue };
             let Some(local) = local_addr(&app.sock) else {
                 continue;
@@ -204,14 +199,8 @@ impl<D: Driver> EventLoop<D> {
             let Some(f) = self.metrics.forward_of(local) else {
                 continue;
             };
-            let traffic = self
-                .endpoint
-                .get(app.session())
-                .and_then(|s| s.session().stream_traffic(app.stream()));
-            if let Some((sent, received)) = traffic {
-                forwards[f].bytes_to_peer += sent;
-                forwards[f].bytes_from_peer += received;
-            }
+            forwards[f].bytes_to_peer += app.bytes_to_peer;
+            forwards[f].bytes_from_peer += app.bytes_from_peer;
         }
         WorkerStats {
             sessions,

@@ -395,7 +395,10 @@ impl<D: Driver> EventLoop<D> {
             Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
                 self.io.deregister_stream(sock)
             }
-            Entry::App(app) => self.io.deregister_stream(&mut app.sock),
+            Entry::App(app) => {
+                self.metrics.connection_done(app);
+                self.io.deregister_stream(&mut app.sock)
+            }
             Entry::Local(_) => {}
         }
         Some(entry)

@@ -326,7 +326,6 @@ impl<D: Driver> EventLoop<D> {
             } => {
                 tracing::info!(session = %id, stream, bytes_sent = sent, bytes_received = received, "stream closed");
                 if let Some(k) = self.endpoint[skey].data_mut().streams.remove(&stream) {
-                    self.count_forward_stream(k, sent, received);
                     self.stream_closed(k);
                 }
             }
