@@ -82,7 +82,9 @@ Examples:
   mtcpd --role server --cores 8
   mtcpd check -c config/mtcpd.example.toml --role client
   mtcpd genkey --out mtcpd.psk     (then psk_file = \"mtcpd.psk\" on both ends)
-  mtcpd fingerprint -c config/config.server.toml";
+  mtcpd fingerprint -c config/config.server.toml
+  mtcpd client -c client.toml --metrics 127.0.0.1:9100   (Prometheus metrics at /metrics)
+  mtcpd stats --metrics 127.0.0.1:9100                   (a live view of that daemon)";
 
 /// Command line of the mtcpd daemon.
 #[derive(Debug, Parser)]
