@@ -454,7 +454,9 @@ fn bad_requests_do_not_disturb(endpoint: SocketAddr) {
     let mut huge = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
     assert_eq!(http(endpoint, &huge).0, 431);
-    // Idle connections take every place; one more is turned away at once.
+    // Idle connections take every place; one more is turned away at once. (First let the
+    // answers above finish lingering: each keeps its place up to 200 ms.)
+    thread::sleep(Duration::from_millis(600));
     let idle: Vec<TcpStream> = (0..mtcpd::metrics::http::MAX_CONNECTIONS)
         .map(|_| TcpStream::connect(endpoint).unwrap())
         .collect();

@@ -27,6 +27,11 @@ pub const MAX_CONNECTIONS: usize = 4;
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request, or to take the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// After an answer, what is still read from a client that sent more than its request head
+/// (so that closing does not reset the connection before the answer is read): at most this
+/// much, for at most [`LINGER`].
+const LINGER_BYTES: usize = 64 * 1024;
+const LINGER: Duration = Duration::from_millis(200);
 
 /// Serves the metrics of `probe` on `listener` until the process exits.
 pub fn serve(
@@ -68,6 +73,8 @@ fn accept(
         busy.fetch_sub(1, Ordering::SeqCst);
         let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
         let _ = respond(&mut conn, 503, "Service Unavailable", "too many scrapes\n");
+        // The accepting thread lingers briefly here; it is the one place a flood waits.
+        close_after_answer(&mut conn, Duration::from_millis(20));
         return;
     }
     let shared = shared.clone();
@@ -76,10 +83,28 @@ fn accept(
         .name("mtcpd-scrape".into())
         .spawn(move || {
             let _guard = guard;
-            let _ = handle(&mut conn, &shared.0, &shared.1);
+            if handle(&mut conn, &shared.0, &shared.1).is_ok() {
+                close_after_answer(&mut conn, LINGER);
+            }
         });
     if let Err(e) = spawned {
         tracing::warn!("metrics endpoint: cannot start a thread: {e}");
+    }
+}
+
+/// Half-closes after an answer and reads what the client still sends (a bounded amount, for at
+/// most `linger`), so the close does not reset the connection under an answer not yet read.
+fn close_after_answer(conn: &mut TcpStream, linger: Duration) {
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let _ = conn.set_read_timeout(Some(linger));
+    let deadline = std::time::Instant::now() + linger;
+    let mut drained = 0;
+    let mut buf = [0u8; 4096];
+    while drained < LINGER_BYTES && std::time::Instant::now() < deadline {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
     }
 }
 

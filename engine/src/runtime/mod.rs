@@ -435,13 +435,13 @@ fn start(
     tls: crate::tls::TlsSetup,
 ) -> Result<RuntimeHandle, RuntimeError> {
     match driver {
-        DriverKind::Mio => start_on(io::Mio::new, "mio", opts, local_addrs, setup, tls),
+        DriverKind::Mio => start_on(io::Mio::new, driver.name(), opts, local_addrs, setup, tls),
         #[cfg(target_os = "linux")]
         DriverKind::Uring => {
             let chunk = opts.read_chunk;
             start_on(
                 move || uring::Uring::new(chunk),
-                "uring",
+                driver.name(),
                 opts,
                 local_addrs,
                 setup,
