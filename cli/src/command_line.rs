@@ -9,6 +9,8 @@
 //! - `mtcpd check -c FILE [--role server|client]`
 //! - `mtcpd genkey [--out FILE]`
 //! - `mtcpd fingerprint [-c FILE]` (the server's TLS certificate fingerprint, for pinning)
+//! - `mtcpd stats [--metrics ADDR] [--once] [--json]` (a live view of a running daemon, read
+//!   from its metrics endpoint)
 
 use std::path::PathBuf;
 
@@ -80,7 +82,9 @@ Examples:
   mtcpd --role server --cores 8
   mtcpd check -c config/mtcpd.example.toml --role client
   mtcpd genkey --out mtcpd.psk     (then psk_file = \"mtcpd.psk\" on both ends)
-  mtcpd fingerprint -c config/config.server.toml";
+  mtcpd fingerprint -c config/config.server.toml
+  mtcpd client -c client.toml --metrics 127.0.0.1:9100   (Prometheus metrics at /metrics)
+  mtcpd stats --metrics 127.0.0.1:9100                   (a live view of that daemon)";
 
 /// Command line of the mtcpd daemon.
 #[derive(Debug, Parser)]
@@ -121,6 +125,20 @@ pub enum Command {
     /// Print the server's TLS certificate fingerprint (for clients' tls.server_fingerprint);
     /// generates the server's key pair in its state directory if it has none yet.
     Fingerprint,
+    /// A live view of a running daemon (like top), read from its metrics endpoint every
+    /// second: per tunnel RTT, cwnd, throughput each way and resends; per session and per
+    /// forward totals. The daemon must run with `metrics_listen` or `--metrics`.
+    Stats {
+        /// Print one table and exit (throughput is measured over one interval first).
+        #[arg(long)]
+        once: bool,
+        /// Print JSON instead of a table (with --once: one document; else one per line).
+        #[arg(long)]
+        json: bool,
+        /// Time between two readings.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = mtcpd_common::units::parse_duration)]
+        interval: std::time::Duration,
+    },
 }
 
 /// Options accepted before or after the subcommand.
@@ -151,6 +169,11 @@ pub struct SharedOptions {
     /// [default: auto, where MTCPD_IO may pick one; overrides `io`].
     #[arg(long, global = true, value_parser = engine_name::<IoChoice>(IoChoice::NAMES))]
     pub io: Option<IoChoice>,
+
+    /// Daemon: serve Prometheus metrics at http://ADDR/metrics (overrides `metrics_listen`;
+    /// off by default). `mtcpd stats`: the endpoint to read [default: 127.0.0.1:9100].
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What `main` should do, after reconciling the subcommand with `--role`.
@@ -164,7 +187,26 @@ pub enum Action {
     Genkey(Option<PathBuf>),
     /// Print the server's certificate fingerprint.
     Fingerprint(LoadRequest),
+    /// Show a running daemon's figures.
+    Stats(StatsRequest),
 }
+
+/// `mtcpd stats`: where to read and how to show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsRequest {
+    /// The daemon's metrics endpoint.
+    pub metrics: std::net::SocketAddr,
+    /// One table (or document), then exit.
+    pub once: bool,
+    /// JSON instead of a table.
+    pub json: bool,
+    /// Time between two readings.
+    pub interval: std::time::Duration,
+}
+
+/// Where `mtcpd stats` looks without `--metrics` (the address OPERATIONS.md suggests).
+pub const DEFAULT_METRICS: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9100);
 
 /// A command line that parses but does not make sense.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -192,6 +234,18 @@ impl Cli {
             Some(Command::Server) => Some(Role::Server),
             Some(Command::Client) => Some(Role::Client),
             Some(Command::Genkey { out }) => return Ok(Action::Genkey(out.clone())),
+            Some(Command::Stats {
+                once,
+                json,
+                interval,
+            }) => {
+                return Ok(Action::Stats(StatsRequest {
+                    metrics: self.options.metrics.unwrap_or(DEFAULT_METRICS),
+                    once: *once,
+                    json: *json,
+                    interval: *interval,
+                }));
+            }
             Some(Command::Fingerprint) => Some(Role::Server),
             Some(Command::Check) | None => None,
         };
@@ -208,6 +262,7 @@ impl Cli {
                 role,
                 cores: self.options.cores.map(usize::from),
                 io: self.options.io,
+                metrics_listen: self.options.metrics,
             },
         };
         match self.command {
@@ -281,6 +336,26 @@ mod tests {
             action_of(&["mtcpd", "genkey", "--out", "k.psk"]),
             Ok(Action::Genkey(Some(PathBuf::from("k.psk"))))
         );
+    }
+
+    #[test]
+    fn metrics_flag_serves_for_a_daemon_and_names_the_endpoint_for_stats() {
+        let Action::Run(request) =
+            action_of(&["mtcpd", "server", "--metrics", "127.0.0.1:9100"]).unwrap()
+        else {
+            panic!("expected run");
+        };
+        assert_eq!(
+            request.overrides.metrics_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        let Action::Stats(stats) = action_of(&["mtcpd", "stats", "--once", "--json"]).unwrap()
+        else {
+            panic!("expected stats");
+        };
+        assert_eq!(stats.metrics, DEFAULT_METRICS);
+        assert!(stats.once && stats.json);
+        assert!(Cli::try_parse_from(["mtcpd", "stats", "--metrics", "nonsense"]).is_err());
     }
 
     #[test]

@@ -261,18 +261,46 @@ mod tests {
     #[test]
     fn command_line_overrides_win_over_the_file() {
         let config = load_str(
-            "mode = \"server\"\ncores = 2\nio = \"uring\"\n[server]\n",
+            "mode = \"server\"\ncores = 2\nio = \"uring\"\nmetrics_listen = \"127.0.0.1:9100\"\n\
+             [server]\n",
             ConfigOrigin::File("t.toml".into()),
             Path::new("."),
             CommandLineOverrides {
                 role: Some(Role::Server),
                 cores: Some(3),
                 io: Some(IoChoice::Mio),
+                metrics_listen: Some("127.0.0.1:9200".parse().unwrap()),
             },
         )
         .unwrap();
         assert_eq!(config.runtime.workers, 3);
         assert_eq!(config.runtime.io, IoChoice::Mio);
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9200".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_metrics_listen_is_an_address() {
+        let off = load_text("mode = \"server\"\n[server]\n", None).unwrap();
+        assert_eq!(off.metrics_listen, None);
+        let on = load_text(
+            "mode = \"server\"\nmetrics_listen = \"[::1]:9100\"\n[server]\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(on.metrics_listen, Some("[::1]:9100".parse().unwrap()));
+        assert!(on.to_string().contains("metrics_listen = \"[::1]:9100\""));
+        for bad in [
+            "\"localhost:9100\"",
+            "\"127.0.0.1\"",
+            "\"127.0.0.1:0\"",
+            "9100",
+        ] {
+            let text = format!("mode = \"server\"\nmetrics_listen = {bad}\n[server]\n");
+            assert_eq!(error_key(&text, None), "metrics_listen", "{bad}");
+        }
     }
 
     #[test]

@@ -72,6 +72,22 @@ fn exposed_services(client: &ClientConfig) -> anyhow::Result<Vec<runtime::Expose
         .collect()
 }
 
+/// The `forward` label of each client forward, in the runtime's order: its name, else its
+/// listen address.
+fn forward_labels(config: &DaemonConfig) -> Vec<String> {
+    config.client().map_or_else(Vec::new, |client| {
+        client
+            .forwards
+            .iter()
+            .map(|f| {
+                f.name
+                    .clone()
+                    .unwrap_or_else(|| f.forward.listen.to_string())
+            })
+            .collect()
+    })
+}
+
 /// Runs the daemon for `role` with `config` until SIGINT or SIGTERM, then drains and returns.
 pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
     tracing::info!(
@@ -127,6 +143,13 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("the configuration does not describe a {role}"),
     };
+    if let Some(addr) = config.metrics_listen {
+        let context = crate::metrics::ExpositionContext {
+            role,
+            forward_labels: forward_labels(config),
+        };
+        crate::metrics::start(addr, handle.stats_probe(), context)?;
+    }
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).context("cannot install the SIGINT/SIGTERM handlers")?;
     let shutdown = handle.shutdown_handle();

@@ -1,7 +1,8 @@
 //! The `mtcpd` crate: command line, configuration and the hand-off to the daemon runtime.
 //!
 //! Owns: the command-line grammar (`command_line`), loading and validating configuration
-//! (`config`), making keys (`genkey`), and the single call site where a validated configuration is handed to the
+//! (`config`), making keys (`genkey`), the metrics endpoint (`metrics`), the `mtcpd stats`
+//! live view (`stats`), and the single call site where a validated configuration is handed to the
 //! runtime (`daemon::run_daemon`). Must not touch: the data path, which lives in the
 //! `mtcpd-engine` crate; nothing here opens tunnels or carries bytes.
 //!
@@ -13,3 +14,5 @@ pub mod config;
 pub mod daemon;
 pub mod dynamic_route;
 pub mod genkey;
+pub mod metrics;
+pub mod stats;

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Action::Run(request) => run(&request),
         Action::Genkey(out) => genkey(out.as_deref()),
         Action::Fingerprint(request) => fingerprint(&request),
+        Action::Stats(request) => mtcpd::stats::run(&request),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -60,6 +60,10 @@ impl fmt::Display for DaemonConfig {
         for (_, key, setting) in table("") {
             write_setting(out, key, setting)?;
         }
+        match self.metrics_listen {
+            Some(addr) => writeln!(out, "metrics_listen = \"{addr}\"")?,
+            None => writeln!(out, "# metrics_listen: off")?,
+        }
         writeln!(out, "\n[{role}]")?;
         match &self.endpoint {
             Endpoint::Server(server) => {

@@ -66,6 +66,8 @@ pub struct RawConfigFile {
     /// `[tls]`: the server's identity and how the client verifies it.
     #[serde(default)]
     pub tls: RawTls,
+    /// Where the Prometheus metrics endpoint listens (`ip:port`); unset: no endpoint.
+    pub metrics_listen: Option<String>,
 }
 
 /// `[tls]`. Paths are relative to the config file's directory.

@@ -70,6 +70,9 @@ pub struct DaemonConfig {
     /// What the engine runs with: every limit, timer, socket option and the key
     /// (`runtime.engine.psk`, empty when none is set), after the engine's defaults.
     pub runtime: RuntimeOptions,
+    /// Where the Prometheus metrics endpoint listens (`metrics_listen`, `--metrics`); `None`:
+    /// off (the default).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl DaemonConfig {

@@ -40,6 +40,8 @@ pub struct CommandLineOverrides {
     pub cores: Option<usize>,
     /// `--io` (the engine reads `MTCPD_IO` itself when the choice stays `auto`).
     pub io: Option<IoChoice>,
+    /// `--metrics ADDR`: serve the metrics there (wins over `metrics_listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Checks `raw` (read from `origin`, whose text is `text`) and resolves it for the role;
@@ -94,11 +96,20 @@ pub fn resolve(
     runtime
         .validate()
         .map_err(|error| checker.engine_refused(error, role, &raw, overrides))?;
+    let metrics_listen = match (overrides.metrics_listen, &raw.metrics_listen) {
+        (Some(addr), _) => Some(addr),
+        (None, Some(text)) => Some(
+            parse_listen_address(text)
+                .map_err(|message| checker.invalid("metrics_listen", message))?,
+        ),
+        (None, None) => None,
+    };
     Ok(DaemonConfig {
         role,
         origin: checker.origin,
         endpoint,
         runtime,
+        metrics_listen,
     })
 }
 

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use super::accept_queue::{self, AcceptWaiters};
 use super::local::{Hub, MtcpStream, OpenRequest, stream_pair};
+use super::stats::{RuntimeStats, STATS_TIMEOUT};
 use super::{
     ClientForward, Route, RuntimeError, RuntimeHandle, RuntimeOptions, TargetResolver,
     spawn_client, start_server,
@@ -115,6 +116,13 @@ impl Client {
         self.handle.local_addrs()
     }
 
+    /// The client's figures now: its sessions and their tunnels (RTT, congestion window,
+    /// delivery rate and retransmissions from TCP_INFO, bytes each way), streams, counters
+    /// since start and forwards. Waits at most [`STATS_TIMEOUT`] for the workers.
+    pub fn stats(&self) -> RuntimeStats {
+        self.handle.stats(STATS_TIMEOUT)
+    }
+
     /// Asks for a graceful stop (see [`RuntimeHandle::shutdown`]); new streams are refused.
     pub fn shutdown(&self) {
         self.handle.shutdown();
@@ -166,6 +174,11 @@ impl Server {
     /// The address tunnels connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.handle.local_addrs()[0]
+    }
+
+    /// The server's figures now (as [`Client::stats`]), with the handshakes it refused.
+    pub fn stats(&self) -> RuntimeStats {
+        self.handle.stats(STATS_TIMEOUT)
     }
 
     pub(super) fn stopped() -> io::Error {

@@ -40,6 +40,7 @@ pub mod reset_code;
 mod resolver;
 pub mod reverse;
 mod sockopt;
+pub mod stats;
 #[cfg(target_os = "linux")]
 mod uring;
 mod worker;
@@ -226,6 +227,8 @@ pub struct RuntimeHandle {
     local_addrs: Vec<SocketAddr>,
     /// How in-process streams reach each worker's event loop.
     hubs: Vec<Arc<local::Hub>>,
+    /// Asks the workers for their figures.
+    stats: stats::StatsProbe,
 }
 
 /// Asks a runtime to stop; cheap to clone and usable from any thread (e.g. a signal handler's).
@@ -264,6 +267,17 @@ impl RuntimeHandle {
     /// True once a stop was asked for.
     pub(super) fn stopping(&self) -> bool {
         self.shutdown.stop.load(Ordering::SeqCst)
+    }
+
+    /// The runtime's figures now: sessions, tunnels (TCP_INFO read now), counters since start,
+    /// forwards. Waits at most `timeout` for the workers (see [`stats::StatsProbe::snapshot`]).
+    pub fn stats(&self, timeout: Duration) -> stats::RuntimeStats {
+        self.stats.snapshot(timeout)
+    }
+
+    /// A handle that reads the runtime's figures from another thread (e.g. a metrics endpoint).
+    pub fn stats_probe(&self) -> stats::StatsProbe {
+        self.stats.clone()
     }
 
     /// How many worker threads run.
@@ -614,12 +628,13 @@ fn start(
     tls: crate::tls::TlsSetup,
 ) -> Result<RuntimeHandle, RuntimeError> {
     match driver {
-        DriverKind::Mio => start_on(io::Mio::new, opts, local_addrs, setup, tls),
+        DriverKind::Mio => start_on(io::Mio::new, driver.name(), opts, local_addrs, setup, tls),
         #[cfg(target_os = "linux")]
         DriverKind::Uring => {
             let chunk = opts.read_chunk;
             start_on(
                 move || uring::Uring::new(chunk),
+                driver.name(),
                 opts,
                 local_addrs,
                 setup,
@@ -631,6 +646,7 @@ fn start(
 
 fn start_on<D: io::Driver>(
     new_driver: impl Fn() -> std::io::Result<(D, Waker)>,
+    io_name: &'static str,
     opts: RuntimeOptions,
     local_addrs: Vec<SocketAddr>,
     mut setup: WorkerSetup,
@@ -652,11 +668,13 @@ fn start_on<D: io::Driver>(
         stop: stop.clone(),
         wakers: wakers.clone(),
     };
+    let (stats, stats_inboxes) = stats::StatsProbe::wire(io_name, &wakers);
     let mut handle = RuntimeHandle {
         shutdown,
         threads: Vec::with_capacity(workers),
         local_addrs,
         hubs: Vec::with_capacity(workers),
+        stats,
     };
     let accept = match &setup {
         WorkerSetup::Server { accept, .. } => accept.clone(),
@@ -681,7 +699,8 @@ fn start_on<D: io::Driver>(
         WorkerSetup::Server { reverse, .. } => (reverse.clone(), Arc::from([])),
         WorkerSetup::Client { exposed, .. } => (None, exposed.clone()),
     };
-    for (w, (driver, mailbox)) in drivers.into_iter().zip(mailboxes).enumerate() {
+    let workers_inputs = drivers.into_iter().zip(mailboxes).zip(stats_inboxes);
+    for (w, ((driver, mailbox), stats_inbox)) in workers_inputs.enumerate() {
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
             mailbox,
@@ -695,6 +714,8 @@ fn start_on<D: io::Driver>(
             tls: tls.clone(),
             reverse_table: reverse_table.clone(),
             exposed: exposed.clone(),
+            worker: w,
+            stats: Some(stats_inbox),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

@@ -190,6 +190,12 @@ pub struct SessionStats {
     /// accounting) plus [`crate::reorder::PIECE_OVERHEAD`] each (also at most the session
     /// window).
     pub reorder_charged: u64,
+    /// Streams opened so far, by either end.
+    pub streams_opened: u64,
+    /// Stream bytes sent to the peer so far (every stream, closed or live).
+    pub stream_bytes_sent: u64,
+    /// Stream bytes received from the peer so far (every stream, closed or live).
+    pub stream_bytes_received: u64,
 }
 
 /// One end of an mtcpd session.
@@ -463,6 +469,9 @@ impl Session {
             buffered_bytes: buffered,
             streams: self.streams.len(),
             active_tunnels: self.tunnels.iter().filter(|t| t.is_active()).count(),
+            streams_opened: self.next_local_index + self.peer_streams_seen,
+            stream_bytes_sent: self.send_data_total,
+            stream_bytes_received: self.recv_data_total,
         }
     }
 

@@ -79,13 +79,19 @@ impl<D: Driver> EventLoop<D> {
     /// Client: takes application connections; each becomes a stream of the session.
     pub(super) fn accept_apps(&mut self, key: usize) {
         loop {
-            let Some(Entry::AppListener { sock, target }) = self.entries.get_mut(key) else {
+            let Some(Entry::AppListener {
+                sock,
+                target,
+                forward,
+            }) = self.entries.get_mut(key)
+            else {
                 return;
             };
-            let target = target.clone();
+            let (target, forward) = (target.clone(), *forward);
             match sock.accept() {
                 Ok((conn, peer)) => {
                     self.accept_works();
+                    self.metrics.connection_accepted(forward);
                     sockopt::tune_app(&conn);
                     tracing::debug!(%peer, "application connected");
                     let Some(skey) = self.endpoint.client_session() else {

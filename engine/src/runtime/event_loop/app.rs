@@ -41,6 +41,10 @@ pub(super) struct AppConn<D: Driver> {
     /// Client proxy connection: the server's verdict has not come yet, and this is how the
     /// application is told. Until then the socket is not read and nothing is written to it.
     verdict: Option<ReplyKind>,
+    /// Bytes the stream took from this connection (for the metrics).
+    pub(super) bytes_to_peer: u64,
+    /// Bytes read from the stream for this connection (for the metrics).
+    pub(super) bytes_from_peer: u64,
 }
 
 impl<D: Driver> AppConn<D> {
@@ -65,6 +69,8 @@ impl<D: Driver> AppConn<D> {
             target,
             _permit: None,
             verdict: None,
+            bytes_to_peer: 0,
+            bytes_from_peer: 0,
         }
     }
 
@@ -161,11 +167,13 @@ impl<D: Driver> StreamConn for AppConn<D> {
             }
             if let Some(pending) = self.unsent.take() {
                 match session.write(self.stream, pending.clone()) {
-                    Ok(n) if n < pending.len() => {
-                        self.unsent = Some(pending.slice(n..));
-                        return After::Keep;
+                    Ok(n) => {
+                        self.bytes_to_peer += n as u64;
+                        if n < pending.len() {
+                            self.unsent = Some(pending.slice(n..));
+                            return After::Keep;
+                        }
                     }
-                    Ok(_) => {}
                     Err(_) => return After::Close,
                 }
             }
@@ -209,7 +217,10 @@ impl<D: Driver> StreamConn for AppConn<D> {
                 break;
             }
             match session.read(self.stream, APP_QUEUE) {
-                Ok(ReadOutcome::Data(b)) => self.tx.push(b),
+                Ok(ReadOutcome::Data(b)) => {
+                    self.bytes_from_peer += b.len() as u64;
+                    self.tx.push(b)
+                }
                 Ok(ReadOutcome::Fin) => self.fin_pending = true,
                 Ok(ReadOutcome::WouldBlock) | Err(_) => break,
             }

@@ -32,6 +32,7 @@ mod accept;
 mod app;
 mod backends;
 mod local_streams;
+mod metrics;
 mod pending;
 mod proxy;
 mod reverse;
@@ -163,6 +164,8 @@ enum Entry<D: Driver> {
     AppListener {
         sock: D::Listener,
         target: Option<String>,
+        /// Its place in the runtime's forwards (for the metrics).
+        forward: usize,
     },
     /// Server: tunnels connect here.
     TunnelListener { sock: D::Listener },
@@ -261,6 +264,8 @@ pub(super) struct EventLoop<D: Driver> {
     proxies: Proxies,
     /// Reverse tunnels: a server's listeners and table, a client's exposed services.
     reverse: reverse::ReverseState,
+    /// This worker's counters and stats requests.
+    metrics: metrics::WorkerMetrics,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -285,6 +290,10 @@ pub(super) struct WorkerContext {
     pub(super) reverse_table: Option<Arc<super::reverse::ReverseTable>>,
     /// Client: the services it exposes.
     pub(super) exposed: Arc<[super::reverse::ExposedService]>,
+    /// This worker's index in its runtime.
+    pub(super) worker: usize,
+    /// Where stats requests for this worker arrive.
+    pub(super) stats: Option<super::stats::StatsInbox>,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -327,6 +336,7 @@ impl<D: Driver> EventLoop<D> {
             tls: ctx.tls,
             proxies: Proxies::default(),
             reverse: reverse::ReverseState::new(ctx.reverse_table, ctx.exposed),
+            metrics: metrics::WorkerMetrics::new(ctx.worker, ctx.stats),
         }
     }
 
@@ -358,9 +368,17 @@ impl<D: Driver> EventLoop<D> {
         let endpoint = Endpoint::client(config, Instant::now(), os_seed());
         let mut el = Self::new(io, opts, Role::Client { server }, endpoint, ctx);
         for (sock, role) in listeners {
+            let local = sock.local_addr()?;
             let sock = el.io.listener(sock)?;
             match role {
-                ListenerRole::Forward(target) => el.add(Entry::AppListener { sock, target })?,
+                ListenerRole::Forward(target) => {
+                    let forward = el.metrics.add_forward(local);
+                    el.add(Entry::AppListener {
+                        sock,
+                        target,
+                        forward,
+                    })?
+                }
                 ListenerRole::Proxy(kind) => el.add(Entry::ProxyListener { sock, kind })?,
             };
         }
@@ -413,7 +431,10 @@ impl<D: Driver> EventLoop<D> {
             Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
                 self.io.deregister_stream(sock)
             }
-            Entry::App(app) => self.io.deregister_stream(&mut app.sock),
+            Entry::App(app) => {
+                self.metrics.connection_done(app);
+                self.io.deregister_stream(&mut app.sock)
+            }
             Entry::Local(_) => {}
         }
         Some(entry)
@@ -443,6 +464,7 @@ impl<D: Driver> EventLoop<D> {
                     tunnel => self.adopt(tunnel),
                 }
             }
+            self.answer_stats_requests();
             let ready = std::mem::take(&mut self.ready);
             for &(key, readable, writable) in &ready {
                 self.on_ready(key, readable, writable);

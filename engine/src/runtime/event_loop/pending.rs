@@ -207,6 +207,7 @@ impl<D: Driver> EventLoop<D> {
     /// Counts a refused handshake; logs it if it is the first from its source or a summary is
     /// due.
     pub(super) fn reject(&mut self, now: Instant, reason: RejectReason, peer: SocketAddr) {
+        self.metrics.handshake_rejected(reason);
         let mut log = lock(&self.rejections);
         if let Some(line) = log.record(now, reason, peer.ip()) {
             log_rejection(&line, log.interval());

@@ -42,6 +42,8 @@ pub(super) struct SessionIo<D: Driver> {
     touched: bool,
     /// The timer entry in the heap that counts (earlier ones were fired, later ones are stale).
     armed: Option<Instant>,
+    /// Frame bytes sent and received over each tunnel slot, across its connections.
+    pub(super) traffic: Vec<(u64, u64)>,
 }
 
 impl<D: Driver> Default for SessionIo<D> {
@@ -53,6 +55,7 @@ impl<D: Driver> Default for SessionIo<D> {
             queued: false,
             touched: false,
             armed: None,
+            traffic: Vec::new(),
         }
     }
 }
@@ -73,6 +76,15 @@ impl<D: Driver> SessionIo<D> {
         {
             *slot = None;
         }
+    }
+
+    /// Counts `sent` and `received` frame bytes on tunnel slot `t`.
+    pub(super) fn count_traffic(&mut self, t: usize, sent: u64, received: u64) {
+        if self.traffic.len() <= t {
+            self.traffic.resize(t + 1, (0, 0));
+        }
+        self.traffic[t].0 += sent;
+        self.traffic[t].1 += received;
     }
 
     /// Forgets `stream` if `entry` still carries it.
@@ -201,6 +213,7 @@ impl<D: Driver> EventLoop<D> {
         let Some(slot) = self.endpoint.get(skey) else {
             return;
         };
+        self.metrics.session_retired(&slot.session().stats());
         let tunnels: Vec<usize> = slot.data().tunnels.iter().flatten().copied().collect();
         let streams: Vec<usize> = slot.data().streams.values().copied().collect();
         for k in tunnels {
@@ -277,6 +290,7 @@ impl<D: Driver> EventLoop<D> {
                 self.open_waiting_locals();
             }
             Event::TunnelDown { tunnel, reason } => {
+                self.metrics.tunnel_lost(&reason);
                 if refused {
                     tracing::debug!(session = %id, tunnel, "tunnel lost: {reason}");
                 } else {

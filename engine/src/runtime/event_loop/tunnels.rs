@@ -190,7 +190,11 @@ impl<D: Driver> EventLoop<D> {
         let Some(s) = self.endpoint.get_mut(skey) else {
             return true;
         };
-        match s.session_mut().handle_input(now, t, rx) {
+        let before = rx.len();
+        let result = s.session_mut().handle_input(now, t, rx);
+        let received = before.saturating_sub(rx.len()) as u64;
+        s.data_mut().count_traffic(t, 0, received);
+        match result {
             Ok(()) => {}
             // A permanent refusal: said once, by the endpoint's report, when the session is
             // let go.
@@ -292,6 +296,7 @@ impl<D: Driver> EventLoop<D> {
                 }
                 self.scratch.clear();
                 let n = session.poll_transmit(now, t, D::TUNNEL_QUEUE - tx.len, &mut self.scratch);
+                io.count_traffic(t, n as u64, 0);
                 if let Err(e) = tls.seal(self.scratch.drain(..), |c| tx.push(c)) {
                     failed = Some(std::io::Error::other(e));
                     break;

@@ -1,0 +1,390 @@
+//! The Prometheus text exposition (format 0.0.4) of a runtime's stats snapshot.
+//!
+//! Owns: metric names, help texts, types and labels, and the escaping of label values. Must not
+//! touch: how the figures are gathered (the engine's `RuntimeStats`) or served (`http`).
+//!
+//! A small renderer rather than the `prometheus-client` crate: every figure already arrives as
+//! one snapshot per scrape (the engine sums its workers), so a registry of live metric objects
+//! would only be filled and emptied again on every scrape; what is left is writing lines and
+//! escaping three characters.
+
+use std::fmt::Write;
+
+use mtcpd_engine::Role;
+use mtcpd_engine::runtime::stats::{REJECTION_REASONS, RuntimeStats, TUNNEL_LOSS_REASONS};
+
+/// What a scrape names besides the snapshot.
+#[derive(Debug, Clone)]
+pub struct ExpositionContext {
+    /// This daemon's role (a label of `mtcpd_build_info`).
+    pub role: Role,
+    /// The `forward` label of each client forward, in the runtime's order: its name, else its
+    /// listen address.
+    pub forward_labels: Vec<String>,
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Writes the exposition, one family after the other.
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{key}=\"{}\"", escape(value));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+/// The exposition of `stats`.
+pub fn render(stats: &RuntimeStats, context: &ExpositionContext) -> String {
+    let mut out = Exposition {
+        text: String::with_capacity(4096),
+    };
+    let role = context.role.as_str();
+    out.family(
+        "mtcpd_build_info",
+        "gauge",
+        "Always 1; the labels say which mtcpd runs, on which I/O driver and in which role.",
+    );
+    out.sample(
+        "mtcpd_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("io", stats.io),
+            ("role", role),
+        ],
+        1,
+    );
+    out.family(
+        "mtcpd_scrape_workers_missing",
+        "gauge",
+        "Workers that did not answer this scrape in time (their figures are missing).",
+    );
+    out.sample("mtcpd_scrape_workers_missing", &[], stats.workers_missing);
+    out.family("mtcpd_sessions", "gauge", "Live sessions.");
+    out.sample("mtcpd_sessions", &[], stats.sessions.len());
+    out.family("mtcpd_streams", "gauge", "Live streams, all sessions.");
+    out.sample("mtcpd_streams", &[], stats.streams());
+    let c = &stats.counters;
+    out.family(
+        "mtcpd_streams_opened_total",
+        "counter",
+        "Streams opened by either end.",
+    );
+    out.sample("mtcpd_streams_opened_total", &[], c.streams_opened);
+    out.family(
+        "mtcpd_stream_bytes_total",
+        "counter",
+        "Stream bytes carried, by direction (to_peer: sent to the other mtcpd).",
+    );
+    out.sample(
+        "mtcpd_stream_bytes_total",
+        &[("direction", "to_peer")],
+        c.stream_bytes_to_peer,
+    );
+    out.sample(
+        "mtcpd_stream_bytes_total",
+        &[("direction", "from_peer")],
+        c.stream_bytes_from_peer,
+    );
+    out.family(
+        "mtcpd_frames_resent_total",
+        "counter",
+        "Frames re-sent on another tunnel because theirs died.",
+    );
+    out.sample("mtcpd_frames_resent_total", &[], c.frames_resent);
+    out.family(
+        "mtcpd_tunnels_lost_total",
+        "counter",
+        "Tunnels lost, by reason.",
+    );
+    for reason in TUNNEL_LOSS_REASONS {
+        let n = c.tunnels_lost.get(reason).copied().unwrap_or(0);
+        out.sample("mtcpd_tunnels_lost_total", &[("reason", reason)], n);
+    }
+    out.family(
+        "mtcpd_handshakes_rejected_total",
+        "counter",
+        "Server: tunnel handshakes refused, by reason.",
+    );
+    for reason in REJECTION_REASONS {
+        let n = c.handshakes_rejected.get(reason).copied().unwrap_or(0);
+        out.sample("mtcpd_handshakes_rejected_total", &[("reason", reason)], n);
+    }
+    out.family(
+        "mtcpd_reorder_buffered_bytes",
+        "gauge",
+        "Out-of-order bytes held in reorder buffers, all sessions.",
+    );
+    out.sample(
+        "mtcpd_reorder_buffered_bytes",
+        &[],
+        stats.reorder_buffered_bytes(),
+    );
+    render_sessions(&mut out, stats);
+    render_tunnels(&mut out, stats);
+    render_forwards(&mut out, stats, context);
+    out.text
+}
+
+fn render_sessions(out: &mut Exposition, stats: &RuntimeStats) {
+    out.family(
+        "mtcpd_session_streams",
+        "gauge",
+        "Live streams of each session.",
+    );
+    for s in &stats.sessions {
+        out.sample("mtcpd_session_streams", &[("session", &s.id)], s.streams);
+    }
+    out.family(
+        "mtcpd_session_frames_resent_total",
+        "counter",
+        "Frames each live session re-sent because their tunnel died.",
+    );
+    for s in &stats.sessions {
+        out.sample(
+            "mtcpd_session_frames_resent_total",
+            &[("session", &s.id)],
+            s.frames_resent,
+        );
+    }
+}
+
+/// One gauge or counter per tunnel, TCP_INFO figures only for tunnels with a connection.
+fn render_tunnels(out: &mut Exposition, stats: &RuntimeStats) {
+    struct Row<'a> {
+        session: &'a str,
+        index: String,
+        peer: String,
+        tunnel: &'a mtcpd_engine::runtime::stats::TunnelStats,
+    }
+    let rows: Vec<Row<'_>> = stats
+        .sessions
+        .iter()
+        .flat_map(|s| {
+            s.tunnels.iter().map(move |t| Row {
+                session: &s.id,
+                index: t.index.to_string(),
+                peer: t.peer.map(|p| p.to_string()).unwrap_or_default(),
+                tunnel: t,
+            })
+        })
+        .collect();
+    type Pick = fn(&mtcpd_engine::runtime::stats::TunnelStats) -> Option<String>;
+    let families: [(&str, &str, &str, Pick); 8] = [
+        (
+            "mtcpd_tunnel_up",
+            "gauge",
+            "1 while the tunnel carries frames, else 0.",
+            |t| Some(u8::from(t.up).to_string()),
+        ),
+        (
+            "mtcpd_tunnel_rtt_seconds",
+            "gauge",
+            "Smoothed round-trip time (TCP_INFO, read at scrape time).",
+            |t| t.tcp.as_ref().map(|x| x.rtt.as_secs_f64().to_string()),
+        ),
+        (
+            "mtcpd_tunnel_min_rtt_seconds",
+            "gauge",
+            "Smallest round-trip time seen on the connection (TCP_INFO).",
+            |t| t.tcp.as_ref().map(|x| x.min_rtt.as_secs_f64().to_string()),
+        ),
+        (
+            "mtcpd_tunnel_cwnd_segments",
+            "gauge",
+            "Congestion window, segments (TCP_INFO).",
+            |t| t.tcp.as_ref().map(|x| x.cwnd_segments.to_string()),
+        ),
+        (
+            "mtcpd_tunnel_delivery_rate_bytes_per_second",
+            "gauge",
+            "The kernel's latest delivery-rate estimate (TCP_INFO).",
+            |t| {
+                t.tcp
+                    .as_ref()
+                    .map(|x| x.delivery_rate_bytes_per_second.to_string())
+            },
+        ),
+        (
+            "mtcpd_tunnel_retransmitted_segments_total",
+            "counter",
+            "Segments the kernel retransmitted on the current connection (TCP_INFO).",
+            |t| t.tcp.as_ref().map(|x| x.retransmitted_segments.to_string()),
+        ),
+        (
+            "mtcpd_tunnel_sent_bytes_total",
+            "counter",
+            "Frame bytes (before TLS) sent on the tunnel slot, across its connections.",
+            |t| Some(t.sent_bytes.to_string()),
+        ),
+        (
+            "mtcpd_tunnel_received_bytes_total",
+            "counter",
+            "Frame bytes (after TLS) received on the tunnel slot, across its connections.",
+            |t| Some(t.received_bytes.to_string()),
+        ),
+    ];
+    for (name, kind, help, pick) in families {
+        out.family(name, kind, help);
+        for row in &rows {
+            if let Some(value) = pick(row.tunnel) {
+                let labels = [
+                    ("session", row.session),
+                    ("tunnel", row.index.as_str()),
+                    ("peer", row.peer.as_str()),
+                ];
+                out.sample(name, &labels, value);
+            }
+        }
+    }
+}
+
+fn render_forwards(out: &mut Exposition, stats: &RuntimeStats, context: &ExpositionContext) {
+    let label = |i: usize, listen: std::net::SocketAddr| {
+        context
+            .forward_labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| listen.to_string())
+    };
+    out.family(
+        "mtcpd_forward_connections_total",
+        "counter",
+        "Client: application connections accepted, per forward.",
+    );
+    for (i, f) in stats.forwards.iter().enumerate() {
+        let name = label(i, f.listen);
+        out.sample(
+            "mtcpd_forward_connections_total",
+            &[("forward", &name)],
+            f.connections,
+        );
+    }
+    out.family(
+        "mtcpd_forward_bytes_total",
+        "counter",
+        "Client: stream bytes of each forward's connections, by direction.",
+    );
+    for (i, f) in stats.forwards.iter().enumerate() {
+        let name = label(i, f.listen);
+        out.sample(
+            "mtcpd_forward_bytes_total",
+            &[("forward", &name), ("direction", "to_peer")],
+            f.bytes_to_peer,
+        );
+        out.sample(
+            "mtcpd_forward_bytes_total",
+            &[("forward", &name), ("direction", "from_peer")],
+            f.bytes_from_peer,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtcpd_engine::runtime::stats::{ForwardStats, SessionStatsSnapshot, TcpStats, TunnelStats};
+    use std::time::Duration;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn a_snapshot_renders_every_family_with_its_labels() {
+        let stats = RuntimeStats {
+            io: "mio",
+            workers: 1,
+            sessions: vec![SessionStatsSnapshot {
+                id: "00aa11bb22cc".into(),
+                streams: 2,
+                tunnels: vec![
+                    TunnelStats {
+                        index: 0,
+                        peer: Some("127.0.0.1:8000".parse().unwrap()),
+                        up: true,
+                        tcp: Some(TcpStats {
+                            rtt: Duration::from_micros(1500),
+                            cwnd_segments: 10,
+                            ..TcpStats::default()
+                        }),
+                        sent_bytes: 100,
+                        received_bytes: 50,
+                    },
+                    TunnelStats {
+                        index: 1,
+                        ..TunnelStats::default()
+                    },
+                ],
+                ..SessionStatsSnapshot::default()
+            }],
+            forwards: vec![ForwardStats {
+                listen: "127.0.0.1:7000".parse().unwrap(),
+                connections: 3,
+                bytes_to_peer: 7,
+                bytes_from_peer: 8,
+            }],
+            ..RuntimeStats::default()
+        };
+        let context = ExpositionContext {
+            role: Role::Client,
+            forward_labels: vec!["web \"main\"".into()],
+        };
+        let text = render(&stats, &context);
+        assert!(text.contains("mtcpd_build_info{version=\""));
+        assert!(text.contains("io=\"mio\",role=\"client\"} 1\n"));
+        assert!(text.contains(
+            "mtcpd_tunnel_rtt_seconds{session=\"00aa11bb22cc\",tunnel=\"0\",peer=\"127.0.0.1:8000\"} 0.0015\n"
+        ));
+        assert!(
+            text.contains("mtcpd_tunnel_up{session=\"00aa11bb22cc\",tunnel=\"1\",peer=\"\"} 0\n")
+        );
+        assert!(!text.contains("mtcpd_tunnel_cwnd_segments{session=\"00aa11bb22cc\",tunnel=\"1\""));
+        assert!(text.contains("mtcpd_streams 2\n"));
+        assert!(text.contains("mtcpd_tunnels_lost_total{reason=\"idle_timeout\"} 0\n"));
+        assert!(text.contains(
+            "mtcpd_forward_bytes_total{forward=\"web \\\"main\\\"\",direction=\"from_peer\"} 8\n"
+        ));
+        // Every sample line belongs to a family announced before it.
+        let mut announced = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                announced.push(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(announced.last().map(String::as_str), Some(name), "{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The metrics endpoint and `mtcpd stats` against a real daemon pair (the `mtcpd` binary on
+//! loopback), on each I/O driver: after a transfer of known size, the scrape's names, labels
+//! and values; `mtcpd stats --once` and `--json`; the Grafana dashboard's and the alert rules'
+//! metric names against what the daemons really export; bad HTTP requests answered 4xx without
+//! disturbing the endpoint. Processes are stopped (the kit's `ChildGuard`) even when a test
+//! fails.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mtcpd::stats::exposition::{Sample, parse};
+use mtcpd_testkit::backends;
+use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::{Driver, driver_tests};
+
+const KEY: &str = "metrics-test-key-0123456789abcdef-0123456789";
+const POOL: usize = 4;
+const SIZE: u64 = 5 * 1024 * 1024 + 123;
+/// What the sink backend answers: SHA-256 and length.
+const SINK_REPORT: u64 = 40;
+
+driver_tests! {
+    #[within(90)]
+    fn metrics_of_a_transfer(io) { metrics_of_a_transfer(io) }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mtcpd-metrics-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Daemon {
+    _process: ChildGuard,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, name: &str, config: &str, args: &[&str]) -> Daemon {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("write config");
+        let log = dir.join(format!("{name}.log"));
+        let process = ChildGuard::spawn(
+            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+                .args([name, "-c"])
+                .arg(&path)
+                .args(args)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file")),
+        )
+        .expect("spawn mtcpd");
+        Daemon {
+            _process: process,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn wait_listening(addr: SocketAddr, daemon: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {addr}; log:\n{}", daemon.log());
+}
+
+/// One HTTP exchange: sends `request` as is, returns (status code, body).
+fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = conn.write_all(request);
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (code, body)
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let (code, body) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == *v))
+        .collect();
+    assert_eq!(found.len(), 1, "{name}{labels:?}: {found:?}");
+    found[0].value
+}
+
+fn of<'a>(samples: &'a [Sample], name: &str) -> Vec<&'a Sample> {
+    samples.iter().filter(|s| s.name == name).collect()
+}
+
+/// Metric names a scrape announces (`# TYPE` lines).
+fn exported_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `mtcpd_…` name in `text`.
+fn mtcpd_names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("mtcpd_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn metrics_of_a_transfer(io: Driver) {
+    let dir = TempDir::new(io.name());
+    let leases: Vec<PortLease> = (0..4).map(|_| reserve_port()).collect();
+    let [tunnel, app, server_metrics, client_metrics] = [0, 1, 2, 3].map(|i| leases[i].port());
+    let sink = backends::sink_backend();
+    let server_config = format!(
+        "mode = \"server\"\npsk = \"{KEY}\"\nmetrics_listen = \"127.0.0.1:{server_metrics}\"\n\
+         [server]\nlisten_ip = \"127.0.0.1\"\nlisten_port = {tunnel}\n\
+         backend_ip = \"127.0.0.1\"\nbackend_port = {}\nconnection_pool_size = {POOL}\n",
+        sink.port()
+    );
+    let server = Daemon::start(&dir.0, "server", &server_config, &["--io", io.name()]);
+    // Not the tunnel port: a probe connection there would be a refused handshake. The
+    // endpoint starts after the tunnel listener is bound.
+    wait_listening(local(server_metrics), &server);
+    // The client's endpoint comes from the command line instead.
+    let client_config = format!(
+        "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nserver_ip = \"127.0.0.1\"\n\
+         server_port = {tunnel}\nconnection_pool_size = {POOL}\n\
+         [[client.forward]]\nname = \"bulk\"\nlisten = \"127.0.0.1:{app}\"\n"
+    );
+    let metrics_flag = local(client_metrics).to_string();
+    let client = Daemon::start(
+        &dir.0,
+        "client",
+        &client_config,
+        &["--io", io.name(), "--metrics", &metrics_flag],
+    );
+    // Not the application port: a probe connection there would be a stream. The endpoint
+    // starts after the forwards are bound.
+    wait_listening(local(client_metrics), &client);
+
+    let conn = TcpStream::connect(local(app)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (_, report) = backends::send_to_sink(conn, 7, SIZE).expect("transfer through mtcpd");
+    assert_eq!(report.len, SIZE);
+
+    // Counters settle as the stream closes at both ends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (client_text, server_text) = loop {
+        let (c, s) = (scrape(local(client_metrics)), scrape(local(server_metrics)));
+        let (cs, ss) = (parse(&c).unwrap(), parse(&s).unwrap());
+        let settled = |samples: &[Sample]| {
+            value(samples, "mtcpd_streams", &[]) == 0.0
+                && of(samples, "mtcpd_tunnel_up")
+                    .iter()
+                    .map(|s| s.value)
+                    .sum::<f64>()
+                    == POOL as f64
+        };
+        if (settled(&cs) && settled(&ss)) || Instant::now() > deadline {
+            break (c, s);
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let logs = || format!("client:\n{}\nserver:\n{}", client.log(), server.log());
+    let c = parse(&client_text).unwrap_or_else(|e| panic!("{e}\n{client_text}"));
+    let s = parse(&server_text).unwrap_or_else(|e| panic!("{e}\n{server_text}"));
+
+    for (samples, role) in [(&c, "client"), (&s, "server")] {
+        let info = &of(samples, "mtcpd_build_info")[0];
+        assert_eq!(info.label("io"), io.name(), "{role}");
+        assert_eq!(info.label("role"), role);
+        assert_eq!(info.label("version"), env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            value(samples, "mtcpd_sessions", &[]),
+            1.0,
+            "{role}\n{}",
+            logs()
+        );
+        assert_eq!(value(samples, "mtcpd_streams", &[]), 0.0);
+        assert_eq!(value(samples, "mtcpd_streams_opened_total", &[]), 1.0);
+        assert_eq!(value(samples, "mtcpd_frames_resent_total", &[]), 0.0);
+        assert_eq!(value(samples, "mtcpd_reorder_buffered_bytes", &[]), 0.0);
+        assert_eq!(value(samples, "mtcpd_scrape_workers_missing", &[]), 0.0);
+        let up = of(samples, "mtcpd_tunnel_up");
+        assert_eq!(up.len(), POOL, "{role}: one per tunnel");
+        assert_eq!(
+            up.iter().map(|s| s.value).sum::<f64>(),
+            POOL as f64,
+            "{role}"
+        );
+        let mut indices: Vec<&str> = up.iter().map(|s| s.label("tunnel")).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, ["0", "1", "2", "3"]);
+        for name in [
+            "mtcpd_tunnel_rtt_seconds",
+            "mtcpd_tunnel_min_rtt_seconds",
+            "mtcpd_tunnel_cwnd_segments",
+            "mtcpd_tunnel_delivery_rate_bytes_per_second",
+            "mtcpd_tunnel_retransmitted_segments_total",
+            "mtcpd_tunnel_sent_bytes_total",
+            "mtcpd_tunnel_received_bytes_total",
+        ] {
+            let per_tunnel = of(samples, name);
+            assert_eq!(per_tunnel.len(), POOL, "{role}: {name}");
+            for t in per_tunnel {
+                assert_eq!(t.label("session").len(), 12, "{t:?}");
+                assert!(t.label("peer").parse::<SocketAddr>().is_ok(), "{t:?}");
+            }
+        }
+        for t in of(samples, "mtcpd_tunnel_rtt_seconds") {
+            assert!(t.value > 0.0 && t.value < 1.0, "loopback RTT: {t:?}");
+        }
+        for t in of(samples, "mtcpd_tunnel_cwnd_segments") {
+            assert!(t.value >= 1.0, "{t:?}");
+        }
+        assert_eq!(
+            of(samples, "mtcpd_tunnels_lost_total")
+                .iter()
+                .map(|s| s.value)
+                .sum::<f64>(),
+            0.0,
+            "{role}"
+        );
+    }
+    // The session is the same at both ends, and the client's tunnels lead to the server.
+    let session = of(&c, "mtcpd_tunnel_up")[0].label("session").to_owned();
+    assert_eq!(of(&s, "mtcpd_tunnel_up")[0].label("session"), session);
+    assert_eq!(
+        of(&c, "mtcpd_tunnel_up")[0].label("peer"),
+        local(tunnel).to_string()
+    );
+    // Bytes: the transfer one way, the sink's report the other.
+    let (to, from) = (&[("direction", "to_peer")], &[("direction", "from_peer")]);
+    assert_eq!(value(&c, "mtcpd_stream_bytes_total", to), SIZE as f64);
+    assert_eq!(
+        value(&c, "mtcpd_stream_bytes_total", from),
+        SINK_REPORT as f64
+    );
+    assert_eq!(value(&s, "mtcpd_stream_bytes_total", from), SIZE as f64);
+    assert_eq!(
+        value(&s, "mtcpd_stream_bytes_total", to),
+        SINK_REPORT as f64
+    );
+    let sent: f64 = of(&c, "mtcpd_tunnel_sent_bytes_total")
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    let received: f64 = of(&s, "mtcpd_tunnel_received_bytes_total")
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert!(
+        sent > SIZE as f64 && received > SIZE as f64,
+        "{sent} {received}"
+    );
+    assert!(sent < SIZE as f64 * 1.01, "frame overhead is small: {sent}");
+    // The forward, by its name.
+    let bulk = [("forward", "bulk")];
+    assert_eq!(value(&c, "mtcpd_forward_connections_total", &bulk), 1.0);
+    let bulk_to = [("forward", "bulk"), ("direction", "to_peer")];
+    assert_eq!(
+        value(&c, "mtcpd_forward_bytes_total", &bulk_to),
+        SIZE as f64
+    );
+    // The server was never refused a handshake; its reasons are all there, at 0.
+    let rejected = of(&s, "mtcpd_handshakes_rejected_total");
+    assert!(rejected.iter().any(|r| r.label("reason") == "wrong_key"));
+    assert!(rejected.iter().all(|r| r.value == 0.0));
+
+    stats_command(local(client_metrics), io, &session);
+    dashboards_use_exported_names(&client_text, &server_text);
+    bad_requests_do_not_disturb(local(server_metrics));
+    drop(leases);
+}
+
+/// `mtcpd stats --once` (a table) and `--once --json` against the client.
+fn stats_command(endpoint: SocketAddr, io: Driver, session: &str) {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+            .args(["stats", "--metrics", &endpoint.to_string(), "--once"])
+            .args(["--interval", "200ms"])
+            .args(extra)
+            .output()
+            .expect("run mtcpd stats");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let table = run(&[]);
+    assert!(
+        table.contains(&format!("client (io {})", io.name())),
+        "{table}"
+    );
+    assert!(
+        table.contains("RTT ms") && table.contains("CWND"),
+        "{table}"
+    );
+    assert_eq!(
+        table.matches(session).count(),
+        POOL + 1,
+        "a row per tunnel and one for the session:\n{table}"
+    );
+    assert!(table.contains("bulk"), "{table}");
+    assert!(table.contains(" 4/4 "), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).expect("JSON");
+    assert_eq!(json["io"], io.name());
+    assert_eq!(json["bytes_to_peer"], SIZE);
+    assert_eq!(json["tunnel_list"].as_array().map(Vec::len), Some(POOL));
+    assert_eq!(json["session_list"][0]["tunnels_up"], POOL);
+    assert_eq!(json["forward_list"][0]["forward"], "bulk");
+    assert!(json["tunnel_list"][0]["rtt_ms"].as_f64().is_some());
+    assert!(
+        json["tunnel_list"][0]["send_bytes_per_second"]
+            .as_f64()
+            .is_some()
+    );
+
+    // An endpoint that is down: a clear error, exit status 1.
+    let lease = reserve_port();
+    let down = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+        .args([
+            "stats",
+            "--once",
+            "--metrics",
+            &local(lease.port()).to_string(),
+        ])
+        .output()
+        .expect("run mtcpd stats");
+    assert_eq!(down.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        error.contains("cannot reach the metrics endpoint"),
+        "{error}"
+    );
+}
+
+/// Every `mtcpd_…` name in the Grafana dashboards and the alert rules is one the daemons
+/// export.
+fn dashboards_use_exported_names(client: &str, server: &str) {
+    let mut exported = exported_names(client);
+    exported.extend(exported_names(server));
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(contrib.join("grafana"))
+        .expect("contrib/grafana")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert!(!files.is_empty(), "no dashboard in contrib/grafana");
+    let mut exprs = 0;
+    for file in &files {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).expect("read")).expect("JSON");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        for panel in panels {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("expr");
+                let names = mtcpd_names_in(expr);
+                assert!(!names.is_empty(), "{}: {expr}", file.display());
+                for name in names {
+                    assert!(
+                        exported.contains(&name),
+                        "{}: {name} is not exported",
+                        file.display()
+                    );
+                }
+                exprs += 1;
+            }
+        }
+    }
+    assert!(
+        exprs >= 10,
+        "the dashboard shows too little: {exprs} queries"
+    );
+    files.push(contrib.join("prometheus/mtcpd-alerts.yml"));
+    let alerts = std::fs::read_to_string(files.last().unwrap()).expect("alert rules");
+    for name in mtcpd_names_in(&alerts) {
+        assert!(
+            exported.contains(&name),
+            "alert rules: {name} is not exported"
+        );
+    }
+}
+
+/// 4xx for what is not `GET /metrics`; the endpoint answers a good scrape afterwards, also
+/// after every connection place was held by idle clients.
+fn bad_requests_do_not_disturb(endpoint: SocketAddr) {
+    let cases: [(&[u8], u16); 5] = [
+        (b"POST /metrics HTTP/1.1\r\n\r\n", 405),
+        (b"GET / HTTP/1.1\r\n\r\n", 404),
+        (b"GET /metrics/../etc/passwd HTTP/1.1\r\n\r\n", 404),
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\n\r\n", 200),
+    ];
+    for (request, code) in cases {
+        assert_eq!(
+            http(endpoint, request).0,
+            code,
+            "{:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    assert_eq!(http(endpoint, &huge).0, 431);
+    // Idle connections take every place; one more is turned away at once. (First let the
+    // answers above finish lingering: each keeps its place up to 200 ms.)
+    thread::sleep(Duration::from_millis(600));
+    let idle: Vec<TcpStream> = (0..mtcpd::metrics::http::MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(endpoint).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(http(endpoint, b"GET /metrics HTTP/1.1\r\n\r\n").0, 503);
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http(endpoint, b"GET /metrics HTTP/1.1\r\n\r\n").0 != 200 {
+        assert!(Instant::now() < deadline, "the endpoint did not recover");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(scrape(endpoint).contains("mtcpd_sessions 1\n"));
+}
