@@ -12,3 +12,4 @@ pub mod command_line;
 pub mod config;
 pub mod daemon;
 pub mod genkey;
+pub mod startup_log;

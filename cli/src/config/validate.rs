@@ -255,6 +255,9 @@ impl Checker {
             listen,
             default_backend,
             allowed_targets,
+            unlisted_to_default_backend: section
+                .unlisted_to_default_backend
+                .unwrap_or(defaults::UNLISTED_TO_DEFAULT_BACKEND),
         })
     }
 
@@ -313,6 +316,7 @@ impl Checker {
                 forward: ClientForward {
                     listen,
                     target: None,
+                    name: None,
                 },
             });
         }
@@ -340,6 +344,7 @@ impl Checker {
                 forward: ClientForward {
                     listen,
                     target: target.map(|target| target.to_string()),
+                    name: None,
                 },
             });
         }

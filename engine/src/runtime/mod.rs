@@ -34,6 +34,7 @@ mod io;
 mod local;
 pub mod options;
 mod rejection_log;
+mod repeat_log;
 mod resolver;
 mod sockopt;
 #[cfg(target_os = "linux")]
@@ -46,7 +47,7 @@ pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -89,6 +90,16 @@ pub enum RuntimeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another socket (another mtcpd, or any other program) already serves the address.
+    #[error(
+        "cannot listen on {addr}: port {} is already in use (by another mtcpd or another \
+         program); stop it or choose another port",
+        addr.port()
+    )]
+    AddressInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// `workers` was zero.
     #[error("a runtime needs at least one worker")]
     Workers,
@@ -110,6 +121,9 @@ pub enum Route {
     Accept,
     /// Reset it (code 1, as for a target that cannot be reached).
     Refuse,
+    /// Reset it with code 5: the target is not in the server's allow-list (the client logs
+    /// that the server refused it).
+    NotAllowed,
 }
 
 /// Where the server sends a stream, given the target its client asked for. Runs on the
@@ -145,7 +159,15 @@ pub struct RuntimeOptions {
     pub max_backend_connections: usize,
     /// TLS under every tunnel (on unless `insecure_plaintext`), and the identities.
     pub tls: crate::tls::TlsOptions,
+    /// Client: how long an application connection may wait for a tunnel (the server
+    /// unreachable, the pool still opening); then it is reset. At most `engine.max_streams`
+    /// (capped at [`MAX_WAITING_CONNECTIONS`]) wait at once per worker; more are reset at once.
+    pub connect_wait: Duration,
 }
+
+/// Client: most application connections one worker holds while no tunnel can carry them
+/// (also bounded by `max_streams_per_session`).
+pub const MAX_WAITING_CONNECTIONS: usize = 65_536;
 
 impl std::fmt::Debug for RuntimeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,6 +181,7 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("backend_connect_timeout", &self.backend_connect_timeout)
             .field("max_backend_connections", &self.max_backend_connections)
             .field("tls", &self.tls)
+            .field("connect_wait", &self.connect_wait)
             .field("engine", &self.engine)
             .finish()
     }
@@ -171,6 +194,8 @@ pub struct ClientForward {
     pub listen: SocketAddr,
     /// Target asked of the server (`None`: the server's default backend).
     pub target: Option<String>,
+    /// A label for logs (the config's `name`), if any.
+    pub name: Option<String>,
 }
 
 /// A running client or server.
@@ -188,6 +213,16 @@ pub struct RuntimeHandle {
 pub struct ShutdownHandle {
     stop: Arc<AtomicBool>,
     wakers: Arc<[Arc<Waker>]>,
+    /// Streams the workers reset because `drain_timeout` ran out (see [`DrainReport`]).
+    streams_cut: Arc<AtomicU64>,
+}
+
+/// How a graceful stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Streams still open when `drain_timeout` ran out, reset by the stop (0: every stream
+    /// finished, a clean stop).
+    pub streams_cut: u64,
 }
 
 impl ShutdownHandle {
@@ -224,6 +259,15 @@ impl RuntimeHandle {
     /// How many worker threads run.
     pub fn workers(&self) -> usize {
         self.threads.len()
+    }
+
+    /// Waits until every worker has stopped, and says whether the drain cut streams.
+    pub fn join_drain(self) -> DrainReport {
+        let cut = self.shutdown.streams_cut.clone();
+        self.join();
+        DrainReport {
+            streams_cut: cut.load(Ordering::SeqCst),
+        }
     }
 
     /// Waits until every worker has stopped.
@@ -283,16 +327,24 @@ fn reserve_descriptors(opts: &mut RuntimeOptions, nofile: u64) {
     }
 }
 
-/// Listeners for `addr`, one per worker: the first binds (resolving port 0), the others join
-/// it with `SO_REUSEPORT` so the kernel spreads incoming connections over the workers.
+/// Listeners for `addr`, one per worker: the first binds alone (resolving port 0, and failing
+/// when anything else already serves the address), the others join it with `SO_REUSEPORT` so
+/// the kernel spreads incoming connections over the workers.
 fn listeners_per_worker(
     addr: SocketAddr,
     workers: usize,
 ) -> Result<Vec<std::net::TcpListener>, RuntimeError> {
-    let listen = |a: SocketAddr| {
-        sockopt::listener(a, workers > 1).map_err(|source| RuntimeError::Listen { addr: a, source })
+    let failed = |a: SocketAddr| {
+        move |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                RuntimeError::AddressInUse { addr: a }
+            } else {
+                RuntimeError::Listen { addr: a, source }
+            }
+        }
     };
-    let first = listen(addr)?;
+    let listen = |a: SocketAddr| sockopt::listener(a, workers > 1).map_err(failed(a));
+    let first = sockopt::exclusive_listener(addr, workers > 1).map_err(failed(addr))?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..workers {
@@ -344,16 +396,26 @@ pub fn spawn_client(
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
     let tls = opts.tls.client_setup()?;
-    let mut listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
+    let mut listeners: Vec<Vec<(std::net::TcpListener, Arc<ClientForward>)>> =
         (0..opts.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for f in forwards {
         let copies = listeners_per_worker(f.listen, opts.workers)?;
         let local = copies[0].local_addr()?;
-        tracing::info!(%local, target = f.target.as_deref().unwrap_or("<server default>"), %server, "listening for applications");
+        tracing::info!(
+            %local,
+            forward = f.name.as_deref().unwrap_or_default(),
+            target = f.target.as_deref().unwrap_or("<server default>"),
+            %server,
+            "listening for applications"
+        );
         addrs.push(local);
+        let forward = Arc::new(ClientForward {
+            listen: local,
+            ..f.clone()
+        });
         for (w, l) in copies.into_iter().enumerate() {
-            listeners[w].push((l, f.target.clone()));
+            listeners[w].push((l, forward.clone()));
         }
     }
     start(
@@ -375,7 +437,7 @@ enum WorkerSetup {
     },
     Client {
         server: SocketAddr,
-        listeners: Vec<Vec<(std::net::TcpListener, Option<String>)>>,
+        listeners: Vec<Vec<(std::net::TcpListener, Arc<ClientForward>)>>,
     },
 }
 
@@ -455,9 +517,11 @@ fn start_on<D: io::Driver>(
     let stop = Arc::new(AtomicBool::new(false));
     let budget = crate::endpoint::SessionBudget::new(opts.max_sessions);
     let rejections = rejection_log::RejectionLog::shared(std::time::Instant::now());
+    let streams_cut = Arc::new(AtomicU64::new(0));
     let shutdown = ShutdownHandle {
         stop: stop.clone(),
         wakers: wakers.clone(),
+        streams_cut: streams_cut.clone(),
     };
     let mut handle = RuntimeHandle {
         shutdown,
@@ -496,6 +560,7 @@ fn start_on<D: io::Driver>(
                 .as_ref()
                 .map(|pool| pool.for_worker(wakers[w].clone())),
             tls: tls.clone(),
+            streams_cut: streams_cut.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

@@ -37,6 +37,7 @@
 mod close;
 mod flow_control;
 mod input;
+mod pool;
 mod retransmit;
 mod streams;
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::connect_wait::WaitingApp;
 use super::{Entry, EventLoop, Outbox};
 use crate::endpoint::PreauthRefusal;
 use crate::runtime::io::{Driver, IoListener};
@@ -79,10 +80,10 @@ impl<D: Driver> EventLoop<D> {
     /// Client: takes application connections; each becomes a stream of the session.
     pub(super) fn accept_apps(&mut self, key: usize) {
         loop {
-            let Some(Entry::AppListener { sock, target }) = self.entries.get_mut(key) else {
+            let Some(Entry::AppListener { sock, forward }) = self.entries.get_mut(key) else {
                 return;
             };
-            let target = target.clone();
+            let forward = forward.clone();
             match sock.accept() {
                 Ok((conn, peer)) => {
                     self.accept_works();
@@ -91,7 +92,15 @@ impl<D: Driver> EventLoop<D> {
                     let Some(skey) = self.endpoint.client_session() else {
                         return;
                     };
-                    self.start_client_stream(skey, conn, target);
+                    let since = Instant::now();
+                    self.start_client_stream(
+                        skey,
+                        WaitingApp {
+                            conn,
+                            forward,
+                            since,
+                        },
+                    );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => return self.accept_failed(key, e, false),

@@ -8,13 +8,17 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::connect_wait::WaitingApp;
 use super::streams::{After, StreamConn};
 use super::{APP_QUEUE, Entry, EventLoop, Outbox, RESET_APP_ERROR, RESET_CONNECT_FAILED};
 use crate::endpoint::SessionKey;
 use crate::runtime::io::{Driver, IoStream};
+use crate::runtime::ClientForward;
 use crate::runtime::resolver::BackendPermit;
 use crate::runtime::sockopt;
 use crate::session::{ReadOutcome, Session, StreamId};
@@ -35,6 +39,10 @@ pub(super) struct AppConn<D: Driver> {
     target: SocketAddr,
     /// Server: this backend connection's place in the process-wide budget.
     _permit: Option<BackendPermit>,
+    /// Client: the forward the application connected to (for the log).
+    forward: Option<Arc<ClientForward>>,
+    /// When the stream was opened (the log gives each stream's duration).
+    opened_at: Instant,
 }
 
 impl<D: Driver> AppConn<D> {
@@ -58,7 +66,19 @@ impl<D: Driver> AppConn<D> {
             write_closed: false,
             target,
             _permit: None,
+            forward: None,
+            opened_at: Instant::now(),
         }
+    }
+
+    /// Client: the forward the application connected to.
+    pub(super) fn forward(&self) -> Option<&Arc<ClientForward>> {
+        self.forward.as_ref()
+    }
+
+    /// How long ago its stream was opened.
+    pub(super) fn age(&self) -> Duration {
+        self.opened_at.elapsed()
     }
 
     /// Server: a connection being made to `target` for `stream`, holding `permit`.
@@ -120,7 +140,10 @@ impl<D: Driver> StreamConn for AppConn<D> {
                     let _ = session.shutdown(self.stream);
                     return self.finished();
                 }
-                Ok(b) => self.unsent = Some(b),
+                Ok(b) => {
+                    tracing::trace!(stream = self.stream, bytes = b.len(), "data to the peer");
+                    self.unsent = Some(b)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return After::Keep,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -150,7 +173,10 @@ impl<D: Driver> StreamConn for AppConn<D> {
                 break;
             }
             match session.read(self.stream, APP_QUEUE) {
-                Ok(ReadOutcome::Data(b)) => self.tx.push(b),
+                Ok(ReadOutcome::Data(b)) => {
+                    tracing::trace!(stream = self.stream, bytes = b.len(), "data from the peer");
+                    self.tx.push(b)
+                }
                 Ok(ReadOutcome::Fin) => self.fin_pending = true,
                 Ok(ReadOutcome::WouldBlock) | Err(_) => break,
             }
@@ -204,28 +230,42 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
-    /// Client: opens a stream for an application connection, or holds the connection until the
-    /// session can open one.
-    pub(super) fn start_client_stream(
-        &mut self,
-        skey: SessionKey,
-        conn: D::Stream,
-        target: Option<String>,
-    ) {
+    /// Client: opens a stream for an application connection, or holds the connection until a
+    /// tunnel can carry it ([`super::connect_wait`]).
+    pub(super) fn start_client_stream(&mut self, skey: SessionKey, waiting: WaitingApp<D>) {
         let Some(slot) = self.endpoint.get_mut(skey) else {
             return;
         };
-        let opened = slot.session_mut().open_stream(target.as_deref());
+        let session = slot.session_mut();
+        if session.is_established() && session.active_tunnels() == 0 {
+            // Every tunnel is down: a stream opened now would be sent whenever the server
+            // comes back, however late; the connection waits at most connect_wait instead.
+            return self.hold_app(skey, waiting);
+        }
+        let forward = waiting.forward.clone();
+        let target = forward.target.as_deref();
+        let opened = session.open_stream(target);
         // Even a refused open may have changed the session: without zero-RTT the first stream
         // is what dials the pool, so its timers must be looked at again.
         self.touch(skey);
         match opened {
             Ok(stream) => {
+                let conn = waiting.conn;
                 let peer = conn
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                tracing::info!(stream, %peer, "stream opened");
-                let app = AppConn::new(conn, skey, stream, false, peer);
+                tracing::debug!(
+                    stream,
+                    %peer,
+                    forward = forward.name.as_deref().unwrap_or_default(),
+                    listen = %forward.listen,
+                    target = target.unwrap_or("<server default>"),
+                    "stream opened"
+                );
+                let app = AppConn {
+                    forward: Some(forward.clone()),
+                    ..AppConn::new(conn, skey, stream, false, peer)
+                };
                 match self.add(Entry::App(Box::new(app))) {
                     Ok(k) => {
                         self.endpoint[skey].data_mut().streams.insert(stream, k);
@@ -244,10 +284,7 @@ impl<D: Driver> EventLoop<D> {
             }
             Err(crate::StreamError::NotReady) | Err(crate::StreamError::StreamLimit) => {
                 // Held until a tunnel is up or the peer grants more streams.
-                self.endpoint[skey]
-                    .data_mut()
-                    .waiting_apps
-                    .push_back((conn, target));
+                self.hold_app(skey, waiting);
             }
             Err(e) => {
                 tracing::warn!("cannot open a stream: {e}; closing the application connection");

@@ -30,10 +30,13 @@
 mod accept;
 mod app;
 mod backends;
+mod connect_wait;
 mod local_streams;
 mod pending;
+mod pool_log;
 mod sessions;
 mod streams;
+mod target_refusals;
 mod tunnels;
 
 use std::cmp::Reverse;
@@ -41,7 +44,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -53,7 +56,7 @@ use super::io::{Driver, IoStream, Ready};
 use super::rejection_log::SharedRejectionLog;
 use super::resolver::{BackendBudget, WorkerResolver};
 use super::worker::Mailbox;
-use super::{RuntimeOptions, TargetResolver};
+use super::{ClientForward, RuntimeOptions, TargetResolver};
 use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey, SourceBudget};
 use crate::tls::{TlsSetup, TunnelTls};
 use app::AppConn;
@@ -69,6 +72,8 @@ const RESET_CONNECT_FAILED: u32 = 1;
 const RESET_APP_ERROR: u32 = 2;
 /// Reset code for streams whose target did not accept the connection in time.
 const RESET_CONNECT_TIMEOUT: u32 = 3;
+/// Reset code for streams whose target is not in the server's allow-list.
+const RESET_NOT_ALLOWED: u32 = 5;
 /// Reset code for streams refused because the backend budget (connections, or lookups waiting
 /// for the resolver) is spent.
 const RESET_BACKEND_BUSY: u32 = 4;
@@ -158,7 +163,8 @@ enum Entry<D: Driver> {
     /// Client: applications connect here.
     AppListener {
         sock: D::Listener,
-        target: Option<String>,
+        /// The forward it serves (its name and target).
+        forward: Arc<ClientForward>,
     },
     /// Server: tunnels connect here.
     TunnelListener { sock: D::Listener },
@@ -246,6 +252,14 @@ pub(super) struct EventLoop<D: Driver> {
     backends: Backends,
     /// Makes each tunnel connection's record layer (TLS, or plaintext).
     tls: TlsSetup,
+    /// Client: what the log has said about the pool (tunnels up, an outage being reported).
+    pool_log: pool_log::PoolLog,
+    /// Streams reset because the drain timeout ran out, all workers together.
+    streams_cut: Arc<AtomicU64>,
+    /// Client: application connections reset or dropped while waiting, not yet reported.
+    connect_wait_log: connect_wait::ConnectWaitLog,
+    /// Refused targets (server: its refusals; client: the server's, per forward), aggregated.
+    target_refusals: target_refusals::TargetRefusals,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -266,6 +280,8 @@ pub(super) struct WorkerContext {
     pub(super) resolver: Option<WorkerResolver>,
     /// The runtime's TLS setup (built once: identity loaded, verifier chosen).
     pub(super) tls: TlsSetup,
+    /// Streams reset because the drain timeout ran out, all workers together.
+    pub(super) streams_cut: Arc<AtomicU64>,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -306,6 +322,10 @@ impl<D: Driver> EventLoop<D> {
             tls_failure_warned: None,
             backends: Backends::new(ctx.backends, ctx.resolver),
             tls: ctx.tls,
+            pool_log: pool_log::PoolLog::default(),
+            streams_cut: ctx.streams_cut,
+            connect_wait_log: connect_wait::ConnectWaitLog::default(),
+            target_refusals: target_refusals::TargetRefusals::default(),
         }
     }
 
@@ -329,15 +349,15 @@ impl<D: Driver> EventLoop<D> {
         io: D,
         opts: RuntimeOptions,
         server: SocketAddr,
-        listeners: Vec<(std::net::TcpListener, Option<String>)>,
+        listeners: Vec<(std::net::TcpListener, Arc<ClientForward>)>,
         ctx: WorkerContext,
     ) -> io::Result<Self> {
         let config = Arc::new(opts.engine.clone());
         let endpoint = Endpoint::client(config, Instant::now(), os_seed());
         let mut el = Self::new(io, opts, Role::Client { server }, endpoint, ctx);
-        for (sock, target) in listeners {
+        for (sock, forward) in listeners {
             let sock = el.io.listener(sock)?;
-            el.add(Entry::AppListener { sock, target })?;
+            el.add(Entry::AppListener { sock, forward })?;
         }
         // The new session asks for its tunnels to be dialed.
         if let Some(key) = el.endpoint.client_session() {
@@ -414,6 +434,8 @@ impl<D: Driver> EventLoop<D> {
             self.expire_handshakes(now);
             self.take_resolved();
             self.expire_backend_connects(now);
+            self.expire_waiting(now);
+            self.report_target_refusals(now);
             self.flush_rejections(now);
             self.retry_accepts(Instant::now());
             if self.stop.load(Ordering::SeqCst) && self.drain(now) {
@@ -442,6 +464,9 @@ impl<D: Driver> EventLoop<D> {
         if let Some(at) = self.backends.next_deadline() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
+        if let Some(at) = self.next_waiting_deadline() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
         if self.mailbox.retry() {
             timeout = timeout.min(Duration::from_millis(1));
         }
@@ -453,6 +478,9 @@ impl<D: Driver> EventLoop<D> {
     fn drain(&mut self, now: Instant) -> bool {
         if self.draining_since.is_none() {
             self.draining_since = Some(now);
+            // Sessions closed by the drain are not replaced (the stop may have been seen only
+            // now, after this turn's start).
+            self.endpoint.set_stopping();
             tracing::info!(
                 "shutting down: no new connections; open streams have {:?} to finish",
                 self.opts.drain_timeout
@@ -482,7 +510,18 @@ impl<D: Driver> EventLoop<D> {
             .is_some_and(|since| now.saturating_duration_since(since) >= self.opts.drain_timeout);
         if all_done || expired {
             if expired && !all_done {
-                tracing::warn!("drain timeout: closing sessions with streams still open");
+                let open: usize = self
+                    .endpoint
+                    .iter()
+                    .filter(|(_, s)| !s.session().is_closed())
+                    .map(|(_, s)| s.data().streams.len())
+                    .sum();
+                self.streams_cut.fetch_add(open as u64, Ordering::SeqCst);
+                tracing::warn!(
+                    streams = open,
+                    "drain timeout ({:?}) ran out: resetting {open} streams still open",
+                    self.opts.drain_timeout
+                );
             }
             for key in self.endpoint.keys() {
                 self.endpoint[key]
