@@ -180,7 +180,8 @@ impl Relay {
                 };
                 let mut list = conns.lock().expect("relay list");
                 for (from, into) in [(&inbound, &outbound), (&outbound, &inbound)] {
-                    let (mut from, mut into) = (from.try_clone().unwrap(), into.try_clone().unwrap());
+                    let (mut from, mut into) =
+                        (from.try_clone().unwrap(), into.try_clone().unwrap());
                     thread::spawn(move || {
                         let _ = std::io::copy(&mut from, &mut into);
                         let _ = into.shutdown(Shutdown::Write);
@@ -213,7 +214,8 @@ impl Drop for Relay {
 /// One request through `app`: the echo answers what was sent.
 fn echo_once(app: SocketAddr) {
     let mut s = TcpStream::connect(app).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     s.write_all(b"ping").expect("write");
     let mut got = [0u8; 4];
     s.read_exact(&mut got).expect("echo");

@@ -39,6 +39,8 @@ pub(super) struct PoolLog {
 /// A pool's figures at one moment, read from its session.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PoolNow {
+    pub(super) server: SocketAddr,
+    pub(super) now: Instant,
     pub(super) active: usize,
     pub(super) granted: usize,
     pub(super) proposed: usize,
@@ -62,14 +64,13 @@ impl PoolLog {
     /// Slot `t` of `session` carries frames.
     pub(super) fn tunnel_up(
         &mut self,
-        server: SocketAddr,
         session: &str,
         t: u16,
         rtt: Duration,
         congestion: &str,
         pool: PoolNow,
-        now: Instant,
     ) {
+        let (server, now) = (pool.server, pool.now);
         let up = self.slots_of(session);
         let slot = usize::from(t);
         if up.len() <= slot {
@@ -106,14 +107,13 @@ impl PoolLog {
     /// is reported once, elsewhere).
     pub(super) fn tunnel_down(
         &mut self,
-        server: SocketAddr,
         session: &str,
         t: u16,
         reason: &TunnelError,
         pool: PoolNow,
         quiet: bool,
-        now: Instant,
     ) {
+        let (server, now) = (pool.server, pool.now);
         let up = self.slots_of(session);
         let was_up = up.get(usize::from(t)).copied().unwrap_or(false);
         if let Some(slot) = up.get_mut(usize::from(t)) {

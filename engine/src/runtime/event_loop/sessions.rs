@@ -15,6 +15,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::connect_wait::WaitingApp;
@@ -252,22 +253,23 @@ impl<D: Driver> EventLoop<D> {
     }
 
     /// Client: the pool's figures now, for its log.
-    fn pool_now(&self, skey: SessionKey) -> PoolNow {
-        let Some(s) = self.endpoint.get(skey) else {
-            return PoolNow {
-                active: 0,
-                granted: 0,
-                proposed: 0,
-                next_attempt: None,
-            };
+    fn pool_now(&self, skey: SessionKey, server: SocketAddr, now: Instant) -> PoolNow {
+        let mut pool = PoolNow {
+            server,
+            now,
+            active: 0,
+            granted: 0,
+            proposed: 0,
+            next_attempt: None,
         };
-        let session = s.session();
-        PoolNow {
-            active: session.active_tunnels(),
-            granted: session.granted_tunnels(),
-            proposed: session.proposed_tunnels(),
-            next_attempt: session.next_redial(),
+        if let Some(s) = self.endpoint.get(skey) {
+            let session = s.session();
+            pool.active = session.active_tunnels();
+            pool.granted = session.granted_tunnels();
+            pool.proposed = session.proposed_tunnels();
+            pool.next_attempt = session.next_redial();
         }
+        pool
     }
 
     fn on_session_event(&mut self, skey: SessionKey, ev: Event, now: Instant) {
@@ -286,9 +288,8 @@ impl<D: Driver> EventLoop<D> {
             Event::TunnelUp { tunnel, rtt } => {
                 if let Role::Client { server } = self.role {
                     let cc = self.tunnel_congestion(skey, usize::from(tunnel));
-                    let pool = self.pool_now(skey);
-                    self.pool_log
-                        .tunnel_up(server, &id, tunnel, rtt, &cc, pool, now);
+                    let pool = self.pool_now(skey, server, now);
+                    self.pool_log.tunnel_up(&id, tunnel, rtt, &cc, pool);
                 }
                 // Held application connections can go now.
                 self.release_waiting(skey);
@@ -297,9 +298,9 @@ impl<D: Driver> EventLoop<D> {
             Event::TunnelDown { tunnel, reason } => {
                 match self.role {
                     Role::Client { server } => {
-                        let pool = self.pool_now(skey);
+                        let pool = self.pool_now(skey, server, now);
                         self.pool_log
-                            .tunnel_down(server, &id, tunnel, &reason, pool, refused, now);
+                            .tunnel_down(&id, tunnel, &reason, pool, refused);
                     }
                     Role::Server { .. } => log_server_tunnel_down(&id, tunnel, &reason),
                 }
@@ -339,10 +340,9 @@ impl<D: Driver> EventLoop<D> {
             } => {
                 let k = self.endpoint[skey].data_mut().streams.remove(&stream);
                 let (duration, forward) = match k.and_then(|k| self.entries.get(k)) {
-                    Some(super::Entry::App(app)) => (
-                        Some(app.age()),
-                        app.forward().and_then(|f| f.name.clone()),
-                    ),
+                    Some(super::Entry::App(app)) => {
+                        (Some(app.age()), app.forward().and_then(|f| f.name.clone()))
+                    }
                     _ => (None, None),
                 };
                 tracing::debug!(
