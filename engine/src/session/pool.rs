@@ -62,3 +62,63 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A client whose four slots have each failed `failures` dials in a row at `now`.
+    fn backed_off(now: Instant, failures: u32) -> Session {
+        let config = Arc::new(Config {
+            pool_size: 4,
+            allow_unauthenticated: true,
+            ..Config::default()
+        });
+        let mut s = Session::client(config, now, 7);
+        for _ in 0..failures {
+            for t in 0..4 {
+                s.tunnels[t].state = TunnelState::Dialing { since: now };
+                s.tunnel_dial_failed(now, t, "refused");
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn slots_back_off_alone_until_one_gets_through_then_all_are_due_at_once() {
+        let now = Instant::now();
+        let mut s = backed_off(now, 8);
+        assert_eq!(s.proposed_tunnels(), 4);
+        assert_eq!(s.granted_tunnels(), 4);
+        assert_eq!(s.active_tunnels(), 0);
+        // Eight failures: each slot waits between half and all of redial_backoff_max.
+        let max = s.config.redial_backoff_max;
+        let next = s.next_redial().expect("a re-dial is due");
+        assert!(next >= now + max / 2, "{:?}", next - now);
+        let later = now + Duration::from_millis(1);
+        s.redial_waiting_slots(later);
+        for tun in &s.tunnels {
+            assert_eq!(
+                tun.state,
+                TunnelState::Down {
+                    redial_at: Some(later)
+                }
+            );
+        }
+        assert_eq!(s.next_redial(), Some(later));
+        // Their failure counts were forgotten: the next failure waits the shortest backoff.
+        s.tunnels[0].state = TunnelState::Dialing { since: later };
+        s.tunnel_dial_failed(later, 0, "refused");
+        let TunnelState::Down {
+            redial_at: Some(at),
+        } = s.tunnels[0].state
+        else {
+            panic!("slot 0 is down");
+        };
+        assert!(at <= later + s.config.redial_backoff_min * 2, "{:?}", at - later);
+    }
+}

@@ -122,6 +122,10 @@ impl<D: Driver> EventLoop<D> {
 
     /// The earliest `connect_wait` deadline of a held connection.
     pub(super) fn next_waiting_deadline(&self) -> Option<Instant> {
+        // A server has many sessions and never holds connections: not worth a scan per turn.
+        if !matches!(self.role, Role::Client { .. }) {
+            return None;
+        }
         let wait = self.opts.connect_wait;
         self.endpoint
             .iter()
