@@ -119,6 +119,10 @@ mod tests {
         else {
             panic!("slot 0 is down");
         };
-        assert!(at <= later + s.config.redial_backoff_min * 2, "{:?}", at - later);
+        assert!(
+            at <= later + s.config.redial_backoff_min * 2,
+            "{:?}",
+            at - later
+        );
     }
 }
