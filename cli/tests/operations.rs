@@ -454,4 +454,35 @@ driver_tests! {
             assert!(!daemon.log().contains("broke the protocol"), "{side}\n{context}");
         }
     }
+
+    #[within(60)]
+    fn a_server_restart_is_an_info_line_not_a_protocol_error(io) {
+        let dir = TempDir::new();
+        let (server_lease, app_lease) = (reserve_port(), reserve_port());
+        let (backend, _) = counting_echo();
+        let config = server_config(server_lease.port(), backend, 2, "");
+        let mut server = Daemon::start(&dir, "server", "server", &config, io);
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], server_lease.port())), &server);
+        let fast = "[limits]\nredial_backoff_min = \"50ms\"\nredial_backoff_max = \"300ms\"\n";
+        let client = Daemon::start(&dir, "client", "client",
+            &client_config(app_lease.port(), server_lease.port(), 2, fast), io);
+        assert!(client.wait_for("tunnel established", 2, Duration::from_secs(10)), "{}", client.log());
+        // A crash: no GO_AWAY, the new process does not know the session.
+        server.process.signal(9); // SIGKILL
+        let _ = server.process.wait_timeout(Duration::from_secs(5));
+        let restarted = Daemon::start(&dir, "server2", "server", &config, io);
+        assert!(
+            client.wait_for("tunnel established", 4, Duration::from_secs(15)),
+            "{io}: {}\n--- restarted server\n{}",
+            client.log(),
+            restarted.log()
+        );
+        echo_once(SocketAddr::from(([127, 0, 0, 1], app_lease.port())));
+        let context = format!("{io}\n--- client\n{}\n--- server\n{}", client.log(), restarted.log());
+        let lost: Vec<String> = client.records().into_iter()
+            .filter(|l| l.contains("no longer knows this session")).collect();
+        assert_eq!(lost.len(), 1, "{context}");
+        assert!(lost[0].contains(" INFO "), "{context}");
+        assert!(!client.log().contains("broke the protocol"), "{context}");
+    }
 }

@@ -93,7 +93,7 @@ pub enum RuntimeError {
     /// Another socket (another mtcpd, or any other program) already serves the address.
     #[error(
         "cannot listen on {addr}: port {} is already in use (by another mtcpd or another \
-         program); stop it or choose another port",
+         program; still after 2 s); stop it or choose another port",
         addr.port()
     )]
     AddressInUse {
@@ -344,13 +344,38 @@ fn listeners_per_worker(
         }
     };
     let listen = |a: SocketAddr| sockopt::listener(a, workers > 1).map_err(failed(a));
-    let first = sockopt::exclusive_listener(addr, workers > 1).map_err(failed(addr))?;
+    let first = exclusive_listener_patiently(addr, workers > 1).map_err(failed(addr))?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..workers {
         all.push(listen(bound)?);
     }
     Ok(all)
+}
+
+/// How long a start waits for a port that is in use to become free: the listeners of a
+/// process that just died (a crash, then a restart by the service manager) can outlive it
+/// briefly while the kernel tears down its io_uring; a port a live process serves stays in use.
+const BUSY_PORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`sockopt::exclusive_listener`], tried again for up to [`BUSY_PORT_PATIENCE`] while the
+/// address is in use.
+fn exclusive_listener_patiently(
+    addr: SocketAddr,
+    share_with_workers: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + BUSY_PORT_PATIENCE;
+    loop {
+        match sockopt::exclusive_listener(addr, share_with_workers) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Starts a server: accepts tunnels on `listen`, connects each stream to what `resolve` says.
