@@ -33,7 +33,7 @@ sleep 1
 "$BIN" client -c "$work/c.toml" --io "$IO" 2>"$work/c.log" & pids+=($!)
 sleep 2
 before=$(wc -l < "$work/c.log")
-if [ "$MODE" = network ]; then echo down > "$work/ctl"; else kill -9 $server; fi
+if [ "$MODE" = network ]; then echo down > "$work/ctl"; else kill -9 $server; wait $server 2>/dev/null; fi
 sleep 20
 during=$(wc -l < "$work/c.log")
 if [ "$MODE" = network ]; then echo up > "$work/ctl"; else
