@@ -42,9 +42,14 @@ fn target_resolver(server: &ServerConfig) -> TargetResolver {
             return crate::dynamic_route::route(&server.allow, want);
         }
         if let (Some(want), None) = (requested, &allowed) {
+            if !server.unlisted_to_default_backend {
+                // Said (aggregated) by the runtime, which resets the stream with code 5.
+                return Route::NotAllowed;
+            }
             tracing::info!(
                 target = want,
-                "requested target is not in the allow-list; using the default backend"
+                "requested target is not a [[server.forward]] target; using the default backend \
+                 (unlisted_to_default_backend = true)"
             );
         }
         resolve(&server.target_for(allowed.as_ref())).map_or(Route::Refuse, Route::Connect)
@@ -90,11 +95,14 @@ fn forward_labels(config: &DaemonConfig) -> Vec<String> {
 
 /// Runs the daemon for `role` with `config` until SIGINT or SIGTERM, then drains and returns.
 pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
-    tracing::info!(
-        %role,
-        origin = %config.origin,
-        protocol_version = mtcpd_engine::wire::PROTOCOL_VERSION,
-        "configuration loaded:\n{config}"
+    crate::startup_log::log_configuration(
+        &format!(
+            "role={role} origin={} protocol_version={}; all of it: `mtcpd check` with the same \
+             arguments",
+            config.origin,
+            mtcpd_engine::wire::PROTOCOL_VERSION
+        ),
+        &config.to_string(),
     );
     let opts = config.runtime.clone();
     let handle = match (role, config.client(), config.server()) {
@@ -171,7 +179,15 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
             }
         })
         .context("cannot start the signal thread")?;
-    handle.join();
-    tracing::info!("exited cleanly");
+    let drained = handle.join_drain();
+    if drained.streams_cut == 0 {
+        tracing::info!("stopped: every stream finished");
+    } else {
+        tracing::warn!(
+            streams_cut = drained.streams_cut,
+            "stopped: drain_timeout ({drain:?}) ran out and {} streams were reset",
+            drained.streams_cut
+        );
+    }
     Ok(())
 }

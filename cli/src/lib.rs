@@ -16,3 +16,4 @@ pub mod dynamic_route;
 pub mod genkey;
 pub mod metrics;
 pub mod stats;
+pub mod startup_log;

@@ -39,10 +39,28 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("mtcpd: error: {error:#}");
+            eprintln!("mtcpd: error: {}", error_text(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its causes, joined by ": ", each said once: a cause whose text the message
+/// before it already includes (an error type that prints its source in its own message) is
+/// skipped, so no cause is printed twice.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

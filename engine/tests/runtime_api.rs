@@ -580,6 +580,7 @@ fn mixed_api_and_tcp(io: Driver) {
         &[ClientForward {
             listen: any_port(),
             target: Some("in-process".into()),
+            name: None,
         }],
     )
     .unwrap();

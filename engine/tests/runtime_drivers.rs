@@ -41,6 +41,7 @@ fn echo_through(io: IoChoice) {
         &[ClientForward {
             listen: "127.0.0.1:0".parse().unwrap(),
             target: None,
+            name: None,
         }],
     )
     .unwrap();

@@ -114,6 +114,7 @@ fn echo_through_new_client(io: Driver, server: SocketAddr) -> (runtime::RuntimeH
         &[ClientForward {
             listen: "127.0.0.1:0".parse().unwrap(),
             target: None,
+            name: None,
         }],
     )
     .unwrap();

@@ -64,6 +64,7 @@ fn client(io: IoChoice, tls: TlsOptions, server: SocketAddr) -> RuntimeHandle {
         &[ClientForward {
             listen: "127.0.0.1:0".parse().unwrap(),
             target: None,
+            name: None,
         }],
     )
     .unwrap()

@@ -77,6 +77,7 @@ fn first_tcp_connection_dials_the_pool(io: IoChoice) {
     let forward = ClientForward {
         listen: "127.0.0.1:0".parse().unwrap(),
         target: Some("first".into()),
+        name: None,
     };
     let (client, addr) =
         idle_watch(|addr| Client::start_with_forwards(opts(io, false), addr, &[forward]).unwrap());

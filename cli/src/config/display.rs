@@ -70,6 +70,11 @@ impl fmt::Display for DaemonConfig {
                 writeln!(out, "listen = \"{}\"", server.listen)?;
                 writeln!(out, "default_backend = \"{}\"", server.default_backend)?;
                 writeln!(out, "allow = {}", server.allow)?;
+                writeln!(
+                    out,
+                    "unlisted_to_default_backend = {}",
+                    server.unlisted_to_default_backend
+                )?;
             }
             Endpoint::Client(client) => writeln!(out, "server = \"{}\"", client.server)?,
         }

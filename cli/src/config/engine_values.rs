@@ -69,6 +69,7 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
         "max_backend_connections",
         Some("limits.max_backend_connections"),
     ),
+    ("connect_wait", Some("limits.connect_wait")),
     ("tunnel_sockets.congestion", Some("congestion")),
     ("tunnel_sockets.send_buffer", Some("socket_send_buffer")),
     ("tunnel_sockets.recv_buffer", Some("socket_recv_buffer")),
@@ -255,6 +256,9 @@ impl Checker {
         }
         if let Some(duration) = raw.backend_connect_timeout {
             opts.backend_connect_timeout = duration.get();
+        }
+        if let Some(duration) = raw.connect_wait {
+            opts.connect_wait = duration.get();
         }
         if let Some(count) = raw.max_backend_connections {
             opts.max_backend_connections = self.count_in(

@@ -98,6 +98,7 @@ pub struct RawServerSection {
     pub backend_port: Option<i64>,
     pub connection_pool_size: Option<i64>,
     pub buffer_size: Option<ByteSize>,
+    pub unlisted_to_default_backend: Option<bool>,
     /// `[[server.forward]]`: targets clients may ask for.
     #[serde(default)]
     pub forward: Vec<RawServerForward>,
@@ -210,4 +211,5 @@ pub struct RawLimits {
     pub drain_timeout: Option<HumanDuration>,
     pub backend_connect_timeout: Option<HumanDuration>,
     pub max_backend_connections: Option<i64>,
+    pub connect_wait: Option<HumanDuration>,
 }

@@ -33,6 +33,9 @@ pub mod defaults {
     pub const CLIENT_LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 7000);
     /// Client: the server's tunnel address.
     pub const CLIENT_SERVER: SocketAddr = SocketAddr::new(LOOPBACK, 8000);
+    /// Server: a target not in the allow-list is refused (reset, code 5), not sent to the
+    /// default backend.
+    pub const UNLISTED_TO_DEFAULT_BACKEND: bool = false;
 }
 
 /// Where the server should connect a stream: an IP socket address or `host:port`.
@@ -121,6 +124,10 @@ pub struct ServerConfig {
     pub allow: AllowList,
     /// Reverse listeners (`[[server.reverse]]`).
     pub reverse: Vec<mtcpd_engine::runtime::ReverseListener>,
+    /// `server.unlisted_to_default_backend`: a stream asking for a target not in
+    /// `allowed_targets` goes to the default backend (the old behaviour) instead of being
+    /// refused (reset, code 5).
+    pub unlisted_to_default_backend: bool,
 }
 
 impl ServerConfig {
@@ -176,7 +183,10 @@ impl ClientConfig {
     pub fn engine_forwards(&self) -> Vec<ClientForward> {
         self.forwards
             .iter()
-            .map(|labelled| labelled.forward.clone())
+            .map(|labelled| ClientForward {
+                name: labelled.name.clone(),
+                ..labelled.forward.clone()
+            })
             .collect()
     }
 }

@@ -274,6 +274,9 @@ impl Checker {
             allowed_targets,
             allow,
             reverse,
+            unlisted_to_default_backend: section
+                .unlisted_to_default_backend
+                .unwrap_or(defaults::UNLISTED_TO_DEFAULT_BACKEND),
         })
     }
 
@@ -332,6 +335,7 @@ impl Checker {
                 forward: ClientForward {
                     listen,
                     target: None,
+                    name: None,
                 },
             });
         }
@@ -359,6 +363,7 @@ impl Checker {
                 forward: ClientForward {
                     listen,
                     target: target.map(|target| target.to_string()),
+                    name: None,
                 },
             });
         }

@@ -37,6 +37,7 @@ mod local;
 pub mod options;
 mod rejection_log;
 pub mod reset_code;
+mod repeat_log;
 mod resolver;
 pub mod reverse;
 mod sockopt;
@@ -53,7 +54,7 @@ pub use reverse::{ExposedService, ReverseListener, WhenAbsent};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -96,6 +97,16 @@ pub enum RuntimeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another socket (another mtcpd, or any other program) already serves the address.
+    #[error(
+        "cannot listen on {addr}: port {} is already in use (by another mtcpd or another \
+         program; still after 2 s); stop it or choose another port",
+        addr.port()
+    )]
+    AddressInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// `workers` was zero.
     #[error("a runtime needs at least one worker")]
     Workers,
@@ -124,6 +135,9 @@ pub enum Route {
     /// Reset it with this code ([`reset_code`]: e.g. not allowed, unresolvable), so that the
     /// client can tell its application why.
     Reset(u32),
+    /// Reset it with code 5: the target is not in the server's allow-list (the client logs
+    /// that the server refused it).
+    NotAllowed,
 }
 
 /// Where the server sends a stream, given the target its client asked for. Runs on the
@@ -159,7 +173,15 @@ pub struct RuntimeOptions {
     pub max_backend_connections: usize,
     /// TLS under every tunnel (on unless `insecure_plaintext`), and the identities.
     pub tls: crate::tls::TlsOptions,
+    /// Client: how long an application connection may wait for a tunnel (the server
+    /// unreachable, the pool still opening); then it is reset. At most `engine.max_streams`
+    /// (capped at [`MAX_WAITING_CONNECTIONS`]) wait at once per worker; more are reset at once.
+    pub connect_wait: Duration,
 }
+
+/// Client: most application connections one worker holds while no tunnel can carry them
+/// (also bounded by `max_streams_per_session`).
+pub const MAX_WAITING_CONNECTIONS: usize = 65_536;
 
 impl std::fmt::Debug for RuntimeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,6 +195,7 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("backend_connect_timeout", &self.backend_connect_timeout)
             .field("max_backend_connections", &self.max_backend_connections)
             .field("tls", &self.tls)
+            .field("connect_wait", &self.connect_wait)
             .field("engine", &self.engine)
             .finish()
     }
@@ -185,6 +208,8 @@ pub struct ClientForward {
     pub listen: SocketAddr,
     /// Target asked of the server (`None`: the server's default backend).
     pub target: Option<String>,
+    /// A label for logs (the config's `name`), if any.
+    pub name: Option<String>,
 }
 
 /// One client proxy listener: applications connect to `listen` and name their target with
@@ -213,8 +238,8 @@ pub enum ProxyKind {
 /// What a client listener serves.
 #[derive(Debug, Clone)]
 enum ListenerRole {
-    /// A forward: every connection asks for this target.
-    Forward(Option<String>),
+    /// A forward: every connection asks for its target.
+    Forward(Arc<ClientForward>),
     /// A proxy: each connection names its target.
     Proxy(ProxyKind),
 }
@@ -236,6 +261,16 @@ pub struct RuntimeHandle {
 pub struct ShutdownHandle {
     stop: Arc<AtomicBool>,
     wakers: Arc<[Arc<Waker>]>,
+    /// Streams the workers reset because `drain_timeout` ran out (see [`DrainReport`]).
+    streams_cut: Arc<AtomicU64>,
+}
+
+/// How a graceful stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Streams still open when `drain_timeout` ran out, reset by the stop (0: every stream
+    /// finished, a clean stop).
+    pub streams_cut: u64,
 }
 
 impl ShutdownHandle {
@@ -283,6 +318,15 @@ impl RuntimeHandle {
     /// How many worker threads run.
     pub fn workers(&self) -> usize {
         self.threads.len()
+    }
+
+    /// Waits until every worker has stopped, and says whether the drain cut streams.
+    pub fn join_drain(self) -> DrainReport {
+        let cut = self.shutdown.streams_cut.clone();
+        self.join();
+        DrainReport {
+            streams_cut: cut.load(Ordering::SeqCst),
+        }
     }
 
     /// Waits until every worker has stopped.
@@ -342,22 +386,55 @@ fn reserve_descriptors(opts: &mut RuntimeOptions, nofile: u64) {
     }
 }
 
-/// Listeners for `addr`, one per worker: the first binds (resolving port 0), the others join
-/// it with `SO_REUSEPORT` so the kernel spreads incoming connections over the workers.
+/// Listeners for `addr`, one per worker: the first binds alone (resolving port 0, and failing
+/// when anything else already serves the address), the others join it with `SO_REUSEPORT` so
+/// the kernel spreads incoming connections over the workers.
 fn listeners_per_worker(
     addr: SocketAddr,
     workers: usize,
 ) -> Result<Vec<std::net::TcpListener>, RuntimeError> {
-    let listen = |a: SocketAddr| {
-        sockopt::listener(a, workers > 1).map_err(|source| RuntimeError::Listen { addr: a, source })
+    let failed = |a: SocketAddr| {
+        move |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                RuntimeError::AddressInUse { addr: a }
+            } else {
+                RuntimeError::Listen { addr: a, source }
+            }
+        }
     };
-    let first = listen(addr)?;
+    let listen = |a: SocketAddr| sockopt::listener(a, workers > 1).map_err(failed(a));
+    let first = exclusive_listener_patiently(addr, workers > 1).map_err(failed(addr))?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..workers {
         all.push(listen(bound)?);
     }
     Ok(all)
+}
+
+/// How long a start waits for a port that is in use to become free: the listeners of a
+/// process that just died (a crash, then a restart by the service manager) can outlive it
+/// briefly while the kernel tears down its io_uring; a port a live process serves stays in use.
+const BUSY_PORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`sockopt::exclusive_listener`], tried again for up to [`BUSY_PORT_PATIENCE`] while the
+/// address is in use.
+fn exclusive_listener_patiently(
+    addr: SocketAddr,
+    share_with_workers: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + BUSY_PORT_PATIENCE;
+    loop {
+        match sockopt::exclusive_listener(addr, share_with_workers) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Starts a server: accepts tunnels on `listen`, connects each stream to what `resolve` says.
@@ -533,10 +610,20 @@ pub fn spawn_client_with(
     for f in forwards {
         let copies = listeners_per_worker(f.listen, opts.workers)?;
         let local = copies[0].local_addr()?;
-        tracing::info!(%local, target = f.target.as_deref().unwrap_or("<server default>"), %server, "listening for applications");
+        tracing::info!(
+            %local,
+            forward = f.name.as_deref().unwrap_or_default(),
+            target = f.target.as_deref().unwrap_or("<server default>"),
+            %server,
+            "listening for applications"
+        );
         addrs.push(local);
+        let forward = Arc::new(ClientForward {
+            listen: local,
+            ..f.clone()
+        });
         for (w, l) in copies.into_iter().enumerate() {
-            listeners[w].push((l, ListenerRole::Forward(f.target.clone())));
+            listeners[w].push((l, ListenerRole::Forward(forward.clone())));
         }
     }
     for p in proxies {
@@ -664,9 +751,11 @@ fn start_on<D: io::Driver>(
     let stop = Arc::new(AtomicBool::new(false));
     let budget = crate::endpoint::SessionBudget::new(opts.max_sessions);
     let rejections = rejection_log::RejectionLog::shared(std::time::Instant::now());
+    let streams_cut = Arc::new(AtomicU64::new(0));
     let shutdown = ShutdownHandle {
         stop: stop.clone(),
         wakers: wakers.clone(),
+        streams_cut: streams_cut.clone(),
     };
     let (stats, stats_inboxes) = stats::StatsProbe::wire(io_name, &wakers);
     let mut handle = RuntimeHandle {
@@ -716,6 +805,7 @@ fn start_on<D: io::Driver>(
             exposed: exposed.clone(),
             worker: w,
             stats: Some(stats_inbox),
+            streams_cut: streams_cut.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.
         let mut event_loop = setup.build(w, driver, opts.clone(), ctx)?;

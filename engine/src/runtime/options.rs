@@ -40,6 +40,9 @@ pub mod range {
     /// [`RuntimeOptions::backend_connect_timeout`].
     pub const BACKEND_CONNECT_TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(100)..=Duration::from_secs(300);
+    /// [`RuntimeOptions::connect_wait`].
+    pub const CONNECT_WAIT: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(300);
     /// [`RuntimeOptions::max_backend_connections`].
     pub const MAX_BACKEND_CONNECTIONS: RangeInclusive<usize> = 1..=1_000_000;
     /// [`TunnelSocketOptions::send_buffer`] and [`TunnelSocketOptions::recv_buffer`], when set.
@@ -70,6 +73,7 @@ impl Default for RuntimeOptions {
             backend_connect_timeout: Duration::from_secs(10),
             max_backend_connections: 8192,
             tls: crate::tls::TlsOptions::default(),
+            connect_wait: Duration::from_secs(5),
         }
     }
 }
@@ -111,6 +115,7 @@ impl RuntimeOptions {
             backend_connect_timeout,
             max_backend_connections,
             tls,
+            connect_wait,
         } = self;
         let TunnelSocketOptions {
             congestion,
@@ -142,6 +147,7 @@ impl RuntimeOptions {
                 *max_backend_connections as u64,
                 as_u64(range::MAX_BACKEND_CONNECTIONS),
             ),
+            Setting::duration("connect_wait", *connect_wait, range::CONNECT_WAIT),
             Setting::unbounded(
                 "tunnel_sockets.congestion",
                 match congestion {

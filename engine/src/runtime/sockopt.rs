@@ -83,6 +83,27 @@ pub fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpL
     Ok(sock.into())
 }
 
+/// The first listener of a process on `addr`: bound WITHOUT SO_REUSEPORT, so the bind fails
+/// (EADDRINUSE) when any other socket, with SO_REUSEPORT or not, already holds the address:
+/// another mtcpd, or any other program. Only once bound is SO_REUSEPORT turned on (when
+/// `share_with_workers`), so this process's other workers can join it with [`listener`].
+/// Race-free: the exclusive bind is the check, and a later process's own first bind (also
+/// without SO_REUSEPORT) conflicts with this one.
+pub fn exclusive_listener(
+    addr: SocketAddr,
+    share_with_workers: bool,
+) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    if share_with_workers {
+        sock.set_reuse_port(true)?;
+    }
+    sock.listen(1024)?;
+    Ok(sock.into())
+}
+
 /// Starts a non-blocking connect; the socket becomes writable when it completes or fails.
 pub fn connect_nonblocking(
     addr: SocketAddr,

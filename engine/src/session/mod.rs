@@ -39,6 +39,7 @@ mod close;
 mod expose;
 mod flow_control;
 mod input;
+mod pool;
 mod retransmit;
 mod streams;
 #[cfg(test)]

@@ -88,6 +88,11 @@ impl Tunnel {
         }
     }
 
+    /// The next failure starts the backoff from its shortest delay again.
+    pub(super) fn forget_dial_failures(&mut self) {
+        self.dial_failures = 0;
+    }
+
     pub(super) fn is_active(&self) -> bool {
         self.state == TunnelState::Active
     }
@@ -331,6 +336,7 @@ impl Session {
                 self.tunnel_down(now, extra, TunnelError::Retired);
             }
         }
+        self.redial_waiting_slots(now);
     }
 
     /// A client tunnel's handshake failed. Refusals that cannot heal by retrying (wrong key,

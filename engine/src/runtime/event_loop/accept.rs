@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::connect_wait::WaitingApp;
 use super::{Entry, EventLoop, Outbox};
 use crate::endpoint::PreauthRefusal;
 use crate::runtime::io::{Driver, IoListener};
@@ -81,23 +82,31 @@ impl<D: Driver> EventLoop<D> {
         loop {
             let Some(Entry::AppListener {
                 sock,
-                target,
                 forward,
+                metrics_forward,
             }) = self.entries.get_mut(key)
             else {
                 return;
             };
-            let (target, forward) = (target.clone(), *forward);
+            let (forward, metrics_forward) = (forward.clone(), *metrics_forward);
             match sock.accept() {
                 Ok((conn, peer)) => {
                     self.accept_works();
-                    self.metrics.connection_accepted(forward);
+                    self.metrics.connection_accepted(metrics_forward);
                     sockopt::tune_app(&conn);
                     tracing::debug!(%peer, "application connected");
                     let Some(skey) = self.endpoint.client_session() else {
                         return;
                     };
-                    self.start_client_stream(skey, conn, target);
+                    let since = Instant::now();
+                    self.start_client_stream(
+                        skey,
+                        WaitingApp {
+                            conn,
+                            forward,
+                            since,
+                        },
+                    );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => return self.accept_failed(key, e, false),

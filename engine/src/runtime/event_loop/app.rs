@@ -8,14 +8,18 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::proxy::{close_after_reply, send_now};
+use super::connect_wait::WaitingApp;
 use super::streams::{After, StreamConn};
 use super::{APP_QUEUE, Entry, EventLoop, Outbox, RESET_APP_ERROR};
 use crate::endpoint::SessionKey;
 use crate::proxy::{ReplyKind, Verdict};
+use crate::runtime::ClientForward;
 use crate::runtime::io::{Driver, IoStream};
 use crate::runtime::reset_code;
 use crate::runtime::resolver::BackendPermit;
@@ -45,6 +49,10 @@ pub(super) struct AppConn<D: Driver> {
     pub(super) bytes_to_peer: u64,
     /// Bytes read from the stream for this connection (for the metrics).
     pub(super) bytes_from_peer: u64,
+    /// Client: the forward the application connected to (for the log).
+    forward: Option<Arc<ClientForward>>,
+    /// When the stream was opened (the log gives each stream's duration).
+    opened_at: Instant,
 }
 
 impl<D: Driver> AppConn<D> {
@@ -71,6 +79,8 @@ impl<D: Driver> AppConn<D> {
             verdict: None,
             bytes_to_peer: 0,
             bytes_from_peer: 0,
+            forward: None,
+            opened_at: Instant::now(),
         }
     }
 
@@ -103,6 +113,16 @@ impl<D: Driver> AppConn<D> {
         send_now(&self.sock, &kind.reply(Verdict::TimedOut));
         close_after_reply(&self.sock);
         true
+    }
+
+    /// Client: the forward the application connected to.
+    pub(super) fn forward(&self) -> Option<&Arc<ClientForward>> {
+        self.forward.as_ref()
+    }
+
+    /// How long ago its stream was opened.
+    pub(super) fn age(&self) -> Duration {
+        self.opened_at.elapsed()
     }
 
     /// Server: a connection being made to `target` for `stream`, holding `permit`.
@@ -187,7 +207,10 @@ impl<D: Driver> StreamConn for AppConn<D> {
                     let _ = session.shutdown(self.stream);
                     return self.finished();
                 }
-                Ok(b) => self.unsent = Some(b),
+                Ok(b) => {
+                    tracing::trace!(stream = self.stream, bytes = b.len(), "data to the peer");
+                    self.unsent = Some(b)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return After::Keep,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -219,6 +242,7 @@ impl<D: Driver> StreamConn for AppConn<D> {
             match session.read(self.stream, APP_QUEUE) {
                 Ok(ReadOutcome::Data(b)) => {
                     self.bytes_from_peer += b.len() as u64;
+                    tracing::trace!(stream = self.stream, bytes = b.len(), "data from the peer");
                     self.tx.push(b)
                 }
                 Ok(ReadOutcome::Fin) => self.fin_pending = true,
@@ -304,28 +328,42 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
-    /// Client: opens a stream for an application connection, or holds the connection until the
-    /// session can open one.
-    pub(super) fn start_client_stream(
-        &mut self,
-        skey: SessionKey,
-        conn: D::Stream,
-        target: Option<String>,
-    ) {
+    /// Client: opens a stream for an application connection, or holds the connection until a
+    /// tunnel can carry it ([`super::connect_wait`]).
+    pub(super) fn start_client_stream(&mut self, skey: SessionKey, waiting: WaitingApp<D>) {
         let Some(slot) = self.endpoint.get_mut(skey) else {
             return;
         };
-        let opened = slot.session_mut().open_stream(target.as_deref());
+        let session = slot.session_mut();
+        if session.is_established() && session.active_tunnels() == 0 {
+            // Every tunnel is down: a stream opened now would be sent whenever the server
+            // comes back, however late; the connection waits at most connect_wait instead.
+            return self.hold_app(skey, waiting);
+        }
+        let forward = waiting.forward.clone();
+        let target = forward.target.as_deref();
+        let opened = session.open_stream(target);
         // Even a refused open may have changed the session: without zero-RTT the first stream
         // is what dials the pool, so its timers must be looked at again.
         self.touch(skey);
         match opened {
             Ok(stream) => {
+                let conn = waiting.conn;
                 let peer = conn
                     .peer_addr()
                     .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                tracing::info!(stream, %peer, "stream opened");
-                let app = AppConn::new(conn, skey, stream, false, peer);
+                tracing::debug!(
+                    stream,
+                    %peer,
+                    forward = forward.name.as_deref().unwrap_or_default(),
+                    listen = %forward.listen,
+                    target = target.unwrap_or("<server default>"),
+                    "stream opened"
+                );
+                let app = AppConn {
+                    forward: Some(forward.clone()),
+                    ..AppConn::new(conn, skey, stream, false, peer)
+                };
                 match self.add(Entry::App(Box::new(app))) {
                     Ok(k) => {
                         self.endpoint[skey].data_mut().streams.insert(stream, k);
@@ -344,10 +382,7 @@ impl<D: Driver> EventLoop<D> {
             }
             Err(crate::StreamError::NotReady) | Err(crate::StreamError::StreamLimit) => {
                 // Held until a tunnel is up or the peer grants more streams.
-                self.endpoint[skey]
-                    .data_mut()
-                    .waiting_apps
-                    .push_back((conn, target));
+                self.hold_app(skey, waiting);
             }
             Err(e) => {
                 tracing::warn!("cannot open a stream: {e}; closing the application connection");

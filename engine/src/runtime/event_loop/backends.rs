@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use super::app::AppConn;
 use super::{
-    Entry, EventLoop, RESET_BACKEND_BUSY, RESET_CONNECT_FAILED, RESET_CONNECT_TIMEOUT, Role,
+    Entry, EventLoop, RESET_BACKEND_BUSY, RESET_CONNECT_FAILED, RESET_CONNECT_TIMEOUT,
+    RESET_NOT_ALLOWED, Role,
 };
 use crate::endpoint::SessionKey;
 use crate::handshake::SessionId;
@@ -203,12 +204,12 @@ impl<D: Driver> EventLoop<D> {
                 return self.refuse_stream(skey, stream, code);
             }
             Route::Refuse => {
-                tracing::warn!(
-                    stream,
-                    target = target.as_deref().unwrap_or(""),
-                    "target not allowed or unresolvable; resetting"
-                );
+                self.note_target_refused(stream, target.as_deref(), true);
                 return self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
+            }
+            Route::NotAllowed => {
+                self.note_target_refused(stream, target.as_deref(), false);
+                return self.refuse_stream(skey, stream, RESET_NOT_ALLOWED);
             }
         };
         let Some(permit) = self.backends.budget.try_acquire() else {
@@ -221,7 +222,7 @@ impl<D: Driver> EventLoop<D> {
         };
         match sockopt::connect_nonblocking(addr, None).and_then(|(s, _)| self.io.stream(s)) {
             Ok(sock) => {
-                tracing::info!(stream, target = %addr, "stream opened");
+                tracing::debug!(stream, target = %addr, requested = target.as_deref().unwrap_or("<default backend>"), "stream opened");
                 let app = AppConn::backend(sock, skey, stream, addr, permit);
                 match self.add(Entry::App(Box::new(app))) {
                     Ok(k) => {

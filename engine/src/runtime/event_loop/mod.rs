@@ -31,13 +31,16 @@
 mod accept;
 mod app;
 mod backends;
+mod connect_wait;
 mod local_streams;
 mod metrics;
 mod pending;
 mod proxy;
 mod reverse;
+mod pool_log;
 mod sessions;
 mod streams;
+mod target_refusals;
 mod tunnels;
 
 use std::cmp::Reverse;
@@ -45,7 +48,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -57,7 +60,7 @@ use super::io::{Driver, IoStream, Ready};
 use super::rejection_log::SharedRejectionLog;
 use super::resolver::{BackendBudget, WorkerResolver};
 use super::worker::Mailbox;
-use super::{ListenerRole, ProxyKind, RuntimeOptions, TargetResolver};
+use super::{ClientForward, ListenerRole, ProxyKind, RuntimeOptions, TargetResolver};
 use crate::endpoint::{Endpoint, HandshakeKey, SessionBudget, SessionKey, SourceBudget};
 use crate::tls::{TlsSetup, TunnelTls};
 use app::AppConn;
@@ -74,6 +77,8 @@ const RESET_CONNECT_FAILED: u32 = 1;
 const RESET_APP_ERROR: u32 = 2;
 /// Reset code for streams whose target did not accept the connection in time.
 const RESET_CONNECT_TIMEOUT: u32 = 3;
+/// Reset code for streams whose target is not in the server's allow-list.
+const RESET_NOT_ALLOWED: u32 = 5;
 /// Reset code for streams refused because the backend budget (connections, or lookups waiting
 /// for the resolver) is spent.
 const RESET_BACKEND_BUSY: u32 = 4;
@@ -163,9 +168,10 @@ enum Entry<D: Driver> {
     /// Client: applications connect here.
     AppListener {
         sock: D::Listener,
-        target: Option<String>,
+        /// The forward it serves (its name and target).
+        forward: Arc<ClientForward>,
         /// Its place in the runtime's forwards (for the metrics).
-        forward: usize,
+        metrics_forward: usize,
     },
     /// Server: tunnels connect here.
     TunnelListener { sock: D::Listener },
@@ -266,6 +272,14 @@ pub(super) struct EventLoop<D: Driver> {
     reverse: reverse::ReverseState,
     /// This worker's counters and stats requests.
     metrics: metrics::WorkerMetrics,
+    /// Client: what the log has said about the pool (tunnels up, an outage being reported).
+    pool_log: pool_log::PoolLog,
+    /// Streams reset because the drain timeout ran out, all workers together.
+    streams_cut: Arc<AtomicU64>,
+    /// Client: application connections reset or dropped while waiting, not yet reported.
+    connect_wait_log: connect_wait::ConnectWaitLog,
+    /// Refused targets (server: its refusals; client: the server's, per forward), aggregated.
+    target_refusals: target_refusals::TargetRefusals,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -294,6 +308,8 @@ pub(super) struct WorkerContext {
     pub(super) worker: usize,
     /// Where stats requests for this worker arrive.
     pub(super) stats: Option<super::stats::StatsInbox>,
+    /// Streams reset because the drain timeout ran out, all workers together.
+    pub(super) streams_cut: Arc<AtomicU64>,
 }
 
 /// 32 bytes from the OS for an endpoint's session ids, nonces and seeds.
@@ -337,6 +353,10 @@ impl<D: Driver> EventLoop<D> {
             proxies: Proxies::default(),
             reverse: reverse::ReverseState::new(ctx.reverse_table, ctx.exposed),
             metrics: metrics::WorkerMetrics::new(ctx.worker, ctx.stats),
+            pool_log: pool_log::PoolLog::default(),
+            streams_cut: ctx.streams_cut,
+            connect_wait_log: connect_wait::ConnectWaitLog::default(),
+            target_refusals: target_refusals::TargetRefusals::default(),
         }
     }
 
@@ -371,12 +391,12 @@ impl<D: Driver> EventLoop<D> {
             let local = sock.local_addr()?;
             let sock = el.io.listener(sock)?;
             match role {
-                ListenerRole::Forward(target) => {
-                    let forward = el.metrics.add_forward(local);
+                ListenerRole::Forward(forward) => {
+                    let metrics_forward = el.metrics.add_forward(local);
                     el.add(Entry::AppListener {
                         sock,
-                        target,
                         forward,
+                        metrics_forward,
                     })?
                 }
                 ListenerRole::Proxy(kind) => el.add(Entry::ProxyListener { sock, kind })?,
@@ -479,7 +499,9 @@ impl<D: Driver> EventLoop<D> {
             self.expire_handshakes(now);
             self.take_resolved();
             self.expire_backend_connects(now);
-            self.expire_proxies(Instant::now());
+            self.expire_proxies(now);
+            self.expire_waiting(now);
+            self.report_target_refusals(now);
             self.flush_rejections(now);
             self.retry_accepts(Instant::now());
             if self.stop.load(Ordering::SeqCst) && self.drain(now) {
@@ -511,6 +533,9 @@ impl<D: Driver> EventLoop<D> {
         if let Some(at) = self.backends.next_deadline() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
+        if let Some(at) = self.next_waiting_deadline() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
         if self.mailbox.retry() {
             timeout = timeout.min(Duration::from_millis(1));
         }
@@ -522,6 +547,9 @@ impl<D: Driver> EventLoop<D> {
     fn drain(&mut self, now: Instant) -> bool {
         if self.draining_since.is_none() {
             self.draining_since = Some(now);
+            // Sessions closed by the drain are not replaced (the stop may have been seen only
+            // now, after this turn's start).
+            self.endpoint.set_stopping();
             tracing::info!(
                 "shutting down: no new connections; open streams have {:?} to finish",
                 self.opts.drain_timeout
@@ -557,7 +585,18 @@ impl<D: Driver> EventLoop<D> {
             .is_some_and(|since| now.saturating_duration_since(since) >= self.opts.drain_timeout);
         if all_done || expired {
             if expired && !all_done {
-                tracing::warn!("drain timeout: closing sessions with streams still open");
+                let open: usize = self
+                    .endpoint
+                    .iter()
+                    .filter(|(_, s)| !s.session().is_closed())
+                    .map(|(_, s)| s.data().streams.len())
+                    .sum();
+                self.streams_cut.fetch_add(open as u64, Ordering::SeqCst);
+                tracing::warn!(
+                    streams = open,
+                    "drain timeout ({:?}) ran out: resetting {open} streams still open",
+                    self.opts.drain_timeout
+                );
             }
             for key in self.endpoint.keys() {
                 self.endpoint[key]

@@ -389,6 +389,11 @@ fn log_rejection(line: &RejectionLine, interval: Duration) {
     };
     if reason.is_authentication() {
         tracing::warn!("authentication failed from {source}: {reason}{times}");
+    } else if reason == RejectReason::Refused(crate::handshake::HelloStatus::TunnelIndexOutOfRange)
+    {
+        // A client proposing a larger pool than this server grants dials its extra slots
+        // before it learns the grant (it says "server granted N of M" once): normal.
+        tracing::debug!("tunnel handshake from {source} refused: {reason}{times}");
     } else if reason == RejectReason::ClosedEarly {
         tracing::info!("tunnel handshake from {source} ended: {reason}{times}");
     } else {

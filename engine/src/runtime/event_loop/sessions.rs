@@ -15,11 +15,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::connect_wait::WaitingApp;
+use super::pool_log::PoolNow;
 use super::{EventLoop, Role, hex};
 use crate::endpoint::{ClientRefused, Reaped, RefusalReport, SessionKey};
-use crate::error::SessionError;
+use crate::error::{SessionError, TunnelError};
 use crate::runtime::io::Driver;
 use crate::session::{Event, StreamId};
 
@@ -34,8 +37,8 @@ pub(super) struct SessionIo<D: Driver> {
     pub(super) tunnels: Vec<Option<usize>>,
     /// Entry carrying each stream.
     pub(super) streams: HashMap<StreamId, usize>,
-    /// Client: application connections accepted before the session could open streams.
-    pub(super) waiting_apps: VecDeque<(D::Stream, Option<String>)>,
+    /// Client: application connections waiting for a tunnel (see [`super::connect_wait`]).
+    pub(super) waiting_apps: VecDeque<WaitingApp<D>>,
     /// On the ready list.
     queued: bool,
     /// Touched since its service began.
@@ -216,6 +219,8 @@ impl<D: Driver> EventLoop<D> {
         self.metrics.session_retired(&slot.session().stats());
         let tunnels: Vec<usize> = slot.data().tunnels.iter().flatten().copied().collect();
         let streams: Vec<usize> = slot.data().streams.values().copied().collect();
+        // Connections waiting for a tunnel wait on for the session that replaces this one.
+        let waiting = std::mem::take(&mut self.endpoint[skey].data_mut().waiting_apps);
         for k in tunnels {
             self.remove(k);
         }
@@ -230,6 +235,9 @@ impl<D: Driver> EventLoop<D> {
             match self.endpoint.take_refusal() {
                 Some(refused) => self.log_refusal(&refused),
                 None => tracing::info!("starting a new session"),
+            }
+            if !self.endpoint.is_refused() {
+                self.endpoint[fresh].data_mut().waiting_apps = waiting;
             }
             self.touch(fresh);
             self.expose_on(fresh);
@@ -259,6 +267,26 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
+    /// Client: the pool's figures now, for its log.
+    fn pool_now(&self, skey: SessionKey, server: SocketAddr, now: Instant) -> PoolNow {
+        let mut pool = PoolNow {
+            server,
+            now,
+            active: 0,
+            granted: 0,
+            proposed: 0,
+            next_attempt: None,
+        };
+        if let Some(s) = self.endpoint.get(skey) {
+            let session = s.session();
+            pool.active = session.active_tunnels();
+            pool.granted = session.granted_tunnels();
+            pool.proposed = session.proposed_tunnels();
+            pool.next_attempt = session.next_redial();
+        }
+        pool
+    }
+
     fn on_session_event(&mut self, skey: SessionKey, ev: Event, now: Instant) {
         let id = self
             .endpoint
@@ -273,28 +301,25 @@ impl<D: Driver> EventLoop<D> {
         match ev {
             Event::Dial { tunnel } => self.dial(skey, usize::from(tunnel), now),
             Event::TunnelUp { tunnel, rtt } => {
-                if matches!(self.role, Role::Client { .. }) {
+                if let Role::Client { server } = self.role {
                     let cc = self.tunnel_congestion(skey, usize::from(tunnel));
-                    tracing::info!(session = %id, tunnel, ?rtt, congestion = %cc, "tunnel established");
+                    let pool = self.pool_now(skey, server, now);
+                    self.pool_log.tunnel_up(&id, tunnel, rtt, &cc, pool);
                 }
                 // Held application connections can go now.
-                let waiting: Vec<_> = self.endpoint[skey]
-                    .data_mut()
-                    .waiting_apps
-                    .drain(..)
-                    .collect();
-                for (conn, target) in waiting {
-                    self.start_client_stream(skey, conn, target);
-                }
+                self.release_waiting(skey);
                 self.open_waiting_proxies();
                 self.open_waiting_locals();
             }
             Event::TunnelDown { tunnel, reason } => {
                 self.metrics.tunnel_lost(&reason);
-                if refused {
-                    tracing::debug!(session = %id, tunnel, "tunnel lost: {reason}");
-                } else {
-                    tracing::warn!(session = %id, tunnel, "tunnel lost: {reason}");
+                match self.role {
+                    Role::Client { server } => {
+                        let pool = self.pool_now(skey, server, now);
+                        self.pool_log
+                            .tunnel_down(&id, tunnel, &reason, pool, refused);
+                    }
+                    Role::Server { .. } => log_server_tunnel_down(&id, tunnel, &reason),
                 }
                 if let Some(k) = self.endpoint[skey]
                     .data_mut()
@@ -322,9 +347,12 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             Event::StreamReset { stream, code } => {
-                tracing::info!(session = %id, stream, code, "stream reset by peer");
-                if let Some(k) = self.endpoint[skey].data_mut().streams.remove(&stream) {
-                    self.stream_reset_by_peer(k, code);
+                match self.endpoint[skey].data_mut().streams.remove(&stream) {
+                    Some(k) => {
+                        self.log_reset_by_peer(&id, stream, code, k);
+                        self.stream_reset_by_peer(k, code);
+                    }
+                    None => tracing::info!(session = %id, stream, code, "stream reset by peer"),
                 }
             }
             Event::StreamClosed {
@@ -332,22 +360,62 @@ impl<D: Driver> EventLoop<D> {
                 sent,
                 received,
             } => {
-                tracing::info!(session = %id, stream, bytes_sent = sent, bytes_received = received, "stream closed");
-                if let Some(k) = self.endpoint[skey].data_mut().streams.remove(&stream) {
+                let k = self.endpoint[skey].data_mut().streams.remove(&stream);
+                let (duration, forward) = match k.and_then(|k| self.entries.get(k)) {
+                    Some(super::Entry::App(app)) => {
+                        (Some(app.age()), app.forward().and_then(|f| f.name.clone()))
+                    }
+                    _ => (None, None),
+                };
+                tracing::debug!(
+                    session = %id,
+                    stream,
+                    forward = forward.as_deref().unwrap_or_default(),
+                    bytes_sent = sent,
+                    bytes_received = received,
+                    ?duration,
+                    "stream closed"
+                );
+                if let Some(k) = k {
                     self.stream_closed(k);
                 }
             }
             Event::GoAway { code } => tracing::info!(session = %id, code, "peer is going away"),
             Event::PeerExposed { names } => self.peer_exposed(skey, names),
-            Event::SessionClosed { reason } => {
-                if refused {
-                    tracing::debug!(session = %id, "session closed: {reason}");
-                } else if reason.code() == crate::error::code::NO_ERROR {
-                    tracing::info!(session = %id, "session closed: {reason}");
-                } else {
-                    tracing::warn!(session = %id, "session closed: {reason}");
-                }
-            }
+            Event::SessionClosed { reason } => log_session_closed(&id, &reason, refused),
         }
+    }
+}
+
+/// A server's tunnel went down: a warning when it was a live tunnel that failed; the ends of a
+/// session (its client stopped, or it was closed) and replaced or unused slots are normal.
+fn log_server_tunnel_down(id: &str, tunnel: u16, reason: &TunnelError) {
+    match reason {
+        TunnelError::SessionClosed | TunnelError::Replaced | TunnelError::Retired => {
+            tracing::debug!(session = %id, tunnel, "tunnel closed: {reason}")
+        }
+        _ => tracing::warn!(session = %id, tunnel, "tunnel lost: {reason}"),
+    }
+}
+
+/// A session ended. Normal ends (either side stopping, the server restarted and forgot it) are
+/// INFO; a session the server refuses for good is reported once elsewhere; the rest (the peer
+/// broke the protocol, every tunnel lost past the grace period) are warnings.
+fn log_session_closed(id: &str, reason: &SessionError, refused: bool) {
+    let normal_code = matches!(
+        reason.code(),
+        crate::error::code::NO_ERROR | crate::error::code::SHUTDOWN
+    );
+    let normal = match reason {
+        SessionError::SessionLost => true,
+        SessionError::PeerClosed { .. } | SessionError::LocallyClosed { .. } => normal_code,
+        _ => false,
+    };
+    if refused {
+        tracing::debug!(session = %id, "session closed: {reason}");
+    } else if normal {
+        tracing::info!(session = %id, "session closed: {reason}");
+    } else {
+        tracing::warn!(session = %id, "session closed: {reason}");
     }
 }

@@ -56,7 +56,8 @@ impl<D: Driver> EventLoop<D> {
                 }
                 Ok(None) => return,
                 Ok(Some(e)) | Err(e) => {
-                    tracing::info!(tunnel = t, "dial failed: {e}");
+                    // Said, aggregated over the pool, by the pool log (the slot's TunnelDown).
+                    tracing::debug!(tunnel = t, "dial failed: {e}");
                     self.remove(key);
                     let (session, io) = self.endpoint[skey].parts_mut();
                     io.clear_tunnel(t, key);
@@ -198,7 +199,12 @@ impl<D: Driver> EventLoop<D> {
             Ok(()) => {}
             // A permanent refusal: said once, by the endpoint's report, when the session is
             // let go.
-            Err(e @ SessionError::Handshake(_)) => {
+            // The server restarted and forgot the session: normal, said by the session's end.
+            Err(e @ (SessionError::Handshake(_) | SessionError::SessionLost)) => {
+                tracing::debug!(tunnel = t, "session closed: {e}")
+            }
+            // Said once, by the session's end (SessionClosed), with the peer's reason.
+            Err(e @ SessionError::PeerClosed { .. }) => {
                 tracing::debug!(tunnel = t, "session closed: {e}")
             }
             Err(e) => tracing::warn!(tunnel = t, "session closed: peer broke the protocol: {e}"),
@@ -253,7 +259,7 @@ impl<D: Driver> EventLoop<D> {
                 }
             },
             Err(e) => {
-                tracing::info!(tunnel = t, %server, "dial failed: {e}");
+                tracing::debug!(tunnel = t, %server, "dial failed: {e}");
                 e
             }
         };
