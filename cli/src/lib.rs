@@ -15,5 +15,5 @@ pub mod daemon;
 pub mod dynamic_route;
 pub mod genkey;
 pub mod metrics;
-pub mod stats;
 pub mod startup_log;
+pub mod stats;

@@ -402,7 +402,7 @@ driver_tests! {
         let refused = client.records().into_iter()
             .filter(|l| l.contains("refused target") && l.contains("sneaky")).count();
         assert_eq!(refused, 1, "{context}");
-        assert_eq!(server.records().iter().filter(|l| l.contains("not in the allow-list")).count(), 1, "{context}");
+        assert_eq!(server.records().iter().filter(|l| l.contains("is not a [[server.forward]] target")).count(), 1, "{context}");
         assert!(client.log().contains("forward=\"good\"") || client.log().contains("forward=good"), "{context}");
         // The old behaviour, by choice: unlisted targets go to the default backend.
         server.process.terminate(Duration::from_secs(10));

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::proxy::{close_after_reply, send_now};
 use super::connect_wait::WaitingApp;
+use super::proxy::{close_after_reply, send_now};
 use super::streams::{After, StreamConn};
 use super::{APP_QUEUE, Entry, EventLoop, Outbox, RESET_APP_ERROR};
 use crate::endpoint::SessionKey;

@@ -79,7 +79,7 @@ impl<D: Driver> EventLoop<D> {
                 forward = name,
                 listen = %forward.listen,
                 target,
-                "the server refused target {target} of forward {} (not in its allow-list, reset \
+                "the server refused target {target} of forward {} (not allowed there, reset \
                  code 5); its connections are reset (repeats summarised every {:?})",
                 if name.is_empty() { forward.listen.to_string() } else { name.to_owned() },
                 self.target_refusals.log.interval()
