@@ -8,7 +8,6 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,29 +15,10 @@ use mtcpd_testkit::backends::{self, SinkReport};
 use mtcpd_testkit::pattern::{self, Checksum};
 use mtcpd_testkit::ports::{PortLease, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("mtcpd-e2e-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running mtcpd process, stopped (SIGTERM, then SIGKILL) when dropped, even by a panic.
 struct Daemon {
@@ -139,7 +119,7 @@ fn wait_listening(addr: SocketAddr, what: &str, daemon: &Daemon) {
 
 impl Pair {
     fn start(backend: SocketAddr, io: Driver, pool: u16) -> Pair {
-        let dir = TempDir::new();
+        let dir = TempDir::new("e2e");
         let ports = [reserve_port(), reserve_port()];
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         let server = Daemon::start(
@@ -262,7 +242,7 @@ fn wait_for_log(daemon: &Daemon, text: &str) -> bool {
 driver_tests! {
     fn fingerprint_command_prints_what_the_server_logs_and_a_pin_connects(io) {
         let backend = backends::serve(http_backend);
-        let dir = TempDir::new();
+        let dir = TempDir::new("e2e");
         let ports = [reserve_port(), reserve_port()];
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         let state = dir.0.join("state");
@@ -301,7 +281,7 @@ driver_tests! {
 
     fn insecure_plaintext_on_one_end_says_so_on_both(io) {
         let backend = backends::serve(http_backend);
-        let dir = TempDir::new();
+        let dir = TempDir::new("e2e");
         let ports = [reserve_port(), reserve_port()];
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         // Top-level keys go before the first table.
@@ -470,7 +450,7 @@ driver_tests! {
 
     fn client_started_before_the_server_retries_then_works(io) {
         let backend = backends::serve(http_backend);
-        let dir = TempDir::new();
+        let dir = TempDir::new("e2e");
         let ports = [reserve_port(), reserve_port()];
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         let client = Daemon::start(
@@ -537,7 +517,7 @@ driver_tests! {
 
     fn a_wrong_key_is_one_error_on_each_side_not_a_flood(io) {
         let backend = backends::serve(http_backend);
-        let dir = TempDir::new();
+        let dir = TempDir::new("e2e");
         let ports = [reserve_port(), reserve_port()];
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         let server = Daemon::start(
@@ -632,7 +612,7 @@ driver_tests! {
 
     fn sessions_spread_over_server_workers_and_tunnels_reach_their_home_worker(io) {
         let backend = backends::sink_backend();
-        let dir = TempDir::new();
+        let dir = TempDir::new("e2e");
         let tunnel = reserve_port();
         let tunnel_port = tunnel.port();
         // Three workers on (likely) two cores: pinning wraps around, hand-offs cross threads.

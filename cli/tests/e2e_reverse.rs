@@ -7,7 +7,6 @@ use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,30 +14,11 @@ use mtcpd_testkit::backends;
 use mtcpd_testkit::pattern::{self, Checksum};
 use mtcpd_testkit::ports::{PortLease, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const KEY: &str = "e2e-reverse-test-key-0123456789abcdef-01234";
-
-static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("mtcpd-reverse-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running mtcpd, stopped (SIGTERM, then SIGKILL) when dropped, even by a panic.
 struct Daemon {
@@ -206,7 +186,7 @@ fn start_server(
     reverse: &[(&str, u16, &str)],
     ports: Vec<PortLease>,
 ) -> Setup {
-    let dir = TempDir::new();
+    let dir = TempDir::new("reverse");
     let tunnel_port = reserve_port();
     let port = tunnel_port.port();
     let server = Daemon::start(
@@ -337,7 +317,7 @@ driver_tests! {
 /// Reverse tunnels need a key on both ends: `mtcpd check` refuses either table without one.
 #[test]
 fn reverse_tables_without_a_key_are_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("reverse");
     let cases = [
         (
             "server",

@@ -2,35 +2,10 @@
 //! a keyless server with forward targets refused at start, short keys refused with a pointer to
 //! `genkey`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("mtcpd-keys-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write a file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use mtcpd_testkit::tempdir::TempDir;
 
 fn mtcpd(arguments: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mtcpd"))
@@ -71,7 +46,7 @@ fn genkey_prints_a_key_a_config_accepts() {
         "a fresh key each time"
     );
 
-    let dir = TempDir::new();
+    let dir = TempDir::new("keys");
     let config = dir.file("s.toml", &format!("psk = \"{key}\"\n{SERVER_WITH_FORWARD}"));
     let check = mtcpd(&["check", "-c", arg(&config)]);
     assert!(check.status.success(), "{}", text(&check.stderr));
@@ -79,7 +54,7 @@ fn genkey_prints_a_key_a_config_accepts() {
 
 #[test]
 fn genkey_out_writes_a_private_file_for_psk_file_and_never_overwrites() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("keys");
     let key_file = dir.0.join("mtcpd.psk");
     let output = mtcpd(&["genkey", "--out", arg(&key_file)]);
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -118,7 +93,7 @@ fn genkey_out_writes_a_private_file_for_psk_file_and_never_overwrites() {
 
 #[test]
 fn a_keyless_server_with_forward_targets_refuses_to_start() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("keys");
     let config = dir.file("s.toml", SERVER_WITH_FORWARD);
     let output = mtcpd(&["server", "-c", arg(&config)]);
     assert_eq!(output.status.code(), Some(1));
@@ -134,7 +109,7 @@ fn a_keyless_server_with_forward_targets_refuses_to_start() {
 
 #[test]
 fn a_short_key_is_refused_with_a_pointer_to_genkey() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("keys");
     let config = dir.file(
         "c.toml",
         "mode = \"client\"\npsk = \"only-thirty-one-bytes-long-key!\"\n[client]\n\

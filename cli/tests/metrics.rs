@@ -17,6 +17,7 @@ use mtcpd::stats::exposition::{Sample, parse};
 use mtcpd_testkit::backends;
 use mtcpd_testkit::ports::{PortLease, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
 const KEY: &str = "metrics-test-key-0123456789abcdef-0123456789";
@@ -28,23 +29,6 @@ const SINK_REPORT: u64 = 40;
 driver_tests! {
     #[within(90)]
     fn metrics_of_a_transfer(io) { metrics_of_a_transfer(io) }
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mtcpd-metrics-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 struct Daemon {
@@ -159,7 +143,7 @@ fn mtcpd_names_in(text: &str) -> BTreeSet<String> {
 }
 
 fn metrics_of_a_transfer(io: Driver) {
-    let dir = TempDir::new(io.name());
+    let dir = TempDir::new(&format!("metrics-{}", io.name()));
     let leases: Vec<PortLease> = (0..4).map(|_| reserve_port()).collect();
     let [tunnel, app, server_metrics, client_metrics] = [0, 1, 2, 3].map(|i| leases[i].port());
     let sink = backends::sink_backend();

@@ -13,36 +13,17 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mtcpd_testkit::ports::reserve_port;
 use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
 const KEY: &str = "operations-test-key-0123456789abcdef-0123";
-
-static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("mtcpd-ops-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running mtcpd, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Daemon {
@@ -245,7 +226,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 driver_tests! {
     #[within(60)]
     fn a_port_already_in_use_stops_the_start_with_a_clear_message(io) {
-        let dir = TempDir::new();
+        let dir = TempDir::new("ops");
         let lease = reserve_port();
         let port = lease.port();
         let (backend, _) = counting_echo();
@@ -277,7 +258,7 @@ driver_tests! {
 
     #[within(90)]
     fn a_twenty_second_outage_is_a_few_lines_and_the_whole_pool_returns_at_once(io) {
-        let dir = TempDir::new();
+        let dir = TempDir::new("ops");
         let (server_lease, relay_lease, app_lease) = (reserve_port(), reserve_port(), reserve_port());
         let (backend, _) = counting_echo();
         let server = Daemon::start(&dir, "server", "server",
@@ -318,7 +299,7 @@ driver_tests! {
 
     #[within(60)]
     fn connections_wait_at_most_connect_wait_and_a_closed_one_is_never_sent(io) {
-        let dir = TempDir::new();
+        let dir = TempDir::new("ops");
         let (server_lease, relay_lease, app_lease) = (reserve_port(), reserve_port(), reserve_port());
         let (backend, seen) = counting_echo();
         let server = Daemon::start(&dir, "server", "server",
@@ -367,7 +348,7 @@ driver_tests! {
 
     #[within(60)]
     fn an_unlisted_target_is_refused_and_the_client_says_so(io) {
-        let dir = TempDir::new();
+        let dir = TempDir::new("ops");
         let (server_lease, app_lease) = (reserve_port(), reserve_port());
         let (default_backend, default_seen) = counting_echo();
         let (listed, listed_seen) = counting_echo();
@@ -427,7 +408,7 @@ driver_tests! {
 
     #[within(60)]
     fn a_smaller_grant_is_one_line_and_normal_stops_are_not_warnings(io) {
-        let dir = TempDir::new();
+        let dir = TempDir::new("ops");
         let (server_lease, app_lease) = (reserve_port(), reserve_port());
         let (backend, _) = counting_echo();
         let mut server = Daemon::start(&dir, "server", "server",
@@ -457,7 +438,7 @@ driver_tests! {
 
     #[within(60)]
     fn a_server_restart_is_an_info_line_not_a_protocol_error(io) {
-        let dir = TempDir::new();
+        let dir = TempDir::new("ops");
         let (server_lease, app_lease) = (reserve_port(), reserve_port());
         let (backend, _) = counting_echo();
         let config = server_config(server_lease.port(), backend, 2, "");

@@ -12,38 +12,19 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mtcpd_testkit::pattern;
 use mtcpd_testkit::ports::{PortLease, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
 const KEY: &str = "proxy-test-key-0123456789abcdef-0123456789";
 /// The body every test HTTP server sends, and its pattern seed.
 const BODY: u64 = 4 << 20;
 const SEED: u64 = 12;
-
-static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("mtcpd-proxy-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 struct Daemon {
     _process: ChildGuard,
@@ -212,7 +193,7 @@ struct Setup {
 }
 
 fn setup(io: Driver, allow: &[String]) -> Setup {
-    let dir = TempDir::new();
+    let dir = TempDir::new("proxy");
     let leases: Vec<PortLease> = (0..4).map(|_| reserve_port()).collect();
     let tunnel = leases[0].port();
     let addr = |l: &PortLease| SocketAddr::from(([127, 0, 0, 1], l.port()));
@@ -410,7 +391,7 @@ impl TlsServer {
         if !have("openssl") {
             return None;
         }
-        let dir = TempDir::new();
+        let dir = TempDir::new("proxy");
         let mut body = std::fs::File::create(dir.0.join("body.bin")).expect("body");
         pattern::write_pattern(&mut body, SEED, BODY).expect("write body");
         let made = Command::new("openssl")
@@ -508,7 +489,7 @@ fn bench_socks5_vs_forward() {
         _ => Driver::Mio,
     };
     let sink = mtcpd_testkit::backends::sink_backend();
-    let dir = TempDir::new();
+    let dir = TempDir::new("proxy");
     let leases: Vec<PortLease> = (0..3).map(|_| reserve_port()).collect();
     let (tunnel, fwd, socks) = (leases[0].port(), leases[1].port(), leases[2].port());
     let server = Daemon::start(

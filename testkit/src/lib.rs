@@ -22,6 +22,7 @@ pub mod backends;
 pub mod pattern;
 pub mod ports;
 pub mod process;
+pub mod tempdir;
 
 use std::sync::mpsc;
 use std::time::Duration;
