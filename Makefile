@@ -119,8 +119,8 @@ clean:
 ## the binary, the units and the docs, and the units' ExecStart follows it. SYSCONFDIR
 ## (default /etc) moves the config directory, for tests. BINARY installs an already built
 ## binary instead of building one (PROFILE picks the cargo profile that is built, default
-## release). POSTINSTALL=no skips, on a live install (no DESTDIR), creating the user with
-## systemd-sysusers and `systemctl daemon-reload`.
+## release). POSTINSTALL=no skips, on a live install by root (no DESTDIR), creating the user
+## with systemd-sysusers and `systemctl daemon-reload`.
 PREFIX ?= /usr/local
 DESTDIR ?=
 BINDIR ?= $(PREFIX)/bin
@@ -156,7 +156,7 @@ install: $(if $(filter file,$(origin BINARY)),install-build)
 			install -m 0644 contrib/systemd/$$config $(DESTDIR)$(SYSCONFDIR)/mtcpd/$$config || exit 1; \
 		fi; \
 	done
-	@if [ -z "$(DESTDIR)" ] && [ "$(POSTINSTALL)" = yes ]; then \
+	@if [ -z "$(DESTDIR)" ] && [ "$(POSTINSTALL)" = yes ] && [ "$$(id -u)" = 0 ]; then \
 		if command -v systemd-sysusers >/dev/null 2>&1; then \
 			systemd-sysusers $(SYSUSERSDIR)/mtcpd.conf || echo "install: create the user mtcpd yourself"; \
 		fi; \
