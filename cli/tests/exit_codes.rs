@@ -54,6 +54,25 @@ fn commands_exit_0_2_or_78() {
     ] {
         assert_eq!(status_of(usage).0, code(exit_code::USAGE), "{usage:?}");
     }
+    let help = Command::new(env!("CARGO_BIN_EXE_mtcpd"))
+        .arg("--help")
+        .output()
+        .expect("run mtcpd --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for documented in [
+        "Exit status",
+        "  0 ",
+        "  1 ",
+        "  2 ",
+        "  78 ",
+        "EX_CONFIG",
+        "  130 ",
+    ] {
+        assert!(
+            help.contains(documented),
+            "--help lacks {documented:?}:\n{help}"
+        );
+    }
     let bad_value = dir.file("bad.toml", "mode = \"server\"\n[server]\nlisten_port = 0\n");
     let bad_syntax = dir.file("syntax.toml", "[server\n");
     let missing = dir.0.join("missing.toml");
