@@ -3,7 +3,7 @@ CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: build test lint fmt bench perf perf-quick perf-deps perf-build demo fuzz fuzz-check \
-	fuzz-long clean
+	fuzz-long clean install install-build uninstall
 
 build:
 	$(CARGO) build --release --workspace
@@ -107,3 +107,77 @@ fuzz-long:
 
 clean:
 	$(CARGO) clean
+
+## Install (docs/OPERATIONS.md, "Install and run as a service").
+##   make install            builds the release binary, then installs it to $(PREFIX)/bin, the
+##                           systemd units, the sysusers.d entry of the `mtcpd` user, the docs,
+##                           and /etc/mtcpd/server.toml + client.toml only where none exist
+##   sudo make install       after `make build` (sudo may not find cargo: the binary built
+##                           before is installed)
+##   make uninstall          removes what install put there, except /etc/mtcpd and /var/lib/mtcpd
+## DESTDIR stages the files under a directory (packaging); PREFIX (default /usr/local) moves
+## the binary, the units and the docs, and the units' ExecStart follows it. SYSCONFDIR
+## (default /etc) moves the config directory, for tests. BINARY installs an already built
+## binary instead of building one (PROFILE picks the cargo profile that is built, default
+## release). POSTINSTALL=no skips, on a live install by root (no DESTDIR), creating the user
+## with systemd-sysusers and `systemctl daemon-reload`.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+DOCDIR ?= $(PREFIX)/share/doc/mtcpd
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+PROFILE ?= release
+POSTINSTALL ?= yes
+CARGO_TARGET_DIR ?= target
+BINARY ?= $(CARGO_TARGET_DIR)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))/mtcpd
+UNITS := mtcpd-server.service mtcpd-client.service
+STARTER_CONFIGS := server.toml client.toml
+
+# Builds only when BINARY was not given (its origin is then this file).
+install: $(if $(filter file,$(origin BINARY)),install-build)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/mtcpd
+	install -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/mtcpd
+	for unit in $(UNITS); do \
+		sed -e 's|/usr/local/bin/mtcpd|$(BINDIR)/mtcpd|g' \
+			-e 's|/usr/local/share/doc/mtcpd|$(DOCDIR)|g' \
+			-e 's|/etc/mtcpd/|$(SYSCONFDIR)/mtcpd/|g' \
+			contrib/systemd/$$unit > $(DESTDIR)$(SYSTEMDUNITDIR)/$$unit \
+		&& chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$unit || exit 1; \
+	done
+	install -m 0644 contrib/systemd/mtcpd.sysusers $(DESTDIR)$(SYSUSERSDIR)/mtcpd.conf
+	install -m 0644 README.md docs/OPERATIONS.md config/mtcpd.example.toml $(DESTDIR)$(DOCDIR)/
+	for config in $(STARTER_CONFIGS); do \
+		if [ -e $(DESTDIR)$(SYSCONFDIR)/mtcpd/$$config ]; then \
+			echo "install: kept $(DESTDIR)$(SYSCONFDIR)/mtcpd/$$config"; \
+		else \
+			install -m 0644 contrib/systemd/$$config $(DESTDIR)$(SYSCONFDIR)/mtcpd/$$config || exit 1; \
+		fi; \
+	done
+	@if [ -z "$(DESTDIR)" ] && [ "$(POSTINSTALL)" = yes ] && [ "$$(id -u)" = 0 ]; then \
+		if command -v systemd-sysusers >/dev/null 2>&1; then \
+			systemd-sysusers $(SYSUSERSDIR)/mtcpd.conf || echo "install: create the user mtcpd yourself"; \
+		fi; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi; \
+	fi
+
+install-build:
+	@if command -v $(CARGO) >/dev/null 2>&1; then \
+		echo "$(CARGO) build --profile $(PROFILE) -p mtcpd"; \
+		$(CARGO) build --profile $(PROFILE) -p mtcpd; \
+	elif [ -x $(BINARY) ]; then \
+		echo "install: $(CARGO) not found (under sudo?): installing $(BINARY) as built before"; \
+	else \
+		echo "install: neither $(BINARY) nor $(CARGO) to build it: run 'make build' first"; \
+		exit 1; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/mtcpd $(DESTDIR)$(SYSUSERSDIR)/mtcpd.conf
+	for unit in $(UNITS); do rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/$$unit; done
+	rm -f $(DESTDIR)$(DOCDIR)/README.md $(DESTDIR)$(DOCDIR)/OPERATIONS.md \
+		$(DESTDIR)$(DOCDIR)/mtcpd.example.toml
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
+	@echo "uninstall: kept $(DESTDIR)$(SYSCONFDIR)/mtcpd (your configuration and key) and /var/lib/mtcpd (the server's TLS key pair)"

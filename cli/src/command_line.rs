@@ -11,6 +11,7 @@
 //! - `mtcpd fingerprint [-c FILE]` (the server's TLS certificate fingerprint, for pinning)
 //! - `mtcpd stats [--metrics ADDR] [--once] [--json]` (a live view of a running daemon, read
 //!   from its metrics endpoint)
+//! - `mtcpd config-reference` (the commented example config, built in)
 
 use std::path::PathBuf;
 
@@ -54,10 +55,11 @@ Defaults when no config file is given:
   connection_pool_size (and limits.max_tunnels).
 
 Configuration:
-  TOML. Every key, its meaning and its default is in config/mtcpd.example.toml; the seed's
-  config/config.server.toml and config/config.client.toml load unchanged. `mtcpd check -c FILE`
-  validates a file and prints the resolved configuration. Errors name the file, the key
-  (e.g. client.server_port) and what is wrong.
+  TOML. `mtcpd config-reference` prints every key with its meaning, default and range (the
+  commented example config, built into this binary; `mtcpd config-reference > mtcpd.toml` is
+  a starting point). The seed's config.server.toml / config.client.toml load unchanged.
+  `mtcpd check -c FILE` validates a file and prints the resolved configuration. Errors name
+  the file, the key (e.g. client.server_port) and what is wrong.
 
 Keys:
   Both ends prove the same pre-shared key (psk or psk_file, 32 bytes at least). Make one with
@@ -74,13 +76,20 @@ Environment:
                 other value stops the daemon with an error
   MTCPD_CONFIG  config file, same as -c
 
-Exit status: 0 on success, 1 on a configuration or runtime error, 2 on a usage error.
+Exit status:
+  0    success; a daemon stopped by SIGINT/SIGTERM after its drain (also when drain_timeout
+       ran out and streams were cut: logged as a warning)
+  1    runtime failure (e.g. a listen port already in use, a key file that exists)
+  2    usage error (the command line)
+  78   configuration error (EX_CONFIG): the file cannot be read or parsed, a value is invalid,
+       MTCPD_IO names no driver, a TLS file cannot be used; starting again will not help
+  130  a second SIGINT/SIGTERM cut the drain short
 
 Examples:
   mtcpd server -c config/config.server.toml
   mtcpd client -c config/config.client.toml
   mtcpd --role server --cores 8
-  mtcpd check -c config/mtcpd.example.toml --role client
+  mtcpd config-reference > my.toml; mtcpd check -c my.toml --role client
   mtcpd genkey --out mtcpd.psk     (then psk_file = \"mtcpd.psk\" on both ends)
   mtcpd fingerprint -c config/config.server.toml
   mtcpd client -c client.toml --metrics 127.0.0.1:9100   (Prometheus metrics at /metrics)
@@ -113,7 +122,7 @@ pub enum Command {
     Server,
     /// Run the client daemon (same as --role client).
     Client,
-    /// Validate a config file, print the resolved configuration, exit 0 if valid, 1 if not.
+    /// Validate a config file, print the resolved configuration, exit 0 if valid, 78 if not.
     Check,
     /// Make a new pre-shared key: 32 random bytes from the OS, printed as 64 hex characters
     /// (use them as `psk = "…"` on both ends), or written to FILE (mode 0600) for `psk_file`.
@@ -139,6 +148,9 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = mtcpd_common::units::parse_duration)]
         interval: std::time::Duration,
     },
+    /// Print the commented example configuration: every key with its meaning, default and
+    /// range (built into this binary). `mtcpd check --role server|client` accepts it as is.
+    ConfigReference,
 }
 
 /// Options accepted before or after the subcommand.
@@ -189,6 +201,8 @@ pub enum Action {
     Fingerprint(LoadRequest),
     /// Show a running daemon's figures.
     Stats(StatsRequest),
+    /// Print the example configuration.
+    ConfigReference,
 }
 
 /// `mtcpd stats`: where to read and how to show it.
@@ -246,6 +260,7 @@ impl Cli {
                     interval: *interval,
                 }));
             }
+            Some(Command::ConfigReference) => return Ok(Action::ConfigReference),
             Some(Command::Fingerprint) => Some(Role::Server),
             Some(Command::Check) | None => None,
         };

@@ -2,7 +2,8 @@
 //!
 //! Owns: the command-line grammar (`command_line`), loading and validating configuration
 //! (`config`), making keys (`genkey`), the metrics endpoint (`metrics`), the `mtcpd stats`
-//! live view (`stats`), and the single call site where a validated configuration is handed to the
+//! live view (`stats`), the built-in config reference (`reference`), exit statuses
+//! (`exit_code`), and the single call site where a validated configuration is handed to the
 //! runtime (`daemon::run_daemon`). Must not touch: the data path, which lives in the
 //! `mtcpd-engine` crate; nothing here opens tunnels or carries bytes.
 //!
@@ -13,7 +14,9 @@ pub mod command_line;
 pub mod config;
 pub mod daemon;
 pub mod dynamic_route;
+pub mod exit_code;
 pub mod genkey;
 pub mod metrics;
+pub mod reference;
 pub mod startup_log;
 pub mod stats;

@@ -1,6 +1,6 @@
 //! `mtcpd`: the multi-TCP aggregation tunnel daemon's entry point.
 //!
-//! Owns: process set-up (logging with `RUST_LOG`, exit codes) and dispatch of the parsed
+//! Owns: process set-up (logging with `RUST_LOG`, the exit status `exit_code` picks) and dispatch of the parsed
 //! command line. Must not touch: config rules (`mtcpd::config`), the CLI grammar
 //! (`mtcpd::command_line`) or the runtime (reached only through `mtcpd::daemon::run_daemon`).
 
@@ -12,10 +12,8 @@ use clap::{CommandFactory, Parser};
 use mtcpd::command_line::{Action, Cli};
 use mtcpd::config::{self, ConfigOrigin, DaemonConfig, LoadRequest, Role, defaults};
 use mtcpd::daemon::run_daemon;
+use mtcpd::exit_code;
 use tracing_subscriber::EnvFilter;
-
-/// Exit status for a command line that parses but makes no sense (clap uses 2 as well).
-const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,7 +24,7 @@ fn main() -> ExitCode {
             let mut command = Cli::command();
             let error = command.error(clap::error::ErrorKind::ArgumentConflict, usage_error);
             let _ = error.print();
-            return ExitCode::from(USAGE_ERROR);
+            return ExitCode::from(exit_code::USAGE);
         }
     };
     let outcome = match action {
@@ -35,12 +33,16 @@ fn main() -> ExitCode {
         Action::Genkey(out) => genkey(out.as_deref()),
         Action::Fingerprint(request) => fingerprint(&request),
         Action::Stats(request) => mtcpd::stats::run(&request),
+        Action::ConfigReference => {
+            print!("{}", mtcpd::reference::EXAMPLE_CONFIG);
+            Ok(())
+        }
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(exit_code::SUCCESS),
         Err(error) => {
             eprintln!("mtcpd: error: {}", error_text(&error));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code::for_error(&error))
         }
     }
 }

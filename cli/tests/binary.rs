@@ -102,7 +102,7 @@ fn check_accepts_the_seed_configs_and_prints_the_resolved_config() {
 fn check_takes_a_role_for_a_file_with_both_tables() {
     let example = config_file("mtcpd.example.toml");
     let without_role = mtcpd(&["check", "-c", path_arg(&example)]);
-    assert_eq!(without_role.status.code(), Some(1));
+    assert_eq!(without_role.status.code(), Some(78));
     assert!(text(&without_role.stderr).contains("key `mode`"));
     for role in ["server", "client"] {
         let output = mtcpd(&["check", "-c", path_arg(&example), "--role", role]);
@@ -136,7 +136,7 @@ fn check_rejects_bad_configs_naming_file_and_key() {
     for (name, key) in cases {
         let path = fixture(name);
         let output = mtcpd(&["check", "-c", path_arg(&path)]);
-        assert_eq!(output.status.code(), Some(1), "{name}");
+        assert_eq!(output.status.code(), Some(78), "{name}");
         assert!(
             output.stdout.is_empty(),
             "{name}: a bad config prints no config"
@@ -156,7 +156,7 @@ fn mode_conflicting_with_the_command_is_refused() {
         vec!["check", "--role", "client", "-c", path_arg(&path)],
     ] {
         let output = mtcpd(&arguments);
-        assert_eq!(output.status.code(), Some(1), "{arguments:?}");
+        assert_eq!(output.status.code(), Some(78), "{arguments:?}");
         assert!(text(&output.stderr).contains("key `mode`"), "{arguments:?}");
     }
 }
@@ -246,7 +246,7 @@ fn a_bad_mtcpd_io_value_stops_the_daemon_with_a_clear_error() {
     let _held = hold_default_listen_addresses();
     let output = server_with_io_env("epoll", &[]);
     let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains("MTCPD_IO=\"epoll\"") && stderr.contains("use mio, uring or auto"),
         "{stderr}"
@@ -318,7 +318,7 @@ fn help_answers_the_real_questions() {
         "127.0.0.1:9000",
         "127.0.0.1:7000",
         "pool of 8",
-        "config/mtcpd.example.toml",
+        "mtcpd config-reference",
         "RUST_LOG",
         "MTCPD_IO",
         "Exit status",

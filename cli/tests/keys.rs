@@ -96,7 +96,7 @@ fn a_keyless_server_with_forward_targets_refuses_to_start() {
     let dir = TempDir::new("keys");
     let config = dir.file("s.toml", SERVER_WITH_FORWARD);
     let output = mtcpd(&["server", "-c", arg(&config)]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(78));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("key `psk`"), "{stderr}");
     assert!(stderr.contains("needs a key"), "{stderr}");
@@ -116,7 +116,7 @@ fn a_short_key_is_refused_with_a_pointer_to_genkey() {
          local_listen_port = 7000\n",
     );
     let output = mtcpd(&["check", "-c", arg(&config)]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(78));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("got 31 bytes"), "{stderr}");
     assert!(stderr.contains("mtcpd genkey"), "{stderr}");
