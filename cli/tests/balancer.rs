@@ -6,7 +6,8 @@
 //!   servers' `/metrics`); that server is killed, and the client's next session is served by
 //!   the other, every tunnel of it there, and a new stream carries its bytes (checksummed).
 //! - `[client] servers = [...]` without a balancer: the first server is dead, the second
-//!   serves, and the client says once that it moved.
+//!   serves, and the client says once that it moved; and the server of a working session is
+//!   killed: once the session ends (`session_grace`), the next one is served by the other.
 //!
 //! Every process (HAProxy, daemons) is stopped by its guard, even when a test fails.
 
@@ -33,6 +34,8 @@ driver_tests! {
     fn haproxy_keeps_a_session_on_one_server_and_fails_over(io) { haproxy_failover(io) }
     #[within(90)]
     fn servers_list_skips_a_dead_first_server(io) { servers_list(io) }
+    #[within(90)]
+    fn servers_list_moves_on_when_its_server_is_killed(io) { servers_list_kill(io) }
 }
 
 struct Daemon {
@@ -323,4 +326,65 @@ fn servers_list(io: Driver) {
         log.contains(&format!("trying server 127.0.0.1:{tunnel}")),
         "{log}"
     );
+}
+
+fn servers_list_kill(io: Driver) {
+    let dir = TempDir::new(&format!("servers-kill-{}", io.name()));
+    let leases: Vec<PortLease> = (0..6).map(|_| reserve_port()).collect();
+    let [
+        tunnel_a,
+        tunnel_b,
+        metrics_a,
+        metrics_b,
+        app,
+        client_metrics,
+    ] = [0, 1, 2, 3, 4, 5].map(|i| leases[i].port());
+    let sink = backends::sink_backend();
+    let servers = [
+        Daemon::start(
+            &dir.0,
+            "server-a",
+            "server",
+            &server_config(tunnel_a, metrics_a, sink),
+            io,
+        ),
+        Daemon::start(
+            &dir.0,
+            "server-b",
+            "server",
+            &server_config(tunnel_b, metrics_b, sink),
+            io,
+        ),
+    ];
+    for (port, server) in [metrics_a, metrics_b].iter().zip(&servers) {
+        wait_listening(local(*port), || server.log());
+    }
+    let list = format!("servers = [\"127.0.0.1:{tunnel_a}\", \"127.0.0.1:{tunnel_b}\"]");
+    let client = Daemon::start(
+        &dir.0,
+        "client",
+        "client",
+        &client_config(app, client_metrics, &list),
+        io,
+    );
+    let everything = || {
+        format!(
+            "client:\n{}\nserver a:\n{}\nserver b:\n{}",
+            client.log(),
+            servers[0].log(),
+            servers[1].log()
+        )
+    };
+    wait_listening(local(client_metrics), everything);
+    transfer(app, 7);
+    let (first, _) = pool_on_one_server([metrics_a, metrics_b], everything);
+    assert_eq!(first, 0, "the first server of the list serves first");
+
+    servers[0].process.signal(9); // SIGKILL
+    let (now_on, _) = pool_on_one_server([metrics_a, metrics_b], everything);
+    assert_eq!(now_on, 1, "{}", everything());
+    transfer(app, 8);
+    let log = client.log();
+    let moved = format!("server 127.0.0.1:{tunnel_a} unreachable");
+    assert_eq!(log.matches(&moved).count(), 1, "said once:\n{log}");
 }

@@ -1,7 +1,8 @@
 //! A client given several servers (`Client::start_with_servers`), on each I/O driver: a first
 //! address that refuses is left for the next, whose session carries a stream (checksummed both
 //! ways); and when the server of a working session goes away, the client's next session is
-//! served by the other server, every tunnel of it there, and new streams carry bytes.
+//! served by the other server, every tunnel of it there, and new streams carry bytes; a first
+//! server that refuses the client's key is left for the next after the refusal's wait.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -20,6 +21,8 @@ driver_tests! {
     fn a_dead_first_server_is_left_for_the_next(io) { dead_first_server(io) }
     #[within(90)]
     fn a_session_whose_server_went_away_moves_to_the_next(io) { server_goes_away(io) }
+    #[within(90)]
+    fn a_server_that_refuses_the_key_is_left_for_the_next(io) { refusing_first_server(io) }
 }
 
 fn opts(io: Driver) -> RuntimeOptions {
@@ -143,4 +146,23 @@ fn server_goes_away(io: Driver) {
     assert_eq!(on_b.tunnels_up(), usize::from(POOL), "{on_b:#?}");
     transfer(&client, &second, 31);
     transfer(&client, &second, 41);
+}
+
+fn refusing_first_server(io: Driver) {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut other_key = opts(io);
+    other_key.engine.psk = b"another key entirely, also 32 bytes or more".to_vec();
+    let refusing = Server::accept_all(other_key, any).unwrap();
+    let live = Server::accept_all(opts(io), any).unwrap();
+    let client =
+        Client::start_with_servers(opts(io), &[refusing.local_addr(), live.local_addr()]).unwrap();
+    let s = wait_for(|| client.stats(), |s| all_tunnels_on(s, live.local_addr()));
+    assert!(all_tunnels_on(&s, live.local_addr()), "{s:#?}");
+    let r = refusing.stats();
+    assert!(r.sessions.is_empty(), "{r:#?}");
+    assert!(
+        !r.counters.handshakes_rejected.is_empty(),
+        "it was tried: {r:#?}"
+    );
+    transfer(&client, &live, 51);
 }
