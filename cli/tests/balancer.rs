@@ -7,7 +7,9 @@
 //!   the other, every tunnel of it there, and a new stream carries its bytes (checksummed).
 //! - `[client] servers = [...]` without a balancer: the first server is dead, the second
 //!   serves, and the client says once that it moved; and the server of a working session is
-//!   killed: once the session ends (`session_grace`), the next one is served by the other.
+//!   killed: once the session ends (`session_grace`), the next one is served by the other; and
+//!   a first server with another key: the application connection made meanwhile waits for the
+//!   next server instead of being closed.
 //!
 //! Every process (HAProxy, daemons) is stopped by its guard, even when a test fails.
 
@@ -36,6 +38,8 @@ driver_tests! {
     fn servers_list_skips_a_dead_first_server(io) { servers_list(io) }
     #[within(90)]
     fn servers_list_moves_on_when_its_server_is_killed(io) { servers_list_kill(io) }
+    #[within(90)]
+    fn servers_list_skips_a_server_that_refuses_the_key(io) { servers_list_refused(io) }
 }
 
 struct Daemon {
@@ -84,8 +88,12 @@ fn wait_listening(addr: SocketAddr, what: impl Fn() -> String) {
 }
 
 fn server_config(tunnel: u16, metrics: u16, backend: SocketAddr) -> String {
+    server_config_with_key(KEY, tunnel, metrics, backend)
+}
+
+fn server_config_with_key(key: &str, tunnel: u16, metrics: u16, backend: SocketAddr) -> String {
     format!(
-        "mode = \"server\"\npsk = \"{KEY}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\
+        "mode = \"server\"\npsk = \"{key}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\
          [server]\nlisten_ip = \"127.0.0.1\"\nlisten_port = {tunnel}\n\
          backend_ip = \"127.0.0.1\"\nbackend_port = {}\nconnection_pool_size = {POOL}\n",
         backend.port()
@@ -387,4 +395,57 @@ fn servers_list_kill(io: Driver) {
     let log = client.log();
     let moved = format!("server 127.0.0.1:{tunnel_a} unreachable");
     assert_eq!(log.matches(&moved).count(), 1, "said once:\n{log}");
+}
+
+fn servers_list_refused(io: Driver) {
+    let dir = TempDir::new(&format!("servers-refused-{}", io.name()));
+    let leases: Vec<PortLease> = (0..6).map(|_| reserve_port()).collect();
+    let [
+        tunnel_a,
+        tunnel_b,
+        metrics_a,
+        metrics_b,
+        app,
+        client_metrics,
+    ] = [0, 1, 2, 3, 4, 5].map(|i| leases[i].port());
+    let sink = backends::sink_backend();
+    let other_key = "a different key for the first server, 32 bytes+";
+    let servers = [
+        Daemon::start(
+            &dir.0,
+            "server-a",
+            "server",
+            &server_config_with_key(other_key, tunnel_a, metrics_a, sink),
+            io,
+        ),
+        Daemon::start(
+            &dir.0,
+            "server-b",
+            "server",
+            &server_config(tunnel_b, metrics_b, sink),
+            io,
+        ),
+    ];
+    for (port, server) in [metrics_a, metrics_b].iter().zip(&servers) {
+        wait_listening(local(*port), || server.log());
+    }
+    let list = format!("servers = [\"127.0.0.1:{tunnel_a}\", \"127.0.0.1:{tunnel_b}\"]");
+    let client = Daemon::start(
+        &dir.0,
+        "client",
+        "client",
+        &client_config(app, client_metrics, &list),
+        io,
+    );
+    wait_listening(local(client_metrics), || client.log());
+    // At once: the first server is refusing the client about now.
+    transfer(app, 9);
+    let (on, _) = pool_on_one_server([metrics_a, metrics_b], || client.log());
+    assert_eq!(on, 1, "{}", client.log());
+    let log = client.log();
+    assert!(
+        log.contains(&format!("server 127.0.0.1:{tunnel_a} rejected our key"))
+            && log.contains(&format!("trying server 127.0.0.1:{tunnel_b}")),
+        "{log}"
+    );
 }

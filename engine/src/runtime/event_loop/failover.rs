@@ -48,6 +48,14 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
+    /// Client: the server refused this client for good and there is no other server to try,
+    /// so an application connection is closed at once instead of waiting. With a list, the
+    /// next server may take it: connections wait (at most `connect_wait`) for it.
+    pub(super) fn refused_everywhere(&self) -> bool {
+        let others = matches!(&self.role, Role::Client { servers } if servers.len() > 1);
+        self.endpoint.is_refused() && !others
+    }
+
     /// Client: a tunnel was accepted; the current server works.
     pub(super) fn failover_accepted(&mut self) {
         if let Some(servers) = self.servers_mut() {

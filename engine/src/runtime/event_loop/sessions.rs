@@ -240,7 +240,7 @@ impl<D: Driver> EventLoop<D> {
                 None => tracing::info!("starting a new session"),
             }
             self.failover_session_started();
-            if !self.endpoint.is_refused() {
+            if !self.refused_everywhere() {
                 self.endpoint[fresh].data_mut().waiting_apps = waiting;
             }
             self.touch(fresh);
