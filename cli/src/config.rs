@@ -173,7 +173,7 @@ mod tests {
         })
         .unwrap();
         let client = config.client().unwrap();
-        assert_eq!(client.server.to_string(), "127.0.0.1:8000");
+        assert_eq!(client.servers[0].to_string(), "127.0.0.1:8000");
         assert_eq!(config.runtime.engine.pool_size, 8);
         assert_eq!(client.forwards.len(), 1);
         assert_eq!(
@@ -183,6 +183,25 @@ mod tests {
         assert_eq!(client.forwards[0].forward.target, None);
         assert!(config.runtime.engine.zero_rtt);
         assert_eq!(config.runtime.workers, 1);
+    }
+
+    #[test]
+    fn a_list_of_servers_is_kept_in_order() {
+        let text = "[client]\nlocal_listen_port = 7000\n\
+                    servers = [\"10.0.0.1:8000\", \"mtcpd-b.example:8001\", \"[::1]:8002\"]\n";
+        let config = load_text(text, None).unwrap();
+        let client = config.client().unwrap();
+        let servers: Vec<String> = client.servers.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            servers,
+            ["10.0.0.1:8000", "mtcpd-b.example:8001", "[::1]:8002"]
+        );
+        assert!(
+            config.to_string().contains(
+                "servers = [\"10.0.0.1:8000\", \"mtcpd-b.example:8001\", \"[::1]:8002\"]"
+            ),
+            "{config}"
+        );
     }
 
     #[test]
@@ -415,6 +434,22 @@ mod tests {
             ),
             ("psk = \"short\"\n[server]\n", "psk"),
             ("mode = \"client\"\n[server]\n", "client"),
+            (
+                "[client]\nlocal_listen_port = 1\nserver_port = 8000\nservers = [\"a:1\"]\n",
+                "client.servers",
+            ),
+            (
+                "[client]\nlocal_listen_port = 1\nservers = []\n",
+                "client.servers",
+            ),
+            (
+                "[client]\nlocal_listen_port = 1\nservers = [\"a:1\", \"b\"]\n",
+                "client.servers[1]",
+            ),
+            (
+                "[client]\nlocal_listen_port = 1\nservers = [\"a:1\", \"A:1\"]\n",
+                "client.servers[1]",
+            ),
             ("[server]\n[client]\n", "mode"),
             ("[limits]\n", "mode"),
             ("[server]\n[limits]\nmax_tunels = 3\n", "limits.max_tunels"),

@@ -77,6 +77,24 @@ fn exposed_services(client: &ClientConfig) -> anyhow::Result<Vec<runtime::Expose
         .collect()
 }
 
+/// The client's servers with their names resolved (once, at start), in order.
+fn client_servers(client: &ClientConfig) -> anyhow::Result<Vec<SocketAddr>> {
+    let servers = client
+        .servers
+        .iter()
+        .map(|server| resolve(server).with_context(|| format!("cannot resolve server {server}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if servers.len() > 1 {
+        let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            servers = %list.join(", "),
+            "servers, tried in this order; a session that cannot be established on one moves \
+             to the next"
+        );
+    }
+    Ok(servers)
+}
+
 /// The `forward` label of each client forward, in the runtime's order: its name, else its
 /// listen address.
 fn forward_labels(config: &DaemonConfig) -> Vec<String> {
@@ -116,9 +134,10 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
                 );
             }
             let exposed = exposed_services(client)?;
-            runtime::spawn_client_with(
+            let servers = client_servers(client)?;
+            runtime::spawn_client_with_servers(
                 opts,
-                client.server,
+                &servers,
                 runtime::ClientServices {
                     forwards: &client.engine_forwards(),
                     proxies: &client.proxies,

@@ -52,7 +52,7 @@ fn seed_client_loads_with_and_without_mode() {
             let config = load_file(fixture(name), role).unwrap();
             assert_eq!(config.role, Role::Client, "{name}");
             let client = config.client().unwrap();
-            assert_eq!(client.server.to_string(), "127.0.0.1:8000");
+            assert_eq!(client.servers[0].to_string(), "127.0.0.1:8000");
             assert_eq!(config.runtime.engine.pool_size, 4);
             assert_eq!(config.runtime.read_chunk, 65536);
             assert!(config.runtime.engine.zero_rtt);
@@ -119,7 +119,7 @@ fn multi_forward_client_keeps_every_forward_in_order() {
         port: 5432,
     };
     assert_eq!(client.forwards[2].forward.target, Some(host.to_string()));
-    assert_eq!(client.server.to_string(), "198.51.100.5:8000");
+    assert_eq!(client.servers[0].to_string(), "198.51.100.5:8000");
 }
 
 /// (fixture, role from the command line, key the error must name, text the message must contain)

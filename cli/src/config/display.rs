@@ -76,7 +76,13 @@ impl fmt::Display for DaemonConfig {
                     server.unlisted_to_default_backend
                 )?;
             }
-            Endpoint::Client(client) => writeln!(out, "server = \"{}\"", client.server)?,
+            Endpoint::Client(client) => match client.servers.as_slice() {
+                [one] => writeln!(out, "server = \"{one}\"")?,
+                many => {
+                    let quoted: Vec<String> = many.iter().map(|s| format!("\"{s}\"")).collect();
+                    writeln!(out, "servers = [{}]", quoted.join(", "))?
+                }
+            },
         }
         for (_, key, setting) in table(role.as_str()) {
             write_setting(out, key, setting)?;

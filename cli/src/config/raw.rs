@@ -135,6 +135,8 @@ pub struct RawClientSection {
     pub local_listen_port: Option<i64>,
     pub server_ip: Option<String>,
     pub server_port: Option<i64>,
+    /// Several servers (`host:port` each), tried in order: instead of `server_ip`/`server_port`.
+    pub servers: Option<Vec<String>>,
     pub connection_pool_size: Option<i64>,
     pub buffer_size: Option<ByteSize>,
     pub enable_zero_rtt: Option<bool>,

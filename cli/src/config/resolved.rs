@@ -159,8 +159,9 @@ pub struct ServerForward {
 /// `zero_rtt`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The server's tunnel address.
-    pub server: SocketAddr,
+    /// The servers' tunnel addresses, in order (`server_ip:server_port`, or `servers`): each
+    /// session dials the first that works. A host name is resolved at start.
+    pub servers: Vec<TargetAddr>,
     /// Local listeners, in file order; at least one forward, proxy or exposed service in all.
     pub forwards: Vec<LabelledForward>,
     /// Proxy listeners (`[[client.socks5]]`, then `[[client.http_proxy]]`).

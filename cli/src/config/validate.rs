@@ -27,7 +27,8 @@ use super::error::{ConfigFileError, ConfigOrigin};
 use super::locate::locate;
 use super::raw::{RawClientSection, RawConfigFile, RawServerSection, RawSocks5};
 use super::resolved::{
-    ClientConfig, DaemonConfig, Endpoint, LabelledForward, ServerConfig, ServerForward, defaults,
+    ClientConfig, DaemonConfig, Endpoint, LabelledForward, ServerConfig, ServerForward, TargetAddr,
+    defaults,
 };
 use super::targets::{parse_listen_address, parse_target};
 
@@ -285,18 +286,7 @@ impl Checker {
         section: &RawClientSection,
         runtime: &mut RuntimeOptions,
     ) -> Result<ClientConfig, ConfigFileError> {
-        let server = SocketAddr::new(
-            self.ip(
-                "client.server_ip",
-                section.server_ip.as_deref(),
-                defaults::CLIENT_SERVER.ip(),
-            )?,
-            self.port(
-                "client.server_port",
-                section.server_port,
-                defaults::CLIENT_SERVER.port(),
-            )?,
-        );
+        let servers = self.client_servers(section)?;
         if let Some(size) = section.connection_pool_size {
             runtime.engine.pool_size = self.count_in(
                 "client.connection_pool_size",
@@ -379,11 +369,57 @@ impl Checker {
             ));
         }
         Ok(ClientConfig {
-            server,
+            servers,
             forwards,
             proxies,
             exposed,
         })
+    }
+
+    /// The client's servers: `servers = ["host:port", ...]` (distinct, at least one), or the
+    /// seed's `server_ip`/`server_port` (defaults included); not both.
+    fn client_servers(
+        &self,
+        section: &RawClientSection,
+    ) -> Result<Vec<TargetAddr>, ConfigFileError> {
+        let Some(list) = &section.servers else {
+            let server = SocketAddr::new(
+                self.ip(
+                    "client.server_ip",
+                    section.server_ip.as_deref(),
+                    defaults::CLIENT_SERVER.ip(),
+                )?,
+                self.port(
+                    "client.server_port",
+                    section.server_port,
+                    defaults::CLIENT_SERVER.port(),
+                )?,
+            );
+            return Ok(vec![TargetAddr::Socket(server)]);
+        };
+        if section.server_ip.is_some() || section.server_port.is_some() {
+            return Err(self.invalid(
+                "client.servers",
+                "set either `servers` or `server_ip`/`server_port`, not both (write the first \
+                 server in `servers`)",
+            ));
+        }
+        if list.is_empty() {
+            return Err(self.invalid(
+                "client.servers",
+                "needs at least one \"host:port\" (or remove it and set server_ip/server_port)",
+            ));
+        }
+        let mut servers: Vec<TargetAddr> = Vec::with_capacity(list.len());
+        for (index, text) in list.iter().enumerate() {
+            let key = format!("client.servers[{index}]");
+            let server = parse_target(text).map_err(|message| self.invalid(&key, message))?;
+            if servers.contains(&server) {
+                return Err(self.invalid(key, format!("{server} is listed twice")));
+            }
+            servers.push(server);
+        }
+        Ok(servers)
     }
 
     /// `[[client.socks5]]` and `[[client.http_proxy]]`: their listen addresses (unique among

@@ -6,7 +6,8 @@
 //! services those streams (`event_loop::local_streams`) or what they share with it
 //! (`runtime::local`).
 //!
-//! A [`Client`] is a client runtime (the tunnel pool to one server, optionally with TCP
+//! A [`Client`] is a client runtime (the tunnel pool to one server, or to the first that works
+//! of a list ([`Client::start_with_servers`]), optionally with TCP
 //! forwards as well) that also opens streams for the program: [`Client::open_stream`] returns at
 //! once, and bytes written before any tunnel is up wait (bounded) and leave as soon as one is.
 //! A [`Server`] is a server runtime whose [`TargetResolver`] may route a stream to the program
@@ -72,7 +73,20 @@ impl Client {
         server: SocketAddr,
         forwards: &[ClientForward],
     ) -> Result<Self, RuntimeError> {
-        let handle = spawn_client(opts, server, forwards)?;
+        Self::with_handle(spawn_client(opts, server, forwards)?)
+    }
+
+    /// Starts a client given several servers: each session dials the first that works,
+    /// moving on round-robin when one cannot be established (see [`super::server_list`]).
+    pub fn start_with_servers(
+        opts: RuntimeOptions,
+        servers: &[SocketAddr],
+    ) -> Result<Self, RuntimeError> {
+        let services = super::ClientServices::default();
+        Self::with_handle(super::spawn_client_with_servers(opts, servers, services)?)
+    }
+
+    fn with_handle(handle: RuntimeHandle) -> Result<Self, RuntimeError> {
         let hubs = handle.hubs.clone();
         Ok(Self {
             handle,

@@ -33,6 +33,7 @@ mod async_stream;
 mod driver_choice;
 mod event_loop;
 mod io;
+mod listeners;
 mod local;
 pub mod options;
 mod rejection_log;
@@ -40,6 +41,7 @@ mod repeat_log;
 pub mod reset_code;
 mod resolver;
 pub mod reverse;
+pub mod server_list;
 mod sockopt;
 pub mod stats;
 #[cfg(target_os = "linux")]
@@ -62,6 +64,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use driver_choice::{DriverKind, choose_driver};
+use listeners::listeners_per_worker;
 pub use sockopt::TunnelSocketOptions;
 
 /// Which I/O driver to run.
@@ -110,6 +113,9 @@ pub enum RuntimeError {
     /// `workers` was zero.
     #[error("a runtime needs at least one worker")]
     Workers,
+    /// A client was given an empty list of servers.
+    #[error("a client needs at least one server address")]
+    NoServer,
     /// The event loop could not be created.
     #[error("event loop: {0}")]
     Io(#[from] std::io::Error),
@@ -386,57 +392,6 @@ fn reserve_descriptors(opts: &mut RuntimeOptions, nofile: u64) {
     }
 }
 
-/// Listeners for `addr`, one per worker: the first binds alone (resolving port 0, and failing
-/// when anything else already serves the address), the others join it with `SO_REUSEPORT` so
-/// the kernel spreads incoming connections over the workers.
-fn listeners_per_worker(
-    addr: SocketAddr,
-    workers: usize,
-) -> Result<Vec<std::net::TcpListener>, RuntimeError> {
-    let failed = |a: SocketAddr| {
-        move |source: std::io::Error| {
-            if source.kind() == std::io::ErrorKind::AddrInUse {
-                RuntimeError::AddressInUse { addr: a }
-            } else {
-                RuntimeError::Listen { addr: a, source }
-            }
-        }
-    };
-    let listen = |a: SocketAddr| sockopt::listener(a, workers > 1).map_err(failed(a));
-    let first = exclusive_listener_patiently(addr, workers > 1).map_err(failed(addr))?;
-    let bound = first.local_addr()?;
-    let mut all = vec![first];
-    for _ in 1..workers {
-        all.push(listen(bound)?);
-    }
-    Ok(all)
-}
-
-/// How long a start waits for a port that is in use to become free: the listeners of a
-/// process that just died (a crash, then a restart by the service manager) can outlive it
-/// briefly while the kernel tears down its io_uring; a port a live process serves stays in use.
-const BUSY_PORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// [`sockopt::exclusive_listener`], tried again for up to [`BUSY_PORT_PATIENCE`] while the
-/// address is in use.
-fn exclusive_listener_patiently(
-    addr: SocketAddr,
-    share_with_workers: bool,
-) -> std::io::Result<std::net::TcpListener> {
-    let deadline = std::time::Instant::now() + BUSY_PORT_PATIENCE;
-    loop {
-        match sockopt::exclusive_listener(addr, share_with_workers) {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Starts a server: accepts tunnels on `listen`, connects each stream to what `resolve` says.
 /// With several workers, each accepts on its own `SO_REUSEPORT` copy of the listener and hands
 /// a tunnel to the worker that owns its session.
@@ -595,6 +550,19 @@ pub fn spawn_client_with(
     server: SocketAddr,
     services: ClientServices<'_>,
 ) -> Result<RuntimeHandle, RuntimeError> {
+    spawn_client_with_servers(opts, &[server], services)
+}
+
+/// [`spawn_client_with`] given several servers: each session dials the first that works,
+/// moving on round-robin when one cannot be established (see [`server_list`]).
+pub fn spawn_client_with_servers(
+    opts: RuntimeOptions,
+    servers: &[SocketAddr],
+    services: ClientServices<'_>,
+) -> Result<RuntimeHandle, RuntimeError> {
+    let Some(&server) = servers.first() else {
+        return Err(RuntimeError::NoServer);
+    };
     let ClientServices {
         forwards,
         proxies,
@@ -645,7 +613,7 @@ pub fn spawn_client_with(
         opts,
         addrs,
         WorkerSetup::Client {
-            server,
+            servers: servers.into(),
             listeners,
             exposed: exposed.into(),
         },
@@ -664,7 +632,7 @@ enum WorkerSetup {
         reverse: Option<Arc<reverse::ReverseTable>>,
     },
     Client {
-        server: SocketAddr,
+        servers: Arc<[SocketAddr]>,
         listeners: Vec<Vec<(std::net::TcpListener, ListenerRole)>>,
         /// The services this client exposes.
         exposed: Arc<[ExposedService]>,
@@ -697,10 +665,10 @@ impl WorkerSetup {
                 event_loop::EventLoop::server(io, opts, listener, resolve.clone(), ctx)
             }
             WorkerSetup::Client {
-                server, listeners, ..
+                servers, listeners, ..
             } => {
                 let mine = std::mem::take(&mut listeners[w]);
-                event_loop::EventLoop::client(io, opts, *server, mine, ctx)
+                event_loop::EventLoop::client(io, opts, servers.clone(), mine, ctx)
             }
         }
     }

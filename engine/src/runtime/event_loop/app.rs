@@ -375,7 +375,7 @@ impl<D: Driver> EventLoop<D> {
                     }
                 }
             }
-            Err(crate::StreamError::NotReady) if self.endpoint.is_refused() => {
+            Err(crate::StreamError::NotReady) if self.refused_everywhere() => {
                 // The server refuses this client for good (logged once, when it did): the
                 // application learns at once, instead of waiting for the next attempt.
                 tracing::debug!("application connection closed: the server refuses this client");

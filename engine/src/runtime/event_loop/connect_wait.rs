@@ -135,7 +135,7 @@ impl<D: Driver> EventLoop<D> {
 
     /// One line for the resets and drops since the last, at most every [`REPORT_INTERVAL`].
     fn report_connect_wait(&mut self, now: Instant) {
-        let Role::Client { server } = self.role else {
+        let Some(server) = self.current_server() else {
             return;
         };
         let log = &mut self.connect_wait_log;

@@ -18,7 +18,8 @@
 //! [`local_streams`] (in-process streams), [`streams`] (the one interface both stream kinds
 //! offer the session's events), [`sessions`] (the ready list, the timer heap, servicing and
 //! session events), [`reverse`] (reverse tunnels: a server's public listeners and the streams it
-//! opens for them; a client's exposed services).
+//! opens for them; a client's exposed services), [`failover`] (a client's move to the next
+//! server).
 //!
 //! Back-pressure is end to end: an application socket is read only while its stream's send buffer
 //! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
@@ -32,6 +33,7 @@ mod accept;
 mod app;
 mod backends;
 mod connect_wait;
+mod failover;
 mod local_streams;
 mod metrics;
 mod pending;
@@ -223,8 +225,13 @@ enum Entry<D: Driver> {
 }
 
 enum Role {
-    Client { server: SocketAddr },
-    Server { resolve: TargetResolver },
+    /// Client: the servers, and the one its session dials now.
+    Client {
+        servers: super::server_list::ServerList,
+    },
+    Server {
+        resolve: TargetResolver,
+    },
 }
 
 /// One event loop: a client (one session) or a server (many sessions).
@@ -380,13 +387,14 @@ impl<D: Driver> EventLoop<D> {
     pub(super) fn client(
         io: D,
         opts: RuntimeOptions,
-        server: SocketAddr,
+        servers: Arc<[SocketAddr]>,
         listeners: Vec<(std::net::TcpListener, ListenerRole)>,
         ctx: WorkerContext,
     ) -> io::Result<Self> {
         let config = Arc::new(opts.engine.clone());
         let endpoint = Endpoint::client(config, Instant::now(), os_seed());
-        let mut el = Self::new(io, opts, Role::Client { server }, endpoint, ctx);
+        let servers = super::server_list::ServerList::new(servers);
+        let mut el = Self::new(io, opts, Role::Client { servers }, endpoint, ctx);
         for (sock, role) in listeners {
             let local = sock.local_addr()?;
             let sock = el.io.listener(sock)?;

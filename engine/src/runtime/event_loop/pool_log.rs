@@ -1,7 +1,8 @@
 //! What a client says about its pool: each tunnel established or lost once, the pool the server
 //! granted once, and a server outage as a few lines (the first failed attempt, a summary with
 //! counts and the next attempt every [`OUTAGE_REPORT_INTERVAL`], and the end of it) instead of
-//! lines per tunnel per attempt.
+//! lines per tunnel per attempt. With several servers, a move to the next one is one line too
+//! (`server A unreachable (why); trying B`), and the outage spans the servers tried.
 //!
 //! Owns: the client's per-worker record of which slots have carried frames, the outage being
 //! reported and its counts. Must not touch: dialing, backoff or any session state (it is told
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::error::TunnelError;
+use crate::runtime::server_list::Move;
 
 /// How often a continuing outage is summarised (attempts in between are logged at debug).
 pub(super) const OUTAGE_REPORT_INTERVAL: Duration = Duration::from_secs(10);
@@ -18,6 +20,8 @@ pub(super) const OUTAGE_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Failed attempts to reach the server since the last tunnel was established.
 #[derive(Debug)]
 struct Outage {
+    /// The server it started on.
+    server: SocketAddr,
     since: Instant,
     attempts: u64,
     attempts_since_report: u64,
@@ -78,6 +82,18 @@ impl PoolLog {
         }
         up[slot] = true;
         tracing::info!(%session, tunnel = t, ?rtt, %congestion, "tunnel established");
+        if let Some(outage) = self.outage.take_if(|o| o.server != server) {
+            tracing::info!(
+                %server,
+                down_for = ?now.saturating_duration_since(outage.since),
+                failed_attempts = outage.attempts,
+                "connected to server {server} after {:.1?} and {} failed attempts (from server \
+                 {} on)",
+                now.saturating_duration_since(outage.since),
+                outage.attempts,
+                outage.server
+            );
+        }
         if let Some(outage) = self.outage.take() {
             tracing::info!(
                 %server,
@@ -140,6 +156,7 @@ impl PoolLog {
         match &mut self.outage {
             None => {
                 self.outage = Some(Outage {
+                    server,
                     since: now,
                     attempts: 1,
                     attempts_since_report: 0,
@@ -185,6 +202,34 @@ impl PoolLog {
                     );
                 }
             }
+        }
+    }
+
+    /// The session moves from `m.from` to `m.to` after `reason` (the last failed attempt). Said
+    /// once per server on the first pass through the list; while every server stays down, the
+    /// outage summary carries on (it names the server being tried).
+    pub(super) fn moved(&mut self, m: &Move, reason: &TunnelError, now: Instant) {
+        let (from, to) = (m.from, m.to);
+        if self.outage.is_none() {
+            self.outage = Some(Outage {
+                server: from,
+                since: now,
+                attempts: m.attempts as u64,
+                attempts_since_report: 0,
+                next_report: now + OUTAGE_REPORT_INTERVAL,
+            });
+        }
+        if m.first_pass {
+            tracing::warn!(
+                %from,
+                %to,
+                failed_attempts = m.attempts,
+                "server {from} unreachable ({reason}; {} failed attempts and no tunnel); \
+                 trying server {to}",
+                m.attempts
+            );
+        } else {
+            tracing::debug!(%from, %to, "server {from} still unreachable ({reason}); trying {to}");
         }
     }
 }

@@ -260,7 +260,7 @@ impl<D: Driver> EventLoop<D> {
         self.touch(skey);
         let stream = match opened {
             Ok(stream) => stream,
-            Err(crate::StreamError::NotReady) if self.endpoint.is_refused() => {
+            Err(crate::StreamError::NotReady) if self.refused_everywhere() => {
                 return self.close_proxy(key, &reply.reply(Verdict::Failed));
             }
             Err(crate::StreamError::NotReady | crate::StreamError::StreamLimit) => return,

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use super::connect_wait::WaitingApp;
 use super::pool_log::PoolNow;
-use super::{EventLoop, Role, hex};
+use super::{EventLoop, hex};
 use crate::endpoint::{ClientRefused, Reaped, RefusalReport, SessionKey};
 use crate::error::{SessionError, TunnelError};
 use crate::runtime::io::Driver;
@@ -233,10 +233,14 @@ impl<D: Driver> EventLoop<D> {
         } = self.endpoint.reap(now, skey)
         {
             match self.endpoint.take_refusal() {
-                Some(refused) => self.log_refusal(&refused),
+                Some(refused) => {
+                    self.log_refusal(&refused);
+                    self.failover_after_refusal(&refused);
+                }
                 None => tracing::info!("starting a new session"),
             }
-            if !self.endpoint.is_refused() {
+            self.failover_session_started();
+            if !self.refused_everywhere() {
                 self.endpoint[fresh].data_mut().waiting_apps = waiting;
             }
             self.touch(fresh);
@@ -247,7 +251,7 @@ impl<D: Driver> EventLoop<D> {
     /// Client: the server refused the session for good. Said once as an error; while the same
     /// refusal repeats, a summary every [`crate::endpoint::REPORT_INTERVAL`], the rest at debug.
     fn log_refusal(&self, refused: &ClientRefused) {
-        let Role::Client { server } = &self.role else {
+        let Some(server) = self.current_server() else {
             return;
         };
         let (why, retry_in) = (&refused.refusal, refused.retry_in);
@@ -301,7 +305,8 @@ impl<D: Driver> EventLoop<D> {
         match ev {
             Event::Dial { tunnel } => self.dial(skey, usize::from(tunnel), now),
             Event::TunnelUp { tunnel, rtt } => {
-                if let Role::Client { server } = self.role {
+                if let Some(server) = self.current_server() {
+                    self.failover_accepted();
                     let cc = self.tunnel_congestion(skey, usize::from(tunnel));
                     let pool = self.pool_now(skey, server, now);
                     self.pool_log.tunnel_up(&id, tunnel, rtt, &cc, pool);
@@ -313,13 +318,16 @@ impl<D: Driver> EventLoop<D> {
             }
             Event::TunnelDown { tunnel, reason } => {
                 self.metrics.tunnel_lost(&reason);
-                match self.role {
-                    Role::Client { server } => {
+                match self.current_server() {
+                    Some(_) if self.abandoned_attempt(tunnel) => {
+                        tracing::debug!(session = %id, tunnel, "tunnel closed: {reason}")
+                    }
+                    Some(server) => {
                         let pool = self.pool_now(skey, server, now);
                         self.pool_log
                             .tunnel_down(&id, tunnel, &reason, pool, refused);
                     }
-                    Role::Server { .. } => log_server_tunnel_down(&id, tunnel, &reason),
+                    None => log_server_tunnel_down(&id, tunnel, &reason),
                 }
                 if let Some(k) = self.endpoint[skey]
                     .data_mut()
@@ -329,6 +337,7 @@ impl<D: Driver> EventLoop<D> {
                 {
                     self.remove(k);
                 }
+                self.failover_after_tunnel_down(skey, tunnel, &reason, refused, now);
             }
             Event::StreamOpened { stream, target } => self.open_target(skey, stream, target),
             Event::StreamReadable { stream } => {

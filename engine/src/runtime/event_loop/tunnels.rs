@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::hex;
-use super::{Entry, EventLoop, Outbox, ReadState, Role};
+use super::{Entry, EventLoop, Outbox, ReadState};
 use crate::endpoint::SessionKey;
 use crate::error::SessionError;
 use crate::handshake::PLAINTEXT_BINDING;
@@ -227,7 +227,7 @@ impl<D: Driver> EventLoop<D> {
 
     /// Client: dials tunnel `t` of session `skey` (the session asked with `Event::Dial`).
     pub(super) fn dial(&mut self, skey: SessionKey, t: usize, now: Instant) {
-        let Role::Client { server } = self.role else {
+        let Some(server) = self.server_for_dial(t) else {
             return;
         };
         let dialed = sockopt::connect_nonblocking(server, Some(&self.opts.tunnel_sockets))
