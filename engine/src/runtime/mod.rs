@@ -33,9 +33,11 @@ mod async_stream;
 mod driver_choice;
 mod event_loop;
 mod io;
+mod listen;
 mod local;
 pub mod options;
 mod rejection_log;
+pub mod reload;
 mod repeat_log;
 pub mod reset_code;
 mod resolver;
@@ -254,6 +256,8 @@ pub struct RuntimeHandle {
     hubs: Vec<Arc<local::Hub>>,
     /// Asks the workers for their figures.
     stats: stats::StatsProbe,
+    /// Changes listeners and routing while running.
+    reload: reload::ReloadHandle,
 }
 
 /// Asks a runtime to stop; cheap to clone and usable from any thread (e.g. a signal handler's).
@@ -313,6 +317,11 @@ impl RuntimeHandle {
     /// A handle that reads the runtime's figures from another thread (e.g. a metrics endpoint).
     pub fn stats_probe(&self) -> stats::StatsProbe {
         self.stats.clone()
+    }
+
+    /// A handle that changes the running runtime (a client's listeners, a server's routing).
+    pub fn reload_handle(&self) -> reload::ReloadHandle {
+        self.reload.clone()
     }
 
     /// How many worker threads run.
@@ -383,57 +392,6 @@ fn reserve_descriptors(opts: &mut RuntimeOptions, nofile: u64) {
              backend connections"
         );
         opts.engine.max_handshakes = share;
-    }
-}
-
-/// Listeners for `addr`, one per worker: the first binds alone (resolving port 0, and failing
-/// when anything else already serves the address), the others join it with `SO_REUSEPORT` so
-/// the kernel spreads incoming connections over the workers.
-fn listeners_per_worker(
-    addr: SocketAddr,
-    workers: usize,
-) -> Result<Vec<std::net::TcpListener>, RuntimeError> {
-    let failed = |a: SocketAddr| {
-        move |source: std::io::Error| {
-            if source.kind() == std::io::ErrorKind::AddrInUse {
-                RuntimeError::AddressInUse { addr: a }
-            } else {
-                RuntimeError::Listen { addr: a, source }
-            }
-        }
-    };
-    let listen = |a: SocketAddr| sockopt::listener(a, workers > 1).map_err(failed(a));
-    let first = exclusive_listener_patiently(addr, workers > 1).map_err(failed(addr))?;
-    let bound = first.local_addr()?;
-    let mut all = vec![first];
-    for _ in 1..workers {
-        all.push(listen(bound)?);
-    }
-    Ok(all)
-}
-
-/// How long a start waits for a port that is in use to become free: the listeners of a
-/// process that just died (a crash, then a restart by the service manager) can outlive it
-/// briefly while the kernel tears down its io_uring; a port a live process serves stays in use.
-const BUSY_PORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// [`sockopt::exclusive_listener`], tried again for up to [`BUSY_PORT_PATIENCE`] while the
-/// address is in use.
-fn exclusive_listener_patiently(
-    addr: SocketAddr,
-    share_with_workers: bool,
-) -> std::io::Result<std::net::TcpListener> {
-    let deadline = std::time::Instant::now() + BUSY_PORT_PATIENCE;
-    loop {
-        match sockopt::exclusive_listener(addr, share_with_workers) {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            other => return other,
-        }
     }
 }
 
@@ -526,7 +484,7 @@ fn start_server_with(
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
     let tls = opts.tls.server_setup()?;
-    let listeners = listeners_per_worker(listen, opts.workers)?;
+    let listeners = listen::listeners_per_worker(listen, opts.workers, true)?;
     let local = listeners[0].local_addr()?;
     tracing::info!(%local, workers = opts.workers, "listening for tunnels");
     let setup = WorkerSetup::Server {
@@ -608,7 +566,7 @@ pub fn spawn_client_with(
         (0..opts.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for f in forwards {
-        let copies = listeners_per_worker(f.listen, opts.workers)?;
+        let copies = listen::listeners_per_worker(f.listen, opts.workers, true)?;
         let local = copies[0].local_addr()?;
         tracing::info!(
             %local,
@@ -627,7 +585,7 @@ pub fn spawn_client_with(
         }
     }
     for p in proxies {
-        let copies = listeners_per_worker(p.listen, opts.workers)?;
+        let copies = listen::listeners_per_worker(p.listen, opts.workers, true)?;
         let local = copies[0].local_addr()?;
         let kind = match &p.kind {
             ProxyKind::Socks5 { credentials: None } => "SOCKS5",
@@ -758,7 +716,16 @@ fn start_on<D: io::Driver>(
         streams_cut: streams_cut.clone(),
     };
     let (stats, stats_inboxes) = stats::StatsProbe::wire(io_name, &wakers);
+    let resolver = match &setup {
+        WorkerSetup::Server { resolve, .. } => {
+            Some(resolver::ResolverPool::start(resolve.clone())?)
+        }
+        WorkerSetup::Client { .. } => None,
+    };
+    let (reload, reload_inboxes) =
+        reload::ReloadHandle::wire(&wakers, resolver.clone(), stop.clone());
     let mut handle = RuntimeHandle {
+        reload,
         shutdown,
         threads: Vec::with_capacity(workers),
         local_addrs,
@@ -777,19 +744,17 @@ fn start_on<D: io::Driver>(
         worker::Placement::random(),
     );
     let sources = crate::endpoint::SourceBudget::new(opts.engine.max_handshakes_per_source);
-    let resolver = match &setup {
-        WorkerSetup::Server { resolve, .. } => {
-            Some(resolver::ResolverPool::start(resolve.clone())?)
-        }
-        WorkerSetup::Client { .. } => None,
-    };
     let backends = resolver::BackendBudget::new(opts.max_backend_connections);
     let (reverse_table, exposed) = match &setup {
         WorkerSetup::Server { reverse, .. } => (reverse.clone(), Arc::from([])),
         WorkerSetup::Client { exposed, .. } => (None, exposed.clone()),
     };
-    let workers_inputs = drivers.into_iter().zip(mailboxes).zip(stats_inboxes);
-    for (w, ((driver, mailbox), stats_inbox)) in workers_inputs.enumerate() {
+    let workers_inputs = drivers
+        .into_iter()
+        .zip(mailboxes)
+        .zip(stats_inboxes)
+        .zip(reload_inboxes);
+    for (w, (((driver, mailbox), stats_inbox), reload_inbox)) in workers_inputs.enumerate() {
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
             mailbox,
@@ -805,6 +770,7 @@ fn start_on<D: io::Driver>(
             exposed: exposed.clone(),
             worker: w,
             stats: Some(stats_inbox),
+            reload: Some(reload_inbox),
             streams_cut: streams_cut.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.

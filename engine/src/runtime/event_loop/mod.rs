@@ -32,6 +32,7 @@ mod accept;
 mod app;
 mod backends;
 mod connect_wait;
+mod forward_reload;
 mod local_streams;
 mod metrics;
 mod pending;
@@ -280,6 +281,8 @@ pub(super) struct EventLoop<D: Driver> {
     connect_wait_log: connect_wait::ConnectWaitLog,
     /// Refused targets (server: its refusals; client: the server's, per forward), aggregated.
     target_refusals: target_refusals::TargetRefusals,
+    /// Where reloads for this worker arrive.
+    reload: Option<super::reload::ReloadInbox>,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -308,6 +311,8 @@ pub(super) struct WorkerContext {
     pub(super) worker: usize,
     /// Where stats requests for this worker arrive.
     pub(super) stats: Option<super::stats::StatsInbox>,
+    /// Where reloads (listener changes) for this worker arrive.
+    pub(super) reload: Option<super::reload::ReloadInbox>,
     /// Streams reset because the drain timeout ran out, all workers together.
     pub(super) streams_cut: Arc<AtomicU64>,
 }
@@ -357,6 +362,7 @@ impl<D: Driver> EventLoop<D> {
             streams_cut: ctx.streams_cut,
             connect_wait_log: connect_wait::ConnectWaitLog::default(),
             target_refusals: target_refusals::TargetRefusals::default(),
+            reload: ctx.reload,
         }
     }
 
@@ -392,7 +398,7 @@ impl<D: Driver> EventLoop<D> {
             let sock = el.io.listener(sock)?;
             match role {
                 ListenerRole::Forward(forward) => {
-                    let metrics_forward = el.metrics.add_forward(local);
+                    let metrics_forward = el.metrics.add_forward(local, forward.name.clone());
                     el.add(Entry::AppListener {
                         sock,
                         forward,
@@ -485,6 +491,7 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             self.answer_stats_requests();
+            self.apply_reloads();
             let ready = std::mem::take(&mut self.ready);
             for &(key, readable, writable) in &ready {
                 self.on_ready(key, readable, writable);
