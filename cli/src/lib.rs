@@ -14,6 +14,8 @@ pub mod config;
 pub mod daemon;
 pub mod dynamic_route;
 pub mod genkey;
+pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod startup_log;
 pub mod stats;

@@ -65,4 +65,3 @@ fn exclusive_listener_patiently(
         }
     }
 }
-
