@@ -94,6 +94,10 @@ pub fn run_daemon(role: Role, config: &DaemonConfig, request: &LoadRequest) -> a
         ),
         &config.to_string(),
     );
+    // Installed before anything listens: a SIGHUP sent as soon as a port answers must find
+    // its handler (its default action ends the process).
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install the SIGINT/SIGTERM/SIGHUP handlers")?;
     let opts = config.runtime.clone();
     let routes: Option<SharedRoutes> = config
         .server()
@@ -144,8 +148,6 @@ pub fn run_daemon(role: Role, config: &DaemonConfig, request: &LoadRequest) -> a
         let context = crate::metrics::ExpositionContext { role };
         crate::metrics::start(addr, handle.stats_probe(), context)?;
     }
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .context("cannot install the SIGINT/SIGTERM/SIGHUP handlers")?;
     let shutdown = handle.shutdown_handle();
     let drain = config.runtime.drain_timeout;
     let mut reloader = Reloader::new(
