@@ -226,8 +226,8 @@ driver_tests! {
     }
 
     /// A file that does not load is refused whole (one WARN naming the file) and the daemon
-    /// keeps serving; a psk change is refused with the restart line while a forward added in
-    /// the same file is applied.
+    /// keeps serving; a psk change is refused with the restart line, and a forward on a port in
+    /// use is refused alone, while a forward added in the same file is applied.
     #[within(90)]
     fn sighup_refuses_a_broken_file_and_a_psk_change(io) {
         let dir = TempDir::new("reload");
@@ -245,15 +245,26 @@ driver_tests! {
         assert!(refusal.contains(&file), "{refusal}");
         echo_conn(first.port());
 
+        // Another program serves this port: that forward alone is refused.
+        let busy = TcpListener::bind("127.0.0.1:0").expect("busy port");
+        let busy_port = busy.local_addr().expect("addr").port();
         let changed = client_config(
             OTHER_KEY,
             server_port.port(),
-            &[("first", first.port(), None), ("second", second.port(), None)],
+            &[
+                ("first", first.port(), None),
+                ("second", second.port(), None),
+                ("busy", busy_port, None),
+            ],
         );
         let said = client.reload(&changed, "reload: applied");
         assert!(said.contains("reload: psk changed; restart needed to apply it"), "{said}");
         assert!(said.contains("reload: applied 1 changes"), "{said}");
-        assert!(said.contains("refused 1 (psk)"), "{said}");
+        assert!(
+            said.contains(&format!("refused 2 (psk, listener 127.0.0.1:{busy_port} (")),
+            "{said}"
+        );
+        assert!(said.contains("already in use"), "{said}");
         // The old key still runs the tunnels: both forwards carry bytes.
         echo_conn(first.port());
         checksum_through(second.port(), 1 << 20);
