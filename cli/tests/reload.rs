@@ -125,6 +125,18 @@ fn echo_backend() -> SocketAddr {
     addr
 }
 
+/// The client's `/metrics` text.
+fn scrape(port: u16) -> String {
+    let mut conn = TcpStream::connect(app(port)).expect("metrics endpoint");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text
+}
+
 /// A connection through `port` whose target the server refuses: nothing comes back.
 fn assert_refused(port: u16) {
     let mut conn = TcpStream::connect(app(port)).expect("connect");
@@ -197,11 +209,15 @@ driver_tests! {
         let dir = TempDir::new("reload");
         let (_server, server_port, _) = start_server(&dir, io, "");
         let (kept, removed, added) = (reserve_port(), reserve_port(), reserve_port());
+        let metrics = reserve_port();
+        // Two workers: every worker's listener copy is added and removed.
+        let top = format!("mode = \"client\"\ncores = 2\nmetrics_listen = \"127.0.0.1:{}\"\n", metrics.port());
         let before = client_config(
             KEY,
             server_port.port(),
             &[("kept", kept.port(), None), ("old", removed.port(), None)],
-        );
+        )
+        .replacen("mode = \"client\"\n", &top, 1);
         let client = Daemon::start(&dir, "client", "client", &before, io);
         wait_listening(app(removed.port()), &client);
         let mut open = echo_conn(removed.port());
@@ -210,7 +226,8 @@ driver_tests! {
             KEY,
             server_port.port(),
             &[("kept", kept.port(), None), ("new", added.port(), None)],
-        );
+        )
+        .replacen("mode = \"client\"\n", &top, 1);
         let said = client.reload(&after, "reload: applied");
         assert!(said.contains("reload: applied 2 changes"), "{said}");
         assert!(said.contains("refused 0"), "{said}");
@@ -223,6 +240,22 @@ driver_tests! {
         round_trip(&mut open, b"still carried after the reload");
         drop(open);
         echo_conn(kept.port());
+        // The new forward has its own metrics series, with the bytes it carried.
+        let scraped = scrape(metrics.port());
+        assert!(
+            scraped.contains("mtcpd_forward_bytes_total{forward=\"new\",direction=\"to_peer\"} 4194304\n"),
+            "{scraped}"
+        );
+        // The removed forward keeps its series: the probe of wait_listening and the stream
+        // that stayed open, with its bytes from before and after the reload.
+        assert!(
+            scraped.contains("mtcpd_forward_connections_total{forward=\"old\"} 2\n"),
+            "{scraped}"
+        );
+        assert!(
+            scraped.contains("mtcpd_forward_bytes_total{forward=\"old\",direction=\"to_peer\"} 34\n"),
+            "{scraped}"
+        );
     }
 
     /// A file that does not load is refused whole (one WARN naming the file) and the daemon
