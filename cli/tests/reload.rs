@@ -2,9 +2,8 @@
 //! re-reads its config file and applies what can change safely — a client's forwards added
 //! (they carry bytes) and removed (the port refuses connections; a stream already open over it
 //! keeps working), a server's `[[server.forward]]` targets and `allow` list (new streams judged
-//! by the new lists)
-//! — refuses a broken file whole (and keeps serving), and refuses a psk change with the
-//! "restart needed" line while still applying the rest.
+//! by the new lists), `log_level` — refuses a broken file whole (and keeps serving), and
+//! refuses a psk change with the "restart needed" line while still applying the rest.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -305,7 +304,7 @@ driver_tests! {
 
     /// The server's `[[server.forward]]` list and `[server] allow` reload: targets refused
     /// before are reached by new streams after SIGHUP (the answers cached for them are
-    /// forgotten).
+    /// forgotten); `log_level` reloads too.
     #[within(90)]
     fn sighup_changes_the_servers_target_and_allow_lists(io) {
         let dir = TempDir::new("reload");
@@ -335,12 +334,19 @@ driver_tests! {
                  target = \"{listed_target}\"\n"
             ),
         );
+        let lists = lists.replacen(
+            "mode = \"server\"\n",
+            "mode = \"server\"\nlog_level = \"debug\"\n",
+            1,
+        );
+        assert!(!server.log().contains(" DEBUG "), "info until the reload");
         let said = server.reload(&lists, "reload: applied");
         assert!(
-            said.contains("reload: applied 2 changes ([[server.forward]], server.allow)"),
+            said.contains("reload: applied 3 changes ([[server.forward]], server.allow, log_level)"),
             "{said}"
         );
         echo_conn(listed.port());
         echo_conn(dynamic.port());
+        assert!(server.log().contains(" DEBUG "), "log_level = debug applied");
     }
 }
