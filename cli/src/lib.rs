@@ -2,8 +2,8 @@
 //!
 //! Owns: the command-line grammar (`command_line`), loading and validating configuration
 //! (`config`), making keys (`genkey`), the metrics endpoint (`metrics`), the `mtcpd stats`
-//! live view (`stats`), and the single call site where a validated configuration is handed to the
-//! runtime (`daemon::run_daemon`). Must not touch: the data path, which lives in the
+//! live view (`stats`), the log filter (`logging`), SIGHUP reloads (`reload`), and the single
+//! call site where a validated configuration is handed to the runtime (`daemon::run_daemon`). Must not touch: the data path, which lives in the
 //! `mtcpd-engine` crate; nothing here opens tunnels or carries bytes.
 //!
 //! The library half exists so tests can reach the config loader and the CLI grammar; the

@@ -18,7 +18,8 @@
 //! [`local_streams`] (in-process streams), [`streams`] (the one interface both stream kinds
 //! offer the session's events), [`sessions`] (the ready list, the timer heap, servicing and
 //! session events), [`reverse`] (reverse tunnels: a server's public listeners and the streams it
-//! opens for them; a client's exposed services).
+//! opens for them; a client's exposed services), [`forward_reload`] (a client's listeners added,
+//! changed and removed while running).
 //!
 //! Back-pressure is end to end: an application socket is read only while its stream's send buffer
 //! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
