@@ -3,7 +3,7 @@
 //!
 //! Owns: [`ReloadHandle`] (binds new listeners on the caller's thread, sends each worker its
 //! share of a [`ListenerPlan`] over a bounded channel with a wake-up, and waits for the
-//! workers' acknowledgements with a deadline), the messages it sends ([`WorkerReload`]) and
+//! workers' acknowledgements with a deadline), the messages it sends (`WorkerReload`) and
 //! [`ListenerReport`]. Must not touch: how a worker applies them (`event_loop::forward_reload`)
 //! or what changes a daemon's configuration allows (the daemon decides; this only carries it
 //! out).
