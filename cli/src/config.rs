@@ -323,6 +323,23 @@ mod tests {
     }
 
     #[test]
+    fn log_level_is_a_log_filter() {
+        let unset = load_text("mode = \"server\"\n[server]\n", None).unwrap();
+        assert_eq!(unset.log_level, None);
+        let set = load_text(
+            "mode = \"server\"\nlog_level = \" mtcpd=debug,info \"\n[server]\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(set.log_level.as_deref(), Some("mtcpd=debug,info"));
+        assert!(set.to_string().contains("log_level = \"mtcpd=debug,info\""));
+        for bad in ["\"\"", "\"mtcpd=loud\"", "3"] {
+            let text = format!("mode = \"server\"\nlog_level = {bad}\n[server]\n");
+            assert_eq!(error_key(&text, None), "log_level", "{bad}");
+        }
+    }
+
+    #[test]
     fn server_uses_every_core_and_client_one_by_default_and_notsent_lowat_is_read() {
         let load = |text: &str| {
             load_str(

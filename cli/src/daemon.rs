@@ -2,18 +2,19 @@
 //!
 //! Owns: `run_daemon`, which starts the server or client on a validated `DaemonConfig` (whose
 //! `runtime` already is the engine's `RuntimeOptions`), routes the server's streams through its
-//! allow-list, and stops it gracefully on SIGINT/SIGTERM. Must not touch:
-//! config parsing (done before this is called) or logging set-up.
+//! allow-list, stops it gracefully on SIGINT/SIGTERM and reloads it on SIGHUP (`reload`). Must
+//! not touch: config parsing (done before this is called) or logging set-up.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
 use mtcpd_engine::runtime::{self, Route, TargetResolver};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::{ClientConfig, DaemonConfig, Role, ServerConfig, TargetAddr};
+use crate::config::{ClientConfig, DaemonConfig, LoadRequest, Role, TargetAddr};
+use crate::reload::{Reloader, SharedRoutes};
 
 fn resolve(target: &TargetAddr) -> Option<SocketAddr> {
     match target {
@@ -25,9 +26,13 @@ fn resolve(target: &TargetAddr) -> Option<SocketAddr> {
     }
 }
 
-fn target_resolver(server: &ServerConfig) -> TargetResolver {
-    let server = server.clone();
+/// Routes each stream by the routing in `routes` now (a reload replaces it).
+fn target_resolver(routes: SharedRoutes) -> TargetResolver {
     Arc::new(move |requested: Option<&str>| {
+        let server = routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let allowed = requested.and_then(|want| {
             server
                 .allowed_targets
@@ -95,24 +100,9 @@ fn client_servers(client: &ClientConfig) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(servers)
 }
 
-/// The `forward` label of each client forward, in the runtime's order: its name, else its
-/// listen address.
-fn forward_labels(config: &DaemonConfig) -> Vec<String> {
-    config.client().map_or_else(Vec::new, |client| {
-        client
-            .forwards
-            .iter()
-            .map(|f| {
-                f.name
-                    .clone()
-                    .unwrap_or_else(|| f.forward.listen.to_string())
-            })
-            .collect()
-    })
-}
-
-/// Runs the daemon for `role` with `config` until SIGINT or SIGTERM, then drains and returns.
-pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
+/// Runs the daemon for `role` with `config` (loaded from `request`, which SIGHUP loads again)
+/// until SIGINT or SIGTERM, then drains and returns.
+pub fn run_daemon(role: Role, config: &DaemonConfig, request: &LoadRequest) -> anyhow::Result<()> {
     crate::startup_log::log_configuration(
         &format!(
             "role={role} origin={} protocol_version={}; all of it: `mtcpd check` with the same \
@@ -122,7 +112,14 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
         ),
         &config.to_string(),
     );
+    // Installed before anything listens: a SIGHUP sent as soon as a port answers must find
+    // its handler (its default action ends the process).
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install the SIGINT/SIGTERM/SIGHUP handlers")?;
     let opts = config.runtime.clone();
+    let routes: Option<SharedRoutes> = config
+        .server()
+        .map(|server| Arc::new(RwLock::new(Arc::new(server.clone()))));
     let handle = match (role, config.client(), config.server()) {
         (Role::Client, Some(client), _) => {
             for labelled in client.forwards.iter().filter(|f| f.name.is_some()) {
@@ -147,8 +144,9 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
             .context("cannot start the client")?
         }
         (Role::Server, _, Some(server)) => {
+            let resolver = target_resolver(routes.clone().context("no server routing")?);
             if server.reverse.is_empty() {
-                runtime::spawn_server(opts, server.listen, target_resolver(server))
+                runtime::spawn_server(opts, server.listen, resolver)
                     .context("cannot start the server")?
             } else {
                 for reverse in &server.reverse {
@@ -159,42 +157,48 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
                         "reverse tunnel"
                     );
                 }
-                runtime::spawn_reverse_server(
-                    opts,
-                    server.listen,
-                    target_resolver(server),
-                    &server.reverse,
-                )
-                .context("cannot start the server")?
+                runtime::spawn_reverse_server(opts, server.listen, resolver, &server.reverse)
+                    .context("cannot start the server")?
             }
         }
         _ => anyhow::bail!("the configuration does not describe a {role}"),
     };
     if let Some(addr) = config.metrics_listen {
-        let context = crate::metrics::ExpositionContext {
-            role,
-            forward_labels: forward_labels(config),
-        };
+        let context = crate::metrics::ExpositionContext { role };
         crate::metrics::start(addr, handle.stats_probe(), context)?;
     }
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM]).context("cannot install the SIGINT/SIGTERM handlers")?;
     let shutdown = handle.shutdown_handle();
     let drain = config.runtime.drain_timeout;
+    let mut reloader = Reloader::new(
+        request.clone(),
+        config.clone(),
+        handle.local_addrs(),
+        handle.reload_handle(),
+        routes,
+    );
     std::thread::Builder::new()
         .name("mtcpd-signals".into())
         .spawn(move || {
-            let mut signals = signals.forever();
-            if let Some(signal) = signals.next() {
-                tracing::info!(
-                    signal,
-                    "signal received: draining (up to {drain:?}); send it again to exit now"
-                );
-                shutdown.shutdown();
-            }
-            if let Some(signal) = signals.next() {
-                tracing::warn!(signal, "second signal: exiting without draining");
-                std::process::exit(130);
+            let mut stopping = false;
+            for signal in signals.forever() {
+                match (signal, stopping) {
+                    (SIGHUP, false) => reloader.reload(),
+                    (SIGHUP, true) => {
+                        tracing::info!("reload (SIGHUP) ignored: the daemon is stopping")
+                    }
+                    (_, false) => {
+                        tracing::info!(
+                            signal,
+                            "signal received: draining (up to {drain:?}); send it again to exit now"
+                        );
+                        stopping = true;
+                        shutdown.shutdown();
+                    }
+                    (_, true) => {
+                        tracing::warn!(signal, "second signal: exiting without draining");
+                        std::process::exit(i32::from(crate::exit_code::INTERRUPTED));
+                    }
+                }
             }
         })
         .context("cannot start the signal thread")?;

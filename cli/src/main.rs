@@ -1,10 +1,10 @@
 //! `mtcpd`: the multi-TCP aggregation tunnel daemon's entry point.
 //!
-//! Owns: process set-up (logging with `RUST_LOG`, the exit status `exit_code` picks) and dispatch of the parsed
+//! Owns: process set-up (logging, set up by `mtcpd::logging`; the exit status `exit_code` picks)
+//! and dispatch of the parsed
 //! command line. Must not touch: config rules (`mtcpd::config`), the CLI grammar
 //! (`mtcpd::command_line`) or the runtime (reached only through `mtcpd::daemon::run_daemon`).
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,11 +13,10 @@ use mtcpd::command_line::{Action, Cli};
 use mtcpd::config::{self, ConfigOrigin, DaemonConfig, LoadRequest, Role, defaults};
 use mtcpd::daemon::run_daemon;
 use mtcpd::exit_code;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    mtcpd::logging::init();
     let action = match cli.action() {
         Ok(action) => action,
         Err(usage_error) => {
@@ -63,16 +62,6 @@ fn error_text(error: &anyhow::Error) -> String {
         text.push_str(&part);
     }
     text
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 /// `mtcpd check`: validate, print the resolved config on stdout.
@@ -128,7 +117,10 @@ fn fingerprint(request: &LoadRequest) -> anyhow::Result<()> {
 /// `mtcpd server|client` / `mtcpd --role …`: load, then hand over to the runtime.
 fn run(request: &LoadRequest) -> anyhow::Result<()> {
     let config = load_config(request)?;
-    run_daemon(config.role, &config)
+    if config.log_level.is_some() && !mtcpd::logging::env_decides() {
+        let _ = mtcpd::logging::use_config_filter(config.log_level.as_deref());
+    }
+    run_daemon(config.role, &config, request)
 }
 
 fn load_config(request: &LoadRequest) -> anyhow::Result<DaemonConfig> {

@@ -64,6 +64,10 @@ impl fmt::Display for DaemonConfig {
             Some(addr) => writeln!(out, "metrics_listen = \"{addr}\"")?,
             None => writeln!(out, "# metrics_listen: off")?,
         }
+        match &self.log_level {
+            Some(filter) => writeln!(out, "log_level = \"{filter}\"")?,
+            None => writeln!(out, "# log_level: RUST_LOG, else info")?,
+        }
         writeln!(out, "\n[{role}]")?;
         match &self.endpoint {
             Endpoint::Server(server) => {

@@ -68,6 +68,8 @@ pub struct RawConfigFile {
     pub tls: RawTls,
     /// Where the Prometheus metrics endpoint listens (`ip:port`); unset: no endpoint.
     pub metrics_listen: Option<String>,
+    /// Log filter (`RUST_LOG` syntax: `info`, `mtcpd=debug,info`); `RUST_LOG` wins over it.
+    pub log_level: Option<String>,
 }
 
 /// `[tls]`. Paths are relative to the config file's directory.

@@ -76,6 +76,9 @@ pub struct DaemonConfig {
     /// Where the Prometheus metrics endpoint listens (`metrics_listen`, `--metrics`); `None`:
     /// off (the default).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The log filter (`log_level`, `RUST_LOG` syntax); `None`: `RUST_LOG`, else `info`.
+    /// `RUST_LOG` wins over it. Reloaded on SIGHUP.
+    pub log_level: Option<String>,
 }
 
 impl DaemonConfig {

@@ -105,12 +105,20 @@ pub fn resolve(
         ),
         (None, None) => None,
     };
+    let log_level = match &raw.log_level {
+        Some(text) => Some(
+            crate::logging::parse_filter(text)
+                .map_err(|message| checker.invalid("log_level", message))?,
+        ),
+        None => None,
+    };
     Ok(DaemonConfig {
         role,
         origin: checker.origin,
         endpoint,
         runtime,
         metrics_listen,
+        log_level,
     })
 }
 

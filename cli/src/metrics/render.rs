@@ -18,9 +18,6 @@ use mtcpd_engine::runtime::stats::{REJECTION_REASONS, RuntimeStats, TUNNEL_LOSS_
 pub struct ExpositionContext {
     /// This daemon's role (a label of `mtcpd_build_info`).
     pub role: Role,
-    /// The `forward` label of each client forward, in the runtime's order: its name, else its
-    /// listen address.
-    pub forward_labels: Vec<String>,
 }
 
 /// Escapes a label value: backslash, double quote and line feed.
@@ -152,7 +149,7 @@ pub fn render(stats: &RuntimeStats, context: &ExpositionContext) -> String {
     );
     render_sessions(&mut out, stats);
     render_tunnels(&mut out, stats);
-    render_forwards(&mut out, stats, context);
+    render_forwards(&mut out, stats);
     out.text
 }
 
@@ -269,25 +266,37 @@ fn render_tunnels(out: &mut Exposition, stats: &RuntimeStats) {
     }
 }
 
-fn render_forwards(out: &mut Exposition, stats: &RuntimeStats, context: &ExpositionContext) {
-    let label = |i: usize, listen: std::net::SocketAddr| {
-        context
-            .forward_labels
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| listen.to_string())
-    };
+/// The `forward` label of each forward (its name, else its listen address) with its figures;
+/// forwards that share a label (a reload removed one and added another under the same name)
+/// are one series, summed, so a label never appears twice.
+fn forwards_by_label(stats: &RuntimeStats) -> Vec<(String, u64, u64, u64)> {
+    let mut out: Vec<(String, u64, u64, u64)> = Vec::new();
+    for f in &stats.forwards {
+        let label = f.name.clone().unwrap_or_else(|| f.listen.to_string());
+        match out.iter_mut().find(|(l, ..)| *l == label) {
+            Some(sum) => {
+                sum.1 += f.connections;
+                sum.2 += f.bytes_to_peer;
+                sum.3 += f.bytes_from_peer;
+            }
+            None => out.push((label, f.connections, f.bytes_to_peer, f.bytes_from_peer)),
+        }
+    }
+    out
+}
+
+fn render_forwards(out: &mut Exposition, stats: &RuntimeStats) {
+    let forwards = forwards_by_label(stats);
     out.family(
         "mtcpd_forward_connections_total",
         "counter",
         "Client: application connections accepted, per forward.",
     );
-    for (i, f) in stats.forwards.iter().enumerate() {
-        let name = label(i, f.listen);
+    for (name, connections, ..) in &forwards {
         out.sample(
             "mtcpd_forward_connections_total",
-            &[("forward", &name)],
-            f.connections,
+            &[("forward", name)],
+            *connections,
         );
     }
     out.family(
@@ -295,17 +304,16 @@ fn render_forwards(out: &mut Exposition, stats: &RuntimeStats, context: &Exposit
         "counter",
         "Client: stream bytes of each forward's connections, by direction.",
     );
-    for (i, f) in stats.forwards.iter().enumerate() {
-        let name = label(i, f.listen);
+    for (name, _, to_peer, from_peer) in &forwards {
         out.sample(
             "mtcpd_forward_bytes_total",
-            &[("forward", &name), ("direction", "to_peer")],
-            f.bytes_to_peer,
+            &[("forward", name), ("direction", "to_peer")],
+            *to_peer,
         );
         out.sample(
             "mtcpd_forward_bytes_total",
-            &[("forward", &name), ("direction", "from_peer")],
-            f.bytes_from_peer,
+            &[("forward", name), ("direction", "from_peer")],
+            *from_peer,
         );
     }
 }
@@ -349,18 +357,33 @@ mod tests {
                 ],
                 ..SessionStatsSnapshot::default()
             }],
-            forwards: vec![ForwardStats {
-                listen: "127.0.0.1:7000".parse().unwrap(),
-                connections: 3,
-                bytes_to_peer: 7,
-                bytes_from_peer: 8,
-            }],
+            forwards: vec![
+                ForwardStats {
+                    listen: "127.0.0.1:7000".parse().unwrap(),
+                    name: Some("web \"main\"".into()),
+                    connections: 3,
+                    bytes_to_peer: 7,
+                    bytes_from_peer: 8,
+                },
+                // A reload removed "web" and added it again elsewhere: one series.
+                ForwardStats {
+                    listen: "127.0.0.1:7001".parse().unwrap(),
+                    name: Some("web \"main\"".into()),
+                    connections: 1,
+                    bytes_to_peer: 1,
+                    bytes_from_peer: 2,
+                },
+                ForwardStats {
+                    listen: "127.0.0.1:7002".parse().unwrap(),
+                    name: None,
+                    connections: 0,
+                    bytes_to_peer: 0,
+                    bytes_from_peer: 0,
+                },
+            ],
             ..RuntimeStats::default()
         };
-        let context = ExpositionContext {
-            role: Role::Client,
-            forward_labels: vec!["web \"main\"".into()],
-        };
+        let context = ExpositionContext { role: Role::Client };
         let text = render(&stats, &context);
         assert!(text.contains("mtcpd_build_info{version=\""));
         assert!(text.contains("io=\"mio\",role=\"client\"} 1\n"));
@@ -374,8 +397,10 @@ mod tests {
         assert!(text.contains("mtcpd_streams 2\n"));
         assert!(text.contains("mtcpd_tunnels_lost_total{reason=\"idle_timeout\"} 0\n"));
         assert!(text.contains(
-            "mtcpd_forward_bytes_total{forward=\"web \\\"main\\\"\",direction=\"from_peer\"} 8\n"
+            "mtcpd_forward_bytes_total{forward=\"web \\\"main\\\"\",direction=\"from_peer\"} 10\n"
         ));
+        assert_eq!(text.matches("mtcpd_forward_connections_total{").count(), 2);
+        assert!(text.contains("mtcpd_forward_connections_total{forward=\"127.0.0.1:7002\"} 0\n"));
         // Every sample line belongs to a family announced before it.
         let mut announced = Vec::new();
         for line in text.lines() {

@@ -33,10 +33,11 @@ mod async_stream;
 mod driver_choice;
 mod event_loop;
 mod io;
-mod listeners;
+mod listen;
 mod local;
 pub mod options;
 mod rejection_log;
+pub mod reload;
 mod repeat_log;
 pub mod reset_code;
 mod resolver;
@@ -64,7 +65,6 @@ use thiserror::Error;
 
 use crate::config::Config;
 use driver_choice::{DriverKind, choose_driver};
-use listeners::listeners_per_worker;
 pub use sockopt::TunnelSocketOptions;
 
 /// Which I/O driver to run.
@@ -260,6 +260,8 @@ pub struct RuntimeHandle {
     hubs: Vec<Arc<local::Hub>>,
     /// Asks the workers for their figures.
     stats: stats::StatsProbe,
+    /// Changes listeners and routing while running.
+    reload: reload::ReloadHandle,
 }
 
 /// Asks a runtime to stop; cheap to clone and usable from any thread (e.g. a signal handler's).
@@ -319,6 +321,11 @@ impl RuntimeHandle {
     /// A handle that reads the runtime's figures from another thread (e.g. a metrics endpoint).
     pub fn stats_probe(&self) -> stats::StatsProbe {
         self.stats.clone()
+    }
+
+    /// A handle that changes the running runtime (a client's listeners, a server's routing).
+    pub fn reload_handle(&self) -> reload::ReloadHandle {
+        self.reload.clone()
     }
 
     /// How many worker threads run.
@@ -481,7 +488,7 @@ fn start_server_with(
     let mut opts = opts;
     let driver = prepare(&mut opts)?;
     let tls = opts.tls.server_setup()?;
-    let listeners = listeners_per_worker(listen, opts.workers)?;
+    let listeners = listen::listeners_per_worker(listen, opts.workers, true)?;
     let local = listeners[0].local_addr()?;
     tracing::info!(%local, workers = opts.workers, "listening for tunnels");
     let setup = WorkerSetup::Server {
@@ -576,7 +583,7 @@ pub fn spawn_client_with_servers(
         (0..opts.workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for f in forwards {
-        let copies = listeners_per_worker(f.listen, opts.workers)?;
+        let copies = listen::listeners_per_worker(f.listen, opts.workers, true)?;
         let local = copies[0].local_addr()?;
         tracing::info!(
             %local,
@@ -595,7 +602,7 @@ pub fn spawn_client_with_servers(
         }
     }
     for p in proxies {
-        let copies = listeners_per_worker(p.listen, opts.workers)?;
+        let copies = listen::listeners_per_worker(p.listen, opts.workers, true)?;
         let local = copies[0].local_addr()?;
         let kind = match &p.kind {
             ProxyKind::Socks5 { credentials: None } => "SOCKS5",
@@ -726,7 +733,16 @@ fn start_on<D: io::Driver>(
         streams_cut: streams_cut.clone(),
     };
     let (stats, stats_inboxes) = stats::StatsProbe::wire(io_name, &wakers);
+    let resolver = match &setup {
+        WorkerSetup::Server { resolve, .. } => {
+            Some(resolver::ResolverPool::start(resolve.clone())?)
+        }
+        WorkerSetup::Client { .. } => None,
+    };
+    let (reload, reload_inboxes) =
+        reload::ReloadHandle::wire(&wakers, resolver.clone(), stop.clone());
     let mut handle = RuntimeHandle {
+        reload,
         shutdown,
         threads: Vec::with_capacity(workers),
         local_addrs,
@@ -745,19 +761,17 @@ fn start_on<D: io::Driver>(
         worker::Placement::random(),
     );
     let sources = crate::endpoint::SourceBudget::new(opts.engine.max_handshakes_per_source);
-    let resolver = match &setup {
-        WorkerSetup::Server { resolve, .. } => {
-            Some(resolver::ResolverPool::start(resolve.clone())?)
-        }
-        WorkerSetup::Client { .. } => None,
-    };
     let backends = resolver::BackendBudget::new(opts.max_backend_connections);
     let (reverse_table, exposed) = match &setup {
         WorkerSetup::Server { reverse, .. } => (reverse.clone(), Arc::from([])),
         WorkerSetup::Client { exposed, .. } => (None, exposed.clone()),
     };
-    let workers_inputs = drivers.into_iter().zip(mailboxes).zip(stats_inboxes);
-    for (w, ((driver, mailbox), stats_inbox)) in workers_inputs.enumerate() {
+    let workers_inputs = drivers
+        .into_iter()
+        .zip(mailboxes)
+        .zip(stats_inboxes)
+        .zip(reload_inboxes);
+    for (w, (((driver, mailbox), stats_inbox), reload_inbox)) in workers_inputs.enumerate() {
         let ctx = event_loop::WorkerContext {
             stop: stop.clone(),
             mailbox,
@@ -773,6 +787,7 @@ fn start_on<D: io::Driver>(
             exposed: exposed.clone(),
             worker: w,
             stats: Some(stats_inbox),
+            reload: Some(reload_inbox),
             streams_cut: streams_cut.clone(),
         };
         // On failure `handle` is dropped, which stops and joins the workers already started.

@@ -83,6 +83,9 @@ impl Drop for BackendPermit {
 #[derive(Debug, Default)]
 struct Cache {
     answers: HashMap<Option<String>, (Route, Instant)>,
+    /// Bumped when the routing changes: an answer computed under an older generation is not
+    /// cached (a lookup in flight across a reload must not bring the old routing back).
+    generation: u64,
 }
 
 impl Cache {
@@ -91,6 +94,12 @@ impl Cache {
             .get(target)
             .filter(|(_, expires)| *expires > now)
             .map(|(route, _)| *route)
+    }
+
+    /// Every answer goes; lookups already running are not cached.
+    fn forget(&mut self) {
+        self.answers.clear();
+        self.generation += 1;
     }
 
     fn put(&mut self, target: Option<String>, route: Route, now: Instant) {
@@ -127,6 +136,12 @@ pub(crate) struct ResolverPool {
     cache: Arc<Mutex<Cache>>,
 }
 
+impl std::fmt::Debug for ResolverPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolverPool").finish_non_exhaustive()
+    }
+}
+
 impl ResolverPool {
     /// Starts [`RESOLVER_THREADS`] threads running `resolve`.
     pub(crate) fn start(resolve: TargetResolver) -> std::io::Result<Arc<Self>> {
@@ -140,6 +155,14 @@ impl ResolverPool {
                 .spawn(move || run_resolver(&queue, &cache, &resolve))?;
         }
         Ok(Arc::new(Self { jobs, cache }))
+    }
+
+    /// The routing changed: cached answers are forgotten.
+    pub(crate) fn forget_answers(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget();
     }
 
     /// A handle for one worker, whose answers wake `waker`.
@@ -161,11 +184,17 @@ fn run_resolver(queue: &Mutex<Receiver<Job>>, cache: &Mutex<Cache>, resolve: &Ta
             Ok(job) => job,
             Err(_) => return,
         };
-        let route = resolve(job.target.as_deref());
-        cache
+        let generation = cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .put(job.target, route, Instant::now());
+            .generation;
+        let route = resolve(job.target.as_deref());
+        {
+            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.generation == generation {
+                cache.put(job.target, route, Instant::now());
+            }
+        }
         job.reply
             .answers
             .lock()
@@ -261,6 +290,8 @@ mod tests {
             cache.get(&Some("a:1".into()), now + RESOLVER_CACHE_TTL),
             None
         );
+        cache.forget();
+        assert_eq!(cache.get(&Some("a:1".into()), now), None, "forgotten");
         for i in 0..RESOLVER_CACHE_ENTRIES * 2 {
             cache.put(Some(format!("h{i}:1")), Route::Accept, now);
             assert!(cache.answers.len() <= RESOLVER_CACHE_ENTRIES);

@@ -117,8 +117,11 @@ impl Counters {
 /// A client forward (listen address), over all workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardStats {
-    /// Its listen address as bound (in the order of the runtime's forwards).
+    /// Its listen address as bound (in the order of the runtime's forwards; forwards added by a
+    /// reload come last, and a removed one stays, with its totals).
     pub listen: SocketAddr,
+    /// Its name (the config's `name`), if any.
+    pub name: Option<String>,
     /// Application connections accepted.
     pub connections: u64,
     /// Stream bytes its connections sent to the peer.
@@ -409,6 +412,7 @@ mod tests {
         let addr = SocketAddr::from(([127, 0, 0, 1], 7000));
         let one = ForwardStats {
             listen: addr,
+            name: None,
             connections: 1,
             bytes_to_peer: 10,
             bytes_from_peer: 20,

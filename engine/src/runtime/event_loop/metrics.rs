@@ -31,6 +31,8 @@ const ANSWERS_PER_TURN: usize = 4;
 #[derive(Debug)]
 struct ForwardCounters {
     listen: SocketAddr,
+    /// Its name now (a reload may rename it).
+    name: Option<String>,
     connections: u64,
     /// Bytes of its connections that have closed.
     closed_to_peer: u64,
@@ -56,10 +58,12 @@ impl WorkerMetrics {
         }
     }
 
-    /// Client: a forward listening on `listen` (in the runtime's order of forwards).
-    pub(super) fn add_forward(&mut self, listen: SocketAddr) -> usize {
+    /// Client: a forward listening on `listen` (in the runtime's order of forwards; a forward
+    /// added by a reload comes after the others, on every worker alike).
+    pub(super) fn add_forward(&mut self, listen: SocketAddr, name: Option<String>) -> usize {
         self.forwards.push(ForwardCounters {
             listen,
+            name,
             connections: 0,
             closed_to_peer: 0,
             closed_from_peer: 0,
@@ -86,13 +90,23 @@ impl WorkerMetrics {
         }
     }
 
-    /// The forward whose listener accepted a connection with local address `local`.
+    /// Client: forward `forward` was renamed by a reload.
+    pub(super) fn rename_forward(&mut self, forward: usize, name: Option<String>) {
+        if let Some(f) = self.forwards.get_mut(forward) {
+            f.name = name;
+        }
+    }
+
+    /// The forward whose listener accepted a connection with local address `local`: the
+    /// newest one on that address (a reload may have removed a forward and added another on
+    /// the same address; a connection of the old one that is still open counts towards the new
+    /// one's bytes when they share an address).
     fn forward_of(&self, local: SocketAddr) -> Option<usize> {
-        let exact = self.forwards.iter().position(|f| f.listen == local);
+        let exact = self.forwards.iter().rposition(|f| f.listen == local);
         exact.or_else(|| {
             self.forwards
                 .iter()
-                .position(|f| f.listen.ip().is_unspecified() && f.listen.port() == local.port())
+                .rposition(|f| f.listen.ip().is_unspecified() && f.listen.port() == local.port())
         })
     }
 
@@ -182,6 +196,7 @@ impl<D: Driver> EventLoop<D> {
             .iter()
             .map(|f| ForwardStats {
                 listen: f.listen,
+                name: f.name.clone(),
                 connections: f.connections,
                 bytes_to_peer: f.closed_to_peer,
                 bytes_from_peer: f.closed_from_peer,

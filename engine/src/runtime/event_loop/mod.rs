@@ -19,7 +19,7 @@
 //! offer the session's events), [`sessions`] (the ready list, the timer heap, servicing and
 //! session events), [`reverse`] (reverse tunnels: a server's public listeners and the streams it
 //! opens for them; a client's exposed services), [`failover`] (a client's move to the next
-//! server).
+//! server), [`forward_reload`] (a client's listeners added, changed and removed while running).
 //!
 //! Back-pressure is end to end: an application socket is read only while its stream's send buffer
 //! has room (a short `write` pauses it until `StreamWritable`), and a stream is read from the
@@ -34,6 +34,7 @@ mod app;
 mod backends;
 mod connect_wait;
 mod failover;
+mod forward_reload;
 mod local_streams;
 mod metrics;
 mod pending;
@@ -287,6 +288,8 @@ pub(super) struct EventLoop<D: Driver> {
     connect_wait_log: connect_wait::ConnectWaitLog,
     /// Refused targets (server: its refusals; client: the server's, per forward), aggregated.
     target_refusals: target_refusals::TargetRefusals,
+    /// Where reloads for this worker arrive.
+    reload: Option<super::reload::ReloadInbox>,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -315,6 +318,8 @@ pub(super) struct WorkerContext {
     pub(super) worker: usize,
     /// Where stats requests for this worker arrive.
     pub(super) stats: Option<super::stats::StatsInbox>,
+    /// Where reloads (listener changes) for this worker arrive.
+    pub(super) reload: Option<super::reload::ReloadInbox>,
     /// Streams reset because the drain timeout ran out, all workers together.
     pub(super) streams_cut: Arc<AtomicU64>,
 }
@@ -364,6 +369,7 @@ impl<D: Driver> EventLoop<D> {
             streams_cut: ctx.streams_cut,
             connect_wait_log: connect_wait::ConnectWaitLog::default(),
             target_refusals: target_refusals::TargetRefusals::default(),
+            reload: ctx.reload,
         }
     }
 
@@ -400,7 +406,7 @@ impl<D: Driver> EventLoop<D> {
             let sock = el.io.listener(sock)?;
             match role {
                 ListenerRole::Forward(forward) => {
-                    let metrics_forward = el.metrics.add_forward(local);
+                    let metrics_forward = el.metrics.add_forward(local, forward.name.clone());
                     el.add(Entry::AppListener {
                         sock,
                         forward,
@@ -493,6 +499,7 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             self.answer_stats_requests();
+            self.apply_reloads();
             let ready = std::mem::take(&mut self.ready);
             for &(key, readable, writable) in &ready {
                 self.on_ready(key, readable, writable);

@@ -1,8 +1,8 @@
-//! The listeners a runtime opens: one per worker on the same address, the first alone (so a
-//! port another program serves fails the start), the others joining it with `SO_REUSEPORT`.
+//! Listening sockets of a runtime: one copy per worker of every listen address.
 //!
-//! Owns: binding them, and the short patience for a port a just-dead process still holds.
-//! Must not touch: what the listeners serve (the event loops register and accept on them).
+//! Owns: binding a listen address once per worker (the first copy alone, failing when anything
+//! else serves the port; the others joining it with `SO_REUSEPORT`), and how long a start waits
+//! for a port that is in use. Must not touch: what is accepted on them (the event loop's).
 
 use std::net::SocketAddr;
 
@@ -10,10 +10,12 @@ use super::{RuntimeError, sockopt};
 
 /// Listeners for `addr`, one per worker: the first binds alone (resolving port 0, and failing
 /// when anything else already serves the address), the others join it with `SO_REUSEPORT` so
-/// the kernel spreads incoming connections over the workers.
+/// the kernel spreads incoming connections over the workers. `patient`: wait up to
+/// [`BUSY_PORT_PATIENCE`] for a port in use (at start; a reload refuses at once).
 pub(super) fn listeners_per_worker(
     addr: SocketAddr,
     workers: usize,
+    patient: bool,
 ) -> Result<Vec<std::net::TcpListener>, RuntimeError> {
     let failed = |a: SocketAddr| {
         move |source: std::io::Error| {
@@ -25,7 +27,12 @@ pub(super) fn listeners_per_worker(
         }
     };
     let listen = |a: SocketAddr| sockopt::listener(a, workers > 1).map_err(failed(a));
-    let first = exclusive_listener_patiently(addr, workers > 1).map_err(failed(addr))?;
+    let first = if patient {
+        exclusive_listener_patiently(addr, workers > 1)
+    } else {
+        sockopt::exclusive_listener(addr, workers > 1)
+    }
+    .map_err(failed(addr))?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..workers {
