@@ -158,6 +158,7 @@ pub fn run_daemon(role: Role, config: &DaemonConfig) -> anyhow::Result<()> {
         };
         crate::metrics::start(addr, handle.stats_probe(), context)?;
     }
+    crate::memory_trim::start();
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).context("cannot install the SIGINT/SIGTERM handlers")?;
     let shutdown = handle.shutdown_handle();

@@ -2,7 +2,7 @@
 //!
 //! Owns: the command-line grammar (`command_line`), loading and validating configuration
 //! (`config`), making keys (`genkey`), the metrics endpoint (`metrics`), the `mtcpd stats`
-//! live view (`stats`), and the single call site where a validated configuration is handed to the
+//! live view (`stats`), giving the allocator's free memory back after a load (`memory_trim`), and the single call site where a validated configuration is handed to the
 //! runtime (`daemon::run_daemon`). Must not touch: the data path, which lives in the
 //! `mtcpd-engine` crate; nothing here opens tunnels or carries bytes.
 //!
@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod dynamic_route;
 pub mod genkey;
+pub mod memory_trim;
 pub mod metrics;
 pub mod startup_log;
 pub mod stats;
