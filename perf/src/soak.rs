@@ -9,9 +9,12 @@
 //! and open descriptors (`/proc/PID/fd`). Verdict (PASS/FAIL, printed and in the exit code):
 //! - no connection failed;
 //! - steady after warm-up (the first quarter of `--duration`, at least one sample): each
-//!   daemon's RSS and descriptors stay within 10 % (max ≤ 1.1 × min);
-//! - quiet: each daemon's RSS at the end is within 10 % of its last steady sample (what the
-//!   peak took went back), and its descriptors are back to the steady level.
+//!   daemon's RSS and descriptors stay flat within 10 %: the median of the last third of the
+//!   samples is at most 1.1 × the median of the first third. (A single sample moves with the
+//!   load itself: how many connections are in flight at that instant and how much of their
+//!   64 KiB is buffered, ±30 % on a busy machine; a leak shows as growth between the thirds.)
+//! - quiet: each daemon's RSS at the end is at most 1.1 × its steady median (what the peak
+//!   took went back), and its descriptors are back to the steady level.
 //!
 //! Must not touch: the daemons (it only reads `/proc`).
 
@@ -67,11 +70,17 @@ fn fds(pid: u32) -> Result<u64> {
         .count() as u64)
 }
 
-fn flat(values: impl Iterator<Item = u64> + Clone) -> bool {
-    let (Some(min), Some(max)) = (values.clone().min(), values.max()) else {
-        return true;
-    };
-    max as f64 <= min as f64 * 1.10
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// (median of the first third, median of the last third, flat): see the module docs.
+fn flat(values: &[u64]) -> (u64, u64, bool) {
+    let third = (values.len() / 3).max(1);
+    let first = median(values.iter().take(third).copied().collect());
+    let last = median(values.iter().rev().take(third).copied().collect());
+    (first, last, last as f64 <= first as f64 * 1.10)
 }
 
 /// Runs the soak; true when it passed.
@@ -161,44 +170,50 @@ pub fn run(o: &SoakOpts) -> Result<bool> {
             churn.counts.completed, o.bytes, churn.counts.failed
         ),
     );
-    let (Some(last_steady), Some(end)) = (steady.last(), samples.last()) else {
+    let (Some(start), Some(end)) = (samples.first().copied(), samples.last()) else {
         say(false, "no samples".into());
         return Ok(false);
     };
     let peak = samples.iter().filter(|s| s.phase == "peak");
     for (d, name) in ["client", "server"].iter().enumerate() {
-        let rss = after_warmup.iter().map(|s| s.rss[d]);
+        let rss: Vec<u64> = after_warmup.iter().map(|s| s.rss[d]).collect();
+        let (first, last, ok) = flat(&rss);
         say(
-            flat(rss.clone()),
+            ok,
             format!(
-                "{name}: steady RSS flat after warm-up: {}..{} KiB over {} samples",
-                rss.clone().min().unwrap_or(0),
-                rss.max().unwrap_or(0),
-                after_warmup.len()
+                "{name}: steady RSS flat after warm-up: median {first} KiB (first third) -> \
+                 {last} KiB (last third); samples {}..{} KiB over {}",
+                rss.iter().min().unwrap_or(&0),
+                rss.iter().max().unwrap_or(&0),
+                rss.len()
             ),
         );
-        let f = after_warmup.iter().map(|s| s.fds[d]);
+        let f: Vec<u64> = after_warmup.iter().map(|s| s.fds[d]).collect();
+        let (first, last, ok) = flat(&f);
         say(
-            flat(f.clone()),
+            ok,
             format!(
-                "{name}: steady descriptors flat: {}..{}",
-                f.clone().min().unwrap_or(0),
-                f.max().unwrap_or(0)
+                "{name}: steady descriptors flat: median {first} -> {last}; samples {}..{}",
+                f.iter().min().unwrap_or(&0),
+                f.iter().max().unwrap_or(&0)
             ),
         );
         let peak_rss = peak.clone().map(|s| s.rss[d]).max().unwrap_or(0);
+        let steady_rss = median(rss);
         say(
-            end.rss[d] as f64 <= last_steady.rss[d] as f64 * 1.10,
+            end.rss[d] as f64 <= steady_rss as f64 * 1.10,
             format!(
-                "{name}: RSS went back after the peak: steady {} KiB, peak {} KiB, quiet {} KiB",
-                last_steady.rss[d], peak_rss, end.rss[d]
+                "{name}: RSS went back after the peak: before any load {} KiB, steady (median) \
+                 {steady_rss} KiB, peak {peak_rss} KiB, quiet {} KiB",
+                start.rss[d], end.rss[d]
             ),
         );
+        let steady_fds = median(f);
         say(
-            end.fds[d] as f64 <= last_steady.fds[d] as f64 * 1.10,
+            end.fds[d] as f64 <= steady_fds as f64 * 1.10,
             format!(
-                "{name}: descriptors back after the peak: steady {}, quiet {}",
-                last_steady.fds[d], end.fds[d]
+                "{name}: descriptors back after the peak: steady (median) {steady_fds}, quiet {}",
+                end.fds[d]
             ),
         );
     }
