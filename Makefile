@@ -3,7 +3,7 @@ CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: build test lint fmt bench perf perf-quick perf-deps perf-build demo fuzz fuzz-check \
-	fuzz-long clean install install-build uninstall
+	fuzz-long clean install install-build uninstall socket-scale soak
 
 build:
 	$(CARGO) build --release --workspace
@@ -56,6 +56,19 @@ perf: perf-deps perf-build
 
 perf-quick: perf-deps perf-build
 	$(PERF) grid --quick --out results/quick --doc docs/BENCHMARKS.md $(PERF_ARGS)
+
+## Real sockets at scale (issue 10): 64 B ping-pong over 1,000 and 8,000 connections direct, through
+## two socat relays and through the mtcpd pair on both drivers; medians of ROUNDS (3) and ratios
+## (docs/BENCHMARKS.md "Scale: real sockets"). Variables: CONNS, TIME, ROUNDS, HOLD, PATHS.
+socket-scale: perf-build
+	./perf/scripts/socket-scale.sh
+
+## The soak: stream churn through the daemon pair with RSS and descriptors sampled, then a peak
+## and a quiet spell; PASS/FAIL (docs/BENCHMARKS.md "Soak"). E.g. make soak DURATION=10m IO=mio
+DURATION ?= 10m
+IO ?= auto
+soak: perf-build
+	DURATION=$(DURATION) IO=$(IO) ./perf/scripts/soak.sh
 
 ## Runs the daemon pair locally on built-in defaults and sends traffic through it.
 demo: build

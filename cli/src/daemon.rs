@@ -167,6 +167,7 @@ pub fn run_daemon(role: Role, config: &DaemonConfig, request: &LoadRequest) -> a
         let context = crate::metrics::ExpositionContext { role };
         crate::metrics::start(addr, handle.stats_probe(), context)?;
     }
+    crate::memory_trim::start();
     let shutdown = handle.shutdown_handle();
     let drain = config.runtime.drain_timeout;
     let mut reloader = Reloader::new(

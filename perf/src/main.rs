@@ -3,6 +3,8 @@
 //!
 //! * [`server`]: the server side of every test mode.
 //! * [`bulk`], [`latency`]: the client modes.
+//! * [`pingpong`]: many connections from one thread (`echo-mio`, `pingpong`); [`soak`]: churn
+//!   through a running mtcpd pair with the daemons' memory sampled.
 //! * [`proto`]: the tool's own framing; [`pattern`]: the verification pattern.
 //! * [`wan`]: the WAN emulator (namespaces, TUN devices, impairments).
 //! * [`grid`]: the benchmark grid (`make perf`) over emulated paths; [`report`]: its CSV, SVG
@@ -12,10 +14,12 @@ mod bulk;
 mod grid;
 mod latency;
 mod net;
+mod pingpong;
 mod proto;
 mod report;
 mod rng;
 mod server;
+mod soak;
 mod stats;
 mod wan;
 
@@ -65,6 +69,12 @@ enum Cmd {
     Grid(grid::GridArgs),
     /// Regenerate CSV, SVG plots and the markdown section from a grid's grid.json.
     Report(report::ReportArgs),
+    /// A plain one-thread echo server (mio) for many connections; raw bytes, no header.
+    EchoMio(pingpong::EchoArgs),
+    /// 64 B ping-pong over many connections from one thread (mio), against `echo-mio`.
+    Pingpong(pingpong::PingpongArgs),
+    /// Stream churn through a running mtcpd pair, sampling the daemons' RSS and descriptors.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args)]
@@ -390,5 +400,8 @@ fn main() -> Result<()> {
             let code = report::main(r)?;
             std::process::exit(code);
         }
+        Cmd::EchoMio(a) => std::process::exit(pingpong::echo_main(a)?),
+        Cmd::Pingpong(a) => std::process::exit(pingpong::pingpong_main(a)?),
+        Cmd::Soak(a) => std::process::exit(soak::main(a)?),
     }
 }

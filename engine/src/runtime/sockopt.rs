@@ -70,6 +70,11 @@ pub fn abort_on_close(sock: &impl AsFd) {
     let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
+/// Accept queue of every listener (the kernel caps it at `net.core.somaxconn`, 4096 by
+/// default). A burst of thousands of connects lands while the loop is busy with something
+/// else; a full queue drops SYNs and each dropped one waits out a 1 s retransmission.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// A non-blocking listener with SO_REUSEADDR (and SO_REUSEPORT, for one listener per worker).
 pub fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -79,7 +84,7 @@ pub fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpL
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    sock.listen(1024)?;
+    sock.listen(LISTEN_BACKLOG)?;
     Ok(sock.into())
 }
 
@@ -100,7 +105,7 @@ pub fn exclusive_listener(
     if share_with_workers {
         sock.set_reuse_port(true)?;
     }
-    sock.listen(1024)?;
+    sock.listen(LISTEN_BACKLOG)?;
     Ok(sock.into())
 }
 
