@@ -236,6 +236,11 @@ impl PathLab {
         })
     }
 
+    /// The emulator's counters of the data direction (B→A) so far.
+    pub(super) fn counters(&self) -> wan::LiveCounters {
+        self.lab.b2a_counters()
+    }
+
     /// Whether the emulator stopped on its own (a run on this lab would measure nothing).
     pub(super) fn failed(&self) -> bool {
         self.lab.failed()
