@@ -93,3 +93,74 @@ fn the_bottleneck_is_deterministic_for_a_seed() {
     assert_eq!(a.stats, b.stats);
     assert_eq!(a.elapsed, b.elapsed);
 }
+
+/// Sends `bytes` client→server over 8 tunnels (50 ms each way) behind `spec`, with or
+/// without coupled pacing; the bottleneck's counters and the goodput (bytes/s).
+fn coupled_run(
+    coupled: bool,
+    spec: BottleneckSpec,
+    bytes: u64,
+    seed: u64,
+) -> (BottleneckStats, f64) {
+    let config = Config {
+        psk: b"k".to_vec(),
+        stream_window: 32 << 20,
+        session_window: 64 << 20,
+        // Both contenders start from the same modest assumption (the daemon reads TCP_INFO).
+        initial_rate: 1e6,
+        coupled_pacing: coupled,
+        ..Config::default()
+    };
+    let links = vec![LinkSpec::new(50, 100.0); 8];
+    let mut pair = SimPair::new(config.clone(), config, &links, seed)
+        .plaintext()
+        .with_bottleneck(spec);
+    let mut w = Workload::new(vec![FlowSpec::bulk(bytes, 0)]);
+    assert!(
+        pair.run(Duration::from_secs(600), |p| w.step(p)),
+        "{:?}",
+        w.errors
+    );
+    w.verify().unwrap();
+    let stats = pair.bottleneck_stats(0).unwrap();
+    (stats, bytes as f64 / pair.elapsed().as_secs_f64())
+}
+
+#[test]
+fn coupled_pacing_drops_far_fewer_at_a_clean_shared_bottleneck_without_losing_goodput() {
+    let spec = BottleneckSpec::new(50.0, 50, 0.0);
+    let (u, ug) = coupled_run(false, spec, 48 << 20, 3);
+    let (c, cg) = coupled_run(true, spec, 48 << 20, 3);
+    eprintln!(
+        "clean: uncoupled {:?} {:.1} Mbit/s; coupled {:?} {:.1} Mbit/s",
+        u,
+        ug * 8e-6,
+        c,
+        cg * 8e-6
+    );
+    assert!(
+        c.drops_queue * 4 < u.drops_queue,
+        "coupled {} vs uncoupled {} queue drops",
+        c.drops_queue,
+        u.drops_queue
+    );
+    assert!(cg >= ug * 0.97, "goodput coupled {cg} vs uncoupled {ug}");
+}
+
+/// Under random loss the cap costs goodput in this model (0.91× of uncoupled at seed 4: data
+/// held behind a tunnel's loss recovery counts as unacknowledged, so the cap binds). This is
+/// why `coupled_pacing` is off by default; the test pins the cost so a change shows up.
+#[test]
+fn coupled_pacing_costs_at_most_a_tenth_of_goodput_under_random_loss() {
+    let spec = BottleneckSpec::new(50.0, 50, 0.01);
+    let (u, ug) = coupled_run(false, spec, 24 << 20, 4);
+    let (c, cg) = coupled_run(true, spec, 24 << 20, 4);
+    eprintln!(
+        "1 %: uncoupled {:?} {:.1} Mbit/s; coupled {:?} {:.1} Mbit/s",
+        u,
+        ug * 8e-6,
+        c,
+        cg * 8e-6
+    );
+    assert!(cg >= ug * 0.88, "goodput coupled {cg} vs uncoupled {ug}");
+}

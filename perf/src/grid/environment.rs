@@ -25,6 +25,8 @@ pub(super) struct Ctx {
     pub(super) perf: PathBuf,
     pub(super) mtcpd: Option<PathBuf>,
     pub(super) mtcpd_missing: String,
+    /// Extra top-level config lines for both daemons (`--mtcpd-set`).
+    pub(super) mtcpd_set: String,
     pub(super) kcptun: Option<(PathBuf, PathBuf)>,
     pub(super) mptcpize: Option<PathBuf>,
     pub(super) known_cc: Vec<String>,
@@ -93,6 +95,7 @@ impl Ctx {
                 a.mtcpd.display()
             ),
             mtcpd: mtcpd.clone(),
+            mtcpd_set: a.mtcpd_set.iter().map(|l| format!("{l}\n")).collect(),
             kcptun: kcptun.clone(),
             mptcpize: mptcpize.clone(),
             known_cc: sampling::known_cc(),

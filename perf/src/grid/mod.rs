@@ -130,8 +130,13 @@ pub fn main(a: GridArgs) -> Result<i32> {
             seed: a.seed,
             direction: "download: server in namespace B sends, client in A receives and counts"
                 .into(),
-            mtcpd_config: "psk; congestion = <cc>; connection_pool_size = N on both ends; every other key at its default (stream_window 64MiB, session_window 256MiB, enable_zero_rtt = true); RUST_LOG=info"
-                .into(),
+            mtcpd_config: format!(
+                "psk; congestion = <cc>; connection_pool_size = N on both ends; {}every other key at its default (stream_window 64MiB, session_window 256MiB, enable_zero_rtt = true, coupled_pacing = false); RUST_LOG=info",
+                a.mtcpd_set
+                    .iter()
+                    .map(|l| format!("{l}; "))
+                    .collect::<String>()
+            ),
             kcptun_args: kcptun::KCPTUN_ARGS.into(),
             mptcp_setup: format!(
                 "ip mptcp limits set subflows 8 add_addr_accepted 8 (both namespaces); N-1 `signal` endpoints on server ports {}..; client and server under `mptcpize run`",

@@ -34,6 +34,10 @@ pub struct GridArgs {
     /// 16 RTTs to fill 1 Gbit/s × 250 ms, i.e. 4 s).
     #[arg(long, default_value = "5s", value_parser = parse_duration_or_seconds)]
     pub(super) warmup: Duration,
+    /// Extra top-level mtcpd config lines for both daemons, e.g. `coupled_pacing = true`
+    /// (repeatable; recorded in the results' settings).
+    #[arg(long = "mtcpd-set", value_name = "KEY = VALUE")]
+    pub(super) mtcpd_set: Vec<String>,
     /// The mtcpd binary.
     #[arg(long, default_value = "target/release/mtcpd")]
     pub(super) mtcpd: PathBuf,
