@@ -35,7 +35,7 @@ use crate::tls::{TlsError, TlsSetup, TunnelTls};
 pub mod bottleneck;
 mod records;
 use crate::session::{Event, Session};
-use bottleneck::{BottleneckSpec, BottleneckStats, Shared, TcpDir};
+use bottleneck::{Shared, TcpDir};
 use records::sim_tls;
 
 /// One direction of a simulated tunnel path.
@@ -267,60 +267,6 @@ impl SimPair {
             out: Vec::new(),
             rng,
             bottleneck: None,
-        }
-    }
-
-    /// Every tunnel of each direction shares one bottleneck (`spec`, each direction its own
-    /// queue) and behaves as a TCP flow behind it; the links' own rates no longer apply, their
-    /// delays and send buffers do. Call before the first run.
-    pub fn with_bottleneck(mut self, spec: BottleneckSpec) -> Self {
-        let now = self.now;
-        self.bottleneck = Some([Shared::new(spec, now), Shared::new(spec, now)]);
-        for link in &mut self.links {
-            for d in &mut link.dirs {
-                d.reset(now, Some(spec.mss));
-            }
-        }
-        self
-    }
-
-    /// What the bottleneck of `dir` (0: client→server, 1: server→client) counted so far.
-    pub fn bottleneck_stats(&self, dir: usize) -> Option<BottleneckStats> {
-        self.bottleneck.as_ref().map(|b| b[dir].stats)
-    }
-
-    /// Segments tunnel `t` retransmitted in direction `dir`, and its congestion window (bytes),
-    /// behind a bottleneck.
-    pub fn tunnel_tcp(&self, t: usize, dir: usize) -> Option<(u64, usize)> {
-        self.links[t].dirs[dir]
-            .tcp
-            .as_ref()
-            .map(|c| (c.retransmits, c.cwnd()))
-    }
-
-    /// Moves every tunnel's TCP model to `now` (behind a bottleneck only).
-    fn step_bottleneck(&mut self) {
-        let Some(shared) = &mut self.bottleneck else {
-            return;
-        };
-        let now = self.now;
-        for (d, q) in shared.iter_mut().enumerate() {
-            // Start with a different tunnel each time, so no tunnel always queues first.
-            let n = self.links.len();
-            let first = if n == 0 {
-                0
-            } else {
-                (now - self.start).subsec_nanos() as usize % n
-            };
-            for k in 0..n {
-                let link = &mut self.links[(first + k) % n];
-                let delay = link.spec.delay;
-                let dir = &mut link.dirs[d];
-                if let Some(tcp) = &mut dir.tcp {
-                    tcp.step(now, delay, q, &mut self.rng, &mut dir.propagating);
-                    dir.serializing_bytes = tcp.unsent_bytes();
-                }
-            }
         }
     }
 
