@@ -153,6 +153,11 @@ pub struct Config {
     /// leave with no handshake across the WAN (0-RTT). When false, the pool is dialed when the
     /// first stream opens.
     pub zero_rtt: bool,
+    /// Couples the tunnels: the session keeps at most its measured bandwidth-delay product
+    /// (with a 1.25 gain) of stream data unacknowledged across all of them, so N tunnels fill
+    /// a shared bottleneck queue like one flow instead of N. Off by default (issue 13: it did
+    /// not help on the emulator; see docs/BENCHMARKS.md).
+    pub coupled_pacing: bool,
     /// Lets a runtime start without a key (empty [`Config::psk`]): anyone who can reach the
     /// server then passes the handshake. Off by default, so that forgetting the key is an error
     /// ([`Config::check_key`]) and never a silently open tunnel. Not a config-file key: the
@@ -197,6 +202,7 @@ impl Default for Config {
             scheduler: SchedulerKind::EarliestDelivery,
             copy_threshold: 256,
             zero_rtt: true,
+            coupled_pacing: false,
             allow_unauthenticated: false,
         }
     }
@@ -260,6 +266,7 @@ impl Config {
             scheduler,
             copy_threshold,
             zero_rtt,
+            coupled_pacing,
             // A decision of the embedding program, not a setting: never printed.
             allow_unauthenticated: _,
         } = self;
@@ -343,6 +350,7 @@ impl Config {
                 SettingValue::Bytes(*copy_threshold as u64),
             ),
             Setting::unbounded("zero_rtt", SettingValue::Flag(*zero_rtt)),
+            Setting::unbounded("coupled_pacing", SettingValue::Flag(*coupled_pacing)),
         ]
     }
 

@@ -12,6 +12,10 @@
 //!
 //! A tunnel's send buffer models the kernel socket buffer kept shallow with TCP_NOTSENT_LOWAT: the
 //! session is only asked for bytes when there is room, so scheduling decisions are made late.
+//!
+//! By default each tunnel is its own fixed-rate pipe that never loses a byte. With
+//! [`SimPair::with_bottleneck`] the tunnels of each direction instead share one drop-tail queue
+//! with random loss, and each tunnel behaves as a TCP flow behind it ([`bottleneck`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,8 +32,10 @@ use crate::endpoint::{
 };
 use crate::tls::{TlsError, TlsSetup, TunnelTls};
 
+pub mod bottleneck;
 mod records;
 use crate::session::{Event, Session};
+use bottleneck::{Shared, TcpDir};
 use records::sim_tls;
 
 /// One direction of a simulated tunnel path.
@@ -77,6 +83,9 @@ struct Dir {
     rx: BytesMut,
     /// Plaintext from the record layer, not yet consumed by the receiving end.
     plain: BytesMut,
+    /// Behind a shared bottleneck: the tunnel's TCP model, which then holds the unsent bytes
+    /// (`serializing_bytes` counts them) and fills `propagating` with what its receiver may read.
+    tcp: Option<TcpDir>,
 }
 
 impl Dir {
@@ -88,10 +97,22 @@ impl Dir {
             propagating: VecDeque::new(),
             rx: BytesMut::new(),
             plain: BytesMut::new(),
+            tcp: None,
         }
     }
 
+    /// A fresh direction (a new connection), behind the bottleneck when this one was.
+    fn reset(&mut self, now: Instant, mss: Option<usize>) {
+        *self = Dir::new(now);
+        self.tcp = mss.map(TcpDir::new);
+    }
+
     fn enqueue(&mut self, now: Instant, spec: &LinkSpec, chunk: Bytes) {
+        if let Some(tcp) = &mut self.tcp {
+            self.serializing_bytes += chunk.len();
+            tcp.push(chunk);
+            return;
+        }
         let start = self.busy_until.max(now);
         let finish = start + Duration::from_secs_f64(chunk.len() as f64 / spec.rate);
         self.busy_until = finish;
@@ -184,6 +205,8 @@ pub struct SimPair {
     wakeups: Vec<Instant>,
     out: Vec<Bytes>,
     rng: StdRng,
+    /// The shared bottleneck of each direction (client→server, server→client), if any.
+    bottleneck: Option<[Shared; 2]>,
 }
 
 impl SimPair {
@@ -243,6 +266,7 @@ impl SimPair {
             wakeups: Vec::new(),
             out: Vec::new(),
             rng,
+            bottleneck: None,
         }
     }
 
@@ -325,6 +349,7 @@ impl SimPair {
     /// Resets tunnel `t`'s connection (both ends see it fail now); re-dials succeed.
     pub fn kill(&mut self, t: usize) {
         let now = self.now;
+        let mss = self.bottleneck.as_ref().map(|b| b[0].spec.mss);
         let link = &mut self.links[t];
         let was_open = matches!(link.conn, Conn::Open { .. } | Conn::Connecting { .. });
         let attached = match link.conn {
@@ -341,7 +366,7 @@ impl SimPair {
         link.conn = Conn::None;
         link.tls = None;
         for d in &mut link.dirs {
-            *d = Dir::new(now);
+            d.reset(now, mss);
         }
         link.closing.clear();
         if was_open {
@@ -449,6 +474,7 @@ impl SimPair {
             }
             (Event::TunnelDown { tunnel, .. }, _) => {
                 let t = *tunnel as usize;
+                let mss = self.bottleneck.as_ref().map(|b| b[0].spec.mss);
                 let link = &mut self.links[t];
                 let (attached, handshake) = match link.conn {
                     Conn::Open {
@@ -466,7 +492,7 @@ impl SimPair {
                     // The socket closes: the other end notices one delay later.
                     link.conn = Conn::None;
                     for d in &mut link.dirs {
-                        *d = Dir::new(now);
+                        d.reset(now, mss);
                     }
                     if let Some(key) = handshake {
                         self.server.abandon_handshake(key);
@@ -487,6 +513,7 @@ impl SimPair {
     }
 
     fn process_due(&mut self) {
+        self.step_bottleneck();
         let now = self.now;
         for t in 0..self.links.len() {
             // Connection set-up and failure.
@@ -663,6 +690,8 @@ impl SimPair {
                 }
             }
         }
+        // What the sessions just wrote goes out now, as far as the windows allow.
+        self.step_bottleneck();
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -681,6 +710,9 @@ impl SimPair {
                 consider(*at);
             }
             for d in &link.dirs {
+                if let Some(at) = d.tcp.as_ref().and_then(TcpDir::next_event) {
+                    consider(at);
+                }
                 if let Some((finish, _)) = d.serializing.front() {
                     consider(*finish);
                 }

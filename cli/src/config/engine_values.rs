@@ -56,6 +56,7 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("scheduler", None),
     ("copy_threshold", None),
     ("zero_rtt", Some("client.enable_zero_rtt")),
+    ("coupled_pacing", Some("coupled_pacing")),
     ("io", Some("io")),
     ("workers", Some("cores")),
     ("read_chunk", Some("{role}.buffer_size")),
@@ -165,6 +166,9 @@ impl Checker {
         }
         if let Some(io) = overrides.io.or(raw.io) {
             opts.io = io;
+        }
+        if let Some(coupled) = raw.coupled_pacing {
+            opts.engine.coupled_pacing = coupled;
         }
         let sockets = &mut opts.tunnel_sockets;
         if let Some(name) = &raw.congestion {

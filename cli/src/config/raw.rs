@@ -48,6 +48,8 @@ pub struct RawConfigFile {
     pub io: Option<IoChoice>,
     /// TCP congestion control of the tunnels.
     pub congestion: Option<String>,
+    /// Cap the session's unacknowledged bytes near its measured BDP (issue 13).
+    pub coupled_pacing: Option<bool>,
     /// SO_SNDBUF of every socket, if set.
     pub socket_send_buffer: Option<ByteSize>,
     /// SO_RCVBUF of every socket, if set.

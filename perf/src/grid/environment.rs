@@ -25,6 +25,8 @@ pub(super) struct Ctx {
     pub(super) perf: PathBuf,
     pub(super) mtcpd: Option<PathBuf>,
     pub(super) mtcpd_missing: String,
+    /// Extra top-level config lines for both daemons (`--mtcpd-set`).
+    pub(super) mtcpd_set: String,
     pub(super) kcptun: Option<(PathBuf, PathBuf)>,
     pub(super) mptcpize: Option<PathBuf>,
     pub(super) known_cc: Vec<String>,
@@ -93,6 +95,7 @@ impl Ctx {
                 a.mtcpd.display()
             ),
             mtcpd: mtcpd.clone(),
+            mtcpd_set: a.mtcpd_set.iter().map(|l| format!("{l}\n")).collect(),
             kcptun: kcptun.clone(),
             mptcpize: mptcpize.clone(),
             known_cc: sampling::known_cc(),
@@ -234,6 +237,11 @@ impl PathLab {
             env,
             mptcp_ready,
         })
+    }
+
+    /// The emulator's counters of the data direction (B→A) so far.
+    pub(super) fn counters(&self) -> wan::LiveCounters {
+        self.lab.b2a_counters()
     }
 
     /// Whether the emulator stopped on its own (a run on this lab would measure nothing).

@@ -56,16 +56,17 @@ fn secs_arg(d: Duration) -> String {
 
 pub fn main(a: GridArgs) -> Result<i32> {
     let plan = filtered_plan(&a);
-    let secs = a
-        .time
-        .unwrap_or(Duration::from_secs(if a.quick { 6 } else { 8 }));
+    let secs = a.time;
     let est = estimate(
         &plan,
         secs.as_secs_f64(),
         a.drain.as_secs_f64(),
         a.ttfb_samples,
     );
-    let nruns: usize = plan.iter().map(|p| p.runs.len()).sum();
+    let nruns: u32 = plan
+        .iter()
+        .map(|p| p.runs.iter().map(|s| s.repeats).sum::<u32>())
+        .sum();
     eprintln!(
         "grid ({}): {} path(s), {nruns} throughput run(s) of {:?}, TTFB on {} path(s); about {:.0} min",
         if a.quick { "quick" } else { "full" },
@@ -124,12 +125,18 @@ pub fn main(a: GridArgs) -> Result<i32> {
             seconds: secs.as_secs_f64(),
             drain_seconds: a.drain.as_secs_f64(),
             warmup_seconds: a.warmup.as_secs_f64(),
+            repeats: a.repeats,
             ttfb_samples: a.ttfb_samples,
             seed: a.seed,
             direction: "download: server in namespace B sends, client in A receives and counts"
                 .into(),
-            mtcpd_config: "psk; congestion = <cc>; connection_pool_size = N on both ends; every other key at its default (stream_window 64MiB, session_window 256MiB, enable_zero_rtt = true); RUST_LOG=info"
-                .into(),
+            mtcpd_config: format!(
+                "psk; congestion = <cc>; connection_pool_size = N on both ends; {}every other key at its default (stream_window 64MiB, session_window 256MiB, enable_zero_rtt = true, coupled_pacing = false); RUST_LOG=info",
+                a.mtcpd_set
+                    .iter()
+                    .map(|l| format!("{l}; "))
+                    .collect::<String>()
+            ),
             kcptun_args: kcptun::KCPTUN_ARGS.into(),
             mptcp_setup: format!(
                 "ip mptcp limits set subflows 8 add_addr_accepted 8 (both namespaces); N-1 `signal` endpoints on server ports {}..; client and server under `mptcpize run`",
@@ -229,7 +236,15 @@ fn run_path(
 ) -> Result<()> {
     let lab = PathLab::up(ctx, p, lab_name, seed, res, idx)?;
     let env = &lab.env;
-    for spec in &p.runs {
+    let rounds = p.runs.iter().map(|s| s.repeats).max().unwrap_or(1);
+    // Repeats interleaved: round k runs every cell that has a k-th repeat.
+    let order = (0..rounds).flat_map(|k| {
+        p.runs
+            .iter()
+            .filter(move |s| k < s.repeats)
+            .map(move |s| (k, s))
+    });
+    for (repeat, spec) in order {
         if wan::stop_requested() {
             break;
         }
@@ -238,7 +253,13 @@ fn run_path(
         }
         let t = Instant::now();
         let load = load1();
-        eprint!("   {:<10} {:<6} ", spec.id(), spec.cc.unwrap_or("(udp)"));
+        eprint!(
+            "   {:<10} {:<6} #{} ",
+            spec.id(),
+            spec.cc.unwrap_or("(udp)"),
+            repeat + 1
+        );
+        let before = lab.counters();
         let mut r = match spec.kind {
             Kind::Direct => direct::run_direct(ctx, env, spec),
             Kind::Mtcpd => mtcpd::run_mtcpd(ctx, env, spec),
@@ -253,6 +274,8 @@ fn run_path(
             r.reason = Some("interrupted (SIGINT/SIGTERM)".into());
         }
         r.load_before = load;
+        r.repeat = repeat;
+        r.bottleneck = Some(lab.counters().since(before));
         r.seconds_taken = t.elapsed().as_secs_f64();
         eprintln!("{}", run_line(&r));
         res.paths[idx].runs.push(r);
@@ -308,6 +331,9 @@ fn run_line(r: &RunResult) -> String {
             }
             if let Some(n) = r.mptcp_subflows {
                 s += &format!("  subflows {n}");
+            }
+            if let Some(b) = &r.bottleneck {
+                s += &format!("  queue drops {}", b.drop_queue);
             }
             s
         }

@@ -41,15 +41,17 @@ pub(super) fn start_mtcpd(ctx: &Ctx, env: &Env, n: u32, cc: &str) -> Result<Mtcp
     std::fs::write(
         &sc,
         format!(
-            "mode = \"server\"\npsk = \"{PSK}\"\ncongestion = \"{cc}\"\n[server]\nlisten_ip = \"{b}\"\nlisten_port = {tport}\nbackend_ip = \"{b}\"\nbackend_port = {PERF_PORT}\nconnection_pool_size = {n}\n",
-            b = env.addr_b
+            "mode = \"server\"\npsk = \"{PSK}\"\ncongestion = \"{cc}\"\n{extra}[server]\nlisten_ip = \"{b}\"\nlisten_port = {tport}\nbackend_ip = \"{b}\"\nbackend_port = {PERF_PORT}\nconnection_pool_size = {n}\n",
+            b = env.addr_b,
+            extra = ctx.mtcpd_set
         ),
     )?;
     std::fs::write(
         &cc_path,
         format!(
-            "mode = \"client\"\npsk = \"{PSK}\"\ncongestion = \"{cc}\"\n[client]\nlocal_listen_ip = \"127.0.0.1\"\nlocal_listen_port = {aport}\nserver_ip = \"{b}\"\nserver_port = {tport}\nconnection_pool_size = {n}\n",
-            b = env.addr_b
+            "mode = \"client\"\npsk = \"{PSK}\"\ncongestion = \"{cc}\"\n{extra}[client]\nlocal_listen_ip = \"127.0.0.1\"\nlocal_listen_port = {aport}\nserver_ip = \"{b}\"\nserver_port = {tport}\nconnection_pool_size = {n}\n",
+            b = env.addr_b,
+            extra = ctx.mtcpd_set
         ),
     )?;
     let (slog, clog) = (dir.join(format!("s{k}.log")), dir.join(format!("c{k}.log")));

@@ -1,7 +1,7 @@
 //! The grid's machine-readable results (`grid.json`): written by `mtcp-perf grid` after every
 //! run (so an interrupted grid keeps what it measured) and read back by `mtcp-perf report`.
 
-use crate::wan::DirStats;
+use crate::wan::{DirStats, LiveCounters};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -47,6 +47,9 @@ pub struct Settings {
     pub drain_seconds: f64,
     /// Start of the "steady" window (seconds into each run).
     pub warmup_seconds: f64,
+    /// Runs of each cell behind a target (other cells ran once); 1 in grids from before it.
+    #[serde(default = "one")]
+    pub repeats: u32,
     pub ttfb_samples: u64,
     pub seed: u64,
     pub direction: String,
@@ -122,6 +125,32 @@ pub struct RunResult {
     pub tcp: TcpSample,
     pub seconds_taken: f64,
     pub notes: Vec<String>,
+    /// Which repeat of its cell this run was (0 = the first).
+    #[serde(default)]
+    pub repeat: u32,
+    /// What the emulator counted on the data direction (B→A) during this run: packets out,
+    /// random-loss drops, bottleneck-queue drops, flow-cap drops.
+    #[serde(default)]
+    pub bottleneck: Option<LiveCounters>,
+    /// Filled by the report when it folds a cell's repeats into one: their number and spread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+}
+
+/// The spread of a cell's repeats (the cell shows their median).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Spread {
+    pub runs: u32,
+    pub mbit_min: f64,
+    pub mbit_max: f64,
+    pub steady_min: Option<f64>,
+    pub steady_max: Option<f64>,
+    /// Median of the runs' bottleneck-queue drops.
+    pub queue_drops_median: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The contender's TCP sockets at mid-run (`ss -ti`). The sender is namespace B (downloads).
@@ -200,6 +229,9 @@ impl RunResult {
             tcp: TcpSample::default(),
             seconds_taken: 0.0,
             notes: Vec::new(),
+            repeat: 0,
+            bottleneck: None,
+            spread: None,
         }
     }
 }

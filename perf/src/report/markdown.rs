@@ -5,7 +5,8 @@
 
 use super::relative;
 use super::tables::{
-    congestion_table, emulator_table, profile_table, targets_table, throughput_table, ttfb_table,
+    congestion_table, emulator_table, profile_table, queue_table, targets_table, throughput_table,
+    ttfb_table,
 };
 use crate::grid::results::GridResults;
 use std::fmt::Write as _;
@@ -76,13 +77,16 @@ pub(super) fn markdown(
         s,
         "Method: each run is {} s of download (the server in namespace B sends, the client in A \
          counts); the figure is the receiver's goodput over those {} s, slow start included \
-         (\"steady\", from {} s on, is in grid.csv). Paths: `mtcp-perf wan` with a 1 Gbit/s \
+         (\"steady\": from {} s on, after slow start). The cells behind a target ran {} times, \
+         interleaved with the other contenders of their path; they show the median and, in \
+         brackets, the range. Paths: `mtcp-perf wan` with a 1 Gbit/s \
          bottleneck (100 ms drop-tail queue), delay = RTT/2 each way, Bernoulli loss both ways, \
          seed {}, MTU 1500; the capped path polices every 5-tuple to 20 Mbit/s. tcp_wmem {}, \
          tcp_rmem {}. mtcpd: {}. MPTCP: {}. kcptun {}: `{}`.\n",
         st.seconds,
         st.seconds,
         st.warmup_seconds,
+        st.repeats,
         st.seed,
         m.tcp_wmem.as_deref().unwrap_or("?"),
         m.tcp_rmem.as_deref().unwrap_or("?"),
@@ -93,6 +97,7 @@ pub(super) fn markdown(
     );
     throughput_table(&mut s, res);
     targets_table(&mut s, res);
+    queue_table(&mut s, res);
     profile_table(&mut s, res);
     ttfb_table(&mut s, res);
     congestion_table(&mut s, res);

@@ -15,7 +15,7 @@ mod doc;
 mod markdown;
 mod tables;
 
-use crate::grid::results::{GridResults, PathResult, RunResult};
+use crate::grid::results::{GridResults, PathResult, RunResult, Spread};
 use anyhow::{Context, Result};
 use charts::{scaling_chart, throughput_chart, ttfb_chart};
 use clap::Args;
@@ -56,8 +56,11 @@ pub fn main(a: ReportArgs) -> Result<i32> {
 /// Write every output of a grid into `out`, and the markdown section into `doc` if given.
 pub fn generate(res: &GridResults, out: &Path, doc: Option<&Path>) -> Result<()> {
     std::fs::create_dir_all(out)?;
+    // The CSV keeps every repeat; tables and plots show each cell's median.
     std::fs::write(out.join("grid.csv"), runs_csv(res))?;
     std::fs::write(out.join("ttfb.csv"), ttfb_csv(res))?;
+    let folded = fold_repeats(res);
+    let res = &folded;
     let mut plots = Vec::new();
     for cc in ccs(res) {
         let f = format!("throughput-{cc}.svg");
@@ -92,6 +95,91 @@ pub fn generate(res: &GridResults, out: &Path, doc: Option<&Path>) -> Result<()>
         out.display()
     );
     Ok(())
+}
+
+/// The median of `v` (the mean of the middle two for an even count); `None` when empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// `res` with the repeats of every cell (same path, contender and congestion control) folded
+/// into one run: the figures are the medians of the successful repeats, `spread` says how many
+/// there were and their range. A cell whose repeats all failed keeps its first run.
+fn fold_repeats(res: &GridResults) -> GridResults {
+    let mut out = res.clone();
+    for p in &mut out.paths {
+        let mut folded: Vec<RunResult> = Vec::new();
+        for r in &p.runs {
+            if folded.iter().any(|f| f.id == r.id && f.cc == r.cc) {
+                continue;
+            }
+            let group: Vec<&RunResult> = p
+                .runs
+                .iter()
+                .filter(|x| x.id == r.id && x.cc == r.cc)
+                .collect();
+            let ok: Vec<&RunResult> = group
+                .iter()
+                .copied()
+                .filter(|x| x.status == "ok" && x.mbit_s.is_some())
+                .collect();
+            if group.len() < 2 || ok.is_empty() {
+                folded.push(r.clone());
+                continue;
+            }
+            let whole: Vec<f64> = ok.iter().filter_map(|x| x.mbit_s).collect();
+            let steady: Vec<f64> = ok.iter().filter_map(|x| x.steady_mbit_s).collect();
+            let m = median(whole.clone()).unwrap_or_default();
+            // The run closest to the median stands for the cell (profile, sockets, CPU).
+            let mut rep = ok
+                .iter()
+                .min_by(|a, b| {
+                    let d = |x: &RunResult| (x.mbit_s.unwrap_or_default() - m).abs();
+                    d(a).total_cmp(&d(b))
+                })
+                .map(|x| (*x).clone())
+                .unwrap_or_else(|| r.clone());
+            rep.mbit_s = Some(m);
+            rep.steady_mbit_s = median(steady.clone());
+            let drops: Vec<f64> = ok
+                .iter()
+                .filter_map(|x| x.bottleneck.map(|b| b.drop_queue as f64))
+                .collect();
+            let mm = |v: &[f64]| {
+                (
+                    v.iter().copied().reduce(f64::min),
+                    v.iter().copied().reduce(f64::max),
+                )
+            };
+            let (lo, hi) = mm(&whole);
+            let (slo, shi) = mm(&steady);
+            rep.spread = Some(Spread {
+                runs: ok.len() as u32,
+                mbit_min: lo.unwrap_or_default(),
+                mbit_max: hi.unwrap_or_default(),
+                steady_min: slo,
+                steady_max: shi,
+                queue_drops_median: median(drops).map(|d| d.round() as u64),
+            });
+            let failed = group.len() - ok.len();
+            if failed > 0 {
+                rep.notes
+                    .push(format!("{failed} of {} repeats failed", group.len()));
+            }
+            folded.push(rep);
+        }
+        p.runs = folded;
+    }
+    out
 }
 
 fn ccs(res: &GridResults) -> Vec<String> {
@@ -296,6 +384,7 @@ mod tests {
                 seconds: 8.0,
                 drain_seconds: 1.0,
                 warmup_seconds: 2.0,
+                repeats: 1,
                 ttfb_samples: 20,
                 seed: 1,
                 direction: String::new(),
@@ -332,6 +421,86 @@ mod tests {
         if std::env::var_os("KEEP_REPORT_TEST").is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    /// Repeats fold into their median with the range as the spread; a single run stays as is.
+    #[test]
+    fn repeats_fold_into_median_and_spread() {
+        use crate::grid::results::*;
+        let run = |id: &str, v: f64, q: u64| {
+            let mut r = RunResult::skipped(id, "mtcpd", 8, Some("bbr"), "");
+            r.status = "ok".into();
+            r.mbit_s = Some(v);
+            r.steady_mbit_s = Some(v + 1.0);
+            r.bottleneck = Some(crate::wan::LiveCounters {
+                drop_queue: q,
+                ..Default::default()
+            });
+            r
+        };
+        let mut failed = run("mtcpd-8", 1.0, 0);
+        failed.status = "failed".into();
+        let path = PathResult {
+            id: "p".into(),
+            label: "p".into(),
+            rtt_ms: 100,
+            loss_pct: 0.0,
+            rate_mbit: 1000,
+            flow_cap_mbit: None,
+            impairment: String::new(),
+            lab: String::new(),
+            error: None,
+            emulator: Vec::new(),
+            runs: vec![
+                run("mtcpd-8", 300.0, 10),
+                run("direct-1", 50.0, 1),
+                run("mtcpd-8", 100.0, 30),
+                run("mtcpd-8", 200.0, 20),
+                failed,
+            ],
+            ttfb: Vec::new(),
+        };
+        let res = GridResults {
+            schema: SCHEMA,
+            mode: "quick".into(),
+            started_utc: String::new(),
+            finished_utc: None,
+            wall_seconds: 0.0,
+            complete: true,
+            command: String::new(),
+            machine: Machine::default(),
+            settings: Settings {
+                seconds: 20.0,
+                drain_seconds: 1.0,
+                warmup_seconds: 5.0,
+                repeats: 3,
+                ttfb_samples: 0,
+                seed: 1,
+                direction: String::new(),
+                mtcpd_config: String::new(),
+                kcptun_args: String::new(),
+                mptcp_setup: String::new(),
+            },
+            paths: vec![path],
+        };
+        let f = fold_repeats(&res);
+        let runs = &f.paths[0].runs;
+        assert_eq!(runs.len(), 2);
+        let m = &runs[0];
+        assert_eq!(m.mbit_s, Some(200.0));
+        assert_eq!(m.steady_mbit_s, Some(201.0));
+        let sp = m.spread.as_ref().unwrap();
+        assert_eq!((sp.runs, sp.mbit_min, sp.mbit_max), (3, 100.0, 300.0));
+        assert_eq!(sp.queue_drops_median, Some(20));
+        assert!(m.notes.iter().any(|n| n.contains("1 of 4 repeats failed")));
+        assert!(runs[1].spread.is_none());
+        assert_eq!(median(vec![1.0, 4.0, 2.0, 3.0]), Some(2.5));
+        let mut md = String::new();
+        tables::throughput_table(&mut md, &f);
+        assert!(
+            md.contains("200 (100–300, 3 runs)<br>4.00× 1 bbr flow"),
+            "{md}"
+        );
     }
 
     /// `grid.json` files written by earlier grids (committed under results/) still load, and

@@ -7,7 +7,7 @@
 use super::impair::{Pipe, Stats};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -15,11 +15,31 @@ const MAX_WAIT_NS: u64 = 50_000_000;
 const BATCH: usize = 256;
 const POOL: usize = 1024;
 
+/// The counters a running forwarder publishes after every wake-up, so that a caller can take
+/// the difference over one run while the lab stays up (the grid's per-contender queue drops).
+#[derive(Debug, Default)]
+pub struct Live {
+    pub packets_out: AtomicU64,
+    pub drop_loss: AtomicU64,
+    pub drop_queue: AtomicU64,
+    pub drop_flow: AtomicU64,
+}
+
+impl Live {
+    fn publish(&self, s: &Stats) {
+        self.packets_out.store(s.packets_out, Ordering::Relaxed);
+        self.drop_loss.store(s.drop_loss, Ordering::Relaxed);
+        self.drop_queue.store(s.drop_queue, Ordering::Relaxed);
+        self.drop_flow.store(s.drop_flow, Ordering::Relaxed);
+    }
+}
+
 fn now_ns(base: Instant) -> u64 {
     base.elapsed().as_nanos() as u64
 }
 
-/// Start forwarding `src` → `dst` through `pipe`.
+/// Start forwarding `src` → `dst` through `pipe`, publishing its counters to `live`.
+#[allow(clippy::too_many_arguments)] // one call site per direction; a struct would only rename them
 pub fn spawn(
     name: &str,
     src: Arc<OwnedFd>,
@@ -28,6 +48,7 @@ pub fn spawn(
     mtu: usize,
     stop: Arc<AtomicBool>,
     base: Instant,
+    live: Arc<Live>,
 ) -> std::io::Result<JoinHandle<Stats>> {
     std::thread::Builder::new()
         .name(format!("wan-{name}"))
@@ -46,6 +67,7 @@ pub fn spawn(
                 }
             };
             while !stop.load(Ordering::Relaxed) {
+                live.publish(&pipe.stats);
                 let now = now_ns(base);
                 pipe.advance(now);
                 while let Some(p) = pipe.pop_due(now) {

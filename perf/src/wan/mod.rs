@@ -183,6 +183,8 @@ pub(crate) fn install_signals() {
 /// The running forwarders; dropping stops and joins them (before the lab's fds close).
 struct Forwarders {
     stop: Arc<AtomicBool>,
+    /// Live counters of a2b and b2a, in that order.
+    live: [Arc<forward::Live>; 2],
     threads: Vec<(String, JoinHandle<Stats>)>,
     stats: Vec<(String, Stats)>,
 }
@@ -207,8 +209,10 @@ impl Forwarders {
         let base = Instant::now();
         let net = Some(lab.addrs.subnet);
         let mtu = mtu as usize;
+        let live = [Arc::default(), Arc::default()];
         let mut f = Forwarders {
             stop: stop.clone(),
+            live: live.clone(),
             threads: Vec::new(),
             stats: Vec::new(),
         };
@@ -220,11 +224,20 @@ impl Forwarders {
         let p2 = impair::Pipe::new(b2a, seed ^ 0x5bd1_e995_0000_0001, net);
         f.threads.push((
             "a2b".into(),
-            forward::spawn("a2b", ta.clone(), tb.clone(), p1, mtu, stop.clone(), base)?,
+            forward::spawn(
+                "a2b",
+                ta.clone(),
+                tb.clone(),
+                p1,
+                mtu,
+                stop.clone(),
+                base,
+                live[0].clone(),
+            )?,
         ));
         f.threads.push((
             "b2a".into(),
-            forward::spawn("b2a", tb, ta, p2, mtu, stop, base)?,
+            forward::spawn("b2a", tb, ta, p2, mtu, stop, base, live[1].clone())?,
         ));
         Ok(f)
     }
@@ -399,6 +412,27 @@ pub(crate) struct DirStats {
     pub tun_ring_drops: Option<u64>,
 }
 
+/// One direction's counters at one moment, or their difference over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LiveCounters {
+    pub packets_out: u64,
+    pub drop_loss: u64,
+    pub drop_queue: u64,
+    pub drop_flow: u64,
+}
+
+impl LiveCounters {
+    /// What was counted between `earlier` and `self`.
+    pub(crate) fn since(self, earlier: LiveCounters) -> LiveCounters {
+        LiveCounters {
+            packets_out: self.packets_out.saturating_sub(earlier.packets_out),
+            drop_loss: self.drop_loss.saturating_sub(earlier.drop_loss),
+            drop_queue: self.drop_queue.saturating_sub(earlier.drop_queue),
+            drop_flow: self.drop_flow.saturating_sub(earlier.drop_flow),
+        }
+    }
+}
+
 /// A lab brought up in-process (for the benchmark grid): namespaces, TUN devices and the two
 /// forwarders. Dropping it stops the forwarders, kills every process left in the namespaces
 /// and deletes them, like `wan run` does.
@@ -426,6 +460,20 @@ impl RunningLab {
             lab: Some(lab),
             description,
         })
+    }
+
+    /// The counters of direction B→A (server to client: the data of a download) so far.
+    pub(crate) fn b2a_counters(&self) -> LiveCounters {
+        let Some(f) = &self.fwd else {
+            return LiveCounters::default();
+        };
+        let l = &f.live[1];
+        LiveCounters {
+            packets_out: l.packets_out.load(Ordering::Relaxed),
+            drop_loss: l.drop_loss.load(Ordering::Relaxed),
+            drop_queue: l.drop_queue.load(Ordering::Relaxed),
+            drop_flow: l.drop_flow.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether a forwarder thread has stopped by itself (the lab is no longer valid).

@@ -1,0 +1,166 @@
+//! The simulator's shared bottleneck: N tunnels behind one drop-tail queue fill it and lose
+//! segments to it; random loss drops about its share; every byte still arrives intact and in
+//! order (the TCP model retransmits), and no more than the link rate gets through.
+
+mod support;
+
+use std::time::Duration;
+
+use mtcpd_engine::Config;
+use mtcpd_engine::sim::bottleneck::{BottleneckSpec, BottleneckStats};
+use mtcpd_engine::sim::{LinkSpec, SimPair};
+use support::{FlowSpec, Workload};
+
+struct Outcome {
+    stats: BottleneckStats,
+    elapsed: Duration,
+    retransmits: u64,
+}
+
+/// Sends `bytes` client→server over `tunnels` tunnels (50 ms each way) behind `spec`.
+fn bulk(tunnels: usize, spec: BottleneckSpec, bytes: u64, seed: u64) -> Outcome {
+    let config = Config {
+        psk: b"k".to_vec(),
+        stream_window: 32 << 20,
+        session_window: 64 << 20,
+        ..Config::default()
+    };
+    let links = vec![LinkSpec::new(50, 100.0); tunnels];
+    let mut pair = SimPair::new(config.clone(), config, &links, seed)
+        .plaintext()
+        .with_bottleneck(spec);
+    let mut w = Workload::new(vec![FlowSpec::bulk(bytes, 0)]);
+    assert!(
+        pair.run(Duration::from_secs(300), |p| w.step(p)),
+        "transfer did not finish: {:?}",
+        w.errors
+    );
+    w.verify().unwrap();
+    let retransmits = (0..tunnels)
+        .filter_map(|t| pair.tunnel_tcp(t, 0))
+        .map(|(r, _)| r)
+        .sum();
+    Outcome {
+        stats: pair.bottleneck_stats(0).unwrap(),
+        elapsed: pair.elapsed(),
+        retransmits,
+    }
+}
+
+#[test]
+fn eight_tunnels_fill_a_shared_drop_tail_queue_and_lose_segments_to_it() {
+    // 50 Mbit/s, a 20 ms queue (125 kB), no random loss: eight slow starts overrun it.
+    let spec = BottleneckSpec::new(50.0, 20, 0.0);
+    let o = bulk(8, spec, 16 << 20, 1);
+    eprintln!(
+        "8 tunnels: {:?} in {:?}, {} retransmits",
+        o.stats, o.elapsed, o.retransmits
+    );
+    assert_eq!(o.stats.drops_loss, 0);
+    assert!(o.stats.drops_queue > 0, "{:?}", o.stats);
+    assert!(
+        o.stats.max_queue + spec.mss > spec.queue,
+        "the queue never filled: {:?}",
+        o.stats
+    );
+    assert!(o.stats.max_queue <= spec.queue);
+    assert_eq!(o.retransmits, o.stats.drops_queue);
+    // Never faster than the link: 16 MiB at 50 Mbit/s takes at least 2.7 s.
+    let floor = (16u64 << 20) as f64 / spec.rate;
+    assert!(o.elapsed.as_secs_f64() > floor, "{:?}", o.elapsed);
+}
+
+#[test]
+fn random_loss_drops_about_its_share_with_a_queue_that_never_fills() {
+    // A queue far larger than 8 windows can fill here: only random loss drops.
+    let spec = BottleneckSpec {
+        queue: 64 << 20,
+        ..BottleneckSpec::new(50.0, 0, 0.01)
+    };
+    let o = bulk(8, spec, 8 << 20, 2);
+    eprintln!("1 % loss: {:?} in {:?}", o.stats, o.elapsed);
+    assert_eq!(o.stats.drops_queue, 0);
+    let share = o.stats.drops_loss as f64 / o.stats.segments as f64;
+    assert!((0.004..0.02).contains(&share), "loss share {share}");
+    assert_eq!(o.retransmits, o.stats.drops_loss);
+}
+
+#[test]
+fn the_bottleneck_is_deterministic_for_a_seed() {
+    let spec = BottleneckSpec::new(50.0, 20, 0.005);
+    let a = bulk(4, spec, 4 << 20, 7);
+    let b = bulk(4, spec, 4 << 20, 7);
+    assert_eq!(a.stats, b.stats);
+    assert_eq!(a.elapsed, b.elapsed);
+}
+
+/// Sends `bytes` client→server over 8 tunnels (50 ms each way) behind `spec`, with or
+/// without coupled pacing; the bottleneck's counters and the goodput (bytes/s).
+fn coupled_run(
+    coupled: bool,
+    spec: BottleneckSpec,
+    bytes: u64,
+    seed: u64,
+) -> (BottleneckStats, f64) {
+    let config = Config {
+        psk: b"k".to_vec(),
+        stream_window: 32 << 20,
+        session_window: 64 << 20,
+        // Both contenders start from the same modest assumption (the daemon reads TCP_INFO).
+        initial_rate: 1e6,
+        coupled_pacing: coupled,
+        ..Config::default()
+    };
+    let links = vec![LinkSpec::new(50, 100.0); 8];
+    let mut pair = SimPair::new(config.clone(), config, &links, seed)
+        .plaintext()
+        .with_bottleneck(spec);
+    let mut w = Workload::new(vec![FlowSpec::bulk(bytes, 0)]);
+    assert!(
+        pair.run(Duration::from_secs(600), |p| w.step(p)),
+        "{:?}",
+        w.errors
+    );
+    w.verify().unwrap();
+    let stats = pair.bottleneck_stats(0).unwrap();
+    (stats, bytes as f64 / pair.elapsed().as_secs_f64())
+}
+
+#[test]
+fn coupled_pacing_drops_far_fewer_at_a_clean_shared_bottleneck_without_losing_goodput() {
+    let spec = BottleneckSpec::new(50.0, 50, 0.0);
+    let (u, ug) = coupled_run(false, spec, 48 << 20, 3);
+    let (c, cg) = coupled_run(true, spec, 48 << 20, 3);
+    eprintln!(
+        "clean: uncoupled {:?} {:.1} Mbit/s; coupled {:?} {:.1} Mbit/s",
+        u,
+        ug * 8e-6,
+        c,
+        cg * 8e-6
+    );
+    assert!(
+        c.drops_queue * 4 < u.drops_queue,
+        "coupled {} vs uncoupled {} queue drops",
+        c.drops_queue,
+        u.drops_queue
+    );
+    assert!(cg >= ug * 0.97, "goodput coupled {cg} vs uncoupled {ug}");
+}
+
+/// Under random loss the cap costs goodput in this model (0.91× of uncoupled at seed 4: data
+/// held behind a tunnel's loss recovery counts as unacknowledged, so the cap binds). This is
+/// why `coupled_pacing` is off by default; the test pins the cost so a change shows up.
+#[test]
+fn coupled_pacing_costs_at_most_a_tenth_of_goodput_under_random_loss() {
+    let spec = BottleneckSpec::new(50.0, 50, 0.01);
+    let (u, ug) = coupled_run(false, spec, 24 << 20, 4);
+    let (c, cg) = coupled_run(true, spec, 24 << 20, 4);
+    eprintln!(
+        "1 %: uncoupled {:?} {:.1} Mbit/s; coupled {:?} {:.1} Mbit/s",
+        u,
+        ug * 8e-6,
+        c,
+        cg * 8e-6
+    );
+    assert!(cg >= ug * 0.88, "goodput coupled {cg} vs uncoupled {ug}");
+}
