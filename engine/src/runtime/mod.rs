@@ -34,6 +34,7 @@ mod driver_choice;
 mod event_loop;
 mod io;
 mod local;
+mod local_queue;
 pub mod options;
 mod rejection_log;
 mod repeat_log;

@@ -176,50 +176,63 @@ enum Entry<D: Driver> {
     /// Server: tunnels connect here.
     TunnelListener { sock: D::Listener },
     /// Client: applications speaking a proxy protocol connect here.
-    ProxyListener { sock: D::Listener, kind: ProxyKind },
+    /// (`kind` is boxed: it may carry credentials, and [`Entry`] stays small.)
+    ProxyListener {
+        sock: D::Listener,
+        kind: Box<ProxyKind>,
+    },
     /// Client: a proxy connection whose request is not complete (or whose stream cannot be
     /// opened yet).
     Proxy(Box<ProxyConn<D>>),
     /// Server (worker 0): users of reverse service `index` connect here.
     ReverseListener { sock: D::Listener, index: usize },
     /// Server: a tunnel connection whose handshake (in the endpoint) is in progress.
-    Pending {
-        sock: D::Stream,
-        handshake: HandshakeKey,
-        /// Its record layer (the TLS handshake comes first).
-        tls: TunnelTls,
-        /// Bytes read from the socket, not yet through `tls`.
-        received: BytesMut,
-        /// Plaintext: the mtcpd handshake.
-        rx: BytesMut,
-        /// Ciphertext to write.
-        tx: Outbox,
-        peer: SocketAddr,
-        /// Known to belong on this worker (its session id was read, or there is one worker).
-        routed: bool,
-        /// When a worker accepted it (the pre-auth deadline runs from here).
-        accepted_at: Instant,
-    },
+    Pending(Box<PendingConn<D>>),
     /// A tunnel of a session.
-    Tunnel {
-        sock: D::Stream,
-        session: SessionKey,
-        slot: usize,
-        /// Its record layer (client: the TLS handshake runs after the TCP connect, and the
-        /// session hears `tunnel_connected` once it is done).
-        tls: TunnelTls,
-        /// Bytes read from the socket, not yet through `tls`.
-        received: BytesMut,
-        /// Plaintext for the session.
-        rx: BytesMut,
-        /// Ciphertext to write.
-        tx: Outbox,
-        connecting: bool,
-    },
+    Tunnel(Box<TunnelConn<D>>),
     /// An application connection (client) or target connection (server) carrying a stream.
     App(Box<AppConn<D>>),
     /// An in-process stream (no socket).
     Local(Box<LocalConn>),
+}
+
+/// A server's tunnel connection whose handshake is in progress (boxed in [`Entry`], which stays
+/// small: every idle stream pays for one slab slot).
+#[derive(Debug)]
+struct PendingConn<D: Driver> {
+    sock: D::Stream,
+    handshake: HandshakeKey,
+    /// Its record layer (the TLS handshake comes first).
+    tls: TunnelTls,
+    /// Bytes read from the socket, not yet through `tls`.
+    received: BytesMut,
+    /// Plaintext: the mtcpd handshake.
+    rx: BytesMut,
+    /// Ciphertext to write.
+    tx: Outbox,
+    peer: SocketAddr,
+    /// Known to belong on this worker (its session id was read, or there is one worker).
+    routed: bool,
+    /// When a worker accepted it (the pre-auth deadline runs from here).
+    accepted_at: Instant,
+}
+
+/// A tunnel of a session (boxed in [`Entry`]).
+#[derive(Debug)]
+struct TunnelConn<D: Driver> {
+    sock: D::Stream,
+    session: SessionKey,
+    slot: usize,
+    /// Its record layer (client: the TLS handshake runs after the TCP connect, and the
+    /// session hears `tunnel_connected` once it is done).
+    tls: TunnelTls,
+    /// Bytes read from the socket, not yet through `tls`.
+    received: BytesMut,
+    /// Plaintext for the session.
+    rx: BytesMut,
+    /// Ciphertext to write.
+    tx: Outbox,
+    connecting: bool,
 }
 
 enum Role {
@@ -399,7 +412,10 @@ impl<D: Driver> EventLoop<D> {
                         metrics_forward,
                     })?
                 }
-                ListenerRole::Proxy(kind) => el.add(Entry::ProxyListener { sock, kind })?,
+                ListenerRole::Proxy(kind) => el.add(Entry::ProxyListener {
+                    sock,
+                    kind: Box::new(kind),
+                })?,
             };
         }
         // The new session asks for its tunnels to be dialed.
@@ -418,16 +434,15 @@ impl<D: Driver> EventLoop<D> {
             | Entry::ProxyListener { sock, .. }
             | Entry::ReverseListener { sock, .. } => self.io.register_listener(sock, key)?,
             Entry::Proxy(proxy) => self.io.register_stream(&mut proxy.sock, key, false)?,
-            Entry::Pending { sock, .. } => {
+            Entry::Pending(p) => {
+                let sock = &mut p.sock;
                 // Until it is a session's, a connection is read in small pieces.
                 self.io.handshake_buffers(sock, true);
                 self.io.register_stream(sock, key, false)?
             }
-            Entry::Tunnel {
-                sock, connecting, ..
-            } => {
-                self.io.handshake_buffers(sock, false);
-                self.io.register_stream(sock, key, *connecting)?
+            Entry::Tunnel(t) => {
+                self.io.handshake_buffers(&mut t.sock, false);
+                self.io.register_stream(&mut t.sock, key, t.connecting)?
             }
             Entry::App(app) => self
                 .io
@@ -448,9 +463,8 @@ impl<D: Driver> EventLoop<D> {
                 self.proxies.handshake_ended();
                 self.io.deregister_stream(&mut proxy.sock)
             }
-            Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
-                self.io.deregister_stream(sock)
-            }
+            Entry::Pending(p) => self.io.deregister_stream(&mut p.sock),
+            Entry::Tunnel(t) => self.io.deregister_stream(&mut t.sock),
             Entry::App(app) => {
                 self.metrics.connection_done(app);
                 self.io.deregister_stream(&mut app.sock)
@@ -617,8 +631,8 @@ impl<D: Driver> EventLoop<D> {
             Entry::AppListener { .. } => self.accept_apps(key),
             Entry::TunnelListener { .. } => self.accept_tunnels(key),
             Entry::ReverseListener { .. } => self.accept_reverse(key),
-            Entry::Pending { .. } => self.on_pending(key, readable, writable),
-            Entry::Tunnel { .. } => self.on_tunnel(key, readable, writable),
+            Entry::Pending(_) => self.on_pending(key, readable, writable),
+            Entry::Tunnel(_) => self.on_tunnel(key, readable, writable),
             Entry::App(_) => self.on_app(key, readable, writable),
             Entry::ProxyListener { .. } => self.accept_proxies(key),
             Entry::Proxy(_) => self.on_proxy(key),
@@ -630,4 +644,17 @@ impl<D: Driver> EventLoop<D> {
 /// A session id, shortened for logs.
 fn hex(id: &[u8]) -> String {
     id.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod entry_size {
+    /// Every stream (socket or in-process) holds one slab slot of [`super::Entry`], and the
+    /// slab's spare capacity after a growth is up to as much again: the big variants are boxed.
+    #[test]
+    fn an_entry_is_small() {
+        let mio = size_of::<super::Entry<crate::runtime::io::Mio>>();
+        let uring = size_of::<super::Entry<crate::runtime::uring::Uring>>();
+        println!("Entry: mio {mio} B, io_uring {uring} B");
+        assert!(mio <= 40 && uring <= 48, "Entry grew: mio {mio} B, io_uring {uring} B");
+    }
 }
