@@ -74,7 +74,7 @@ fn stream() -> (AsyncMtcpStream, LoopEnds, Arc<Hub>) {
 #[test]
 fn reader_is_never_left_pending() {
     const CHUNKS: u64 = 50_000;
-    let (app, mut ends, _hub) = stream();
+    let (app, ends, _hub) = stream();
     let (mut read, _write) = app.into_split();
     let filler = thread::spawn(move || {
         let mut sent_sum = 0u64;
@@ -118,7 +118,7 @@ fn reader_is_never_left_pending() {
 #[test]
 fn writer_is_never_left_pending() {
     const WRITES: u64 = 50_000;
-    let (app, mut ends, _hub) = stream();
+    let (app, ends, _hub) = stream();
     let (_read, mut write) = app.into_split();
     let drainer = thread::spawn(move || {
         let mut got = 0u64;

@@ -32,6 +32,7 @@ mod accept;
 mod app;
 mod backends;
 mod connect_wait;
+mod linger;
 mod local_streams;
 mod metrics;
 mod pending;
@@ -233,6 +234,10 @@ struct TunnelConn<D: Driver> {
     /// Ciphertext to write.
     tx: Outbox,
     connecting: bool,
+    /// Its session closed: it only writes its last bytes, until this deadline ([`linger`]).
+    closing: Option<Instant>,
+    /// Lingering: everything was written and the write side shut down.
+    write_shut: bool,
 }
 
 enum Role {
@@ -289,6 +294,8 @@ pub(super) struct EventLoop<D: Driver> {
     pool_log: pool_log::PoolLog,
     /// Streams reset because the drain timeout ran out, all workers together.
     streams_cut: Arc<AtomicU64>,
+    /// Tunnels of closed sessions writing their last bytes, and until when ([`linger`]).
+    lingering: Vec<(usize, Instant)>,
     /// Client: application connections reset or dropped while waiting, not yet reported.
     connect_wait_log: connect_wait::ConnectWaitLog,
     /// Refused targets (server: its refusals; client: the server's, per forward), aggregated.
@@ -368,6 +375,7 @@ impl<D: Driver> EventLoop<D> {
             metrics: metrics::WorkerMetrics::new(ctx.worker, ctx.stats),
             pool_log: pool_log::PoolLog::default(),
             streams_cut: ctx.streams_cut,
+            lingering: Vec::new(),
             connect_wait_log: connect_wait::ConnectWaitLog::default(),
             target_refusals: target_refusals::TargetRefusals::default(),
         }
@@ -518,7 +526,8 @@ impl<D: Driver> EventLoop<D> {
             self.report_target_refusals(now);
             self.flush_rejections(now);
             self.retry_accepts(Instant::now());
-            if self.stop.load(Ordering::SeqCst) && self.drain(now) {
+            self.expire_lingering(now);
+            if self.stop.load(Ordering::SeqCst) && self.drain(now) && self.lingering.is_empty() {
                 tracing::info!("stopped");
                 return;
             }
@@ -548,6 +557,9 @@ impl<D: Driver> EventLoop<D> {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if let Some(at) = self.next_waiting_deadline() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.next_lingering_deadline() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if self.mailbox.retry() {
@@ -655,6 +667,9 @@ mod entry_size {
         let mio = size_of::<super::Entry<crate::runtime::io::Mio>>();
         let uring = size_of::<super::Entry<crate::runtime::uring::Uring>>();
         println!("Entry: mio {mio} B, io_uring {uring} B");
-        assert!(mio <= 40 && uring <= 48, "Entry grew: mio {mio} B, io_uring {uring} B");
+        assert!(
+            mio <= 40 && uring <= 48,
+            "Entry grew: mio {mio} B, io_uring {uring} B"
+        );
     }
 }

@@ -160,6 +160,8 @@ impl<D: Driver> EventLoop<D> {
                     rx,
                     tx,
                     connecting: false,
+                    closing: None,
+                    write_shut: false,
                 }));
                 match self.add(entry) {
                     Ok(tk) => {

@@ -20,6 +20,9 @@ use crate::tls::{TlsError, TunnelTls};
 
 impl<D: Driver> EventLoop<D> {
     pub(super) fn on_tunnel(&mut self, key: usize, readable: bool, writable: bool) {
+        if self.flush_lingering(key) {
+            return;
+        }
         let now = Instant::now();
         let Some(Entry::Tunnel(conn)) = self.entries.get_mut(key) else {
             return;
@@ -249,6 +252,8 @@ impl<D: Driver> EventLoop<D> {
                         rx: BytesMut::new(),
                         tx: Outbox::default(),
                         connecting: true,
+                        closing: None,
+                        write_shut: false,
                     }));
                     match self.add(entry) {
                         Ok(k) => {
