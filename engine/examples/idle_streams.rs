@@ -65,7 +65,12 @@ fn round(io: &str, n: usize) -> Round {
         held.push(client.open_stream(None).unwrap());
     }
     for _ in 0..n {
-        held.push(server.accept_timeout(Duration::from_secs(60)).unwrap().stream);
+        held.push(
+            server
+                .accept_timeout(Duration::from_secs(60))
+                .unwrap()
+                .stream,
+        );
     }
     for i in 0..n.min(1000) {
         let msg = [i as u8; 16];
