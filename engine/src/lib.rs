@@ -7,6 +7,7 @@
 // What an embedder uses: the runtime (daemon or in-process streams), the sans-IO endpoint and
 // session for bringing your own I/O, their configuration and errors.
 pub mod config;
+mod drained;
 pub mod endpoint;
 pub mod error;
 pub mod proxy;

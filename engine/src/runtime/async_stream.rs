@@ -193,8 +193,8 @@ impl AsyncReadHalf {
             if self.inner.try_fill()? {
                 return Poll::Ready(Ok(()));
             }
-            let (shared, ring) = (&self.inner.shared, &self.inner.ring);
-            if !shared.register_task(READER, cx.waker(), || ReadHalf::readable(shared, ring)) {
+            let shared = &self.inner.shared;
+            if !shared.register_task(READER, cx.waker(), || ReadHalf::readable(shared)) {
                 return Poll::Pending;
             }
         }
@@ -239,8 +239,8 @@ impl AsyncWriteHalf {
             if let Some(n) = self.inner.try_push(src)? {
                 return Poll::Ready(Ok(n));
             }
-            let (shared, ring) = (&self.inner.shared, &self.inner.ring);
-            if !shared.register_task(WRITER, cx.waker(), || WriteHalf::writable(shared, ring)) {
+            let shared = &self.inner.shared;
+            if !shared.register_task(WRITER, cx.waker(), || WriteHalf::writable(shared)) {
                 return Poll::Pending;
             }
         }

@@ -74,7 +74,7 @@ fn stream() -> (AsyncMtcpStream, LoopEnds, Arc<Hub>) {
 #[test]
 fn reader_is_never_left_pending() {
     const CHUNKS: u64 = 50_000;
-    let (app, mut ends, _hub) = stream();
+    let (app, ends, _hub) = stream();
     let (mut read, _write) = app.into_split();
     let filler = thread::spawn(move || {
         let mut sent_sum = 0u64;
@@ -87,7 +87,7 @@ fn reader_is_never_left_pending() {
                 std::hint::spin_loop();
             }
             ends.shared.rx_bytes.fetch_add(chunk.len(), SeqCst);
-            ends.to_app.push(chunk).expect("a free slot");
+            assert!(ends.shared.to_app.push(chunk).is_ok(), "a free slot");
             ends.shared.wake_reader();
         }
         ends.shared.set(PEER_FIN);
@@ -118,21 +118,21 @@ fn reader_is_never_left_pending() {
 #[test]
 fn writer_is_never_left_pending() {
     const WRITES: u64 = 50_000;
-    let (app, mut ends, _hub) = stream();
+    let (app, ends, _hub) = stream();
     let (_read, mut write) = app.into_split();
     let drainer = thread::spawn(move || {
         let mut got = 0u64;
         loop {
-            match ends.from_app.pop() {
-                Ok(chunk) => {
+            match ends.shared.to_loop.pop() {
+                Some(chunk) => {
                     got += chunk.len() as u64;
                     ends.shared.tx_bytes.fetch_sub(chunk.len(), SeqCst);
                     ends.shared.wake_writer();
                 }
-                Err(_) if ends.shared.state() & APP_SHUT != 0 && ends.from_app.is_empty() => {
+                None if ends.shared.state() & APP_SHUT != 0 && ends.shared.to_loop.is_empty() => {
                     return (got, ends);
                 }
-                Err(_) => std::hint::spin_loop(),
+                None => std::hint::spin_loop(),
             }
         }
     });

@@ -1,19 +1,19 @@
 //! In-process streams: the state an application thread shares with the event loop for one
 //! stream that is not backed by any socket, and the blocking [`MtcpStream`] over it.
 //!
-//! Owns: the per-stream shared state ([`StreamShared`]), the two single-producer single-consumer
-//! rings that carry a stream's bytes (application → loop and loop → application, `rtrb` rings
-//! of [`Bytes`] chunks), the parking of blocked readers and writers, and the [`Hub`] through
+//! Owns: the per-stream shared state ([`StreamShared`]) with the two queues that carry a
+//! stream's bytes (application → loop and loop → application, [`ChunkQueue`]s of [`Bytes`]
+//! chunks), the parking of blocked readers and writers, and the [`Hub`] through
 //! which application threads tell their event loop which streams need attention. Must not
 //! touch: sessions, sockets or protocol decisions — the loop side
-//! (`event_loop::local_streams`) moves bytes between these rings and the session exactly as
+//! (`event_loop::local_streams`) moves bytes between these queues and the session exactly as
 //! it does for an application socket.
 //!
 //! # How a stream is shared
-//! - Data: each direction is one `rtrb` ring of at most [`RING_SLOTS`] chunks, and at most
-//!   [`STREAM_BUFFER`] bytes (counted in an atomic, so a writer knows its room without asking
-//!   the loop). The writer end of a ring belongs to exactly one side, the reader end to the
-//!   other: no lock is taken to move bytes.
+//! - Data: each direction is one [`ChunkQueue`] of at most
+//!   [`RING_SLOTS`](super::local_queue::RING_SLOTS) chunks, and at most [`STREAM_BUFFER`]
+//!   bytes (counted in an atomic, so a writer knows its room without asking the loop). One side only pushes, the other only pops; the queue holds no memory while
+//!   empty (`runtime::local_queue`), so an idle stream costs only its [`StreamShared`].
 //! - Flags: one atomic word of state bits (the application finished writing, the peer
 //!   finished, reset codes, why the stream failed).
 //! - Attention: when an application thread gives the loop something to do (bytes written,
@@ -45,14 +45,12 @@ use std::task::Waker as TaskWaker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtrb::{Consumer, Producer, RingBuffer};
 
 use super::Waker;
+use super::local_queue::ChunkQueue;
 
 /// Bytes a stream may hold in each direction between the application and the loop.
 pub(super) const STREAM_BUFFER: usize = 256 * 1024;
-/// Chunks each direction's ring holds (a frame's payload is one chunk; a write is one chunk).
-pub(super) const RING_SLOTS: usize = 16;
 
 // State bits. Set with `fetch_or`, never cleared.
 /// The application finished writing (shutdown, or its write half was dropped).
@@ -148,6 +146,10 @@ pub(super) struct StreamShared {
     pub(super) scheduled: AtomicBool,
     /// The loop's slab key for this stream (`usize::MAX` until it has one). Loop-only.
     pub(super) key: AtomicUsize,
+    /// Bytes the application wrote, for the loop (application → loop).
+    pub(super) to_loop: ChunkQueue,
+    /// Bytes for the application to read (loop → application).
+    pub(super) to_app: ChunkQueue,
     waiters: AtomicU8,
     /// The async tasks waiting, if any (blocked threads wait on `cv`).
     lock: Mutex<WaitingTasks>,
@@ -172,6 +174,8 @@ impl StreamShared {
             rx_blocked: AtomicBool::new(false),
             scheduled: AtomicBool::new(false),
             key: AtomicUsize::new(usize::MAX),
+            to_loop: ChunkQueue::default(),
+            to_app: ChunkQueue::default(),
             waiters: AtomicU8::new(0),
             lock: Mutex::new(WaitingTasks::default()),
             cv: Condvar::new(),
@@ -317,11 +321,8 @@ impl StreamShared {
 /// The loop's ends of one stream. Dropping them detaches the stream.
 #[derive(Debug)]
 pub(super) struct LoopEnds {
+    /// The stream's shared state: the loop pops `to_loop` and pushes `to_app`.
     pub(super) shared: Arc<StreamShared>,
-    /// Bytes the application wrote.
-    pub(super) from_app: Consumer<Bytes>,
-    /// Bytes for the application to read.
-    pub(super) to_app: Producer<Bytes>,
 }
 
 impl Drop for LoopEnds {
@@ -408,28 +409,20 @@ impl Hub {
 /// A new stream: the application's object and the loop's ends.
 pub(super) fn stream_pair(hub: &Arc<Hub>) -> (MtcpStream, LoopEnds) {
     let shared = Arc::new(StreamShared::new());
-    let (to_loop, from_app) = RingBuffer::new(RING_SLOTS);
-    let (to_app, from_loop) = RingBuffer::new(RING_SLOTS);
     let app = MtcpStream {
         read: ReadHalf {
             shared: shared.clone(),
             hub: hub.clone(),
-            ring: from_loop,
             current: Bytes::new(),
             timeout: None,
         },
         write: WriteHalf {
             shared: shared.clone(),
             hub: hub.clone(),
-            ring: to_loop,
             timeout: None,
         },
     };
-    let ends = LoopEnds {
-        shared,
-        from_app,
-        to_app,
-    };
+    let ends = LoopEnds { shared };
     (app, ends)
 }
 
@@ -530,7 +523,6 @@ impl Write for MtcpStream {
 pub struct ReadHalf {
     pub(super) shared: Arc<StreamShared>,
     hub: Arc<Hub>,
-    pub(super) ring: Consumer<Bytes>,
     /// The chunk being read.
     pub(super) current: Bytes,
     timeout: Option<Duration>,
@@ -562,7 +554,7 @@ impl ReadHalf {
 
     /// Takes one chunk from the ring, without blocking.
     pub(super) fn take(&mut self) -> bool {
-        let Ok(chunk) = self.ring.pop() else {
+        let Some(chunk) = self.shared.to_app.pop() else {
             return false;
         };
         self.shared.rx_bytes.fetch_sub(chunk.len(), SeqCst);
@@ -580,14 +572,14 @@ impl ReadHalf {
             if self.try_fill()? {
                 return Ok(());
             }
-            let (shared, ring) = (&self.shared, &self.ring);
-            shared.park(READER, deadline, || Self::readable(shared, ring))?;
+            let shared = &self.shared;
+            shared.park(READER, deadline, || Self::readable(shared))?;
         }
     }
 
     /// Whether a read would not wait: a chunk, the end of the stream or an error is there.
-    pub(super) fn readable(shared: &StreamShared, ring: &Consumer<Bytes>) -> bool {
-        !ring.is_empty() || shared.state() & (PEER_FIN | FAILURES) != 0
+    pub(super) fn readable(shared: &StreamShared) -> bool {
+        !shared.to_app.is_empty() || shared.state() & (PEER_FIN | FAILURES) != 0
     }
 
     /// Makes `current` non-empty, or leaves it empty at the end of the stream (both `true`),
@@ -636,7 +628,6 @@ impl Drop for ReadHalf {
 pub struct WriteHalf {
     pub(super) shared: Arc<StreamShared>,
     hub: Arc<Hub>,
-    pub(super) ring: Producer<Bytes>,
     timeout: Option<Duration>,
 }
 
@@ -693,14 +684,14 @@ impl WriteHalf {
             if let Some(n) = self.try_push(&src)? {
                 return Ok(n);
             }
-            let (shared, ring) = (&self.shared, &self.ring);
-            shared.park(WRITER, deadline, || Self::writable(shared, ring))?;
+            let shared = &self.shared;
+            shared.park(WRITER, deadline, || Self::writable(shared))?;
         }
     }
 
     /// Whether a write would not wait: there is room, or there is an error to report.
-    pub(super) fn writable(shared: &StreamShared, ring: &Producer<Bytes>) -> bool {
-        (shared.tx_bytes.load(SeqCst) < STREAM_BUFFER && !ring.is_full())
+    pub(super) fn writable(shared: &StreamShared) -> bool {
+        (shared.tx_bytes.load(SeqCst) < STREAM_BUFFER && !shared.to_loop.is_full())
             || shared.state() & (APP_SHUT | FAILURES) != 0
     }
 
@@ -725,7 +716,7 @@ impl WriteHalf {
             return Err(f.into());
         }
         let room = STREAM_BUFFER.saturating_sub(self.shared.tx_bytes.load(SeqCst));
-        if room == 0 || self.ring.is_full() {
+        if room == 0 || self.shared.to_loop.is_full() {
             return Ok(None);
         }
         let n = room.min(len);
@@ -735,7 +726,7 @@ impl WriteHalf {
         };
         // Counted before it is visible, so the loop never takes more than was counted.
         self.shared.tx_bytes.fetch_add(n, SeqCst);
-        if let Err(rtrb::PushError::Full(_)) = self.ring.push(chunk) {
+        if self.shared.to_loop.push(chunk).is_err() {
             // Only this half pushes, and it saw a free slot.
             self.shared.tx_bytes.fetch_sub(n, SeqCst);
             return Err(io::Error::other("in-process stream ring unexpectedly full"));
@@ -767,20 +758,17 @@ mod tests {
 
     /// The memory an idle in-process stream costs in this module (the loop's entry and the
     /// session's own stream state come on top; `tests/runtime_api_memory.rs` measures it all).
+    /// The two queues live inside the shared state and hold no heap memory while empty.
     #[test]
     fn footprint_of_an_idle_stream() {
         let shared = size_of::<StreamShared>() + 2 * size_of::<usize>(); // inside an Arc
-        // An rtrb ring: two cache-padded indices and a pointer and capacity, inside an Arc,
-        // and its slot array.
-        let ring_header = 2 * 128 + 2 * size_of::<usize>() + 2 * size_of::<usize>();
-        let ring = ring_header + RING_SLOTS * size_of::<Bytes>();
         let app = size_of::<MtcpStream>();
         let ends = size_of::<LoopEnds>();
-        let total = shared + 2 * ring + app + ends;
+        let total = shared + app + ends;
         println!(
-            "shared {shared} B, rings 2 x {ring} B, app object {app} B, loop ends {ends} B: \
+            "shared {shared} B (queues inside), app object {app} B, loop ends {ends} B: \
              {total} B per idle stream in this module"
         );
-        assert!(total <= 2560, "per-stream footprint grew to {total} B");
+        assert!(total <= 512, "per-stream footprint grew to {total} B");
     }
 }

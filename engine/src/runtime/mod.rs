@@ -35,6 +35,7 @@ mod event_loop;
 mod io;
 mod listen;
 mod local;
+mod local_queue;
 pub mod options;
 mod rejection_log;
 pub mod reload;

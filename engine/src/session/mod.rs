@@ -214,7 +214,9 @@ pub struct Session {
     established: bool,
     peer_params: Option<TransportParams>,
     tunnels: Vec<Tunnel>,
-    streams: HashMap<StreamId, Stream>,
+    /// Boxed: a table slot is 16 bytes, so the table's spare capacity (up to half of it
+    /// after a growth) costs little per stream, and an idle stream's state is one allocation.
+    streams: HashMap<StreamId, Box<Stream>>,
     next_local_index: u64,
     local_stream_limit: u64,
     peer_streams_seen: u64,
@@ -483,8 +485,24 @@ impl Session {
             .map(|s| (s.send_queued, s.recv.buffered()))
     }
 
-    /// Next event, if any.
+    /// Next event, if any. Once there is none, the session's queues that a burst left empty
+    /// give their memory back ([`crate::drained`]).
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            self.release_drained_queues();
+        }
+        event
+    }
+
+    fn release_drained_queues(&mut self) {
+        use crate::drained::release_if_drained;
+        release_if_drained(&mut self.events);
+        release_if_drained(&mut self.control);
+        release_if_drained(&mut self.ready);
+        release_if_drained(&mut self.retransmit);
+        for t in &mut self.tunnels {
+            release_if_drained(&mut t.retained);
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::connect_wait::WaitingApp;
-use super::{Entry, EventLoop, Outbox};
+use super::{Entry, EventLoop, Outbox, PendingConn};
 use crate::endpoint::PreauthRefusal;
 use crate::runtime::io::{Driver, IoListener};
 use crate::runtime::rejection_log::RejectReason;
@@ -121,7 +121,7 @@ impl<D: Driver> EventLoop<D> {
             let Some(Entry::ProxyListener { sock, kind }) = self.entries.get_mut(key) else {
                 return;
             };
-            let kind = kind.clone();
+            let kind = crate::runtime::ProxyKind::clone(kind);
             match sock.accept() {
                 Ok((conn, peer)) => {
                     self.accept_works();
@@ -174,7 +174,7 @@ impl<D: Driver> EventLoop<D> {
                             continue;
                         }
                     };
-                    let entry = Entry::Pending {
+                    let entry = Entry::Pending(Box::new(PendingConn {
                         sock: conn,
                         handshake,
                         tls,
@@ -184,7 +184,7 @@ impl<D: Driver> EventLoop<D> {
                         peer,
                         routed: self.mailbox.workers() == 1,
                         accepted_at: now,
-                    };
+                    }));
                     if let Err(e) = self.add(entry) {
                         tracing::warn!("cannot register tunnel socket: {e}");
                         self.endpoint.abandon_handshake(handshake);

@@ -55,7 +55,7 @@ impl<D: Driver> EventLoop<D> {
                         if let Entry::ProxyListener { sock, kind } = entry
                             && bound_addr(sock) == Some(proxy.listen)
                         {
-                            *kind = proxy.kind.clone();
+                            *kind = Box::new(proxy.kind.clone());
                         }
                     }
                 }
@@ -85,7 +85,7 @@ impl<D: Driver> EventLoop<D> {
                     let added = self.io.listener(listener).and_then(|sock| {
                         self.add(Entry::ProxyListener {
                             sock,
-                            kind: proxy.kind,
+                            kind: Box::new(proxy.kind),
                         })
                     });
                     if let Err(e) = added {

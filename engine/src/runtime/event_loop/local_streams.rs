@@ -113,9 +113,9 @@ impl StreamConn for LocalConn {
         loop {
             let chunk = match self.unsent.take() {
                 Some(b) => b,
-                None => match self.ends.from_app.pop() {
-                    Ok(b) => b,
-                    Err(_) => break,
+                None => match self.ends.shared.to_loop.pop() {
+                    Some(b) => b,
+                    None => break,
                 },
             };
             match session.write(self.stream, chunk.clone()) {
@@ -145,8 +145,7 @@ impl StreamConn for LocalConn {
         while !self.write_closed {
             // A reader that went away leaves the bytes to be consumed and dropped.
             let discard = shared.state() & APP_NO_READ != 0;
-            let to_app = &self.ends.to_app;
-            let full = || shared.rx_bytes.load(SeqCst) >= STREAM_BUFFER || to_app.is_full();
+            let full = || shared.rx_bytes.load(SeqCst) >= STREAM_BUFFER || shared.to_app.is_full();
             if !discard && full() {
                 // Set, then look again: the reader either sees the flag when it takes a
                 // chunk, or made room before this second look.
@@ -162,7 +161,7 @@ impl StreamConn for LocalConn {
                 Ok(ReadOutcome::Data(b)) if !discard => {
                     let n = b.len();
                     shared.rx_bytes.fetch_add(n, SeqCst);
-                    if self.ends.to_app.push(b).is_err() {
+                    if shared.to_app.push(b).is_err() {
                         // Only the loop pushes, and it saw a free slot: cannot happen, but a
                         // lost chunk must not go unnoticed.
                         shared.rx_bytes.fetch_sub(n, SeqCst);
@@ -276,6 +275,7 @@ impl<D: Driver> EventLoop<D> {
                 return;
             };
             let Some(req) = local.waiting.front() else {
+                crate::drained::release_if_drained(&mut local.waiting);
                 return;
             };
             if req.ends.shared.state() & APP_RESET != 0 {

@@ -240,7 +240,7 @@ impl<D: Driver> EventLoop<D> {
                 .map(|t| {
                     let sock = io.tunnels.get(t).copied().flatten().and_then(|k| {
                         match self.entries.get(k) {
-                            Some(Entry::Tunnel { sock, .. }) => Some(sock),
+                            Some(Entry::Tunnel(t)) => Some(&t.sock),
                             _ => None,
                         }
                     });

@@ -35,6 +35,7 @@ mod backends;
 mod connect_wait;
 mod failover;
 mod forward_reload;
+mod linger;
 mod local_streams;
 mod metrics;
 mod pending;
@@ -179,50 +180,67 @@ enum Entry<D: Driver> {
     /// Server: tunnels connect here.
     TunnelListener { sock: D::Listener },
     /// Client: applications speaking a proxy protocol connect here.
-    ProxyListener { sock: D::Listener, kind: ProxyKind },
+    /// (`kind` is boxed: it may carry credentials, and [`Entry`] stays small.)
+    ProxyListener {
+        sock: D::Listener,
+        kind: Box<ProxyKind>,
+    },
     /// Client: a proxy connection whose request is not complete (or whose stream cannot be
     /// opened yet).
     Proxy(Box<ProxyConn<D>>),
     /// Server (worker 0): users of reverse service `index` connect here.
     ReverseListener { sock: D::Listener, index: usize },
     /// Server: a tunnel connection whose handshake (in the endpoint) is in progress.
-    Pending {
-        sock: D::Stream,
-        handshake: HandshakeKey,
-        /// Its record layer (the TLS handshake comes first).
-        tls: TunnelTls,
-        /// Bytes read from the socket, not yet through `tls`.
-        received: BytesMut,
-        /// Plaintext: the mtcpd handshake.
-        rx: BytesMut,
-        /// Ciphertext to write.
-        tx: Outbox,
-        peer: SocketAddr,
-        /// Known to belong on this worker (its session id was read, or there is one worker).
-        routed: bool,
-        /// When a worker accepted it (the pre-auth deadline runs from here).
-        accepted_at: Instant,
-    },
+    Pending(Box<PendingConn<D>>),
     /// A tunnel of a session.
-    Tunnel {
-        sock: D::Stream,
-        session: SessionKey,
-        slot: usize,
-        /// Its record layer (client: the TLS handshake runs after the TCP connect, and the
-        /// session hears `tunnel_connected` once it is done).
-        tls: TunnelTls,
-        /// Bytes read from the socket, not yet through `tls`.
-        received: BytesMut,
-        /// Plaintext for the session.
-        rx: BytesMut,
-        /// Ciphertext to write.
-        tx: Outbox,
-        connecting: bool,
-    },
+    Tunnel(Box<TunnelConn<D>>),
     /// An application connection (client) or target connection (server) carrying a stream.
     App(Box<AppConn<D>>),
     /// An in-process stream (no socket).
     Local(Box<LocalConn>),
+}
+
+/// A server's tunnel connection whose handshake is in progress (boxed in [`Entry`], which stays
+/// small: every idle stream pays for one slab slot).
+#[derive(Debug)]
+struct PendingConn<D: Driver> {
+    sock: D::Stream,
+    handshake: HandshakeKey,
+    /// Its record layer (the TLS handshake comes first).
+    tls: TunnelTls,
+    /// Bytes read from the socket, not yet through `tls`.
+    received: BytesMut,
+    /// Plaintext: the mtcpd handshake.
+    rx: BytesMut,
+    /// Ciphertext to write.
+    tx: Outbox,
+    peer: SocketAddr,
+    /// Known to belong on this worker (its session id was read, or there is one worker).
+    routed: bool,
+    /// When a worker accepted it (the pre-auth deadline runs from here).
+    accepted_at: Instant,
+}
+
+/// A tunnel of a session (boxed in [`Entry`]).
+#[derive(Debug)]
+struct TunnelConn<D: Driver> {
+    sock: D::Stream,
+    session: SessionKey,
+    slot: usize,
+    /// Its record layer (client: the TLS handshake runs after the TCP connect, and the
+    /// session hears `tunnel_connected` once it is done).
+    tls: TunnelTls,
+    /// Bytes read from the socket, not yet through `tls`.
+    received: BytesMut,
+    /// Plaintext for the session.
+    rx: BytesMut,
+    /// Ciphertext to write.
+    tx: Outbox,
+    connecting: bool,
+    /// Its session closed: it only writes its last bytes, until this deadline ([`linger`]).
+    closing: Option<Instant>,
+    /// Lingering: everything was written and the write side shut down.
+    write_shut: bool,
 }
 
 enum Role {
@@ -284,6 +302,8 @@ pub(super) struct EventLoop<D: Driver> {
     pool_log: pool_log::PoolLog,
     /// Streams reset because the drain timeout ran out, all workers together.
     streams_cut: Arc<AtomicU64>,
+    /// Tunnels of closed sessions writing their last bytes, and until when ([`linger`]).
+    lingering: Vec<(usize, Instant)>,
     /// Client: application connections reset or dropped while waiting, not yet reported.
     connect_wait_log: connect_wait::ConnectWaitLog,
     /// Refused targets (server: its refusals; client: the server's, per forward), aggregated.
@@ -367,6 +387,7 @@ impl<D: Driver> EventLoop<D> {
             metrics: metrics::WorkerMetrics::new(ctx.worker, ctx.stats),
             pool_log: pool_log::PoolLog::default(),
             streams_cut: ctx.streams_cut,
+            lingering: Vec::new(),
             connect_wait_log: connect_wait::ConnectWaitLog::default(),
             target_refusals: target_refusals::TargetRefusals::default(),
             reload: ctx.reload,
@@ -413,7 +434,10 @@ impl<D: Driver> EventLoop<D> {
                         metrics_forward,
                     })?
                 }
-                ListenerRole::Proxy(kind) => el.add(Entry::ProxyListener { sock, kind })?,
+                ListenerRole::Proxy(kind) => el.add(Entry::ProxyListener {
+                    sock,
+                    kind: Box::new(kind),
+                })?,
             };
         }
         // The new session asks for its tunnels to be dialed.
@@ -432,16 +456,15 @@ impl<D: Driver> EventLoop<D> {
             | Entry::ProxyListener { sock, .. }
             | Entry::ReverseListener { sock, .. } => self.io.register_listener(sock, key)?,
             Entry::Proxy(proxy) => self.io.register_stream(&mut proxy.sock, key, false)?,
-            Entry::Pending { sock, .. } => {
+            Entry::Pending(p) => {
+                let sock = &mut p.sock;
                 // Until it is a session's, a connection is read in small pieces.
                 self.io.handshake_buffers(sock, true);
                 self.io.register_stream(sock, key, false)?
             }
-            Entry::Tunnel {
-                sock, connecting, ..
-            } => {
-                self.io.handshake_buffers(sock, false);
-                self.io.register_stream(sock, key, *connecting)?
+            Entry::Tunnel(t) => {
+                self.io.handshake_buffers(&mut t.sock, false);
+                self.io.register_stream(&mut t.sock, key, t.connecting)?
             }
             Entry::App(app) => self
                 .io
@@ -462,9 +485,8 @@ impl<D: Driver> EventLoop<D> {
                 self.proxies.handshake_ended();
                 self.io.deregister_stream(&mut proxy.sock)
             }
-            Entry::Pending { sock, .. } | Entry::Tunnel { sock, .. } => {
-                self.io.deregister_stream(sock)
-            }
+            Entry::Pending(p) => self.io.deregister_stream(&mut p.sock),
+            Entry::Tunnel(t) => self.io.deregister_stream(&mut t.sock),
             Entry::App(app) => {
                 self.metrics.connection_done(app);
                 self.io.deregister_stream(&mut app.sock)
@@ -519,7 +541,8 @@ impl<D: Driver> EventLoop<D> {
             self.report_target_refusals(now);
             self.flush_rejections(now);
             self.retry_accepts(Instant::now());
-            if self.stop.load(Ordering::SeqCst) && self.drain(now) {
+            self.expire_lingering(now);
+            if self.stop.load(Ordering::SeqCst) && self.drain(now) && self.lingering.is_empty() {
                 tracing::info!("stopped");
                 return;
             }
@@ -549,6 +572,9 @@ impl<D: Driver> EventLoop<D> {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if let Some(at) = self.next_waiting_deadline() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.next_lingering_deadline() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if self.mailbox.retry() {
@@ -632,8 +658,8 @@ impl<D: Driver> EventLoop<D> {
             Entry::AppListener { .. } => self.accept_apps(key),
             Entry::TunnelListener { .. } => self.accept_tunnels(key),
             Entry::ReverseListener { .. } => self.accept_reverse(key),
-            Entry::Pending { .. } => self.on_pending(key, readable, writable),
-            Entry::Tunnel { .. } => self.on_tunnel(key, readable, writable),
+            Entry::Pending(_) => self.on_pending(key, readable, writable),
+            Entry::Tunnel(_) => self.on_tunnel(key, readable, writable),
             Entry::App(_) => self.on_app(key, readable, writable),
             Entry::ProxyListener { .. } => self.accept_proxies(key),
             Entry::Proxy(_) => self.on_proxy(key),
@@ -645,4 +671,20 @@ impl<D: Driver> EventLoop<D> {
 /// A session id, shortened for logs.
 fn hex(id: &[u8]) -> String {
     id.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod entry_size {
+    /// Every stream (socket or in-process) holds one slab slot of [`super::Entry`], and the
+    /// slab's spare capacity after a growth is up to as much again: the big variants are boxed.
+    #[test]
+    fn an_entry_is_small() {
+        let mio = size_of::<super::Entry<crate::runtime::io::Mio>>();
+        let uring = size_of::<super::Entry<crate::runtime::uring::Uring>>();
+        println!("Entry: mio {mio} B, io_uring {uring} B");
+        assert!(
+            mio <= 40 && uring <= 48,
+            "Entry grew: mio {mio} B, io_uring {uring} B"
+        );
+    }
 }

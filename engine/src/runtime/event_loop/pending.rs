@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::{Entry, EventLoop, Outbox, ReadState, hex, read_into};
+use super::{Entry, EventLoop, Outbox, PendingConn, ReadState, TunnelConn, hex, read_into};
 use crate::endpoint::MAX_HANDSHAKE_INPUT;
 use crate::endpoint::{HandshakeKey, HandshakeOutcome};
 use crate::handshake::client_hello_session_id;
@@ -26,7 +26,10 @@ use crate::runtime::worker::Handoff;
 impl<D: Driver> EventLoop<D> {
     pub(super) fn on_pending(&mut self, key: usize, readable: bool, _writable: bool) {
         let now = Instant::now();
-        let Some(Entry::Pending {
+        let Some(Entry::Pending(conn)) = self.entries.get_mut(key) else {
+            return;
+        };
+        let PendingConn {
             sock,
             handshake,
             tls,
@@ -36,10 +39,7 @@ impl<D: Driver> EventLoop<D> {
             peer,
             routed,
             ..
-        }) = self.entries.get_mut(key)
-        else {
-            return;
-        };
+        } = &mut **conn;
         let (peer, handshake) = (*peer, *handshake);
         let (mut eof, mut full) = (false, false);
         if readable {
@@ -135,23 +135,23 @@ impl<D: Driver> EventLoop<D> {
                 created,
                 tunnel,
             } => {
-                let Some(Entry::Pending {
+                let Some(Entry::Pending(conn)) = self.remove(key) else {
+                    return;
+                };
+                let PendingConn {
                     sock,
                     tls,
                     received,
                     rx,
                     tx,
                     ..
-                }) = self.remove(key)
-                else {
-                    return;
-                };
+                } = *conn;
                 if created {
                     tracing::info!(session = %hex(&tunnel.session_id), %peer, pool = tunnel.pool_size, "session started");
                 }
                 self.touch(session);
                 let slot_index = usize::from(tunnel.tunnel_index);
-                let entry = Entry::Tunnel {
+                let entry = Entry::Tunnel(Box::new(TunnelConn {
                     sock,
                     session,
                     slot: slot_index,
@@ -160,7 +160,9 @@ impl<D: Driver> EventLoop<D> {
                     rx,
                     tx,
                     connecting: false,
-                };
+                    closing: None,
+                    write_shut: false,
+                }));
                 match self.add(entry) {
                     Ok(tk) => {
                         if let Some(old) =
@@ -228,14 +230,17 @@ impl<D: Driver> EventLoop<D> {
 
     /// Closes a pending connection and forgets its handshake.
     fn drop_pending(&mut self, key: usize) {
-        if let Some(Entry::Pending { handshake, .. }) = self.remove(key) {
-            self.endpoint.abandon_handshake(handshake);
+        if let Some(Entry::Pending(conn)) = self.remove(key) {
+            self.endpoint.abandon_handshake(conn.handshake);
         }
     }
 
     /// Passes a tunnel connection to the worker that owns its session.
     fn hand_over(&mut self, key: usize, home: usize) {
-        let Some(Entry::Pending {
+        let Some(Entry::Pending(conn)) = self.entries.try_remove(key) else {
+            return;
+        };
+        let PendingConn {
             sock,
             handshake,
             mut tls,
@@ -244,10 +249,7 @@ impl<D: Driver> EventLoop<D> {
             peer,
             accepted_at,
             ..
-        }) = self.entries.try_remove(key)
-        else {
-            return;
-        };
+        } = *conn;
         let Some(handshake) = self.endpoint.take_handshake(handshake) else {
             // Not expected (every pending entry has its handshake); still, nothing of the
             // driver may keep pointing at a socket that is going away.
@@ -321,7 +323,7 @@ impl<D: Driver> EventLoop<D> {
                 return;
             }
         };
-        let entry = Entry::Pending {
+        let entry = Entry::Pending(Box::new(PendingConn {
             sock,
             handshake,
             tls: *tls,
@@ -331,7 +333,7 @@ impl<D: Driver> EventLoop<D> {
             peer,
             routed: true,
             accepted_at,
-        };
+        }));
         match self.add(entry) {
             // The bytes already read are processed now; the socket may hold more.
             Ok(key) => self.on_pending(key, true, false),
@@ -358,12 +360,13 @@ impl<D: Driver> EventLoop<D> {
             .entries
             .iter()
             .filter_map(|(k, e)| match e {
-                Entry::Pending { handshake, .. } if expired.contains(handshake) => Some(k),
+                Entry::Pending(conn) if expired.contains(&conn.handshake) => Some(k),
                 _ => None,
             })
             .collect();
         for k in keys {
-            if let Some(Entry::Pending { peer, .. }) = self.remove(k) {
+            if let Some(Entry::Pending(conn)) = self.remove(k) {
+                let peer = conn.peer;
                 tracing::debug!(%peer, "tunnel handshake timed out; connection closed");
                 self.reject(now, RejectReason::Timeout, peer);
             }

@@ -222,7 +222,8 @@ impl<D: Driver> EventLoop<D> {
         // Connections waiting for a tunnel wait on for the session that replaces this one.
         let waiting = std::mem::take(&mut self.endpoint[skey].data_mut().waiting_apps);
         for k in tunnels {
-            self.remove(k);
+            // Its last bytes (the CLOSE) still go out; the socket closes after them.
+            self.close_tunnel_after_flush(k, now);
         }
         for k in streams {
             self.stream_session_lost(k);

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::hex;
-use super::{Entry, EventLoop, Outbox, ReadState};
+use super::{Entry, EventLoop, Outbox, ReadState, TunnelConn};
 use crate::endpoint::SessionKey;
 use crate::error::SessionError;
 use crate::handshake::PLAINTEXT_BINDING;
@@ -20,8 +20,14 @@ use crate::tls::{TlsError, TunnelTls};
 
 impl<D: Driver> EventLoop<D> {
     pub(super) fn on_tunnel(&mut self, key: usize, readable: bool, writable: bool) {
+        if self.flush_lingering(key) {
+            return;
+        }
         let now = Instant::now();
-        let Some(Entry::Tunnel {
+        let Some(Entry::Tunnel(conn)) = self.entries.get_mut(key) else {
+            return;
+        };
+        let TunnelConn {
             sock,
             session,
             slot,
@@ -29,10 +35,7 @@ impl<D: Driver> EventLoop<D> {
             tls,
             tx,
             ..
-        }) = self.entries.get_mut(key)
-        else {
-            return;
-        };
+        } = &mut **conn;
         let (skey, t) = (*session, *slot);
         if *connecting {
             if !writable && !readable {
@@ -68,9 +71,10 @@ impl<D: Driver> EventLoop<D> {
             }
         }
         {
-            let Some(Entry::Tunnel { sock, tx, .. }) = self.entries.get_mut(key) else {
+            let Some(Entry::Tunnel(conn)) = self.entries.get_mut(key) else {
                 return;
             };
+            let TunnelConn { sock, tx, .. } = &mut **conn;
             if let Err(e) = tx.flush(sock) {
                 self.lose_tunnel(key, &format!("write failed: {e}"));
                 return;
@@ -84,12 +88,12 @@ impl<D: Driver> EventLoop<D> {
             return;
         }
         loop {
-            let Some(Entry::Tunnel {
-                sock, received, rx, ..
-            }) = self.entries.get_mut(key)
-            else {
+            let Some(Entry::Tunnel(conn)) = self.entries.get_mut(key) else {
                 return;
             };
+            let TunnelConn {
+                sock, received, rx, ..
+            } = &mut **conn;
             let result = read_tunnel(sock, received, rx, &mut self.read_buf);
             if !self.feed_tunnel(key) {
                 return;
@@ -114,7 +118,10 @@ impl<D: Driver> EventLoop<D> {
     /// tunnel was lost (a record failed, or its reply could not be written).
     fn feed_tunnel(&mut self, key: usize) -> bool {
         let now = Instant::now();
-        let Some(Entry::Tunnel {
+        let Some(Entry::Tunnel(conn)) = self.entries.get_mut(key) else {
+            return false;
+        };
+        let TunnelConn {
             sock,
             session,
             slot,
@@ -123,10 +130,7 @@ impl<D: Driver> EventLoop<D> {
             rx,
             tx,
             ..
-        }) = self.entries.get_mut(key)
-        else {
-            return false;
-        };
+        } = &mut **conn;
         let (skey, t) = (*session, *slot);
         let was_handshaking = tls.is_handshaking();
         let decrypted = tls.read(received, rx);
@@ -182,9 +186,10 @@ impl<D: Driver> EventLoop<D> {
                 .tunnel_connected(now, t, &binding);
             self.touch(skey);
         }
-        let Some(Entry::Tunnel { rx, .. }) = self.entries.get_mut(key) else {
+        let Some(Entry::Tunnel(conn)) = self.entries.get_mut(key) else {
             return false;
         };
+        let rx = &mut conn.rx;
         if rx.is_empty() {
             return true;
         }
@@ -215,7 +220,8 @@ impl<D: Driver> EventLoop<D> {
 
     pub(super) fn lose_tunnel(&mut self, key: usize, why: &str) {
         let now = Instant::now();
-        if let Some(Entry::Tunnel { session, slot, .. }) = self.remove(key)
+        if let Some(Entry::Tunnel(conn)) = self.remove(key)
+            && let TunnelConn { session, slot, .. } = *conn
             && let Some(s) = self.endpoint.get_mut(session)
         {
             let (s, io) = s.parts_mut();
@@ -237,7 +243,7 @@ impl<D: Driver> EventLoop<D> {
                 Err(e) => std::io::Error::other(e),
                 Ok(tls) => {
                     tracing::debug!(tunnel = t, %server, congestion = cc.as_deref().unwrap_or("?"), "dialing tunnel");
-                    let entry = Entry::Tunnel {
+                    let entry = Entry::Tunnel(Box::new(TunnelConn {
                         sock,
                         session: skey,
                         slot: t,
@@ -246,7 +252,9 @@ impl<D: Driver> EventLoop<D> {
                         rx: BytesMut::new(),
                         tx: Outbox::default(),
                         connecting: true,
-                    };
+                        closing: None,
+                        write_shut: false,
+                    }));
                     match self.add(entry) {
                         Ok(k) => {
                             if let Some(old) = self.endpoint[skey].data_mut().set_tunnel(t, k) {
@@ -281,13 +289,16 @@ impl<D: Driver> EventLoop<D> {
             let Some(tk) = io.tunnels[t] else {
                 continue;
             };
-            let Some(Entry::Tunnel {
+            let Some(Entry::Tunnel(conn)) = self.entries.get_mut(tk) else {
+                continue;
+            };
+            let TunnelConn {
                 sock,
                 tx,
                 tls,
                 connecting: false,
                 ..
-            }) = self.entries.get_mut(tk)
+            } = &mut **conn
             else {
                 continue;
             };
@@ -318,8 +329,8 @@ impl<D: Driver> EventLoop<D> {
             }
             if let Some(e) = failed {
                 let why = format!("write failed: {e}");
-                if let Some(Entry::Tunnel { mut sock, .. }) = self.entries.try_remove(tk) {
-                    self.io.deregister_stream(&mut sock);
+                if let Some(Entry::Tunnel(mut conn)) = self.entries.try_remove(tk) {
+                    self.io.deregister_stream(&mut conn.sock);
                     io.tunnels[t] = None;
                     session.tunnel_lost(now, t, &why);
                     lost = true;
@@ -337,7 +348,7 @@ impl<D: Driver> EventLoop<D> {
             .get(skey)
             .and_then(|s| s.data().tunnels.get(t).copied().flatten())
             .and_then(|k| match self.entries.get(k) {
-                Some(Entry::Tunnel { sock, .. }) => sockopt::congestion_of(sock),
+                Some(Entry::Tunnel(conn)) => sockopt::congestion_of(&conn.sock),
                 _ => None,
             })
             .unwrap_or_default()

@@ -201,8 +201,10 @@ impl Session {
         };
         if fresh {
             let send_max = self.peer_params.map_or(0, |p| p.stream_window);
-            self.streams
-                .insert(id, Stream::new(false, send_max, self.config.stream_window));
+            self.streams.insert(
+                id,
+                Box::new(Stream::new(false, send_max, self.config.stream_window)),
+            );
         }
         Ok(self.streams.contains_key(&id))
     }

@@ -38,7 +38,11 @@ impl Session {
         }
         let id = (self.next_local_index << 1) | self.local_parity();
         self.next_local_index += 1;
-        let mut s = Stream::new(true, peer.stream_window, self.config.stream_window);
+        let mut s = Box::new(Stream::new(
+            true,
+            peer.stream_window,
+            self.config.stream_window,
+        ));
         s.target = target.map(|t| Bytes::copy_from_slice(t.as_bytes()));
         s.unacked_frames = 1;
         self.streams.insert(id, s);
