@@ -11,6 +11,7 @@
 mod bulk;
 mod grid;
 mod latency;
+mod msgrate;
 mod net;
 mod proto;
 mod report;
@@ -65,6 +66,9 @@ enum Cmd {
     Grid(grid::GridArgs),
     /// Regenerate CSV, SVG plots and the markdown section from a grid's grid.json.
     Report(report::ReportArgs),
+    /// Message rate over N in-process streams through the library API (one-way or
+    /// ping-pong; readiness API and blocking baseline in the same run).
+    Msgrate(msgrate::MsgrateArgs),
 }
 
 #[derive(Args)]
@@ -389,6 +393,12 @@ fn main() -> Result<()> {
         Cmd::Report(r) => {
             let code = report::main(r)?;
             std::process::exit(code);
+        }
+        Cmd::Msgrate(a) => {
+            if !msgrate::run(&a)? {
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

@@ -285,6 +285,8 @@ impl StreamShared {
     /// changes what `ready` reads before it looks at the waiter bits, and the bit is set before
     /// `ready` is checked, so no wake-up is lost.
     fn park(&self, who: u8, deadline: Option<Instant>, ready: impl Fn() -> bool) -> io::Result<()> {
+        // A batch on this thread must not hold back the wake-up this wait depends on.
+        super::poll::flush_deferred();
         let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             self.waiters.fetch_or(who, SeqCst);
@@ -390,9 +392,13 @@ impl Hub {
         }
     }
 
-    /// Asks the loop to service `s`.
-    fn notify(&self, s: &Arc<StreamShared>) {
-        if !s.scheduled.swap(true, SeqCst) && self.notify.send(s.clone()).is_ok() {
+    /// Asks the loop to service `s` (the wake-up may wait for this thread's
+    /// [`super::poll::WriteBatch`]).
+    fn notify(self: &Arc<Self>, s: &Arc<StreamShared>) {
+        if !s.scheduled.swap(true, SeqCst)
+            && self.notify.send(s.clone()).is_ok()
+            && !super::poll::defer_wake(self)
+        {
             self.wake();
         }
     }

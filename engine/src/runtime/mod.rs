@@ -35,6 +35,7 @@ mod event_loop;
 mod io;
 mod local;
 pub mod options;
+mod poll;
 mod rejection_log;
 mod repeat_log;
 pub mod reset_code;
@@ -50,6 +51,7 @@ pub use api::{Accepted, Client, Server};
 pub use async_stream::{AcceptedAsync, AsyncMtcpStream, AsyncReadHalf, AsyncWriteHalf};
 pub(crate) use io::Waker;
 pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
+pub use poll::{Event, Events, PolledStream, Poller, Token, WriteBatch};
 pub use reverse::{ExposedService, ReverseListener, WhenAbsent};
 
 use std::net::SocketAddr;
