@@ -231,7 +231,8 @@ impl StreamShared {
         // Orders the caller's change (a ring push is only a release store) before the look
         // at the waiter bits; `park` fences between setting its bit and its look at the ring.
         fence(SeqCst);
-        if self.waiters.load(SeqCst) & who != 0 {
+        let waiting = self.waiters.load(SeqCst) & who;
+        if waiting != 0 {
             self.waiters.fetch_and(!who, SeqCst);
             let (reader, writer) = {
                 let mut tasks = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -247,7 +248,13 @@ impl StreamShared {
                 };
                 (reader, writer)
             };
-            self.cv.notify_all();
+            // A waiter without a task is a parked thread. (A futex wake is a system call even
+            // when nobody sleeps: a stream driven by tasks or a poller never pays it.)
+            let thread_waits = (waiting & READER != 0 && reader.is_none())
+                || (waiting & WRITER != 0 && writer.is_none());
+            if thread_waits {
+                self.cv.notify_all();
+            }
             // Outside the mutex: a waker may run arbitrary code (tokio's schedules the task).
             reader.into_iter().chain(writer).for_each(TaskWaker::wake);
         }
