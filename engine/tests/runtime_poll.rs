@@ -17,6 +17,8 @@ driver_tests! {
     fn poll_thousand_streams_one_thread(io) { thousand_streams(io) }
     #[within(120)]
     fn poll_backpressure_is_bounded(io) { backpressure(io) }
+    #[within(120)]
+    fn two_clients_on_one_server_worker_64b_messages(io) { two_clients_small_messages(io) }
 }
 
 const STREAMS: usize = 1_000;
@@ -341,5 +343,126 @@ fn backpressure(io: Driver) {
     client.shutdown();
     server.shutdown();
     client.join();
+    server.join();
+}
+
+/// Issue 10's "two client sessions on one server worker": 256 streams over two `Client`s to a
+/// server with one worker, 64 B messages one way, driven by one thread per side. Every frame
+/// carrying one message left the server's reorder buffers merging thousands of tiny ranges
+/// (1.7k msg/s, then a stall); now it finishes in a second or two. Every byte is checked.
+fn two_clients_small_messages(io: Driver) {
+    const N: usize = 256;
+    const MSG: usize = 64;
+    const PER_STREAM: u64 = 400 * MSG as u64;
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut server_opts = opts(io);
+    server_opts.workers = 1;
+    let server = Server::accept_all(server_opts, any).unwrap();
+    let clients: Vec<Client> = (0..2)
+        .map(|_| Client::start(opts(io), server.local_addr()).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    std::thread::scope(|scope| {
+        let server = &server;
+        let sink = scope.spawn(move || {
+            let mut poller = Poller::new();
+            let mut streams: Vec<Option<(PolledStream, Received)>> = (0..N).map(|_| None).collect();
+            let mut events = Events::with_capacity(256);
+            let mut buf = vec![0u8; 4096];
+            let (mut done, mut accept_ready) = (0, true);
+            while done < N {
+                assert!(
+                    Instant::now() < deadline,
+                    "server: {done} of {N} streams complete"
+                );
+                while accept_ready {
+                    match poller.accept(server, ACCEPT).expect("accept") {
+                        Some(a) => {
+                            let i: usize = a.target.as_deref().unwrap().parse().unwrap();
+                            streams[i] =
+                                Some((poller.register(a.stream, Token(i)), Received::default()));
+                        }
+                        None => accept_ready = false,
+                    }
+                }
+                poller
+                    .poll(&mut events, Some(Duration::from_millis(100)))
+                    .unwrap();
+                for ev in &events {
+                    if ev.token() == ACCEPT {
+                        accept_ready = true;
+                        continue;
+                    }
+                    let i = ev.token().0;
+                    let Some((s, rx)) = streams[i].as_mut() else {
+                        continue;
+                    };
+                    if rx.eof {
+                        continue;
+                    }
+                    rx.read(s, i as u64, &mut buf, None);
+                    if rx.eof {
+                        assert_eq!(rx.len, PER_STREAM, "stream {i}");
+                        done += 1;
+                    }
+                }
+            }
+        });
+        let mut poller = Poller::new();
+        let mut streams: Vec<(PolledStream, u64)> = (0..N)
+            .map(|i| {
+                let s = clients[i % 2].open_stream(Some(&i.to_string())).unwrap();
+                (poller.register(s, Token(i)), 0)
+            })
+            .collect();
+        let mut events = Events::with_capacity(256);
+        let mut open = N;
+        // One message to each stream in turn, as the issue's load did.
+        while open > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "client: {open} streams still writing"
+            );
+            let mut blocked = 0;
+            {
+                let _batch = poller.batch();
+                for (i, (s, written)) in streams.iter_mut().enumerate() {
+                    if *written == PER_STREAM {
+                        continue;
+                    }
+                    let msg = pattern::bytes_at(
+                        i as u64,
+                        *written,
+                        MSG - (*written % MSG as u64) as usize,
+                    );
+                    match s.try_write(&msg) {
+                        Ok(n) => {
+                            *written += n as u64;
+                            if *written == PER_STREAM {
+                                s.shutdown_write().unwrap();
+                                open -= 1;
+                            }
+                        }
+                        Err(e) if is_would_block(&e) => blocked += 1,
+                        Err(e) => panic!("client write on {i}: {e}"),
+                    }
+                }
+            }
+            let wait = if blocked > 0 && blocked == open {
+                50
+            } else {
+                0
+            };
+            poller
+                .poll(&mut events, Some(Duration::from_millis(wait)))
+                .unwrap();
+        }
+        sink.join().expect("the server thread");
+    });
+    for c in &clients {
+        c.shutdown();
+    }
+    server.shutdown();
+    clients.into_iter().for_each(Client::join);
     server.join();
 }
