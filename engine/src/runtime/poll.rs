@@ -15,6 +15,11 @@
 //!   may be spurious: the next try answers `WouldBlock` again and re-arms it.
 //! - Keep reading (writing) until `WouldBlock` before waiting for the next event.
 //!
+//! # Bounds
+//! The poller's queue holds at most one entry per registration, one per direction armed by a
+//! `WouldBlock` (a waker fires once per arming), and one per armed acceptor: its length is
+//! bounded by three per registered stream, whatever the peer does.
+//!
 //! # Cost
 //! A wake-up is one push on the poller's channel (std `mpsc`, lock-free) made by the stream's
 //! worker thread, and a futex wake only when the polling thread sleeps. The poller holds no
@@ -139,6 +144,9 @@ fn encode(token: Token, bits: u64) -> u64 {
 pub struct Poller {
     tx: Sender<u64>,
     rx: Receiver<u64>,
+    /// The acceptor's waker, kept so that repeated [`Poller::accept`] calls leave one waker
+    /// with the server, not one per call.
+    accept_waker: Option<(Token, TaskWaker)>,
 }
 
 impl fmt::Debug for Poller {
@@ -157,7 +165,11 @@ impl Poller {
     /// An empty poller.
     pub fn new() -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
-        Self { tx, rx }
+        Self {
+            tx,
+            rx,
+            accept_waker: None,
+        }
     }
 
     fn waker(&self, token: Token, bits: u64) -> TaskWaker {
@@ -182,8 +194,15 @@ impl Poller {
 
     /// Takes a stream `server` accepted for the program, or answers `None` and reports `token`
     /// readable when one arrives (or when the server stopped: then this fails).
-    pub fn accept(&self, server: &Server, token: Token) -> io::Result<Option<AcceptedAsync>> {
-        let waker = self.waker(token, READABLE);
+    pub fn accept(&mut self, server: &Server, token: Token) -> io::Result<Option<AcceptedAsync>> {
+        let waker = match &self.accept_waker {
+            Some((t, w)) if *t == token => w.clone(),
+            _ => {
+                let w = self.waker(token, READABLE);
+                self.accept_waker = Some((token, w.clone()));
+                w
+            }
+        };
         let mut cx = Context::from_waker(&waker);
         match server.poll_accept(&mut cx) {
             Poll::Ready(Ok(a)) => Ok(Some(a)),
