@@ -15,8 +15,8 @@
 //! and merged with adjacent small pieces, so a run of small pieces costs one map entry.
 //!
 //! Memory bound: each out-of-order piece costs its map entry (key, `Bytes`, B-tree share) and,
-//! when copied, one allocation: under [`PIECE_OVERHEAD`] plus its bytes (and under a quarter
-//! more while a run of small pieces grows in place), which is about what it is charged. A piece of [`COPY_BELOW`] bytes or more may share a receive buffer with other
+//! when copied, one allocation: under [`PIECE_OVERHEAD`] plus its bytes, which is what it is
+//! charged. A piece of [`COPY_BELOW`] bytes or more may share a receive buffer with other
 //! frames; it then pins at most that buffer, so at most `1 + buffer / COPY_BELOW` times its
 //! charge.
 
@@ -178,7 +178,7 @@ impl ReorderBuffer {
             return;
         }
         let mut start = offset;
-        let mut merged = BytesMut::new();
+        let mut merged = BytesMut::with_capacity(data.len());
         if let Some((&left_off, left)) = self.pending.range(..offset).next_back()
             && left_off + left.len() as u64 == offset
             && left.len() < COPY_BELOW
@@ -186,26 +186,8 @@ impl ReorderBuffer {
             && let Some(left) = self.pending.remove(&left_off)
         {
             start = left_off;
-            // The left piece is a copy this buffer owns: it grows in place, by a quarter at a
-            // time, so a run of small pieces is not copied again for every piece that extends
-            // it, and its spare capacity stays under a quarter of its bytes.
-            let need = left.len() + data.len();
-            merged = match left.try_into_mut() {
-                Ok(owned) if owned.capacity() >= need && owned.capacity() <= COPY_BELOW => owned,
-                other => {
-                    let left = match &other {
-                        Ok(owned) => &owned[..],
-                        Err(shared) => &shared[..],
-                    };
-                    let mut grown =
-                        BytesMut::with_capacity((need + need / 4).min(COPY_BELOW).max(need));
-                    grown.extend_from_slice(left);
-                    grown
-                }
-            };
-        }
-        if merged.is_empty() {
-            merged.reserve(data.len());
+            merged.reserve(left.len());
+            merged.extend_from_slice(&left);
         }
         merged.extend_from_slice(&data);
         let end = start + merged.len() as u64;

@@ -2,7 +2,8 @@
 //! `sim_props` found (100 B writes on 21 / 45 ms links) where every frame carried one write, the
 //! receiver held thousands of tiny out-of-order ranges (past `max_pending_ranges`, which closes
 //! the session) and spent its time merging them. Small writes now share chunks at the sender
-//! (`engine/src/chunks.rs`), and the receiver grows a run of small pieces in place.
+//! (`engine/src/chunks.rs`). (These loads pass either way in the simulator, 5x slower before;
+//! the collapse shows through the runtime: docs/BENCHMARKS.md, *Scale: message rate*.)
 
 mod support;
 
