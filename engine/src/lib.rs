@@ -19,6 +19,8 @@ pub mod tls;
 // Internals: public only so the benches, fuzz targets and the simulator's tests can reach them.
 // Not a stable API, and hidden from the docs.
 #[doc(hidden)]
+pub mod chunks;
+#[doc(hidden)]
 pub mod handshake;
 #[doc(hidden)]
 pub mod path;

@@ -8,7 +8,9 @@
 //! inserting it: that is what bounds this buffer) or the wire.
 //!
 //! In-order arrivals, the common case, go straight to the readable queue without touching the
-//! map, kept as the `Bytes` the wire layer produced (nothing copied). Out-of-order pieces
+//! map, kept as the `Bytes` the wire layer produced (nothing copied) when [`COPY_BELOW`] bytes
+//! or more, else copied onto the queue's last chunk (`crate::chunks`), so small frames neither
+//! pin receive buffers nor cost a chunk each. Out-of-order pieces
 //! shorter than [`COPY_BELOW`] are copied (so a 1-byte piece cannot pin a whole receive buffer)
 //! and merged with adjacent small pieces, so a run of small pieces costs one map entry.
 //!
@@ -116,7 +118,9 @@ impl ReorderBuffer {
         let n = data.len();
         self.contiguous_end += n as u64;
         self.readable_len += n;
-        self.readable.push_back(data);
+        // A small in-order piece is copied onto the last readable chunk: a frame's few bytes
+        // never pin the receive buffer they arrived in, and a run of them is one chunk.
+        crate::chunks::append_small(&mut self.readable, data);
         n
     }
 

@@ -13,6 +13,7 @@
 mod bulk;
 mod grid;
 mod latency;
+mod msgrate;
 mod net;
 mod pingpong;
 mod proto;
@@ -75,6 +76,9 @@ enum Cmd {
     Pingpong(pingpong::PingpongArgs),
     /// Stream churn through a running mtcpd pair, sampling the daemons' RSS and descriptors.
     Soak(soak::SoakArgs),
+    /// Message rate over N in-process streams through the library API (one-way or
+    /// ping-pong; readiness API and blocking baseline in the same run).
+    Msgrate(msgrate::MsgrateArgs),
 }
 
 #[derive(Args)]
@@ -403,5 +407,11 @@ fn main() -> Result<()> {
         Cmd::EchoMio(a) => std::process::exit(pingpong::echo_main(a)?),
         Cmd::Pingpong(a) => std::process::exit(pingpong::pingpong_main(a)?),
         Cmd::Soak(a) => std::process::exit(soak::main(a)?),
+        Cmd::Msgrate(a) => {
+            if !msgrate::run(&a)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }

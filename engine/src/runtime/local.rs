@@ -235,7 +235,8 @@ impl StreamShared {
         // Orders the caller's change (a ring push is only a release store) before the look
         // at the waiter bits; `park` fences between setting its bit and its look at the ring.
         fence(SeqCst);
-        if self.waiters.load(SeqCst) & who != 0 {
+        let waiting = self.waiters.load(SeqCst) & who;
+        if waiting != 0 {
             self.waiters.fetch_and(!who, SeqCst);
             let (reader, writer) = {
                 let mut tasks = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -251,7 +252,13 @@ impl StreamShared {
                 };
                 (reader, writer)
             };
-            self.cv.notify_all();
+            // A waiter without a task is a parked thread. (A futex wake is a system call even
+            // when nobody sleeps: a stream driven by tasks or a poller never pays it.)
+            let thread_waits = (waiting & READER != 0 && reader.is_none())
+                || (waiting & WRITER != 0 && writer.is_none());
+            if thread_waits {
+                self.cv.notify_all();
+            }
             // Outside the mutex: a waker may run arbitrary code (tokio's schedules the task).
             reader.into_iter().chain(writer).for_each(TaskWaker::wake);
         }
@@ -289,6 +296,8 @@ impl StreamShared {
     /// changes what `ready` reads before it looks at the waiter bits, and the bit is set before
     /// `ready` is checked, so no wake-up is lost.
     fn park(&self, who: u8, deadline: Option<Instant>, ready: impl Fn() -> bool) -> io::Result<()> {
+        // A batch on this thread must not hold back the wake-up this wait depends on.
+        super::poll::flush_deferred();
         let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             self.waiters.fetch_or(who, SeqCst);
@@ -391,9 +400,13 @@ impl Hub {
         }
     }
 
-    /// Asks the loop to service `s`.
-    fn notify(&self, s: &Arc<StreamShared>) {
-        if !s.scheduled.swap(true, SeqCst) && self.notify.send(s.clone()).is_ok() {
+    /// Asks the loop to service `s` (the wake-up may wait for this thread's
+    /// [`super::poll::WriteBatch`]).
+    fn notify(self: &Arc<Self>, s: &Arc<StreamShared>) {
+        if !s.scheduled.swap(true, SeqCst)
+            && self.notify.send(s.clone()).is_ok()
+            && !super::poll::defer_wake(self)
+        {
             self.wake();
         }
     }

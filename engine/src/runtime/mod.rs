@@ -37,6 +37,7 @@ mod listen;
 mod local;
 mod local_queue;
 pub mod options;
+mod poll;
 mod rejection_log;
 pub mod reload;
 mod repeat_log;
@@ -54,6 +55,7 @@ pub use api::{Accepted, Client, Server};
 pub use async_stream::{AcceptedAsync, AsyncMtcpStream, AsyncReadHalf, AsyncWriteHalf};
 pub(crate) use io::Waker;
 pub use local::{MtcpStream, ReadHalf, StreamFailure, WriteHalf};
+pub use poll::{Event, Events, PolledStream, Poller, Token, WriteBatch};
 pub use reverse::{ExposedService, ReverseListener, WhenAbsent};
 
 use std::net::SocketAddr;

@@ -51,7 +51,9 @@ impl Session {
     }
 
     /// Queues bytes on a stream; returns how many were taken (fewer when the send buffer is
-    /// full: [`Event::StreamWritable`](crate::session::Event::StreamWritable) says when to try again). Zero-copy: the `Bytes` is kept.
+    /// full: [`Event::StreamWritable`](crate::session::Event::StreamWritable) says when to try again). Zero-copy for
+    /// a write of [`crate::chunks::COALESCE_BELOW`] bytes or more; a smaller one is copied onto the
+    /// stream's last queued chunk.
     pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
         let limit = self.config.stream_send_buffer;
         let s = self.stream_mut(id)?;
@@ -67,7 +69,8 @@ impl Session {
             return Ok(0);
         }
         s.send_queued += n;
-        s.send_queue.push_back(data.slice(..n));
+        // Small writes share chunks, so a full send buffer costs about its bytes.
+        crate::chunks::append_small(&mut s.send_queue, data.slice(..n));
         if !s.in_ready {
             s.in_ready = true;
             self.ready.push_back(id);
