@@ -3,7 +3,7 @@
 //! stream it opens towards the client session that exposes that name; a client connects such
 //! streams to the targets it exposes ([`ExposedService`]).
 //!
-//! Owns: the configuration types, [`WhenAbsent`], and the [`ReverseTable`] every server worker
+//! Owns: the configuration types, [`WhenAbsent`], and the `ReverseTable` every server worker
 //! shares: which session (on which worker) owns each configured name now, the rule when two
 //! sessions expose the same name (the newest wins), and a generation counter that tells the
 //! worker holding the listeners to look again. Must not touch: sockets or sessions (the event

@@ -486,7 +486,7 @@ impl Session {
     }
 
     /// Next event, if any. Once there is none, the session's queues that a burst left empty
-    /// give their memory back ([`crate::drained`]).
+    /// give their memory back (the crate's `drained` module).
     pub fn poll_event(&mut self) -> Option<Event> {
         let event = self.events.pop_front();
         if event.is_none() {

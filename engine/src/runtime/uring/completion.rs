@@ -1,0 +1,88 @@
+//! Completion dispatch: what each completion means for its socket, and the ready events the
+//! loop sees.
+//!
+//! Owns: [`Core::complete`] (a finished receive becomes buffered data, end of stream or an
+//! error; a finished send its byte count; a connect's poll both edges; the waker's read is
+//! re-armed) and forgetting a closed socket's record when its last operation comes back. Every
+//! completion for a registered socket becomes one ready event for its token, which is the edge
+//! the shared loop waits for. Must not touch: submission (`ring`), what an accept completion
+//! means (`accept`), how buffered data is read (`stream`).
+
+use std::io;
+
+use super::ring::{Core, OpKind, Rx, UNTRACKED};
+
+impl Core {
+    pub(super) fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
+        if user_data == UNTRACKED {
+            return;
+        }
+        if io_uring::cqueue::more(flags) {
+            // A multishot operation goes on: it keeps its place in the table.
+            self.complete_more(user_data as usize, res);
+            return;
+        }
+        let Some(op) = self.ops.try_remove(user_data as usize) else {
+            return;
+        };
+        let err = || io::Error::from_raw_os_error(-res);
+        let Some(id) = op.sock else {
+            if let OpKind::Wake(buf) = op.kind {
+                self.start(None, OpKind::Wake(buf));
+            }
+            return;
+        };
+        let retry = res == -libc::EINTR || res == -libc::EAGAIN;
+        let s = &mut self.socks[id];
+        s.inflight -= 1;
+        let (readable, writable) = match op.kind {
+            OpKind::Recv(mut buf) => {
+                s.recv_op = None;
+                s.rx = if res > 0 {
+                    // SAFETY: the kernel initialised the first `res` bytes (at most the capacity
+                    // it was given).
+                    unsafe { buf.set_len(res as usize) };
+                    Some(Rx::Data(buf, 0, res as usize))
+                } else if res == 0 {
+                    Some(Rx::Eof)
+                } else if retry || s.closed {
+                    s.spare = buf;
+                    None
+                } else {
+                    Some(Rx::Err(err()))
+                };
+                (true, false)
+            }
+            OpKind::Send { .. } => {
+                s.send_op = None;
+                s.sent = if res >= 0 {
+                    Some(Ok(res as usize))
+                } else if retry {
+                    None
+                } else {
+                    Some(Err(err()))
+                };
+                (false, true)
+            }
+            OpKind::Accept => {
+                self.accept_done(id, res, retry);
+                (true, false)
+            }
+            OpKind::Poll => {
+                s.poll_op = None;
+                (true, true)
+            }
+            OpKind::Wake(_) => (false, false),
+        };
+        let s = &mut self.socks[id];
+        if s.closed {
+            if s.inflight == 0 {
+                self.socks.remove(id);
+            }
+            return;
+        }
+        if let Some(t) = s.token {
+            self.ready.push((t, readable, writable));
+        }
+    }
+}

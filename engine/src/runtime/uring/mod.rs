@@ -1,0 +1,240 @@
+//! The io_uring driver: the [`super::io`] contract over completions.
+//!
+//! Owns: the ring, every operation in flight and the buffers they reference. Must not touch:
+//! what the loop does with the bytes ([`super::event_loop`] is shared with mio).
+//!
+//! # Completion model
+//! - Each stream has at most one receive in flight, into a buffer it owns (`read_chunk` bytes
+//!   of capacity, or [`stream::HANDSHAKE_RECV`] while the loop says the connection is in its handshake,
+//!   so a half-open connection does not pin a bulk buffer; a well-filled one is handed to the session as `Bytes` without a copy, tunnel
+//!   bytes are appended straight to the tunnel's receive buffer), and at most one vectored send (`SENDMSG` with `MSG_NOSIGNAL`) of clones of the queued
+//!   `Bytes`, which keep the payload alive until the completion arrives. The loop's outbox only
+//!   drops bytes the completion reports as sent, so the send never references freed memory.
+//! - A `read` that finds no completed receive arms one and answers `WouldBlock`; a `write` that
+//!   finds no completed send submits one and answers `WouldBlock`. Every completion becomes an
+//!   event for the socket's token, which is exactly the edge the shared loop waits for.
+//! - Listeners keep one multishot `ACCEPT` armed (Linux 5.19): one submission accepts every
+//!   connection that arrives, each as its own completion, so a burst of connects is taken in
+//!   one turn of the loop rather than one connection per turn (8,000 connects took seconds that
+//!   way). A kernel without it answers `EINVAL` once, and the driver falls back to one-shot
+//!   accepts for the rest of its life. When the accept ends (an error such as `EMFILE`, or the
+//!   kernel dropping the multishot), it is armed again, after a short back-off when it failed,
+//!   so `EMFILE` does not spin the loop. Connecting sockets (a non-blocking `connect` is
+//!   already in progress) wait with `POLL_ADD(POLLOUT)`.
+//! - Timers: the loop's timeout is passed to `io_uring_enter` (`EXT_ARG` timespec).
+//! - The waker is an eventfd with a `READ` always armed.
+//!
+//! # Buffer lifetimes
+//! Buffers live in the operation table, not in the socket, and are freed only when their
+//! completion arrives. Dropping a socket first submits whatever is queued (an SQE names a file
+//! descriptor number, which must not be reused before the kernel has looked it up), then cancels
+//! its operations; the state is forgotten when the last completion arrives. Dropping the ring
+//! cancels and waits for everything still in flight, and leaks buffers rather than free memory
+//! the kernel might still write.
+//!
+//! Sockets are put in blocking mode: io_uring then waits for readiness internally (poll arming)
+//! instead of failing with `EAGAIN`, and the loop never calls a blocking syscall on them itself.
+//!
+//! # Files
+//! - `ring`: the ring, the operation table, submission batching, cancellation, shutdown.
+//! - `completion`: what each completion means for its socket; the ready events.
+//! - `accept`: listeners, multishot accept with the one-shot fallback, the back-off.
+//! - `stream`: streams' receive and vectored send.
+//! - this file: the [`Driver`] the loop holds, which ties them together.
+
+mod accept;
+mod completion;
+mod ring;
+mod stream;
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use io_uring::types;
+use slab::Slab;
+
+use super::io::{Driver, Ready, Waker, WakerInner};
+pub(super) use accept::UringListener;
+pub(super) use ring::probe;
+use ring::{Core, CoreRef, OpKind, Rx, Sock, lock};
+pub(super) use stream::UringStream;
+use stream::stream;
+
+/// The io_uring driver.
+pub(super) struct Uring {
+    core: CoreRef,
+}
+
+impl Uring {
+    pub(super) fn new(read_chunk: usize) -> io::Result<(Self, Waker)> {
+        let ring = ring::ring()?;
+        // SAFETY: plain eventfd creation; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor owned by nobody else.
+        let wake_fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let waker = Waker(WakerInner::EventFd(wake_fd.try_clone()?));
+        let mut core = Core {
+            ring,
+            socks: Slab::new(),
+            ops: Slab::new(),
+            ready: Vec::new(),
+            read_chunk: read_chunk.max(4096),
+            wake_fd,
+            accept_retry: Vec::new(),
+            accept_multi: true,
+        };
+        core.start(None, OpKind::Wake(Box::new(0)));
+        Ok((
+            Self {
+                core: Arc::new(Mutex::new(core)),
+            },
+            waker,
+        ))
+    }
+
+    fn sock(&self, fd: RawFd) -> usize {
+        lock(&self.core).socks.insert(Sock {
+            fd,
+            ..Sock::default()
+        })
+    }
+}
+
+impl Driver for Uring {
+    type Listener = UringListener;
+    type Stream = UringStream;
+    const NAME: &'static str = "uring";
+    const TUNNEL_QUEUE: usize = 256 * 1024;
+
+    fn listener(&mut self, l: TcpListener) -> io::Result<UringListener> {
+        l.set_nonblocking(false)?;
+        let id = self.sock(l.as_raw_fd());
+        Ok(UringListener {
+            sock: l,
+            id,
+            core: self.core.clone(),
+        })
+    }
+
+    fn stream(&mut self, s: TcpStream) -> io::Result<UringStream> {
+        stream(&self.core, s)
+    }
+
+    fn register_listener(&mut self, l: &mut UringListener, token: usize) -> io::Result<()> {
+        let mut c = lock(&self.core);
+        c.socks[l.id].token = Some(token);
+        c.arm_accept(l.id);
+        Ok(())
+    }
+
+    fn register_stream(
+        &mut self,
+        s: &mut UringStream,
+        token: usize,
+        connecting: bool,
+    ) -> io::Result<()> {
+        let mut c = lock(&self.core);
+        c.socks[s.id].token = Some(token);
+        if connecting {
+            let op = c.start(Some(s.id), OpKind::Poll);
+            c.socks[s.id].poll_op = Some(op);
+        } else {
+            // Like epoll's first edge: the loop looks at the socket once, which arms a receive.
+            c.ready.push((token, true, true));
+        }
+        Ok(())
+    }
+
+    fn handshake_buffers(&mut self, s: &mut UringStream, handshake: bool) {
+        let mut c = lock(&self.core);
+        let sock = &mut c.socks[s.id];
+        sock.handshake = handshake;
+        if handshake {
+            // A spare left from a bulk receive would be reused at its size.
+            sock.spare = Vec::new();
+        }
+    }
+
+    fn deregister_listener(&mut self, l: &mut UringListener) {
+        lock(&self.core).socks[l.id].token = None;
+    }
+
+    fn deregister_stream(&mut self, s: &mut UringStream) {
+        lock(&self.core).socks[s.id].token = None;
+    }
+
+    fn detach_stream(&mut self, s: UringStream) -> io::Result<(TcpStream, Bytes)> {
+        let mut c = lock(&self.core);
+        let id = s.id;
+        if c.socks[id].send_op.is_some() {
+            return Err(io::Error::other(
+                "cannot hand over a socket with a send in flight",
+            ));
+        }
+        c.socks[id].token = None;
+        // A receive left in flight would take bytes meant for the new owner: cancel it and wait
+        // until the kernel has given it back (with whatever it had received by then).
+        let ops = [c.socks[id].recv_op, c.socks[id].poll_op];
+        c.cancel(ops.into_iter().flatten());
+        for _ in 0..64 {
+            if c.socks[id].inflight == 0 {
+                break;
+            }
+            match c.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            c.reap();
+        }
+        if c.socks[id].inflight != 0 {
+            return Err(io::Error::other("a cancelled receive did not come back"));
+        }
+        let received = match c.socks[id].rx.take() {
+            Some(Rx::Data(data, pos, end)) => Bytes::copy_from_slice(&data[pos..end]),
+            // End of stream and errors are still there for the next owner to read.
+            Some(Rx::Eof) | Some(Rx::Err(_)) | None => Bytes::new(),
+        };
+        drop(c);
+        // The record and the original descriptor go with `s`; the duplicate lives on.
+        let sock = s.sock.try_clone()?;
+        drop(s);
+        Ok((sock, received))
+    }
+
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()> {
+        let mut c = lock(&self.core);
+        c.reap();
+        let now = Instant::now();
+        let timeout = match c.retry_accepts(now) {
+            Some(at) => timeout.min(at.saturating_duration_since(now)),
+            None => timeout,
+        };
+        let result = if c.ready.is_empty() {
+            let ts = types::Timespec::from(timeout);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            c.ring.submitter().submit_with_args(1, &args)
+        } else {
+            c.ring.submit()
+        };
+        match result {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        c.reap();
+        out.append(&mut c.ready);
+        Ok(())
+    }
+}
