@@ -55,7 +55,7 @@ impl<D: Driver> EventLoop<D> {
                         if let Entry::ProxyListener { sock, kind } = entry
                             && bound_addr(sock) == Some(proxy.listen)
                         {
-                            *kind = Box::new(proxy.kind.clone());
+                            **kind = proxy.kind.clone();
                         }
                     }
                 }
