@@ -101,16 +101,27 @@ fn open_beyond_max_streams(io: Driver) {
     assert_eq!(s.read(&mut [0u8; 8]).unwrap(), 0);
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let again = loop {
+    loop {
         match client.open_stream(None) {
-            Ok(s) => break s,
+            Ok(mut s) => {
+                // Really carried: the server gets it and its byte.
+                s.write_all(b"y").unwrap();
+                let mut a = server
+                    .accept_timeout(T)
+                    .expect("the new stream accepted")
+                    .stream;
+                a.set_read_timeout(Some(T)).unwrap();
+                let mut b = [0u8; 1];
+                a.read_exact(&mut b).unwrap();
+                assert_eq!(&b, b"y");
+                break;
+            }
             Err(e) if e.kind() == STREAM_LIMIT_KIND && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!("the open after a close: {e}"),
         }
-    };
-    drop(again);
+    }
     drop(held);
     stop(server, client);
 }
