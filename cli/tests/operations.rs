@@ -347,6 +347,59 @@ driver_tests! {
     }
 
     #[within(60)]
+    fn a_connection_beyond_max_streams_is_reset_at_once_and_logged(io) {
+        let dir = TempDir::new("ops");
+        let (server_lease, app_lease) = (reserve_port(), reserve_port());
+        let (backend, _) = counting_echo();
+        let server = Daemon::start(&dir, "server", "server",
+            &server_config(server_lease.port(), backend, 2, ""), io);
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], server_lease.port())), &server);
+        let client = Daemon::start(&dir, "client", "client",
+            &client_config(app_lease.port(), server_lease.port(), 2,
+                "[limits]\nmax_streams_per_session = 4\n"), io);
+        assert!(client.wait_for("tunnel established", 2, Duration::from_secs(10)), "{}", client.log());
+        let app = SocketAddr::from(([127, 0, 0, 1], app_lease.port()));
+        // Four streams, each echoed once and held open.
+        let mut held: Vec<TcpStream> = (0..4).map(|_| {
+            let mut s = TcpStream::connect(app).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            s.write_all(b"ping").expect("write");
+            let mut got = [0u8; 4];
+            s.read_exact(&mut got).expect("echo");
+            s
+        }).collect();
+        // The fifth and sixth are reset at once, not held until connect_wait (5 s).
+        for _ in 0..2 {
+            let asked = Instant::now();
+            let mut over = TcpStream::connect(app).expect("connect");
+            let _ = over.write_all(b"ping");
+            assert!(closed_within(&mut over, Duration::from_secs(2)), "{io}: over the limit, reset");
+            assert!(asked.elapsed() < Duration::from_secs(2), "{io}: reset after {:?}", asked.elapsed());
+        }
+        let line = "reset: stream limit reached: max_streams 4";
+        assert!(client.wait_for(line, 1, Duration::from_secs(3)), "{io}\n{}", client.log());
+        // Said once (repeats are summarised), as a warning.
+        let said = client.records().into_iter().filter(|l| l.contains(line)).count();
+        assert_eq!(said, 1, "{io}\n{}", client.log());
+        // One closes; then a new connection is carried again.
+        let gone = held.pop().expect("one held");
+        gone.shutdown(Shutdown::Write).expect("shutdown");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = TcpStream::connect(app).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let _ = s.write_all(b"ping");
+            let mut got = [0u8; 4];
+            if s.read_exact(&mut got).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{io}: no stream after a close\n{}", client.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+        drop(gone);
+    }
+
+    #[within(60)]
     fn an_unlisted_target_is_refused_and_the_client_says_so(io) {
         let dir = TempDir::new("ops");
         let (server_lease, app_lease) = (reserve_port(), reserve_port());

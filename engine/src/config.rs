@@ -103,7 +103,8 @@ pub struct Config {
     pub session_window: u64,
     /// Bytes a local writer may queue on a stream beyond what is in flight.
     pub stream_send_buffer: usize,
-    /// How many streams the peer may have open at once.
+    /// How many streams the peer may have open at once, and how many this end keeps open
+    /// that it opened (more fail at once: [`crate::StreamError::LocalStreamLimit`]).
     pub max_streams: u64,
     /// Bytes of reliable frames this end keeps for resend (sent and not yet acknowledged, or
     /// waiting to be sent again), across the session. No new DATA is framed at the cap; resends

@@ -171,8 +171,11 @@ pub enum StreamError {
     #[error("write after shutdown")]
     Finished,
     /// The peer allows no more streams right now.
-    #[error("the peer's stream limit is reached")]
+    #[error("stream limit reached: the peer allows no more streams")]
     StreamLimit,
+    /// This end already has its `max_streams` (the value) streams open.
+    #[error("stream limit reached: max_streams {0}")]
+    LocalStreamLimit(u64),
     /// No tunnel has completed a handshake yet, so the peer's limits are unknown.
     #[error("session not established yet")]
     NotReady,
@@ -185,4 +188,26 @@ pub enum StreamError {
     /// The open target is too long.
     #[error("target longer than {0} bytes")]
     TargetTooLong(usize),
+}
+
+/// Why an open was refused for a limit: the inner error of the [`STREAM_LIMIT_KIND`]
+/// [`std::io::Error`] that `Client::open_stream` returns (or a stream's reads and writes, when
+/// the peer refuses it later). Never a wait: the open fails at once.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum StreamLimitError {
+    /// This end already has `max_streams` (the value) streams open on the session.
+    #[error("stream limit reached: max_streams {0}")]
+    Local(u64),
+    /// The peer allows no more streams (its `max_streams`, clamped locally, is reached).
+    #[error("stream limit reached: the peer allows no more streams")]
+    Peer,
+}
+
+/// The [`std::io::ErrorKind`] of an open refused for a limit ([`StreamLimitError`] inside).
+pub const STREAM_LIMIT_KIND: std::io::ErrorKind = std::io::ErrorKind::QuotaExceeded;
+
+impl From<StreamLimitError> for std::io::Error {
+    fn from(e: StreamLimitError) -> Self {
+        std::io::Error::new(STREAM_LIMIT_KIND, e)
+    }
 }

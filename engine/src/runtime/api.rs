@@ -35,6 +35,7 @@ use super::{
     ClientForward, Route, RuntimeError, RuntimeHandle, RuntimeOptions, TargetResolver,
     spawn_client, start_server,
 };
+use crate::error::StreamLimitError;
 use crate::wire::MAX_TARGET_LEN;
 
 /// Where a server's event loop puts the streams it accepted for the program.
@@ -97,9 +98,19 @@ impl Client {
 
     /// Opens a stream asking the server for `target` (`None`: its default route), without
     /// waiting: the stream is carried as soon as the session can open it, and what is written
-    /// before then waits in the stream's buffer. Fails when the client is shutting down
-    /// ([`io::ErrorKind::NotConnected`]) or `target` is too long ([`io::ErrorKind::InvalidInput`]);
-    /// a stream the session cannot open later fails its reads and writes.
+    /// before then waits in the stream's buffer.
+    ///
+    /// # Errors
+    /// - [`io::ErrorKind::NotConnected`]: the client is shut down.
+    /// - [`io::ErrorKind::InvalidInput`]: `target` is longer than [`MAX_TARGET_LEN`].
+    /// - [`crate::STREAM_LIMIT_KIND`] ([`io::ErrorKind::QuotaExceeded`]), with a
+    ///   [`StreamLimitError::Local`] inside: every session already has `max_streams` streams
+    ///   this client opened and has not released (a stream is released once the program dropped
+    ///   it and both directions ended). Returned at once, never after a wait.
+    ///
+    /// A stream the session cannot open later fails its reads and writes: with
+    /// [`super::StreamFailure::Limit`] (the same kind) when the peer allows no more streams,
+    /// else [`super::StreamFailure::NotOpened`].
     pub fn open_stream(&self, target: Option<&str>) -> io::Result<MtcpStream> {
         if target.is_some_and(|t| t.len() > MAX_TARGET_LEN) {
             return Err(io::Error::new(
@@ -111,11 +122,23 @@ impl Client {
         if self.handle.stopping() {
             return Err(stopped());
         }
-        let turn = self.next_hub.fetch_add(1, Ordering::Relaxed);
-        let Some(hub) = self.hubs.get(turn % self.hubs.len().max(1)) else {
+        let n = self.hubs.len();
+        if n == 0 {
             return Err(stopped());
-        };
-        let (stream, ends) = stream_pair(hub);
+        }
+        // Round-robin over the workers' sessions; a full one passes its turn to the next.
+        let turn = self.next_hub.fetch_add(1, Ordering::Relaxed);
+        let mut refused = None;
+        let (hub, slot) = (0..n)
+            .find_map(|i| {
+                let hub = &self.hubs[(turn + i) % n];
+                hub.reserve()
+                    .map_err(|e| refused = Some(e))
+                    .ok()
+                    .map(|slot| (hub, slot))
+            })
+            .ok_or_else(|| io::Error::from(refused.unwrap_or(StreamLimitError::Local(0))))?;
+        let (stream, ends) = stream_pair(hub, Some(slot));
         let req = OpenRequest {
             ends,
             target: target.map(str::to_owned),

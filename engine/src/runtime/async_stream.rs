@@ -267,7 +267,8 @@ impl From<Accepted> for AcceptedAsync {
 
 impl Client {
     /// [`Client::open_stream`] for async code: ready at once (the stream opens without a
-    /// round trip, and what is written before a tunnel is up waits in its buffer).
+    /// round trip, and what is written before a tunnel is up waits in its buffer). Fails as
+    /// [`Client::open_stream`] does, at once: a limit reached is [`crate::STREAM_LIMIT_KIND`].
     pub fn open_stream_async(
         &self,
         target: Option<&str>,

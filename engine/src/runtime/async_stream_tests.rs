@@ -62,9 +62,9 @@ fn block_on_watched<F: Future>(fut: F) -> (F::Output, u64) {
 /// A stream whose loop side the test drives by hand.
 fn stream() -> (AsyncMtcpStream, LoopEnds, Arc<Hub>) {
     let (_driver, waker) = Mio::new().expect("an epoll instance");
-    let inbox = Hub::create(Arc::new(waker));
+    let inbox = Hub::create(Arc::new(waker), u64::MAX);
     let hub = inbox.hub.clone();
-    let (app, ends) = stream_pair(&hub);
+    let (app, ends) = stream_pair(&hub, None);
     (app.into_async(), ends, hub)
 }
 

@@ -38,7 +38,9 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering::SeqCst, fence};
+use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst, fence,
+};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::Waker as TaskWaker;
@@ -48,6 +50,7 @@ use bytes::Bytes;
 
 use super::Waker;
 use super::local_queue::ChunkQueue;
+use crate::error::StreamLimitError;
 
 /// Bytes a stream may hold in each direction between the application and the loop.
 pub(super) const STREAM_BUFFER: usize = 256 * 1024;
@@ -69,6 +72,9 @@ pub(super) const FAILED_OPEN: u32 = 1 << 5;
 pub(super) const FAILED_SESSION: u32 = 1 << 6;
 /// The loop no longer services the stream (meaningful only when nothing above explains it).
 pub(super) const DETACHED: u32 = 1 << 7;
+/// The stream could not be opened for a limit (with `FAILED_OPEN`; which one in `peer_code`:
+/// 0 the peer's, else this end's `max_streams`).
+pub(super) const FAILED_LIMIT: u32 = 1 << 8;
 
 /// Everything that ends a direction with an error.
 const FAILURES: u32 = APP_RESET | PEER_RESET | FAILED_OPEN | FAILED_SESSION | DETACHED;
@@ -95,6 +101,9 @@ pub enum StreamFailure {
     SessionLost,
     /// The runtime stopped with the stream unfinished ([`io::ErrorKind::ConnectionAborted`]).
     RuntimeStopped,
+    /// The stream could not be opened for a limit: the session's or the peer's `max_streams`
+    /// ([`crate::STREAM_LIMIT_KIND`]).
+    Limit(StreamLimitError),
 }
 
 impl StreamFailure {
@@ -104,6 +113,7 @@ impl StreamFailure {
             Self::ResetByPeer(_) | Self::ResetLocally(_) => io::ErrorKind::ConnectionReset,
             Self::NotOpened => io::ErrorKind::ConnectionRefused,
             Self::SessionLost | Self::RuntimeStopped => io::ErrorKind::ConnectionAborted,
+            Self::Limit(_) => crate::STREAM_LIMIT_KIND,
         }
     }
 }
@@ -116,6 +126,7 @@ impl fmt::Display for StreamFailure {
             Self::NotOpened => f.write_str("stream not opened: the session is going away"),
             Self::SessionLost => f.write_str("the session carrying the stream closed"),
             Self::RuntimeStopped => f.write_str("the runtime stopped"),
+            Self::Limit(e) => e.fmt(f),
         }
     }
 }
@@ -154,6 +165,8 @@ pub(super) struct StreamShared {
     /// The async tasks waiting, if any (blocked threads wait on `cv`).
     lock: Mutex<WaitingTasks>,
     cv: Condvar,
+    /// The opener's place under `max_streams`, given back when the last holder drops this.
+    _slot: Option<OpenSlot>,
 }
 
 /// The tasks waiting on one stream: at most one reader and one writer, as for threads.
@@ -164,8 +177,9 @@ struct WaitingTasks {
 }
 
 impl StreamShared {
-    fn new() -> Self {
+    fn new(slot: Option<OpenSlot>) -> Self {
         Self {
+            _slot: slot,
             state: AtomicU32::new(0),
             app_code: AtomicU32::new(0),
             peer_code: AtomicU32::new(0),
@@ -199,6 +213,16 @@ impl StreamShared {
         self.set(PEER_RESET);
     }
 
+    /// The stream could not be opened for `limit`.
+    pub(super) fn set_limit_failure(&self, limit: StreamLimitError) {
+        let code = match limit {
+            StreamLimitError::Peer => 0,
+            StreamLimitError::Local(n) => u32::try_from(n).unwrap_or(u32::MAX).max(1),
+        };
+        self.peer_code.store(code, SeqCst);
+        self.set(FAILED_OPEN | FAILED_LIMIT);
+    }
+
     /// The code the application reset the stream with.
     pub(super) fn app_code(&self) -> u32 {
         self.app_code.load(SeqCst)
@@ -212,6 +236,13 @@ impl StreamShared {
             Some(StreamFailure::ResetLocally(self.app_code.load(SeqCst)))
         } else if state & PEER_RESET != 0 {
             Some(StreamFailure::ResetByPeer(self.peer_code.load(SeqCst)))
+        } else if state & FAILED_LIMIT != 0 {
+            Some(StreamFailure::Limit(
+                match u64::from(self.peer_code.load(SeqCst)) {
+                    0 => StreamLimitError::Peer,
+                    n => StreamLimitError::Local(n),
+                },
+            ))
         } else if state & FAILED_OPEN != 0 {
             Some(StreamFailure::NotOpened)
         } else if state & FAILED_SESSION != 0 {
@@ -353,6 +384,22 @@ pub(super) struct Hub {
     opens: Sender<OpenRequest>,
     waker: Arc<Waker>,
     wake_pending: AtomicBool,
+    /// Streams the program opened through this hub that are not released yet (each holds an
+    /// [`OpenSlot`]); with `max_streams`, what lets an open over the limit fail at once.
+    open_streams: Arc<AtomicU64>,
+    /// The session's `max_streams`: most streams open through this hub at once.
+    max_streams: u64,
+}
+
+/// One of a hub's `max_streams` places, held by an opened stream's shared state until both the
+/// program and the loop let go of it.
+#[derive(Debug)]
+pub(super) struct OpenSlot(Arc<AtomicU64>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 impl fmt::Debug for Hub {
@@ -371,7 +418,7 @@ pub(super) struct HubInbox {
 
 impl Hub {
     /// A hub for the loop `waker` wakes, and the loop's side of it.
-    pub(super) fn create(waker: Arc<Waker>) -> HubInbox {
+    pub(super) fn create(waker: Arc<Waker>, max_streams: u64) -> HubInbox {
         let (notify, notify_rx) = std::sync::mpsc::channel();
         let (opens, opens_rx) = std::sync::mpsc::channel();
         let hub = Arc::new(Self {
@@ -379,6 +426,8 @@ impl Hub {
             opens,
             waker,
             wake_pending: AtomicBool::new(false),
+            open_streams: Arc::new(AtomicU64::new(0)),
+            max_streams,
         });
         HubInbox {
             hub,
@@ -411,6 +460,14 @@ impl Hub {
         }
     }
 
+    /// Takes a place for a stream the program opens, or says the limit is reached.
+    pub(super) fn reserve(&self) -> Result<OpenSlot, StreamLimitError> {
+        self.open_streams
+            .fetch_update(SeqCst, SeqCst, |n| (n < self.max_streams).then_some(n + 1))
+            .map(|_| OpenSlot(self.open_streams.clone()))
+            .map_err(|_| StreamLimitError::Local(self.max_streams))
+    }
+
     /// Hands a new stream to the loop; on failure (the loop is gone) the request comes back.
     pub(super) fn open(&self, req: OpenRequest) -> Result<(), OpenRequest> {
         self.opens.send(req).map_err(|e| e.0)?;
@@ -420,8 +477,8 @@ impl Hub {
 }
 
 /// A new stream: the application's object and the loop's ends.
-pub(super) fn stream_pair(hub: &Arc<Hub>) -> (MtcpStream, LoopEnds) {
-    let shared = Arc::new(StreamShared::new());
+pub(super) fn stream_pair(hub: &Arc<Hub>, slot: Option<OpenSlot>) -> (MtcpStream, LoopEnds) {
+    let shared = Arc::new(StreamShared::new(slot));
     let app = MtcpStream {
         read: ReadHalf {
             shared: shared.clone(),

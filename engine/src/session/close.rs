@@ -87,6 +87,7 @@ impl Session {
             }
         }
         self.streams.clear();
+        self.local_open = 0;
         self.reorder_overhead = 0;
         self.backlog = 0;
         self.ready.clear();

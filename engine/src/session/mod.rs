@@ -218,6 +218,8 @@ pub struct Session {
     /// after a growth) costs little per stream, and an idle stream's state is one allocation.
     streams: HashMap<StreamId, Box<Stream>>,
     next_local_index: u64,
+    /// Streams this end opened that are not forgotten yet (capped by `config.max_streams`).
+    local_open: u64,
     local_stream_limit: u64,
     peer_streams_seen: u64,
     /// Peer stream indices below `peer_streams_seen` that no frame has named yet: start → end.
@@ -339,6 +341,7 @@ impl Session {
             tunnels,
             streams: HashMap::new(),
             next_local_index: 0,
+            local_open: 0,
             local_stream_limit: 0,
             peer_streams_seen: 0,
             peer_unseen: BTreeMap::new(),

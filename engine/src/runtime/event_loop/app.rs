@@ -380,9 +380,17 @@ impl<D: Driver> EventLoop<D> {
                 // application learns at once, instead of waiting for the next attempt.
                 tracing::debug!("application connection closed: the server refuses this client");
             }
-            Err(crate::StreamError::NotReady) | Err(crate::StreamError::StreamLimit) => {
-                // Held until a tunnel is up or the peer grants more streams.
+            Err(crate::StreamError::NotReady) => {
+                // Held until a tunnel is up.
                 self.hold_app(skey, waiting);
+            }
+            Err(
+                e @ (crate::StreamError::StreamLimit | crate::StreamError::LocalStreamLimit(_)),
+            ) => {
+                // A limit refuses at once (issue 10): the application sees a reset, not a
+                // connection that hangs until connect_wait.
+                sockopt::abort_on_close(&waiting.conn);
+                self.note_stream_limit(&forward, &e);
             }
             Err(e) => {
                 tracing::warn!("cannot open a stream: {e}; closing the application connection");

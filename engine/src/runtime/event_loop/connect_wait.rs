@@ -1,5 +1,5 @@
 //! Client: application connections waiting for a tunnel. While no tunnel can carry a new
-//! stream (the pool still opening, the server unreachable, the peer's stream limit reached), an
+//! stream (the pool still opening, the server unreachable; a stream limit resets at once), an
 //! accepted connection is held here, unread, for at most `connect_wait` and in bounded number;
 //! then it is reset, and the log says so, aggregated. When a tunnel comes up, a held connection
 //! the application has closed meanwhile (it sent nothing and closed, or reset it) is dropped,

@@ -25,6 +25,7 @@ use super::streams::{After, StreamConn};
 use super::{Entry, EventLoop, RESET_APP_ERROR, RESET_CONNECT_FAILED, Role};
 use crate::StreamError;
 use crate::endpoint::SessionKey;
+use crate::error::StreamLimitError;
 use crate::runtime::Waker;
 use crate::runtime::api::{AcceptSender, Accepted};
 use crate::runtime::io::Driver;
@@ -218,7 +219,7 @@ impl<D: Driver> EventLoop<D> {
         waker: Arc<Waker>,
         accept: Option<AcceptSender>,
     ) -> Arc<Hub> {
-        let inbox = Hub::create(waker);
+        let inbox = Hub::create(waker, self.opts.engine.max_streams);
         let hub = inbox.hub.clone();
         self.local = Some(LocalState {
             inbox,
@@ -313,12 +314,20 @@ impl<D: Driver> EventLoop<D> {
                     self.stream_to_session(key);
                     self.stream_to_app(key);
                 }
-                // Held until a tunnel is up, a new session replaces a closed one, or the peer
-                // grants more streams.
-                Err(
-                    StreamError::NotReady | StreamError::StreamLimit | StreamError::SessionClosed,
-                ) => {
+                // Held until a tunnel is up or a new session replaces a closed one.
+                Err(StreamError::NotReady | StreamError::SessionClosed) => {
                     return;
+                }
+                // A limit fails the open at once (issue 10: never a silent wait).
+                Err(e @ (StreamError::StreamLimit | StreamError::LocalStreamLimit(_))) => {
+                    let limit = match e {
+                        StreamError::LocalStreamLimit(n) => StreamLimitError::Local(n),
+                        _ => StreamLimitError::Peer,
+                    };
+                    tracing::debug!("in-process stream not opened: {limit}");
+                    if let Some(req) = self.local.as_mut().and_then(|l| l.waiting.pop_front()) {
+                        req.ends.shared.set_limit_failure(limit);
+                    }
                 }
                 Err(e) => {
                     tracing::info!("cannot open an in-process stream: {e}");
@@ -351,7 +360,7 @@ impl<D: Driver> EventLoop<D> {
                 return self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
             }
         };
-        let (app, ends) = stream_pair(&hub);
+        let (app, ends) = stream_pair(&hub, None);
         let Some(key) = self.add_local(LocalConn::new(ends, skey, stream)) else {
             return self.refuse_stream(skey, stream, RESET_CONNECT_FAILED);
         };

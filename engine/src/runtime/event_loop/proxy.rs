@@ -263,7 +263,7 @@ impl<D: Driver> EventLoop<D> {
             Err(crate::StreamError::NotReady) if self.refused_everywhere() => {
                 return self.close_proxy(key, &reply.reply(Verdict::Failed));
             }
-            Err(crate::StreamError::NotReady | crate::StreamError::StreamLimit) => return,
+            Err(crate::StreamError::NotReady) => return,
             Err(e) => {
                 tracing::warn!(%target, "cannot open a stream for a proxy request: {e}");
                 return self.close_proxy(key, &reply.reply(Verdict::Failed));

@@ -1,7 +1,9 @@
 //! Refused targets, said once and then counted: a server's streams reset because their target
 //! is not in its allow-list (code 5) or cannot be resolved (code 1), and a client's streams the
 //! server reset with code 5, per forward. The first of each is a warning; the repeats are
-//! summarised once per [`REPORT_INTERVAL`] (see [`crate::runtime::repeat_log`]).
+//! summarised once per [`REPORT_INTERVAL`] (see [`crate::runtime::repeat_log`]). Also a
+//! client's application connections reset because a stream limit is reached (this end's
+//! `max_streams`, or the server's), per forward and limit.
 //!
 //! Owns: the per-worker table of refused targets and its summaries. Must not touch: routing
 //! (the resolver decides, [`super::backends`] acts) or the streams themselves.
@@ -9,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Entry, EventLoop, RESET_NOT_ALLOWED, Role};
+use crate::runtime::ClientForward;
 use crate::runtime::io::Driver;
 use crate::runtime::repeat_log::RepeatLog;
 use crate::session::StreamId;
@@ -86,6 +89,23 @@ impl<D: Driver> EventLoop<D> {
             );
         } else {
             tracing::debug!(session = %id, stream, forward = name, target, "target refused again");
+        }
+    }
+
+    /// Client: an application connection of `forward` was reset because opening its stream
+    /// hit a limit (`why`, a [`crate::StreamError`]).
+    pub(super) fn note_stream_limit(&mut self, forward: &ClientForward, why: &crate::StreamError) {
+        let name = forward.name.as_deref().unwrap_or_default();
+        let key = format!("application connection to {} reset: {why}", forward.listen);
+        if self.target_refusals.log.note(&key, Instant::now()) {
+            tracing::warn!(
+                forward = name,
+                listen = %forward.listen,
+                "{key} (repeats summarised every {:?})",
+                self.target_refusals.log.interval()
+            );
+        } else {
+            tracing::debug!(forward = name, "{key}");
         }
     }
 

@@ -154,6 +154,9 @@ impl Session {
         // Bytes read or discarded are consumed; anything still buffered is freed with the stream.
         let unconsumed = s.recv_highest - s.recv_consumed;
         self.streams.remove(&id);
+        if local {
+            self.local_open = self.local_open.saturating_sub(1);
+        }
         self.recv_consumed_total += unconsumed;
         self.events.push_back(Event::StreamClosed {
             stream: id,

@@ -30,6 +30,10 @@ impl Session {
             }
             return Err(StreamError::NotReady);
         };
+        if self.local_open >= self.config.max_streams {
+            // This end's own cap on concurrent streams: refused, never queued.
+            return Err(StreamError::LocalStreamLimit(self.config.max_streams));
+        }
         if self.next_local_index >= self.local_stream_limit {
             return Err(StreamError::StreamLimit);
         }
@@ -38,6 +42,7 @@ impl Session {
         }
         let id = (self.next_local_index << 1) | self.local_parity();
         self.next_local_index += 1;
+        self.local_open += 1;
         let mut s = Box::new(Stream::new(
             true,
             peer.stream_window,
