@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::driver_tests;
 use mtcpd_testkit::ports::reserve_port;
 use mtcpd_testkit::process::ChildGuard;
@@ -55,31 +56,19 @@ driver_tests! {
                 .stdout(Stdio::null()),
         )
         .expect("spawn echo-mio");
-        let server = dir.file(
-            "s.toml",
-            &format!(
-                "mode = \"server\"\npsk = \"{KEY}\"\n[server]\nlisten_ip = \"127.0.0.1\"\n\
-                 listen_port = {tunnel}\nbackend_ip = \"127.0.0.1\"\nbackend_port = {echo}\n"
-            ),
+        let server = format!(
+            "mode = \"server\"\npsk = \"{KEY}\"\n[server]\nlisten_ip = \"127.0.0.1\"\n\
+             listen_port = {tunnel}\nbackend_ip = \"127.0.0.1\"\nbackend_port = {echo}\n"
         );
-        let client = dir.file(
-            "c.toml",
-            &format!(
-                "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nlocal_listen_ip = \"127.0.0.1\"\n\
-                 local_listen_port = {app}\nserver_ip = \"127.0.0.1\"\nserver_port = {tunnel}\n"
-            ),
+        let client = format!(
+            "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nlocal_listen_ip = \"127.0.0.1\"\n\
+             local_listen_port = {app}\nserver_ip = \"127.0.0.1\"\nserver_port = {tunnel}\n"
         );
-        let daemon = |role: &str, config: &PathBuf| {
-            ChildGuard::spawn(
-                Command::new(mtcpd())
-                    .args([role, "-c"])
-                    .arg(config)
-                    .args(["--io", io.name()])
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )
-            .expect("spawn mtcpd")
+        let daemon = |role: &str, config: &str| {
+            Daemon::launch(mtcpd(), &dir, role, role, config)
+                .io(io)
+                .log_filter("warn")
+                .spawn()
         };
         let server = daemon("server", &server);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel)));
@@ -89,8 +78,8 @@ driver_tests! {
         let out = ChildGuard::spawn(
             Command::new(PERF)
                 .args(["soak", "-c", &format!("127.0.0.1:{app}")])
-                .args(["--client-pid", &client.id().expect("pid").to_string()])
-                .args(["--server-pid", &server.id().expect("pid").to_string()])
+                .args(["--client-pid", &client.pid().expect("pid").to_string()])
+                .args(["--server-pid", &server.pid().expect("pid").to_string()])
                 .args(["--concurrency", "200", "-t", "12s", "--interval", "1s"])
                 .args(["--peak-concurrency", "1000", "--peak-time", "4s", "--quiet", "8s"])
                 .arg("--csv")
