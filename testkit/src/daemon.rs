@@ -205,3 +205,63 @@ impl Daemon {
         self.wait_for_log_count(needle, 1, limit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tempdir::TempDir;
+
+    /// A stand-in daemon: `sh SCRIPT -c CONFIG ARGS...` reports its arguments and `RUST_LOG`
+    /// on stderr, then waits to be stopped.
+    fn fake(dir: &TempDir) -> String {
+        let script = dir.file(
+            "fake.sh",
+            "echo \"args: $*\" >&2\necho \"RUST_LOG=${RUST_LOG-unset}\" >&2\nexec sleep 30\n",
+        );
+        script.display().to_string()
+    }
+
+    #[test]
+    fn a_started_daemon_gets_its_config_args_and_no_rust_log_and_stops_on_sigterm() {
+        let dir = TempDir::new("daemon");
+        let mut daemon = Daemon::start("/bin/sh", &dir, "d", &fake(&dir), "x = 1\n", Driver::Mio);
+        assert_eq!(
+            std::fs::read_to_string(daemon.config_path()).unwrap(),
+            "x = 1\n"
+        );
+        let args = format!("args: -c {} --io mio", daemon.config_path().display());
+        assert!(
+            daemon.wait_for_log(&args, Duration::from_secs(10)),
+            "{}",
+            daemon.log()
+        );
+        assert!(
+            daemon.wait_for_log("RUST_LOG=unset", Duration::from_secs(10)),
+            "{}",
+            daemon.log()
+        );
+        assert!(!daemon.wait_for_log_count("args:", 2, Duration::from_millis(50)));
+        assert!(daemon.pid().is_some());
+        let status = daemon.terminate(Duration::from_secs(5)).expect("exits");
+        assert!(!status.success());
+    }
+
+    #[test]
+    fn a_launch_passes_extra_args_and_the_log_filter() {
+        let dir = TempDir::new("daemon");
+        let daemon = Daemon::launch("/bin/sh", &dir, "d", &fake(&dir), "")
+            .args(["--cores", "2"])
+            .log_filter("warn")
+            .spawn();
+        assert!(
+            daemon.wait_for_log("--cores 2", Duration::from_secs(10)),
+            "{}",
+            daemon.log()
+        );
+        assert!(
+            daemon.wait_for_log("RUST_LOG=warn", Duration::from_secs(10)),
+            "{}",
+            daemon.log()
+        );
+    }
+}
