@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use mtcpd::stats::exposition::{Sample, parse};
 use mtcpd_testkit::backends;
 use mtcpd_testkit::daemon::Daemon;
-use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
@@ -59,14 +59,11 @@ fn local(port: u16) -> SocketAddr {
 }
 
 fn wait_listening(addr: SocketAddr, what: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}; log:\n{}", what());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}; log:\n{}",
+        what()
+    );
 }
 
 fn server_config(tunnel: u16, metrics: u16, backend: SocketAddr) -> String {

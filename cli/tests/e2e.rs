@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mtcpd_testkit::backends::{self, SinkReport};
 use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::pattern::{self, Checksum};
-use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
@@ -81,14 +81,11 @@ fn refusals(log: &str, level: &str, refusal: &str) -> usize {
 }
 
 fn wait_listening(addr: SocketAddr, what: &str, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what} never listened on {addr}; log:\n{}", daemon.log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "{what} never listened on {addr}; log:\n{}",
+        daemon.log()
+    );
 }
 
 impl Pair {

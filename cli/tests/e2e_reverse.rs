@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use mtcpd_testkit::backends;
 use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::pattern::{self, Checksum};
-use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
@@ -74,14 +74,11 @@ fn client_config(
 
 /// Waits up to 20 s until `addr` accepts a connection.
 fn wait_listening(addr: SocketAddr, what: &str, logs: &dyn Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what} never listened on {addr}; logs:\n{}", logs());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "{what} never listened on {addr}; logs:\n{}",
+        logs()
+    );
 }
 
 /// Waits up to 20 s until connecting to `addr` is refused (nothing listens).

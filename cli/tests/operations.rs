@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::driver_tests;
-use mtcpd_testkit::ports::reserve_port;
+use mtcpd_testkit::ports::{listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 
 const KEY: &str = "operations-test-key-0123456789abcdef-0123";
@@ -52,14 +52,11 @@ fn client_config(app: u16, server: u16, pool: u16, extra: &str) -> String {
 }
 
 fn wait_listening(addr: SocketAddr, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}; log:\n{}", daemon.log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}; log:\n{}",
+        daemon.log()
+    );
 }
 
 /// An echo backend that counts the connections it accepted.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::pattern;
-use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
@@ -38,14 +38,11 @@ fn start_daemon(dir: &Path, name: &str, role: &str, config: &str, io: Driver) ->
 }
 
 fn wait_listening(addr: SocketAddr, what: &str, log: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what} never listened on {addr}; log:\n{}", log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "{what} never listened on {addr}; log:\n{}",
+        log()
+    );
 }
 
 /// True when `tool` runs; otherwise the test may only be skipped where that is allowed.

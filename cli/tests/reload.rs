@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::pattern::{read_to_end_checksum, write_pattern};
-use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
@@ -65,14 +65,11 @@ fn client_config(key: &str, server: u16, forwards: &[(&str, u16, Option<SocketAd
 }
 
 fn wait_listening(addr: SocketAddr, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}; log:\n{}", daemon.log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}; log:\n{}",
+        daemon.log()
+    );
 }
 
 /// An echo backend on a port of its own.

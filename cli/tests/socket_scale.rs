@@ -6,12 +6,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mtcpd_testkit::backends;
 use mtcpd_testkit::daemon::Daemon;
-use mtcpd_testkit::ports::reserve_port;
+use mtcpd_testkit::ports::{listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
@@ -31,14 +30,10 @@ fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Dae
 }
 
 fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}");
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}"
+    );
 }
 
 driver_tests! {

@@ -7,15 +7,14 @@
 //! The `mtcpd` binary is the one built next to `mtcp-perf` (the workspace test run builds
 //! both); the test fails, naming it, when it is missing.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::driver_tests;
-use mtcpd_testkit::ports::reserve_port;
+use mtcpd_testkit::ports::{listening_within, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
 use mtcpd_testkit::tempdir::TempDir;
 
@@ -33,14 +32,10 @@ fn mtcpd() -> PathBuf {
 }
 
 fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}");
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}"
+    );
 }
 
 driver_tests! {
