@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use mtcpd::stats::exposition::{Sample, parse};
 use mtcpd_testkit::backends;
-use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::daemon::Daemon;
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
@@ -42,34 +43,15 @@ driver_tests! {
     fn servers_list_skips_a_server_that_refuses_the_key(io) { servers_list_refused(io) }
 }
 
-struct Daemon {
-    process: ChildGuard,
-    log: PathBuf,
-}
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
 
-impl Daemon {
-    fn start(dir: &Path, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, config).expect("write config");
-        let log = dir.join(format!("{name}.log"));
-        let process = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-                .args([role, "-c"])
-                .arg(&path)
-                .args(["--io", io.name()])
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        )
-        .expect("spawn mtcpd")
-        .with_grace(Duration::from_secs(3));
-        Daemon { process, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// `mtcpd ROLE -c CONFIG --io IO` at info level, killed 3 s after SIGTERM at the latest.
+fn start_daemon(dir: &Path, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
+    Daemon::launch(MTCPD, dir, name, role, config)
+        .io(io)
+        .log_filter("info")
+        .grace(Duration::from_secs(3))
+        .spawn()
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -77,14 +59,11 @@ fn local(port: u16) -> SocketAddr {
 }
 
 fn wait_listening(addr: SocketAddr, what: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}; log:\n{}", what());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}; log:\n{}",
+        what()
+    );
 }
 
 fn server_config(tunnel: u16, metrics: u16, backend: SocketAddr) -> String {
@@ -232,14 +211,14 @@ fn haproxy_failover(io: Driver) {
     ] = [0, 1, 2, 3, 4, 5, 6].map(|i| leases[i].port());
     let sink = backends::sink_backend();
     let servers = [
-        Daemon::start(
+        start_daemon(
             &dir.0,
             "server-a",
             "server",
             &server_config(tunnel_a, metrics_a, sink),
             io,
         ),
-        Daemon::start(
+        start_daemon(
             &dir.0,
             "server-b",
             "server",
@@ -255,7 +234,7 @@ fn haproxy_failover(io: Driver) {
     // HAProxy's health checks see both servers up before the client dials.
     thread::sleep(Duration::from_millis(800));
     wait_listening(local(front), haproxy_log);
-    let client = Daemon::start(
+    let client = start_daemon(
         &dir.0,
         "client",
         "client",
@@ -297,7 +276,7 @@ fn servers_list(io: Driver) {
     let leases: Vec<PortLease> = (0..5).map(|_| reserve_port()).collect();
     let [dead, tunnel, metrics, app, client_metrics] = [0, 1, 2, 3, 4].map(|i| leases[i].port());
     let sink = backends::sink_backend();
-    let server = Daemon::start(
+    let server = start_daemon(
         &dir.0,
         "server",
         "server",
@@ -307,7 +286,7 @@ fn servers_list(io: Driver) {
     wait_listening(local(metrics), || server.log());
     // Nothing listens on `dead` (its lease keeps other tests off it).
     let servers = format!("servers = [\"127.0.0.1:{dead}\", \"127.0.0.1:{tunnel}\"]");
-    let client = Daemon::start(
+    let client = start_daemon(
         &dir.0,
         "client",
         "client",
@@ -349,14 +328,14 @@ fn servers_list_kill(io: Driver) {
     ] = [0, 1, 2, 3, 4, 5].map(|i| leases[i].port());
     let sink = backends::sink_backend();
     let servers = [
-        Daemon::start(
+        start_daemon(
             &dir.0,
             "server-a",
             "server",
             &server_config(tunnel_a, metrics_a, sink),
             io,
         ),
-        Daemon::start(
+        start_daemon(
             &dir.0,
             "server-b",
             "server",
@@ -368,7 +347,7 @@ fn servers_list_kill(io: Driver) {
         wait_listening(local(*port), || server.log());
     }
     let list = format!("servers = [\"127.0.0.1:{tunnel_a}\", \"127.0.0.1:{tunnel_b}\"]");
-    let client = Daemon::start(
+    let client = start_daemon(
         &dir.0,
         "client",
         "client",
@@ -411,14 +390,14 @@ fn servers_list_refused(io: Driver) {
     let sink = backends::sink_backend();
     let other_key = "a different key for the first server, 32 bytes+";
     let servers = [
-        Daemon::start(
+        start_daemon(
             &dir.0,
             "server-a",
             "server",
             &server_config_with_key(other_key, tunnel_a, metrics_a, sink),
             io,
         ),
-        Daemon::start(
+        start_daemon(
             &dir.0,
             "server-b",
             "server",
@@ -430,7 +409,7 @@ fn servers_list_refused(io: Driver) {
         wait_listening(local(*port), || server.log());
     }
     let list = format!("servers = [\"127.0.0.1:{tunnel_a}\", \"127.0.0.1:{tunnel_b}\"]");
-    let client = Daemon::start(
+    let client = start_daemon(
         &dir.0,
         "client",
         "client",

@@ -6,65 +6,39 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mtcpd_testkit::backends::{self, SinkReport};
+use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::pattern::{self, Checksum};
-use mtcpd_testkit::ports::{PortLease, reserve_port};
-use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A running mtcpd process, stopped (SIGTERM, then SIGKILL) when dropped, even by a panic.
-struct Daemon {
-    process: ChildGuard,
-    log: PathBuf,
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
+
+/// `mtcpd ROLE -c CONFIG --io IO` at info level.
+fn start_daemon(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
+    start_with(dir, name, role, config, &["--io", io.name()], "info")
 }
 
-impl Daemon {
-    fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
-        Self::start_with(dir, name, role, config, &["--io", io.name()], "info")
-    }
-
-    /// Like [`Daemon::start`], with extra command-line arguments and log level.
-    fn start_with(
-        dir: &TempDir,
-        name: &str,
-        role: &str,
-        config: &str,
-        args: &[&str],
-        level: &str,
-    ) -> Daemon {
-        let path = dir.0.join(format!("{name}.toml"));
-        std::fs::write(&path, config).expect("write config");
-        let log = dir.0.join(format!("{name}.log"));
-        let process = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-                .args([role, "-c"])
-                .arg(&path)
-                .args(args)
-                .env("RUST_LOG", format!("mtcpd={level},mtcpd_engine={level}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        )
-        .expect("spawn mtcpd");
-        Daemon { process, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, and the exit status within 10 s.
-    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        self.process.terminate(Duration::from_secs(10))
-    }
+/// Like [`start_daemon`], with extra command-line arguments and log level.
+fn start_with(
+    dir: &TempDir,
+    name: &str,
+    role: &str,
+    config: &str,
+    args: &[&str],
+    level: &str,
+) -> Daemon {
+    Daemon::launch(MTCPD, dir, name, role, config)
+        .args(args)
+        .log_filter(&format!("mtcpd={level},mtcpd_engine={level}"))
+        .spawn()
 }
 
 /// A client + server pair in front of `backend`.
@@ -107,14 +81,11 @@ fn refusals(log: &str, level: &str, refusal: &str) -> usize {
 }
 
 fn wait_listening(addr: SocketAddr, what: &str, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what} never listened on {addr}; log:\n{}", daemon.log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "{what} never listened on {addr}; log:\n{}",
+        daemon.log()
+    );
 }
 
 impl Pair {
@@ -122,7 +93,7 @@ impl Pair {
         let dir = TempDir::new("e2e");
         let ports = [reserve_port(), reserve_port()];
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
-        let server = Daemon::start(
+        let server = start_daemon(
             &dir,
             "server",
             "server",
@@ -134,7 +105,7 @@ impl Pair {
             "server",
             &server,
         );
-        let client = Daemon::start(
+        let client = start_daemon(
             &dir,
             "client",
             "client",
@@ -261,14 +232,14 @@ driver_tests! {
         assert!(printed.status.success(), "{printed:?}");
         let printed = String::from_utf8_lossy(&printed.stdout).trim().to_owned();
         assert!(printed.starts_with("sha256:") && printed.len() == 71, "{printed}");
-        let server = Daemon::start(&dir, "server", "server", &server_toml, io);
+        let server = start_daemon(&dir, "server", "server", &server_toml, io);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)), "server", &server);
         assert_eq!(logged_fingerprint(&server.log()).as_deref(), Some(printed.as_str()), "{}", server.log());
         let client_toml = format!(
             "{}[tls]\nserver_fingerprint = \"{printed}\"\n",
             client_config(app_port, tunnel_port, 2)
         );
-        let client = Daemon::start(&dir, "client", "client", &client_toml, io);
+        let client = start_daemon(&dir, "client", "client", &client_toml, io);
         let app = SocketAddr::from(([127, 0, 0, 1], app_port));
         wait_listening(app, "client", &client);
         let mut s = TcpStream::connect(app).expect("connect");
@@ -286,10 +257,10 @@ driver_tests! {
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
         // Top-level keys go before the first table.
         let plain = |config: String| format!("insecure_plaintext = true\n{config}");
-        let server = Daemon::start(&dir, "server", "server", &plain(server_config(tunnel_port, backend)), io);
+        let server = start_daemon(&dir, "server", "server", &plain(server_config(tunnel_port, backend)), io);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)), "server", &server);
         assert!(server.log().contains("insecure_plaintext"), "warned at start: {}", server.log());
-        let client = Daemon::start(&dir, "client", "client", &client_config(app_port, tunnel_port, 2), io);
+        let client = start_daemon(&dir, "client", "client", &client_config(app_port, tunnel_port, 2), io);
         assert!(
             wait_for_log(&server, "client speaks TLS; set insecure_plaintext on both ends or neither"),
             "{io}: {}",
@@ -297,9 +268,9 @@ driver_tests! {
         );
         drop(client);
         drop(server);
-        let tls_server = Daemon::start(&dir, "server2", "server", &server_config(tunnel_port, backend), io);
+        let tls_server = start_daemon(&dir, "server2", "server", &server_config(tunnel_port, backend), io);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)), "server", &tls_server);
-        let plain_client = Daemon::start(&dir, "client2", "client", &plain(client_config(app_port, tunnel_port, 2)), io);
+        let plain_client = start_daemon(&dir, "client2", "client", &plain(client_config(app_port, tunnel_port, 2)), io);
         assert!(wait_for_log(&tls_server, "not TLS (a plaintext mtcpd client?"), "{io}: {}", tls_server.log());
         assert!(
             wait_for_log(&plain_client, "set insecure_plaintext on both ends or neither"),
@@ -453,7 +424,7 @@ driver_tests! {
         let dir = TempDir::new("e2e");
         let ports = [reserve_port(), reserve_port()];
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
-        let client = Daemon::start(
+        let client = start_daemon(
             &dir,
             "client",
             "client",
@@ -461,7 +432,7 @@ driver_tests! {
             io,
         );
         thread::sleep(Duration::from_millis(1500));
-        let server = Daemon::start(
+        let server = start_daemon(
             &dir,
             "server",
             "server",
@@ -520,7 +491,7 @@ driver_tests! {
         let dir = TempDir::new("e2e");
         let ports = [reserve_port(), reserve_port()];
         let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
-        let server = Daemon::start(
+        let server = start_daemon(
             &dir,
             "server",
             "server",
@@ -533,7 +504,7 @@ driver_tests! {
             .replace(KEY, "not-the-servers-key-0123456789-abcdefghij");
         // At debug level, to see the attempts the client does not report above it.
         let args = ["--io", io.name()];
-        let client = Daemon::start_with(&dir, "client", "client", &wrong, &args, "debug");
+        let client = start_with(&dir, "client", "client", &wrong, &args, "debug");
         let started = Instant::now();
         let refused = format!("server {tunnel_addr} rejected our key");
         // Right after the second refusal the next attempt is at least 1 s away: an application
@@ -585,7 +556,7 @@ driver_tests! {
         // `s` is still open for writing: the client drains it for its drain_timeout (2 s), then
         // exits anyway.
         let started = Instant::now();
-        let status = pair.client.terminate().expect("client exits within 10 s");
+        let status = pair.client.terminate(Duration::from_secs(10)).expect("client exits within 10 s");
         assert!(
             started.elapsed() >= Duration::from_millis(1500),
             "{io}: the open stream was drained (exited after {:?})\n{}",
@@ -602,7 +573,7 @@ driver_tests! {
             "{io}: client exit {status:?}\n{}",
             pair.logs()
         );
-        let status = pair.server.terminate().expect("server exits within 10 s");
+        let status = pair.server.terminate(Duration::from_secs(10)).expect("server exits within 10 s");
         assert!(
             status.success(),
             "{io}: server exit {status:?}\n{}",
@@ -616,7 +587,7 @@ driver_tests! {
         let tunnel = reserve_port();
         let tunnel_port = tunnel.port();
         // Three workers on (likely) two cores: pinning wraps around, hand-offs cross threads.
-        let server = Daemon::start_with(
+        let server = start_with(
             &dir,
             "server",
             "server",
@@ -637,7 +608,7 @@ driver_tests! {
             app_ports.push(reserve_port());
             let app_port = app_ports[c].port();
             let cores = if c == 3 { "2" } else { "1" };
-            let client = Daemon::start_with(
+            let client = start_with(
                 &dir,
                 &format!("client{c}"),
                 "client",

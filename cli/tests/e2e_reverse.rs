@@ -5,49 +5,28 @@
 
 use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mtcpd_testkit::backends;
+use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::pattern::{self, Checksum};
-use mtcpd_testkit::ports::{PortLease, reserve_port};
-use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const KEY: &str = "e2e-reverse-test-key-0123456789abcdef-01234";
 
-/// A running mtcpd, stopped (SIGTERM, then SIGKILL) when dropped, even by a panic.
-struct Daemon {
-    process: ChildGuard,
-    log: PathBuf,
-}
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
 
-impl Daemon {
-    fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
-        let path = dir.0.join(format!("{name}.toml"));
-        std::fs::write(&path, config).expect("write config");
-        let log = dir.0.join(format!("{name}.log"));
-        let process = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-                .args([role, "-c"])
-                .arg(&path)
-                .args(["--io", io.name()])
-                .env("RUST_LOG", "mtcpd=info,mtcpd_engine=info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        )
-        .expect("spawn mtcpd");
-        Daemon { process, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// `mtcpd ROLE -c CONFIG --io IO` at info level.
+fn start_daemon(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
+    Daemon::launch(MTCPD, dir, name, role, config)
+        .io(io)
+        .log_filter("mtcpd=info,mtcpd_engine=info")
+        .spawn()
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -95,14 +74,11 @@ fn client_config(
 
 /// Waits up to 20 s until `addr` accepts a connection.
 fn wait_listening(addr: SocketAddr, what: &str, logs: &dyn Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what} never listened on {addr}; logs:\n{}", logs());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "{what} never listened on {addr}; logs:\n{}",
+        logs()
+    );
 }
 
 /// Waits up to 20 s until connecting to `addr` is refused (nothing listens).
@@ -189,7 +165,7 @@ fn start_server(
     let dir = TempDir::new("reverse");
     let tunnel_port = reserve_port();
     let port = tunnel_port.port();
-    let server = Daemon::start(
+    let server = start_daemon(
         &dir,
         "server",
         "server",
@@ -219,7 +195,7 @@ driver_tests! {
         let (web_port, app_port) = (web.port(), app.port());
         let mut setup = start_server(io, forward_backend, &[("web", web_port, "close")], vec![web, app]);
         let config = client_config(setup.tunnel_port, Some(app_port), &[("web", service)]);
-        setup.client = Some(Daemon::start(&setup.dir, "client", "client", &config, io));
+        setup.client = Some(start_daemon(&setup.dir, "client", "client", &config, io));
         let logs = || setup.logs();
         wait_listening(local(web_port), "the reverse listener", &logs);
         wait_listening(local(app_port), "the client's forward", &logs);
@@ -271,7 +247,7 @@ driver_tests! {
         }
         for round in 0..2 {
             let config = client_config(setup.tunnel_port, None, &[("web", service)]);
-            setup.client = Some(Daemon::start(&setup.dir, &format!("client{round}"), "client", &config, io));
+            setup.client = Some(start_daemon(&setup.dir, &format!("client{round}"), "client", &config, io));
             let logs = || setup.logs();
             wait_listening(local(web_port), "the reverse listener", &logs);
             echo_through(local(web_port), 1 << 20, round, &logs);
@@ -300,7 +276,7 @@ driver_tests! {
             vec![web, db],
         );
         let config = client_config(setup.tunnel_port, None, &[("web", service), ("mail", service)]);
-        setup.client = Some(Daemon::start(&setup.dir, "client", "client", &config, io));
+        setup.client = Some(start_daemon(&setup.dir, "client", "client", &config, io));
         let logs = || setup.logs();
         wait_listening(local(web_port), "the reverse listener", &logs);
         assert_reset_without_data(local(db_port), &logs);

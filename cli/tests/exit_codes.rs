@@ -5,13 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mtcpd::exit_code;
+use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::ports::reserve_port;
-use mtcpd_testkit::process::ChildGuard;
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 use signal_hook::consts::SIGTERM;
@@ -88,40 +88,22 @@ fn commands_exit_0_2_or_78() {
     }
 }
 
-/// `mtcpd ROLE -c <config> --io IO` with its log in a file; stopped when dropped.
-struct Daemon {
-    process: ChildGuard,
-    log: PathBuf,
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
+
+/// `mtcpd ROLE -c CONFIG --io IO`, with no `MTCPD_CONFIG` from the caller's environment.
+fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
+    Daemon::launch(MTCPD, dir, name, role, config)
+        .io(io)
+        .env_remove("MTCPD_CONFIG")
+        .spawn()
 }
 
-impl Daemon {
-    fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
-        let path = dir.file(&format!("{name}.toml"), config);
-        let log = dir.0.join(format!("{name}.log"));
-        let process = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-                .args([role, "-c", arg(&path), "--io", io.name()])
-                .env_remove("RUST_LOG")
-                .env_remove("MTCPD_CONFIG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        )
-        .expect("spawn mtcpd");
-        Daemon { process, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn exit_code(&mut self) -> Option<i32> {
-        let status = self
-            .process
-            .wait_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("did not exit; log:\n{}", self.log()));
-        status.code()
-    }
+/// The exit code, within 20 s.
+fn code_of(daemon: &mut Daemon) -> Option<i32> {
+    let status = daemon
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("did not exit; log:\n{}", daemon.log()));
+    status.code()
 }
 
 fn server_config(port: u16, backend: SocketAddr, drain: &str) -> String {
@@ -187,8 +169,8 @@ driver_tests! {
         let _other = TcpListener::bind(("127.0.0.1", lease.port())).expect("bind");
         let backend = mtcpd_testkit::backends::echo_backend();
         let mut server =
-            Daemon::start(&dir, "s", "server", &server_config(lease.port(), backend, "1s"), io);
-        assert_eq!(server.exit_code(), code(exit_code::FAILURE), "{io}: {}", server.log());
+            start(&dir, "s", "server", &server_config(lease.port(), backend, "1s"), io);
+        assert_eq!(code_of(&mut server), code(exit_code::FAILURE), "{io}: {}", server.log());
         assert!(server.log().contains("already in use"), "{io}: {}", server.log());
     }
 
@@ -201,25 +183,25 @@ driver_tests! {
         let app_lease = reserve_port();
         let backend = mtcpd_testkit::backends::echo_backend();
         let server_text = server_config(server_lease.port(), backend, "1s");
-        let mut server = Daemon::start(&dir, "s", "server", &server_text, io);
+        let mut server = start(&dir, "s", "server", &server_text, io);
         let client_text = client_config(app_lease.port(), server_lease.port(), "1s");
-        let mut client = Daemon::start(&dir, "c1", "client", &client_text, io);
+        let mut client = start(&dir, "c1", "client", &client_text, io);
         let app = open_stream(app_lease.port(), &client);
         client.process.signal(SIGTERM);
-        assert_eq!(client.exit_code(), code(exit_code::SUCCESS), "{io}: {}", client.log());
+        assert_eq!(code_of(&mut client), code(exit_code::SUCCESS), "{io}: {}", client.log());
         assert!(client.log().contains("streams were reset"), "{io}: {}", client.log());
         drop(app);
 
         // A long drain, cut short by a second signal.
         let client_text = client_config(app_lease.port(), server_lease.port(), "5m");
-        let mut client = Daemon::start(&dir, "c2", "client", &client_text, io);
+        let mut client = start(&dir, "c2", "client", &client_text, io);
         let _app = open_stream(app_lease.port(), &client);
         client.process.signal(SIGTERM);
         wait_for(&client, "draining");
         client.process.signal(SIGTERM);
-        assert_eq!(client.exit_code(), code(exit_code::INTERRUPTED), "{io}: {}", client.log());
+        assert_eq!(code_of(&mut client), code(exit_code::INTERRUPTED), "{io}: {}", client.log());
 
         server.process.signal(SIGTERM);
-        assert_eq!(server.exit_code(), code(exit_code::SUCCESS), "{io}: {}", server.log());
+        assert_eq!(code_of(&mut server), code(exit_code::SUCCESS), "{io}: {}", server.log());
     }
 }

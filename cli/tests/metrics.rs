@@ -9,14 +9,14 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mtcpd::stats::exposition::{Sample, parse};
 use mtcpd_testkit::backends;
-use mtcpd_testkit::ports::{PortLease, reserve_port};
-use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::daemon::Daemon;
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
@@ -31,36 +31,14 @@ driver_tests! {
     fn metrics_of_a_transfer(io) { metrics_of_a_transfer(io) }
 }
 
-struct Daemon {
-    _process: ChildGuard,
-    log: PathBuf,
-}
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
 
-impl Daemon {
-    fn start(dir: &Path, name: &str, config: &str, args: &[&str]) -> Daemon {
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, config).expect("write config");
-        let log = dir.join(format!("{name}.log"));
-        let process = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-                .args([name, "-c"])
-                .arg(&path)
-                .args(args)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        )
-        .expect("spawn mtcpd");
-        Daemon {
-            _process: process,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// `mtcpd NAME -c CONFIG ARGS` (the name is the role) at info level.
+fn start_daemon(dir: &Path, name: &str, config: &str, args: &[&str]) -> Daemon {
+    Daemon::launch(MTCPD, dir, name, name, config)
+        .args(args)
+        .log_filter("info")
+        .spawn()
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -68,14 +46,11 @@ fn local(port: u16) -> SocketAddr {
 }
 
 fn wait_listening(addr: SocketAddr, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}; log:\n{}", daemon.log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}; log:\n{}",
+        daemon.log()
+    );
 }
 
 /// One HTTP exchange: sends `request` as is, returns (status code, body).
@@ -153,7 +128,7 @@ fn metrics_of_a_transfer(io: Driver) {
          backend_ip = \"127.0.0.1\"\nbackend_port = {}\nconnection_pool_size = {POOL}\n",
         sink.port()
     );
-    let server = Daemon::start(&dir.0, "server", &server_config, &["--io", io.name()]);
+    let server = start_daemon(&dir.0, "server", &server_config, &["--io", io.name()]);
     // Not the tunnel port: a probe connection there would be a refused handshake. The
     // endpoint starts after the tunnel listener is bound.
     wait_listening(local(server_metrics), &server);
@@ -164,7 +139,7 @@ fn metrics_of_a_transfer(io: Driver) {
          [[client.forward]]\nname = \"bulk\"\nlisten = \"127.0.0.1:{app}\"\n"
     );
     let metrics_flag = local(client_metrics).to_string();
-    let client = Daemon::start(
+    let client = start_daemon(
         &dir.0,
         "client",
         &client_config,

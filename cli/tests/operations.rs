@@ -11,69 +11,28 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mtcpd_testkit::ports::reserve_port;
-use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::daemon::Daemon;
+use mtcpd_testkit::driver_tests;
+use mtcpd_testkit::ports::{listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
-use mtcpd_testkit::{Driver, driver_tests};
 
 const KEY: &str = "operations-test-key-0123456789abcdef-0123";
 
-/// A running mtcpd, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Daemon {
-    process: ChildGuard,
-    log: PathBuf,
-}
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
 
-impl Daemon {
-    /// `mtcpd ROLE -c <config> --io IO` at the default log level (RUST_LOG unset: info).
-    fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
-        let path = dir.0.join(format!("{name}.toml"));
-        std::fs::write(&path, config).expect("write config");
-        let log = dir.0.join(format!("{name}.log"));
-        let process = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-                .args([role, "-c"])
-                .arg(&path)
-                .args(["--io", io.name()])
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        )
-        .expect("spawn mtcpd");
-        Daemon { process, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Log records (one per line) at INFO or above.
-    fn records(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| l.starts_with("20") && !l.contains(" DEBUG ") && !l.contains(" TRACE "))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn wait_for(&self, text: &str, count: usize, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.log().matches(text).count() >= count {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
+/// The daemon's log records (one per line) at INFO or above.
+fn records(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .log()
+        .lines()
+        .filter(|l| l.starts_with("20") && !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn server_config(port: u16, backend: SocketAddr, pool: u16, extra: &str) -> String {
@@ -93,14 +52,11 @@ fn client_config(app: u16, server: u16, pool: u16, extra: &str) -> String {
 }
 
 fn wait_listening(addr: SocketAddr, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}; log:\n{}", daemon.log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}; log:\n{}",
+        daemon.log()
+    );
 }
 
 /// An echo backend that counts the connections it accepted.
@@ -232,7 +188,7 @@ driver_tests! {
         let (backend, _) = counting_echo();
         // Anything else: a plain listener.
         let other = TcpListener::bind(("127.0.0.1", port)).expect("bind");
-        let mut server = Daemon::start(&dir, "s1", "server", &server_config(port, backend, 4, ""), io);
+        let mut server = Daemon::start(MTCPD, &dir, "s1", "server", &server_config(port, backend, 4, ""), io);
         let status = server.process.wait_timeout(Duration::from_secs(10)).expect("exits");
         assert!(!status.success(), "{io}: {}", server.log());
         let message = format!("port {port} is already in use");
@@ -241,16 +197,16 @@ driver_tests! {
         drop(other);
         // Another mtcpd (two workers, so SO_REUSEPORT is on): the second one refuses to start.
         let config = format!("cores = 2\n{}", server_config(port, backend, 4, ""));
-        let first = Daemon::start(&dir, "s2", "server", &config, io);
+        let first = Daemon::start(MTCPD, &dir, "s2", "server", &config, io);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), &first);
-        let mut second = Daemon::start(&dir, "s3", "server", &config, io);
+        let mut second = Daemon::start(MTCPD, &dir, "s3", "server", &config, io);
         let status = second.process.wait_timeout(Duration::from_secs(10)).expect("exits");
         assert!(!status.success(), "{io}: {}", second.log());
         assert!(second.log().contains(&message), "{io}: {}", second.log());
         // A client's forward on a port in use, too.
         let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
         let busy_port = busy.local_addr().expect("addr").port();
-        let mut client = Daemon::start(&dir, "c", "client", &client_config(busy_port, port, 2, ""), io);
+        let mut client = Daemon::start(MTCPD, &dir, "c", "client", &client_config(busy_port, port, 2, ""), io);
         let status = client.process.wait_timeout(Duration::from_secs(10)).expect("exits");
         assert!(!status.success(), "{io}: {}", client.log());
         assert!(client.log().contains(&format!("port {busy_port} is already in use")), "{}", client.log());
@@ -261,23 +217,23 @@ driver_tests! {
         let dir = TempDir::new("ops");
         let (server_lease, relay_lease, app_lease) = (reserve_port(), reserve_port(), reserve_port());
         let (backend, _) = counting_echo();
-        let server = Daemon::start(&dir, "server", "server",
+        let server = Daemon::start(MTCPD, &dir, "server", "server",
             &server_config(server_lease.port(), backend, 8, ""), io);
         let server_addr = SocketAddr::from(([127, 0, 0, 1], server_lease.port()));
         wait_listening(server_addr, &server);
         let mut relay = Relay::start(relay_lease.port(), server_addr);
         // Default backoff (100 ms doubling to 10 s): what a deployment runs.
-        let client = Daemon::start(&dir, "client", "client",
+        let client = Daemon::start(MTCPD, &dir, "client", "client",
             &client_config(app_lease.port(), relay_lease.port(), 4, ""), io);
-        assert!(client.wait_for("tunnel established", 4, Duration::from_secs(10)), "{}", client.log());
+        assert!(client.wait_for_log_count("tunnel established", 4, Duration::from_secs(10)), "{}", client.log());
         let app = SocketAddr::from(([127, 0, 0, 1], app_lease.port()));
         echo_once(app);
-        let before = client.records().len();
+        let before = records(&client).len();
         relay.pause();
         thread::sleep(Duration::from_secs(20));
-        let during: Vec<String> = client.records()[before..].to_vec();
+        let during: Vec<String> = records(&client)[before..].to_vec();
         relay.resume();
-        assert!(client.wait_for("tunnel established", 8, Duration::from_secs(15)), "{io}: {}", client.log());
+        assert!(client.wait_for_log_count("tunnel established", 8, Duration::from_secs(15)), "{io}: {}", client.log());
         let context = format!("{io}\n--- client\n{}\n--- server\n{}", client.log(), server.log());
         eprintln!("{io}: {} log lines at the default level during a 20 s outage:\n{}", during.len(), during.join("\n"));
         // Before: 2 lines per tunnel per failed dial, 68 in 20 s with a pool of 4.
@@ -302,21 +258,21 @@ driver_tests! {
         let dir = TempDir::new("ops");
         let (server_lease, relay_lease, app_lease) = (reserve_port(), reserve_port(), reserve_port());
         let (backend, seen) = counting_echo();
-        let server = Daemon::start(&dir, "server", "server",
+        let server = Daemon::start(MTCPD, &dir, "server", "server",
             &server_config(server_lease.port(), backend, 4, ""), io);
         let server_addr = SocketAddr::from(([127, 0, 0, 1], server_lease.port()));
         wait_listening(server_addr, &server);
         let mut relay = Relay::start(relay_lease.port(), server_addr);
         let limits = "[limits]\nconnect_wait = \"1s\"\nmax_streams_per_session = 2\n\
                       redial_backoff_min = \"50ms\"\nredial_backoff_max = \"300ms\"\n";
-        let client = Daemon::start(&dir, "client", "client",
+        let client = Daemon::start(MTCPD, &dir, "client", "client",
             &client_config(app_lease.port(), relay_lease.port(), 2, limits), io);
-        assert!(client.wait_for("tunnel established", 2, Duration::from_secs(10)), "{}", client.log());
+        assert!(client.wait_for_log_count("tunnel established", 2, Duration::from_secs(10)), "{}", client.log());
         let app = SocketAddr::from(([127, 0, 0, 1], app_lease.port()));
         echo_once(app);
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         relay.pause();
-        assert!(client.wait_for("cannot reach server", 1, Duration::from_secs(5)), "{}", client.log());
+        assert!(client.wait_for_log_count("cannot reach server", 1, Duration::from_secs(5)), "{}", client.log());
         // Two wait (the bound is max_streams_per_session = 2); a third is reset at once.
         let mut waiting: Vec<TcpStream> = (0..2).map(|_| {
             let mut s = TcpStream::connect(app).expect("connect");
@@ -332,14 +288,14 @@ driver_tests! {
         }
         let waited = asked.elapsed();
         assert!(waited >= Duration::from_millis(700), "{io}: reset after {waited:?}, before connect_wait");
-        assert!(client.wait_for("application connections reset", 1, Duration::from_secs(3)), "{}", client.log());
+        assert!(client.wait_for_log_count("application connections reset", 1, Duration::from_secs(3)), "{}", client.log());
         // One connects and closes at once while nothing carries it, then the server returns.
         let gone = TcpStream::connect(app).expect("connect");
         thread::sleep(Duration::from_millis(100));
         drop(gone);
         thread::sleep(Duration::from_millis(200));
         relay.resume();
-        assert!(client.wait_for("reachable again", 1, Duration::from_secs(10)), "{}", client.log());
+        assert!(client.wait_for_log_count("reachable again", 1, Duration::from_secs(10)), "{}", client.log());
         echo_once(app);
         thread::sleep(Duration::from_millis(300));
         // The backend saw the first and the last request only: nothing late, nothing closed.
@@ -351,13 +307,13 @@ driver_tests! {
         let dir = TempDir::new("ops");
         let (server_lease, app_lease) = (reserve_port(), reserve_port());
         let (backend, _) = counting_echo();
-        let server = Daemon::start(&dir, "server", "server",
+        let server = Daemon::start(MTCPD, &dir, "server", "server",
             &server_config(server_lease.port(), backend, 2, ""), io);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], server_lease.port())), &server);
-        let client = Daemon::start(&dir, "client", "client",
+        let client = Daemon::start(MTCPD, &dir, "client", "client",
             &client_config(app_lease.port(), server_lease.port(), 2,
                 "[limits]\nmax_streams_per_session = 4\n"), io);
-        assert!(client.wait_for("tunnel established", 2, Duration::from_secs(10)), "{}", client.log());
+        assert!(client.wait_for_log_count("tunnel established", 2, Duration::from_secs(10)), "{}", client.log());
         let app = SocketAddr::from(([127, 0, 0, 1], app_lease.port()));
         // Four streams, each echoed once and held open.
         let mut held: Vec<TcpStream> = (0..4).map(|_| {
@@ -377,9 +333,9 @@ driver_tests! {
             assert!(asked.elapsed() < Duration::from_secs(2), "{io}: reset after {:?}", asked.elapsed());
         }
         let line = "reset: stream limit reached: max_streams 4";
-        assert!(client.wait_for(line, 1, Duration::from_secs(3)), "{io}\n{}", client.log());
+        assert!(client.wait_for_log_count(line, 1, Duration::from_secs(3)), "{io}\n{}", client.log());
         // Said once (repeats are summarised), as a warning.
-        let said = client.records().into_iter().filter(|l| l.contains(line)).count();
+        let said = records(&client).into_iter().filter(|l| l.contains(line)).count();
         assert_eq!(said, 1, "{io}\n{}", client.log());
         // One closes; then a new connection is carried again.
         let gone = held.pop().expect("one held");
@@ -407,7 +363,7 @@ driver_tests! {
         let (listed, listed_seen) = counting_echo();
         let (unlisted, unlisted_seen) = counting_echo();
         let allow = format!("[[server.forward]]\nname = \"listed\"\ntarget = \"{listed}\"\n");
-        let mut server = Daemon::start(&dir, "server", "server",
+        let mut server = Daemon::start(MTCPD, &dir, "server", "server",
             &server_config(server_lease.port(), default_backend, 4, &allow), io);
         let server_addr = SocketAddr::from(([127, 0, 0, 1], server_lease.port()));
         wait_listening(server_addr, &server);
@@ -418,7 +374,7 @@ driver_tests! {
             app_lease.port(), other_app.port());
         let config = format!("mode = \"client\"\npsk = \"{KEY}\"\n[client]\nserver_ip = \"127.0.0.1\"\n\
                               server_port = {}\nconnection_pool_size = 2\n{forwards}", server_lease.port());
-        let client = Daemon::start(&dir, "client", "client", &config, io);
+        let client = Daemon::start(MTCPD, &dir, "client", "client", &config, io);
         let good = SocketAddr::from(([127, 0, 0, 1], app_lease.port()));
         let sneaky = SocketAddr::from(([127, 0, 0, 1], other_app.port()));
         wait_listening(sneaky, &client);
@@ -433,15 +389,15 @@ driver_tests! {
         assert_eq!(unlisted_seen.load(Ordering::SeqCst), 0, "{context}");
         assert_eq!(default_seen.load(Ordering::SeqCst), 0, "{context}");
         // Said once on each side, with the forward's name on the client.
-        let refused = client.records().into_iter()
+        let refused = records(&client).into_iter()
             .filter(|l| l.contains("refused target") && l.contains("sneaky")).count();
         assert_eq!(refused, 1, "{context}");
-        assert_eq!(server.records().iter().filter(|l| l.contains("is not a [[server.forward]] target")).count(), 1, "{context}");
+        assert_eq!(records(&server).iter().filter(|l| l.contains("is not a [[server.forward]] target")).count(), 1, "{context}");
         assert!(client.log().contains("forward=\"good\"") || client.log().contains("forward=good"), "{context}");
         // The old behaviour, by choice: unlisted targets go to the default backend.
         server.process.terminate(Duration::from_secs(10));
         let allow = format!("unlisted_to_default_backend = true\n{allow}");
-        let _server = Daemon::start(&dir, "server2", "server",
+        let _server = Daemon::start(MTCPD, &dir, "server2", "server",
             &server_config(server_lease.port(), default_backend, 4, &allow), io);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -464,12 +420,12 @@ driver_tests! {
         let dir = TempDir::new("ops");
         let (server_lease, app_lease) = (reserve_port(), reserve_port());
         let (backend, _) = counting_echo();
-        let mut server = Daemon::start(&dir, "server", "server",
+        let mut server = Daemon::start(MTCPD, &dir, "server", "server",
             &server_config(server_lease.port(), backend, 4, ""), io);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], server_lease.port())), &server);
-        let mut client = Daemon::start(&dir, "client", "client",
+        let mut client = Daemon::start(MTCPD, &dir, "client", "client",
             &client_config(app_lease.port(), server_lease.port(), 8, ""), io);
-        assert!(client.wait_for("tunnel established", 4, Duration::from_secs(10)), "{}", client.log());
+        assert!(client.wait_for_log_count("tunnel established", 4, Duration::from_secs(10)), "{}", client.log());
         echo_once(SocketAddr::from(([127, 0, 0, 1], app_lease.port())));
         let status = client.process.terminate(Duration::from_secs(10)).expect("client exits");
         assert!(status.success());
@@ -479,7 +435,7 @@ driver_tests! {
         let context = format!("{io}\n--- client\n{}\n--- server\n{}", client.log(), server.log());
         assert_eq!(client.log().matches("server granted 4 of 8 tunnels").count(), 1, "{context}");
         for (side, daemon) in [("client", &client), ("server", &server)] {
-            let warnings: Vec<String> = daemon.records().into_iter()
+            let warnings: Vec<String> = records(daemon).into_iter()
                 .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
                 .filter(|l| !l.contains("state_dir") && !l.contains("pin"))
                 .collect();
@@ -495,25 +451,25 @@ driver_tests! {
         let (server_lease, app_lease) = (reserve_port(), reserve_port());
         let (backend, _) = counting_echo();
         let config = server_config(server_lease.port(), backend, 2, "");
-        let mut server = Daemon::start(&dir, "server", "server", &config, io);
+        let mut server = Daemon::start(MTCPD, &dir, "server", "server", &config, io);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], server_lease.port())), &server);
         let fast = "[limits]\nredial_backoff_min = \"50ms\"\nredial_backoff_max = \"300ms\"\n";
-        let client = Daemon::start(&dir, "client", "client",
+        let client = Daemon::start(MTCPD, &dir, "client", "client",
             &client_config(app_lease.port(), server_lease.port(), 2, fast), io);
-        assert!(client.wait_for("tunnel established", 2, Duration::from_secs(10)), "{}", client.log());
+        assert!(client.wait_for_log_count("tunnel established", 2, Duration::from_secs(10)), "{}", client.log());
         // A crash: no GO_AWAY, the new process does not know the session.
         server.process.signal(9); // SIGKILL
         let _ = server.process.wait_timeout(Duration::from_secs(5));
-        let restarted = Daemon::start(&dir, "server2", "server", &config, io);
+        let restarted = Daemon::start(MTCPD, &dir, "server2", "server", &config, io);
         assert!(
-            client.wait_for("tunnel established", 4, Duration::from_secs(15)),
+            client.wait_for_log_count("tunnel established", 4, Duration::from_secs(15)),
             "{io}: {}\n--- restarted server\n{}",
             client.log(),
             restarted.log()
         );
         echo_once(SocketAddr::from(([127, 0, 0, 1], app_lease.port())));
         let context = format!("{io}\n--- client\n{}\n--- server\n{}", client.log(), restarted.log());
-        let lost: Vec<String> = client.records().into_iter()
+        let lost: Vec<String> = records(&client).into_iter()
             .filter(|l| l.contains("no longer knows this session")).collect();
         assert_eq!(lost.len(), 1, "{context}");
         assert!(lost[0].contains(" INFO "), "{context}");

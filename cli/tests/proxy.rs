@@ -10,13 +10,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::pattern;
-use mtcpd_testkit::ports::{PortLease, reserve_port};
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
@@ -26,47 +27,22 @@ const KEY: &str = "proxy-test-key-0123456789abcdef-0123456789";
 const BODY: u64 = 4 << 20;
 const SEED: u64 = 12;
 
-struct Daemon {
-    _process: ChildGuard,
-    log: PathBuf,
-}
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
 
-impl Daemon {
-    fn start(dir: &Path, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, config).expect("write config");
-        let log = dir.join(format!("{name}.log"));
-        let process = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-                .args([role, "-c"])
-                .arg(&path)
-                .args(["--io", io.name()])
-                .env("RUST_LOG", "mtcpd=info,mtcpd_engine=info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        )
-        .expect("spawn mtcpd");
-        Daemon {
-            _process: process,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// `mtcpd ROLE -c CONFIG --io IO` at info level.
+fn start_daemon(dir: &Path, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
+    Daemon::launch(MTCPD, dir, name, role, config)
+        .io(io)
+        .log_filter("mtcpd=info,mtcpd_engine=info")
+        .spawn()
 }
 
 fn wait_listening(addr: SocketAddr, what: &str, log: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what} never listened on {addr}; log:\n{}", log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "{what} never listened on {addr}; log:\n{}",
+        log()
+    );
 }
 
 /// True when `tool` runs; otherwise the test may only be skipped where that is allowed.
@@ -199,7 +175,7 @@ fn setup(io: Driver, allow: &[String]) -> Setup {
     let addr = |l: &PortLease| SocketAddr::from(([127, 0, 0, 1], l.port()));
     let (socks, socks_auth, http) = (addr(&leases[1]), addr(&leases[2]), addr(&leases[3]));
     let allow: Vec<String> = allow.iter().map(|r| format!("\"{r}\"")).collect();
-    let server = Daemon::start(
+    let server = start_daemon(
         &dir.0,
         "server",
         "server",
@@ -213,7 +189,7 @@ fn setup(io: Driver, allow: &[String]) -> Setup {
     wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel)), "server", || {
         server.log()
     });
-    let client = Daemon::start(
+    let client = start_daemon(
         &dir.0,
         "client",
         "client",
@@ -492,7 +468,7 @@ fn bench_socks5_vs_forward() {
     let dir = TempDir::new("proxy");
     let leases: Vec<PortLease> = (0..3).map(|_| reserve_port()).collect();
     let (tunnel, fwd, socks) = (leases[0].port(), leases[1].port(), leases[2].port());
-    let server = Daemon::start(
+    let server = start_daemon(
         &dir.0,
         "server",
         "server",
@@ -508,7 +484,7 @@ fn bench_socks5_vs_forward() {
     wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel)), "server", || {
         server.log()
     });
-    let client = Daemon::start(
+    let client = start_daemon(
         &dir.0,
         "client",
         "client",

@@ -7,14 +7,12 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::pattern::{read_to_end_checksum, write_pattern};
-use mtcpd_testkit::ports::{PortLease, reserve_port};
-use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::ports::{PortLease, listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
@@ -22,55 +20,23 @@ const KEY: &str = "reload-test-key-0123456789abcdef-0123456789";
 const OTHER_KEY: &str = "reload-test-key-another-one-0123456789abcdef";
 const SIGHUP: i32 = 1;
 
-/// A running mtcpd with its config file, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Daemon {
-    process: ChildGuard,
-    config: PathBuf,
-    log: PathBuf,
-}
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
 
-impl Daemon {
-    fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
-        let path = dir.file(&format!("{name}.toml"), config);
-        let log = dir.0.join(format!("{name}.log"));
-        let process = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-                .args([role, "-c"])
-                .arg(&path)
-                .args(["--io", io.name()])
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file")),
-        )
-        .expect("spawn mtcpd");
-        Daemon {
-            process,
-            config: path,
-            log,
+/// Rewrites the config file, sends SIGHUP and waits for the reload's summary line (or its
+/// refusal); the new log text since the signal.
+fn reload(daemon: &Daemon, config: &str, expect: &str) -> String {
+    std::fs::write(daemon.config_path(), config).expect("rewrite config");
+    let before = daemon.log().len();
+    daemon.signal(SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let log = daemon.log();
+        if log[before..].contains(expect) {
+            return log[before..].to_owned();
         }
+        thread::sleep(Duration::from_millis(20));
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Rewrites the config file, sends SIGHUP and waits for the reload's summary line (or its
-    /// refusal); the new log text since the signal.
-    fn reload(&self, config: &str, expect: &str) -> String {
-        std::fs::write(&self.config, config).expect("rewrite config");
-        let before = self.log().len();
-        self.process.signal(SIGHUP);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let log = self.log();
-            if log[before..].contains(expect) {
-                return log[before..].to_owned();
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no {expect:?} after SIGHUP; log:\n{}", self.log());
-    }
+    panic!("no {expect:?} after SIGHUP; log:\n{}", daemon.log());
 }
 
 fn server_config(port: u16, backend: SocketAddr, extra: &str) -> String {
@@ -99,14 +65,11 @@ fn client_config(key: &str, server: u16, forwards: &[(&str, u16, Option<SocketAd
 }
 
 fn wait_listening(addr: SocketAddr, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}; log:\n{}", daemon.log());
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}; log:\n{}",
+        daemon.log()
+    );
 }
 
 /// An echo backend on a port of its own.
@@ -195,7 +158,7 @@ fn start_server(dir: &TempDir, io: Driver, extra: &str) -> (Daemon, PortLease, S
     let lease = reserve_port();
     let backend = echo_backend();
     let config = server_config(lease.port(), backend, extra);
-    let server = Daemon::start(dir, "server", "server", &config, io);
+    let server = Daemon::start(MTCPD, dir, "server", "server", &config, io);
     wait_listening(app(lease.port()), &server);
     (server, lease, backend)
 }
@@ -217,7 +180,7 @@ driver_tests! {
             &[("kept", kept.port(), None), ("old", removed.port(), None)],
         )
         .replacen("mode = \"client\"\n", &top, 1);
-        let client = Daemon::start(&dir, "client", "client", &before, io);
+        let client = Daemon::start(MTCPD, &dir, "client", "client", &before, io);
         wait_listening(app(removed.port()), &client);
         let mut open = echo_conn(removed.port());
 
@@ -227,7 +190,7 @@ driver_tests! {
             &[("kept", kept.port(), None), ("new", added.port(), None)],
         )
         .replacen("mode = \"client\"\n", &top, 1);
-        let said = client.reload(&after, "reload: applied");
+        let said = reload(&client, &after, "reload: applied");
         assert!(said.contains("reload: applied 2 changes"), "{said}");
         assert!(said.contains("refused 0"), "{said}");
 
@@ -266,12 +229,12 @@ driver_tests! {
         let (_server, server_port, _) = start_server(&dir, io, "");
         let (first, second) = (reserve_port(), reserve_port());
         let config = client_config(KEY, server_port.port(), &[("first", first.port(), None)]);
-        let client = Daemon::start(&dir, "client", "client", &config, io);
+        let client = Daemon::start(MTCPD, &dir, "client", "client", &config, io);
         wait_listening(app(first.port()), &client);
         echo_conn(first.port());
 
-        let said = client.reload("mode = \"client\"\n[client\n", "reload refused");
-        let file = client.config.display().to_string();
+        let said = reload(&client, "mode = \"client\"\n[client\n", "reload refused");
+        let file = client.config_path().display().to_string();
         let refusal = said.lines().find(|l| l.contains("reload refused")).expect("line");
         assert!(refusal.contains(" WARN "), "{refusal}");
         assert!(refusal.contains(&file), "{refusal}");
@@ -289,7 +252,7 @@ driver_tests! {
                 ("busy", busy_port, None),
             ],
         );
-        let said = client.reload(&changed, "reload: applied");
+        let said = reload(&client, &changed, "reload: applied");
         assert!(said.contains("reload: psk changed; restart needed to apply it"), "{said}");
         assert!(said.contains("reload: applied 1 changes"), "{said}");
         assert!(
@@ -319,7 +282,7 @@ driver_tests! {
                 ("dynamic", dynamic.port(), Some(dynamic_target)),
             ],
         );
-        let client = Daemon::start(&dir, "client", "client", &config, io);
+        let client = Daemon::start(MTCPD, &dir, "client", "client", &config, io);
         wait_listening(app(listed.port()), &client);
         // In neither list: refused (reset), nothing echoed.
         for port in [listed.port(), dynamic.port()] {
@@ -340,7 +303,7 @@ driver_tests! {
             1,
         );
         assert!(!server.log().contains(" DEBUG "), "info until the reload");
-        let said = server.reload(&lists, "reload: applied");
+        let said = reload(&server, &lists, "reload: applied");
         assert!(
             said.contains("reload: applied 3 changes ([[server.forward]], server.allow, log_level)"),
             "{said}"

@@ -6,14 +6,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mtcpd_testkit::backends;
-use mtcpd_testkit::ports::reserve_port;
-use mtcpd_testkit::process::ChildGuard;
+use mtcpd_testkit::daemon::Daemon;
+use mtcpd_testkit::ports::{listening_within, reserve_port};
 use mtcpd_testkit::tempdir::TempDir;
 use mtcpd_testkit::{Driver, driver_tests};
 
@@ -22,32 +19,21 @@ use mtcpd_testkit::{Driver, driver_tests};
 const CONNECTIONS: usize = 3000;
 const KEY: &str = "scale-test-key-0123456789abcdef-0123456789";
 
-fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> (ChildGuard, PathBuf) {
-    let path = dir.file(&format!("{name}.toml"), config);
-    let log = dir.0.join(format!("{name}.log"));
-    let child = ChildGuard::spawn(
-        Command::new(env!("CARGO_BIN_EXE_mtcpd"))
-            .args([role, "-c"])
-            .arg(&path)
-            .args(["--io", io.name()])
-            .env("RUST_LOG", "mtcpd=warn,mtcpd_engine=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file")),
-    )
-    .expect("spawn mtcpd");
-    (child, log)
+const MTCPD: &str = env!("CARGO_BIN_EXE_mtcpd");
+
+/// `mtcpd ROLE -c CONFIG --io IO`, logging warnings only (a line per connection would be noise).
+fn start(dir: &TempDir, name: &str, role: &str, config: &str, io: Driver) -> Daemon {
+    Daemon::launch(MTCPD, dir, name, role, config)
+        .io(io)
+        .log_filter("mtcpd=warn,mtcpd_engine=warn")
+        .spawn()
 }
 
 fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}");
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}"
+    );
 }
 
 driver_tests! {
@@ -70,9 +56,9 @@ driver_tests! {
              local_listen_port = {app_port}\nserver_ip = \"127.0.0.1\"\n\
              server_port = {tunnel_port}\nconnection_pool_size = 4\n"
         );
-        let (_server, server_log) = start(&dir, "server", "server", &server, io);
+        let server = start(&dir, "server", "server", &server, io);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)));
-        let (_client, client_log) = start(&dir, "client", "client", &client, io);
+        let client = start(&dir, "client", "client", &client, io);
         let app = SocketAddr::from(([127, 0, 0, 1], app_port));
         wait_listening(app);
 
@@ -95,8 +81,8 @@ driver_tests! {
                     "connection {i} of {CONNECTIONS}: {other:?} (byte {}); {echoed} echoed before; \
                      client log:\n{}\nserver log:\n{}",
                     b[0],
-                    std::fs::read_to_string(&client_log).unwrap_or_default(),
-                    std::fs::read_to_string(&server_log).unwrap_or_default()
+                    client.log(),
+                    server.log()
                 ),
             }
         }

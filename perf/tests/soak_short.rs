@@ -7,14 +7,14 @@
 //! The `mtcpd` binary is the one built next to `mtcp-perf` (the workspace test run builds
 //! both); the test fails, naming it, when it is missing.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use mtcpd_testkit::daemon::Daemon;
 use mtcpd_testkit::driver_tests;
-use mtcpd_testkit::ports::reserve_port;
+use mtcpd_testkit::ports::{listening_within, reserve_port};
 use mtcpd_testkit::process::ChildGuard;
 use mtcpd_testkit::tempdir::TempDir;
 
@@ -32,14 +32,10 @@ fn mtcpd() -> PathBuf {
 }
 
 fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on {addr}");
+    assert!(
+        listening_within(addr, Duration::from_secs(20)),
+        "nothing listens on {addr}"
+    );
 }
 
 driver_tests! {
@@ -55,31 +51,19 @@ driver_tests! {
                 .stdout(Stdio::null()),
         )
         .expect("spawn echo-mio");
-        let server = dir.file(
-            "s.toml",
-            &format!(
-                "mode = \"server\"\npsk = \"{KEY}\"\n[server]\nlisten_ip = \"127.0.0.1\"\n\
-                 listen_port = {tunnel}\nbackend_ip = \"127.0.0.1\"\nbackend_port = {echo}\n"
-            ),
+        let server = format!(
+            "mode = \"server\"\npsk = \"{KEY}\"\n[server]\nlisten_ip = \"127.0.0.1\"\n\
+             listen_port = {tunnel}\nbackend_ip = \"127.0.0.1\"\nbackend_port = {echo}\n"
         );
-        let client = dir.file(
-            "c.toml",
-            &format!(
-                "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nlocal_listen_ip = \"127.0.0.1\"\n\
-                 local_listen_port = {app}\nserver_ip = \"127.0.0.1\"\nserver_port = {tunnel}\n"
-            ),
+        let client = format!(
+            "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nlocal_listen_ip = \"127.0.0.1\"\n\
+             local_listen_port = {app}\nserver_ip = \"127.0.0.1\"\nserver_port = {tunnel}\n"
         );
-        let daemon = |role: &str, config: &PathBuf| {
-            ChildGuard::spawn(
-                Command::new(mtcpd())
-                    .args([role, "-c"])
-                    .arg(config)
-                    .args(["--io", io.name()])
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )
-            .expect("spawn mtcpd")
+        let daemon = |role: &str, config: &str| {
+            Daemon::launch(mtcpd(), &dir, role, role, config)
+                .io(io)
+                .log_filter("warn")
+                .spawn()
         };
         let server = daemon("server", &server);
         wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel)));
@@ -89,8 +73,8 @@ driver_tests! {
         let out = ChildGuard::spawn(
             Command::new(PERF)
                 .args(["soak", "-c", &format!("127.0.0.1:{app}")])
-                .args(["--client-pid", &client.id().expect("pid").to_string()])
-                .args(["--server-pid", &server.id().expect("pid").to_string()])
+                .args(["--client-pid", &client.pid().expect("pid").to_string()])
+                .args(["--server-pid", &server.pid().expect("pid").to_string()])
                 .args(["--concurrency", "200", "-t", "12s", "--interval", "1s"])
                 .args(["--peak-concurrency", "1000", "--peak-time", "4s", "--quiet", "8s"])
                 .arg("--csv")

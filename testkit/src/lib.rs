@@ -11,6 +11,8 @@
 //!   byte) and its SHA-256 checksum helpers.
 //! - [`process`]: [`process::ChildGuard`], a child process stopped (SIGTERM, then SIGKILL) when
 //!   its test ends, however it ends, and told to stop if the test process dies first.
+//! - [`daemon`]: [`daemon::Daemon`], a running `mtcpd` (config and log in the test's temp
+//!   dir, the binary path passed in by the test), its log and signals.
 //! - [`ports`]: loopback ports for daemons, leased to one test at a time across processes.
 //!
 //! Must not touch: the engine. The kit does not depend on `mtcpd-engine`, so an engine test
@@ -19,6 +21,7 @@
 
 pub mod alloc;
 pub mod backends;
+pub mod daemon;
 pub mod pattern;
 pub mod ports;
 pub mod process;

@@ -6,14 +6,17 @@
 //! exclusive `flock` on a per-port file in the temporary directory for as long as it lives, so
 //! every other test (thread or process) using this module skips that port.
 //!
+//! [`listening_within`] waits for a daemon to listen on its port.
+//!
 //! Must not touch: ports outside 20000..32000 (below the kernel's ephemeral range, so the
 //! outgoing connections of tests cannot take a port between the check and the daemon's bind).
 
 use std::fs::{File, OpenOptions};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// A loopback port reserved for one test until dropped.
 #[derive(Debug)]
@@ -63,9 +66,33 @@ pub fn reserve_port() -> PortLease {
     panic!("no free port in 20000..32000");
 }
 
+/// Polls `addr` (a connect every 20 ms, each given 200 ms) until something accepts or `limit`
+/// has passed; whether something did.
+pub fn listening_within(addr: SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_within_sees_a_listener_and_times_out_without_one() {
+        let lease = reserve_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], lease.port()));
+        let started = Instant::now();
+        assert!(!listening_within(addr, Duration::from_millis(100)));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let _listener = TcpListener::bind(addr).expect("bind the leased port");
+        assert!(listening_within(addr, Duration::from_secs(5)));
+    }
 
     #[test]
     fn leases_held_at_once_are_distinct_and_free() {
