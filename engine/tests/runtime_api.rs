@@ -4,6 +4,8 @@
 //! with TCP on the other end. Every test runs under a watchdog, and every blocking read has a
 //! timeout, so nothing hangs.
 
+mod runtime_support;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -47,17 +49,14 @@ driver_tests! {
 }
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        // The kit's driver names are the engine's `IoChoice` names.
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(2),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-api-test-key, 32 bytes at least".to_vec();
-    o.engine.pool_size = 4;
+    let mut o = runtime_support::options(
+        io,
+        b"runtime-api-test-key, 32 bytes at least",
+        4,
+        Duration::from_secs(2),
+    );
     o.engine.redial_backoff_min = Duration::from_millis(20);
     o.engine.redial_backoff_max = Duration::from_millis(200);
-    o.tunnel_sockets.congestion = None;
     o
 }
 

@@ -6,6 +6,8 @@
 //! (docs/ARCHITECTURE.md, "Memory per idle stream"). Only this scenario is in this binary, and
 //! its runs take turns (a lock), so nothing else allocates meanwhile.
 
+mod runtime_support;
+
 use mtcpd_testkit::alloc::{CountingAlloc, live_bytes};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,16 +22,12 @@ static ALLOC: CountingAlloc = CountingAlloc;
 static MEASURING: Mutex<()> = Mutex::new(());
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        // The kit's driver names are the engine's `IoChoice` names.
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(2),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-api-memory-test, 32 bytes or more".to_vec();
-    o.engine.pool_size = 4;
-    o.tunnel_sockets.congestion = None;
-    o
+    runtime_support::options(
+        io,
+        b"runtime-api-memory-test, 32 bytes or more",
+        4,
+        Duration::from_secs(2),
+    )
 }
 
 driver_tests! {

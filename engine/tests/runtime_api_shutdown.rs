@@ -4,21 +4,20 @@
 //! cancelled, then a reset for unread bytes), so the client waited out its whole drain timeout.
 //! The drain timeout here is 30 s and the bound 10 s, so the test cannot pass by timing out.
 
+mod runtime_support;
+
 use std::time::{Duration, Instant};
 
 use mtcpd_engine::runtime::{Client, RuntimeOptions, Server};
 use mtcpd_testkit::{Driver, driver_tests};
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(30),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-api-shutdown-test, 32 bytes or more".to_vec();
-    o.engine.pool_size = 4;
-    o.tunnel_sockets.congestion = None;
-    o
+    runtime_support::options(
+        io,
+        b"runtime-api-shutdown-test, 32 bytes or more",
+        4,
+        Duration::from_secs(30),
+    )
 }
 
 driver_tests! {

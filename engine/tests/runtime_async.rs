@@ -5,6 +5,8 @@
 //! futures-io traits, and the tokio example. Every test runs under a watchdog (`within`), so a
 //! lost wake-up fails instead of hanging.
 
+mod runtime_support;
+
 use std::io;
 use std::time::Duration;
 
@@ -38,16 +40,14 @@ const HAND_OVER: u64 = 256 * 1024;
 const T: Duration = Duration::from_secs(30);
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(2),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-async-test-key, 32 bytes at least".to_vec();
-    o.engine.pool_size = 4;
+    let mut o = runtime_support::options(
+        io,
+        b"runtime-async-test-key, 32 bytes at least",
+        4,
+        Duration::from_secs(2),
+    );
     o.engine.redial_backoff_min = Duration::from_millis(20);
     o.engine.redial_backoff_max = Duration::from_millis(200);
-    o.tunnel_sockets.congestion = None;
     o
 }
 

@@ -4,6 +4,8 @@
 //! while the earlier ones carry on; a slow name resolution does not hold up other streams on
 //! the same worker (it runs on a resolver thread).
 
+mod runtime_support;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -30,15 +32,12 @@ driver_tests! {
 }
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(1),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-backends-test-key-0123456789abcdef".to_vec();
-    o.engine.pool_size = 2;
-    o.tunnel_sockets.congestion = None;
-    o
+    runtime_support::options(
+        io,
+        b"runtime-backends-test-key-0123456789abcdef",
+        2,
+        Duration::from_secs(1),
+    )
 }
 
 fn any_port() -> SocketAddr {

@@ -6,6 +6,8 @@
 //! free again. Only this scenario is in this binary (the limit is the whole process's), and its
 //! runs take turns (a lock).
 
+mod runtime_support;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -29,15 +31,13 @@ const CPU_BUDGET: Duration = Duration::from_millis(400);
 static ALONE: Mutex<()> = Mutex::new(());
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(2),
-        workers: 1,
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-emfile-test-key-0123456789abcdef".to_vec();
-    o.engine.pool_size = 2;
-    o.tunnel_sockets.congestion = None;
+    let mut o = runtime_support::options(
+        io,
+        b"runtime-emfile-test-key-0123456789abcdef",
+        2,
+        Duration::from_secs(2),
+    );
+    o.workers = 1;
     o
 }
 

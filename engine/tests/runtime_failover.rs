@@ -4,6 +4,8 @@
 //! served by the other server, every tunnel of it there, and new streams carry bytes; a first
 //! server that refuses the client's key is left for the next after the refusal's wait.
 
+mod runtime_support;
+
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
@@ -26,15 +28,13 @@ driver_tests! {
 }
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_millis(500),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-failover-test-key, 32 bytes at least".to_vec();
-    o.engine.pool_size = POOL;
+    let mut o = runtime_support::options(
+        io,
+        b"runtime-failover-test-key, 32 bytes at least",
+        POOL,
+        Duration::from_millis(500),
+    );
     o.engine.session_grace = Duration::from_secs(1);
-    o.tunnel_sockets.congestion = None;
     o
 }
 

@@ -4,6 +4,8 @@
 //! released; an open beyond the server's `max_streams` fails the stream promptly with the same
 //! kind instead of waiting. Every test runs under a watchdog and every read has a timeout.
 
+mod runtime_support;
+
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,17 +27,15 @@ driver_tests! {
 }
 
 fn opts(io: Driver, max_streams: Option<u64>) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(2),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-limits-test-key, 32 bytes at least".to_vec();
-    o.engine.pool_size = 2;
+    let mut o = runtime_support::options(
+        io,
+        b"runtime-limits-test-key, 32 bytes at least",
+        2,
+        Duration::from_secs(2),
+    );
     if let Some(n) = max_streams {
         o.engine.max_streams = n;
     }
-    o.tunnel_sockets.congestion = None;
     o
 }
 

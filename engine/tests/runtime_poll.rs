@@ -4,6 +4,8 @@
 //! and a writer the peer does not read is held back by a bounded buffer, then told when it may
 //! go on.
 
+mod runtime_support;
+
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,15 +27,12 @@ const STREAMS: usize = 1_000;
 const ACCEPT: Token = Token(1 << 40);
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(2),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-poll-test-key, 32 bytes at least".to_vec();
-    o.engine.pool_size = 4;
-    o.tunnel_sockets.congestion = None;
-    o
+    runtime_support::options(
+        io,
+        b"runtime-poll-test-key, 32 bytes at least",
+        4,
+        Duration::from_secs(2),
+    )
 }
 
 fn pair(io: Driver) -> (Server, Client) {

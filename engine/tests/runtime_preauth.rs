@@ -7,6 +7,8 @@
 //! scenario is in this binary, and its runs take turns (a lock), so nothing else allocates
 //! meanwhile.
 
+mod runtime_support;
+
 use mtcpd_testkit::alloc::{CountingAlloc, live_bytes};
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
@@ -35,15 +37,13 @@ const HEAP_BUDGET: isize = 4 * 1024 * 1024;
 const RSS_BUDGET: isize = 16 * 1024 * 1024;
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(2),
-        workers: 2,
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-preauth-test-key-0123456789abcdef".to_vec();
-    o.engine.pool_size = 4;
-    o.tunnel_sockets.congestion = None;
+    let mut o = runtime_support::options(
+        io,
+        b"runtime-preauth-test-key-0123456789abcdef",
+        4,
+        Duration::from_secs(2),
+    );
+    o.workers = 2;
     o
 }
 

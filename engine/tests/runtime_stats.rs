@@ -2,6 +2,8 @@
 //! size on each I/O driver: sessions, tunnels up with TCP_INFO, bytes each way, counters, and a
 //! stopped runtime answering at once with every worker missing.
 
+mod runtime_support;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,15 +22,12 @@ driver_tests! {
 }
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(2),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"runtime-stats-test-key, 32 bytes at least".to_vec();
-    o.engine.pool_size = POOL;
-    o.tunnel_sockets.congestion = None;
-    o
+    runtime_support::options(
+        io,
+        b"runtime-stats-test-key, 32 bytes at least",
+        POOL,
+        Duration::from_secs(2),
+    )
 }
 
 /// Polls `stats` until `done` holds (tunnels come up and counters settle asynchronously).

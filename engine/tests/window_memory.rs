@@ -3,6 +3,8 @@
 //! the heap they hold with the bytes buffered. Before small writes shared chunks, each 64 B
 //! write cost its own allocation, a queue slot and a shared header (2–5× the window in RSS).
 
+mod runtime_support;
+
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,16 +30,14 @@ driver_tests! {
 const STREAMS: usize = 64;
 
 fn opts(io: Driver) -> RuntimeOptions {
-    let mut o = RuntimeOptions {
-        io: io.name().parse().expect("a driver name"),
-        drain_timeout: Duration::from_secs(1),
-        ..RuntimeOptions::default()
-    };
-    o.engine.psk = b"window-memory-test-key, 32 bytes at least".to_vec();
-    o.engine.pool_size = 2;
+    let mut o = runtime_support::options(
+        io,
+        b"window-memory-test-key, 32 bytes at least",
+        2,
+        Duration::from_secs(1),
+    );
     o.engine.stream_window = 64 * 1024;
     o.engine.stream_send_buffer = 64 * 1024;
-    o.tunnel_sockets.congestion = None;
     o
 }
 
