@@ -197,6 +197,47 @@ fn start_haproxy(dir: &Path, front: u16, servers: [u16; 2]) -> (ChildGuard, Path
     (guard, dir.join("haproxy.err"))
 }
 
+/// Servers "server-a" and "server-b", each with its tunnel and metrics port, both carrying
+/// streams to `sink`; server a keyed with `key_a` when given (else the shared key). Returns once
+/// both answer on their metrics ports.
+fn two_servers(
+    dir: &TempDir,
+    tunnels: [u16; 2],
+    metrics: [u16; 2],
+    sink: SocketAddr,
+    key_a: Option<&str>,
+    io: Driver,
+) -> [Daemon; 2] {
+    let config_a = match key_a {
+        Some(key) => server_config_with_key(key, tunnels[0], metrics[0], sink),
+        None => server_config(tunnels[0], metrics[0], sink),
+    };
+    let config_b = server_config(tunnels[1], metrics[1], sink);
+    let servers = [
+        start_daemon(&dir.0, "server-a", "server", &config_a, io),
+        start_daemon(&dir.0, "server-b", "server", &config_b, io),
+    ];
+    for (port, server) in metrics.iter().zip(&servers) {
+        wait_listening(local(*port), || server.log());
+    }
+    servers
+}
+
+/// A client whose `servers` list names server a, then server b.
+fn client_listing(dir: &TempDir, tunnels: [u16; 2], app: u16, metrics: u16, io: Driver) -> Daemon {
+    let list = format!(
+        "servers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
+        tunnels[0], tunnels[1]
+    );
+    start_daemon(
+        &dir.0,
+        "client",
+        "client",
+        &client_config(app, metrics, &list),
+        io,
+    )
+}
+
 fn haproxy_failover(io: Driver) {
     let dir = TempDir::new(&format!("balancer-{}", io.name()));
     let leases: Vec<PortLease> = (0..7).map(|_| reserve_port()).collect();
@@ -210,25 +251,14 @@ fn haproxy_failover(io: Driver) {
         client_metrics,
     ] = [0, 1, 2, 3, 4, 5, 6].map(|i| leases[i].port());
     let sink = backends::sink_backend();
-    let servers = [
-        start_daemon(
-            &dir.0,
-            "server-a",
-            "server",
-            &server_config(tunnel_a, metrics_a, sink),
-            io,
-        ),
-        start_daemon(
-            &dir.0,
-            "server-b",
-            "server",
-            &server_config(tunnel_b, metrics_b, sink),
-            io,
-        ),
-    ];
-    for (port, server) in [metrics_a, metrics_b].iter().zip(&servers) {
-        wait_listening(local(*port), || server.log());
-    }
+    let servers = two_servers(
+        &dir,
+        [tunnel_a, tunnel_b],
+        [metrics_a, metrics_b],
+        sink,
+        None,
+        io,
+    );
     let (_haproxy, haproxy_err) = start_haproxy(&dir.0, front, [tunnel_a, tunnel_b]);
     let haproxy_log = || std::fs::read_to_string(&haproxy_err).unwrap_or_default();
     // HAProxy's health checks see both servers up before the client dials.
@@ -327,33 +357,15 @@ fn servers_list_kill(io: Driver) {
         client_metrics,
     ] = [0, 1, 2, 3, 4, 5].map(|i| leases[i].port());
     let sink = backends::sink_backend();
-    let servers = [
-        start_daemon(
-            &dir.0,
-            "server-a",
-            "server",
-            &server_config(tunnel_a, metrics_a, sink),
-            io,
-        ),
-        start_daemon(
-            &dir.0,
-            "server-b",
-            "server",
-            &server_config(tunnel_b, metrics_b, sink),
-            io,
-        ),
-    ];
-    for (port, server) in [metrics_a, metrics_b].iter().zip(&servers) {
-        wait_listening(local(*port), || server.log());
-    }
-    let list = format!("servers = [\"127.0.0.1:{tunnel_a}\", \"127.0.0.1:{tunnel_b}\"]");
-    let client = start_daemon(
-        &dir.0,
-        "client",
-        "client",
-        &client_config(app, client_metrics, &list),
+    let servers = two_servers(
+        &dir,
+        [tunnel_a, tunnel_b],
+        [metrics_a, metrics_b],
+        sink,
+        None,
         io,
     );
+    let client = client_listing(&dir, [tunnel_a, tunnel_b], app, client_metrics, io);
     let everything = || {
         format!(
             "client:\n{}\nserver a:\n{}\nserver b:\n{}",
@@ -389,33 +401,15 @@ fn servers_list_refused(io: Driver) {
     ] = [0, 1, 2, 3, 4, 5].map(|i| leases[i].port());
     let sink = backends::sink_backend();
     let other_key = "a different key for the first server, 32 bytes+";
-    let servers = [
-        start_daemon(
-            &dir.0,
-            "server-a",
-            "server",
-            &server_config_with_key(other_key, tunnel_a, metrics_a, sink),
-            io,
-        ),
-        start_daemon(
-            &dir.0,
-            "server-b",
-            "server",
-            &server_config(tunnel_b, metrics_b, sink),
-            io,
-        ),
-    ];
-    for (port, server) in [metrics_a, metrics_b].iter().zip(&servers) {
-        wait_listening(local(*port), || server.log());
-    }
-    let list = format!("servers = [\"127.0.0.1:{tunnel_a}\", \"127.0.0.1:{tunnel_b}\"]");
-    let client = start_daemon(
-        &dir.0,
-        "client",
-        "client",
-        &client_config(app, client_metrics, &list),
+    let _servers = two_servers(
+        &dir,
+        [tunnel_a, tunnel_b],
+        [metrics_a, metrics_b],
+        sink,
+        Some(other_key),
         io,
     );
+    let client = client_listing(&dir, [tunnel_a, tunnel_b], app, client_metrics, io);
     wait_listening(local(client_metrics), || client.log());
     // At once: the first server is refusing the client about now.
     transfer(app, 9);
