@@ -128,21 +128,29 @@ pub fn run(o: &SoakOpts) -> Result<bool> {
         Ok(())
     };
     sample("start", &churn, &mut csv)?;
-    let steady_end = Instant::now() + o.duration;
-    while Instant::now() < steady_end {
-        let step = o.interval.min(steady_end - Instant::now());
-        churn.run(o.concurrency, step, false)?;
-        sample("steady", &churn, &mut csv)?;
-    }
-    // Let the steady connections finish, so the peak starts from the steady level.
-    churn.run(o.concurrency, Duration::ZERO, true)?;
-    let peak_end = Instant::now() + o.peak_time;
-    while Instant::now() < peak_end {
-        let step = o.interval.min(peak_end - Instant::now());
-        churn.run(o.peak_concurrency, step, false)?;
-        sample("peak", &churn, &mut csv)?;
-    }
-    churn.run(o.peak_concurrency, Duration::ZERO, true)?;
+    // Churn at `concurrency` for `length`, sampling every interval, then let the phase's
+    // connections finish (so the next phase starts from this one's level).
+    let mut churn_phase = |phase: &'static str,
+                           concurrency: usize,
+                           length: Duration,
+                           churn: &mut Churn,
+                           csv: &mut std::fs::File|
+     -> Result<()> {
+        let end = Instant::now() + length;
+        while Instant::now() < end {
+            churn.run(concurrency, o.interval.min(end - Instant::now()), false)?;
+            sample(phase, churn, csv)?;
+        }
+        churn.run(concurrency, Duration::ZERO, true)
+    };
+    churn_phase("steady", o.concurrency, o.duration, &mut churn, &mut csv)?;
+    churn_phase(
+        "peak",
+        o.peak_concurrency,
+        o.peak_time,
+        &mut churn,
+        &mut csv,
+    )?;
     let quiet_end = Instant::now() + o.quiet;
     while Instant::now() < quiet_end {
         std::thread::sleep(o.interval.min(quiet_end - Instant::now()));
