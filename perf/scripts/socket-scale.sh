@@ -6,6 +6,8 @@
 #   socat x2     through a chain of two socat relays (fork per connection),
 #   mtcpd-uring  through an mtcpd client + server (--io uring; server 2 workers, client 1),
 #   mtcpd-mio    the same pair on --io mio,
+#   base-uring, base-mio  with BASE=<dir of another build> (e.g. main's target/release): that
+#                build's mtcpd pair, so a change is measured beside its baseline in one sitting,
 # ROUNDS times each, interleaved (round 1 of every path, then round 2, ...) so machine noise
 # hits them alike. Per mtcpd run it also reports the time until every connection had its first
 # echo back (accept + stream open: the "connects" figure) and each daemon's RSS per
@@ -15,11 +17,12 @@
 #   make socket-scale                       # or:
 #   cargo build --release -p mtcpd -p mtcp-perf && perf/scripts/socket-scale.sh
 #   CONNS="1000 8000" TIME=10s ROUNDS=3 HOLD=9000 PATHS="direct socat uring mio" ...
+#   BASE=../main/target/release perf/scripts/socket-scale.sh   # adds base-uring base-mio
 #
 # Output: one line per run, then medians and spreads (min..max), and the ratios against direct
 # and against socat x2; raw JSON lines in $OUT (default results/socket-scale/runs.jsonl).
 # socat is installed with apt-get when missing (the socat path is skipped if that fails).
-# Loopback ports PORT..PORT+6 (default 19300). Everything started here is stopped on exit.
+# Loopback ports PORT..PORT+10 (default 19300). Everything started here is stopped on exit.
 set -u
 cd "$(dirname "$0")/../.."
 R=${R:-${CARGO_TARGET_DIR:-target}/release}
@@ -28,6 +31,12 @@ TIME=${TIME:-10s}
 ROUNDS=${ROUNDS:-3}
 HOLD=${HOLD:-9000}
 PATHS=${PATHS:-"direct socat uring mio"}
+BASE=${BASE:-}
+if [ -n "$BASE" ]; then
+  [ -x "$BASE/mtcpd" ] || { echo "missing $BASE/mtcpd" >&2; exit 2; }
+  [[ " $PATHS " == *" uring "* ]] && PATHS="$PATHS base-uring"
+  [[ " $PATHS " == *" mio "* ]] && PATHS="$PATHS base-mio"
+fi
 PORT=${PORT:-19300}
 OUT=${OUT:-results/socket-scale/runs.jsonl}
 mkdir -p "$(dirname "$OUT")"
@@ -53,6 +62,7 @@ trap cleanup EXIT
 
 ECHO=$PORT; S1=$((PORT + 1)); S2=$((PORT + 2))
 TUN_U=$((PORT + 3)); APP_U=$((PORT + 4)); TUN_M=$((PORT + 5)); APP_M=$((PORT + 6))
+TUN_BU=$((PORT + 7)); APP_BU=$((PORT + 8)); TUN_BM=$((PORT + 9)); APP_BM=$((PORT + 10))
 KEY=socket-scale-benchmark-key-0123456789
 
 "$R/mtcp-perf" echo-mio -l 127.0.0.1:$ECHO & pids+=($!)
@@ -62,7 +72,9 @@ if [[ " $PATHS " == *" socat "* ]]; then
 fi
 
 declare -A SPID CPID APP
-start_pair() { # io tunnel_port app_port
+start_pair() { # path tunnel_port app_port (path: uring, mio, base-uring, base-mio)
+  local bin=$R/mtcpd io=${1#base-}
+  [[ $1 == base-* ]] && bin=$BASE/mtcpd
   cat > "$work/s-$1.toml" <<EOT
 mode = "server"
 psk = "$KEY"
@@ -85,14 +97,15 @@ local_listen_port = $3
 server_ip = "127.0.0.1"
 server_port = $2
 EOT
-  RUST_LOG=warn "$R/mtcpd" server -c "$work/s-$1.toml" --io "$1" 2>"$work/s-$1.log" & pids+=($!); SPID[$1]=$!
+  RUST_LOG=warn "$bin" server -c "$work/s-$1.toml" --io "$io" 2>"$work/s-$1.log" & pids+=($!); SPID[$1]=$!
   sleep 0.3
-  RUST_LOG=warn "$R/mtcpd" client -c "$work/c-$1.toml" --io "$1" 2>"$work/c-$1.log" & pids+=($!); CPID[$1]=$!
+  RUST_LOG=warn "$bin" client -c "$work/c-$1.toml" --io "$io" 2>"$work/c-$1.log" & pids+=($!); CPID[$1]=$!
   APP[$1]=$3
 }
-for io in uring mio; do
-  [[ " $PATHS " == *" $io "* ]] && start_pair $io $([ $io = uring ] && echo "$TUN_U $APP_U" || echo "$TUN_M $APP_M")
-done
+[[ " $PATHS " == *" uring "* ]] && start_pair uring $TUN_U $APP_U
+[[ " $PATHS " == *" mio "* ]] && start_pair mio $TUN_M $APP_M
+[[ " $PATHS " == *" base-uring "* ]] && start_pair base-uring $TUN_BU $APP_BU
+[[ " $PATHS " == *" base-mio "* ]] && start_pair base-mio $TUN_BM $APP_BM
 sleep 2
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -105,7 +118,7 @@ run() {
     socat) port=$S1 ;;
     *) port=${APP[$path]}; c0=$(rss ${CPID[$path]}); s0=$(rss ${SPID[$path]}) ;;
   esac
-  if [ "$path" = uring ] || [ "$path" = mio ]; then
+  if [ -n "${CPID[$path]:-}" ]; then
     ( cm=0; sm=0; while :; do c=$(rss ${CPID[$path]}); s=$(rss ${SPID[$path]});
         [ "$c" -gt "$cm" ] && cm=$c; [ "$s" -gt "$sm" ] && sm=$s; echo "$cm $sm" > "$work/max";
         sleep 0.5; done ) & sampler=$!
@@ -125,7 +138,7 @@ if cmax:
     r["client_kib_per_conn"] = (cmax - c0) / k; r["server_kib_per_conn"] = (smax - s0) / k
 print(json.dumps(r))
 extra = " rss/conn client %.1f KiB server %.1f KiB" % (r["client_kib_per_conn"], r["server_kib_per_conn"]) if cmax else ""
-print("%-6s K=%-5d round=%d: %8.0f rt/s p50 %7.0f us p99 %8.0f us setup %.2f s errors %d%s" % (
+print("%-10s K=%-5d round=%d: %8.0f rt/s p50 %7.0f us p99 %8.0f us setup %.2f s errors %d%s" % (
     path, k, rnd, r["round_trips_per_second"], r["latency"]["p50_us"], r["latency"]["p99_us"],
     r["setup_seconds"], r["errors"], extra), file=sys.stderr)
 ' "$path" "$k" "$round" "$c0" "$s0" "$cmax" "$smax" >> "$OUT"
@@ -138,7 +151,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo "--- hold: $HOLD connections at once through each pair (3 s of ping-pong, every one must echo)"
-for io in uring mio; do
+for io in uring mio base-uring base-mio; do
   [[ " $PATHS " == *" $io "* ]] && run "$io" "$HOLD" 0 3s
 done
 
@@ -156,7 +169,7 @@ for (path, k) in sorted({(r["path"], r["conns"]) for r in ok}, key=lambda x: (x[
     p50 = [r["latency"]["p50_us"] for r in rs]
     setup = [r["setup_seconds"] for r in rs]
     table[(path, k)] = (med(rt), med(p99))
-    line = "%-6s K=%-5d %8.0f rt/s (%.0f..%.0f)  p50 %6.0f us  p99 %7.0f us (%.0f..%.0f)  setup %.2f s (%.2f..%.2f)" % (
+    line = "%-10s K=%-5d %8.0f rt/s (%.0f..%.0f)  p50 %6.0f us  p99 %7.0f us (%.0f..%.0f)  setup %.2f s (%.2f..%.2f)" % (
         path, k, med(rt), min(rt), max(rt), med(p50), med(p99), min(p99), max(p99), med(setup), min(setup), max(setup))
     if "client_kib_per_conn" in rs[0]:
         line += "  rss/conn client %.1f KiB server %.1f KiB" % (
@@ -164,12 +177,16 @@ for (path, k) in sorted({(r["path"], r["conns"]) for r in ok}, key=lambda x: (x[
     print(line)
 print("\n--- ratios (medians): rt/s vs direct (target >= 0.5), p99 vs socat x2 (target <= 2)")
 for (path, k), (rt, p99) in sorted(table.items(), key=lambda x: (x[0][1], x[0][0])):
-    if path in ("uring", "mio"):
+    if path in ("uring", "mio", "base-uring", "base-mio"):
         d = table.get(("direct", k)); s = table.get(("socat", k))
-        print("%-6s K=%-5d %.2fx direct%s" % (path, k, rt / d[0] if d else float("nan"),
+        print("%-10s K=%-5d %.2fx direct%s" % (path, k, rt / d[0] if d else float("nan"),
               ", p99 %.2fx socat x2" % (p99 / s[1]) if s else ""))
+for (path, k), (rt, p99) in sorted(table.items(), key=lambda x: (x[0][1], x[0][0])):
+    b = table.get(("base-" + path, k))
+    if path in ("uring", "mio") and b:
+        print("%-10s K=%-5d this build / BASE: %.2fx rt/s, p99 %.2fx" % (path, k, rt / b[0], p99 / b[1]))
 for r in runs:
     if r["round"] == 0:
-        print("hold %-5s %d connections: %s" % (r["path"], r["conns"], "FAILED " + r["failed"] if "failed" in r else
+        print("hold %-10s %d connections: %s" % (r["path"], r["conns"], "FAILED " + r["failed"] if "failed" in r else
               "all echoed, %d errors, rss/conn client %.1f KiB server %.1f KiB" % (r["errors"], r["client_kib_per_conn"], r["server_kib_per_conn"])))
 EOF

@@ -25,6 +25,12 @@ pub(super) const MAX_IOV: usize = 64;
 /// An event for the loop: (token, readable, writable).
 pub(super) type Ready = (usize, bool, bool);
 
+/// Set in an event's token by a driver whose reads are syscalls ([`Driver::SHORT_READ_DRAINS`])
+/// when the event also saw the peer's end of stream: such a socket is read to its end (or
+/// `WouldBlock`) even after a short read, because no further event will come for a FIN that
+/// was already queued. Slab keys never reach this bit.
+pub(super) const READ_CLOSED: usize = 1 << (usize::BITS - 1);
+
 /// A listening socket.
 pub(super) trait IoListener: Send + std::fmt::Debug + AsFd + Sized {
     /// The connections it accepts.
@@ -73,6 +79,13 @@ pub(super) trait Driver: Send + Sized + 'static {
     /// driver keeps this much in flight per send, so it wants more than a readiness driver,
     /// whose writes land in the socket buffer at once.
     const TUNNEL_QUEUE: usize = 64 * 1024;
+    /// A read that returned less than its buffer emptied the socket, so the loop need not read
+    /// again until the next event (and spends no `WouldBlock` read per message). True for an
+    /// edge-triggered readiness driver over TCP: a short read took everything queued then, and
+    /// bytes arriving later raise a new edge. A completion driver hands out what one receive
+    /// brought, so a short piece says nothing (and asking again costs no system call there).
+    /// Its events carry [`READ_CLOSED`] when they saw the peer's FIN.
+    const SHORT_READ_DRAINS: bool = false;
     /// Wraps a bound std listener.
     fn listener(&mut self, l: std::net::TcpListener) -> io::Result<Self::Listener>;
     /// Wraps a std stream (connected, or connecting when `connecting`).
@@ -172,12 +185,14 @@ impl IoStream for mio::net::TcpStream {
         Read::read(self, buf)
     }
     fn write_chunks(&mut self, chunks: &VecDeque<Bytes>) -> io::Result<usize> {
-        let slices: Vec<IoSlice<'_>> = chunks
-            .iter()
-            .take(MAX_IOV)
-            .map(|c| IoSlice::new(c))
-            .collect();
-        self.write_vectored(&slices)
+        // On the stack: a write per message must not cost an allocation too.
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut n = 0;
+        for (slot, c) in slices.iter_mut().zip(chunks.iter()) {
+            *slot = IoSlice::new(c);
+            n += 1;
+        }
+        self.write_vectored(&slices[..n])
     }
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
@@ -194,6 +209,7 @@ impl Driver for Mio {
     type Listener = mio::net::TcpListener;
     type Stream = mio::net::TcpStream;
     const NAME: &'static str = "mio";
+    const SHORT_READ_DRAINS: bool = true;
 
     fn listener(&mut self, l: std::net::TcpListener) -> io::Result<Self::Listener> {
         l.set_nonblocking(true)?;
@@ -245,8 +261,9 @@ impl Driver for Mio {
             if ev.token() == MIO_WAKER {
                 continue;
             }
+            let closed = if ev.is_read_closed() { READ_CLOSED } else { 0 };
             out.push((
-                ev.token().0,
+                ev.token().0 | closed,
                 ev.is_readable() || ev.is_read_closed(),
                 ev.is_writable() || ev.is_error(),
             ));

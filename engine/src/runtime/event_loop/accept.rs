@@ -204,7 +204,7 @@ impl<D: Driver> EventLoop<D> {
         }
         self.accepts.due = None;
         for key in std::mem::take(&mut self.accepts.listeners) {
-            self.on_ready(key, true, false);
+            self.on_ready(key, true, false, true);
         }
     }
 

@@ -36,6 +36,9 @@ pub(super) struct AppConn<D: Driver> {
     /// not read (the stream's `StreamWritable` resumes it).
     unsent: Option<Bytes>,
     read_eof: bool,
+    /// An event saw the peer's FIN: reads go on to the end even after a short one
+    /// ([`Driver::SHORT_READ_DRAINS`]).
+    read_closed: bool,
     tx: Outbox,
     fin_pending: bool,
     write_closed: bool,
@@ -71,6 +74,7 @@ impl<D: Driver> AppConn<D> {
             connecting,
             unsent: None,
             read_eof: false,
+            read_closed: false,
             tx: Outbox::default(),
             fin_pending: false,
             write_closed: false,
@@ -181,6 +185,9 @@ impl<D: Driver> StreamConn for AppConn<D> {
     }
 
     fn to_session(&mut self, session: &mut Session, buf: &mut [u8]) -> After {
+        // The last read emptied the socket: its bytes go to the session, and the next read
+        // waits for the next event.
+        let mut drained = false;
         loop {
             if self.connecting || self.read_eof {
                 return After::Keep;
@@ -201,6 +208,9 @@ impl<D: Driver> StreamConn for AppConn<D> {
                 // A proxy's application waits for its reply before it sends more.
                 return After::Keep;
             }
+            if drained {
+                return After::Keep;
+            }
             match self.sock.read_bytes(buf) {
                 Ok(b) if b.is_empty() => {
                     self.read_eof = true;
@@ -209,6 +219,7 @@ impl<D: Driver> StreamConn for AppConn<D> {
                 }
                 Ok(b) => {
                     tracing::trace!(stream = self.stream, bytes = b.len(), "data to the peer");
+                    drained = D::SHORT_READ_DRAINS && !self.read_closed && b.len() < buf.len();
                     self.unsent = Some(b)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return After::Keep,
@@ -295,11 +306,13 @@ impl<D: Driver> StreamConn for AppConn<D> {
 }
 
 impl<D: Driver> EventLoop<D> {
-    /// Socket readiness of an application connection.
-    pub(super) fn on_app(&mut self, key: usize, readable: bool, writable: bool) {
+    /// Socket readiness of an application connection; `read_closed` as in
+    /// [`EventLoop::on_ready`] (remembered: a read put off until later still reads to the end).
+    pub(super) fn on_app(&mut self, key: usize, readable: bool, writable: bool, read_closed: bool) {
         let Some(Entry::App(app)) = self.entries.get_mut(key) else {
             return;
         };
+        app.read_closed |= read_closed;
         if app.connecting {
             match app.sock.take_error() {
                 Ok(None) if app.sock.peer_addr().is_ok() => {

@@ -60,7 +60,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use slab::Slab;
 
-use super::io::{Driver, IoStream, Ready};
+use super::io::{Driver, IoStream, READ_CLOSED, Ready};
 use super::rejection_log::SharedRejectionLog;
 use super::resolver::{BackendBudget, WorkerResolver};
 use super::worker::Mailbox;
@@ -523,8 +523,9 @@ impl<D: Driver> EventLoop<D> {
             self.answer_stats_requests();
             self.apply_reloads();
             let ready = std::mem::take(&mut self.ready);
-            for &(key, readable, writable) in &ready {
-                self.on_ready(key, readable, writable);
+            for &(token, readable, writable) in &ready {
+                let read_closed = token & READ_CLOSED != 0;
+                self.on_ready(token & !READ_CLOSED, readable, writable, read_closed);
             }
             self.ready = ready;
             self.ready.clear();
@@ -650,7 +651,9 @@ impl<D: Driver> EventLoop<D> {
         false
     }
 
-    fn on_ready(&mut self, key: usize, readable: bool, writable: bool) {
+    /// A socket event; `read_closed`: the peer's FIN may be queued, so a read goes on to the end
+    /// even after a short read (see [`Driver::SHORT_READ_DRAINS`]).
+    fn on_ready(&mut self, key: usize, readable: bool, writable: bool, read_closed: bool) {
         let Some(entry) = self.entries.get(key) else {
             return;
         };
@@ -659,8 +662,8 @@ impl<D: Driver> EventLoop<D> {
             Entry::TunnelListener { .. } => self.accept_tunnels(key),
             Entry::ReverseListener { .. } => self.accept_reverse(key),
             Entry::Pending(_) => self.on_pending(key, readable, writable),
-            Entry::Tunnel(_) => self.on_tunnel(key, readable, writable),
-            Entry::App(_) => self.on_app(key, readable, writable),
+            Entry::Tunnel(_) => self.on_tunnel(key, readable, writable, read_closed),
+            Entry::App(_) => self.on_app(key, readable, writable, read_closed),
             Entry::ProxyListener { .. } => self.accept_proxies(key),
             Entry::Proxy(_) => self.on_proxy(key),
             Entry::Local(_) => {}

@@ -173,7 +173,7 @@ impl<D: Driver> EventLoop<D> {
                         tracing::info!(session = %hex(&tunnel.session_id), tunnel = slot_index, %peer, rtt = ?tunnel.rtt, "tunnel established");
                         // Bytes after ClientAuth belong to the session, and more may wait in
                         // the socket (0-RTT data right behind the handshake).
-                        self.on_tunnel(tk, true, true);
+                        self.on_tunnel(tk, true, true, true);
                     }
                     Err(e) => {
                         // The session counts the tunnel as up: tell it, or it waits for an

@@ -293,6 +293,23 @@ impl<D: Driver> EventLoop<D> {
     }
 
     fn on_session_event(&mut self, skey: SessionKey, ev: Event, now: Instant) {
+        // The per-message events first: they log nothing, so they skip the session id (a
+        // string built per event) and the refusal check below.
+        match ev {
+            Event::StreamReadable { stream } => {
+                if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
+                    self.stream_to_app(k);
+                }
+                return;
+            }
+            Event::StreamWritable { stream } => {
+                if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
+                    self.stream_to_session(k);
+                }
+                return;
+            }
+            _ => {}
+        }
         let id = self
             .endpoint
             .get(skey)
@@ -341,16 +358,8 @@ impl<D: Driver> EventLoop<D> {
                 self.failover_after_tunnel_down(skey, tunnel, &reason, refused, now);
             }
             Event::StreamOpened { stream, target } => self.open_target(skey, stream, target),
-            Event::StreamReadable { stream } => {
-                if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
-                    self.stream_to_app(k);
-                }
-            }
-            Event::StreamWritable { stream } => {
-                if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
-                    self.stream_to_session(k);
-                }
-            }
+            // Handled at the top.
+            Event::StreamReadable { .. } | Event::StreamWritable { .. } => {}
             Event::StreamConfirmed { stream } => {
                 if let Some(&k) = self.endpoint[skey].data().streams.get(&stream) {
                     self.stream_confirmed(k);

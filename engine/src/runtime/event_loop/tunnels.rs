@@ -19,7 +19,14 @@ use crate::runtime::sockopt;
 use crate::tls::{TlsError, TunnelTls};
 
 impl<D: Driver> EventLoop<D> {
-    pub(super) fn on_tunnel(&mut self, key: usize, readable: bool, writable: bool) {
+    /// Socket readiness of a tunnel; `read_closed` as in [`EventLoop::on_ready`].
+    pub(super) fn on_tunnel(
+        &mut self,
+        key: usize,
+        readable: bool,
+        writable: bool,
+        read_closed: bool,
+    ) {
         if self.flush_lingering(key) {
             return;
         }
@@ -94,7 +101,8 @@ impl<D: Driver> EventLoop<D> {
             let TunnelConn {
                 sock, received, rx, ..
             } = &mut **conn;
-            let result = read_tunnel(sock, received, rx, &mut self.read_buf);
+            let short_read_drains = D::SHORT_READ_DRAINS && !read_closed;
+            let result = read_tunnel(sock, received, rx, &mut self.read_buf, short_read_drains);
             if !self.feed_tunnel(key) {
                 return;
             }
@@ -357,12 +365,14 @@ impl<D: Driver> EventLoop<D> {
 
 /// Reads a tunnel's socket into `received` as [`super::read_into`] does, first making room so
 /// that the plaintext its records open into joins `plain` (the partial frame the session left)
-/// without a copy: room for one read, and for a whole batch once a read filled the buffer.
+/// without a copy: room for one read, and for a whole batch once a read filled the buffer. With
+/// `short_read_drains`, a read that did not fill `buf` ends it (`Drained`, no `WouldBlock` read).
 fn read_tunnel(
     sock: &mut impl IoStream,
     received: &mut BytesMut,
     plain: &mut BytesMut,
     buf: &mut [u8],
+    short_read_drains: bool,
 ) -> std::io::Result<ReadState> {
     let mut room = buf.len();
     loop {
@@ -372,6 +382,9 @@ fn read_tunnel(
             Ok(n) => {
                 if received.len() >= 4 * buf.len() {
                     return Ok(ReadState::Batch);
+                }
+                if short_read_drains && n < buf.len() {
+                    return Ok(ReadState::Drained);
                 }
                 if n == buf.len() {
                     room = 4 * buf.len();
