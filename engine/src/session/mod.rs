@@ -36,6 +36,7 @@
 //!   is up: retry after [`Event::TunnelUp`]).
 
 mod close;
+mod coupled;
 mod expose;
 mod flow_control;
 mod input;
@@ -233,6 +234,9 @@ pub struct Session {
     /// Encoded bytes in `retransmit` (with the tunnels' unacknowledged bytes, what
     /// [`Config::max_unacked_bytes`] caps).
     retransmit_bytes: u64,
+    /// With `coupled_pacing`: the coupled cap applies (the shared bottleneck's queue is
+    /// building, or no loss has shown it is not); see `coupled`.
+    queue_building: bool,
     /// Σ of every stream's [`crate::reorder::ReorderBuffer::pending_overhead`]: at most the
     /// session window (the pieces' bytes are bounded by the offset accounting).
     reorder_overhead: u64,
@@ -351,6 +355,9 @@ impl Session {
             ready: VecDeque::new(),
             retransmit: VecDeque::new(),
             retransmit_bytes: 0,
+            // Until the first loss says otherwise (see `coupled`): slow starts overrun a
+            // queue before any RTT signal could react.
+            queue_building: true,
             reorder_overhead: 0,
             control: VecDeque::new(),
             send_data_total: 0,
@@ -427,6 +434,27 @@ impl Session {
         if let Some(x) = self.tunnels.get_mut(t) {
             x.path.set_external(rtt, rate, now);
         }
+    }
+
+    /// Reports the kernel's view of tunnel `t`'s connection (TCP_INFO `tcpi_rtt`,
+    /// `tcpi_min_rtt` and `tcpi_total_retrans`): with `coupled_pacing` it tells a building
+    /// bottleneck queue from random loss.
+    pub fn set_tunnel_tcp_info(
+        &mut self,
+        t: usize,
+        srtt: Duration,
+        min_rtt: Duration,
+        retransmits: u64,
+    ) {
+        if let Some(x) = self.tunnels.get_mut(t) {
+            let lost = x.path.set_tcp_info(srtt, min_rtt, retransmits);
+            self.update_queue_building(t, lost);
+        }
+    }
+
+    /// Whether the coupled cap binds now (`coupled_pacing` on and the queue building).
+    pub fn coupled_cap_engaged(&self) -> bool {
+        self.config.coupled_pacing && self.queue_building
     }
 
     /// Why the session ended, once it has.

@@ -1,0 +1,116 @@
+//! Coupled pacing (`Config::coupled_pacing`): N tunnels behind one bottleneck behave like one
+//! well-behaved flow while its queue builds, and like N independent windows when random loss,
+//! not queueing, limits the rate.
+//!
+//! Owns: the queue-or-random-loss decision ([`Session::update_queue_building`], from the
+//! kernel's RTTs and retransmission counts the driver reports) and the session's cap on
+//! unacknowledged stream data ([`Session::coupled_cap`]). Must not touch: which tunnel a frame
+//! goes on (`transmit`), ACK bookkeeping (`retransmit` only asks
+//! [`Session::coupled_cap_engaged`] and the cap).
+//!
+//! The decision. The cap starts engaged: N slow starts overrun a queue within one RTT, faster
+//! than any RTT signal can react. Losses (a tunnel's retransmission count grew) while the
+//! bottleneck queue is nearly empty are random loss: once a quarter of the tunnels (at least
+//! two) lost a segment so, the cap comes off and the tunnels are N independent windows, each
+//! recovering on its own. (One tunnel's early loss is not enough: released during slow start,
+//! the others would still overrun the queue.) A queue that builds (RTT inflation above
+//! [`ENGAGE_ABOVE`]) engages it again, so the windows cannot stack in that queue and the losses
+//! that follow are the queue's. Between the two thresholds the state is kept (hysteresis).
+//!
+//! Why the kernel's RTT and not the frame-level one: a frame's send → ACK time also holds the
+//! wait in the socket's unsent queue and TCP's head-of-line wait behind a lost segment. Random
+//! loss makes the latter about one RTT on the frames behind every loss, so the frame-level RTT
+//! rises without any queue, and a cap keyed to it (or always on, as this was first) throttles
+//! exactly the lossy paths where N windows help. The kernel's smoothed RTT excludes
+//! retransmitted segments (Karn), so above its minimum it is the bottleneck queue. The queue is
+//! shared: the inflation is the median over the tunnels, which one idle tunnel's stale sample
+//! cannot move.
+//!
+//! Limits: on a path whose queue is shallower than [`RELEASE_BELOW`] of its RTT, queue drops
+//! look like random loss and the tunnels run uncoupled (as without this).
+
+use super::Session;
+
+/// Gain over the measured bandwidth-delay product of [`Session::coupled_cap`].
+const COUPLED_GAIN: f64 = 1.25;
+/// Least the coupled cap allows per active tunnel, bytes.
+const COUPLED_FLOOR: u64 = 64 * 1024;
+/// The queue is building once the median tunnel's kernel RTT is this fraction above the
+/// smallest minimum RTT (a queue of a fifth of the path's RTT).
+const ENGAGE_ABOVE: f64 = 0.2;
+/// A loss while the inflation is under this fraction is random loss (hysteresis with
+/// [`ENGAGE_ABOVE`], so the cap does not flap with every smoothed-RTT wobble).
+const RELEASE_BELOW: f64 = 0.1;
+
+impl Session {
+    /// Re-reads the decision after tunnel `t`'s kernel figures changed; `lost`: it
+    /// retransmitted since its last report.
+    pub(super) fn update_queue_building(&mut self, t: usize, lost: bool) {
+        let Some(inflation) = self.queue_inflation() else {
+            return;
+        };
+        if inflation > ENGAGE_ABOVE {
+            if !self.queue_building {
+                self.queue_building = true;
+                for tun in &mut self.tunnels {
+                    tun.quiet_loss = false;
+                }
+            }
+        } else if lost && inflation < RELEASE_BELOW && self.queue_building {
+            if let Some(tun) = self.tunnels.get_mut(t) {
+                tun.quiet_loss = true;
+            }
+            let active = self.tunnels.iter().filter(|x| x.is_active()).count();
+            let quiet = self
+                .tunnels
+                .iter()
+                .filter(|x| x.is_active() && x.quiet_loss)
+                .count();
+            if quiet >= (active / 4).max(2).min(active) {
+                self.queue_building = false;
+            }
+        }
+    }
+
+    /// The bottleneck queue as a fraction of the path's RTT: the median over the active
+    /// tunnels of the kernel's smoothed RTT above the smallest minimum RTT; `None` before any
+    /// tunnel reported one.
+    fn queue_inflation(&self) -> Option<f64> {
+        let mut base = f64::INFINITY;
+        let mut srtts = Vec::with_capacity(self.tunnels.len());
+        for tun in self.tunnels.iter().filter(|t| t.is_active()) {
+            if let Some((q, m)) = tun.path.tcp_queueing() {
+                base = base.min(m.as_secs_f64());
+                srtts.push((q + m).as_secs_f64());
+            }
+        }
+        if srtts.is_empty() || base <= 0.0 {
+            return None;
+        }
+        let mid = (srtts.len() - 1) / 2;
+        let (_, median, _) = srtts.select_nth_unstable_by(mid, f64::total_cmp);
+        Some((*median - base).max(0.0) / base)
+    }
+
+    /// The most the whole session keeps unacknowledged while the coupled cap is engaged: its
+    /// measured bandwidth-delay product (the tunnels' delivery rates summed, times the shortest
+    /// path RTT) with a gain of [`COUPLED_GAIN`], so that N tunnels together hold about what
+    /// one well-behaved flow would and cannot stack N windows in the bottleneck queue. The gain
+    /// lets the rate estimate grow while the queue is empty; [`COUPLED_FLOOR`] per tunnel keeps
+    /// an idle session from starving its own estimates.
+    pub(super) fn coupled_cap(&self) -> u64 {
+        let (mut rate, mut rtt, mut active) = (0.0f64, f64::INFINITY, 0u64);
+        for tun in self.tunnels.iter().filter(|t| t.is_active()) {
+            rate += tun.path.rate();
+            let r = tun.path.min_rtt().as_secs_f64();
+            if r > 0.0 {
+                rtt = rtt.min(r);
+            }
+            active += 1;
+        }
+        if !rtt.is_finite() {
+            return u64::MAX;
+        }
+        ((rate * rtt * COUPLED_GAIN) as u64).max(COUPLED_FLOOR * active.max(1))
+    }
+}
