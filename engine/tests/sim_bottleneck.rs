@@ -222,3 +222,64 @@ fn sixteen_coupled_tunnels_do_not_overfill_the_queue_at_a_tenth_of_a_percent_los
         assert!(cg >= ug * 0.97, "goodput coupled {cg} vs uncoupled {ug}");
     }
 }
+
+/// The decision itself, driven by hand through the API a driver uses: engaged from the start;
+/// one tunnel's loss at an empty queue is not enough, a quarter of the tunnels' is; a queue
+/// of a fifth of the RTT engages it again; without `coupled_pacing` it never binds, and the
+/// driver is not asked for TCP_INFO.
+#[test]
+fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
+    let ms = Duration::from_millis;
+    for coupled in [true, false] {
+        let config = Config {
+            psk: b"k".to_vec(),
+            coupled_pacing: coupled,
+            ..Config::default()
+        };
+        let links = vec![LinkSpec::new(50, 100.0); 8];
+        let mut pair = SimPair::new(config.clone(), config, &links, 1).plaintext();
+        assert!(pair.run(Duration::from_secs(10), |p| {
+            (0..8).all(|t| p.client.tunnel_is_active(t))
+        }));
+        let now = pair.now;
+        let c = &mut pair.client;
+        assert_eq!(c.coupled_cap_engaged(), coupled, "engaged from the start");
+        assert_eq!(c.wants_tcp_info(0, now), coupled);
+        // Every tunnel measured at an empty queue: no loss yet, still engaged.
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, ms(102), ms(100), 0);
+        }
+        assert!(!c.wants_tcp_info(0, now), "just reported");
+        assert_eq!(c.wants_tcp_info(0, now + ms(10)), coupled);
+        assert_eq!(c.coupled_cap_engaged(), coupled);
+        c.set_tunnel_tcp_info(3, now, ms(102), ms(100), 1);
+        assert_eq!(c.coupled_cap_engaged(), coupled, "one tunnel's loss");
+        c.set_tunnel_tcp_info(3, now, ms(102), ms(100), 2);
+        assert_eq!(c.coupled_cap_engaged(), coupled, "the same tunnel again");
+        c.set_tunnel_tcp_info(5, now, ms(102), ms(100), 1);
+        assert!(
+            !c.coupled_cap_engaged(),
+            "two of eight lost at an empty queue"
+        );
+        // The queue builds: half the tunnels at +15 ms is not yet a fifth of the RTT...
+        for t in 0..4 {
+            c.set_tunnel_tcp_info(t, now, ms(115), ms(100), 2);
+        }
+        assert!(!c.coupled_cap_engaged());
+        // ... the median at +25 ms is.
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, ms(125), ms(100), 2);
+        }
+        assert_eq!(c.coupled_cap_engaged(), coupled, "the queue engages it");
+        // Losses while the queue is there are the queue's: it stays engaged.
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, ms(125), ms(100), 5);
+        }
+        assert_eq!(c.coupled_cap_engaged(), coupled);
+        // The queue drains to +15 ms (between the thresholds): losses do not release it yet.
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, ms(115), ms(100), 6);
+        }
+        assert_eq!(c.coupled_cap_engaged(), coupled);
+    }
+}

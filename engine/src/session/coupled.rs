@@ -29,7 +29,14 @@
 //! Limits: on a path whose queue is shallower than [`RELEASE_BELOW`] of its RTT, queue drops
 //! look like random loss and the tunnels run uncoupled (as without this).
 
+use std::time::{Duration, Instant};
+
 use super::Session;
+
+/// How often a driver reads a sending tunnel's TCP_INFO for [`Session::set_tunnel_tcp_info`]
+/// (one `getsockopt` per tunnel per interval, only while the session transmits; the kernel's
+/// smoothed RTT itself moves on the scale of an RTT).
+const TCP_INFO_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Gain over the measured bandwidth-delay product of [`Session::coupled_cap`].
 const COUPLED_GAIN: f64 = 1.25;
@@ -43,6 +50,18 @@ const ENGAGE_ABOVE: f64 = 0.2;
 const RELEASE_BELOW: f64 = 0.1;
 
 impl Session {
+    /// Whether the driver should read tunnel `t`'s TCP_INFO now and report it with
+    /// [`Session::set_tunnel_tcp_info`]: `coupled_pacing` is on and the last report is older
+    /// than [`TCP_INFO_INTERVAL`].
+    pub fn wants_tcp_info(&self, t: usize, now: Instant) -> bool {
+        self.config.coupled_pacing
+            && self.tunnels.get(t).is_some_and(|x| {
+                x.is_active()
+                    && x.tcp_info_at
+                        .is_none_or(|at| now.saturating_duration_since(at) >= TCP_INFO_INTERVAL)
+            })
+    }
+
     /// Re-reads the decision after tunnel `t`'s kernel figures changed; `lost`: it
     /// retransmitted since its last report.
     pub(super) fn update_queue_building(&mut self, t: usize, lost: bool) {

@@ -442,11 +442,13 @@ impl Session {
     pub fn set_tunnel_tcp_info(
         &mut self,
         t: usize,
+        now: Instant,
         srtt: Duration,
         min_rtt: Duration,
         retransmits: u64,
     ) {
         if let Some(x) = self.tunnels.get_mut(t) {
+            x.tcp_info_at = Some(now);
             let lost = x.path.set_tcp_info(srtt, min_rtt, retransmits);
             self.update_queue_building(t, lost);
         }

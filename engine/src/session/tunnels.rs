@@ -64,6 +64,8 @@ pub(super) struct Tunnel {
     /// With `coupled_pacing`: this tunnel's connection lost a segment while the shared queue
     /// was nearly empty, since the coupled cap last engaged (see `coupled`).
     pub(super) quiet_loss: bool,
+    /// When the driver last reported the connection's TCP_INFO (see `coupled`).
+    pub(super) tcp_info_at: Option<Instant>,
     dial_failures: u32,
 }
 
@@ -88,6 +90,7 @@ impl Tunnel {
             path: PathEstimate::new(initial_rate),
             saturated: false,
             quiet_loss: false,
+            tcp_info_at: None,
             dial_failures: 0,
         }
     }

@@ -392,7 +392,8 @@ impl SimPair {
                     .and_then(TcpDir::take_info)
             });
             if let Some((srtt, min, retx)) = infos[0] {
-                self.client.set_tunnel_tcp_info(t, srtt, min, retx);
+                self.client
+                    .set_tunnel_tcp_info(t, self.now, srtt, min, retx);
             }
             let attached = match self.links[t].conn {
                 Conn::Open { attached, .. } => attached,
@@ -401,7 +402,8 @@ impl SimPair {
             if let (Some((srtt, min, retx)), Some(s)) =
                 (infos[1], attached.and_then(|k| self.server.get_mut(k)))
             {
-                s.session_mut().set_tunnel_tcp_info(t, srtt, min, retx);
+                s.session_mut()
+                    .set_tunnel_tcp_info(t, self.now, srtt, min, retx);
             }
         }
     }
