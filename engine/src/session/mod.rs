@@ -234,9 +234,11 @@ pub struct Session {
     /// Encoded bytes in `retransmit` (with the tunnels' unacknowledged bytes, what
     /// [`Config::max_unacked_bytes`] caps).
     retransmit_bytes: u64,
-    /// With `coupled_pacing`: the coupled cap applies (the shared bottleneck's queue is
-    /// building, or no loss has shown it is not); see `coupled`.
-    queue_building: bool,
+    /// With `coupled_pacing`: whether the coupled cap applies (the shared bottleneck's queue is
+    /// building, or no loss has shown it is not); `None` until the driver reported a tunnel's
+    /// TCP_INFO (a driver that cannot, like the simulator without a bottleneck, never couples).
+    /// See `coupled`.
+    queue_building: Option<bool>,
     /// Σ of every stream's [`crate::reorder::ReorderBuffer::pending_overhead`]: at most the
     /// session window (the pieces' bytes are bounded by the offset accounting).
     reorder_overhead: u64,
@@ -355,9 +357,7 @@ impl Session {
             ready: VecDeque::new(),
             retransmit: VecDeque::new(),
             retransmit_bytes: 0,
-            // Until the first loss says otherwise (see `coupled`): slow starts overrun a
-            // queue before any RTT signal could react.
-            queue_building: true,
+            queue_building: None,
             reorder_overhead: 0,
             control: VecDeque::new(),
             send_data_total: 0,
@@ -456,7 +456,7 @@ impl Session {
 
     /// Whether the coupled cap binds now (`coupled_pacing` on and the queue building).
     pub fn coupled_cap_engaged(&self) -> bool {
-        self.config.coupled_pacing && self.queue_building
+        self.config.coupled_pacing && self.queue_building == Some(true)
     }
 
     /// Why the session ended, once it has.

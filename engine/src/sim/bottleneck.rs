@@ -224,6 +224,12 @@ impl TcpDir {
         readable: &mut VecDeque<(Instant, Bytes)>,
     ) {
         let mss = shared.spec.mss;
+        if self.srtt.is_none() {
+            // The handshake's sample (SYN → SYN-ACK over an empty queue), as Linux seeds it.
+            self.srtt = Some(2 * delay);
+            self.min_rtt = Some(2 * delay);
+            self.info_changed = true;
+        }
         while let Some(&(at, len, sent)) = self.acks.front() {
             if at > now {
                 break;
