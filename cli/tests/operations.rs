@@ -483,11 +483,11 @@ driver_tests! {
         let (backend, _) = counting_echo();
         // The server asks for one the kernel has; the client for one no kernel here has.
         let server = Daemon::start(MTCPD, &dir, "server", "server",
-            &server_config(server_lease.port(), backend, 4, "congestion = \"reno\"\n"), io);
+            &format!("congestion = \"reno\"\n{}", server_config(server_lease.port(), backend, 4, "")), io);
         let server_addr = SocketAddr::from(([127, 0, 0, 1], server_lease.port()));
         wait_listening(server_addr, &server);
         let client = Daemon::start(MTCPD, &dir, "client", "client",
-            &client_config(app_lease.port(), server_lease.port(), 4, "congestion = \"bbr2\"\n"), io);
+            &format!("congestion = \"bbr2\"\n{}", client_config(app_lease.port(), server_lease.port(), 4, "")), io);
         assert!(client.wait_for_log_count("tunnel established", 4, Duration::from_secs(10)), "{}", client.log());
         echo_once(SocketAddr::from(([127, 0, 0, 1], app_lease.port())));
         let context = format!("{io}\n--- client\n{}\n--- server\n{}", client.log(), server.log());
