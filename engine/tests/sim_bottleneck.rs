@@ -245,6 +245,12 @@ fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
         let now = pair.now;
         let c = &mut pair.client;
         assert!(!c.coupled_cap_engaged(), "nothing reported yet");
+        assert!(
+            !c.wants_tcp_info(0, now),
+            "no stream data waits: no system call"
+        );
+        let id = c.open_stream(None).unwrap();
+        c.write(id, bytes::Bytes::from(vec![7u8; 1 << 20])).unwrap();
         assert_eq!(c.wants_tcp_info(0, now), coupled);
         // Every tunnel measured at an empty queue: no loss yet, engaged.
         for t in 0..8 {

@@ -2,7 +2,9 @@
 //!
 //! Owns: how sockets are made and tuned (TCP_NODELAY, TCP_NOTSENT_LOWAT, TCP_CONGESTION, buffer
 //! sizes, SO_REUSEPORT, RST on abort), what to do when the kernel refuses an option (warn, keep
-//! the system default), and raising RLIMIT_NOFILE. The option calls themselves are
+//! the system default; a refused congestion control is one warning per process, naming what the
+//! kernel offers), the once-per-session line naming the congestion control the tunnels really
+//! run, and raising RLIMIT_NOFILE. The option calls themselves are
 //! `mtcpd_common::sockopt`, shared with mtcp-perf. Must not touch: any protocol state or event
 //! loop.
 

@@ -62,10 +62,12 @@ const SHORT_PATH: Duration = Duration::from_millis(2);
 
 impl Session {
     /// Whether the driver should read tunnel `t`'s TCP_INFO now and report it with
-    /// [`Session::set_tunnel_tcp_info`]: `coupled_pacing` is on and the last report is older
-    /// than [`TCP_INFO_INTERVAL`].
+    /// [`Session::set_tunnel_tcp_info`]: `coupled_pacing` is on, stream data waits to be framed
+    /// (only then can the cap matter: an idle session costs no system call), and the last
+    /// report is older than [`TCP_INFO_INTERVAL`].
     pub fn wants_tcp_info(&self, t: usize, now: Instant) -> bool {
         self.config.coupled_pacing
+            && !self.ready.is_empty()
             && self.tunnels.get(t).is_some_and(|x| {
                 x.is_active()
                     && x.tcp_info_at

@@ -242,11 +242,10 @@ impl TcpDir {
                 self.info_changed = true;
             }
             self.inflight -= len;
-            if !self.cwnd_limited {
-                // Not using the window: it does not grow.
-            } else if self.cwnd < self.ssthresh {
+            // A window the sender does not fill does not grow.
+            if self.cwnd_limited && self.cwnd < self.ssthresh {
                 self.cwnd += len;
-            } else {
+            } else if self.cwnd_limited {
                 self.cwnd += (mss * len / self.cwnd).max(1);
             }
             self.cwnd = self.cwnd.min(MAX_CWND);
