@@ -205,15 +205,15 @@ mod tests {
     }
 
     #[test]
-    fn coupled_pacing_maps_onto_the_engine_and_is_off_by_default() {
+    fn coupled_pacing_maps_onto_the_engine_and_is_on_by_default() {
         let client = "[client]\nlocal_listen_port = 7000\n";
-        let off = load_text(client, None).unwrap();
-        assert!(!off.runtime.engine.coupled_pacing, "the engine's default");
-        let on = load_text(&format!("coupled_pacing = true\n{client}"), None).unwrap();
-        assert!(on.runtime.engine.coupled_pacing);
-        assert!(on.to_string().contains("coupled_pacing = true"), "{on}");
-        let server = load_text("coupled_pacing = true\n[server]\n", None).unwrap();
-        assert!(server.runtime.engine.coupled_pacing);
+        let on = load_text(client, None).unwrap();
+        assert!(on.runtime.engine.coupled_pacing, "the engine's default");
+        let off = load_text(&format!("coupled_pacing = false\n{client}"), None).unwrap();
+        assert!(!off.runtime.engine.coupled_pacing);
+        assert!(off.to_string().contains("coupled_pacing = false"), "{off}");
+        let server = load_text("coupled_pacing = false\n[server]\n", None).unwrap();
+        assert!(!server.runtime.engine.coupled_pacing);
     }
 
     #[test]

@@ -225,6 +225,17 @@ fn metrics_of_a_transfer(io: Driver) {
         for t in of(samples, "mtcpd_tunnel_cwnd_segments") {
             assert!(t.value >= 1.0, "{t:?}");
         }
+        // The congestion control really in use, read back from each connection: the
+        // default asks for bbr, which the test hosts have.
+        let cc = of(samples, "mtcpd_tunnel_congestion_info");
+        assert_eq!(cc.len(), POOL, "{role}");
+        for t in cc {
+            assert_eq!(
+                (t.label("algorithm"), t.value),
+                ("bbr", 1.0),
+                "{role}: {t:?}"
+            );
+        }
         assert_eq!(
             of(samples, "mtcpd_tunnels_lost_total")
                 .iter()
@@ -320,6 +331,8 @@ fn stats_command(endpoint: SocketAddr, io: Driver, session: &str) {
     assert_eq!(json["session_list"][0]["tunnels_up"], POOL);
     assert_eq!(json["forward_list"][0]["forward"], "bulk");
     assert!(json["tunnel_list"][0]["rtt_ms"].as_f64().is_some());
+    assert_eq!(json["tunnel_list"][0]["congestion"], "bbr");
+    assert!(table.contains(" bbr "), "the CC column: {table}");
     assert!(
         json["tunnel_list"][0]["send_bytes_per_second"]
             .as_f64()

@@ -475,4 +475,42 @@ driver_tests! {
         assert!(lost[0].contains(" INFO "), "{context}");
         assert!(!client.log().contains("broke the protocol"), "{context}");
     }
+
+    #[within(60)]
+    fn the_congestion_control_in_use_is_said_once_per_session_and_a_missing_one_is_one_warning(io) {
+        let dir = TempDir::new("ops");
+        let (server_lease, app_lease) = (reserve_port(), reserve_port());
+        let (backend, _) = counting_echo();
+        // The server asks for one the kernel has; the client for one no kernel here has.
+        let server = Daemon::start(MTCPD, &dir, "server", "server",
+            &format!("congestion = \"reno\"\n{}", server_config(server_lease.port(), backend, 4, "")), io);
+        let server_addr = SocketAddr::from(([127, 0, 0, 1], server_lease.port()));
+        wait_listening(server_addr, &server);
+        let client = Daemon::start(MTCPD, &dir, "client", "client",
+            &format!("congestion = \"bbr2\"\n{}", client_config(app_lease.port(), server_lease.port(), 4, "")), io);
+        assert!(client.wait_for_log_count("tunnel established", 4, Duration::from_secs(10)), "{}", client.log());
+        echo_once(SocketAddr::from(([127, 0, 0, 1], app_lease.port())));
+        let context = format!("{io}\n--- client\n{}\n--- server\n{}", client.log(), server.log());
+        // What the kernel falls back to, read independently of the daemon.
+        let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .expect("the system default congestion control").trim().to_owned();
+        let offered = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+            .expect("the available congestion controls");
+        assert!(!offered.split_whitespace().any(|a| a == "bbr2"), "this kernel has bbr2: {offered}");
+        let client_records = records(&client);
+        let refused: Vec<&String> = client_records.iter()
+            .filter(|l| l.contains("congestion = \"bbr2\" cannot be set")).collect();
+        assert_eq!(refused.len(), 1, "one warning for four tunnels\n{context}");
+        assert!(refused[0].contains(" WARN "), "{context}");
+        assert!(refused[0].contains(offered.trim()), "names what the kernel offers\n{context}");
+        let said: Vec<&String> = client_records.iter()
+            .filter(|l| l.contains("the session's tunnels run congestion control")).collect();
+        assert_eq!(said.len(), 1, "once per session\n{context}");
+        assert!(said[0].contains(&format!("{default:?}, not the configured \"bbr2\"")), "{context}");
+        let server_said: Vec<String> = records(&server).into_iter()
+            .filter(|l| l.contains("the session's tunnels run congestion control")).collect();
+        assert_eq!(server_said.len(), 1, "once per session\n{context}");
+        assert!(server_said[0].contains("congestion control \"reno\"") && server_said[0].contains(" INFO "), "{context}");
+        assert!(!server.log().contains("cannot be set"), "{context}");
+    }
 }

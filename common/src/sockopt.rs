@@ -69,6 +69,14 @@ pub fn set_congestion(sock: &impl AsFd, name: &str) -> Result<(), CongestionErro
     })
 }
 
+/// The congestion controls this kernel offers (`/proc/sys/net/ipv4/tcp_available_congestion_control`,
+/// space-separated); `None` when that cannot be read.
+pub fn available_congestion_controls() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
 /// The congestion control a socket really uses (TCP_CONGESTION read back); `None` if the
 /// socket is not TCP or the call fails.
 pub fn congestion_of(sock: &impl AsFd) -> Option<String> {

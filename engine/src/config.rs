@@ -154,10 +154,13 @@ pub struct Config {
     /// leave with no handshake across the WAN (0-RTT). When false, the pool is dialed when the
     /// first stream opens.
     pub zero_rtt: bool,
-    /// Couples the tunnels: the session keeps at most its measured bandwidth-delay product
-    /// (with a 1.25 gain) of stream data unacknowledged across all of them, so N tunnels fill
-    /// a shared bottleneck queue like one flow instead of N. Off by default (issue 13: it did
-    /// not help on the emulator; see docs/BENCHMARKS.md).
+    /// Couples the tunnels while a shared bottleneck queue builds: the session then keeps at
+    /// most its measured bandwidth-delay product (with a 1.25 gain) of stream data
+    /// unacknowledged across all of them, so N tunnels fill the queue like one flow instead of
+    /// N; after losses at an empty queue (random loss) the tunnels run as N independent
+    /// windows. The queue signal is the kernel's RTT per tunnel, which the driver reports
+    /// ([`crate::session::Session::set_tunnel_tcp_info`]). On by default (issue 13; see
+    /// docs/BENCHMARKS.md).
     pub coupled_pacing: bool,
     /// Lets a runtime start without a key (empty [`Config::psk`]): anyone who can reach the
     /// server then passes the handshake. Off by default, so that forgetting the key is an error
@@ -203,7 +206,7 @@ impl Default for Config {
             scheduler: SchedulerKind::EarliestDelivery,
             copy_threshold: 256,
             zero_rtt: true,
-            coupled_pacing: false,
+            coupled_pacing: true,
             allow_unauthenticated: false,
         }
     }

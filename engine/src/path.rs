@@ -12,7 +12,11 @@
 //! estimate, the assumed initial rate is optimistic (an optimistic tunnel gets traffic until it is
 //! full, and is then measured for real), and the estimate never drops below one initial window per
 //! RTT.
-//! A driver that reads TCP_INFO can override both with [`PathEstimate::set_external`].
+//! A driver that reads TCP_INFO can override both with [`PathEstimate::set_external`], and
+//! reports the kernel's own RTT view with [`PathEstimate::set_tcp_rtt`]: the kernel's smoothed
+//! RTT above its minimum is the bottleneck queue this connection sees, free of what the
+//! frame-level RTT also holds (the socket's unsent queue, and TCP's head-of-line wait behind a
+//! lost segment, which random loss causes without any queue).
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +39,11 @@ pub struct PathEstimate {
     srtt: Option<Duration>,
     rate: Option<(f64, Instant)>,
     initial_rate: f64,
+    /// The kernel's smoothed and minimum RTT of the connection (TCP_INFO), when a driver
+    /// reports them.
+    tcp_rtt: Option<(Duration, Duration)>,
+    /// The kernel's count of retransmitted segments on the connection, last reported.
+    tcp_retransmits: u64,
 }
 
 impl PathEstimate {
@@ -45,7 +54,28 @@ impl PathEstimate {
             srtt: None,
             rate: None,
             initial_rate,
+            tcp_rtt: None,
+            tcp_retransmits: 0,
         }
+    }
+
+    /// The kernel's smoothed RTT, minimum RTT and retransmitted segments of the tunnel's
+    /// connection (TCP_INFO `tcpi_rtt`, `tcpi_min_rtt`, `tcpi_total_retrans`); zero RTTs (not
+    /// measured yet) are ignored. Returns whether the connection retransmitted since the last
+    /// report (a count that went down is a new connection, not a loss).
+    pub fn set_tcp_info(&mut self, srtt: Duration, min_rtt: Duration, retransmits: u64) -> bool {
+        if !srtt.is_zero() && !min_rtt.is_zero() {
+            self.tcp_rtt = Some((srtt, min_rtt.min(srtt)));
+        }
+        let lost = retransmits > self.tcp_retransmits;
+        self.tcp_retransmits = retransmits;
+        lost
+    }
+
+    /// The queueing delay the kernel sees on the connection (smoothed RTT above its minimum)
+    /// and that minimum; `None` until a driver reported them.
+    pub fn tcp_queueing(&self) -> Option<(Duration, Duration)> {
+        self.tcp_rtt.map(|(s, m)| (s - m, m))
     }
 
     /// Feeds an RTT sample.

@@ -94,13 +94,15 @@ fn the_bottleneck_is_deterministic_for_a_seed() {
     assert_eq!(a.elapsed, b.elapsed);
 }
 
-/// Sends `bytes` client→server over 8 tunnels (50 ms each way) behind `spec`, with or
+/// Sends `bytes` client→server over `tunnels` tunnels (50 ms each way) behind `spec`, with or
 /// without coupled pacing; the bottleneck's counters and the goodput (bytes/s).
 fn coupled_run(
     coupled: bool,
+    tunnels: usize,
     spec: BottleneckSpec,
     bytes: u64,
     seed: u64,
+    unsent: usize,
 ) -> (BottleneckStats, f64) {
     let config = Config {
         psk: b"k".to_vec(),
@@ -111,7 +113,11 @@ fn coupled_run(
         coupled_pacing: coupled,
         ..Config::default()
     };
-    let links = vec![LinkSpec::new(50, 100.0); 8];
+    let link = LinkSpec {
+        buffer: unsent,
+        ..LinkSpec::new(50, 100.0)
+    };
+    let links = vec![link; tunnels];
     let mut pair = SimPair::new(config.clone(), config, &links, seed)
         .plaintext()
         .with_bottleneck(spec);
@@ -126,41 +132,167 @@ fn coupled_run(
     (stats, bytes as f64 / pair.elapsed().as_secs_f64())
 }
 
+/// The daemon's default TCP_NOTSENT_LOWAT: what each tunnel socket holds unsent.
+const DAEMON_UNSENT: usize = 128 << 10;
+
+/// Uncoupled and coupled side by side for each seed: (queue drops, goodput) of each.
+fn side_by_side(
+    label: &str,
+    tunnels: usize,
+    spec: BottleneckSpec,
+    bytes: u64,
+    seeds: &[u64],
+) -> Vec<((u64, f64), (u64, f64))> {
+    let unsent = LinkSpec::new(50, 100.0).buffer;
+    side_by_side_unsent(label, tunnels, spec, bytes, seeds, unsent)
+}
+
+/// [`side_by_side`] with `unsent` bytes of socket buffer per tunnel.
+fn side_by_side_unsent(
+    label: &str,
+    tunnels: usize,
+    spec: BottleneckSpec,
+    bytes: u64,
+    seeds: &[u64],
+    unsent: usize,
+) -> Vec<((u64, f64), (u64, f64))> {
+    seeds
+        .iter()
+        .map(|&seed| {
+            let (u, ug) = coupled_run(false, tunnels, spec, bytes, seed, unsent);
+            let (c, cg) = coupled_run(true, tunnels, spec, bytes, seed, unsent);
+            eprintln!(
+                "{label} seed {seed}: uncoupled {} queue drops {} lost {:.2} Mbit/s; coupled {} \
+                 queue drops {} lost {:.2} Mbit/s ({:.3}x)",
+                u.drops_queue,
+                u.drops_loss,
+                ug * 8e-6,
+                c.drops_queue,
+                c.drops_loss,
+                cg * 8e-6,
+                cg / ug
+            );
+            ((u.drops_queue, ug), (c.drops_queue, cg))
+        })
+        .collect()
+}
+
 #[test]
 fn coupled_pacing_drops_far_fewer_at_a_clean_shared_bottleneck_without_losing_goodput() {
     let spec = BottleneckSpec::new(50.0, 50, 0.0);
-    let (u, ug) = coupled_run(false, spec, 48 << 20, 3);
-    let (c, cg) = coupled_run(true, spec, 48 << 20, 3);
-    eprintln!(
-        "clean: uncoupled {:?} {:.1} Mbit/s; coupled {:?} {:.1} Mbit/s",
-        u,
-        ug * 8e-6,
-        c,
-        cg * 8e-6
-    );
-    assert!(
-        c.drops_queue * 4 < u.drops_queue,
-        "coupled {} vs uncoupled {} queue drops",
-        c.drops_queue,
-        u.drops_queue
-    );
-    assert!(cg >= ug * 0.97, "goodput coupled {cg} vs uncoupled {ug}");
+    // No random draws without loss: one seed is every seed.
+    for ((ud, ug), (cd, cg)) in side_by_side("clean", 8, spec, 48 << 20, &[3]) {
+        assert!(cd * 4 < ud, "coupled {cd} vs uncoupled {ud} queue drops");
+        assert!(cg >= ug * 0.97, "goodput coupled {cg} vs uncoupled {ug}");
+    }
 }
 
-/// Under random loss the cap costs goodput in this model (0.91× of uncoupled at seed 4: data
-/// held behind a tunnel's loss recovery counts as unacknowledged, so the cap binds). This is
-/// why `coupled_pacing` is off by default; the test pins the cost so a change shows up.
+/// Random loss at an empty queue: the first loss at low RTT inflation takes the cap off, and
+/// the tunnels run as N independent windows (the cap, always on, cost 0.91× here).
 #[test]
-fn coupled_pacing_costs_at_most_a_tenth_of_goodput_under_random_loss() {
+fn coupled_pacing_gets_out_of_the_way_of_random_loss() {
     let spec = BottleneckSpec::new(50.0, 50, 0.01);
-    let (u, ug) = coupled_run(false, spec, 24 << 20, 4);
-    let (c, cg) = coupled_run(true, spec, 24 << 20, 4);
-    eprintln!(
-        "1 %: uncoupled {:?} {:.1} Mbit/s; coupled {:?} {:.1} Mbit/s",
-        u,
-        ug * 8e-6,
-        c,
-        cg * 8e-6
+    // The two runs draw their losses at different moments, so one seed's ratio moves by a few
+    // percent either way (uncoupled alone spans 12.2..12.8 Mbit/s over these seeds): the bar is
+    // on the mean ratio, with a looser one per seed.
+    let runs = side_by_side("1 %", 8, spec, 24 << 20, &[4, 6, 8, 11]);
+    let ratios: Vec<f64> = runs.iter().map(|((_, ug), (_, cg))| cg / ug).collect();
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    eprintln!("1 %: coupled / uncoupled goodput {ratios:.3?}, mean {mean:.3}");
+    assert!(mean >= 0.97, "{ratios:?}");
+    assert!(ratios.iter().all(|&r| r >= 0.93), "{ratios:?}");
+}
+
+/// Issue 13's second grid anomaly on the simulator: 16 tunnels at 0.1 % loss overfill the
+/// shared queue (the loss is too rare to hold 16 windows below it); coupled, the queue's
+/// drops fall far while goodput does not.
+#[test]
+fn sixteen_coupled_tunnels_do_not_overfill_the_queue_at_a_tenth_of_a_percent_loss() {
+    let spec = BottleneckSpec::new(50.0, 50, 0.001);
+    let runs = side_by_side_unsent(
+        "16 @ 0.1 %",
+        16,
+        spec,
+        48 << 20,
+        &[9, 10, 12],
+        DAEMON_UNSENT,
     );
-    assert!(cg >= ug * 0.88, "goodput coupled {cg} vs uncoupled {ug}");
+    for ((ud, ug), (cd, cg)) in runs {
+        assert!(cd * 4 < ud, "coupled {cd} vs uncoupled {ud} queue drops");
+        assert!(cg >= ug * 0.97, "goodput coupled {cg} vs uncoupled {ug}");
+    }
+}
+
+/// The decision itself, driven by hand through the API a driver uses: off until the driver
+/// reports TCP_INFO, engaged by the first report;
+/// one tunnel's loss at an empty queue is not enough, a quarter of the tunnels' is; a queue
+/// of a fifth of the RTT engages it again; without `coupled_pacing` it never binds, and the
+/// driver is not asked for TCP_INFO.
+#[test]
+fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
+    let ms = Duration::from_millis;
+    for coupled in [true, false] {
+        let config = Config {
+            psk: b"k".to_vec(),
+            coupled_pacing: coupled,
+            ..Config::default()
+        };
+        let links = vec![LinkSpec::new(50, 100.0); 8];
+        let mut pair = SimPair::new(config.clone(), config, &links, 1).plaintext();
+        assert!(pair.run(Duration::from_secs(10), |p| {
+            (0..8).all(|t| p.client.tunnel_is_active(t))
+        }));
+        let now = pair.now;
+        let c = &mut pair.client;
+        assert!(!c.coupled_cap_engaged(), "nothing reported yet");
+        assert!(
+            !c.wants_tcp_info(0, now),
+            "no stream data waits: no system call"
+        );
+        let id = c.open_stream(None).unwrap();
+        c.write(id, bytes::Bytes::from(vec![7u8; 1 << 20])).unwrap();
+        assert_eq!(c.wants_tcp_info(0, now), coupled);
+        // Every tunnel measured at an empty queue: no loss yet, engaged.
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, ms(102), ms(100), 0);
+        }
+        assert!(!c.wants_tcp_info(0, now), "just reported");
+        assert_eq!(c.wants_tcp_info(0, now + ms(10)), coupled);
+        assert_eq!(c.coupled_cap_engaged(), coupled);
+        c.set_tunnel_tcp_info(3, now, ms(102), ms(100), 1);
+        assert_eq!(c.coupled_cap_engaged(), coupled, "one tunnel's loss");
+        c.set_tunnel_tcp_info(3, now, ms(102), ms(100), 2);
+        assert_eq!(c.coupled_cap_engaged(), coupled, "the same tunnel again");
+        c.set_tunnel_tcp_info(5, now, ms(102), ms(100), 1);
+        assert!(
+            !c.coupled_cap_engaged(),
+            "two of eight lost at an empty queue"
+        );
+        // The queue builds: half the tunnels at +15 ms is not yet a fifth of the RTT...
+        for t in 0..4 {
+            c.set_tunnel_tcp_info(t, now, ms(115), ms(100), 2);
+        }
+        assert!(!c.coupled_cap_engaged());
+        // ... the median at +25 ms is.
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, ms(125), ms(100), 2);
+        }
+        assert_eq!(c.coupled_cap_engaged(), coupled, "the queue engages it");
+        // Losses while the queue is there are the queue's: it stays engaged.
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, ms(125), ms(100), 5);
+        }
+        assert_eq!(c.coupled_cap_engaged(), coupled);
+        // The queue drains to +15 ms (between the thresholds): losses do not release it yet.
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, ms(115), ms(100), 6);
+        }
+        assert_eq!(c.coupled_cap_engaged(), coupled);
+        // A short path (loopback: tens of microseconds) with no queue: off, losses or not.
+        let us = Duration::from_micros;
+        for t in 0..8 {
+            c.set_tunnel_tcp_info(t, now, us(80), us(30), 6);
+        }
+        assert!(!c.coupled_cap_engaged(), "a short path");
+    }
 }

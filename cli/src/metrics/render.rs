@@ -264,6 +264,23 @@ fn render_tunnels(out: &mut Exposition, stats: &RuntimeStats) {
             }
         }
     }
+    out.family(
+        "mtcpd_tunnel_congestion_info",
+        "gauge",
+        "1, labelled with the congestion control the tunnel's connection really runs \
+         (TCP_CONGESTION read back).",
+    );
+    for row in &rows {
+        if let Some(tcp) = row.tunnel.tcp.as_ref().filter(|x| !x.congestion.is_empty()) {
+            let labels = [
+                ("session", row.session),
+                ("tunnel", row.index.as_str()),
+                ("peer", row.peer.as_str()),
+                ("algorithm", tcp.congestion.as_str()),
+            ];
+            out.sample("mtcpd_tunnel_congestion_info", &labels, "1".to_owned());
+        }
+    }
 }
 
 /// The `forward` label of each forward (its name, else its listen address) with its figures;

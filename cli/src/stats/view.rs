@@ -33,6 +33,8 @@ pub struct TunnelView {
     pub delivery_rate_bytes_per_second: Option<u64>,
     /// Segments retransmitted by TCP on the current connection.
     pub retransmitted_segments: Option<u64>,
+    /// The congestion control the connection really runs.
+    pub congestion: Option<String>,
     /// Frame bytes sent.
     pub sent_bytes: u64,
     /// Frame bytes received.
@@ -206,6 +208,9 @@ impl View {
                         "mtcpd_tunnel_retransmitted_segments_total" => {
                             t.retransmitted_segments = Some(count(v))
                         }
+                        "mtcpd_tunnel_congestion_info" => {
+                            t.congestion = Some(s.label("algorithm").to_owned())
+                        }
                         "mtcpd_tunnel_sent_bytes_total" => t.sent_bytes = count(v),
                         "mtcpd_tunnel_received_bytes_total" => t.received_bytes = count(v),
                         _ => {}
@@ -290,11 +295,12 @@ impl View {
         );
         let _ = writeln!(
             out,
-            "\n{:<12} {:>3} {:<22} {:>2} {:>8} {:>8} {:>6} {:>11} {:>7} {:>11} {:>11}",
+            "\n{:<12} {:>3} {:<22} {:>2} {:<6} {:>8} {:>8} {:>6} {:>11} {:>7} {:>11} {:>11}",
             "SESSION",
             "TUN",
             "PEER",
             "UP",
+            "CC",
             "RTT ms",
             "MIN ms",
             "CWND",
@@ -306,11 +312,12 @@ impl View {
         for t in &self.tunnel_list {
             let _ = writeln!(
                 out,
-                "{:<12} {:>3} {:<22} {:>2} {:>8} {:>8} {:>6} {:>11} {:>7} {:>11} {:>11}",
+                "{:<12} {:>3} {:<22} {:>2} {:<6} {:>8} {:>8} {:>6} {:>11} {:>7} {:>11} {:>11}",
                 t.session,
                 t.tunnel,
                 if t.peer.is_empty() { "-" } else { &t.peer },
                 if t.up { "1" } else { "0" },
+                t.congestion.as_deref().unwrap_or("-"),
                 opt_f(t.rtt_ms),
                 opt_f(t.min_rtt_ms),
                 opt_u(t.cwnd_segments),

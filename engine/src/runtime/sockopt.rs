@@ -2,13 +2,16 @@
 //!
 //! Owns: how sockets are made and tuned (TCP_NODELAY, TCP_NOTSENT_LOWAT, TCP_CONGESTION, buffer
 //! sizes, SO_REUSEPORT, RST on abort), what to do when the kernel refuses an option (warn, keep
-//! the system default), and raising RLIMIT_NOFILE. The option calls themselves are
+//! the system default; a refused congestion control is one warning per process, naming what the
+//! kernel offers), the once-per-session line naming the congestion control the tunnels really
+//! run, and raising RLIMIT_NOFILE. The option calls themselves are
 //! `mtcpd_common::sockopt`, shared with mtcp-perf. Must not touch: any protocol state or event
 //! loop.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use mtcpd_common::sockopt as common_sockopt;
@@ -52,12 +55,66 @@ pub fn tune_tunnel(sock: &impl AsFd, opts: &TunnelSocketOptions) -> String {
     {
         tracing::warn!("SO_RCVBUF {size} on tunnel: {e}");
     }
-    if let Some(cc) = &opts.congestion
-        && let Err(e) = common_sockopt::set_congestion(sock, cc)
-    {
-        tracing::warn!("congestion control {cc:?} not set ({e}); keeping the system default");
+    let refused = opts
+        .congestion
+        .as_ref()
+        .and_then(|cc| common_sockopt::set_congestion(sock, cc).err());
+    let used = congestion_of(sock).unwrap_or_else(|| "unknown".into());
+    if let (Some(cc), Some(e)) = (&opts.congestion, refused) {
+        warn_refused_congestion(cc, &e, &used);
     }
-    congestion_of(sock).unwrap_or_else(|| "unknown".into())
+    used
+}
+
+/// The congestion controls whose refusal was already a warning (each once per process: every
+/// tunnel of every session would otherwise repeat it).
+static REFUSED_CONGESTION: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A congestion control the kernel refused: a warning naming what it offers and what the
+/// tunnels run instead, the first time for that name; debug after.
+fn warn_refused_congestion(asked: &str, e: &common_sockopt::CongestionError, used: &str) {
+    let first = REFUSED_CONGESTION.lock().is_ok_and(|mut said| {
+        let first = !said.iter().any(|s| s == asked);
+        if first && said.len() < 16 {
+            said.push(asked.to_owned());
+        }
+        first
+    });
+    if !first {
+        tracing::debug!("congestion control {asked:?} not set ({e}); the tunnel runs {used:?}");
+        return;
+    }
+    let offered = common_sockopt::available_congestion_controls().unwrap_or_else(|| "?".into());
+    let hint = if offered.split_whitespace().any(|a| a == asked) {
+        "it is available but not allowed to this process (net.ipv4.tcp_allowed_congestion_control)"
+    } else {
+        "the kernel does not have it (load its module, e.g. `modprobe tcp_<name>`)"
+    };
+    tracing::warn!(
+        congestion = asked,
+        available = %offered,
+        used,
+        "congestion = {asked:?} cannot be set on the tunnels ({e}): {hint}; this kernel offers \
+         [{offered}]; the tunnels run the system default {used:?}"
+    );
+}
+
+/// Says once per session which congestion control its tunnels really run (TCP_CONGESTION read
+/// back), and warns when that is not the one configured.
+pub(crate) fn log_session_congestion(session: &str, asked: Option<&str>, used: &str) {
+    match asked {
+        Some(asked) if asked != used => tracing::warn!(
+            %session,
+            congestion = used,
+            asked,
+            "the session's tunnels run congestion control {used:?}, not the configured {asked:?}"
+        ),
+        _ => tracing::info!(
+            %session,
+            congestion = used,
+            "the session's tunnels run congestion control {used:?}"
+        ),
+    }
 }
 
 /// Application-side sockets: no Nagle delay (the tunnel batches anyway).

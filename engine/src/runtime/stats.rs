@@ -44,6 +44,9 @@ pub struct TcpStats {
     pub delivery_rate_bytes_per_second: u64,
     /// Segments retransmitted over the connection's life.
     pub retransmitted_segments: u64,
+    /// The congestion control the connection really runs (TCP_CONGESTION read back; empty
+    /// when the kernel refuses the call).
+    pub congestion: String,
 }
 
 /// One tunnel slot of a session.

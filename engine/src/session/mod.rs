@@ -36,6 +36,7 @@
 //!   is up: retry after [`Event::TunnelUp`]).
 
 mod close;
+mod coupled;
 mod expose;
 mod flow_control;
 mod input;
@@ -233,6 +234,11 @@ pub struct Session {
     /// Encoded bytes in `retransmit` (with the tunnels' unacknowledged bytes, what
     /// [`Config::max_unacked_bytes`] caps).
     retransmit_bytes: u64,
+    /// With `coupled_pacing`: whether the coupled cap applies (the shared bottleneck's queue is
+    /// building, or no loss has shown it is not); `None` until the driver reported a tunnel's
+    /// TCP_INFO (a driver that cannot, like the simulator without a bottleneck, never couples).
+    /// See `coupled`.
+    queue_building: Option<bool>,
     /// Σ of every stream's [`crate::reorder::ReorderBuffer::pending_overhead`]: at most the
     /// session window (the pieces' bytes are bounded by the offset accounting).
     reorder_overhead: u64,
@@ -351,6 +357,7 @@ impl Session {
             ready: VecDeque::new(),
             retransmit: VecDeque::new(),
             retransmit_bytes: 0,
+            queue_building: None,
             reorder_overhead: 0,
             control: VecDeque::new(),
             send_data_total: 0,
@@ -427,6 +434,29 @@ impl Session {
         if let Some(x) = self.tunnels.get_mut(t) {
             x.path.set_external(rtt, rate, now);
         }
+    }
+
+    /// Reports the kernel's view of tunnel `t`'s connection (TCP_INFO `tcpi_rtt`,
+    /// `tcpi_min_rtt` and `tcpi_total_retrans`): with `coupled_pacing` it tells a building
+    /// bottleneck queue from random loss.
+    pub fn set_tunnel_tcp_info(
+        &mut self,
+        t: usize,
+        now: Instant,
+        srtt: Duration,
+        min_rtt: Duration,
+        retransmits: u64,
+    ) {
+        if let Some(x) = self.tunnels.get_mut(t) {
+            x.tcp_info_at = Some(now);
+            let lost = x.path.set_tcp_info(srtt, min_rtt, retransmits);
+            self.update_queue_building(t, lost);
+        }
+    }
+
+    /// Whether the coupled cap binds now (`coupled_pacing` on and the queue building).
+    pub fn coupled_cap_engaged(&self) -> bool {
+        self.config.coupled_pacing && self.queue_building == Some(true)
     }
 
     /// Why the session ended, once it has.

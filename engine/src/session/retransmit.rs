@@ -66,11 +66,6 @@ pub(super) struct Retained {
     pub(super) app_limited: bool,
 }
 
-/// Gain over the measured bandwidth-delay product of [`Session::coupled_cap`].
-const COUPLED_GAIN: f64 = 1.25;
-/// Least the coupled cap allows per active tunnel, bytes.
-const COUPLED_FLOOR: u64 = 64 * 1024;
-
 impl Session {
     /// The peer's ACK on tunnel `t`: the first `frames` reliable frames sent on this connection
     /// arrived. Frees them, samples RTT and delivery rate, and finishes streams waiting on them.
@@ -154,29 +149,7 @@ impl Session {
             .get(t)
             .is_some_and(|tun| tun.unacked_bytes < self.config.max_tunnel_unacked_bytes)
             && retained < self.config.max_unacked_bytes
-            && (!self.config.coupled_pacing || retained < self.coupled_cap())
-    }
-
-    /// With `coupled_pacing`: the most the whole session keeps unacknowledged, its measured
-    /// bandwidth-delay product (the tunnels' delivery rates summed, times the shortest path
-    /// RTT) with a gain of [`COUPLED_GAIN`], so that N tunnels together hold about what one
-    /// well-behaved flow would and cannot stack N windows in the bottleneck queue. The gain
-    /// lets the rate estimate grow while the queue is empty; [`COUPLED_FLOOR`] per tunnel keeps
-    /// a fresh or idle session from starving its own estimates.
-    pub(super) fn coupled_cap(&self) -> u64 {
-        let (mut rate, mut rtt, mut active) = (0.0f64, f64::INFINITY, 0u64);
-        for tun in self.tunnels.iter().filter(|t| t.is_active()) {
-            rate += tun.path.rate();
-            let r = tun.path.min_rtt().as_secs_f64();
-            if r > 0.0 {
-                rtt = rtt.min(r);
-            }
-            active += 1;
-        }
-        if !rtt.is_finite() {
-            return u64::MAX;
-        }
-        ((rate * rtt * COUPLED_GAIN) as u64).max(COUPLED_FLOOR * active.max(1))
+            && (!self.coupled_cap_engaged() || retained < self.coupled_cap())
     }
 
     /// The frame to send for a remembered reliable frame, with current values; `None` when it

@@ -61,6 +61,11 @@ pub(super) struct Tunnel {
     /// The last transmit filled the room the driver offered: the tunnel is running full, so
     /// its delivery-rate samples measure the path.
     pub(super) saturated: bool,
+    /// With `coupled_pacing`: this tunnel's connection lost a segment while the shared queue
+    /// was nearly empty, since the coupled cap last engaged (see `coupled`).
+    pub(super) quiet_loss: bool,
+    /// When the driver last reported the connection's TCP_INFO (see `coupled`).
+    pub(super) tcp_info_at: Option<Instant>,
     dial_failures: u32,
 }
 
@@ -84,6 +89,8 @@ impl Tunnel {
             close_pending: None,
             path: PathEstimate::new(initial_rate),
             saturated: false,
+            quiet_loss: false,
+            tcp_info_at: None,
             dial_failures: 0,
         }
     }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::SimPair;
+use super::{Conn, SimPair};
 
 /// The shared bottleneck of one direction.
 #[derive(Debug, Clone, Copy)]
@@ -142,8 +142,18 @@ pub(crate) struct TcpDir {
     /// Losses of segments sent before this sequence number belong to the window already
     /// reduced for (one reduction per window, as NewReno).
     recover: u64,
-    /// When each segment's ACK reaches the sender, and its size.
-    acks: VecDeque<(Instant, usize)>,
+    /// When each segment's ACK reaches the sender, its size, and when it was sent if it was
+    /// not a retransmission (an RTT sample, as Karn's rule takes them).
+    acks: VecDeque<(Instant, usize, Option<Instant>)>,
+    /// Smoothed and minimum RTT of the connection, as the kernel's TCP_INFO reports them.
+    srtt: Option<Duration>,
+    min_rtt: Option<Duration>,
+    /// The last send stopped at the window with data left to send: only then do ACKs grow the
+    /// window (Linux's `tcp_is_cwnd_limited`; a window the sender does not fill says nothing
+    /// about the path, and growing it unused would let it dump a burst later).
+    cwnd_limited: bool,
+    /// Something TCP_INFO shows changed since [`TcpDir::take_info`] last read it.
+    info_changed: bool,
     /// When the sender learns of each lost segment.
     losses: VecDeque<(Instant, u64, Bytes)>,
     /// When each delivered segment reaches the receiver.
@@ -167,6 +177,10 @@ impl TcpDir {
             next_seq: 0,
             recover: 0,
             acks: VecDeque::new(),
+            srtt: None,
+            min_rtt: None,
+            info_changed: false,
+            cwnd_limited: false,
             losses: VecDeque::new(),
             arrivals: VecDeque::new(),
             reorder: BTreeMap::new(),
@@ -183,6 +197,14 @@ impl TcpDir {
     /// The congestion window, bytes.
     pub(crate) fn cwnd(&self) -> usize {
         self.cwnd
+    }
+
+    /// The smoothed and minimum RTT and the retransmitted segments (TCP_INFO's `tcpi_rtt`,
+    /// `tcpi_min_rtt`, `tcpi_total_retrans`), when they changed since the last call and the
+    /// RTT is measured.
+    fn take_info(&mut self) -> Option<(Duration, Duration, u64)> {
+        let (srtt, min) = self.srtt.zip(self.min_rtt)?;
+        std::mem::take(&mut self.info_changed).then_some((srtt, min, self.retransmits))
     }
 
     /// Takes sealed bytes from the session.
@@ -202,15 +224,28 @@ impl TcpDir {
         readable: &mut VecDeque<(Instant, Bytes)>,
     ) {
         let mss = shared.spec.mss;
-        while let Some(&(at, len)) = self.acks.front() {
+        if self.srtt.is_none() {
+            // The handshake's sample (SYN → SYN-ACK over an empty queue), as Linux seeds it.
+            self.srtt = Some(2 * delay);
+            self.min_rtt = Some(2 * delay);
+            self.info_changed = true;
+        }
+        while let Some(&(at, len, sent)) = self.acks.front() {
             if at > now {
                 break;
             }
             self.acks.pop_front();
+            if let Some(sent) = sent {
+                let rtt = at - sent;
+                self.srtt = Some(self.srtt.map_or(rtt, |s| (s * 7 + rtt) / 8));
+                self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+                self.info_changed = true;
+            }
             self.inflight -= len;
-            if self.cwnd < self.ssthresh {
+            // A window the sender does not fill does not grow.
+            if self.cwnd_limited && self.cwnd < self.ssthresh {
                 self.cwnd += len;
-            } else {
+            } else if self.cwnd_limited {
                 self.cwnd += (mss * len / self.cwnd).max(1);
             }
             self.cwnd = self.cwnd.min(MAX_CWND);
@@ -244,9 +279,13 @@ impl TcpDir {
             readable.push_back((now, seg));
         }
         // Send: retransmissions first, then new data, while the window has room.
+        self.cwnd_limited = true;
         while self.inflight + mss <= self.cwnd || self.inflight == 0 {
+            let mut fresh = true;
             let (seq, seg) = if let Some(r) = self.retx.pop_front() {
                 self.retransmits += 1;
+                self.info_changed = true;
+                fresh = false;
                 r
             } else if let Some(front) = self.unsent.front_mut() {
                 let seg = if front.len() > mss {
@@ -262,13 +301,15 @@ impl TcpDir {
                 self.next_seq += seg.len() as u64;
                 (seq, seg)
             } else {
+                self.cwnd_limited = false;
                 break;
             };
             self.inflight += seg.len();
             match shared.offer(now, seg.len(), rng) {
                 Ok(dep) => {
                     self.arrivals.push_back((dep + delay, seq, seg.clone()));
-                    self.acks.push_back((dep + 2 * delay, seg.len()));
+                    self.acks
+                        .push_back((dep + 2 * delay, seg.len(), fresh.then_some(now)));
                 }
                 Err(start) => self.losses.push_back((start + 2 * delay, seq, seg)),
             }
@@ -341,6 +382,33 @@ impl SimPair {
                     tcp.step(now, delay, q, &mut self.rng, &mut dir.propagating);
                     dir.serializing_bytes = tcp.unsent_bytes();
                 }
+            }
+        }
+        self.report_tcp_rtts();
+    }
+
+    /// Tells each sending session what TCP_INFO would show of its tunnels, as a driver does.
+    fn report_tcp_rtts(&mut self) {
+        for t in 0..self.links.len() {
+            let infos = [0, 1].map(|d| {
+                self.links[t].dirs[d]
+                    .tcp
+                    .as_mut()
+                    .and_then(TcpDir::take_info)
+            });
+            if let Some((srtt, min, retx)) = infos[0] {
+                self.client
+                    .set_tunnel_tcp_info(t, self.now, srtt, min, retx);
+            }
+            let attached = match self.links[t].conn {
+                Conn::Open { attached, .. } => attached,
+                _ => None,
+            };
+            if let (Some((srtt, min, retx)), Some(s)) =
+                (infos[1], attached.and_then(|k| self.server.get_mut(k)))
+            {
+                s.session_mut()
+                    .set_tunnel_tcp_info(t, self.now, srtt, min, retx);
             }
         }
     }

@@ -131,7 +131,7 @@ pub fn main(a: GridArgs) -> Result<i32> {
             direction: "download: server in namespace B sends, client in A receives and counts"
                 .into(),
             mtcpd_config: format!(
-                "psk; congestion = <cc>; connection_pool_size = N on both ends; {}every other key at its default (stream_window 64MiB, session_window 256MiB, enable_zero_rtt = true, coupled_pacing = false); RUST_LOG=info",
+                "psk; congestion = <cc>; connection_pool_size = N on both ends; {}every other key at its default (stream_window 64MiB, session_window 256MiB, enable_zero_rtt = true, coupled_pacing = true); RUST_LOG=info",
                 a.mtcpd_set
                     .iter()
                     .map(|l| format!("{l}; "))

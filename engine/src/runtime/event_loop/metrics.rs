@@ -157,6 +157,7 @@ fn tcp_stats(sock: &impl std::os::fd::AsFd) -> Option<TcpStats> {
         cwnd_segments: info.snd_cwnd,
         delivery_rate_bytes_per_second: info.delivery_rate_bps / 8,
         retransmitted_segments: u64::from(info.total_retrans),
+        congestion: mtcpd_common::sockopt::congestion_of(sock).unwrap_or_default(),
     })
 }
 

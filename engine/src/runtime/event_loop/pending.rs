@@ -21,6 +21,7 @@ use crate::endpoint::{HandshakeKey, HandshakeOutcome};
 use crate::handshake::client_hello_session_id;
 use crate::runtime::io::Driver;
 use crate::runtime::rejection_log::{RejectReason, RejectionLine, RejectionLog};
+use crate::runtime::sockopt;
 use crate::runtime::worker::Handoff;
 
 impl<D: Driver> EventLoop<D> {
@@ -147,7 +148,11 @@ impl<D: Driver> EventLoop<D> {
                     ..
                 } = *conn;
                 if created {
-                    tracing::info!(session = %hex(&tunnel.session_id), %peer, pool = tunnel.pool_size, "session started");
+                    let id = hex(&tunnel.session_id);
+                    tracing::info!(session = %id, %peer, pool = tunnel.pool_size, "session started");
+                    let used = sockopt::congestion_of(&sock).unwrap_or_else(|| "unknown".into());
+                    let asked = self.opts.tunnel_sockets.congestion.as_deref();
+                    sockopt::log_session_congestion(&id, asked, &used);
                 }
                 self.touch(session);
                 let slot_index = usize::from(tunnel.tunnel_index);

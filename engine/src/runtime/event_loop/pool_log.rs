@@ -37,6 +37,8 @@ pub(super) struct PoolLog {
     up: Vec<bool>,
     /// "granted N of M" was said for this session.
     granted_said: bool,
+    /// The congestion control its tunnels run was said for this session.
+    congestion_said: bool,
     outage: Option<Outage>,
 }
 
@@ -61,6 +63,7 @@ impl PoolLog {
             self.session = session.to_owned();
             self.up.clear();
             self.granted_said = false;
+            self.congestion_said = false;
         }
         &mut self.up
     }
@@ -72,6 +75,7 @@ impl PoolLog {
         t: u16,
         rtt: Duration,
         congestion: &str,
+        asked: Option<&str>,
         pool: PoolNow,
     ) {
         let (server, now) = (pool.server, pool.now);
@@ -82,6 +86,10 @@ impl PoolLog {
         }
         up[slot] = true;
         tracing::info!(%session, tunnel = t, ?rtt, %congestion, "tunnel established");
+        if !self.congestion_said {
+            self.congestion_said = true;
+            crate::runtime::sockopt::log_session_congestion(session, asked, congestion);
+        }
         if let Some(outage) = self.outage.take_if(|o| o.server != server) {
             tracing::info!(
                 %server,

@@ -327,7 +327,8 @@ impl<D: Driver> EventLoop<D> {
                     self.failover_accepted();
                     let cc = self.tunnel_congestion(skey, usize::from(tunnel));
                     let pool = self.pool_now(skey, server, now);
-                    self.pool_log.tunnel_up(&id, tunnel, rtt, &cc, pool);
+                    let asked = self.opts.tunnel_sockets.congestion.as_deref();
+                    self.pool_log.tunnel_up(&id, tunnel, rtt, &cc, asked, pool);
                 }
                 // Held application connections can go now.
                 self.release_waiting(skey);

@@ -5,7 +5,7 @@
 //! the bytes' meaning (the session parses and produces them) or which session a server tunnel
 //! joins (the endpoint decided that in [`super::pending`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -313,6 +313,17 @@ impl<D: Driver> EventLoop<D> {
             if tls.is_handshaking() {
                 // The session has not been told this tunnel is connected yet.
                 continue;
+            }
+            if session.wants_tcp_info(t, now)
+                && let Some(info) = mtcpd_common::sockopt::tcp_info(sock)
+            {
+                session.set_tunnel_tcp_info(
+                    t,
+                    now,
+                    Duration::from_micros(u64::from(info.rtt_us)),
+                    Duration::from_micros(u64::from(info.min_rtt_us)),
+                    u64::from(info.total_retrans),
+                );
             }
             let mut failed = None;
             loop {
