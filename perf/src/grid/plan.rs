@@ -98,10 +98,14 @@ pub(super) struct Spec {
     pub(super) repeats: u32,
 }
 
+/// `Spec::flows` of the contender "mtcpd-auto": `connection_pool_size = "auto"`.
+pub(super) const AUTO: u32 = 0;
+
 impl Spec {
     pub(super) fn id(&self) -> String {
         match self.kind {
             Kind::Kcptun => "kcptun".into(),
+            Kind::Mtcpd if self.flows == AUTO => "mtcpd-auto".into(),
             k => format!("{}-{}", k.name(), self.flows),
         }
     }
@@ -163,7 +167,7 @@ pub(super) fn behind_target(p: &PathPlan, s: &Spec) -> bool {
         && s.cc == Some("bbr")
         && matches!(
             (s.kind, s.flows),
-            (Kind::Direct, 1) | (Kind::Direct, N_PARALLEL) | (Kind::Mtcpd, 8)
+            (Kind::Direct, 1) | (Kind::Direct, N_PARALLEL) | (Kind::Mtcpd, 8 | AUTO)
         )
 }
 
@@ -174,6 +178,10 @@ fn full_runs() -> Vec<Spec> {
         v.push(spec(Kind::Direct, N_PARALLEL, Some(cc)));
         for n in TUNNELS {
             v.push(spec(Kind::Mtcpd, n, Some(cc)));
+        }
+        // The adaptive pool beside the fixed ones (bbr only: the full grid stays near an hour).
+        if cc == "bbr" {
+            v.push(spec(Kind::Mtcpd, AUTO, Some(cc)));
         }
         v.push(spec(Kind::Mptcp, N_PARALLEL, Some(cc)));
     }
@@ -188,6 +196,7 @@ fn plan(quick: bool) -> Vec<PathPlan> {
                 spec(Kind::Direct, 1, Some("bbr")),
                 spec(Kind::Direct, N_PARALLEL, Some("bbr")),
                 spec(Kind::Mtcpd, 8, Some("bbr")),
+                spec(Kind::Mtcpd, AUTO, Some("bbr")),
             ]
         };
         return vec![
@@ -269,7 +278,8 @@ mod tests {
     fn plans_have_the_issue_s_shape() {
         let full = plan(false);
         assert_eq!(full.len(), 10);
-        assert_eq!(full[0].runs.len(), 2 * (2 + TUNNELS.len() + 1) + 1);
+        assert_eq!(full[0].runs.len(), 2 * (2 + TUNNELS.len() + 1) + 1 + 1);
+        assert!(full[0].runs.iter().any(|s| s.id() == "mtcpd-auto"));
         assert!(full.iter().any(|p| p.id == "rtt100-cap20"));
         assert!(full.iter().any(|p| p.id == "rtt250-loss0.1"));
         let mut quick = plan(true);
@@ -286,6 +296,7 @@ mod tests {
         let est = estimate(&full, 20.0, 1.0, 20);
         assert!(est < 70.0 * 60.0, "full grid estimate {est} s");
         let est = estimate(&quick, 20.0, 1.0, 20);
-        assert!(est < 13.0 * 60.0, "quick estimate {est} s");
+        // Four contenders (mtcpd-auto beside mtcpd-8) x 3 repeats on three paths.
+        assert!(est < 14.0 * 60.0, "quick estimate {est} s");
     }
 }
