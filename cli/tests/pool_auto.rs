@@ -94,7 +94,7 @@ driver_tests! {
         let context = format!("{io}\n--- client\n{}\n--- server\n{}", client.log(), server.log());
         assert!(grew, "no growth logged\n{context}");
         assert_eq!((report.len, report.sha256), (sent.len(), sent.digest()), "{context}");
-        assert!(sent.len() > 0);
+        assert!(!sent.is_empty());
         let log = client.log();
         let changes: Vec<&str> = log.lines().filter(|l| l.contains("adaptive pool:")).collect();
         eprintln!("{io}: {changes:#?}");

@@ -273,6 +273,8 @@ pub struct Session {
     pool_control: Option<PoolController>,
     /// When `pool_control` is fed next.
     pool_next_tick: Instant,
+    /// `recv_data_total` at the last pool tick.
+    pool_last_received: u64,
 }
 
 impl Session {
@@ -388,6 +390,7 @@ impl Session {
             peer_exposed: Vec::new(),
             pool_control: None,
             pool_next_tick: now,
+            pool_last_received: 0,
             config,
         }
     }

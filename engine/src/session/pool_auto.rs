@@ -7,6 +7,10 @@
 //! nothing is re-sent and nothing is lost (the peer's own unacknowledged frames on it are re-sent
 //! on the other tunnels, as for any tunnel that closes).
 //!
+//! The client sees its own backlog (an upload); a download's backlog is on the server, so
+//! stream data arriving at every tick also counts as backlogged, and goodput counts both
+//! directions.
+//!
 //! Owns: `Session::pool_control`, the slots' `draining` flags and the [`Event::PoolResized`]
 //! events. Must not touch: the decision rule (`crate::pool_control`) or a slot's handshake and
 //! backoff (`tunnels`).
@@ -60,7 +64,13 @@ impl Session {
             return;
         }
         self.pool_next_tick = now + TICK;
-        let sample = self.pool_sample();
+        // A download is backlogged on the server, which the client cannot see: stream data
+        // arriving at every tick counts as busy too. An application-limited download then costs
+        // one probe step (goodput does not rise: back, and settled).
+        let receiving = self.recv_data_total > self.pool_last_received;
+        self.pool_last_received = self.recv_data_total;
+        let mut sample = self.pool_sample();
+        sample.backlogged |= receiving;
         let change = self.pool_control.as_mut().and_then(|c| c.tick(now, sample));
         if let Some(change) = change {
             self.apply_pool_target(now, change.to);
@@ -74,6 +84,7 @@ impl Session {
             (0u64, 0usize, Duration::ZERO, Duration::ZERO);
         for tun in &self.tunnels {
             delivered += tun.delivered;
+            // Both directions count: frame bytes the peer acknowledged, stream bytes received.
             if tun.is_active() && !tun.draining {
                 active += 1;
                 srtt += tun.path.srtt();
@@ -84,7 +95,7 @@ impl Session {
             }
         }
         PoolSample {
-            delivered,
+            delivered: delivered + self.recv_data_total,
             backlogged: self.backlog > 0,
             active,
             srtt: srtt / (active.max(1) as u32),

@@ -12,8 +12,9 @@ use std::time::Duration;
 #[derive(Args)]
 pub struct GridArgs {
     /// Reduced set: the three 100 ms paths behind the targets (clean, 1 % loss, 20 Mbit/s per
-    /// flow), their contenders (one bbr flow, 8 parallel bbr flows, mtcpd with 8 bbr tunnels)
-    /// each `--repeats` times, and TTFB (about 12 minutes at the default 20 s runs).
+    /// flow), their contenders (one bbr flow, 8 parallel bbr flows, mtcpd with 8 bbr tunnels,
+    /// mtcpd-auto with the adaptive pool) each `--repeats` times, and TTFB (about 14 minutes at
+    /// the default 20 s runs).
     #[arg(long)]
     pub(super) quick: bool,
     /// Results folder (default: results, or results/quick with --quick).
