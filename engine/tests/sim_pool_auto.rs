@@ -1,7 +1,7 @@
 //! The adaptive pool (`Config::pool_auto`) on the simulated network: where each tunnel is its
 //! own capped pipe (a per-flow rate cap, as a policer or a per-connection shaper makes), auto
 //! grows to many tunnels and gets within 10 % of the best fixed pool; behind one clean shared
-//! bottleneck it stays small. Every byte arrives intact either way (the workload checks the
+//! bottleneck it stays small; a download grows it as an upload does. Every byte arrives intact either way (the workload checks the
 //! pattern), including across the graceful retirement of extra tunnels.
 
 mod support;
@@ -121,6 +121,28 @@ fn with_a_per_flow_cap_auto_grows_to_many_tunnels_within_a_tenth_of_the_best_fix
         auto.sizes
     );
     assert!(auto.goodput >= 0.9 * best, "{} vs {best}", auto.goodput);
+}
+
+#[test]
+fn a_download_grows_the_pool_too() {
+    // The backlog is on the server; the client sees stream data arriving at every tick.
+    let config = Config {
+        psk: b"k".to_vec(),
+        pool_auto: true,
+        pool_min: 2,
+        ..Config::default()
+    };
+    let server = Config {
+        pool_size: 32,
+        pool_auto: false,
+        ..config.clone()
+    };
+    let links = vec![LinkSpec::new(25, 3.0); 16];
+    let mut pair = SimPair::new(config, server, &links, 14).plaintext();
+    let mut w = Workload::new(vec![FlowSpec::bulk(0, 1 << 40)]);
+    pair.run(RUN, |p| w.step(p));
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
+    assert_eq!(pair.client.adaptive_pool_target(), Some(16));
 }
 
 #[test]
