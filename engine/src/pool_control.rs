@@ -6,8 +6,8 @@
 //! [`PoolChange`] (grow or shrink, with its reason) or nothing.
 //!
 //! The rule: start at `min`. While the session stays backlogged (the application has more to
-//! send than the tunnels take; the session also counts a download that delivers at every tick), measure its goodput over one window, then double the pool and
-//! measure again. Keep growing while each step raised goodput by more than [`MIN_GAIN`] and the
+//! send than the tunnels take; the session also counts a download that delivers at every
+//! tick), measure its goodput over one window, then double the pool and measure again. Keep growing while each step raised goodput by more than [`MIN_GAIN`] and the
 //! RTT did not rise with it (a rising RTT is a queue building at a shared bottleneck: more
 //! tunnels only fill it); otherwise go back to the last size that helped and settle there. A
 //! session idle for [`IDLE_RESET_WINDOWS`] windows goes back to `min` (its extras are retired) and

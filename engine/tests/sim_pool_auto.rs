@@ -1,8 +1,9 @@
 //! The adaptive pool (`Config::pool_auto`) on the simulated network: where each tunnel is its
 //! own capped pipe (a per-flow rate cap, as a policer or a per-connection shaper makes), auto
 //! grows to many tunnels and gets within 10 % of the best fixed pool; behind one clean shared
-//! bottleneck it stays small; a download grows it as an upload does. Every byte arrives intact either way (the workload checks the
-//! pattern), including across the graceful retirement of extra tunnels.
+//! bottleneck it stays small; a download grows it as an upload does. Every byte arrives intact
+//! either way (the workload checks the pattern), including across the graceful retirement of
+//! extra tunnels.
 
 mod support;
 
