@@ -28,10 +28,10 @@ bench:
 
 ## The WAN benchmark grid (issue 4; root and Linux network namespaces). Results go to results/
 ## (JSON, CSV, SVG plots) and the generated section of docs/BENCHMARKS.md is rewritten.
-##   make perf        the full grid, about 65 minutes (20 s runs; the cells behind a target 3×)
+##   make perf        the full grid, about 70 minutes (20 s runs; the cells behind a target 3×)
 ##   make perf-quick  the three 100 ms paths behind the targets (clean, 1 %, 20 Mbit/s per
-##                    flow), one bbr flow / 8 bbr flows / mtcpd 8 bbr tunnels, 3 repeats each,
-##                    TTFB; about 12 minutes; writes results/quick/
+##                    flow), one bbr flow / 8 bbr flows / mtcpd 8 bbr tunnels / mtcpd-auto, 3 repeats
+##                    each, TTFB; about 14 minutes; writes results/quick/
 ## Both run with tcp_rmem/tcp_wmem max 64 MiB in the lab namespaces (a tuned host).
 ## PERF_ARGS adds grid flags, e.g. PERF_ARGS="--paths rtt100 --time 10s" (see `mtcp-perf grid --help`).
 PERF := target/release/mtcp-perf

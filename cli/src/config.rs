@@ -252,6 +252,88 @@ mod tests {
     }
 
     #[test]
+    fn client_auto_pool_parses_with_its_defaults_and_bounds() {
+        let auto = load_text(
+            "[client]\nlocal_listen_port = 1\nconnection_pool_size = \"auto\"\n",
+            None,
+        )
+        .unwrap();
+        let engine = &auto.runtime.engine;
+        assert!(engine.pool_auto);
+        assert_eq!(
+            (engine.pool_min, engine.pool_size),
+            (
+                mtcpd_engine::config::AUTO_POOL_MIN,
+                mtcpd_engine::config::AUTO_POOL_MAX
+            )
+        );
+        let ranged = load_text(
+            "[client]\nlocal_listen_port = 1\nconnection_pool_size = \"auto\"\npool_min = 4\n\
+             pool_max = 16\n",
+            None,
+        )
+        .unwrap();
+        let engine = &ranged.runtime.engine;
+        assert_eq!(
+            (engine.pool_auto, engine.pool_min, engine.pool_size),
+            (true, 4, 16)
+        );
+        let fixed = load_text(
+            "[client]\nlocal_listen_port = 1\nconnection_pool_size = 4\n",
+            None,
+        )
+        .unwrap();
+        assert!(!fixed.runtime.engine.pool_auto);
+        assert_eq!(fixed.runtime.engine.pool_size, 4);
+    }
+
+    #[test]
+    fn bad_auto_pool_values_name_the_key_and_the_problem() {
+        for (text, key, says) in [
+            (
+                "[client]\nlocal_listen_port = 1\nconnection_pool_size = \"atuo\"\n",
+                "client.connection_pool_size",
+                "or \"auto\"",
+            ),
+            (
+                "[client]\nlocal_listen_port = 1\npool_min = 4\n",
+                "client.pool_min",
+                "only with connection_pool_size = \"auto\"",
+            ),
+            (
+                "[client]\nlocal_listen_port = 1\nconnection_pool_size = 8\npool_max = 4\n",
+                "client.pool_max",
+                "only with",
+            ),
+            (
+                "[client]\nlocal_listen_port = 1\nconnection_pool_size = \"auto\"\npool_min = 8\n\
+                 pool_max = 4\n",
+                "client.pool_min",
+                "above client.pool_max (4)",
+            ),
+            (
+                "[client]\nlocal_listen_port = 1\nconnection_pool_size = \"auto\"\npool_max = 300\n",
+                "client.pool_max",
+                "256",
+            ),
+            (
+                "[client]\nlocal_listen_port = 1\nconnection_pool_size = \"auto\"\npool_min = 0\n",
+                "client.pool_min",
+                "",
+            ),
+            (
+                "[server]\nconnection_pool_size = \"auto\"\n",
+                "server.connection_pool_size",
+                "a client setting",
+            ),
+        ] {
+            let error = load_text(text, None).unwrap_err();
+            assert_eq!(error.key(), Some(key), "{text}: {error}");
+            assert!(error.to_string().contains(says), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn server_routes_allowed_targets_and_defaults_the_rest() {
         let config = load_text(
             "psk = \"a server key of 32 bytes or longer\"\n\

@@ -74,10 +74,21 @@ fn commands_exit_0_2_or_78() {
         );
     }
     let bad_value = dir.file("bad.toml", "mode = \"server\"\n[server]\nlisten_port = 0\n");
+    let bad_pool = dir.file(
+        "pool.toml",
+        "mode = \"client\"\n[client]\nlocal_listen_port = 1\nconnection_pool_size = \"many\"\n",
+    );
     let bad_syntax = dir.file("syntax.toml", "[server\n");
     let missing = dir.0.join("missing.toml");
-    for config in [&bad_value, &bad_syntax, &missing] {
-        for command in ["check", "server"] {
+    for config in [&bad_value, &bad_syntax, &missing, &bad_pool] {
+        for command in [
+            "check",
+            if config == &bad_pool {
+                "client"
+            } else {
+                "server"
+            },
+        ] {
             let (status, stderr) = status_of(&[command, "-c", arg(config)]);
             assert_eq!(
                 status,

@@ -26,6 +26,11 @@ const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 const ONE_DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// `connection_pool_size = "auto"`: the smallest pool ([`Config::pool_min`]).
+pub const AUTO_POOL_MIN: u16 = 2;
+/// `connection_pool_size = "auto"`: the largest pool ([`Config::pool_size`]).
+pub const AUTO_POOL_MAX: u16 = 32;
+
 /// The valid range of every [`Config`] field that has one (both ends inclusive). Rules that
 /// relate two fields are in [`Config::validate`].
 pub mod range {
@@ -33,6 +38,8 @@ pub mod range {
 
     /// [`Config::pool_size`].
     pub const POOL_SIZE: RangeInclusive<u16> = 1..=256;
+    /// [`Config::pool_min`]; also at most `pool_size` when `pool_auto` is on.
+    pub const POOL_MIN: RangeInclusive<u16> = 1..=256;
     /// [`Config::max_frame_body`].
     pub const MAX_FRAME_BODY: RangeInclusive<u32> = 4096..=ABSOLUTE_MAX_FRAME_BODY;
     /// [`Config::max_frame_payload`]; also at most `stream_window`.
@@ -91,8 +98,16 @@ pub struct Config {
     /// response, but anyone can compute it): a runtime refuses to start on it unless
     /// [`Config::allow_unauthenticated`] is set.
     pub psk: Vec<u8>,
-    /// Client: tunnels to open. Server: the most tunnels it lets one session have.
+    /// Client: tunnels to open (with [`Config::pool_auto`], the most it opens; the server's
+    /// grant may lower it). Server: the most tunnels it lets one session have.
     pub pool_size: u16,
+    /// Client: adapt the number of open tunnels between [`Config::pool_min`] and
+    /// [`Config::pool_size`] ([`crate::pool_control`]): start small, add tunnels while a
+    /// backlogged session's goodput keeps rising, retire the extras when it does not. Ignored by
+    /// a server (its `pool_size` stays the cap it grants).
+    pub pool_auto: bool,
+    /// Client with [`Config::pool_auto`]: the tunnels it starts with and never goes below.
+    pub pool_min: u16,
     /// Largest DATA payload this end sends.
     pub max_frame_payload: u32,
     /// Largest frame body this end accepts.
@@ -175,6 +190,8 @@ impl Default for Config {
         Self {
             psk: Vec::new(),
             pool_size: 8,
+            pool_auto: false,
+            pool_min: AUTO_POOL_MIN,
             max_frame_payload: 16 * 1024,
             max_frame_body: 256 * 1024,
             // Sized for the WAN: one tunnel in loss recovery holds the stream's head back for
@@ -247,6 +264,8 @@ impl Config {
         let Config {
             psk,
             pool_size,
+            pool_auto,
+            pool_min,
             max_frame_payload,
             max_frame_body,
             stream_window,
@@ -277,6 +296,8 @@ impl Config {
         vec![
             Setting::unbounded("psk", SettingValue::Secret { len: psk.len() }),
             Setting::count("pool_size", *pool_size, range::POOL_SIZE),
+            Setting::unbounded("pool_auto", SettingValue::Flag(*pool_auto)),
+            Setting::count("pool_min", *pool_min, range::POOL_MIN),
             Setting::bytes(
                 "max_frame_payload",
                 *max_frame_payload,
@@ -367,6 +388,15 @@ impl Config {
             return Err(bad(
                 "psk",
                 format!("must be at most {} bytes", range::PSK_LEN.end()),
+            ));
+        }
+        if self.pool_auto && self.pool_min > self.pool_size {
+            return Err(bad(
+                "pool_min",
+                format!(
+                    "must be at most pool_size ({}), the largest adaptive pool",
+                    self.pool_size
+                ),
             ));
         }
         if self.session_window < self.stream_window {

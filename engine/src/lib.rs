@@ -24,6 +24,8 @@ pub mod chunks;
 pub mod handshake;
 #[doc(hidden)]
 pub mod path;
+/// The adaptive pool's decision rule (`connection_pool_size = "auto"`).
+pub mod pool_control;
 #[doc(hidden)]
 pub mod reorder;
 #[doc(hidden)]

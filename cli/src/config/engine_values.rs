@@ -27,6 +27,10 @@ use mtcpd_common::units::ByteSize;
 pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("psk", Some("psk")),
     ("pool_size", Some("{role}.connection_pool_size")),
+    // Not a key of its own: `client.connection_pool_size = "auto"` turns it on (and then
+    // `client.pool_max` is `pool_size`).
+    ("pool_auto", None),
+    ("pool_min", Some("client.pool_min")),
     ("max_frame_payload", Some("limits.max_frame_payload")),
     ("max_frame_body", None),
     ("stream_window", Some("limits.stream_window")),

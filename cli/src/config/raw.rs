@@ -92,6 +92,16 @@ pub struct RawTls {
     pub server_fingerprint: Option<String>,
 }
 
+/// `connection_pool_size`: a number, or (client) the word `"auto"` (the adaptive pool).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawPoolSize {
+    /// A fixed pool.
+    Count(i64),
+    /// A word: only `"auto"` is one.
+    Word(String),
+}
+
 /// `[server]`: the seed's keys plus the target allow-list.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,7 +110,7 @@ pub struct RawServerSection {
     pub listen_port: Option<i64>,
     pub backend_ip: Option<String>,
     pub backend_port: Option<i64>,
-    pub connection_pool_size: Option<i64>,
+    pub connection_pool_size: Option<RawPoolSize>,
     pub buffer_size: Option<ByteSize>,
     pub unlisted_to_default_backend: Option<bool>,
     /// `[[server.forward]]`: targets clients may ask for.
@@ -141,7 +151,11 @@ pub struct RawClientSection {
     pub server_port: Option<i64>,
     /// Several servers (`host:port` each), tried in order: instead of `server_ip`/`server_port`.
     pub servers: Option<Vec<String>>,
-    pub connection_pool_size: Option<i64>,
+    pub connection_pool_size: Option<RawPoolSize>,
+    /// With `connection_pool_size = "auto"`: the smallest pool.
+    pub pool_min: Option<i64>,
+    /// With `connection_pool_size = "auto"`: the largest pool (what the client proposes).
+    pub pool_max: Option<i64>,
     pub buffer_size: Option<ByteSize>,
     pub enable_zero_rtt: Option<bool>,
     /// `[[client.forward]]`: local listeners.

@@ -25,7 +25,7 @@ use super::allow::AllowList;
 use super::engine_values::file_key;
 use super::error::{ConfigFileError, ConfigOrigin};
 use super::locate::locate;
-use super::raw::{RawClientSection, RawConfigFile, RawServerSection, RawSocks5};
+use super::raw::{RawClientSection, RawConfigFile, RawPoolSize, RawServerSection, RawSocks5};
 use super::resolved::{
     ClientConfig, DaemonConfig, Endpoint, LabelledForward, ServerConfig, ServerForward, TargetAddr,
     defaults,
@@ -245,16 +245,24 @@ impl Checker {
         }
         // The server grants min(proposal, pool_size): connection_pool_size, capped by
         // limits.max_tunnels; either alone sets it; neither leaves the engine's default.
-        let pool = section
-            .connection_pool_size
-            .map(|size| {
-                self.count_in(
+        let pool = match &section.connection_pool_size {
+            None => None,
+            Some(RawPoolSize::Count(size)) => Some(self.count_in(
+                "server.connection_pool_size",
+                *size,
+                protocol_range::POOL_SIZE,
+            )?),
+            Some(RawPoolSize::Word(word)) => {
+                return Err(self.invalid(
                     "server.connection_pool_size",
-                    size,
-                    protocol_range::POOL_SIZE,
-                )
-            })
-            .transpose()?;
+                    format!(
+                        "\"{word}\" is not a server pool size: the server's \
+                         connection_pool_size is the most tunnels it grants one session, a \
+                         number from 1 to 256 (\"auto\" is a client setting)"
+                    ),
+                ));
+            }
+        };
         if let Some(size) = match (pool, max_tunnels) {
             (Some(pool), Some(cap)) => Some(pool.min(cap)),
             (pool, cap) => pool.or(cap),
@@ -289,19 +297,72 @@ impl Checker {
         })
     }
 
+    /// `client.connection_pool_size`: a number (a fixed pool), or `"auto"` with the optional
+    /// `pool_min` / `pool_max` (the adaptive pool; its defaults are the engine's).
+    fn client_pool(
+        &self,
+        section: &RawClientSection,
+        runtime: &mut RuntimeOptions,
+    ) -> Result<(), ConfigFileError> {
+        let auto = match &section.connection_pool_size {
+            None => false,
+            Some(RawPoolSize::Count(size)) => {
+                runtime.engine.pool_size = self.count_in(
+                    "client.connection_pool_size",
+                    *size,
+                    protocol_range::POOL_SIZE,
+                )?;
+                false
+            }
+            Some(RawPoolSize::Word(word)) if word == "auto" => true,
+            Some(RawPoolSize::Word(word)) => {
+                return Err(self.invalid(
+                    "client.connection_pool_size",
+                    format!("\"{word}\" is not a pool size: a number from 1 to 256, or \"auto\""),
+                ));
+            }
+        };
+        if !auto {
+            for (key, set) in [
+                ("client.pool_min", section.pool_min.is_some()),
+                ("client.pool_max", section.pool_max.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(
+                        key,
+                        "only with connection_pool_size = \"auto\" (a fixed pool has one size)",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let min = match section.pool_min {
+            Some(n) => self.count_in("client.pool_min", n, protocol_range::POOL_MIN)?,
+            None => mtcpd_engine::config::AUTO_POOL_MIN,
+        };
+        let max = match section.pool_max {
+            Some(n) => self.count_in("client.pool_max", n, protocol_range::POOL_SIZE)?,
+            None => mtcpd_engine::config::AUTO_POOL_MAX,
+        };
+        if min > max {
+            return Err(self.invalid(
+                "client.pool_min",
+                format!("{min} is above client.pool_max ({max})"),
+            ));
+        }
+        runtime.engine.pool_auto = true;
+        runtime.engine.pool_min = min;
+        runtime.engine.pool_size = max;
+        Ok(())
+    }
+
     fn client(
         &self,
         section: &RawClientSection,
         runtime: &mut RuntimeOptions,
     ) -> Result<ClientConfig, ConfigFileError> {
         let servers = self.client_servers(section)?;
-        if let Some(size) = section.connection_pool_size {
-            runtime.engine.pool_size = self.count_in(
-                "client.connection_pool_size",
-                size,
-                protocol_range::POOL_SIZE,
-            )?;
-        }
+        self.client_pool(section, runtime)?;
         if let Some(size) = section.buffer_size {
             runtime.read_chunk =
                 self.bytes_in("client.buffer_size", size, runtime_range::READ_CHUNK)?;

@@ -174,6 +174,20 @@ fn render_sessions(out: &mut Exposition, stats: &RuntimeStats) {
             s.frames_resent,
         );
     }
+    out.family(
+        "mtcpd_session_adaptive_pool_tunnels",
+        "gauge",
+        "Tunnels the adaptive pool (connection_pool_size = \"auto\") keeps now, per session.",
+    );
+    for s in &stats.sessions {
+        if let Some(n) = s.adaptive_pool {
+            out.sample(
+                "mtcpd_session_adaptive_pool_tunnels",
+                &[("session", &s.id)],
+                n,
+            );
+        }
+    }
 }
 
 /// One gauge or counter per tunnel, TCP_INFO figures only for tunnels with a connection.
@@ -372,6 +386,7 @@ mod tests {
                         ..TunnelStats::default()
                     },
                 ],
+                adaptive_pool: Some(4),
                 ..SessionStatsSnapshot::default()
             }],
             forwards: vec![
@@ -412,6 +427,7 @@ mod tests {
         );
         assert!(!text.contains("mtcpd_tunnel_cwnd_segments{session=\"00aa11bb22cc\",tunnel=\"1\""));
         assert!(text.contains("mtcpd_streams 2\n"));
+        assert!(text.contains("mtcpd_session_adaptive_pool_tunnels{session=\"00aa11bb22cc\"} 4\n"));
         assert!(text.contains("mtcpd_tunnels_lost_total{reason=\"idle_timeout\"} 0\n"));
         assert!(text.contains(
             "mtcpd_forward_bytes_total{forward=\"web \\\"main\\\"\",direction=\"from_peer\"} 10\n"

@@ -82,6 +82,9 @@ pub struct SessionStatsSnapshot {
     pub reorder_buffered_bytes: u64,
     /// Its tunnel slots.
     pub tunnels: Vec<TunnelStats>,
+    /// Client with `connection_pool_size = "auto"`: the tunnels the adaptive pool keeps now
+    /// (`None`: a fixed pool).
+    pub adaptive_pool: Option<usize>,
 }
 
 /// Counters since the runtime started (summed over workers).

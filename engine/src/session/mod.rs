@@ -41,6 +41,7 @@ mod expose;
 mod flow_control;
 mod input;
 mod pool;
+mod pool_auto;
 mod retransmit;
 mod streams;
 #[cfg(test)]
@@ -63,6 +64,7 @@ use crate::handshake::{
     AcceptedTunnel, SessionId, SessionSecret, TransportParams, session_secrets_equal,
 };
 use crate::path::PathEstimate;
+use crate::pool_control::{PoolChange, PoolController};
 use crate::scheduler::{PathView, Scheduler};
 pub use expose::ExposeError;
 use retransmit::Reliable;
@@ -152,6 +154,12 @@ pub enum Event {
     SessionClosed {
         /// Why.
         reason: SessionError,
+    },
+    /// Client, adaptive pool (`Config::pool_auto`): the pool changes size. Slots beyond the
+    /// new size drain and close; new ones are dialed ([`Event::Dial`]).
+    PoolResized {
+        /// From, to, and why.
+        change: PoolChange,
     },
     /// Server: the client's set of exposed services (reverse tunnels) is now `names` (raised
     /// when its EXPOSE frame arrives, and again only if a later one changes the set).
@@ -267,6 +275,12 @@ pub struct Session {
     exposed: Option<Bytes>,
     /// Server: the names the client's last EXPOSE carried.
     peer_exposed: Vec<String>,
+    /// Client with `pool_auto`: how many tunnels to keep (`pool_auto`).
+    pool_control: Option<PoolController>,
+    /// When `pool_control` is fed next.
+    pool_next_tick: Instant,
+    /// `recv_data_total` at the last pool tick.
+    pool_last_received: u64,
 }
 
 impl Session {
@@ -300,7 +314,9 @@ impl Session {
         let mut secret = [0; 32];
         rng.fill_bytes(&mut secret);
         let pool = config.pool_size.max(1) as usize;
+        let pool_control = Self::pool_controller(&config, pool);
         let mut session = Self::new(Role::Client, config, (id, secret), rng, now, pool);
+        session.pool_control = pool_control;
         session.first_dial = first_dial;
         if session.config.zero_rtt {
             session.dial_pool(now);
@@ -379,6 +395,9 @@ impl Session {
             frames_resent: 0,
             exposed: None,
             peer_exposed: Vec::new(),
+            pool_control: None,
+            pool_next_tick: now,
+            pool_last_received: 0,
             config,
         }
     }

@@ -46,6 +46,9 @@ impl Session {
         {
             consider(since + c.session_grace);
         }
+        if let Some(at) = self.pool_tick_at() {
+            consider(at);
+        }
         next
     }
 
@@ -97,6 +100,7 @@ impl Session {
                 _ => {}
             }
         }
+        self.pool_tick(now);
         if self.established
             && let Some(since) = self.no_tunnel_since
             && since + self.config.session_grace <= now

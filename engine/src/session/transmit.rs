@@ -105,7 +105,7 @@ impl Session {
         for (i, tun) in self.tunnels.iter().enumerate() {
             let full_now = tun.saturated && i != polled;
             self.views.push(PathView {
-                usable: tun.is_active() && tun.close_pending.is_none(),
+                usable: tun.is_active() && tun.close_pending.is_none() && !tun.draining,
                 unacked_bytes: tun.unacked_bytes,
                 rate: tun.path.rate(),
                 rtt: tun.path.scheduling_rtt(),

@@ -66,6 +66,9 @@ pub(super) struct Tunnel {
     pub(super) quiet_loss: bool,
     /// When the driver last reported the connection's TCP_INFO (see `coupled`).
     pub(super) tcp_info_at: Option<Instant>,
+    /// Client, adaptive pool: beyond the pool's target; no new reliable frame goes on it, and
+    /// it is closed once everything sent on it is acknowledged (`pool_auto`).
+    pub(super) draining: bool,
     dial_failures: u32,
 }
 
@@ -91,6 +94,7 @@ impl Tunnel {
             saturated: false,
             quiet_loss: false,
             tcp_info_at: None,
+            draining: false,
             dial_failures: 0,
         }
     }
@@ -127,6 +131,7 @@ impl Tunnel {
         self.pong_due = None;
         self.close_pending = None;
         self.saturated = false;
+        self.draining = false;
     }
 
     /// The connection carries frames from `now`.
@@ -151,8 +156,12 @@ impl Session {
     pub(super) fn dial_pool(&mut self, now: Instant) {
         self.pool_deferred = false;
         let first_dial = self.first_dial;
+        let target = self.pool_target();
         for (t, tun) in self.tunnels.iter_mut().enumerate() {
-            if first_dial > now {
+            if t >= target {
+                // The adaptive pool starts small: the other slots wait, parked.
+                tun.state = TunnelState::Down { redial_at: None };
+            } else if first_dial > now {
                 tun.state = TunnelState::Down {
                     redial_at: Some(first_dial),
                 };
@@ -168,7 +177,8 @@ impl Session {
     /// clock (a stream command carries no `now`).
     pub(super) fn dial_pool_soon(&mut self) {
         self.pool_deferred = false;
-        for tun in &mut self.tunnels {
+        let target = self.pool_target();
+        for tun in self.tunnels.iter_mut().take(target) {
             tun.state = TunnelState::Down {
                 redial_at: Some(self.epoch.max(self.first_dial)),
             };
@@ -261,6 +271,11 @@ impl Session {
     pub(super) fn tunnel_down(&mut self, now: Instant, t: usize, reason: TunnelError) {
         let client = self.role == Role::Client && self.closed.is_none();
         let retire = matches!(reason, TunnelError::Retired);
+        // Beyond the adaptive pool's target but within what the server granted: parked, so a
+        // later growth can dial it again.
+        let parked = client
+            && self.beyond_pool_target(t)
+            && self.pool_control.as_ref().is_some_and(|c| t < c.max());
         let (min, max) = (
             self.config.redial_backoff_min,
             self.config.redial_backoff_max,
@@ -274,7 +289,9 @@ impl Session {
         } else {
             tun.dial_failures = tun.dial_failures.saturating_add(1);
         }
-        tun.state = if retire {
+        tun.state = if parked {
+            TunnelState::Down { redial_at: None }
+        } else if retire {
             TunnelState::Retired
         } else if client {
             // Exponential backoff with jitter: a uniform draw in [d/2, d].
@@ -338,6 +355,7 @@ impl Session {
         });
         // The server caps the pool: retire the slots beyond it.
         let pool = granted.pool_size as usize;
+        self.cap_adaptive_pool(now, pool);
         for extra in pool..self.tunnels.len() {
             if self.tunnels[extra].state != TunnelState::Retired {
                 self.tunnel_down(now, extra, TunnelError::Retired);

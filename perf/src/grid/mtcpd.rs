@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// What the server grants an adaptive ("auto") client: the client's own default maximum.
+const AUTO_SERVER_CAP: u16 = mtcpd_engine::config::AUTO_POOL_MAX;
+
 /// The pre-shared key of every benchmark pair (never used outside the lab).
 const PSK: &str = "grid-benchmark-key-0123456789abcdef";
 
@@ -29,7 +32,14 @@ pub(super) struct Mtcpd {
     pub(super) app_port: u16,
 }
 
+/// `n` tunnels, or with `n` = [`super::plan::AUTO`] the adaptive pool (the server then grants
+/// up to its `AUTO_SERVER_CAP`).
 pub(super) fn start_mtcpd(ctx: &Ctx, env: &Env, n: u32, cc: &str) -> Result<Mtcpd> {
+    let (server_pool, client_pool) = if n == super::plan::AUTO {
+        (AUTO_SERVER_CAP.to_string(), "\"auto\"".to_string())
+    } else {
+        (n.to_string(), n.to_string())
+    };
     let bin = ctx.mtcpd.as_ref().context(ctx.mtcpd_missing.clone())?;
     let k = ctx.port();
     let (tport, aport) = (8000 + k, 7000 + k);
@@ -41,7 +51,7 @@ pub(super) fn start_mtcpd(ctx: &Ctx, env: &Env, n: u32, cc: &str) -> Result<Mtcp
     std::fs::write(
         &sc,
         format!(
-            "mode = \"server\"\npsk = \"{PSK}\"\ncongestion = \"{cc}\"\n{extra}[server]\nlisten_ip = \"{b}\"\nlisten_port = {tport}\nbackend_ip = \"{b}\"\nbackend_port = {PERF_PORT}\nconnection_pool_size = {n}\n",
+            "mode = \"server\"\npsk = \"{PSK}\"\ncongestion = \"{cc}\"\n{extra}[server]\nlisten_ip = \"{b}\"\nlisten_port = {tport}\nbackend_ip = \"{b}\"\nbackend_port = {PERF_PORT}\nconnection_pool_size = {server_pool}\n",
             b = env.addr_b,
             extra = ctx.mtcpd_set
         ),
@@ -49,7 +59,7 @@ pub(super) fn start_mtcpd(ctx: &Ctx, env: &Env, n: u32, cc: &str) -> Result<Mtcp
     std::fs::write(
         &cc_path,
         format!(
-            "mode = \"client\"\npsk = \"{PSK}\"\ncongestion = \"{cc}\"\n{extra}[client]\nlocal_listen_ip = \"127.0.0.1\"\nlocal_listen_port = {aport}\nserver_ip = \"{b}\"\nserver_port = {tport}\nconnection_pool_size = {n}\n",
+            "mode = \"client\"\npsk = \"{PSK}\"\ncongestion = \"{cc}\"\n{extra}[client]\nlocal_listen_ip = \"127.0.0.1\"\nlocal_listen_port = {aport}\nserver_ip = \"{b}\"\nserver_port = {tport}\nconnection_pool_size = {client_pool}\n",
             b = env.addr_b,
             extra = ctx.mtcpd_set
         ),
@@ -191,7 +201,12 @@ pub(super) fn run_mtcpd(ctx: &Ctx, env: &Env, spec: &Spec) -> RunResult {
         Ok(m) => m,
         Err(e) => return fail(format!("{e:#}")),
     };
-    let tunnels = match wait_tunnels(&mut m, spec.flows, env) {
+    let first = if spec.flows == super::plan::AUTO {
+        u32::from(mtcpd_engine::config::AUTO_POOL_MIN)
+    } else {
+        spec.flows
+    };
+    let tunnels = match wait_tunnels(&mut m, first, env) {
         Ok(t) => t,
         Err(e) => return fail(format!("{e:#}")),
     };
@@ -207,7 +222,20 @@ pub(super) fn run_mtcpd(ctx: &Ctx, env: &Env, spec: &Spec) -> RunResult {
     // The app-side socket is loopback; what matters is the tunnels.
     r.cc_seen.readback = tunnels;
     r.notes.extend(daemon_warnings(&m));
+    if spec.flows == super::plan::AUTO {
+        r.notes.extend(pool_changes(&m));
+    }
     m.client.stop(Duration::from_millis(300));
     m.server.stop(Duration::from_millis(300));
     r
+}
+
+/// The adaptive pool's changes as the client logged them ("auto: 2 -> 4 (reason)"), so the
+/// report says what auto chose.
+fn pool_changes(m: &Mtcpd) -> Vec<String> {
+    let log = strip_ansi(&std::fs::read_to_string(&m.client_log).unwrap_or_default());
+    log.lines()
+        .filter_map(|l| l.split_once("adaptive pool: ").map(|(_, rest)| rest))
+        .map(|rest| format!("auto: {}", rest.split(" session=").next().unwrap_or(rest)))
+        .collect()
 }

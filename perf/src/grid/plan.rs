@@ -12,8 +12,9 @@ use std::time::Duration;
 #[derive(Args)]
 pub struct GridArgs {
     /// Reduced set: the three 100 ms paths behind the targets (clean, 1 % loss, 20 Mbit/s per
-    /// flow), their contenders (one bbr flow, 8 parallel bbr flows, mtcpd with 8 bbr tunnels)
-    /// each `--repeats` times, and TTFB (about 12 minutes at the default 20 s runs).
+    /// flow), their contenders (one bbr flow, 8 parallel bbr flows, mtcpd with 8 bbr tunnels,
+    /// mtcpd-auto with the adaptive pool) each `--repeats` times, and TTFB (about 14 minutes at
+    /// the default 20 s runs).
     #[arg(long)]
     pub(super) quick: bool,
     /// Results folder (default: results, or results/quick with --quick).
@@ -98,10 +99,14 @@ pub(super) struct Spec {
     pub(super) repeats: u32,
 }
 
+/// `Spec::flows` of the contender "mtcpd-auto": `connection_pool_size = "auto"`.
+pub(super) const AUTO: u32 = 0;
+
 impl Spec {
     pub(super) fn id(&self) -> String {
         match self.kind {
             Kind::Kcptun => "kcptun".into(),
+            Kind::Mtcpd if self.flows == AUTO => "mtcpd-auto".into(),
             k => format!("{}-{}", k.name(), self.flows),
         }
     }
@@ -163,7 +168,7 @@ pub(super) fn behind_target(p: &PathPlan, s: &Spec) -> bool {
         && s.cc == Some("bbr")
         && matches!(
             (s.kind, s.flows),
-            (Kind::Direct, 1) | (Kind::Direct, N_PARALLEL) | (Kind::Mtcpd, 8)
+            (Kind::Direct, 1) | (Kind::Direct, N_PARALLEL) | (Kind::Mtcpd, 8 | AUTO)
         )
 }
 
@@ -174,6 +179,10 @@ fn full_runs() -> Vec<Spec> {
         v.push(spec(Kind::Direct, N_PARALLEL, Some(cc)));
         for n in TUNNELS {
             v.push(spec(Kind::Mtcpd, n, Some(cc)));
+        }
+        // The adaptive pool beside the fixed ones (bbr only: the full grid stays near an hour).
+        if cc == "bbr" {
+            v.push(spec(Kind::Mtcpd, AUTO, Some(cc)));
         }
         v.push(spec(Kind::Mptcp, N_PARALLEL, Some(cc)));
     }
@@ -188,6 +197,7 @@ fn plan(quick: bool) -> Vec<PathPlan> {
                 spec(Kind::Direct, 1, Some("bbr")),
                 spec(Kind::Direct, N_PARALLEL, Some("bbr")),
                 spec(Kind::Mtcpd, 8, Some("bbr")),
+                spec(Kind::Mtcpd, AUTO, Some("bbr")),
             ]
         };
         return vec![
@@ -269,7 +279,8 @@ mod tests {
     fn plans_have_the_issue_s_shape() {
         let full = plan(false);
         assert_eq!(full.len(), 10);
-        assert_eq!(full[0].runs.len(), 2 * (2 + TUNNELS.len() + 1) + 1);
+        assert_eq!(full[0].runs.len(), 2 * (2 + TUNNELS.len() + 1) + 1 + 1);
+        assert!(full[0].runs.iter().any(|s| s.id() == "mtcpd-auto"));
         assert!(full.iter().any(|p| p.id == "rtt100-cap20"));
         assert!(full.iter().any(|p| p.id == "rtt250-loss0.1"));
         let mut quick = plan(true);
@@ -286,6 +297,7 @@ mod tests {
         let est = estimate(&full, 20.0, 1.0, 20);
         assert!(est < 70.0 * 60.0, "full grid estimate {est} s");
         let est = estimate(&quick, 20.0, 1.0, 20);
-        assert!(est < 13.0 * 60.0, "quick estimate {est} s");
+        // Four contenders (mtcpd-auto beside mtcpd-8) x 3 repeats on three paths.
+        assert!(est < 14.0 * 60.0, "quick estimate {est} s");
     }
 }

@@ -264,6 +264,7 @@ impl<D: Driver> EventLoop<D> {
             frames_resent: stats.frames_resent,
             reorder_buffered_bytes: stats.reorder_charged,
             tunnels,
+            adaptive_pool: session.adaptive_pool_target(),
         })
     }
 }

@@ -401,6 +401,13 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             Event::GoAway { code } => tracing::info!(session = %id, code, "peer is going away"),
+            // One line per change of the adaptive pool, with its reason.
+            Event::PoolResized { change } => tracing::info!(
+                session = %id,
+                from = change.from,
+                to = change.to,
+                "{change}"
+            ),
             Event::PeerExposed { names } => self.peer_exposed(skey, names),
             Event::SessionClosed { reason } => log_session_closed(&id, &reason, refused),
         }

@@ -1,0 +1,190 @@
+//! The adaptive pool's rule, driven by synthetic paths: a goodput model per pool size.
+
+use super::*;
+
+const RTT: Duration = Duration::from_millis(100);
+
+/// Drives a controller for `secs` seconds of ticks against a path whose goodput (bytes/s) and
+/// RTT at a pool of `n` tunnels are `path(n)`; every change is returned.
+fn drive(
+    c: &mut PoolController,
+    secs: u64,
+    backlogged: bool,
+    path: impl Fn(usize) -> (f64, Duration),
+) -> Vec<PoolChange> {
+    let start = Instant::now();
+    let mut now = start;
+    let mut delivered = 0.0;
+    let mut changes = Vec::new();
+    while now < start + Duration::from_secs(secs) {
+        let (rate, srtt) = path(c.target());
+        if backlogged {
+            delivered += rate * TICK.as_secs_f64();
+        }
+        let sample = PoolSample {
+            delivered: delivered as u64,
+            backlogged,
+            active: c.target(),
+            srtt,
+            min_rtt: RTT,
+        };
+        if let Some(change) = c.tick(now, sample) {
+            assert!(change.to >= 1 && change.to <= c.max(), "{change:?}");
+            changes.push(change);
+        }
+        now += TICK;
+    }
+    changes
+}
+
+/// 20 Mbit/s per tunnel, no shared limit below `limit` tunnels.
+fn per_flow_cap(limit: usize) -> impl Fn(usize) -> (f64, Duration) {
+    move |n| (2.5e6 * n.min(limit) as f64, RTT)
+}
+
+#[test]
+fn rising_goodput_grows_to_the_bound() {
+    let mut c = PoolController::new(2, 32);
+    let changes = drive(&mut c, 60, true, per_flow_cap(1000));
+    let sizes: Vec<_> = changes.iter().map(|c| c.to).collect();
+    assert_eq!(sizes, [4, 8, 16, 32], "{changes:#?}");
+    assert_eq!(c.target(), 32);
+    assert!(c.is_settled());
+    assert!(matches!(changes[0].reason, PoolReason::Backlogged { .. }));
+    assert!(matches!(changes[1].reason, PoolReason::GoodputRose { .. }));
+    assert!(
+        changes[1]
+            .to_string()
+            .contains("growing from 4 to 8 tunnels")
+    );
+}
+
+#[test]
+fn flat_goodput_stops_and_returns_to_the_last_size_that_helped() {
+    // The per-flow cap binds up to 8 tunnels; 16 gives nothing more.
+    let mut c = PoolController::new(2, 32);
+    let changes = drive(&mut c, 60, true, per_flow_cap(8));
+    let sizes: Vec<_> = changes.iter().map(|c| c.to).collect();
+    assert_eq!(sizes, [4, 8, 16, 8], "{changes:#?}");
+    let last = changes.last().unwrap();
+    assert!(last.settled);
+    assert!(matches!(last.reason, PoolReason::GoodputFlat { .. }));
+    assert!(
+        last.to_string().contains("shrinking from 16 to 8"),
+        "{last}"
+    );
+    assert_eq!(c.target(), 8);
+}
+
+#[test]
+fn a_clean_shared_bottleneck_stays_small() {
+    // One flow already fills the link: doubling gives 2 %.
+    let mut c = PoolController::new(2, 32);
+    let changes = drive(&mut c, 30, true, |n| (100e6 * (1.0 + 0.01 * n as f64), RTT));
+    let sizes: Vec<_> = changes.iter().map(|c| c.to).collect();
+    assert_eq!(sizes, [4, 2], "{changes:#?}");
+    assert_eq!(c.target(), 2);
+}
+
+#[test]
+fn queueing_rtt_stops_growth_even_when_goodput_rises() {
+    // Goodput rises 10 % per doubling but the RTT grows with the pool: a queue.
+    let mut c = PoolController::new(2, 32);
+    let changes = drive(&mut c, 30, true, |n| {
+        (
+            10e6 * (1.0 + 0.1 * (n as f64).log2()),
+            RTT + Duration::from_millis(20 * n as u64),
+        )
+    });
+    let last = changes.last().expect("a change");
+    assert!(
+        matches!(last.reason, PoolReason::Queueing { .. }),
+        "{changes:#?}"
+    );
+    assert_eq!(c.target(), 2, "{changes:#?}");
+    assert!(last.to_string().contains("RTT rose"), "{last}");
+}
+
+#[test]
+fn a_session_that_is_not_backlogged_never_grows() {
+    let mut c = PoolController::new(2, 32);
+    let changes = drive(&mut c, 60, false, per_flow_cap(1000));
+    assert!(changes.is_empty(), "{changes:#?}");
+    assert_eq!(c.target(), 2);
+}
+
+#[test]
+fn bounds_hold_min_equal_max_never_changes() {
+    let mut c = PoolController::new(4, 4);
+    assert!(drive(&mut c, 30, true, per_flow_cap(1000)).is_empty());
+    assert_eq!(c.target(), 4);
+    // max not a power of two times min: the last step stops at max.
+    let mut c = PoolController::new(3, 10);
+    let sizes: Vec<_> = drive(&mut c, 60, true, per_flow_cap(1000))
+        .iter()
+        .map(|c| c.to)
+        .collect();
+    assert_eq!(sizes, [6, 10]);
+    // Nonsense bounds are made sane, not a panic.
+    let c = PoolController::new(0, 0);
+    assert_eq!((c.target(), c.max()), (1, 1));
+}
+
+#[test]
+fn the_server_grant_caps_the_pool() {
+    let mut c = PoolController::new(2, 32);
+    drive(&mut c, 60, true, per_flow_cap(1000));
+    assert_eq!(c.target(), 32);
+    assert_eq!(c.cap(6), Some(6));
+    assert_eq!(c.max(), 6);
+    assert_eq!(c.cap(16), None, "a larger grant never raises the cap");
+}
+
+#[test]
+fn an_idle_session_returns_to_its_smallest_pool_and_probes_again() {
+    let mut c = PoolController::new(2, 32);
+    drive(&mut c, 60, true, per_flow_cap(8));
+    assert_eq!(c.target(), 8);
+    // 20 windows of 1 s (10 x 100 ms) idle.
+    let changes = drive(&mut c, 25, false, per_flow_cap(8));
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!((changes[0].from, changes[0].to), (8, 2));
+    assert!(matches!(changes[0].reason, PoolReason::Idle { .. }));
+    assert!(!c.is_settled());
+    let sizes: Vec<_> = drive(&mut c, 60, true, per_flow_cap(4))
+        .iter()
+        .map(|c| c.to)
+        .collect();
+    assert_eq!(sizes, [4, 8, 4]);
+}
+
+#[test]
+fn no_window_is_measured_until_the_whole_pool_is_up() {
+    let mut c = PoolController::new(2, 32);
+    let start = Instant::now();
+    let mut delivered = 0;
+    for i in 0..200u32 {
+        delivered += 1_000_000;
+        let sample = PoolSample {
+            delivered,
+            backlogged: true,
+            active: 1,
+            srtt: RTT,
+            min_rtt: RTT,
+        };
+        assert_eq!(c.tick(start + TICK * i, sample), None);
+    }
+}
+
+#[test]
+fn the_window_follows_the_path_rtt_within_bounds() {
+    assert_eq!(PoolController::window_for(Duration::ZERO), WINDOW_MIN);
+    assert_eq!(
+        PoolController::window_for(Duration::from_millis(100)),
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        PoolController::window_for(Duration::from_secs(2)),
+        WINDOW_MAX
+    );
+}
