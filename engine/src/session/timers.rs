@@ -46,6 +46,9 @@ impl Session {
         {
             consider(since + c.session_grace);
         }
+        if let Some(at) = self.relief_deadline() {
+            consider(at);
+        }
         next
     }
 
@@ -97,6 +100,7 @@ impl Session {
                 _ => {}
             }
         }
+        self.relief_timeout(now);
         if self.established
             && let Some(since) = self.no_tunnel_since
             && since + self.config.session_grace <= now
