@@ -4,12 +4,17 @@
 
 mod support;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use mtcpd_engine::Config;
-use mtcpd_engine::session::ReliefStats;
+use mtcpd_engine::error::SessionError;
+use mtcpd_engine::handshake::{AcceptedTunnel, CAP_HOL_REPORT, TransportParams};
+use mtcpd_engine::session::{ReliefStats, Session};
 use mtcpd_engine::sim::bottleneck::BottleneckSpec;
 use mtcpd_engine::sim::{LinkSpec, SimPair};
+use mtcpd_engine::wire::Frame;
 use support::{FlowSpec, Workload};
 
 const MIB: u64 = 1 << 20;
@@ -119,4 +124,163 @@ fn relief_needs_both_ends() {
     let server = pair.server().map(|s| s.stats().relief).unwrap_or_default();
     assert_eq!(server, ReliefStats::default());
     assert_eq!(pair.client.stats().relief, ReliefStats::default());
+}
+
+/// A server session with 4 tunnels whose client announced `caps`, relief on here as `relief`.
+fn server_session(relief: bool, caps: u32, now: Instant) -> Session {
+    let accepted = |index: u16| AcceptedTunnel {
+        session_id: [9; 16],
+        tunnel_index: index,
+        pool_size: 4,
+        session_secret: [5; 32],
+        resume: index > 0,
+        peer_params: TransportParams {
+            max_frame_body: 16384,
+            stream_window: 1 << 30,
+            session_window: 1 << 30,
+            max_streams: 100,
+        },
+        peer_capabilities: caps,
+        rtt: Duration::from_millis(10),
+    };
+    let mut s = Session::server(Arc::new(config(relief)), now, &accepted(0), 1);
+    for t in 1..4 {
+        s.attach_tunnel(now, &accepted(t));
+    }
+    s
+}
+
+fn inject(s: &mut Session, now: Instant, t: usize, frames: &[Frame]) -> Result<(), SessionError> {
+    let mut buf = BytesMut::new();
+    for f in frames {
+        buf.extend_from_slice(&f.to_bytes());
+    }
+    s.handle_input(now, t, &mut buf)
+}
+
+/// Takes everything the tunnels will send now; the bytes.
+fn transmit(s: &mut Session, now: Instant) -> usize {
+    let mut out = Vec::new();
+    (0..s.tunnel_count())
+        .map(|t| s.poll_transmit(now, t, 1 << 24, &mut out))
+        .sum()
+}
+
+#[test]
+fn hostile_reports_change_nothing_and_cost_bounded_work() {
+    let now = Instant::now();
+    let mut s = server_session(true, CAP_HOL_REPORT, now);
+    let streams: Vec<u64> = (0..2).map(|_| s.open_stream(None).unwrap()).collect();
+    let chunk = vec![0x5a; 64 * 1024];
+    for &id in &streams {
+        for _ in 0..16 {
+            s.write_slice(id, &chunk).unwrap();
+        }
+    }
+    transmit(&mut s, now);
+    let sent = s.stats().stream_bytes_sent;
+    assert_eq!(
+        sent,
+        2 << 20,
+        "everything framed and retained, none acknowledged"
+    );
+    let retained = s.stats().retained_bytes;
+    // Bogus: a stream never opened, the peer's own parity, offsets beyond what was sent,
+    // u64::MAX everywhere, a zero length.
+    let bogus = [
+        (u64::MAX, 0, 1),
+        (1 << 40, 0, 1 << 20),
+        (streams[0] + 1, 0, 1 << 20),
+        (streams[0], sent, 1),
+        (streams[0], u64::MAX, u64::MAX),
+    ];
+    for (stream, offset, length) in bogus {
+        inject(
+            &mut s,
+            now,
+            1,
+            &[Frame::HolReport {
+                stream,
+                offset,
+                length,
+            }],
+        )
+        .unwrap();
+    }
+    let r = s.relief_stats();
+    assert_eq!((r.reports_received, r.reports_ignored), (5, 5), "{r:?}");
+    assert_eq!(r.frames_resent, 0);
+    assert_eq!(transmit(&mut s, now), 0, "nothing to send for them");
+    // A flood of plausible reports, every offset of both streams, over and over.
+    let flood: Vec<Frame> = (0..20_000u64)
+        .map(|i| Frame::HolReport {
+            stream: streams[(i % 2) as usize],
+            offset: (i * 4099) % (1 << 20),
+            length: u64::MAX,
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    inject(&mut s, now, 2, &flood).unwrap();
+    let resent = transmit(&mut s, now) as u64;
+    let r = s.relief_stats();
+    eprintln!(
+        "flood: {r:?}, {resent} bytes re-sent, handled in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.reports_received, 5 + 20_000);
+    // Paid from a credit of 1/8 of what was sent: at most 256 KiB re-sent, each frame at most
+    // once, the retention unchanged beyond those copies.
+    assert!(r.bytes_resent <= sent / 8, "{r:?}");
+    assert_eq!(resent, r.bytes_resent);
+    assert!(s.stats().retained_bytes <= retained + sent / 8);
+    assert!(r.reports_ignored >= 20_000 - 20, "{r:?}");
+    assert!(s.stats().active_tunnels == 4, "no tunnel or session lost");
+}
+
+#[test]
+fn a_report_without_the_capability_breaks_the_protocol() {
+    let now = Instant::now();
+    let mut s = server_session(false, CAP_HOL_REPORT, now);
+    let report = Frame::HolReport {
+        stream: 0,
+        offset: 0,
+        length: 1,
+    };
+    assert!(matches!(
+        inject(&mut s, now, 0, &[report]),
+        Err(SessionError::Protocol(_))
+    ));
+}
+
+#[test]
+fn relief_is_off_unless_the_peer_announced_it() {
+    // Relief on here, not announced by the peer: a hole is never reported.
+    let now = Instant::now();
+    let mut s = server_session(true, 0, now);
+    let data = |offset: u64| Frame::Data {
+        stream: 0,
+        offset,
+        fin: false,
+        payload: bytes::Bytes::from(vec![1u8; 1000]),
+    };
+    inject(
+        &mut s,
+        now,
+        0,
+        &[
+            Frame::Open {
+                stream: 0,
+                target: None,
+            },
+            data(1000),
+        ],
+    )
+    .unwrap();
+    let later = now + Duration::from_secs(5);
+    s.handle_timeout(later);
+    assert_eq!(s.relief_stats(), ReliefStats::default());
+    assert!(
+        s.poll_timeout()
+            .is_some_and(|t| t > now + Duration::from_secs(1))
+    );
 }
