@@ -162,7 +162,7 @@ pub struct Config {
     /// Head-of-line relief (issue 13 item 3): announces [`crate::handshake::CAP_HOL_REPORT`];
     /// when both ends do, a receiver whose stream has waited past a threshold for a hole reports
     /// it (HOL_REPORT), and the sender re-sends the frames covering it on the fastest other
-    /// tunnel, within a budget of 1/8 of the stream data it sends (docs/PROTOCOL.md §4.9).
+    /// tunnel, within a budget of 1/8 of the stream data it sends (docs/PROTOCOL.md §6.2).
     pub hol_relief: bool,
     /// Lets a runtime start without a key (empty [`Config::psk`]): anyone who can reach the
     /// server then passes the handshake. Off by default, so that forgetting the key is an error

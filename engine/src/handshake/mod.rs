@@ -63,7 +63,7 @@ const MSG_SERVER_HELLO: u8 = 2;
 pub const HELLO_FLAG_RESUME: u16 = 0x0001;
 
 /// Capability bit (both hellos): this end understands HOL_REPORT frames and answers them
-/// (docs/PROTOCOL.md §2.4). An end sends HOL_REPORT only when both hellos carry the bit.
+/// (docs/PROTOCOL.md §2.1, §6.2). An end sends HOL_REPORT only when both hellos carry the bit.
 pub const CAP_HOL_REPORT: u32 = 0x0000_0001;
 
 /// A 128-bit session id.

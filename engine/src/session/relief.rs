@@ -1,4 +1,4 @@
-//! Head-of-line relief (issue 13 item 3, docs/PROTOCOL.md §4.9): a receiver whose stream has
+//! Head-of-line relief (issue 13 item 3, docs/PROTOCOL.md §6.2): a receiver whose stream has
 //! waited too long for a hole tells the sender (HOL_REPORT); the sender re-sends the frames
 //! covering the hole on the tunnel expected to deliver first.
 //!
