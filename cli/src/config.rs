@@ -217,6 +217,18 @@ mod tests {
     }
 
     #[test]
+    fn hol_relief_maps_onto_the_engine_and_is_off_by_default() {
+        let client = "[client]\nlocal_listen_port = 7000\n";
+        let off = load_text(client, None).unwrap();
+        assert!(!off.runtime.engine.hol_relief, "the engine's default");
+        let on = load_text(&format!("hol_relief = true\n{client}"), None).unwrap();
+        assert!(on.runtime.engine.hol_relief);
+        assert!(on.to_string().contains("hol_relief = true"), "{on}");
+        let server = load_text("hol_relief = true\n[server]\n", None).unwrap();
+        assert!(server.runtime.engine.hol_relief);
+    }
+
+    #[test]
     fn enable_zero_rtt_maps_onto_the_engine() {
         let client = "[client]\nlocal_listen_port = 7000\n";
         let on = load_text(client, None).unwrap();

@@ -177,6 +177,11 @@ pub struct Config {
     /// ([`crate::session::Session::set_tunnel_tcp_info`]). On by default (issue 13; see
     /// docs/BENCHMARKS.md).
     pub coupled_pacing: bool,
+    /// Head-of-line relief (issue 13 item 3): announces [`crate::handshake::CAP_HOL_REPORT`];
+    /// when both ends do, a receiver whose stream has waited past a threshold for a hole reports
+    /// it (HOL_REPORT), and the sender re-sends the frames covering it on the fastest other
+    /// tunnel, within a budget of 1/8 of the stream data it sends (docs/PROTOCOL.md §6.2).
+    pub hol_relief: bool,
     /// Lets a runtime start without a key (empty [`Config::psk`]): anyone who can reach the
     /// server then passes the handshake. Off by default, so that forgetting the key is an error
     /// ([`Config::check_key`]) and never a silently open tunnel. Not a config-file key: the
@@ -224,6 +229,7 @@ impl Default for Config {
             copy_threshold: 256,
             zero_rtt: true,
             coupled_pacing: true,
+            hol_relief: false,
             allow_unauthenticated: false,
         }
     }
@@ -290,6 +296,7 @@ impl Config {
             copy_threshold,
             zero_rtt,
             coupled_pacing,
+            hol_relief,
             // A decision of the embedding program, not a setting: never printed.
             allow_unauthenticated: _,
         } = self;
@@ -376,6 +383,7 @@ impl Config {
             ),
             Setting::unbounded("zero_rtt", SettingValue::Flag(*zero_rtt)),
             Setting::unbounded("coupled_pacing", SettingValue::Flag(*coupled_pacing)),
+            Setting::unbounded("hol_relief", SettingValue::Flag(*hol_relief)),
         ]
     }
 
@@ -474,6 +482,15 @@ impl Config {
             stream_window: self.stream_window,
             session_window: self.session_window,
             max_streams: self.max_streams,
+        }
+    }
+
+    /// The capability bits this end announces in its hello.
+    pub fn capabilities(&self) -> u32 {
+        if self.hol_relief {
+            crate::handshake::CAP_HOL_REPORT
+        } else {
+            0
         }
     }
 

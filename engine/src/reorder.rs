@@ -79,6 +79,16 @@ impl ReorderBuffer {
         self.pending.len()
     }
 
+    /// The first hole, as (its start, its length up to the first byte held beyond it); `None`
+    /// while no out-of-order piece is held.
+    pub fn first_gap(&self) -> Option<(u64, u64)> {
+        let (&start, _) = self.pending.first_key_value()?;
+        Some((
+            self.contiguous_end,
+            start.saturating_sub(self.contiguous_end),
+        ))
+    }
+
     /// Separate ranges of out-of-order bytes (each behind its own hole); adjacent pieces are
     /// one range. What `max_pending_ranges` caps.
     pub fn pending_ranges(&self) -> usize {

@@ -56,6 +56,7 @@ pub mod frame_type {
     pub const GO_AWAY: u8 = 0x0A;
     pub const CLOSE: u8 = 0x0B;
     pub const EXPOSE: u8 = 0x0C;
+    pub const HOL_REPORT: u8 = 0x0D;
 }
 
 /// Why a frame could not be parsed. Any of these ends the session (docs/PROTOCOL.md §9).
@@ -173,15 +174,32 @@ pub enum Frame {
         /// The encoded names (each a length byte and the name).
         names: Bytes,
     },
+    /// Receiver → sender, only to a peer that announced
+    /// [`CAP_HOL_REPORT`](crate::handshake::CAP_HOL_REPORT): `stream` has waited past the
+    /// threshold for the `length` bytes at `offset` (the hole before the data it already holds).
+    /// Unreliable, like ACK: a lost or late report costs nothing.
+    HolReport {
+        /// Stream id (the sender's direction of it).
+        stream: u64,
+        /// The first byte the receiver is missing.
+        offset: u64,
+        /// Length of the hole (up to the next byte held).
+        length: u64,
+    },
 }
 
 impl Frame {
     /// True for frames that the receiver counts and acknowledges, and the sender retains for
-    /// resend (everything except ACK, PING, PONG, and CLOSE, which ends the session).
+    /// resend (everything except ACK, PING, PONG, HOL_REPORT, and CLOSE, which ends the
+    /// session).
     pub fn is_reliable(&self) -> bool {
         !matches!(
             self,
-            Frame::Ack { .. } | Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. }
+            Frame::Ack { .. }
+                | Frame::Ping { .. }
+                | Frame::Pong { .. }
+                | Frame::HolReport { .. }
+                | Frame::Close { .. }
         )
     }
 
@@ -204,6 +222,7 @@ impl Frame {
             Frame::GoAway { .. } => 4,
             Frame::Close { reason, .. } => 4 + reason.len(),
             Frame::Expose { names } => names.len(),
+            Frame::HolReport { .. } => 24,
         }
     }
 
@@ -226,6 +245,7 @@ impl Frame {
             Frame::GoAway { .. } => (frame_type::GO_AWAY, 0),
             Frame::Close { .. } => (frame_type::CLOSE, 0),
             Frame::Expose { .. } => (frame_type::EXPOSE, 0),
+            Frame::HolReport { .. } => (frame_type::HOL_REPORT, 0),
         };
         scratch.put_u8(ty);
         scratch.put_u8(flags);
@@ -279,6 +299,16 @@ impl Frame {
                 Some(reason)
             }
             Frame::Expose { names } => Some(names),
+            Frame::HolReport {
+                stream,
+                offset,
+                length,
+            } => {
+                scratch.put_u64(*stream);
+                scratch.put_u64(*offset);
+                scratch.put_u64(*length);
+                None
+            }
         };
         match tail {
             Some(t) if t.len() >= copy_below => {
@@ -321,7 +351,7 @@ pub fn decode(buf: &mut BytesMut, max_body: u32) -> Result<Option<Frame>, FrameE
     if reserved != 0 || flags & !allowed_flags != 0 {
         return Err(FrameError::Reserved { flags, reserved });
     }
-    if !(frame_type::DATA..=frame_type::EXPOSE).contains(&ty) {
+    if !(frame_type::DATA..=frame_type::HOL_REPORT).contains(&ty) {
         return Err(FrameError::UnknownType(ty));
     }
     let total = FRAME_HEADER_LEN + declared as usize;
@@ -446,6 +476,14 @@ fn parse_body(ty: u8, flags: u8, mut body: Bytes) -> Result<Frame, FrameError> {
             expose_names(&body)?;
             Frame::Expose { names: body }
         }
+        frame_type::HOL_REPORT => {
+            need("HOL_REPORT", &body, Some(24), 0)?;
+            Frame::HolReport {
+                stream: body.get_u64(),
+                offset: body.get_u64(),
+                length: body.get_u64(),
+            }
+        }
         other => return Err(FrameError::UnknownType(other)),
     })
 }
@@ -545,6 +583,11 @@ mod tests {
             },
             Frame::Expose {
                 names: encode_expose_names(&["web", "ssh.home"]).unwrap(),
+            },
+            Frame::HolReport {
+                stream: u64::MAX,
+                offset: 1 << 50,
+                length: 16384,
             },
             Frame::Expose {
                 names: Bytes::new(),
@@ -676,5 +719,46 @@ mod tests {
             decode(&mut buf, 1024),
             Err(FrameError::BadLength { .. })
         ));
+    }
+
+    #[test]
+    fn hol_report_is_24_bytes_unreliable_and_exact_length() {
+        let f = Frame::HolReport {
+            stream: 4,
+            offset: 1 << 20,
+            length: 65536,
+        };
+        assert!(!f.is_reliable());
+        let bytes = f.to_bytes();
+        assert_eq!(bytes.len(), FRAME_HEADER_LEN + 24);
+        assert_eq!(bytes[0], frame_type::HOL_REPORT);
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(decode(&mut buf, 1024), Ok(Some(f)));
+        for len in [0u8, 16, 23, 25, 32] {
+            let mut raw = vec![frame_type::HOL_REPORT, 0, 0, 0, 0, 0, 0, len];
+            raw.resize(FRAME_HEADER_LEN + len as usize, 7);
+            let mut buf = BytesMut::from(&raw[..]);
+            assert_eq!(
+                decode(&mut buf, 1024),
+                Err(FrameError::BadLength {
+                    kind: "HOL_REPORT",
+                    len: len as usize
+                })
+            );
+        }
+        // Flags are reserved on it, as on every frame but DATA.
+        let mut raw = bytes.to_vec();
+        raw[1] = FLAG_FIN;
+        let mut buf = BytesMut::from(&raw[..]);
+        assert!(matches!(
+            decode(&mut buf, 1024),
+            Err(FrameError::Reserved { .. })
+        ));
+        // The next code is still unknown.
+        let mut buf = BytesMut::from(&[frame_type::HOL_REPORT + 1, 0, 0, 0, 0, 0, 0, 0][..]);
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Err(FrameError::UnknownType(frame_type::HOL_REPORT + 1))
+        );
     }
 }

@@ -53,6 +53,7 @@ fn accepted(index: u16, pool: u16, params: TransportParams) -> AcceptedTunnel {
         session_secret: [5; 32],
         resume: index > 0,
         peer_params: params,
+        peer_capabilities: 0,
         rtt: Duration::from_millis(10),
     }
 }

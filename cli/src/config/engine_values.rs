@@ -61,6 +61,7 @@ pub const FILE_KEYS: &[(&str, Option<&str>)] = &[
     ("copy_threshold", None),
     ("zero_rtt", Some("client.enable_zero_rtt")),
     ("coupled_pacing", Some("coupled_pacing")),
+    ("hol_relief", Some("hol_relief")),
     ("io", Some("io")),
     ("workers", Some("cores")),
     ("read_chunk", Some("{role}.buffer_size")),
@@ -173,6 +174,9 @@ impl Checker {
         }
         if let Some(coupled) = raw.coupled_pacing {
             opts.engine.coupled_pacing = coupled;
+        }
+        if let Some(relief) = raw.hol_relief {
+            opts.engine.hol_relief = relief;
         }
         let sockets = &mut opts.tunnel_sockets;
         if let Some(name) = &raw.congestion {

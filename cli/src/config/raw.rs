@@ -50,6 +50,8 @@ pub struct RawConfigFile {
     pub congestion: Option<String>,
     /// Cap the session's unacknowledged bytes near its measured BDP (issue 13).
     pub coupled_pacing: Option<bool>,
+    /// Receiver-driven head-of-line relief (issue 13 item 3).
+    pub hol_relief: Option<bool>,
     /// SO_SNDBUF of every socket, if set.
     pub socket_send_buffer: Option<ByteSize>,
     /// SO_RCVBUF of every socket, if set.

@@ -443,7 +443,8 @@ impl<T> Endpoint<T> {
             c.preauth_timeout,
             now,
             &mut self.rng,
-        );
+        )
+        .with_capabilities(c.capabilities());
         HandshakeKey(self.handshakes.insert(PendingHandshake {
             handshake: Box::new(handshake),
             reserved: None,

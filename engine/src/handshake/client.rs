@@ -33,6 +33,8 @@ pub struct ClientOffer {
     pub pool_size: u16,
     /// The client's limits.
     pub params: TransportParams,
+    /// Capability bits the client announces ([`super::CAP_HOL_REPORT`]).
+    pub capabilities: u32,
 }
 
 /// What the server granted when it accepted the tunnel.
@@ -44,6 +46,8 @@ pub struct ServerAccepted {
     pub params: TransportParams,
     /// Round trip measured across ClientHello → ServerHello.
     pub rtt: Duration,
+    /// Capability bits the server announced.
+    pub capabilities: u32,
 }
 
 /// Progress of a [`ClientHandshake`].
@@ -87,7 +91,7 @@ impl ClientHandshake {
             session_id: offer.session_id,
             tunnel_index: offer.tunnel_index,
             pool_size: offer.pool_size,
-            capabilities: 0,
+            capabilities: offer.capabilities,
             nonce,
             params: offer.params,
             masked_secret: mask_session_secret(key, binding, &nonce, &offer.session_secret),
@@ -155,6 +159,7 @@ impl ClientHandshake {
             pool_size: hello.pool_size,
             params: hello.params,
             rtt: now.saturating_duration_since(self.started),
+            capabilities: hello.capabilities,
         }))
     }
 }
@@ -181,6 +186,7 @@ mod tests {
             resume: true,
             pool_size: 8,
             params: PARAMS,
+            capabilities: 0,
         }
     }
 

@@ -62,6 +62,10 @@ const MSG_SERVER_HELLO: u8 = 2;
 /// ClientHello flag: the client already has this session established at the server.
 pub const HELLO_FLAG_RESUME: u16 = 0x0001;
 
+/// Capability bit (both hellos): this end understands HOL_REPORT frames and answers them
+/// (docs/PROTOCOL.md §2.1, §6.2). An end sends HOL_REPORT only when both hellos carry the bit.
+pub const CAP_HOL_REPORT: u32 = 0x0000_0001;
+
 /// A 128-bit session id.
 pub type SessionId = [u8; SESSION_ID_LEN];
 

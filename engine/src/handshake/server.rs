@@ -36,6 +36,8 @@ pub struct AcceptedTunnel {
     pub resume: bool,
     /// The client's limits.
     pub peer_params: TransportParams,
+    /// Capability bits the client announced.
+    pub peer_capabilities: u32,
     /// Round trip measured by the handshake: zero, since version 2 has one message each way
     /// and the server cannot time it (the tunnel's first PING measures it).
     pub rtt: Duration,
@@ -69,6 +71,8 @@ pub struct ServerHandshake {
     key: Vec<u8>,
     max_pool: u16,
     params: TransportParams,
+    /// Capability bits this server announces in its answers.
+    capabilities: u32,
     deadline: Instant,
     server_nonce: [u8; NONCE_LEN],
     output: BytesMut,
@@ -92,12 +96,19 @@ impl ServerHandshake {
             key: key.to_vec(),
             max_pool: max_pool.max(1),
             params,
+            capabilities: 0,
             deadline: now + timeout,
             server_nonce,
             output: BytesMut::new(),
             answered: false,
             finished: false,
         }
+    }
+
+    /// Announces `capabilities` in the (signed) answer; none unless set.
+    pub fn with_capabilities(mut self, capabilities: u32) -> Self {
+        self.capabilities = capabilities;
+        self
     }
 
     /// When the handshake times out.
@@ -185,6 +196,7 @@ impl ServerHandshake {
             pool_size: pool,
             resume: hello.flags & HELLO_FLAG_RESUME != 0,
             peer_params: hello.params,
+            peer_capabilities: hello.capabilities,
             rtt: Duration::ZERO,
         };
         if let Admission::Refuse(status) = admit(&tunnel) {
@@ -226,7 +238,7 @@ impl ServerHandshake {
             version: PROTOCOL_VERSION,
             status,
             pool_size: pool,
-            capabilities: 0,
+            capabilities: self.capabilities,
             nonce: self.server_nonce,
             params: self.params,
             proof: [0; PROOF_LEN],

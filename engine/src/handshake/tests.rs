@@ -60,6 +60,7 @@ fn client_start(binding: &ChannelBinding, out: &mut BytesMut) -> ClientHandshake
         resume: false,
         pool_size: 4,
         params: PARAMS,
+        capabilities: 0,
     };
     let mut rng = StdRng::seed_from_u64(3);
     ClientHandshake::start(offer, KEY, binding, Instant::now(), &mut rng, out)
@@ -186,6 +187,7 @@ fn a_server_hello_for_another_client_hello_is_not_believed() {
         resume: false,
         pool_size: 4,
         params: PARAMS,
+        capabilities: 0,
     };
     let mut rng = StdRng::seed_from_u64(99);
     ClientHandshake::start(

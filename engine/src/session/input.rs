@@ -79,7 +79,11 @@ impl Session {
                 offset,
                 fin,
                 payload,
-            } => self.on_data(stream, offset, fin, payload),
+            } => {
+                self.on_data(stream, offset, fin, payload)?;
+                self.watch_gap(now, stream);
+                Ok(())
+            }
             Frame::Open { stream, target } => self.on_open(stream, target),
             Frame::Reset {
                 stream,
@@ -114,6 +118,11 @@ impl Session {
                 Ok(())
             }
             Frame::Expose { names } => self.on_expose(names),
+            Frame::HolReport {
+                stream,
+                offset,
+                length,
+            } => self.on_hol_report(t, stream, offset, length),
         }
     }
 }

@@ -42,6 +42,7 @@ mod flow_control;
 mod input;
 mod pool;
 mod pool_auto;
+mod relief;
 mod retransmit;
 mod streams;
 #[cfg(test)]
@@ -67,6 +68,7 @@ use crate::path::PathEstimate;
 use crate::pool_control::{PoolChange, PoolController};
 use crate::scheduler::{PathView, Scheduler};
 pub use expose::ExposeError;
+pub use relief::ReliefStats;
 use retransmit::Reliable;
 use streams::Stream;
 use tunnels::Tunnel;
@@ -206,6 +208,8 @@ pub struct SessionStats {
     pub stream_bytes_sent: u64,
     /// Stream bytes received from the peer so far (every stream, closed or live).
     pub stream_bytes_received: u64,
+    /// Head-of-line relief: reports sent and received, frames re-sent.
+    pub relief: ReliefStats,
 }
 
 /// One end of an mtcpd session.
@@ -222,6 +226,10 @@ pub struct Session {
     closed: Option<SessionError>,
     established: bool,
     peer_params: Option<TransportParams>,
+    /// Capability bits the peer announced (its first hello).
+    peer_capabilities: u32,
+    /// Head-of-line relief, both halves (`relief`).
+    relief: relief::Relief,
     tunnels: Vec<Tunnel>,
     /// Boxed: a table slot is 16 bytes, so the table's spare capacity (up to half of it
     /// after a growth) costs little per stream, and an idle stream's state is one allocation.
@@ -335,6 +343,7 @@ impl Session {
         let mut session = Self::new(Role::Server, config, identity, rng, now, pool);
         session.peer_params = Some(first.peer_params);
         session.apply_peer_params(first.peer_params);
+        session.peer_capabilities = first.peer_capabilities;
         session.established = true;
         session.attach_tunnel(now, first);
         session
@@ -360,6 +369,8 @@ impl Session {
             closed: None,
             established: false,
             peer_params: None,
+            peer_capabilities: 0,
+            relief: relief::Relief::default(),
             tunnels,
             streams: HashMap::new(),
             next_local_index: 0,
@@ -521,6 +532,7 @@ impl Session {
             reorder_pieces,
             reorder_charged,
             frames_resent: self.frames_resent,
+            relief: self.relief.stats,
             buffered_bytes: buffered,
             streams: self.streams.len(),
             active_tunnels: self.tunnels.iter().filter(|t| t.is_active()).count(),

@@ -24,6 +24,7 @@ fn hostile_server(now: Instant) -> Session {
             session_window: 1 << 62,
             max_streams: u64::MAX,
         },
+        peer_capabilities: 0,
         rtt: Duration::from_millis(1),
     };
     Session::server(Arc::new(Config::default()), now, &accepted, 3)

@@ -49,6 +49,9 @@ impl Session {
         if let Some(at) = self.pool_tick_at() {
             consider(at);
         }
+        if let Some(at) = self.relief_deadline() {
+            consider(at);
+        }
         next
     }
 
@@ -101,6 +104,7 @@ impl Session {
             }
         }
         self.pool_tick(now);
+        self.relief_timeout(now);
         if self.established
             && let Some(since) = self.no_tunnel_since
             && since + self.config.session_grace <= now

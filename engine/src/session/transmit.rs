@@ -31,6 +31,8 @@ impl Session {
         tun.recv_reliable > tun.ack_sent
             || tun.pong_due.is_some()
             || tun.ping_due
+            || self.has_reports_for(t)
+            || self.has_relief_for(t)
             || !self.retransmit.is_empty()
             || !self.control.is_empty()
             || (!self.ready.is_empty() && self.may_frame_data(t))
@@ -88,6 +90,7 @@ impl Session {
             written += f.encoded_len();
             f.encode(&mut self.scratch, copy_below, out);
         }
+        written += self.emit_reports(t, out);
         self.build_views(t);
         while written < max_bytes {
             let Some(sent) = self.send_one_reliable(now, t, out) else {
@@ -117,7 +120,11 @@ impl Session {
     /// Sends the next reliable frame on `t` if the scheduler picks `t` for it. `None` when there
     /// is nothing to send or it belongs on another tunnel.
     fn send_one_reliable(&mut self, now: Instant, t: usize, out: &mut Vec<Bytes>) -> Option<usize> {
-        // Resends first (they are the oldest), then control, then new stream data.
+        // Relief first (the peer's stream is stalled on it, and this tunnel was chosen for
+        // it), then resends (they are the oldest), then control, then new stream data.
+        if let Some((r, frame)) = self.take_relief(t) {
+            return Some(self.emit(now, t, r, frame, out));
+        }
         while let Some((r, _)) = self.retransmit.front() {
             match self.materialize(r) {
                 Some(frame) => {

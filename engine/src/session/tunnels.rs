@@ -198,6 +198,7 @@ impl Session {
             resume: self.established,
             pool_size: self.config.pool_size,
             params: self.config.transport_params(),
+            capabilities: self.config.capabilities(),
         };
         let Some(tun) = self.tunnels.get_mut(t) else {
             return;
@@ -344,6 +345,7 @@ impl Session {
         if self.peer_params.is_none() {
             self.peer_params = Some(granted.params);
             self.apply_peer_params(granted.params);
+            self.peer_capabilities = granted.capabilities;
         }
         self.established = true;
         let keepalive = self.config.keepalive_interval;

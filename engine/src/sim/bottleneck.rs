@@ -11,7 +11,8 @@
 //! the sealed bytes of a tunnel and takes back the bytes its receiver may read).
 //!
 //! Deliberately simple: ACKs travel on an uncongested return path and are never lost, loss is
-//! detected one RTT (plus the queueing delay) after the send, there is no RTO and no pacing.
+//! detected one RTT (plus the queueing delay) after the send, there is no pacing, and no RTO unless
+//! [`BottleneckSpec::rto`] is set (then a lost retransmission waits that much longer).
 //! That is enough to show what the issue is about: N windows filling one queue.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -34,6 +35,10 @@ pub struct BottleneckSpec {
     pub loss: f64,
     /// Segment size, bytes.
     pub mss: usize,
+    /// Zero: every loss is repaired one RTT after the send (a fast retransmit). Otherwise a
+    /// lost retransmission is noticed only after this much more (Linux's minimum
+    /// retransmission timeout is 200 ms): the RTO-bound recoveries that hold a stream longest.
+    pub rto: Duration,
 }
 
 impl BottleneckSpec {
@@ -46,6 +51,7 @@ impl BottleneckSpec {
             queue: (rate * queue_ms as f64 / 1e3) as usize,
             loss: loss.clamp(0.0, 1.0),
             mss: 1448,
+            rto: Duration::ZERO,
         }
     }
 }
@@ -311,7 +317,18 @@ impl TcpDir {
                     self.acks
                         .push_back((dep + 2 * delay, seg.len(), fresh.then_some(now)));
                 }
-                Err(start) => self.losses.push_back((start + 2 * delay, seq, seg)),
+                Err(start) => {
+                    let rto = if !fresh {
+                        shared.spec.rto
+                    } else {
+                        Duration::ZERO
+                    };
+                    let at = start + 2 * delay + rto;
+                    // Loss notices stay in time order (a timed-out one may come after later
+                    // fast ones).
+                    let i = self.losses.partition_point(|l| l.0 <= at);
+                    self.losses.insert(i, (at, seq, seg));
+                }
             }
         }
     }

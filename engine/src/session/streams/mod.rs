@@ -51,6 +51,13 @@ pub(in crate::session) struct Stream {
     /// Own stream: the peer has sent DATA or STREAM_WINDOW for it (its target is connected,
     /// §4.8), and the application was told once.
     pub(in crate::session) confirmed: bool,
+    // Head-of-line relief (`relief`).
+    /// Receiver: a timer is armed for this stream's hole.
+    pub(in crate::session) gap_armed: bool,
+    /// Receiver: where the hole being timed starts.
+    pub(in crate::session) gap_at: u64,
+    /// Sender: frames below this offset were already re-sent as relief.
+    pub(in crate::session) relieved_to: u64,
 }
 
 impl Stream {
@@ -80,6 +87,9 @@ impl Stream {
             peer_reset: None,
             local_reset: None,
             confirmed: false,
+            gap_armed: false,
+            gap_at: 0,
+            relieved_to: 0,
         }
     }
 
