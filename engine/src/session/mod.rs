@@ -48,7 +48,7 @@ mod timers;
 mod transmit;
 mod tunnels;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,7 @@ use crate::error::{SessionError, TunnelError};
 use crate::handshake::{
     AcceptedTunnel, SessionId, SessionSecret, TransportParams, session_secrets_equal,
 };
+use crate::id_hash::IdMap;
 use crate::path::PathEstimate;
 use crate::scheduler::{PathView, Scheduler};
 pub use expose::ExposeError;
@@ -216,7 +217,7 @@ pub struct Session {
     tunnels: Vec<Tunnel>,
     /// Boxed: a table slot is 16 bytes, so the table's spare capacity (up to half of it
     /// after a growth) costs little per stream, and an idle stream's state is one allocation.
-    streams: HashMap<StreamId, Box<Stream>>,
+    streams: IdMap<StreamId, Box<Stream>>,
     next_local_index: u64,
     /// Streams this end opened that are not forgotten yet (capped by `config.max_streams`).
     local_open: u64,
@@ -339,7 +340,7 @@ impl Session {
             established: false,
             peer_params: None,
             tunnels,
-            streams: HashMap::new(),
+            streams: IdMap::default(),
             next_local_index: 0,
             local_open: 0,
             local_stream_limit: 0,
