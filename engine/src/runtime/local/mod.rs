@@ -553,6 +553,43 @@ impl Hub {
 mod tests {
     use super::*;
 
+    struct Count(AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// Task wake-ups held back in a loop iteration go out at the bound, at a flush and when
+    /// the loop's hold ends; without a hold they go at once.
+    #[test]
+    fn deferred_wakes_go_out_at_the_bound_the_flush_and_the_end() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = TaskWaker::from(count.clone());
+        let woken = || count.0.load(SeqCst);
+        wake_task(waker.clone());
+        assert_eq!(woken(), 1, "no hold: at once");
+        let hold = DeferWakes::begin();
+        for _ in 0..DEFERRED_WAKES_MAX - 1 {
+            wake_task(waker.clone());
+        }
+        assert_eq!(woken(), 1, "held back");
+        wake_task(waker.clone());
+        assert_eq!(woken(), 1 + DEFERRED_WAKES_MAX, "the bound sends them");
+        wake_task(waker.clone());
+        hold.flush();
+        assert_eq!(woken(), 2 + DEFERRED_WAKES_MAX, "the flush sends them");
+        wake_task(waker.clone());
+        drop(hold);
+        assert_eq!(
+            woken(),
+            3 + DEFERRED_WAKES_MAX,
+            "the end of the hold sends them"
+        );
+        wake_task(waker);
+        assert_eq!(woken(), 4 + DEFERRED_WAKES_MAX, "no hold again: at once");
+    }
+
     /// The memory an idle in-process stream costs in this module (the loop's entry and the
     /// session's own stream state come on top; `tests/runtime_api_memory.rs` measures it all).
     /// The two queues live inside the shared state and hold no heap memory while empty.
