@@ -10,6 +10,7 @@ pub mod config;
 mod drained;
 pub mod endpoint;
 pub mod error;
+mod id_hash;
 pub mod proxy;
 pub mod runtime;
 pub mod session;

@@ -102,6 +102,14 @@ pub struct RunResult {
     round_trips_per_s: f64,
     latency: LatSummary,
     rss_mib: f64,
+    /// Process CPU time (user + system, every thread) per message in the measured window: the
+    /// per-message cost, which a loaded machine changes far less than the rate.
+    cpu_us_per_msg: f64,
+}
+
+/// User + system CPU time of this process so far, in seconds.
+fn cpu_secs() -> f64 {
+    crate::grid::procs::proc_cpu_seconds("/proc/self/stat").unwrap_or(0.0)
 }
 
 fn rss_mib() -> f64 {
@@ -153,7 +161,7 @@ pub fn run(a: &MsgrateArgs) -> Result<bool> {
             let r = one(a, api)?;
             if !a.json {
                 println!(
-                    "{:?} {:?}: {} streams x {} B, {} thread(s)/side: {:.0} msg/s{} rss {:.0} MiB",
+                    "{:?} {:?}: {} streams x {} B, {} thread(s)/side: {:.0} msg/s{} cpu {:.2} us/msg, rss {:.0} MiB",
                     api,
                     a.pattern,
                     a.streams,
@@ -168,6 +176,7 @@ pub fn run(a: &MsgrateArgs) -> Result<bool> {
                     } else {
                         ",".into()
                     },
+                    r.cpu_us_per_msg,
                     r.rss_mib
                 );
             }
@@ -223,16 +232,18 @@ fn one(a: &MsgrateArgs, api: Api) -> Result<RunResult> {
     }
     std::thread::sleep(Duration::from_secs(1));
     c.measuring.store(true, Relaxed);
-    let (b0, r0, t0) = (
+    let (b0, r0, t0, cpu0) = (
         c.bytes.load(Relaxed),
         c.round_trips.load(Relaxed),
         Instant::now(),
+        cpu_secs(),
     );
     std::thread::sleep(a.time);
-    let (b1, r1, secs) = (
+    let (b1, r1, secs, cpu1) = (
         c.bytes.load(Relaxed),
         c.round_trips.load(Relaxed),
         t0.elapsed().as_secs_f64(),
+        cpu_secs(),
     );
     c.measuring.store(false, Relaxed);
     let rss = rss_mib();
@@ -260,6 +271,11 @@ fn one(a: &MsgrateArgs, api: Api) -> Result<RunResult> {
         round_trips_per_s: (r1 - r0) as f64 / secs,
         latency: lat.summary(),
         rss_mib: rss,
+        cpu_us_per_msg: if messages > 0.0 {
+            (cpu1 - cpu0) * 1e6 / messages
+        } else {
+            0.0
+        },
     })
 }
 

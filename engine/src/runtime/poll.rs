@@ -21,18 +21,22 @@
 //! bounded by three per registered stream, whatever the peer does.
 //!
 //! # Cost
-//! A wake-up is one push on the poller's channel (std `mpsc`, lock-free) made by the stream's
-//! worker thread, and a futex wake only when the polling thread sleeps. The poller holds no
-//! per-stream state: a [`PolledStream`] carries its two wakers (made on its first
-//! `WouldBlock`), so 10,000 streams cost the poller nothing and a wake-up O(1).
+//! A wake-up is one push under a short lock on the poller's ready queue, made by the stream's
+//! worker thread (which holds its task wake-ups back until the end of its loop iteration, so a
+//! poller following thousands of streams is woken once per iteration, `runtime::local`), and
+//! a futex wake only when the polling thread sleeps. [`Poller::poll`] takes everything queued
+//! in one lock: O(ready). The poller holds no per-stream state: a [`PolledStream`] carries its
+//! two wakers (made on its first `WouldBlock`), so 10,000 streams cost the poller nothing and a
+//! wake-up O(1). A dropped poller's queue keeps nothing.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker as TaskWaker};
-use std::time::Duration;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -118,9 +122,78 @@ impl<'a> IntoIterator for &'a Events {
     }
 }
 
+/// A poller's queue of ready tokens, shared with the wakers of its streams.
+///
+/// One short lock per token pushed; the polling thread takes everything queued in one lock
+/// (O(ready), batched) and sleeps with `park`, so a push costs a system call only when the
+/// poller actually sleeps (`unpark` of a running thread is an atomic store). std's channel,
+/// used before, took a contended lock on every sleep and wake-up of the receiver.
+#[derive(Debug, Default)]
+struct ReadyQueue {
+    state: Mutex<ReadyState>,
+}
+
+#[derive(Debug, Default)]
+struct ReadyState {
+    words: Vec<u64>,
+    /// The polling thread, while it sleeps (or is about to).
+    sleeper: Option<Thread>,
+    /// The poller is gone: nobody takes tokens any more, so none are kept.
+    closed: bool,
+}
+
+impl ReadyQueue {
+    fn lock(&self) -> MutexGuard<'_, ReadyState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, word: u64) {
+        let sleeper = {
+            let mut s = self.lock();
+            if s.closed {
+                return;
+            }
+            s.words.push(word);
+            s.sleeper.take()
+        };
+        if let Some(t) = sleeper {
+            t.unpark();
+        }
+    }
+
+    /// Moves every queued token to `out`; or, with none queued, registers the calling thread
+    /// to be unparked by the next push and answers false.
+    fn take_or_sleep(&self, out: &mut VecDeque<u64>) -> bool {
+        let mut s = self.lock();
+        if s.words.is_empty() {
+            s.sleeper = Some(std::thread::current());
+            return false;
+        }
+        s.sleeper = None;
+        out.extend(s.words.drain(..));
+        release_if_large(&mut s.words);
+        true
+    }
+
+    fn take(&self, out: &mut VecDeque<u64>) {
+        let mut s = self.lock();
+        out.extend(s.words.drain(..));
+        release_if_large(&mut s.words);
+    }
+}
+
+/// Capacity an empty ready queue keeps (beyond it, the burst's memory goes back).
+const READY_KEEP: usize = 4096;
+
+fn release_if_large(v: &mut Vec<u64>) {
+    if v.is_empty() && v.capacity() > READY_KEEP {
+        *v = Vec::new();
+    }
+}
+
 /// The waker of one (token, direction): queues the token on its poller.
 struct TokenWake {
-    tx: Sender<u64>,
+    ready: Arc<ReadyQueue>,
     word: u64,
 }
 
@@ -129,8 +202,7 @@ impl Wake for TokenWake {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        // A poller that is gone has nobody to tell.
-        let _ = self.tx.send(self.word);
+        self.ready.push(self.word);
     }
 }
 
@@ -142,8 +214,9 @@ fn encode(token: Token, bits: u64) -> u64 {
 /// thread that drives streams has its own (a [`PolledStream`] may move to another thread with
 /// a new registration).
 pub struct Poller {
-    tx: Sender<u64>,
-    rx: Receiver<u64>,
+    ready: Arc<ReadyQueue>,
+    /// Tokens taken from `ready` that did not fit in the last `Events`.
+    pending: VecDeque<u64>,
     /// The acceptor's waker, kept so that repeated [`Poller::accept`] calls leave one waker
     /// with the server, not one per call.
     accept_waker: Option<(Token, TaskWaker)>,
@@ -152,6 +225,15 @@ pub struct Poller {
 impl fmt::Debug for Poller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Poller").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // Streams still registered may go on being woken: their tokens are dropped, not kept.
+        let mut s = self.ready.lock();
+        s.closed = true;
+        s.words = Vec::new();
     }
 }
 
@@ -164,17 +246,16 @@ impl Default for Poller {
 impl Poller {
     /// An empty poller.
     pub fn new() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
         Self {
-            tx,
-            rx,
+            ready: Arc::default(),
+            pending: VecDeque::new(),
             accept_waker: None,
         }
     }
 
     fn waker(&self, token: Token, bits: u64) -> TaskWaker {
         TaskWaker::from(Arc::new(TokenWake {
-            tx: self.tx.clone(),
+            ready: self.ready.clone(),
             word: encode(token, bits),
         }))
     }
@@ -182,11 +263,11 @@ impl Poller {
     /// Starts reporting `stream` under `token` (tokens are the caller's; `token.0` must stay
     /// below 2^62). One event (readable and writable) is reported at once.
     pub fn register(&self, stream: impl Into<AsyncMtcpStream>, token: Token) -> PolledStream {
-        let _ = self.tx.send(encode(token, READABLE | WRITABLE));
+        self.ready.push(encode(token, READABLE | WRITABLE));
         PolledStream {
             stream: stream.into(),
             token,
-            tx: self.tx.clone(),
+            ready: self.ready.clone(),
             read_waker: None,
             write_waker: None,
         }
@@ -217,34 +298,35 @@ impl Poller {
     pub fn poll(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         flush_deferred();
         events.list.clear();
-        self.drain(events);
-        if events.list.is_empty() && timeout != Some(Duration::ZERO) {
-            let first = match timeout {
-                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(t) => self.rx.recv_timeout(t),
-            };
-            match first {
-                Ok(w) => {
-                    push(events, w);
-                    self.drain(events);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                // The poller holds a sender itself: cannot happen.
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(io::Error::other("poller channel closed"));
+        if self.pending.is_empty() {
+            self.ready.take(&mut self.pending);
+        }
+        if self.pending.is_empty() && timeout != Some(Duration::ZERO) {
+            let deadline = timeout.map(|t| Instant::now() + t);
+            while !self.ready.take_or_sleep(&mut self.pending) {
+                match deadline {
+                    None => std::thread::park(),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            self.ready.lock().sleeper = None;
+                            break;
+                        }
+                        std::thread::park_timeout(d - now);
+                    }
                 }
             }
+        }
+        while events.list.len() < events.capacity {
+            let Some(w) = self.pending.pop_front() else {
+                break;
+            };
+            push(events, w);
+        }
+        if self.pending.is_empty() && self.pending.capacity() > READY_KEEP {
+            self.pending = VecDeque::new();
         }
         Ok(())
-    }
-
-    fn drain(&self, events: &mut Events) {
-        while events.list.len() < events.capacity {
-            match self.rx.try_recv() {
-                Ok(w) => push(events, w),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
     }
 
     /// Holds back the worker wake-ups of writes made on this thread until the batch is
@@ -274,7 +356,7 @@ fn push(events: &mut Events, word: u64) {
 pub struct PolledStream {
     stream: AsyncMtcpStream,
     token: Token,
-    tx: Sender<u64>,
+    ready: Arc<ReadyQueue>,
     read_waker: Option<TaskWaker>,
     write_waker: Option<TaskWaker>,
 }
@@ -297,10 +379,14 @@ impl PolledStream {
         self.token
     }
 
-    fn waker<'a>(slot: &'a mut Option<TaskWaker>, tx: &Sender<u64>, word: u64) -> &'a TaskWaker {
+    fn waker<'a>(
+        slot: &'a mut Option<TaskWaker>,
+        ready: &Arc<ReadyQueue>,
+        word: u64,
+    ) -> &'a TaskWaker {
         slot.get_or_insert_with(|| {
             TaskWaker::from(Arc::new(TokenWake {
-                tx: tx.clone(),
+                ready: ready.clone(),
                 word,
             }))
         })
@@ -309,7 +395,11 @@ impl PolledStream {
     /// Reads into `buf`: its length (0: the end of the stream, or an empty `buf`), or
     /// [`io::ErrorKind::WouldBlock`] (the stream is reported readable later).
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let waker = Self::waker(&mut self.read_waker, &self.tx, encode(self.token, READABLE));
+        let waker = Self::waker(
+            &mut self.read_waker,
+            &self.ready,
+            encode(self.token, READABLE),
+        );
         match self.stream.poll_read(&mut Context::from_waker(waker), buf) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(would_block()),
@@ -319,7 +409,11 @@ impl PolledStream {
     /// Reads the next chunk without copying it (empty: the end of the stream), or
     /// [`io::ErrorKind::WouldBlock`].
     pub fn try_read_bytes(&mut self) -> io::Result<Bytes> {
-        let waker = Self::waker(&mut self.read_waker, &self.tx, encode(self.token, READABLE));
+        let waker = Self::waker(
+            &mut self.read_waker,
+            &self.ready,
+            encode(self.token, READABLE),
+        );
         match self.stream.poll_read_bytes(&mut Context::from_waker(waker)) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(would_block()),
@@ -332,7 +426,7 @@ impl PolledStream {
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let waker = Self::waker(
             &mut self.write_waker,
-            &self.tx,
+            &self.ready,
             encode(self.token, WRITABLE),
         );
         match self.stream.poll_write(&mut Context::from_waker(waker), buf) {
@@ -345,7 +439,7 @@ impl PolledStream {
     pub fn try_write_bytes(&mut self, data: &Bytes) -> io::Result<usize> {
         let waker = Self::waker(
             &mut self.write_waker,
-            &self.tx,
+            &self.ready,
             encode(self.token, WRITABLE),
         );
         match self
@@ -434,4 +528,76 @@ pub(super) fn flush_deferred() {
         .ok()
         .flatten();
     hubs.into_iter().flatten().for_each(|h| h.wake());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wake(p: &Poller, token: usize) -> TaskWaker {
+        p.waker(Token(token), READABLE)
+    }
+
+    #[test]
+    fn tokens_beyond_the_events_capacity_wait_for_the_next_poll() {
+        let mut p = Poller::new();
+        for t in 0..10 {
+            wake(&p, t).wake();
+        }
+        let mut events = Events::with_capacity(3);
+        let mut seen = Vec::new();
+        for want in [3, 3, 3, 1, 0] {
+            p.poll(&mut events, Some(Duration::ZERO)).unwrap();
+            assert_eq!(events.len(), want);
+            seen.extend(events.iter().map(|e| e.token().0));
+        }
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_ends_the_wait_and_a_timeout_ends_it_empty() {
+        let mut p = Poller::new();
+        let mut events = Events::with_capacity(8);
+        let t0 = Instant::now();
+        p.poll(&mut events, Some(Duration::from_millis(30)))
+            .unwrap();
+        assert!(events.is_empty());
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        let w = wake(&p, 7);
+        let h = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            w.wake();
+        });
+        p.poll(&mut events, None).unwrap();
+        assert_eq!(events.iter().map(|e| e.token().0).collect::<Vec<_>>(), [7]);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_dropped_poller_keeps_no_tokens() {
+        let p = Poller::new();
+        let ready = p.ready.clone();
+        let w = wake(&p, 1);
+        drop(p);
+        for _ in 0..10_000 {
+            w.wake_by_ref();
+        }
+        assert!(ready.lock().words.is_empty());
+        assert_eq!(ready.lock().words.capacity(), 0);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let mut p = Poller::new();
+        let w = wake(&p, 1);
+        for _ in 0..(READY_KEEP + 1) {
+            w.wake_by_ref();
+        }
+        let mut events = Events::with_capacity(READY_KEEP * 2);
+        p.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        // One token, reported once per wake but merged when consecutive.
+        assert_eq!(events.len(), 1);
+        assert_eq!(p.ready.lock().words.capacity(), 0);
+        assert_eq!(p.pending.capacity(), 0);
+    }
 }

@@ -51,7 +51,7 @@ mod timers;
 mod transmit;
 mod tunnels;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,7 @@ use crate::error::{SessionError, TunnelError};
 use crate::handshake::{
     AcceptedTunnel, SessionId, SessionSecret, TransportParams, session_secrets_equal,
 };
+use crate::id_hash::IdMap;
 use crate::path::PathEstimate;
 use crate::pool_control::{PoolChange, PoolController};
 use crate::scheduler::{PathView, Scheduler};
@@ -233,7 +234,7 @@ pub struct Session {
     tunnels: Vec<Tunnel>,
     /// Boxed: a table slot is 16 bytes, so the table's spare capacity (up to half of it
     /// after a growth) costs little per stream, and an idle stream's state is one allocation.
-    streams: HashMap<StreamId, Box<Stream>>,
+    streams: IdMap<StreamId, Box<Stream>>,
     next_local_index: u64,
     /// Streams this end opened that are not forgotten yet (capped by `config.max_streams`).
     local_open: u64,
@@ -372,7 +373,7 @@ impl Session {
             peer_capabilities: 0,
             relief: relief::Relief::default(),
             tunnels,
-            streams: HashMap::new(),
+            streams: IdMap::default(),
             next_local_index: 0,
             local_open: 0,
             local_stream_limit: 0,

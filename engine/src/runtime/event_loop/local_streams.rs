@@ -112,20 +112,21 @@ impl StreamConn for LocalConn {
             return After::Keep;
         }
         loop {
-            let chunk = match self.unsent.take() {
+            let mut chunk = match self.unsent.take() {
                 Some(b) => b,
                 None => match self.ends.shared.to_loop.pop() {
                     Some(b) => b,
                     None => break,
                 },
             };
-            match session.write(self.stream, chunk.clone()) {
+            // Moved, not cloned: a whole small write goes into the stream without a copy.
+            match session.write_from(self.stream, &mut chunk) {
                 Ok(n) => {
                     self.ends.shared.tx_bytes.fetch_sub(n, SeqCst);
                     self.ends.shared.wake_writer();
-                    if n < chunk.len() {
+                    if !chunk.is_empty() {
                         // The rest waits for `StreamWritable`.
-                        self.unsent = Some(chunk.slice(n..));
+                        self.unsent = Some(chunk);
                         return After::Keep;
                     }
                 }
@@ -142,7 +143,7 @@ impl StreamConn for LocalConn {
 
     /// Moves the stream's bytes to the application while its ring has room.
     fn to_app(&mut self, session: &mut Session) -> After {
-        let shared = self.ends.shared.clone();
+        let shared = &*self.ends.shared;
         while !self.write_closed {
             // A reader that went away leaves the bytes to be consumed and dropped.
             let discard = shared.state() & APP_NO_READ != 0;
@@ -257,7 +258,11 @@ impl<D: Driver> EventLoop<D> {
             if matches!(self.entries.get(key), Some(Entry::Local(c)) if Arc::ptr_eq(&c.ends.shared, &shared))
             {
                 self.stream_to_session(key);
-                self.stream_to_app(key);
+                // Most notices are writes; the receive side needs the loop only when the
+                // reader asked (its bytes otherwise come with `StreamReadable`).
+                if shared.rx_kick.swap(false, SeqCst) {
+                    self.stream_to_app(key);
+                }
             }
         }
         if let Some(local) = self.local.as_mut() {

@@ -498,12 +498,15 @@ impl<D: Driver> EventLoop<D> {
 
     /// Runs until stopped and drained.
     pub(super) fn run(&mut self) {
+        // Task wake-ups for in-process streams go out once per iteration, before the wait.
+        let wakes = super::local::DeferWakes::begin();
         loop {
             let now = Instant::now();
             if self.stop.load(Ordering::SeqCst) {
                 self.endpoint.set_stopping();
             }
             let timeout = self.wait_timeout(now);
+            wakes.flush();
             if let Err(e) = self.io.wait(timeout, &mut self.ready) {
                 tracing::error!("event loop wait failed ({} driver): {e}", D::NAME);
                 return;

@@ -14,7 +14,7 @@
 //! proportion to the sessions with work, not to all sessions.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -23,6 +23,7 @@ use super::pool_log::PoolNow;
 use super::{EventLoop, hex};
 use crate::endpoint::{ClientRefused, Reaped, RefusalReport, SessionKey};
 use crate::error::{SessionError, TunnelError};
+use crate::id_hash::IdMap;
 use crate::runtime::io::Driver;
 use crate::session::{Event, StreamId};
 
@@ -36,7 +37,7 @@ pub(super) struct SessionIo<D: Driver> {
     /// Tunnel entry of each slot.
     pub(super) tunnels: Vec<Option<usize>>,
     /// Entry carrying each stream.
-    pub(super) streams: HashMap<StreamId, usize>,
+    pub(super) streams: IdMap<StreamId, usize>,
     /// Client: application connections waiting for a tunnel (see [`super::connect_wait`]).
     pub(super) waiting_apps: VecDeque<WaitingApp<D>>,
     /// On the ready list.
@@ -53,7 +54,7 @@ impl<D: Driver> Default for SessionIo<D> {
     fn default() -> Self {
         Self {
             tunnels: Vec::new(),
-            streams: HashMap::new(),
+            streams: IdMap::default(),
             waiting_apps: VecDeque::new(),
             queued: false,
             touched: false,

@@ -162,6 +162,7 @@ impl ReadHalf {
         };
         self.shared.rx_bytes.fetch_sub(chunk.len(), SeqCst);
         if self.shared.rx_blocked.load(SeqCst) && self.shared.rx_blocked.swap(false, SeqCst) {
+            self.shared.rx_kick.store(true, SeqCst);
             self.hub.notify(&self.shared);
         }
         self.current = chunk;
@@ -222,6 +223,7 @@ impl Read for ReadHalf {
 impl Drop for ReadHalf {
     fn drop(&mut self) {
         self.shared.set(APP_NO_READ);
+        self.shared.rx_kick.store(true, SeqCst);
         self.hub.notify(&self.shared);
     }
 }

@@ -36,6 +36,7 @@
 //! dropped them (the stream finished, its session closed, the runtime stopped, a panic): an
 //! application blocked on a stream the loop no longer services always wakes up with an error.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{
@@ -157,6 +158,10 @@ pub(super) struct StreamShared {
     /// The loop stopped filling the receive ring because it was full; the reader notifies it
     /// when it makes room.
     pub(super) rx_blocked: AtomicBool,
+    /// The reader wants the loop to fill its ring again (it made room in a full one, or went
+    /// away): the loop moves bytes to the application for this notice only when set, not for
+    /// every write the stream's notices carry.
+    pub(super) rx_kick: AtomicBool,
     /// On the hub's channel, not yet taken by the loop.
     pub(super) scheduled: AtomicBool,
     /// The loop's slab key for this stream (`usize::MAX` until it has one). Loop-only.
@@ -190,6 +195,7 @@ impl StreamShared {
             tx_bytes: AtomicUsize::new(0),
             rx_bytes: AtomicUsize::new(0),
             rx_blocked: AtomicBool::new(false),
+            rx_kick: AtomicBool::new(false),
             scheduled: AtomicBool::new(false),
             key: AtomicUsize::new(usize::MAX),
             to_loop: ChunkQueue::default(),
@@ -295,7 +301,7 @@ impl StreamShared {
                 self.cv.notify_all();
             }
             // Outside the mutex: a waker may run arbitrary code (tokio's schedules the task).
-            reader.into_iter().chain(writer).for_each(TaskWaker::wake);
+            reader.into_iter().chain(writer).for_each(wake_task);
         }
     }
 
@@ -359,6 +365,69 @@ impl StreamShared {
                 }
             };
         }
+    }
+}
+
+/// Task wake-ups an event loop holds back while one iteration works (see [`DeferWakes`]) at
+/// most; reaching it sends them at once, so the list stays bounded whatever the iteration does.
+pub(super) const DEFERRED_WAKES_MAX: usize = 4096;
+
+thread_local! {
+    /// The task wake-ups held back on this thread (`None`: not an event loop in an iteration).
+    static LOOP_WAKES: RefCell<Option<Vec<TaskWaker>>> = const { RefCell::new(None) };
+}
+
+/// Wakes `w` now, or holds it back for the end of this thread's loop iteration.
+fn wake_task(w: TaskWaker) {
+    let mut w = Some(w);
+    let full = LOOP_WAKES
+        .try_with(|d| {
+            let mut d = d.borrow_mut();
+            let list = d.as_mut()?;
+            list.extend(w.take());
+            (list.len() >= DEFERRED_WAKES_MAX).then(|| std::mem::take(list))
+        })
+        .ok()
+        .flatten();
+    // Woken with no borrow held: a waker may run arbitrary code, even wake another stream.
+    full.into_iter()
+        .flatten()
+        .chain(w)
+        .for_each(TaskWaker::wake);
+}
+
+/// An event loop's hold on its task wake-ups: while it lives, the wake-ups of async readers and
+/// writers (a [`super::Poller`]'s tokens, tokio tasks) made on this thread wait until
+/// [`DeferWakes::flush`] or the drop, so a poller that follows thousands of streams is woken
+/// once per loop iteration with all of them, not once per message (issue 10). Parked threads
+/// are still woken at once.
+#[derive(Debug)]
+pub(in crate::runtime) struct DeferWakes(());
+
+impl DeferWakes {
+    /// Starts holding back this thread's task wake-ups.
+    pub(in crate::runtime) fn begin() -> Self {
+        LOOP_WAKES.with(|d| *d.borrow_mut() = Some(Vec::new()));
+        Self(())
+    }
+
+    /// Sends the wake-ups held back so far (before the loop waits); holding back goes on.
+    pub(in crate::runtime) fn flush(&self) {
+        let list = LOOP_WAKES
+            .try_with(|d| d.borrow_mut().as_mut().map(std::mem::take))
+            .ok()
+            .flatten();
+        list.into_iter().flatten().for_each(TaskWaker::wake);
+    }
+}
+
+impl Drop for DeferWakes {
+    fn drop(&mut self) {
+        let list = LOOP_WAKES
+            .try_with(|d| d.borrow_mut().take())
+            .ok()
+            .flatten();
+        list.into_iter().flatten().for_each(TaskWaker::wake);
     }
 }
 
@@ -483,6 +552,43 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Count(AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// Task wake-ups held back in a loop iteration go out at the bound, at a flush and when
+    /// the loop's hold ends; without a hold they go at once.
+    #[test]
+    fn deferred_wakes_go_out_at_the_bound_the_flush_and_the_end() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = TaskWaker::from(count.clone());
+        let woken = || count.0.load(SeqCst);
+        wake_task(waker.clone());
+        assert_eq!(woken(), 1, "no hold: at once");
+        let hold = DeferWakes::begin();
+        for _ in 0..DEFERRED_WAKES_MAX - 1 {
+            wake_task(waker.clone());
+        }
+        assert_eq!(woken(), 1, "held back");
+        wake_task(waker.clone());
+        assert_eq!(woken(), 1 + DEFERRED_WAKES_MAX, "the bound sends them");
+        wake_task(waker.clone());
+        hold.flush();
+        assert_eq!(woken(), 2 + DEFERRED_WAKES_MAX, "the flush sends them");
+        wake_task(waker.clone());
+        drop(hold);
+        assert_eq!(
+            woken(),
+            3 + DEFERRED_WAKES_MAX,
+            "the end of the hold sends them"
+        );
+        wake_task(waker);
+        assert_eq!(woken(), 4 + DEFERRED_WAKES_MAX, "no hold again: at once");
+    }
 
     /// The memory an idle in-process stream costs in this module (the loop's entry and the
     /// session's own stream state come on top; `tests/runtime_api_memory.rs` measures it all).

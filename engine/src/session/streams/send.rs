@@ -60,6 +60,14 @@ impl Session {
     /// a write of [`crate::chunks::COALESCE_BELOW`] bytes or more; a smaller one is copied onto the
     /// stream's last queued chunk.
     pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<usize, StreamError> {
+        let mut data = data;
+        self.write_from(id, &mut data)
+    }
+
+    /// Like [`Session::write`], taking the bytes it queues off the front of `data` (what the
+    /// send buffer had no room for stays there). A write taken whole moves the caller's buffer
+    /// into the stream, so a small chunk nothing else holds is queued without a copy.
+    pub fn write_from(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, StreamError> {
         let limit = self.config.stream_send_buffer;
         let s = self.stream_mut(id)?;
         if s.fin_requested {
@@ -75,7 +83,12 @@ impl Session {
         }
         s.send_queued += n;
         // Small writes share chunks, so a full send buffer costs about its bytes.
-        crate::chunks::append_small(&mut s.send_queue, data.slice(..n));
+        let taken = if n == data.len() {
+            std::mem::take(data)
+        } else {
+            data.split_to(n)
+        };
+        crate::chunks::append_small(&mut s.send_queue, taken);
         if !s.in_ready {
             s.in_ready = true;
             self.ready.push_back(id);
