@@ -43,10 +43,15 @@
 //! - this file: the [`Driver`] the loop holds, which ties them together.
 
 mod accept;
+mod bufring;
 mod completion;
+mod recv;
 mod ring;
 mod stream;
+#[cfg(test)]
+mod tests;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -59,10 +64,14 @@ use slab::Slab;
 
 use super::io::{Driver, Ready, Waker, WakerInner};
 pub(super) use accept::UringListener;
+use bufring::BufRing;
 pub(super) use ring::probe;
-use ring::{Core, CoreRef, OpKind, Rx, Sock, lock};
+use ring::{Core, CoreRef, OpKind, Sock, lock};
 pub(super) use stream::UringStream;
 use stream::stream;
+
+/// How soon the wait returns while sockets still wait for ring buffers.
+const STARVED_RETRY: Duration = Duration::from_millis(1);
 
 /// The io_uring driver.
 pub(super) struct Uring {
@@ -71,7 +80,28 @@ pub(super) struct Uring {
 
 impl Uring {
     pub(super) fn new(read_chunk: usize) -> io::Result<(Self, Waker)> {
+        Self::with_ring(read_chunk, bufring::RING_BUFFERS)
+    }
+
+    /// The driver with a buffer ring of `buffers` receive buffers (0: none, each socket
+    /// receives into its own, as on a kernel that refuses the ring).
+    pub(super) fn with_ring(read_chunk: usize, buffers: u16) -> io::Result<(Self, Waker)> {
         let ring = ring::ring()?;
+        let read_chunk = read_chunk.max(4096);
+        let bufs = if buffers == 0 {
+            None
+        } else {
+            match BufRing::new(&ring, buffers, read_chunk.min(bufring::RING_BUFFER_MAX)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::info!(
+                        "io_uring: no provided-buffer ring ({e}); each socket keeps a receive \
+                         buffer of its own"
+                    );
+                    None
+                }
+            }
+        };
         // SAFETY: plain eventfd creation; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -85,10 +115,15 @@ impl Uring {
             socks: Slab::new(),
             ops: Slab::new(),
             ready: Vec::new(),
-            read_chunk: read_chunk.max(4096),
+            read_chunk,
             wake_fd,
             accept_retry: Vec::new(),
             accept_multi: true,
+            bufs,
+            holding: Vec::new(),
+            starved: VecDeque::new(),
+            multishots: 0,
+            dry_log: (Instant::now(), 0),
         };
         core.start(None, OpKind::Wake(Box::new(0)));
         Ok((
@@ -179,6 +214,8 @@ impl Driver for Uring {
             ));
         }
         c.socks[id].token = None;
+        // Nothing arms a receive again from here on.
+        c.socks[id].detached = true;
         // A receive left in flight would take bytes meant for the new owner: cancel it and wait
         // until the kernel has given it back (with whatever it had received by then).
         let ops = [c.socks[id].recv_op, c.socks[id].poll_op];
@@ -197,26 +234,31 @@ impl Driver for Uring {
         if c.socks[id].inflight != 0 {
             return Err(io::Error::other("a cancelled receive did not come back"));
         }
-        let received = match c.socks[id].rx.take() {
-            Some(Rx::Data(data, pos, end)) => Bytes::copy_from_slice(&data[pos..end]),
-            // End of stream and errors are still there for the next owner to read.
-            Some(Rx::Eof) | Some(Rx::Err(_)) | None => Bytes::new(),
-        };
+        // End of stream and errors are still there for the next owner to read.
+        let mut received = Vec::new();
+        c.consume(id, usize::MAX, |b| received.extend_from_slice(b));
+        c.release_rx(id);
         drop(c);
         // The record and the original descriptor go with `s`; the duplicate lives on.
         let sock = s.sock.try_clone()?;
         drop(s);
-        Ok((sock, received))
+        Ok((sock, Bytes::from(received)))
     }
 
     fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()> {
         let mut c = lock(&self.core);
+        // The loop has handled the last turn's events: what it left unread leaves the ring.
+        c.spill();
         c.reap();
         let now = Instant::now();
-        let timeout = match c.retry_accepts(now) {
+        let mut timeout = match c.retry_accepts(now) {
             Some(at) => timeout.min(at.saturating_duration_since(now)),
             None => timeout,
         };
+        if c.rearm_starved(now) {
+            // More sockets missed the ring than it has buffers: come back for the rest soon.
+            timeout = timeout.min(STARVED_RETRY);
+        }
         let result = if c.ready.is_empty() {
             let ts = types::Timespec::from(timeout);
             let args = types::SubmitArgs::new().timespec(&ts);
