@@ -9,7 +9,10 @@
 //!
 //! The ring is the kernel's shared array of `(address, length, id)` entries: the kernel takes
 //! from its head when a receive completes and reports the id in the completion
-//! (`IORING_CQE_F_BUFFER`); this side appends at the tail when the buffer is free again. Every
+//! (`IORING_CQE_F_BUFFER`); this side appends at the tail when the buffer is free again. Where
+//! the kernel has it (6.12), the ring consumes buffers incrementally: successive receives fill
+//! one buffer until it is full, so a 64 B message takes 64 B of a buffer, not a buffer; a buffer
+//! then holds several sockets' chunks and goes back once the last is read. Every
 //! buffer is either in the ring or held by exactly one queued chunk of one socket; the end of
 //! each loop turn copies what a socket left unread out of its ring buffers (see
 //! `Core::spill`), so the ring is full again whenever the loop waits and a slow reader never
@@ -51,6 +54,14 @@ pub(super) struct BufRing {
     size: usize,
     /// Buffers the kernel has handed out and this side has not given back.
     out: usize,
+    /// Registered with `IOU_PBUF_RING_INC` (Linux 6.12): the kernel fills a buffer across
+    /// several receives, so small messages share one instead of taking one each.
+    inc: bool,
+    /// Per buffer: where the kernel writes next (with `inc`), the queued chunks still in it,
+    /// and whether the kernel is done with it (the ring's head has moved past it).
+    fill: Vec<usize>,
+    refs: Vec<u32>,
+    done: Vec<bool>,
     /// Times a receive found the ring empty (`ENOBUFS`), for the rate-limited log.
     pub(super) dry: u64,
 }
@@ -82,17 +93,28 @@ impl BufRing {
             bufs: (0..count).map(|_| Vec::with_capacity(size)).collect(),
             size,
             out: 0,
+            inc: true,
+            fill: vec![0; usize::from(count)],
+            refs: vec![0; usize::from(count)],
+            done: vec![false; usize::from(count)],
             dry: 0,
         };
         // SAFETY: the entries stay allocated (and the buffers they name alive) until `self` is
         // dropped, which unregisters first; see `Drop`.
-        unsafe {
+        let register = |flags: u16| unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 this.entries.as_ptr() as u64,
                 count,
                 GROUP,
-                0,
-            )?;
+                flags,
+            )
+        };
+        if let Err(e) = register(io_uring::types::IOU_PBUF_RING_INC as u16) {
+            tracing::debug!(
+                "io_uring: no incremental buffer consumption ({e}): a buffer per receive"
+            );
+            this.inc = false;
+            register(0)?;
         }
         for bid in 0..count {
             this.push(bid);
@@ -111,32 +133,70 @@ impl BufRing {
         usize::from(self.count) - self.out
     }
 
-    /// A completion named buffer `bid`: it is out of the ring until [`Self::give_back`].
-    pub(super) fn taken(&mut self, bid: u16) -> bool {
-        if usize::from(bid) >= self.bufs.len() || self.out >= usize::from(self.count) {
-            return false;
+    /// A receive completed into buffer `bid` with `len` bytes (`more`: the kernel goes on
+    /// filling it, `IORING_CQE_F_BUF_MORE`). Gives where the bytes are in the buffer, counted as
+    /// one queued chunk until [`Self::release`]; `None` for a buffer id out of range.
+    pub(super) fn received(&mut self, bid: u16, len: usize, more: bool) -> Option<(usize, usize)> {
+        let b = usize::from(bid);
+        if b >= self.bufs.len() || self.done[b] {
+            return None;
         }
-        self.out += 1;
-        true
+        let start = if self.inc { self.fill[b] } else { 0 };
+        let end = (start + len).min(self.size);
+        if self.inc {
+            self.fill[b] = end;
+        }
+        if len > 0 {
+            self.refs[b] += 1;
+        }
+        // A receive of nothing moves no head (the kernel commits zero bytes), so only a
+        // receive with bytes says the kernel is done with an incremental buffer.
+        if !self.inc || (len > 0 && !more) {
+            self.done[b] = true;
+            self.out += 1;
+        }
+        self.recycle(bid);
+        Some((start, end))
     }
 
-    /// The first `len` bytes of buffer `bid` (written by the kernel's receive).
+    /// A chunk in buffer `bid` was consumed; the buffer goes back to the ring once the kernel
+    /// is done with it and nothing queued is left in it.
+    pub(super) fn release(&mut self, bid: u16) {
+        let b = usize::from(bid);
+        if b < self.refs.len() {
+            self.refs[b] = self.refs[b].saturating_sub(1);
+            self.recycle(bid);
+        }
+    }
+
+    /// Whether the one chunk left in buffer `bid` owns it whole (it can change hands).
+    pub(super) fn sole(&self, bid: u16) -> bool {
+        let b = usize::from(bid);
+        b < self.bufs.len() && self.done[b] && self.refs[b] == 1
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        let b = usize::from(bid);
+        if self.done[b] && self.refs[b] == 0 {
+            self.done[b] = false;
+            self.fill[b] = 0;
+            self.push(bid);
+            self.publish();
+            self.out = self.out.saturating_sub(1);
+        }
+    }
+
+    /// The first `len` bytes of buffer `bid` (written by the kernel's receives).
     pub(super) fn data(&self, bid: u16, len: usize) -> &[u8] {
         let buf = &self.bufs[usize::from(bid)];
         let len = len.min(buf.capacity());
-        // SAFETY: the kernel wrote the first `len` bytes (the completion's result, at most the
-        // buffer's capacity) and the buffer is out of the ring, so nothing writes it now.
+        // SAFETY: the kernel wrote the first `len` bytes (the completions' results, within the
+        // buffer's capacity) and does not write them again until the buffer is back in the ring.
         unsafe { std::slice::from_raw_parts(buf.as_ptr(), len) }
     }
 
-    /// Puts buffer `bid` back in the ring.
-    pub(super) fn give_back(&mut self, bid: u16) {
-        self.push(bid);
-        self.publish();
-        self.out = self.out.saturating_sub(1);
-    }
-
-    /// Hands buffer `bid` over whole (its first `len` bytes) and puts a fresh one in its place.
+    /// Hands buffer `bid` over whole (its first `len` bytes; see [`Self::sole`]) and puts a
+    /// fresh one in its place.
     pub(super) fn hand_over(&mut self, bid: u16, len: usize) -> Vec<u8> {
         let mut buf = std::mem::replace(
             &mut self.bufs[usize::from(bid)],
@@ -144,7 +204,7 @@ impl BufRing {
         );
         // SAFETY: as in `data`: the kernel initialised these bytes.
         unsafe { buf.set_len(len.min(buf.capacity())) };
-        self.give_back(bid);
+        self.release(bid);
         buf
     }
 

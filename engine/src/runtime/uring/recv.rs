@@ -61,8 +61,14 @@ impl Core {
         if !more {
             self.ops.remove(key);
         }
-        let bid = io_uring::cqueue::buffer_select(flags)
-            .filter(|&b| self.bufs.as_mut().is_some_and(|r| r.taken(b)));
+        let len = res.max(0) as usize;
+        let buf_more = io_uring::cqueue::buffer_more(flags);
+        // Where this receive's bytes are: buffer, start, end.
+        let got = io_uring::cqueue::buffer_select(flags).and_then(|b| {
+            let r = self.bufs.as_mut()?;
+            r.received(b, len, buf_more)
+                .map(|(start, end)| (b, start, end))
+        });
         let s = &mut self.socks[id];
         if !more {
             s.inflight -= 1;
@@ -72,8 +78,8 @@ impl Core {
             s.cancelling = false;
         }
         if s.closed {
-            if let (Some(b), Some(r)) = (bid, self.bufs.as_mut()) {
-                r.give_back(b);
+            if let (Some((b, _, _)), Some(r), true) = (got, self.bufs.as_mut(), len > 0) {
+                r.release(b);
             }
             if s.inflight == 0 {
                 self.socks.remove(id);
@@ -81,12 +87,12 @@ impl Core {
             return;
         }
         let was_empty = s.rx.is_empty() && s.rx_end.is_none();
-        match bid {
-            Some(b) if res > 0 => {
+        match got {
+            Some((b, start, end)) if res > 0 => {
                 s.rx.push_back(Chunk::Ring {
                     bid: b,
-                    pos: 0,
-                    end: res as usize,
+                    pos: start,
+                    end,
                 });
                 if !s.holding {
                     s.holding = true;
@@ -94,9 +100,6 @@ impl Core {
                 }
             }
             _ => {
-                if let (Some(b), Some(r)) = (bid, self.bufs.as_mut()) {
-                    r.give_back(b);
-                }
                 if res == 0 {
                     s.rx_end = Some(Rx::Eof);
                 } else if res == -libc::ENOBUFS {
@@ -163,7 +166,7 @@ impl Core {
             match s.rx.pop_front() {
                 Some(Chunk::Ring { bid, .. }) => {
                     if let Some(r) = bufs.as_mut() {
-                        r.give_back(bid);
+                        r.release(bid);
                     }
                 }
                 Some(Chunk::Heap { data, .. }) => {
@@ -185,8 +188,11 @@ impl Core {
     pub(super) fn take_whole(&mut self, id: usize) -> Option<Vec<u8>> {
         let s = &mut self.socks[id];
         let whole = match s.rx.front() {
-            Some(Chunk::Ring { pos: 0, end, .. }) => {
-                self.bufs.as_ref().is_some_and(|r| *end >= r.size() / 4)
+            Some(Chunk::Ring { bid, pos: 0, end }) => {
+                // Only a buffer no other chunk shares changes hands.
+                self.bufs
+                    .as_ref()
+                    .is_some_and(|r| *end >= r.size() / 4 && r.sole(*bid))
             }
             Some(Chunk::Heap { pos: 0, end, .. }) => *end >= self.read_chunk / 4,
             _ => false,
@@ -212,7 +218,7 @@ impl Core {
         let s = &mut self.socks[id];
         for chunk in s.rx.drain(..) {
             if let (Chunk::Ring { bid, .. }, Some(r)) = (chunk, self.bufs.as_mut()) {
-                r.give_back(bid);
+                r.release(bid);
             }
         }
     }
@@ -238,7 +244,7 @@ impl Core {
             for chunk in s.rx.iter_mut() {
                 if let Chunk::Ring { bid, pos, end } = *chunk {
                     let data = r.data(bid, end)[pos..].to_vec();
-                    r.give_back(bid);
+                    r.release(bid);
                     *chunk = Chunk::Heap {
                         end: data.len(),
                         data,
