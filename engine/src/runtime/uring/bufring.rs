@@ -26,13 +26,20 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::IoUring;
 use io_uring::types::BufRingEntry;
 
-/// Buffers in each worker's ring (a power of two, at most 32,768). With [`RING_BUFFER_MAX`] this
-/// bounds what a worker's receive buffers can take: 512 × 16 KiB = 8 MiB, however many sockets
-/// it holds (each socket used to keep a `read_chunk` buffer of its own in flight). 512 receives
-/// completing in one turn of the loop is more than the 1,000-connection ping-pong produces; when
+/// Buffers in each worker's ring (a power of two, at most 8,192). With [`RING_BUFFER_MAX`] this
+/// bounds what a worker's receive buffers can take: 128 × 16 KiB = 2 MiB, however many sockets
+/// it holds (each socket used to keep a `read_chunk` buffer of its own in flight). The kernel
+/// fills buffers one after the other (incremental consumption), so the whole ring becomes
+/// resident once traffic has cycled through it: this is a fixed cost per worker. 2 MiB is far
+/// more than a turn of the loop receives in the 8,000-connection ping-pong (8,000 × 64 B); when
 /// a burst does run the ring dry, the sockets it missed are armed again once the turn has given
 /// the buffers back.
-pub(super) const RING_BUFFERS: u16 = 512;
+pub(super) const RING_BUFFERS: u16 = 128;
+
+/// Without incremental consumption (Linux before 6.12) every receive takes a whole buffer, small
+/// or not, so the ring gets this many times [`RING_BUFFERS`] (only the pages the kernel writes
+/// become resident: the first of each buffer for small messages).
+pub(super) const WHOLE_FACTOR: u16 = 4;
 
 /// Largest buffer in the ring; a smaller `read_chunk` makes them smaller. Small enough that the
 /// whole ring stays a few MiB (its pages become resident as the kernel writes them, and the
@@ -70,13 +77,15 @@ impl BufRing {
     /// Sets up `count` buffers of `size` bytes and registers them with `ring`; an error when the
     /// kernel refuses (before 5.19), and the driver then gives each socket its own buffer.
     pub(super) fn new(ring: &IoUring, count: u16, size: usize) -> io::Result<Self> {
-        if !count.is_power_of_two() || count > 32768 || size == 0 {
+        if !count.is_power_of_two() || count > 32768 / WHOLE_FACTOR || size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "a buffer ring needs a power-of-two count up to 32768 and a non-zero size",
+                "a buffer ring needs a power-of-two count up to 8192 and a non-zero size",
             ));
         }
-        let bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
+        // Room for the entries of either kind of ring (16 B each).
+        let most = usize::from(count * WHOLE_FACTOR);
+        let bytes = most * std::mem::size_of::<BufRingEntry>();
         // The kernel wants the entries page aligned.
         let layout = Layout::from_size_align(bytes.max(4096), 4096)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -90,37 +99,49 @@ impl BufRing {
             layout,
             count,
             tail: 0,
-            bufs: (0..count).map(|_| Vec::with_capacity(size)).collect(),
+            bufs: Vec::new(),
             size,
             out: 0,
             inc: true,
-            fill: vec![0; usize::from(count)],
-            refs: vec![0; usize::from(count)],
-            done: vec![false; usize::from(count)],
+            fill: Vec::new(),
+            refs: Vec::new(),
+            done: Vec::new(),
             dry: 0,
         };
         // SAFETY: the entries stay allocated (and the buffers they name alive) until `self` is
         // dropped, which unregisters first; see `Drop`.
-        let register = |flags: u16| unsafe {
+        let register = |count: u16, flags: u16| unsafe {
             ring.submitter().register_buf_ring_with_flags(
-                this.entries.as_ptr() as u64,
+                entries.as_ptr() as u64,
                 count,
                 GROUP,
                 flags,
             )
         };
-        if let Err(e) = register(io_uring::types::IOU_PBUF_RING_INC as u16) {
+        if let Err(e) = register(count, io_uring::types::IOU_PBUF_RING_INC as u16) {
+            // Each receive then takes a whole buffer: more of them.
             tracing::debug!(
                 "io_uring: no incremental buffer consumption ({e}): a buffer per receive"
             );
             this.inc = false;
-            register(0)?;
+            this.count = count * WHOLE_FACTOR;
+            register(this.count, 0)?;
         }
-        for bid in 0..count {
+        let n = usize::from(this.count);
+        this.bufs = (0..n).map(|_| Vec::with_capacity(size)).collect();
+        this.fill = vec![0; n];
+        this.refs = vec![0; n];
+        this.done = vec![false; n];
+        for bid in 0..this.count {
             this.push(bid);
         }
         this.publish();
         Ok(this)
+    }
+
+    /// Buffers in the ring.
+    pub(super) fn count(&self) -> u16 {
+        self.count
     }
 
     /// Each buffer's capacity.

@@ -17,7 +17,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::bufring::RING_BUFFERS;
 use super::ring::{Chunk, Core, OpKind, Rx};
 use super::stream::HANDSHAKE_RECV;
 
@@ -277,10 +276,10 @@ impl Core {
             return false;
         };
         let mut budget = r.free();
-        let (size, dry) = (r.size(), r.dry);
+        let (size, dry, count) = (r.size(), r.dry, r.count());
         if dry > self.dry_log.1 && now >= self.dry_log.0 {
             tracing::info!(
-                "io_uring: the receive buffer ring ({RING_BUFFERS} buffers of {size} B) ran dry \
+                "io_uring: the receive buffer ring ({count} buffers of {size} B) ran dry \
                  {} times since the last report; the sockets it missed were armed again",
                 dry - self.dry_log.1
             );
