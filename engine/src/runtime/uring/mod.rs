@@ -4,12 +4,18 @@
 //! what the loop does with the bytes ([`super::event_loop`] is shared with mio).
 //!
 //! # Completion model
-//! - Each stream has at most one receive in flight, into a buffer it owns (`read_chunk` bytes
-//!   of capacity, or [`stream::HANDSHAKE_RECV`] while the loop says the connection is in its handshake,
-//!   so a half-open connection does not pin a bulk buffer; a well-filled one is handed to the session as `Bytes` without a copy, tunnel
-//!   bytes are appended straight to the tunnel's receive buffer), and at most one vectored send (`SENDMSG` with `MSG_NOSIGNAL`) of clones of the queued
-//!   `Bytes`, which keep the payload alive until the completion arrives. The loop's outbox only
-//!   drops bytes the completion reports as sent, so the send never references freed memory.
+//! - Each stream keeps one multishot receive armed that takes buffers from the worker's
+//!   provided-buffer ring only when bytes arrive (`bufring`, `recv`): an idle socket holds no
+//!   receive buffer. Received chunks queue per socket; a buffer goes back to the ring once its
+//!   bytes are read, and what the loop leaves unread at the end of a turn is copied out and the
+//!   multishot cancelled until the socket is read empty (flow control). Without a ring (a kernel
+//!   before 5.19) each stream has one receive into a buffer of its own (`read_chunk`, or
+//!   [`stream::HANDSHAKE_RECV`] during a handshake). A well-filled buffer is handed to the
+//!   session as `Bytes` without a copy, tunnel bytes are appended to the tunnel's receive buffer.
+//!   At most one vectored send (`SENDMSG` with `MSG_NOSIGNAL`) of clones of the queued
+//!   `Bytes` is in flight, which keep the payload alive until the completion arrives. The loop's
+//!   outbox only drops bytes the completion reports as sent, so the send never references freed
+//!   memory.
 //! - A `read` that finds no completed receive arms one and answers `WouldBlock`; a `write` that
 //!   finds no completed send submits one and answers `WouldBlock`. Every completion becomes an
 //!   event for the socket's token, which is exactly the edge the shared loop waits for.
@@ -38,8 +44,10 @@
 //! # Files
 //! - `ring`: the ring, the operation table, submission batching, cancellation, shutdown.
 //! - `completion`: what each completion means for its socket; the ready events.
+//! - `bufring`: the provided-buffer ring and its size.
+//! - `recv`: each socket's receive queue, the multishot receive, spilling and re-arming.
 //! - `accept`: listeners, multishot accept with the one-shot fallback, the back-off.
-//! - `stream`: streams' receive and vectored send.
+//! - `stream`: streams' reads and vectored send.
 //! - this file: the [`Driver`] the loop holds, which ties them together.
 
 mod accept;
