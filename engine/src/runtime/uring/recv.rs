@@ -168,12 +168,11 @@ impl Core {
                         r.release(bid);
                     }
                 }
-                Some(Chunk::Heap { data, .. }) => {
-                    if data.capacity() >= read_chunk {
-                        s.spare = data;
-                    }
+                // A receive buffer of the socket's own is kept for its next receive.
+                Some(Chunk::Heap { data, .. }) if data.capacity() >= read_chunk => {
+                    s.spare = data;
                 }
-                None => {}
+                Some(Chunk::Heap { .. }) | None => {}
             }
         }
         if s.rx.is_empty() {

@@ -116,7 +116,7 @@ fn exhaust(buffers: u16) {
     drop(clients);
     // Each sees the end of its stream.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut eof = vec![false; CONNS];
+    let mut eof = [false; CONNS];
     let mut ready = Vec::new();
     let mut buf = [0u8; 64];
     while eof.iter().any(|e| !e) {
