@@ -10,19 +10,29 @@
 
 use std::io;
 
-use super::ring::{Core, OpKind, Rx, UNTRACKED};
+use super::ring::{Chunk, Core, Op, OpKind, Rx, UNTRACKED};
 
 impl Core {
     pub(super) fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
         if user_data == UNTRACKED {
             return;
         }
-        if io_uring::cqueue::more(flags) {
-            // A multishot operation goes on: it keeps its place in the table.
-            self.complete_more(user_data as usize, res);
+        let key = user_data as usize;
+        let more = io_uring::cqueue::more(flags);
+        if let Some(Op {
+            kind: OpKind::RecvMulti,
+            ..
+        }) = self.ops.get(key)
+        {
+            self.recv_multi_done(key, res, flags, more);
             return;
         }
-        let Some(op) = self.ops.try_remove(user_data as usize) else {
+        if more {
+            // A multishot operation goes on: it keeps its place in the table.
+            self.complete_more(key, res);
+            return;
+        }
+        let Some(op) = self.ops.try_remove(key) else {
             return;
         };
         let err = || io::Error::from_raw_os_error(-res);
@@ -38,21 +48,27 @@ impl Core {
         let (readable, writable) = match op.kind {
             OpKind::Recv(mut buf) => {
                 s.recv_op = None;
-                s.rx = if res > 0 {
+                if res > 0 {
                     // SAFETY: the kernel initialised the first `res` bytes (at most the capacity
                     // it was given).
-                    unsafe { buf.set_len(res as usize) };
-                    Some(Rx::Data(buf, 0, res as usize))
+                    unsafe { buf.set_len((res as usize).min(buf.capacity())) };
+                    let end = buf.len();
+                    s.rx.push_back(Chunk::Heap {
+                        data: buf,
+                        pos: 0,
+                        end,
+                    });
                 } else if res == 0 {
-                    Some(Rx::Eof)
+                    s.rx_end = Some(Rx::Eof);
                 } else if retry || s.closed {
                     s.spare = buf;
-                    None
                 } else {
-                    Some(Rx::Err(err()))
-                };
+                    s.rx_end = Some(Rx::Err(err()));
+                }
                 (true, false)
             }
+            // Handled above, before the table entry is taken.
+            OpKind::RecvMulti => (false, false),
             OpKind::Send { .. } => {
                 s.send_op = None;
                 s.sent = if res >= 0 {

@@ -4,12 +4,18 @@
 //! what the loop does with the bytes ([`super::event_loop`] is shared with mio).
 //!
 //! # Completion model
-//! - Each stream has at most one receive in flight, into a buffer it owns (`read_chunk` bytes
-//!   of capacity, or [`stream::HANDSHAKE_RECV`] while the loop says the connection is in its handshake,
-//!   so a half-open connection does not pin a bulk buffer; a well-filled one is handed to the session as `Bytes` without a copy, tunnel
-//!   bytes are appended straight to the tunnel's receive buffer), and at most one vectored send (`SENDMSG` with `MSG_NOSIGNAL`) of clones of the queued
-//!   `Bytes`, which keep the payload alive until the completion arrives. The loop's outbox only
-//!   drops bytes the completion reports as sent, so the send never references freed memory.
+//! - Each stream keeps one multishot receive armed that takes buffers from the worker's
+//!   provided-buffer ring only when bytes arrive (`bufring`, `recv`): an idle socket holds no
+//!   receive buffer. Received chunks queue per socket; a buffer goes back to the ring once its
+//!   bytes are read, and what the loop leaves unread at the end of a turn is copied out and the
+//!   multishot cancelled until the socket is read empty (flow control). Without a ring (a kernel
+//!   before 5.19) each stream has one receive into a buffer of its own (`read_chunk`, or
+//!   [`stream::HANDSHAKE_RECV`] during a handshake). A well-filled buffer is handed to the
+//!   session as `Bytes` without a copy, tunnel bytes are appended to the tunnel's receive buffer.
+//!   At most one vectored send (`SENDMSG` with `MSG_NOSIGNAL`) of clones of the queued
+//!   `Bytes` is in flight, which keep the payload alive until the completion arrives. The loop's
+//!   outbox only drops bytes the completion reports as sent, so the send never references freed
+//!   memory.
 //! - A `read` that finds no completed receive arms one and answers `WouldBlock`; a `write` that
 //!   finds no completed send submits one and answers `WouldBlock`. Every completion becomes an
 //!   event for the socket's token, which is exactly the edge the shared loop waits for.
@@ -38,15 +44,22 @@
 //! # Files
 //! - `ring`: the ring, the operation table, submission batching, cancellation, shutdown.
 //! - `completion`: what each completion means for its socket; the ready events.
+//! - `bufring`: the provided-buffer ring and its size.
+//! - `recv`: each socket's receive queue, the multishot receive, spilling and re-arming.
 //! - `accept`: listeners, multishot accept with the one-shot fallback, the back-off.
-//! - `stream`: streams' receive and vectored send.
+//! - `stream`: streams' reads and vectored send.
 //! - this file: the [`Driver`] the loop holds, which ties them together.
 
 mod accept;
+mod bufring;
 mod completion;
+mod recv;
 mod ring;
 mod stream;
+#[cfg(test)]
+mod tests;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -59,10 +72,14 @@ use slab::Slab;
 
 use super::io::{Driver, Ready, Waker, WakerInner};
 pub(super) use accept::UringListener;
+use bufring::BufRing;
 pub(super) use ring::probe;
-use ring::{Core, CoreRef, OpKind, Rx, Sock, lock};
+use ring::{Core, CoreRef, OpKind, Sock, lock};
 pub(super) use stream::UringStream;
 use stream::stream;
+
+/// How soon the wait returns while sockets still wait for ring buffers.
+const STARVED_RETRY: Duration = Duration::from_millis(1);
 
 /// The io_uring driver.
 pub(super) struct Uring {
@@ -71,7 +88,28 @@ pub(super) struct Uring {
 
 impl Uring {
     pub(super) fn new(read_chunk: usize) -> io::Result<(Self, Waker)> {
+        Self::with_ring(read_chunk, bufring::RING_BUFFERS)
+    }
+
+    /// The driver with a buffer ring of `buffers` receive buffers (0: none, each socket
+    /// receives into its own, as on a kernel that refuses the ring).
+    pub(super) fn with_ring(read_chunk: usize, buffers: u16) -> io::Result<(Self, Waker)> {
         let ring = ring::ring()?;
+        let read_chunk = read_chunk.max(4096);
+        let bufs = if buffers == 0 {
+            None
+        } else {
+            match BufRing::new(&ring, buffers, read_chunk.min(bufring::RING_BUFFER_MAX)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::info!(
+                        "io_uring: no provided-buffer ring ({e}); each socket keeps a receive \
+                         buffer of its own"
+                    );
+                    None
+                }
+            }
+        };
         // SAFETY: plain eventfd creation; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -85,10 +123,15 @@ impl Uring {
             socks: Slab::new(),
             ops: Slab::new(),
             ready: Vec::new(),
-            read_chunk: read_chunk.max(4096),
+            read_chunk,
             wake_fd,
             accept_retry: Vec::new(),
             accept_multi: true,
+            bufs,
+            holding: Vec::new(),
+            starved: VecDeque::new(),
+            multishots: 0,
+            dry_log: (Instant::now(), 0),
         };
         core.start(None, OpKind::Wake(Box::new(0)));
         Ok((
@@ -179,6 +222,8 @@ impl Driver for Uring {
             ));
         }
         c.socks[id].token = None;
+        // Nothing arms a receive again from here on.
+        c.socks[id].detached = true;
         // A receive left in flight would take bytes meant for the new owner: cancel it and wait
         // until the kernel has given it back (with whatever it had received by then).
         let ops = [c.socks[id].recv_op, c.socks[id].poll_op];
@@ -197,26 +242,31 @@ impl Driver for Uring {
         if c.socks[id].inflight != 0 {
             return Err(io::Error::other("a cancelled receive did not come back"));
         }
-        let received = match c.socks[id].rx.take() {
-            Some(Rx::Data(data, pos, end)) => Bytes::copy_from_slice(&data[pos..end]),
-            // End of stream and errors are still there for the next owner to read.
-            Some(Rx::Eof) | Some(Rx::Err(_)) | None => Bytes::new(),
-        };
+        // End of stream and errors are still there for the next owner to read.
+        let mut received = Vec::new();
+        c.consume(id, usize::MAX, |b| received.extend_from_slice(b));
+        c.release_rx(id);
         drop(c);
         // The record and the original descriptor go with `s`; the duplicate lives on.
         let sock = s.sock.try_clone()?;
         drop(s);
-        Ok((sock, received))
+        Ok((sock, Bytes::from(received)))
     }
 
     fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready>) -> io::Result<()> {
         let mut c = lock(&self.core);
+        // The loop has handled the last turn's events: what it left unread leaves the ring.
+        c.spill();
         c.reap();
         let now = Instant::now();
-        let timeout = match c.retry_accepts(now) {
+        let mut timeout = match c.retry_accepts(now) {
             Some(at) => timeout.min(at.saturating_duration_since(now)),
             None => timeout,
         };
+        if c.rearm_starved(now) {
+            // More sockets missed the ring than it has buffers: come back for the rest soon.
+            timeout = timeout.min(STARVED_RETRY);
+        }
         let result = if c.ready.is_empty() {
             let ts = types::Timespec::from(timeout);
             let args = types::SubmitArgs::new().timespec(&ts);

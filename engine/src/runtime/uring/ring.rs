@@ -20,6 +20,7 @@ use io_uring::{IoUring, opcode, types};
 use slab::Slab;
 
 use super::super::io::Ready;
+use super::bufring::{BufRing, GROUP};
 
 /// `user_data` of operations nobody waits for (cancellations).
 pub(super) const UNTRACKED: u64 = u64::MAX;
@@ -67,7 +68,10 @@ pub(in crate::runtime) fn probe() -> io::Result<()> {
 }
 
 pub(super) enum OpKind {
+    /// A receive into the socket's own buffer (no buffer ring).
     Recv(Vec<u8>),
+    /// A multishot receive taking buffers from the ring ([`super::bufring`]).
+    RecvMulti,
     Send {
         _bufs: Vec<Bytes>,
         _iov: Box<[libc::iovec]>,
@@ -83,8 +87,21 @@ pub(super) struct Op {
     pub(super) kind: OpKind,
 }
 
+/// Received bytes a socket has not handed out yet: `data[pos..end]`.
+pub(super) enum Chunk {
+    /// In buffer `bid` of the ring, which goes back to the ring once consumed.
+    Ring { bid: u16, pos: usize, end: usize },
+    /// In memory of the socket's own: a receive into its own buffer, or what the end of a turn
+    /// copied out of the ring because the loop left it unread ([`Core::spill`]).
+    Heap {
+        data: Vec<u8>,
+        pos: usize,
+        end: usize,
+    },
+}
+
+/// How a socket's receiving ended, after its queued chunks.
 pub(super) enum Rx {
-    Data(Vec<u8>, usize, usize),
     Eof,
     Err(io::Error),
 }
@@ -96,7 +113,18 @@ pub(super) struct Sock {
     pub(super) closed: bool,
     pub(super) inflight: u32,
     pub(super) recv_op: Option<usize>,
-    pub(super) rx: Option<Rx>,
+    /// Received and not yet read, in order.
+    pub(super) rx: VecDeque<Chunk>,
+    /// End of stream or an error, after `rx`.
+    pub(super) rx_end: Option<Rx>,
+    /// The multishot receive is being cancelled (its reader fell behind).
+    pub(super) cancelling: bool,
+    /// Listed in [`Core::holding`].
+    pub(super) holding: bool,
+    /// Listed in [`Core::starved`].
+    pub(super) starved: bool,
+    /// Being handed to another driver: no receive is armed again.
+    pub(super) detached: bool,
     pub(super) spare: Vec<u8>,
     pub(super) send_op: Option<usize>,
     pub(super) sent: Option<io::Result<usize>>,
@@ -118,6 +146,18 @@ pub(super) struct Core {
     pub(super) accept_retry: Vec<(usize, Instant)>,
     /// Accepts are multishot (cleared when the kernel refuses one).
     pub(super) accept_multi: bool,
+    /// The provided-buffer ring; `None` when the kernel refused it (each socket then receives
+    /// into a buffer of its own).
+    pub(super) bufs: Option<BufRing>,
+    /// Sockets that were given ring buffers since the last wait (see [`Core::spill`]).
+    pub(super) holding: Vec<usize>,
+    /// Sockets whose multishot receive ended because the ring was empty (`ENOBUFS`), to arm
+    /// again once buffers are back.
+    pub(super) starved: VecDeque<usize>,
+    /// Multishot receives armed so far (each serves many receives until it ends).
+    pub(super) multishots: u64,
+    /// When the ring running dry may next be logged, and the count logged by then.
+    pub(super) dry_log: (Instant, u64),
 }
 
 // SAFETY: the raw pointers (ring mappings, iovecs and message headers of operations in flight)
@@ -153,6 +193,10 @@ impl Core {
                 let Some(fd) = fd else { unreachable!() };
                 // The kernel writes into the spare capacity; `complete` sets the length.
                 opcode::Recv::new(fd, buf.as_ptr().cast_mut(), buf.capacity() as u32).build()
+            }
+            OpKind::RecvMulti => {
+                let Some(fd) = fd else { unreachable!() };
+                opcode::RecvMulti::new(fd, GROUP).build()
             }
             OpKind::Send { _msg, .. } => {
                 let Some(fd) = fd else { unreachable!() };
@@ -216,6 +260,8 @@ impl Core {
         let s = &mut self.socks[id];
         s.closed = true;
         s.token = None;
+        self.release_rx(id);
+        let s = &mut self.socks[id];
         let ops: Vec<usize> = [s.recv_op, s.send_op, s.poll_op, s.accept_op]
             .into_iter()
             .flatten()
@@ -247,6 +293,9 @@ impl Drop for Core {
         self.cancel(keys);
         for _ in 0..50 {
             if self.ops.is_empty() {
+                if let Some(bufs) = &self.bufs {
+                    bufs.unregister(&self.ring);
+                }
                 return;
             }
             let ts = types::Timespec::new().nsec(20_000_000);
@@ -262,7 +311,14 @@ impl Drop for Core {
                     continue;
                 }
                 if io_uring::cqueue::more(flags) {
-                    if res >= 0 {
+                    let accept = matches!(
+                        self.ops.get(ud as usize),
+                        Some(Op {
+                            kind: OpKind::Accept,
+                            ..
+                        })
+                    );
+                    if accept && res >= 0 {
                         // An accepted connection nobody will take: close it.
                         // SAFETY: a new descriptor that nobody owns yet.
                         drop(unsafe { OwnedFd::from_raw_fd(res) });
@@ -274,5 +330,6 @@ impl Drop for Core {
         }
         // The kernel may still write into these: never free them.
         std::mem::forget(std::mem::take(&mut self.ops));
+        std::mem::forget(self.bufs.take());
     }
 }

@@ -1,11 +1,10 @@
-//! Streams: the receive kept in flight and the vectored send, behind [`IoStream`].
+//! Streams behind [`IoStream`]: reads off the socket's receive queue and the vectored send.
 //!
-//! Owns: [`UringStream`], arming a receive into a buffer the stream owns ([`Core::arm_recv`]:
-//! `read_chunk` bytes, or [`HANDSHAKE_RECV`] during a handshake so a half-open connection does
-//! not pin a bulk buffer), handing received bytes to the loop (copied, appended, or a
-//! well-filled buffer passed on as `Bytes` without a copy), and the `SENDMSG` of clones of the
-//! queued `Bytes`, which keep the payload alive until the completion arrives. Must not touch:
-//! the ring and the operation table (`ring`), what a completion means (`completion`).
+//! Owns: [`UringStream`], handing received bytes to the loop (copied, appended, or a
+//! well-filled buffer passed on as `Bytes` without a copy; the queue and its receive are
+//! `recv`'s), and the `SENDMSG` of clones of the queued `Bytes`, which keep the payload alive
+//! until the completion arrives. Must not touch: the ring and the operation table (`ring`),
+//! what a completion means (`completion`, `recv`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -17,30 +16,9 @@ use bytes::{Bytes, BytesMut};
 use super::super::io::{IoStream, MAX_IOV};
 use super::ring::{Core, CoreRef, OpKind, Rx, Sock, lock};
 
-/// Receive buffer of a connection in its handshake (see [`Driver::handshake_buffers`]).
+/// Receive buffer of a connection in its handshake when the driver has no buffer ring (see
+/// `Driver::handshake_buffers`; with the ring an idle connection holds none at all).
 pub(super) const HANDSHAKE_RECV: usize = 4096;
-
-impl Core {
-    pub(super) fn arm_recv(&mut self, id: usize) {
-        let s = &mut self.socks[id];
-        if s.closed || s.recv_op.is_some() || s.rx.is_some() {
-            return;
-        }
-        let size = if s.handshake {
-            HANDSHAKE_RECV
-        } else {
-            self.read_chunk
-        };
-        let mut buf = std::mem::take(&mut s.spare);
-        buf.clear();
-        // The kernel fills the whole capacity: a handshake must not reuse a bulk-sized spare.
-        if buf.capacity() < size || (s.handshake && buf.capacity() > size) {
-            buf = Vec::with_capacity(size);
-        }
-        let op = self.start(Some(id), OpKind::Recv(buf));
-        self.socks[id].recv_op = Some(op);
-    }
-}
 
 /// A stream of the io_uring driver.
 pub(in crate::runtime) struct UringStream {
@@ -69,6 +47,26 @@ impl AsFd for UringStream {
     }
 }
 
+/// The answer to a read that took `n` bytes: them, else the end of the stream or its error,
+/// else `WouldBlock` (with a receive armed, whose completion brings the event).
+fn finish(c: &mut Core, id: usize, n: usize) -> io::Result<usize> {
+    if n > 0 {
+        return Ok(n);
+    }
+    let s = &mut c.socks[id];
+    match s.rx_end.take() {
+        Some(Rx::Eof) => {
+            s.rx_end = Some(Rx::Eof);
+            Ok(0)
+        }
+        Some(Rx::Err(e)) => Err(e),
+        None => {
+            c.arm_recv(id);
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+}
+
 pub(super) fn stream(core: &CoreRef, sock: TcpStream) -> io::Result<UringStream> {
     sock.set_nonblocking(false)?;
     let id = lock(core).socks.insert(Sock {
@@ -84,84 +82,32 @@ pub(super) fn stream(core: &CoreRef, sock: TcpStream) -> io::Result<UringStream>
 
 impl IoStream for UringStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut core = lock(&self.core);
-        let c = &mut *core;
-        let s = &mut c.socks[self.id];
-        match s.rx.take() {
-            Some(Rx::Data(data, pos, end)) => {
-                let n = buf.len().min(end - pos);
-                buf[..n].copy_from_slice(&data[pos..pos + n]);
-                if pos + n < end {
-                    s.rx = Some(Rx::Data(data, pos + n, end));
-                } else {
-                    s.spare = data;
-                    c.arm_recv(self.id);
-                }
-                Ok(n)
-            }
-            Some(Rx::Eof) => {
-                s.rx = Some(Rx::Eof);
-                Ok(0)
-            }
-            Some(Rx::Err(e)) => Err(e),
-            None => {
-                c.arm_recv(self.id);
-                Err(io::ErrorKind::WouldBlock.into())
-            }
-        }
+        let mut c = lock(&self.core);
+        let mut n = 0;
+        c.consume(self.id, buf.len(), |b| {
+            buf[n..n + b.len()].copy_from_slice(b);
+            n += b.len();
+        });
+        finish(&mut c, self.id, n)
     }
 
     fn read_append(&mut self, rx: &mut BytesMut, _scratch: &mut [u8]) -> io::Result<usize> {
-        let mut core = lock(&self.core);
-        let c = &mut *core;
-        let s = &mut c.socks[self.id];
-        match s.rx.take() {
-            Some(Rx::Data(data, pos, end)) => {
-                rx.extend_from_slice(&data[pos..end]);
-                s.spare = data;
-                c.arm_recv(self.id);
-                Ok(end - pos)
-            }
-            Some(Rx::Eof) => {
-                s.rx = Some(Rx::Eof);
-                Ok(0)
-            }
-            Some(Rx::Err(e)) => Err(e),
-            None => {
-                c.arm_recv(self.id);
-                Err(io::ErrorKind::WouldBlock.into())
-            }
-        }
+        let mut c = lock(&self.core);
+        let n = c.consume(self.id, usize::MAX, |b| rx.extend_from_slice(b));
+        finish(&mut c, self.id, n)
     }
 
     fn read_bytes(&mut self, _scratch: &mut [u8]) -> io::Result<Bytes> {
-        let mut core = lock(&self.core);
-        let c = &mut *core;
-        let s = &mut c.socks[self.id];
-        match s.rx.take() {
-            Some(Rx::Data(data, pos, end)) => {
-                // A well-filled buffer is handed over as is (the next receive gets a fresh one);
-                // a small read is copied, so a few bytes never pin a whole buffer.
-                let out = if pos == 0 && end >= c.read_chunk / 4 {
-                    Bytes::from(data)
-                } else {
-                    let out = Bytes::copy_from_slice(&data[pos..end]);
-                    s.spare = data;
-                    out
-                };
-                c.arm_recv(self.id);
-                Ok(out)
-            }
-            Some(Rx::Eof) => {
-                s.rx = Some(Rx::Eof);
-                Ok(Bytes::new())
-            }
-            Some(Rx::Err(e)) => Err(e),
-            None => {
-                c.arm_recv(self.id);
-                Err(io::ErrorKind::WouldBlock.into())
-            }
+        let mut c = lock(&self.core);
+        // A well-filled buffer is handed over as is; a small read is copied, so a few bytes never
+        // pin a whole buffer.
+        if let Some(whole) = c.take_whole(self.id) {
+            return Ok(Bytes::from(whole));
         }
+        let mut out = Vec::new();
+        let limit = c.read_chunk;
+        let n = c.consume(self.id, limit, |b| out.extend_from_slice(b));
+        finish(&mut c, self.id, n).map(|_| Bytes::from(out))
     }
 
     fn write_chunks(&mut self, chunks: &VecDeque<Bytes>) -> io::Result<usize> {
