@@ -36,6 +36,13 @@ use io_uring::types::BufRingEntry;
 /// the buffers back.
 pub(super) const RING_BUFFERS: u16 = 128;
 
+/// Whether a worker's driver registers the ring ([`RING_BUFFERS`]) or keeps one receive buffer
+/// per socket. Off until a known failure is fixed: with the ring, the daemons' 2,000-stream echo
+/// test (`two_thousand_concurrent_streams_echo_random_data_uring`) sees backend connections reset
+/// in about half of its runs (10 of 10 pass without the ring). The ring itself stays covered by
+/// the driver tests (`uring::tests`), which build it explicitly.
+pub(super) const RING_BY_DEFAULT: bool = false;
+
 /// Without incremental consumption (Linux before 6.12) every receive takes a whole buffer, small
 /// or not, so the ring gets this many times [`RING_BUFFERS`] (only the pages the kernel writes
 /// become resident: the first of each buffer for small messages).

@@ -88,7 +88,12 @@ pub(super) struct Uring {
 
 impl Uring {
     pub(super) fn new(read_chunk: usize) -> io::Result<(Self, Waker)> {
-        Self::with_ring(read_chunk, bufring::RING_BUFFERS)
+        let buffers = if bufring::RING_BY_DEFAULT {
+            bufring::RING_BUFFERS
+        } else {
+            0
+        };
+        Self::with_ring(read_chunk, buffers)
     }
 
     /// The driver with a buffer ring of `buffers` receive buffers (0: none, each socket
