@@ -40,31 +40,39 @@ fn wait_listening(addr: SocketAddr) {
     );
 }
 
+/// A client and server pair (pool 4) in front of an echo backend, both listening: their
+/// directory (configs and logs; keep it until the daemons are gone), the client daemon, the
+/// server daemon and the client's application address.
+fn echo_pair(name: &str, io: Driver) -> (TempDir, Daemon, Daemon, SocketAddr) {
+    let backend = backends::echo_backend();
+    let dir = TempDir::new(name);
+    let ports = [reserve_port(), reserve_port()];
+    let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
+    let server = format!(
+        "mode = \"server\"\npsk = \"{KEY}\"\n[server]\nlisten_ip = \"127.0.0.1\"\n\
+         listen_port = {tunnel_port}\nbackend_ip = \"127.0.0.1\"\nbackend_port = {}\n\
+         connection_pool_size = 4\n",
+        backend.port()
+    );
+    let client = format!(
+        "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nlocal_listen_ip = \"127.0.0.1\"\n\
+         local_listen_port = {app_port}\nserver_ip = \"127.0.0.1\"\n\
+         server_port = {tunnel_port}\nconnection_pool_size = 4\n"
+    );
+    let server = start(&dir, "server", "server", &server, io);
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)));
+    let client = start(&dir, "client", "client", &client, io);
+    let app = SocketAddr::from(([127, 0, 0, 1], app_port));
+    wait_listening(app);
+    (dir, client, server, app)
+}
+
 driver_tests! {
     /// 3,000 connections opened back to back are all accepted, and each echoes one byte
     /// (its own value, so crossed streams would show).
     #[within(150)]
     fn burst_of_connections_all_accepted_and_echo(io) {
-        let backend = backends::echo_backend();
-        let dir = TempDir::new("scale");
-        let ports = [reserve_port(), reserve_port()];
-        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
-        let server = format!(
-            "mode = \"server\"\npsk = \"{KEY}\"\n[server]\nlisten_ip = \"127.0.0.1\"\n\
-             listen_port = {tunnel_port}\nbackend_ip = \"127.0.0.1\"\nbackend_port = {}\n\
-             connection_pool_size = 4\n",
-            backend.port()
-        );
-        let client = format!(
-            "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nlocal_listen_ip = \"127.0.0.1\"\n\
-             local_listen_port = {app_port}\nserver_ip = \"127.0.0.1\"\n\
-             server_port = {tunnel_port}\nconnection_pool_size = 4\n"
-        );
-        let server = start(&dir, "server", "server", &server, io);
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)));
-        let client = start(&dir, "client", "client", &client, io);
-        let app = SocketAddr::from(([127, 0, 0, 1], app_port));
-        wait_listening(app);
+        let (_dir, client, server, app) = echo_pair("scale", io);
 
         let mut conns = Vec::with_capacity(CONNECTIONS);
         for i in 0..CONNECTIONS {
@@ -100,26 +108,7 @@ driver_tests! {
     #[within(150)]
     fn data_then_fin_in_one_burst_echo_whole_then_end(io) {
         const N: usize = 400;
-        let backend = backends::echo_backend();
-        let dir = TempDir::new("scale-fin");
-        let ports = [reserve_port(), reserve_port()];
-        let (tunnel_port, app_port) = (ports[0].port(), ports[1].port());
-        let server = format!(
-            "mode = \"server\"\npsk = \"{KEY}\"\n[server]\nlisten_ip = \"127.0.0.1\"\n\
-             listen_port = {tunnel_port}\nbackend_ip = \"127.0.0.1\"\nbackend_port = {}\n\
-             connection_pool_size = 4\n",
-            backend.port()
-        );
-        let client = format!(
-            "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nlocal_listen_ip = \"127.0.0.1\"\n\
-             local_listen_port = {app_port}\nserver_ip = \"127.0.0.1\"\n\
-             server_port = {tunnel_port}\nconnection_pool_size = 4\n"
-        );
-        let server = start(&dir, "server", "server", &server, io);
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], tunnel_port)));
-        let client = start(&dir, "client", "client", &client, io);
-        let app = SocketAddr::from(([127, 0, 0, 1], app_port));
-        wait_listening(app);
+        let (_dir, client, server, app) = echo_pair("scale-fin", io);
 
         // Each connection's own message: its index, then a run of bytes of its own value.
         let message = |i: usize| -> Vec<u8> {

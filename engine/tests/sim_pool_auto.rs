@@ -36,24 +36,31 @@ struct Outcome {
     sizes: Vec<usize>,
 }
 
-/// One backlogged upload for [`RUN`] over `slots` tunnel slots, adaptive or fixed.
-fn run(path: Path, slots: usize, auto: bool, seed: u64) -> Outcome {
-    let config = Config {
+/// The client's config (adaptive or not, smallest pool 2) and the server's, which grants up
+/// to `grant` tunnels per session.
+fn configs(auto: bool, grant: u16) -> (Config, Config) {
+    let client = Config {
         psk: b"k".to_vec(),
         pool_auto: auto,
         pool_min: 2,
         ..Config::default()
     };
+    let server = Config {
+        pool_size: grant,
+        pool_auto: false,
+        ..client.clone()
+    };
+    (client, server)
+}
+
+/// One backlogged upload for [`RUN`] over `slots` tunnel slots, adaptive or fixed.
+fn run(path: Path, slots: usize, auto: bool, seed: u64) -> Outcome {
     let links = match path {
         Path::PerFlowCap => vec![LinkSpec::new(25, 3.0); slots],
         Path::SharedClean => vec![LinkSpec::new(25, 1000.0); slots],
     };
     // The server grants up to 32 tunnels (its default is 8).
-    let server = Config {
-        pool_size: 32,
-        pool_auto: false,
-        ..config.clone()
-    };
+    let (config, server) = configs(auto, 32);
     let mut pair = SimPair::new(config, server, &links, seed).plaintext();
     if let Path::SharedClean = path {
         pair = pair.with_bottleneck(BottleneckSpec::new(40.0, 50, 0.0));
@@ -127,17 +134,7 @@ fn with_a_per_flow_cap_auto_grows_to_many_tunnels_within_a_tenth_of_the_best_fix
 #[test]
 fn a_download_grows_the_pool_too() {
     // The backlog is on the server; the client sees stream data arriving at every tick.
-    let config = Config {
-        psk: b"k".to_vec(),
-        pool_auto: true,
-        pool_min: 2,
-        ..Config::default()
-    };
-    let server = Config {
-        pool_size: 32,
-        pool_auto: false,
-        ..config.clone()
-    };
+    let (config, server) = configs(true, 32);
     let links = vec![LinkSpec::new(25, 3.0); 16];
     let mut pair = SimPair::new(config, server, &links, 14).plaintext();
     let mut w = Workload::new(vec![FlowSpec::bulk(0, 1 << 40)]);
@@ -149,17 +146,7 @@ fn a_download_grows_the_pool_too() {
 #[test]
 fn the_server_grant_caps_the_adaptive_pool() {
     // A server that grants 8 of the 16 proposed: auto never dials beyond them.
-    let config = Config {
-        psk: b"k".to_vec(),
-        pool_auto: true,
-        pool_min: 2,
-        ..Config::default()
-    };
-    let server = Config {
-        pool_size: 8,
-        pool_auto: false,
-        ..config.clone()
-    };
+    let (config, server) = configs(true, 8);
     let links = vec![LinkSpec::new(25, 3.0); 16];
     let mut pair = SimPair::new(config, server, &links, 13).plaintext();
     let mut w = Workload::new(vec![FlowSpec::bulk(1 << 40, 0)]);
