@@ -103,12 +103,18 @@ fn best_fixed(path: Path, candidates: &[usize]) -> (usize, f64) {
     best
 }
 
-#[test]
-fn with_a_per_flow_cap_auto_grows_to_many_tunnels_within_a_tenth_of_the_best_fixed_pool() {
-    let auto = run(Path::PerFlowCap, 16, true, 11);
-    let (best_n, best) = best_fixed(Path::PerFlowCap, &[2, 8, 16]);
+/// The adaptive pool over `slots` slots on `path` beside the best of the fixed pools
+/// `candidates`: (auto's outcome, the best fixed goodput), with one line saying how they compare.
+fn auto_against_best_fixed(
+    path: Path,
+    slots: usize,
+    seed: u64,
+    candidates: &[usize],
+) -> (Outcome, f64) {
+    let auto = run(path, slots, true, seed);
+    let (best_n, best) = best_fixed(path, candidates);
     eprintln!(
-        "PerFlowCap: auto chose {:?} (sizes {:?}): {:.1} Mbit/s = {:.2}x of the best fixed \
+        "{path:?}: auto chose {:?} (sizes {:?}): {:.1} Mbit/s = {:.2}x of the best fixed \
          pool ({best_n}: {:.1} Mbit/s)",
         auto.chosen,
         auto.sizes,
@@ -116,6 +122,12 @@ fn with_a_per_flow_cap_auto_grows_to_many_tunnels_within_a_tenth_of_the_best_fix
         auto.goodput / best,
         best * 8e-6
     );
+    (auto, best)
+}
+
+#[test]
+fn with_a_per_flow_cap_auto_grows_to_many_tunnels_within_a_tenth_of_the_best_fixed_pool() {
+    let (auto, best) = auto_against_best_fixed(Path::PerFlowCap, 16, 11, &[2, 8, 16]);
     assert_eq!(
         auto.sizes.first(),
         Some(&2),
@@ -163,17 +175,7 @@ fn the_server_grant_caps_the_adaptive_pool() {
 
 #[test]
 fn behind_a_clean_shared_bottleneck_auto_stays_small_and_loses_nothing() {
-    let auto = run(Path::SharedClean, 16, true, 12);
-    let (best_n, best) = best_fixed(Path::SharedClean, &[2, 8]);
-    eprintln!(
-        "SharedClean: auto chose {:?} (sizes {:?}): {:.1} Mbit/s = {:.2}x of the best fixed \
-         pool ({best_n}: {:.1} Mbit/s)",
-        auto.chosen,
-        auto.sizes,
-        auto.goodput * 8e-6,
-        auto.goodput / best,
-        best * 8e-6
-    );
+    let (auto, best) = auto_against_best_fixed(Path::SharedClean, 16, 12, &[2, 8]);
     assert!(auto.chosen <= Some(4), "stayed small: {:?}", auto.sizes);
     assert!(auto.goodput >= 0.9 * best, "{} vs {best}", auto.goodput);
 }
