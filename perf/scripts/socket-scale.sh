@@ -4,6 +4,8 @@
 # (mtcp-perf echo-mio), sent
 #   direct       straight to the echo server,
 #   socat x2     through a chain of two socat relays (fork per connection),
+#   relay2       through a chain of two `mtcp-perf relay` (one mio thread each, bytes copied
+#                straight through): the floor of any two-hop relay on this machine,
 #   mtcpd-uring  through an mtcpd client + server (--io uring; server 2 workers, client 1),
 #   mtcpd-mio    the same pair on --io mio,
 #   base-uring, base-mio  with BASE=<dir of another build> (e.g. main's target/release): that
@@ -16,13 +18,15 @@
 #
 #   make socket-scale                       # or:
 #   cargo build --release -p mtcpd -p mtcp-perf && perf/scripts/socket-scale.sh
-#   CONNS="1000 8000" TIME=10s ROUNDS=3 HOLD=9000 PATHS="direct socat uring mio" ...
+#   CONNS="1000 8000" TIME=10s ROUNDS=3 HOLD=9000 PATHS="direct relay2 socat uring mio" ...
 #   BASE=../main/target/release perf/scripts/socket-scale.sh   # adds base-uring base-mio
 #
-# Output: one line per run, then medians and spreads (min..max), and the ratios against direct
-# and against socat x2; raw JSON lines in $OUT (default results/socket-scale/runs.jsonl).
+# Output: one line per run, then medians and spreads (min..max), and the ratios against direct,
+# against relay2 and against socat x2; raw JSON lines in $OUT (default
+# results/socket-scale/runs.jsonl). RELAY=<mtcp-perf binary> picks the relay's build (default
+# $R/mtcp-perf; it needs the `relay` subcommand).
 # socat is installed with apt-get when missing (the socat path is skipped if that fails).
-# Loopback ports PORT..PORT+10 (default 19300). Everything started here is stopped on exit.
+# Loopback ports PORT..PORT+12 (default 19300). Everything started here is stopped on exit.
 set -u
 cd "$(dirname "$0")/../.."
 R=${R:-${CARGO_TARGET_DIR:-target}/release}
@@ -30,7 +34,7 @@ CONNS=${CONNS:-"1000 8000"}
 TIME=${TIME:-10s}
 ROUNDS=${ROUNDS:-3}
 HOLD=${HOLD:-9000}
-PATHS=${PATHS:-"direct socat uring mio"}
+PATHS=${PATHS:-"direct relay2 socat uring mio"}
 BASE=${BASE:-}
 if [ -n "$BASE" ]; then
   [ -x "$BASE/mtcpd" ] || { echo "missing $BASE/mtcpd" >&2; exit 2; }
@@ -38,6 +42,7 @@ if [ -n "$BASE" ]; then
   [[ " $PATHS " == *" mio "* ]] && PATHS="$PATHS base-mio"
 fi
 PORT=${PORT:-19300}
+RELAY=${RELAY:-$R/mtcp-perf}
 OUT=${OUT:-results/socket-scale/runs.jsonl}
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
@@ -45,6 +50,9 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 for bin in "$R/mtcpd" "$R/mtcp-perf"; do
   [ -x "$bin" ] || { echo "missing $bin: cargo build --release -p mtcpd -p mtcp-perf" >&2; exit 2; }
 done
+if [[ " $PATHS " == *" relay2 "* ]] && ! "$RELAY" relay --help >/dev/null 2>&1; then
+  echo "$RELAY has no relay subcommand: set RELAY=<a newer mtcp-perf>" >&2; exit 2
+fi
 if [[ " $PATHS " == *" socat "* ]] && ! command -v socat >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat) >/dev/null 2>&1 \
     || { echo "socat could not be installed: the socat path is skipped" >&2; PATHS=${PATHS/socat/}; }
@@ -63,12 +71,19 @@ trap cleanup EXIT
 ECHO=$PORT; S1=$((PORT + 1)); S2=$((PORT + 2))
 TUN_U=$((PORT + 3)); APP_U=$((PORT + 4)); TUN_M=$((PORT + 5)); APP_M=$((PORT + 6))
 TUN_BU=$((PORT + 7)); APP_BU=$((PORT + 8)); TUN_BM=$((PORT + 9)); APP_BM=$((PORT + 10))
+R1=$((PORT + 11)); R2=$((PORT + 12))
 KEY=socket-scale-benchmark-key-0123456789
 
 "$R/mtcp-perf" echo-mio -l 127.0.0.1:$ECHO & pids+=($!)
 if [[ " $PATHS " == *" socat "* ]]; then
   socat TCP-LISTEN:$S2,fork,reuseaddr,backlog=4096 TCP:127.0.0.1:$ECHO 2>>"$work/socat.log" & pids+=($!)
   socat TCP-LISTEN:$S1,fork,reuseaddr,backlog=4096 TCP:127.0.0.1:$S2 2>>"$work/socat.log" & pids+=($!)
+fi
+if [[ " $PATHS " == *" relay2 "* ]]; then
+  # Chained like socat: the pingpong connects to R1, R1 relays to R2, R2 to the echo server.
+  "$RELAY" relay -l 127.0.0.1:$R2 --to 127.0.0.1:$ECHO >/dev/null & pids+=($!); RPID2=$!
+  "$RELAY" relay -l 127.0.0.1:$R1 --to 127.0.0.1:$R2 >/dev/null & pids+=($!); RPID1=$!
+  echo "relay2 pids: $RPID1 (first) $RPID2 (second)"
 fi
 
 declare -A SPID CPID APP
@@ -116,18 +131,19 @@ run() {
   case $path in
     direct) port=$ECHO ;;
     socat) port=$S1 ;;
+    relay2) port=$R1 ;;
     *) port=${APP[$path]}; c0=$(rss ${CPID[$path]}); s0=$(rss ${SPID[$path]}) ;;
   esac
   if [ -n "${CPID[$path]:-}" ]; then
     ( cm=0; sm=0; while :; do c=$(rss ${CPID[$path]}); s=$(rss ${SPID[$path]});
-        [ "$c" -gt "$cm" ] && cm=$c; [ "$s" -gt "$sm" ] && sm=$s; echo "$cm $sm" > "$work/max";
+        [ "$c" -gt "$cm" ] && cm=$c; [ "$s" -gt "$sm" ] && sm=$s; echo "$cm $sm" > "$work/max.tmp"; mv "$work/max.tmp" "$work/max";
         sleep 0.5; done ) & sampler=$!
   fi
   local json
   json=$(RUST_BACKTRACE=0 "$R/mtcp-perf" pingpong -c 127.0.0.1:$port -n "$k" -t "$t" --setup-limit 60s --json 2>"$work/err") \
     || { echo "{\"path\":\"$path\",\"conns\":$k,\"round\":$round,\"failed\":\"$(tr -d '\"\n' < "$work/err")\"}" >> "$OUT"; 
          echo "$path K=$k round=$round: FAILED $(cat "$work/err")"; [ -n "$sampler" ] && kill $sampler; return; }
-  if [ -n "$sampler" ]; then kill $sampler 2>/dev/null; wait $sampler 2>/dev/null; read -r cmax smax < "$work/max"; fi
+  if [ -n "$sampler" ]; then kill $sampler 2>/dev/null; wait $sampler 2>/dev/null; read -r cmax smax < "$work/max"; cmax=${cmax:-0}; smax=${smax:-0}; fi
   echo "$json" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
@@ -175,12 +191,23 @@ for (path, k) in sorted({(r["path"], r["conns"]) for r in ok}, key=lambda x: (x[
         line += "  rss/conn client %.1f KiB server %.1f KiB" % (
             med([r["client_kib_per_conn"] for r in rs]), med([r["server_kib_per_conn"] for r in rs]))
     print(line)
-print("\n--- ratios (medians): rt/s vs direct (target >= 0.5), p99 vs socat x2 (target <= 2)")
+print("\n--- ratios (medians): rt/s vs direct (target >= 0.5) and vs relay2 (the two-hop floor),")
+print("    p99 vs relay2 and socat x2 (target <= 2)")
 for (path, k), (rt, p99) in sorted(table.items(), key=lambda x: (x[0][1], x[0][0])):
-    if path in ("uring", "mio", "base-uring", "base-mio"):
-        d = table.get(("direct", k)); s = table.get(("socat", k))
-        print("%-10s K=%-5d %.2fx direct%s" % (path, k, rt / d[0] if d else float("nan"),
+    if path in ("uring", "mio", "base-uring", "base-mio", "relay2"):
+        d = table.get(("direct", k)); s = table.get(("socat", k)); r2 = table.get(("relay2", k))
+        print("%-10s K=%-5d %.2fx direct%s%s" % (path, k, rt / d[0] if d else float("nan"),
+              ", %.2fx relay2 rt/s, p99 %.2fx relay2" % (rt / r2[0], p99 / r2[1]) if r2 and path != "relay2" else "",
               ", p99 %.2fx socat x2" % (p99 / s[1]) if s else ""))
+# Per round, the ratio within the round (the same load hit both paths).
+per = {}
+for r in ok:
+    per[(r["path"], r["conns"], r["round"])] = r["round_trips_per_second"]
+for (path, k, rnd), rt in sorted(per.items(), key=lambda x: (x[0][1], x[0][0], x[0][2])):
+    d = per.get(("direct", k, rnd)); r2 = per.get(("relay2", k, rnd))
+    if path != "direct" and d:
+        print("round %d %-10s K=%-5d %.2fx direct%s" % (rnd, path, k, rt / d,
+              ", %.2fx relay2" % (rt / r2) if r2 and path != "relay2" else ""))
 for (path, k), (rt, p99) in sorted(table.items(), key=lambda x: (x[0][1], x[0][0])):
     b = table.get(("base-" + path, k))
     if path in ("uring", "mio") and b:

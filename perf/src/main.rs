@@ -4,7 +4,8 @@
 //! * [`server`]: the server side of every test mode.
 //! * [`bulk`], [`latency`]: the client modes.
 //! * [`pingpong`]: many connections from one thread (`echo-mio`, `pingpong`); [`soak`]: churn
-//!   through a running mtcpd pair with the daemons' memory sampled.
+//!   through a running mtcpd pair with the daemons' memory sampled; [`relay`]: a plain
+//!   one-thread relay, the two-hop baseline.
 //! * [`proto`]: the tool's own framing; [`pattern`]: the verification pattern.
 //! * [`wan`]: the WAN emulator (namespaces, TUN devices, impairments).
 //! * [`grid`]: the benchmark grid (`make perf`) over emulated paths; [`report`]: its CSV, SVG
@@ -17,6 +18,7 @@ mod msgrate;
 mod net;
 mod pingpong;
 mod proto;
+mod relay;
 mod report;
 mod rng;
 mod server;
@@ -74,6 +76,9 @@ enum Cmd {
     EchoMio(pingpong::EchoArgs),
     /// 64 B ping-pong over many connections from one thread (mio), against `echo-mio`.
     Pingpong(pingpong::PingpongArgs),
+    /// A plain one-thread TCP relay (mio): bytes copied both ways unchanged, the baseline for
+    /// two-hop paths (`socket-scale.sh` chains two).
+    Relay(relay::RelayArgs),
     /// Stream churn through a running mtcpd pair, sampling the daemons' RSS and descriptors.
     Soak(soak::SoakArgs),
     /// Message rate over N in-process streams through the library API (one-way or
@@ -406,6 +411,7 @@ fn main() -> Result<()> {
         }
         Cmd::EchoMio(a) => std::process::exit(pingpong::echo_main(a)?),
         Cmd::Pingpong(a) => std::process::exit(pingpong::pingpong_main(a)?),
+        Cmd::Relay(a) => std::process::exit(relay::main(a)?),
         Cmd::Soak(a) => std::process::exit(soak::main(a)?),
         Cmd::Msgrate(a) => {
             if !msgrate::run(&a)? {

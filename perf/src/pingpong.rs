@@ -20,19 +20,23 @@ use crate::stats::{Lat, LatSummary};
 const LISTENER: Token = Token(usize::MAX);
 
 /// A connection slot table: tokens are indices, freed slots are reused.
-struct Slots<T> {
+pub(crate) struct Slots<T> {
     items: Vec<Option<T>>,
     free: Vec<usize>,
 }
 
 impl<T> Slots<T> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             items: Vec::new(),
             free: Vec::new(),
         }
     }
-    fn insert(&mut self, t: T) -> usize {
+    /// The key the next [`Slots::insert`] returns (to register a socket before inserting it).
+    pub(crate) fn next_key(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.items.len())
+    }
+    pub(crate) fn insert(&mut self, t: T) -> usize {
         if let Some(i) = self.free.pop() {
             self.items[i] = Some(t);
             i
@@ -41,10 +45,10 @@ impl<T> Slots<T> {
             self.items.len() - 1
         }
     }
-    fn get(&mut self, i: usize) -> Option<&mut T> {
+    pub(crate) fn get(&mut self, i: usize) -> Option<&mut T> {
         self.items.get_mut(i).and_then(|x| x.as_mut())
     }
-    fn remove(&mut self, i: usize) -> Option<T> {
+    pub(crate) fn remove(&mut self, i: usize) -> Option<T> {
         let t = self.items.get_mut(i)?.take();
         if t.is_some() {
             self.free.push(i);
@@ -73,25 +77,14 @@ pub fn echo_server(listen: SocketAddr, max_time: Option<Duration>) -> Result<()>
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let end = max_time.map(|t| Instant::now() + t);
-    loop {
-        let timeout = end.map(|e| e.saturating_duration_since(Instant::now()));
-        if timeout == Some(Duration::ZERO) {
-            return Ok(());
-        }
-        if let Err(e) = poll.poll(&mut events, timeout.or(Some(Duration::from_secs(1)))) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e.into());
-        }
+    while poll_until(&mut poll, &mut events, end)? {
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 loop {
                     match l.accept() {
                         Ok((mut s, _)) => {
                             let _ = s.set_nodelay(true);
-                            let key = conns.items.len();
-                            let key = conns.free.last().copied().unwrap_or(key);
+                            let key = conns.next_key();
                             poll.registry().register(
                                 &mut s,
                                 Token(key),
@@ -117,6 +110,28 @@ pub fn echo_server(listen: SocketAddr, max_time: Option<Duration>) -> Result<()>
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Waits for events (at most 1 s at a time) until `end`; false once `end` has passed. An
+/// interrupted wait is a wake-up without events.
+pub(crate) fn poll_until(
+    poll: &mut Poll,
+    events: &mut Events,
+    end: Option<Instant>,
+) -> io::Result<bool> {
+    let timeout = end.map(|e| e.saturating_duration_since(Instant::now()));
+    if timeout == Some(Duration::ZERO) {
+        return Ok(false);
+    }
+    match poll.poll(events, timeout.or(Some(Duration::from_secs(1)))) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            Ok(true)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -19,28 +19,31 @@ pub struct Server {
 impl Server {
     /// Start a server on an ephemeral loopback port and learn its address.
     pub fn start() -> Server {
-        let mut process = ChildGuard::spawn(
-            Command::new(BIN)
-                .args(["server", "-l", "127.0.0.1:0", "--max-time", "120s"])
-                .stdout(Stdio::piped()),
-        )
-        .expect("spawn server")
-        .with_grace(Duration::from_secs(2));
-        let out = process
-            .child_mut()
-            .and_then(|child| child.stdout.take())
-            .expect("the server's stdout");
-        let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("listening line")
-            .to_string();
-        assert!(addr.starts_with("127.0.0.1:"), "{line}");
+        let (process, addr) =
+            spawn_listening(&["server", "-l", "127.0.0.1:0", "--max-time", "120s"]);
         Server { process, addr }
     }
+}
+
+/// Runs `mtcp-perf ARGS` (a command listening on 127.0.0.1:0) and reads the address from its
+/// first line, "mtcp-perf <command> listening on ADDR ...". Stopped on drop.
+pub fn spawn_listening(args: &[&str]) -> (ChildGuard, String) {
+    let mut process = ChildGuard::spawn(Command::new(BIN).args(args).stdout(Stdio::piped()))
+        .expect("spawn mtcp-perf")
+        .with_grace(Duration::from_secs(2));
+    let out = process
+        .child_mut()
+        .and_then(|child| child.stdout.take())
+        .expect("its stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(4)
+        .expect("listening line")
+        .to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    (process, addr)
 }
 
 /// Run a client against `addr` with `--json` and return (success, parsed JSON).
