@@ -112,7 +112,10 @@ pub struct Config {
     pub max_frame_payload: u32,
     /// Largest frame body this end accepts.
     pub max_frame_body: u32,
-    /// Receive credit of each stream: the most unread bytes a stream may hold here.
+    /// Receive credit each stream starts with: the most unread bytes it may hold here until
+    /// auto-tuning grows it. A stream whose bytes held beyond a hole nearly fill its window
+    /// (a tunnel in a long loss recovery holds its next offset) has the window doubled, up to
+    /// [`Config::stream_window_ceiling`] (docs/PROTOCOL.md §5.1).
     pub stream_window: u64,
     /// Receive credit of the whole session.
     pub session_window: u64,
@@ -473,6 +476,13 @@ impl Config {
             ));
         }
         check_psk(&self.psk)
+    }
+
+    /// The most a stream's receive window grows to by auto-tuning: half the session window
+    /// (so that one stalled stream leaves the session credit for others, and the session's own
+    /// update, due at half of it, never binds first), and never less than `stream_window`.
+    pub fn stream_window_ceiling(&self) -> u64 {
+        (self.session_window / 2).max(self.stream_window)
     }
 
     /// What this end announces in its hello.

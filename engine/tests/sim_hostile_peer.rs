@@ -362,3 +362,51 @@ fn adjacent_small_pieces_cost_one_range_and_are_read_in_order() {
     assert_eq!(got, want);
     assert_eq!(s.stats().reorder_charged, 0);
 }
+
+#[test]
+fn a_peer_that_keeps_a_hole_open_grows_a_stream_window_only_to_its_ceiling() {
+    let _alone = alone();
+    // Auto-tuning (docs/PROTOCOL.md §5.1) grows a window whose credit the sender used up
+    // behind a hole: a peer that never fills byte 0 and sends everything else gets the window
+    // doubled up to half the session window, and not one byte more.
+    let config = Config {
+        stream_window: MIB,
+        session_window: 16 * MIB,
+        ..Config::default()
+    };
+    let ceiling = config.stream_window_ceiling();
+    assert_eq!(ceiling, 8 * MIB);
+    let now = Instant::now();
+    let mut s = server_session(config, now, 1, Config::default().transport_params());
+    let piece = 128 * 1024;
+    let data = |offset: u64, len: u64| Frame::Data {
+        stream: 0,
+        offset,
+        fin: false,
+        payload: Bytes::from(vec![0x33; len as usize]),
+    };
+    let (mut sent, mut limit) = (1u64, MIB);
+    while limit <= ceiling {
+        let frames: Vec<Frame> = (sent..limit)
+            .step_by(piece as usize)
+            .map(|o| data(o, piece.min(limit - o)))
+            .collect();
+        inject(&mut s, now, 0, &frames).unwrap();
+        sent = limit;
+        limit *= 2;
+    }
+    let stats = s.stats();
+    assert_eq!(stats.window.stream_window_growths, 3, "1 → 2 → 4 → 8 MiB");
+    assert_eq!(stats.window.stream_window_peak, ceiling);
+    assert!(stats.reorder_charged <= ceiling + stats.reorder_pieces * PIECE_OVERHEAD);
+    let err = inject(&mut s, now, 0, &[data(ceiling, 1)]).unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::FlowControl {
+            stream: 0,
+            offset: ceiling + 1,
+            limit: ceiling
+        }
+    );
+    assert_eq!(err.code(), code::FLOW_CONTROL);
+}

@@ -120,6 +120,26 @@ pub fn render(stats: &RuntimeStats, context: &ExpositionContext) -> String {
     );
     out.sample("mtcpd_frames_resent_total", &[], c.frames_resent);
     out.family(
+        "mtcpd_stream_credit_waits_total",
+        "counter",
+        "Times a stream had data to send and the peer's stream credit was used up.",
+    );
+    out.sample(
+        "mtcpd_stream_credit_waits_total",
+        &[],
+        c.stream_credit_waits,
+    );
+    out.family(
+        "mtcpd_stream_window_growths_total",
+        "counter",
+        "Times a stream's receive window was doubled because its sender ran out of credit behind a hole.",
+    );
+    out.sample(
+        "mtcpd_stream_window_growths_total",
+        &[],
+        c.stream_window_growths,
+    );
+    out.family(
         "mtcpd_tunnels_lost_total",
         "counter",
         "Tunnels lost, by reason.",

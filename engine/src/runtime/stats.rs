@@ -98,6 +98,10 @@ pub struct Counters {
     pub stream_bytes_from_peer: u64,
     /// Frames re-sent because their tunnel died, sessions closed and live.
     pub frames_resent: u64,
+    /// Times a stream had data to send and no stream credit left (docs/PROTOCOL.md §5.1).
+    pub stream_credit_waits: u64,
+    /// Times a stream's receive window was doubled by auto-tuning (docs/PROTOCOL.md §5.1).
+    pub stream_window_growths: u64,
     /// Tunnels lost, by reason ([`tunnel_loss_reason`]).
     pub tunnels_lost: BTreeMap<&'static str, u64>,
     /// Server handshakes that ended without a tunnel, by reason.
@@ -111,6 +115,8 @@ impl Counters {
         self.stream_bytes_to_peer += other.stream_bytes_to_peer;
         self.stream_bytes_from_peer += other.stream_bytes_from_peer;
         self.frames_resent += other.frames_resent;
+        self.stream_credit_waits += other.stream_credit_waits;
+        self.stream_window_growths += other.stream_window_growths;
         for (reason, n) in &other.tunnels_lost {
             *self.tunnels_lost.entry(reason).or_default() += n;
         }

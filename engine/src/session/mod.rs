@@ -69,6 +69,7 @@ use crate::path::PathEstimate;
 use crate::pool_control::{PoolChange, PoolController};
 use crate::scheduler::{PathView, Scheduler};
 pub use expose::ExposeError;
+pub use flow_control::WindowStats;
 pub use relief::ReliefStats;
 use retransmit::Reliable;
 use streams::Stream;
@@ -211,6 +212,8 @@ pub struct SessionStats {
     pub stream_bytes_received: u64,
     /// Head-of-line relief: reports sent and received, frames re-sent.
     pub relief: ReliefStats,
+    /// Receive-window auto-tuning and credit waits.
+    pub window: WindowStats,
 }
 
 /// One end of an mtcpd session.
@@ -280,6 +283,8 @@ pub struct Session {
     views: Vec<PathView>,
     scratch: BytesMut,
     frames_resent: u64,
+    /// Credit waits and window growth (`flow_control`).
+    window_stats: WindowStats,
     /// Client: the EXPOSE body of the services it exposes (`Session::expose`).
     exposed: Option<Bytes>,
     /// Server: the names the client's last EXPOSE carried.
@@ -405,6 +410,7 @@ impl Session {
             views: Vec::with_capacity(pool),
             scratch: BytesMut::with_capacity(4096),
             frames_resent: 0,
+            window_stats: WindowStats::default(),
             exposed: None,
             peer_exposed: Vec::new(),
             pool_control: None,
@@ -534,6 +540,7 @@ impl Session {
             reorder_charged,
             frames_resent: self.frames_resent,
             relief: self.relief.stats,
+            window: self.window_stats,
             buffered_bytes: buffered,
             streams: self.streams.len(),
             active_tunnels: self.tunnels.iter().filter(|t| t.is_active()).count(),

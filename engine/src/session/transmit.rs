@@ -222,6 +222,7 @@ impl Session {
                 if stream_credit == 0 {
                     // Waits for a STREAM_WINDOW, which puts it back.
                     s.in_ready = false;
+                    self.window_stats.stream_credit_waits += 1;
                     self.ready.pop_front();
                     continue;
                 }

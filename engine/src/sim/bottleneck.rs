@@ -39,6 +39,10 @@ pub struct BottleneckSpec {
     /// lost retransmission is noticed only after this much more (Linux's minimum
     /// retransmission timeout is 200 ms): the RTO-bound recoveries that hold a stream longest.
     pub rto: Duration,
+    /// Random losses do not shrink a window, only queue drops do: a loss-blind congestion
+    /// control such as bbr, which reaches the link rate at 1 % random loss where a Reno-like
+    /// window (the default) would crawl.
+    pub loss_blind: bool,
 }
 
 impl BottleneckSpec {
@@ -52,6 +56,7 @@ impl BottleneckSpec {
             loss: loss.clamp(0.0, 1.0),
             mss: 1448,
             rto: Duration::ZERO,
+            loss_blind: false,
         }
     }
 }
@@ -108,20 +113,25 @@ impl Shared {
         }
     }
 
-    /// Offers a segment of `len` bytes at `now`: its departure time, or `Err(when)` with the
-    /// time the sender would have learnt of the loss had it been delivered (for the
-    /// retransmission timing).
-    fn offer(&mut self, now: Instant, len: usize, rng: &mut StdRng) -> Result<Instant, Instant> {
+    /// Offers a segment of `len` bytes at `now`: its departure time, or `Err((when, queue))`
+    /// with the time the sender would have learnt of the loss had it been delivered (for the
+    /// retransmission timing) and whether the full queue dropped it (not random loss).
+    fn offer(
+        &mut self,
+        now: Instant,
+        len: usize,
+        rng: &mut StdRng,
+    ) -> Result<Instant, (Instant, bool)> {
         self.drain(now);
         self.stats.segments += 1;
         let start = self.busy_until.max(now);
         if self.queued_bytes + len > self.spec.queue {
             self.stats.drops_queue += 1;
-            return Err(start);
+            return Err((start, true));
         }
         if self.spec.loss > 0.0 && rng.random::<f64>() < self.spec.loss {
             self.stats.drops_loss += 1;
-            return Err(start);
+            return Err((start, false));
         }
         let dep = start + Duration::from_secs_f64(len as f64 / self.spec.rate);
         self.busy_until = dep;
@@ -160,8 +170,8 @@ pub(crate) struct TcpDir {
     cwnd_limited: bool,
     /// Something TCP_INFO shows changed since [`TcpDir::take_info`] last read it.
     info_changed: bool,
-    /// When the sender learns of each lost segment.
-    losses: VecDeque<(Instant, u64, Bytes)>,
+    /// When the sender learns of each lost segment, and whether the full queue dropped it.
+    losses: VecDeque<(Instant, u64, Bytes, bool)>,
     /// When each delivered segment reaches the receiver.
     arrivals: VecDeque<(Instant, u64, Bytes)>,
     /// Segments received beyond a hole.
@@ -256,15 +266,15 @@ impl TcpDir {
             }
             self.cwnd = self.cwnd.min(MAX_CWND);
         }
-        while let Some((at, _, _)) = self.losses.front() {
+        while let Some((at, _, _, _)) = self.losses.front() {
             if *at > now {
                 break;
             }
-            let Some((_, seq, seg)) = self.losses.pop_front() else {
+            let Some((_, seq, seg, queue)) = self.losses.pop_front() else {
                 break;
             };
             self.inflight -= seg.len();
-            if seq >= self.recover {
+            if seq >= self.recover && (queue || !shared.spec.loss_blind) {
                 self.ssthresh = (self.cwnd / 2).max(2 * mss);
                 self.cwnd = self.ssthresh;
                 self.recover = self.next_seq;
@@ -317,7 +327,7 @@ impl TcpDir {
                     self.acks
                         .push_back((dep + 2 * delay, seg.len(), fresh.then_some(now)));
                 }
-                Err(start) => {
+                Err((start, queue)) => {
                     let rto = if !fresh {
                         shared.spec.rto
                     } else {
@@ -327,7 +337,7 @@ impl TcpDir {
                     // Loss notices stay in time order (a timed-out one may come after later
                     // fast ones).
                     let i = self.losses.partition_point(|l| l.0 <= at);
-                    self.losses.insert(i, (at, seq, seg));
+                    self.losses.insert(i, (at, seq, seg, queue));
                 }
             }
         }

@@ -140,6 +140,8 @@ fn add_session_totals(counters: &mut Counters, stats: &SessionStats) {
     counters.stream_bytes_to_peer += stats.stream_bytes_sent;
     counters.stream_bytes_from_peer += stats.stream_bytes_received;
     counters.frames_resent += stats.frames_resent;
+    counters.stream_credit_waits += stats.window.stream_credit_waits;
+    counters.stream_window_growths += stats.window.stream_window_growths;
 }
 
 fn local_addr(sock: &impl std::os::fd::AsFd) -> Option<SocketAddr> {

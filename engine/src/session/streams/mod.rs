@@ -44,6 +44,10 @@ pub(in crate::session) struct Stream {
     pub(in crate::session) fin_read: bool,
     pub(in crate::session) readable_signalled: bool,
     pub(in crate::session) window_update_queued: bool,
+    /// Receive window auto-tuning (`flow_control`): this stream's window is
+    /// `stream_window << window_doublings`, up to [`crate::Config::stream_window_ceiling`]. A
+    /// shift, not a byte count: idle streams are many (issue 10), and a u8 fits the padding.
+    pub(in crate::session) window_doublings: u8,
     // Reset.
     pub(in crate::session) reset_sent: bool,
     pub(in crate::session) peer_reset: Option<u32>,
@@ -83,6 +87,7 @@ impl Stream {
             fin_read: false,
             readable_signalled: false,
             window_update_queued: false,
+            window_doublings: 0,
             reset_sent: false,
             peer_reset: None,
             local_reset: None,

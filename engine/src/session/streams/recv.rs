@@ -141,6 +141,7 @@ impl Session {
                 limit: self.config.session_window,
             });
         }
+        self.maybe_grow_stream_window(stream);
         self.signal_readable(stream);
         Ok(())
     }
