@@ -140,6 +140,7 @@ fn add_session_totals(counters: &mut Counters, stats: &SessionStats) {
     counters.stream_bytes_to_peer += stats.stream_bytes_sent;
     counters.stream_bytes_from_peer += stats.stream_bytes_received;
     counters.frames_resent += stats.frames_resent;
+    counters.relief.add(&stats.relief);
 }
 
 fn local_addr(sock: &impl std::os::fd::AsFd) -> Option<SocketAddr> {
