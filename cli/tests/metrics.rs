@@ -191,6 +191,19 @@ fn metrics_of_a_transfer(io: Driver) {
         assert_eq!(value(samples, "mtcpd_streams", &[]), 0.0);
         assert_eq!(value(samples, "mtcpd_streams_opened_total", &[]), 1.0);
         assert_eq!(value(samples, "mtcpd_frames_resent_total", &[]), 0.0);
+        // Relief is off by default: every kind present, none counted.
+        for kind in [
+            "reports_sent",
+            "reports_received",
+            "frames_resent",
+            "bytes_resent",
+        ] {
+            assert_eq!(
+                value(samples, "mtcpd_hol_relief_total", &[("kind", kind)]),
+                0.0,
+                "{role}: {kind}"
+            );
+        }
         assert_eq!(value(samples, "mtcpd_reorder_buffered_bytes", &[]), 0.0);
         assert_eq!(value(samples, "mtcpd_scrape_workers_missing", &[]), 0.0);
         let up = of(samples, "mtcpd_tunnel_up");

@@ -15,7 +15,8 @@ use mtcpd_engine::sim::{LinkSpec, SimPair};
 use support::{FlowSpec, Workload};
 
 /// How long each contender runs (virtual time), and the tail over which goodput is measured
-/// (after auto has had time to probe).
+/// (after auto has had time to probe); [`Path::SharedCleanDown`] runs as long as the emulator's
+/// grid (20 s), its windows being twice as long.
 const RUN: Duration = Duration::from_secs(12);
 const TAIL: Duration = Duration::from_secs(4);
 
@@ -25,6 +26,19 @@ enum Path {
     PerFlowCap,
     /// One clean 40 Mbit/s bottleneck (50 ms queue, no random loss) shared by every tunnel.
     SharedClean,
+    /// The emulator's clean path, scaled down: 100 ms RTT, one 100 Mbit/s bottleneck with a
+    /// 100 ms queue, no random loss; a download (the grid's bulk transfer).
+    SharedCleanDown,
+}
+
+impl Path {
+    /// (run, tail).
+    fn times(self) -> (Duration, Duration) {
+        match self {
+            Path::SharedCleanDown => (Duration::from_secs(20), Duration::from_secs(6)),
+            _ => (RUN, TAIL),
+        }
+    }
 }
 
 struct Outcome {
@@ -34,6 +48,8 @@ struct Outcome {
     chosen: Option<usize>,
     /// Every size the adaptive pool took, in order.
     sizes: Vec<usize>,
+    /// Segments the bottleneck queue dropped in the sending direction, over the whole run.
+    drops: u64,
 }
 
 /// The client's config (adaptive or not, smallest pool 2) and the server's, which grants up
@@ -58,76 +74,106 @@ fn run(path: Path, slots: usize, auto: bool, seed: u64) -> Outcome {
     let links = match path {
         Path::PerFlowCap => vec![LinkSpec::new(25, 3.0); slots],
         Path::SharedClean => vec![LinkSpec::new(25, 1000.0); slots],
+        Path::SharedCleanDown => vec![LinkSpec::new(50, 1000.0); slots],
     };
+    let down = matches!(path, Path::SharedCleanDown);
     // The server grants up to 32 tunnels (its default is 8).
     let (config, server) = configs(auto, 32);
     let mut pair = SimPair::new(config, server, &links, seed).plaintext();
-    if let Path::SharedClean = path {
-        pair = pair.with_bottleneck(BottleneckSpec::new(40.0, 50, 0.0));
+    match path {
+        Path::PerFlowCap => {}
+        Path::SharedClean => pair = pair.with_bottleneck(BottleneckSpec::new(40.0, 50, 0.0)),
+        Path::SharedCleanDown => {
+            pair = pair.with_bottleneck(BottleneckSpec::new(100.0, 100, 0.0));
+        }
     }
     // Far more than the run can carry: the session stays backlogged throughout.
-    let mut w = Workload::new(vec![FlowSpec::bulk(1 << 40, 0)]);
+    let flow = if down {
+        FlowSpec::bulk(0, 1 << 40)
+    } else {
+        FlowSpec::bulk(1 << 40, 0)
+    };
+    let mut w = Workload::new(vec![flow]);
+    let received = |w: &Workload| {
+        if down {
+            w.client_received(0)
+        } else {
+            w.server_received(0)
+        }
+    };
     let mut sizes = Vec::new();
     let mut tail_start = None;
-    let finished = pair.run(RUN, |p| {
+    let (run, tail) = path.times();
+    let finished = pair.run(run, |p| {
         if let Some(n) = p.client.adaptive_pool_target()
             && sizes.last() != Some(&n)
         {
             sizes.push(n);
         }
-        if tail_start.is_none() && p.elapsed() >= RUN - TAIL {
-            tail_start = Some(w.server_received(0));
+        if tail_start.is_none() && p.elapsed() >= run - tail {
+            tail_start = Some(received(&w));
         }
         w.step(p)
     });
     assert!(!finished || !w.errors.is_empty(), "the flow cannot finish");
     assert!(w.errors.is_empty(), "{:?}", w.errors);
-    let tail = w.server_received(0) - tail_start.expect("the tail was reached");
+    let got = received(&w) - tail_start.expect("the tail was reached");
+    let drops = pair
+        .bottleneck_stats(usize::from(down))
+        .map_or(0, |b| b.drops_queue);
     Outcome {
-        goodput: tail as f64 / TAIL.as_secs_f64(),
+        drops,
+        goodput: got as f64 / tail.as_secs_f64(),
         chosen: pair.client.adaptive_pool_target(),
         sizes,
     }
 }
 
-/// The best fixed pool of `candidates` on `path`: (size, goodput).
-fn best_fixed(path: Path, candidates: &[usize]) -> (usize, f64) {
-    let mut best = (0, 0.0);
+/// The best fixed pool of `candidates` on `path`: (size, its outcome).
+fn best_fixed(path: Path, candidates: &[usize]) -> (usize, Outcome) {
+    let mut best: Option<(usize, Outcome)> = None;
     for &n in candidates {
-        let g = run(path, n, false, 11).goodput;
-        eprintln!("{path:?}: fixed {n}: {:.1} Mbit/s", g * 8e-6);
-        if g > best.1 {
-            best = (n, g);
+        let o = run(path, n, false, 11);
+        eprintln!(
+            "{path:?}: fixed {n}: {:.1} Mbit/s, {} queue drops",
+            o.goodput * 8e-6,
+            o.drops
+        );
+        if best.as_ref().is_none_or(|(_, b)| o.goodput > b.goodput) {
+            best = Some((n, o));
         }
     }
-    best
+    best.expect("at least one candidate")
 }
 
 /// The adaptive pool over `slots` slots on `path` beside the best of the fixed pools
-/// `candidates`: (auto's outcome, the best fixed goodput), with one line saying how they compare.
+/// `candidates`: (auto's outcome, the best fixed pool's), with one line saying how they compare.
 fn auto_against_best_fixed(
     path: Path,
     slots: usize,
     seed: u64,
     candidates: &[usize],
-) -> (Outcome, f64) {
+) -> (Outcome, Outcome) {
     let auto = run(path, slots, true, seed);
-    let (best_n, best) = best_fixed(path, candidates);
+    let (best_n, best_fixed) = best_fixed(path, candidates);
+    let best = best_fixed.goodput;
     eprintln!(
         "{path:?}: auto chose {:?} (sizes {:?}): {:.1} Mbit/s = {:.2}x of the best fixed \
-         pool ({best_n}: {:.1} Mbit/s)",
+         pool ({best_n}: {:.1} Mbit/s), {} queue drops",
         auto.chosen,
         auto.sizes,
         auto.goodput * 8e-6,
         auto.goodput / best,
-        best * 8e-6
+        best * 8e-6,
+        auto.drops
     );
-    (auto, best)
+    (auto, best_fixed)
 }
 
 #[test]
 fn with_a_per_flow_cap_auto_grows_to_many_tunnels_within_a_tenth_of_the_best_fixed_pool() {
     let (auto, best) = auto_against_best_fixed(Path::PerFlowCap, 16, 11, &[2, 8, 16]);
+    let best = best.goodput;
     assert_eq!(
         auto.sizes.first(),
         Some(&2),
@@ -173,9 +219,47 @@ fn the_server_grant_caps_the_adaptive_pool() {
     assert_eq!(pair.client.granted_tunnels(), 8);
 }
 
+/// Auto behind a shared bottleneck: within a tenth of the best fixed pool's goodput, and its
+/// probing costs at most a quarter more queue drops than that pool's own (the TCP model has no
+/// pacing: every window ends in a few drops, fixed or not).
+fn assert_close_to(auto: &Outcome, best: &Outcome) {
+    assert!(
+        auto.goodput >= 0.9 * best.goodput,
+        "{} vs {}",
+        auto.goodput,
+        best.goodput
+    );
+    assert!(
+        auto.drops as f64 <= 1.25 * best.drops as f64 + 50.0,
+        "queue drops: auto {} vs {} (sizes {:?})",
+        auto.drops,
+        best.drops,
+        auto.sizes
+    );
+}
+
 #[test]
 fn behind_a_clean_shared_bottleneck_auto_stays_small_and_loses_nothing() {
     let (auto, best) = auto_against_best_fixed(Path::SharedClean, 16, 12, &[2, 8]);
     assert!(auto.chosen <= Some(4), "stayed small: {:?}", auto.sizes);
-    assert!(auto.goodput >= 0.9 * best, "{} vs {best}", auto.goodput);
+    assert_close_to(&auto, &best);
+}
+
+#[test]
+fn a_download_behind_a_clean_100ms_bottleneck_stays_small() {
+    // Before the slow-start rule (pool_control::MAX_WINDOWS) auto went 2, 4, 8, 16 here: 2,
+    // judged in its slow start, looked slower than each larger size measured later.
+    let auto = run(Path::SharedCleanDown, 16, true, 12);
+    assert!(auto.chosen <= Some(4), "stayed small: {:?}", auto.sizes);
+}
+
+/// Not yet: after its 2 -> 4 -> 2 probe, auto's tail goodput is 0.72x of the best fixed pool
+/// with 1.4x its queue drops. Counting a joining tunnel in the coupled cap only once its rate
+/// is measured fixes this (1.00x, equal drops) but made sim_bottleneck's sixteen coupled
+/// tunnels drop 1.3-4.5x more (issue 13 item 4, left open).
+#[test]
+#[ignore = "known gap: the coupled cap counts a joining tunnel at the assumed initial rate"]
+fn a_download_behind_a_clean_100ms_bottleneck_matches_the_best_fixed_pool() {
+    let (auto, best) = auto_against_best_fixed(Path::SharedCleanDown, 16, 12, &[2, 8]);
+    assert_close_to(&auto, &best);
 }

@@ -140,6 +140,15 @@ pub fn render(stats: &RuntimeStats, context: &ExpositionContext) -> String {
         c.stream_window_growths,
     );
     out.family(
+        "mtcpd_hol_relief_total",
+        "counter",
+        "Head-of-line relief (hol_relief): HOL_REPORTs sent, dropped (queue full), received \
+         and ignored; frames and bytes re-sent for them.",
+    );
+    for (kind, n) in c.relief.by_kind() {
+        out.sample("mtcpd_hol_relief_total", &[("kind", kind)], n);
+    }
+    out.family(
         "mtcpd_tunnels_lost_total",
         "counter",
         "Tunnels lost, by reason.",
@@ -372,7 +381,10 @@ fn render_forwards(out: &mut Exposition, stats: &RuntimeStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mtcpd_engine::runtime::stats::{ForwardStats, SessionStatsSnapshot, TcpStats, TunnelStats};
+    use mtcpd_engine::runtime::stats::{
+        Counters, ForwardStats, SessionStatsSnapshot, TcpStats, TunnelStats,
+    };
+    use mtcpd_engine::session::ReliefStats;
     use std::time::Duration;
 
     #[test]
@@ -433,6 +445,13 @@ mod tests {
                     bytes_from_peer: 0,
                 },
             ],
+            counters: Counters {
+                relief: ReliefStats {
+                    reports_received: 3,
+                    ..ReliefStats::default()
+                },
+                ..Counters::default()
+            },
             ..RuntimeStats::default()
         };
         let context = ExpositionContext { role: Role::Client };
@@ -449,6 +468,8 @@ mod tests {
         assert!(text.contains("mtcpd_streams 2\n"));
         assert!(text.contains("mtcpd_session_adaptive_pool_tunnels{session=\"00aa11bb22cc\"} 4\n"));
         assert!(text.contains("mtcpd_tunnels_lost_total{reason=\"idle_timeout\"} 0\n"));
+        assert!(text.contains("mtcpd_hol_relief_total{kind=\"reports_received\"} 3\n"));
+        assert!(text.contains("mtcpd_hol_relief_total{kind=\"bytes_resent\"} 0\n"));
         assert!(text.contains(
             "mtcpd_forward_bytes_total{forward=\"web \\\"main\\\"\",direction=\"from_peer\"} 10\n"
         ));

@@ -110,6 +110,10 @@ pub struct View {
     pub tunnels_lost: u64,
     /// Handshakes refused since start, all reasons.
     pub handshakes_rejected: u64,
+    /// Head-of-line relief since start: HOL_REPORTs this end sent and received.
+    pub relief_reports: (u64, u64),
+    /// Frames re-sent as head-of-line relief since start.
+    pub relief_resent: u64,
     /// Bytes in reorder buffers now.
     pub reorder_buffered_bytes: u64,
     /// Per session.
@@ -161,6 +165,12 @@ impl View {
                 "mtcpd_tunnels_lost_total" => view.tunnels_lost += count(v),
                 "mtcpd_handshakes_rejected_total" => view.handshakes_rejected += count(v),
                 "mtcpd_reorder_buffered_bytes" => view.reorder_buffered_bytes = count(v),
+                "mtcpd_hol_relief_total" => match s.label("kind") {
+                    "reports_sent" => view.relief_reports.0 = count(v),
+                    "reports_received" => view.relief_reports.1 = count(v),
+                    "frames_resent" => view.relief_resent = count(v),
+                    _ => {}
+                },
                 "mtcpd_session_streams" => {
                     session_streams
                         .entry(s.label("session").into())
@@ -282,7 +292,8 @@ impl View {
         let _ = writeln!(
             out,
             "sessions {}  streams {}  opened {}  to peer {}  from peer {}  resent {}  \
-             tunnels lost {}  handshakes rejected {}  reordering {}",
+             tunnels lost {}  handshakes rejected {}  reordering {}  \
+             hol relief {} sent/{} received/{} resent",
             self.sessions,
             self.streams,
             self.streams_opened,
@@ -291,7 +302,10 @@ impl View {
             self.frames_resent,
             self.tunnels_lost,
             self.handshakes_rejected,
-            bytes(self.reorder_buffered_bytes)
+            bytes(self.reorder_buffered_bytes),
+            self.relief_reports.0,
+            self.relief_reports.1,
+            self.relief_resent
         );
         let _ = writeln!(
             out,
@@ -412,7 +426,9 @@ mod tests {
         mtcpd_tunnel_rtt_seconds{session=\"aa\",tunnel=\"0\",peer=\"p:1\"} 0.0125\n\
         mtcpd_tunnel_sent_bytes_total{session=\"aa\",tunnel=\"0\",peer=\"p:1\"} 1000\n\
         mtcpd_tunnel_up{session=\"aa\",tunnel=\"1\",peer=\"\"} 0\n\
-        mtcpd_forward_bytes_total{forward=\"web\",direction=\"to_peer\"} 10\n";
+        mtcpd_forward_bytes_total{forward=\"web\",direction=\"to_peer\"} 10\n\
+        mtcpd_hol_relief_total{kind=\"reports_received\"} 4\n\
+        mtcpd_hol_relief_total{kind=\"frames_resent\"} 6\n";
 
     #[test]
     fn samples_become_tunnels_sessions_and_totals_with_rates() {
@@ -442,6 +458,11 @@ mod tests {
         assert!(table.contains("12.500"), "{table}");
         assert!(table.contains("3.9 KiB/s"), "{table}");
         assert!(table.contains("web"), "{table}");
+        assert_eq!((later.relief_reports, later.relief_resent), ((0, 4), 6));
+        assert!(
+            table.contains("hol relief 0 sent/4 received/6 resent"),
+            "{table}"
+        );
     }
 
     #[test]

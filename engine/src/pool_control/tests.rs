@@ -188,3 +188,38 @@ fn the_window_follows_the_path_rtt_within_bounds() {
         WINDOW_MAX
     );
 }
+
+#[test]
+fn a_size_is_judged_once_its_slow_start_is_over() {
+    // One clean 100 Mbit/s bottleneck that every pool size fills, but reached only after a
+    // slow start of 2 s from the session's start. Judged on its first window (in slow start),
+    // 2 tunnels would look slower than 4 measured later, and the pool would grow for nothing.
+    let mut c = PoolController::new(2, 32);
+    let start = Instant::now();
+    let mut now = start;
+    let mut delivered = 0.0;
+    let mut changes = Vec::new();
+    while now < start + Duration::from_secs(30) {
+        let t = now.duration_since(start).as_secs_f64();
+        delivered += 12.5e6 * (t / 2.0).min(1.0) * TICK.as_secs_f64();
+        let sample = PoolSample {
+            delivered: delivered as u64,
+            backlogged: true,
+            active: c.target(),
+            srtt: RTT,
+            min_rtt: RTT,
+        };
+        if let Some(change) = c.tick(now, sample) {
+            changes.push((now.duration_since(start), change));
+        }
+        now += TICK;
+    }
+    let sizes: Vec<_> = changes.iter().map(|(_, c)| c.to).collect();
+    assert_eq!(sizes, [4, 2], "{changes:#?}");
+    // The first step waited for the goodput to stop rising (2 s), not one window (1 s).
+    assert!(changes[0].0 >= Duration::from_secs(2), "{changes:#?}");
+    assert!(matches!(
+        changes[1].1.reason,
+        PoolReason::GoodputFlat { .. }
+    ));
+}

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use super::Waker;
 use super::rejection_log::RejectReason;
 use crate::error::TunnelError;
+use crate::session::ReliefStats;
 
 /// How long [`crate::runtime::Client::stats`] and [`crate::runtime::Server::stats`] wait for
 /// the workers' answers.
@@ -106,6 +107,8 @@ pub struct Counters {
     pub tunnels_lost: BTreeMap<&'static str, u64>,
     /// Server handshakes that ended without a tunnel, by reason.
     pub handshakes_rejected: BTreeMap<&'static str, u64>,
+    /// Head-of-line relief (`hol_relief`), sessions closed and live.
+    pub relief: ReliefStats,
 }
 
 impl Counters {
@@ -117,6 +120,7 @@ impl Counters {
         self.frames_resent += other.frames_resent;
         self.stream_credit_waits += other.stream_credit_waits;
         self.stream_window_growths += other.stream_window_growths;
+        self.relief.add(&other.relief);
         for (reason, n) in &other.tunnels_lost {
             *self.tunnels_lost.entry(reason).or_default() += n;
         }
@@ -348,6 +352,10 @@ mod tests {
     fn counters_add_up_by_reason() {
         let mut a = Counters {
             streams_opened: 2,
+            relief: ReliefStats {
+                frames_resent: 5,
+                ..ReliefStats::default()
+            },
             ..Counters::default()
         };
         a.tunnels_lost.insert("idle_timeout", 1);
@@ -355,6 +363,7 @@ mod tests {
         b.tunnels_lost.insert("replaced", 3);
         a.add(&b);
         assert_eq!(a.streams_opened, 4);
+        assert_eq!(a.relief.frames_resent, 10);
         assert_eq!(a.tunnels_lost["idle_timeout"], 2);
         assert_eq!(a.tunnels_lost["replaced"], 3);
     }

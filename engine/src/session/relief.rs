@@ -73,6 +73,30 @@ pub struct ReliefStats {
     pub bytes_resent: u64,
 }
 
+impl ReliefStats {
+    /// Every counter with its metric label (`mtcpd_hol_relief_total{kind=...}`), in order.
+    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+        [
+            ("reports_sent", self.reports_sent),
+            ("reports_dropped", self.reports_dropped),
+            ("reports_received", self.reports_received),
+            ("reports_ignored", self.reports_ignored),
+            ("frames_resent", self.frames_resent),
+            ("bytes_resent", self.bytes_resent),
+        ]
+    }
+
+    /// Adds `other` into `self` (a runtime's totals over its sessions).
+    pub fn add(&mut self, other: &ReliefStats) {
+        self.reports_sent += other.reports_sent;
+        self.reports_dropped += other.reports_dropped;
+        self.reports_received += other.reports_received;
+        self.reports_ignored += other.reports_ignored;
+        self.frames_resent += other.frames_resent;
+        self.bytes_resent += other.bytes_resent;
+    }
+}
+
 /// The session's relief state, both halves.
 #[derive(Debug, Default)]
 pub(super) struct Relief {

@@ -142,6 +142,7 @@ fn add_session_totals(counters: &mut Counters, stats: &SessionStats) {
     counters.frames_resent += stats.frames_resent;
     counters.stream_credit_waits += stats.window.stream_credit_waits;
     counters.stream_window_growths += stats.window.stream_window_growths;
+    counters.relief.add(&stats.relief);
 }
 
 fn local_addr(sock: &impl std::os::fd::AsFd) -> Option<SocketAddr> {
