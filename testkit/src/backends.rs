@@ -20,6 +20,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// returns the port's address.
 pub fn serve(handle: fn(TcpStream)) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback backend");
+    deep_backlog(&listener);
     let addr = listener.local_addr().expect("backend address");
     thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -33,6 +34,25 @@ pub fn serve(handle: fn(TcpStream)) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Accept queue of a backend's listener, as deep as the daemons' own (`sockopt::LISTEN_BACKLOG`).
+/// std listens with 128, and one thread accepting (and spawning a thread per connection) falls
+/// behind when a test opens thousands of streams at once: the kernel then answers with SYN
+/// cookies and drops the handshake's last ACK. A daemon whose first flight to that backend
+/// goes out in two segments has the first dropped too, and the second fails the cookie check
+/// (its sequence number is not the one the cookie was made for): the backend's kernel
+/// answers with a reset (`TcpExtSyncookiesFailed`), and the stream dies for a reason that is
+/// the test's, not the daemon's.
+const BACKEND_BACKLOG: libc::c_int = 4096;
+
+/// Listens again on `listener` with [`BACKEND_BACKLOG`] (Linux takes a second `listen` as a
+/// new backlog; the kernel caps it at `net.core.somaxconn`).
+fn deep_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `listen` on a descriptor we own; the result is checked.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), BACKEND_BACKLOG) };
+    assert_eq!(rc, 0, "listen: {}", io::Error::last_os_error());
 }
 
 /// An echo backend: sends back every byte it reads, and half-closes after the peer did.

@@ -17,7 +17,10 @@ impl Core {
         if user_data == UNTRACKED {
             return;
         }
-        let key = user_data as usize;
+        // A completion of an operation no longer in the table has nobody to tell.
+        let Some(key) = self.op_key(user_data) else {
+            return;
+        };
         let more = io_uring::cqueue::more(flags);
         if let Some(Op {
             kind: OpKind::RecvMulti,

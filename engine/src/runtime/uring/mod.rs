@@ -137,6 +137,7 @@ impl Uring {
             starved: VecDeque::new(),
             multishots: 0,
             dry_log: (Instant::now(), 0),
+            generation: 0,
         };
         core.start(None, OpKind::Wake(Box::new(0)));
         Ok((

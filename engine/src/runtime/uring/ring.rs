@@ -25,6 +25,16 @@ use super::bufring::{BufRing, GROUP};
 /// `user_data` of operations nobody waits for (cancellations).
 pub(super) const UNTRACKED: u64 = u64::MAX;
 
+/// An operation's `user_data`: its key in [`Core::ops`] in the low half, the generation it was
+/// started with in the high half. A slab key is reused as soon as its operation ends, so the key
+/// alone is ambiguous: a cancellation queued for one operation (the end of a turn queues them
+/// before it reaps) would, once that operation ended and its key went to the next, end the
+/// wrong one, another socket's receive or a listener's accept. With the generation the kernel
+/// matches only the operation meant, and a completion of an operation that is gone is ignored.
+pub(super) fn tag(key: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | key as u64
+}
+
 /// Queued operations handed to the kernel at once, without waiting for the end of the loop's
 /// turn. Submitting only once per turn turned thousands of connections into store-and-forward:
 /// a turn with 1,000 ready sockets sent nothing until all 1,000 were serviced, so the next hop
@@ -85,6 +95,8 @@ pub(super) enum OpKind {
 pub(super) struct Op {
     pub(super) sock: Option<usize>,
     pub(super) kind: OpKind,
+    /// Told apart from earlier operations under the same key (see [`tag`]).
+    pub(super) generation: u32,
 }
 
 /// Received bytes a socket has not handed out yet: `data[pos..end]`.
@@ -158,6 +170,8 @@ pub(super) struct Core {
     pub(super) multishots: u64,
     /// When the ring running dry may next be logged, and the count logged by then.
     pub(super) dry_log: (Instant, u64),
+    /// The generation the next operation starts with (see [`tag`]).
+    pub(super) generation: u32,
 }
 
 // SAFETY: the raw pointers (ring mappings, iovecs and message headers of operations in flight)
@@ -227,11 +241,17 @@ impl Core {
             )
             .build(),
         };
-        self.ops.insert(Op { sock, kind });
+        let generation = self.generation;
+        self.generation = generation.wrapping_add(1);
+        self.ops.insert(Op {
+            sock,
+            kind,
+            generation,
+        });
         if let Some(s) = sock {
             self.socks[s].inflight += 1;
         }
-        self.push(entry.user_data(key as u64));
+        self.push(entry.user_data(tag(key, generation)));
         if self.ring.submission().len() >= SUBMIT_BATCH {
             // Hand a batch over now rather than at the end of the turn (see SUBMIT_BATCH).
             if let Err(e) = self.ring.submit() {
@@ -275,15 +295,31 @@ impl Core {
     }
 
     /// Queues a cancellation of each operation (their completions still arrive, as
-    /// `ECANCELED` or with what they did before).
+    /// `ECANCELED` or with what they did before). Each names its operation by key and
+    /// generation, so it cannot end a later operation under the same key.
     pub(super) fn cancel(&mut self, ops: impl IntoIterator<Item = usize>) {
-        for op in ops {
+        for key in ops {
+            let Some(op) = self.ops.get(key) else {
+                continue;
+            };
+            let target = tag(key, op.generation);
             self.push(
-                opcode::AsyncCancel::new(op as u64)
+                opcode::AsyncCancel::new(target)
                     .build()
                     .user_data(UNTRACKED),
             );
         }
+    }
+
+    /// The key in [`Core::ops`] of the operation `user_data` names, if it is still there (not
+    /// ended, and its key not taken by a later operation).
+    pub(super) fn op_key(&self, user_data: u64) -> Option<usize> {
+        let key = (user_data & u64::from(u32::MAX)) as usize;
+        let generation = (user_data >> 32) as u32;
+        self.ops
+            .get(key)
+            .is_some_and(|op| op.generation == generation)
+            .then_some(key)
     }
 }
 
@@ -307,12 +343,12 @@ impl Drop for Core {
                 .map(|c| (c.user_data(), c.result(), c.flags()))
                 .collect();
             for (ud, res, flags) in done {
-                if ud == UNTRACKED {
+                let Some(key) = (ud != UNTRACKED).then(|| self.op_key(ud)).flatten() else {
                     continue;
-                }
+                };
                 if io_uring::cqueue::more(flags) {
                     let accept = matches!(
-                        self.ops.get(ud as usize),
+                        self.ops.get(key),
                         Some(Op {
                             kind: OpKind::Accept,
                             ..
@@ -325,7 +361,7 @@ impl Drop for Core {
                     }
                     continue;
                 }
-                self.ops.try_remove(ud as usize);
+                self.ops.try_remove(key);
             }
         }
         // The kernel may still write into these: never free them.

@@ -277,3 +277,76 @@ fn multishot_receive_stays_armed_and_is_armed_again_after_a_slow_read() {
     }
     assert!(op_of(&driver).is_none());
 }
+
+/// A cancellation queued for an operation that ended meanwhile, its key taken by the next
+/// operation, leaves the next one alone: operations are named by key and generation.
+#[test]
+fn a_stale_cancellation_does_not_end_the_operation_that_reused_its_key() {
+    use io_uring::opcode;
+
+    use super::ring::{UNTRACKED, tag};
+
+    let (mut driver, _waker) = Uring::with_ring(4096, 16).unwrap();
+    let (mut clients, mut servers) = pairs(&mut driver, 1);
+    let id = servers[0].id;
+    clients[0].write_all(b"armed").unwrap();
+    read_one(&mut driver, &mut servers[0], b"armed");
+    let op_of = |driver: &Uring| {
+        let c = lock(&driver.core);
+        c.socks[id].recv_op.map(|k| (k, c.ops[k].generation))
+    };
+    let (key, generation) = op_of(&driver).expect("a multishot receive is armed");
+    // End it: with nothing queued, its completion arms the next receive at once, which takes
+    // the freed key.
+    lock(&driver.core).cancel([key]);
+    let mut ready = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while op_of(&driver) == Some((key, generation)) {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled receive did not end"
+        );
+        driver.wait(Duration::from_millis(20), &mut ready).unwrap();
+        ready.clear();
+    }
+    let next = op_of(&driver).expect("armed again");
+    assert_eq!(next.0, key, "the next receive reuses the key");
+    let arms = lock(&driver.core).multishots;
+    // The cancellation a turn's end queued for the first receive reaches the kernel only now.
+    lock(&driver.core).push(
+        opcode::AsyncCancel::new(tag(key, generation))
+            .build()
+            .user_data(UNTRACKED),
+    );
+    for _ in 0..5 {
+        driver.wait(Duration::from_millis(20), &mut ready).unwrap();
+        ready.clear();
+    }
+    assert_eq!(
+        op_of(&driver),
+        Some(next),
+        "the next receive is still armed"
+    );
+    assert_eq!(
+        lock(&driver.core).multishots,
+        arms,
+        "and was not armed again"
+    );
+    clients[0].write_all(b"still received").unwrap();
+    read_one(&mut driver, &mut servers[0], b"still received");
+}
+
+/// A ring the kernel refuses (here: a size it rejects, as a kernel before 5.19 rejects any)
+/// leaves the driver working with a receive buffer per socket.
+#[test]
+fn a_refused_ring_falls_back_to_a_buffer_per_socket() {
+    let (mut driver, _waker) = Uring::with_ring(4096, 3).unwrap();
+    assert!(lock(&driver.core).bufs.is_none(), "no ring");
+    let (mut clients, mut servers) = pairs(&mut driver, 2);
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("socket {i}").as_bytes()).unwrap();
+    }
+    for (i, s) in servers.iter_mut().enumerate() {
+        read_one(&mut driver, s, format!("socket {i}").as_bytes());
+    }
+}
