@@ -46,6 +46,7 @@ pub mod reset_code;
 mod resolver;
 pub mod reverse;
 pub mod server_list;
+mod shrink_on_fall;
 mod sockopt;
 mod spawn;
 pub mod stats;

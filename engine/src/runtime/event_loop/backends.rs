@@ -78,6 +78,14 @@ impl Backends {
     pub(in crate::runtime) fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.front().map(|d| d.at)
     }
+
+    /// Gives back what a burst of connects grew (the deadlines stay queued until they pass,
+    /// connected or not, so a burst leaves a long queue behind it).
+    pub(super) fn shrink(&mut self) {
+        self.deadlines.shrink_to_fit();
+        self.lookups.shrink_to_fit();
+        self.in_flight.shrink_to_fit();
+    }
 }
 
 impl<D: Driver> EventLoop<D> {

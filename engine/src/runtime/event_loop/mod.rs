@@ -310,6 +310,8 @@ pub(super) struct EventLoop<D: Driver> {
     target_refusals: target_refusals::TargetRefusals,
     /// Where reloads for this worker arrive.
     reload: Option<super::reload::ReloadInbox>,
+    /// When a fall in load calls for shrinking what the peak grew.
+    shrink: super::shrink_on_fall::ShrinkOnFall,
 }
 
 /// What an event loop shares with the other workers of its runtime.
@@ -391,6 +393,7 @@ impl<D: Driver> EventLoop<D> {
             connect_wait_log: connect_wait::ConnectWaitLog::default(),
             target_refusals: target_refusals::TargetRefusals::default(),
             reload: ctx.reload,
+            shrink: Default::default(),
         }
     }
 
@@ -546,10 +549,24 @@ impl<D: Driver> EventLoop<D> {
             self.flush_rejections(now);
             self.retry_accepts(Instant::now());
             self.expire_lingering(now);
+            if self.shrink.observe(now, self.entries.len()) {
+                self.give_back_memory();
+            }
             if self.stop.load(Ordering::SeqCst) && self.drain(now) && self.lingering.is_empty() {
                 tracing::info!("stopped");
                 return;
             }
+        }
+    }
+
+    /// The load has fallen: shrinks what the peak grew and is now empty (the tunnels' buffers,
+    /// the sessions' stream maps, the backend connects' queue); the `mtcpd` binary's trimmer
+    /// then returns the freed pages to the system.
+    fn give_back_memory(&mut self) {
+        self.shrink_idle_tunnels();
+        self.backends.shrink();
+        for (_, slot) in self.endpoint.iter_mut() {
+            slot.data_mut().streams.shrink_to_fit();
         }
     }
 
@@ -579,6 +596,9 @@ impl<D: Driver> EventLoop<D> {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if let Some(at) = self.next_lingering_deadline() {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
+        if let Some(at) = self.shrink.deadline() {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
         if self.mailbox.retry() {

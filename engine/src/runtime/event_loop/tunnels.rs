@@ -18,6 +18,10 @@ use crate::runtime::io::{Driver, IoStream};
 use crate::runtime::sockopt;
 use crate::tls::{TlsError, TunnelTls};
 
+/// What an empty tunnel buffer may keep once the load has fallen ([`EventLoop::shrink_idle_tunnels`]):
+/// a read's worth, so a quiet tunnel's next read does not allocate.
+const KEEP_IDLE_CAPACITY: usize = 64 * 1024;
+
 impl<D: Driver> EventLoop<D> {
     /// Socket readiness of a tunnel; `read_closed` as in [`EventLoop::on_ready`].
     pub(super) fn on_tunnel(
@@ -224,6 +228,25 @@ impl<D: Driver> EventLoop<D> {
         }
         self.touch(skey);
         true
+    }
+
+    /// Gives back the capacity a load left in the tunnels' empty buffers (a burst grows a
+    /// tunnel's receive buffer to several hundred KiB, and an empty `BytesMut` keeps it):
+    /// called when the worker's load has fallen (`shrink_on_fall`), not on every turn, where
+    /// the buffer would be allocated again at once.
+    pub(super) fn shrink_idle_tunnels(&mut self) {
+        for (_, entry) in self.entries.iter_mut() {
+            if let Entry::Tunnel(conn) = entry {
+                for buf in [&mut conn.received, &mut conn.rx] {
+                    if buf.is_empty() && buf.capacity() > KEEP_IDLE_CAPACITY {
+                        *buf = BytesMut::new();
+                    }
+                }
+                if conn.tx.chunks.is_empty() {
+                    conn.tx.chunks.shrink_to_fit();
+                }
+            }
+        }
     }
 
     pub(super) fn lose_tunnel(&mut self, key: usize, why: &str) {
