@@ -9,7 +9,7 @@
 //! hash maps never shrink by themselves). After a peak of a thousand connections a server's
 //! tunnels kept ~6 MiB of empty receive buffers and its backend-connect queue 1.3 MiB, so the
 //! daemon sat above its steady level once the load was gone (io_uring: 22–28 MiB quiet against
-//! 23 MiB steady; after this, 18–21 MiB). Shrinking on every turn would allocate the buffers
+//! 23 MiB steady; after this, 18–22 MiB). Shrinking on every turn would allocate the buffers
 //! again at once; shrinking on a fall in load costs one pass over the worker's entries at most
 //! once per [`COOLDOWN`].
 

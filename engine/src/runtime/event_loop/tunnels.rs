@@ -18,8 +18,9 @@ use crate::runtime::io::{Driver, IoStream};
 use crate::runtime::sockopt;
 use crate::tls::{TlsError, TunnelTls};
 
-/// What an empty tunnel buffer may keep once the load has fallen ([`EventLoop::shrink_idle_tunnels`]):
-/// a read's worth, so a quiet tunnel's next read does not allocate.
+/// What an empty tunnel buffer may keep once the load has fallen
+/// ([`EventLoop::shrink_idle_tunnels`]): a read's worth, so a quiet tunnel's next read does not
+/// allocate.
 const KEEP_IDLE_CAPACITY: usize = 64 * 1024;
 
 impl<D: Driver> EventLoop<D> {
