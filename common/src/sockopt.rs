@@ -132,6 +132,13 @@ pub struct TcpInfo {
     pub pacing_rate_bps: u64,
     /// Latest delivery-rate estimate, bit/s.
     pub delivery_rate_bps: u64,
+    /// Bytes in the network: segments sent and neither acknowledged, selectively acknowledged
+    /// nor presumed lost, plus retransmissions in flight (the kernel's
+    /// `tcp_packets_in_flight`), times the MSS. Segments the receiver holds beyond a hole
+    /// (SACKed) are not in it: they wait in the receiver, not in a queue on the path.
+    pub in_flight_bytes: u64,
+    /// Bytes written to the socket and not sent yet (`tcpi_notsent_bytes`).
+    pub notsent_bytes: u32,
 }
 
 fn raw_tcp_info(sock: &impl AsFd) -> Option<libc::tcp_info> {
@@ -164,6 +171,12 @@ pub fn tcp_info(sock: &impl AsFd) -> Option<TcpInfo> {
         total_retrans: info.tcpi_total_retrans,
         pacing_rate_bps: info.tcpi_pacing_rate.saturating_mul(8),
         delivery_rate_bps: info.tcpi_delivery_rate.saturating_mul(8),
+        in_flight_bytes: u64::from(
+            info.tcpi_unacked
+                .saturating_sub(info.tcpi_sacked.saturating_add(info.tcpi_lost))
+                .saturating_add(info.tcpi_retrans),
+        ) * u64::from(info.tcpi_snd_mss),
+        notsent_bytes: info.tcpi_notsent_bytes,
     })
 }
 
@@ -223,5 +236,7 @@ mod tests {
         assert!(tcp_bytes_acked(&client).unwrap() >= 4096);
         let info = tcp_info(&client).unwrap();
         assert!(info.snd_mss > 0 && info.snd_cwnd > 0);
+        // Everything written was acknowledged: nothing is in flight or waiting to be sent.
+        assert_eq!((info.in_flight_bytes, info.notsent_bytes), (0, 0));
     }
 }

@@ -39,5 +39,6 @@ pub mod wire;
 pub use config::Config;
 pub use endpoint::{Endpoint, SessionBudget};
 pub use error::{STREAM_LIMIT_KIND, SessionError, StreamError, StreamLimitError, TunnelError};
+pub use path::TcpReport;
 pub use scheduler::SchedulerKind;
 pub use session::{Event, ReadOutcome, Role, Session, StreamId};

@@ -32,6 +32,22 @@ pub const UNMEASURED_RTT: Duration = Duration::from_millis(333);
 /// The rate floor is this many bytes per RTT (about TCP's initial window, rounded up).
 const FLOOR_BYTES_PER_RTT: f64 = 64.0 * 1024.0;
 
+/// What a driver reads of a tunnel's connection from the kernel (TCP_INFO) and reports with
+/// [`crate::Session::set_tunnel_tcp_info`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpReport {
+    /// Smoothed RTT (`tcpi_rtt`); zero while not measured.
+    pub srtt: Duration,
+    /// Minimum RTT (`tcpi_min_rtt`); zero while not measured.
+    pub min_rtt: Duration,
+    /// Segments retransmitted over the connection's life (`tcpi_total_retrans`).
+    pub retransmits: u64,
+    /// Bytes of this tunnel that are on the path or waiting to enter it: in flight (not
+    /// SACKed, not presumed lost), unsent in the socket, and queued in the driver. Not what
+    /// the receiver holds beyond a hole, nor what waits for the peer's ACK frame.
+    pub held_bytes: u64,
+}
+
 /// Estimates for one tunnel.
 #[derive(Debug, Clone)]
 pub struct PathEstimate {

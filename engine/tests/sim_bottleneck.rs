@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use mtcpd_engine::Config;
 use mtcpd_engine::sim::bottleneck::{BottleneckSpec, BottleneckStats};
 use mtcpd_engine::sim::{LinkSpec, SimPair};
+use mtcpd_engine::{Config, Session, TcpReport};
 use support::{FlowSpec, Workload};
 
 struct Outcome {
@@ -223,6 +223,16 @@ fn sixteen_coupled_tunnels_do_not_overfill_the_queue_at_a_tenth_of_a_percent_los
     }
 }
 
+/// A plaintext pair with 8 tunnels of 50 ms each way, run until every tunnel is active.
+fn eight_active_tunnels(config: Config) -> SimPair {
+    let links = vec![LinkSpec::new(50, 100.0); 8];
+    let mut pair = SimPair::new(config.clone(), config, &links, 1).plaintext();
+    assert!(pair.run(Duration::from_secs(10), |p| {
+        (0..8).all(|t| p.client.tunnel_is_active(t))
+    }));
+    pair
+}
+
 /// The decision itself, driven by hand through the API a driver uses: off until the driver
 /// reports TCP_INFO, engaged by the first report;
 /// one tunnel's loss at an empty queue is not enough, a quarter of the tunnels' is; a queue
@@ -231,17 +241,19 @@ fn sixteen_coupled_tunnels_do_not_overfill_the_queue_at_a_tenth_of_a_percent_los
 #[test]
 fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
     let ms = Duration::from_millis;
+    let report = |srtt, min_rtt, retransmits| TcpReport {
+        srtt,
+        min_rtt,
+        retransmits,
+        held_bytes: 0,
+    };
     for coupled in [true, false] {
         let config = Config {
             psk: b"k".to_vec(),
             coupled_pacing: coupled,
             ..Config::default()
         };
-        let links = vec![LinkSpec::new(50, 100.0); 8];
-        let mut pair = SimPair::new(config.clone(), config, &links, 1).plaintext();
-        assert!(pair.run(Duration::from_secs(10), |p| {
-            (0..8).all(|t| p.client.tunnel_is_active(t))
-        }));
+        let mut pair = eight_active_tunnels(config);
         let now = pair.now;
         let c = &mut pair.client;
         assert!(!c.coupled_cap_engaged(), "nothing reported yet");
@@ -254,45 +266,108 @@ fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
         assert_eq!(c.wants_tcp_info(0, now), coupled);
         // Every tunnel measured at an empty queue: no loss yet, engaged.
         for t in 0..8 {
-            c.set_tunnel_tcp_info(t, now, ms(102), ms(100), 0);
+            c.set_tunnel_tcp_info(t, now, report(ms(102), ms(100), 0));
         }
         assert!(!c.wants_tcp_info(0, now), "just reported");
         assert_eq!(c.wants_tcp_info(0, now + ms(10)), coupled);
         assert_eq!(c.coupled_cap_engaged(), coupled);
-        c.set_tunnel_tcp_info(3, now, ms(102), ms(100), 1);
+        c.set_tunnel_tcp_info(3, now, report(ms(102), ms(100), 1));
         assert_eq!(c.coupled_cap_engaged(), coupled, "one tunnel's loss");
-        c.set_tunnel_tcp_info(3, now, ms(102), ms(100), 2);
+        c.set_tunnel_tcp_info(3, now, report(ms(102), ms(100), 2));
         assert_eq!(c.coupled_cap_engaged(), coupled, "the same tunnel again");
-        c.set_tunnel_tcp_info(5, now, ms(102), ms(100), 1);
+        c.set_tunnel_tcp_info(5, now, report(ms(102), ms(100), 1));
         assert!(
             !c.coupled_cap_engaged(),
             "two of eight lost at an empty queue"
         );
         // The queue builds: half the tunnels at +15 ms is not yet a fifth of the RTT...
         for t in 0..4 {
-            c.set_tunnel_tcp_info(t, now, ms(115), ms(100), 2);
+            c.set_tunnel_tcp_info(t, now, report(ms(115), ms(100), 2));
         }
         assert!(!c.coupled_cap_engaged());
         // ... the median at +25 ms is.
         for t in 0..8 {
-            c.set_tunnel_tcp_info(t, now, ms(125), ms(100), 2);
+            c.set_tunnel_tcp_info(t, now, report(ms(125), ms(100), 2));
         }
         assert_eq!(c.coupled_cap_engaged(), coupled, "the queue engages it");
         // Losses while the queue is there are the queue's: it stays engaged.
         for t in 0..8 {
-            c.set_tunnel_tcp_info(t, now, ms(125), ms(100), 5);
+            c.set_tunnel_tcp_info(t, now, report(ms(125), ms(100), 5));
         }
         assert_eq!(c.coupled_cap_engaged(), coupled);
         // The queue drains to +15 ms (between the thresholds): losses do not release it yet.
         for t in 0..8 {
-            c.set_tunnel_tcp_info(t, now, ms(115), ms(100), 6);
+            c.set_tunnel_tcp_info(t, now, report(ms(115), ms(100), 6));
         }
         assert_eq!(c.coupled_cap_engaged(), coupled);
         // A short path (loopback: tens of microseconds) with no queue: off, losses or not.
         let us = Duration::from_micros;
         for t in 0..8 {
-            c.set_tunnel_tcp_info(t, now, us(80), us(30), 6);
+            c.set_tunnel_tcp_info(t, now, report(us(80), us(30), 6));
         }
         assert!(!c.coupled_cap_engaged(), "a short path");
     }
+}
+
+/// The coupled cap weighs the kernel's count of bytes on the path, not the bytes waiting for
+/// the peer's ACK frame: data the kernel reports off the path (in the receiver, behind a hole
+/// or with its ACK frame on the way back) makes room for new data at once; data the kernel
+/// still holds does not.
+#[test]
+fn the_coupled_cap_weighs_the_kernels_bytes_on_the_path() {
+    let ms = Duration::from_millis;
+    let config = Config {
+        psk: b"k".to_vec(),
+        // A cap at its floor, 8 × 64 KiB (1.25 × 8 tunnels × 0.5 MB/s × 100 ms is less):
+        // under the first stream credit (1 MiB), so credit does not stop the second drain.
+        initial_rate: 0.5e6,
+        ..Config::default()
+    };
+    let mut pair = eight_active_tunnels(config);
+    let now = pair.now;
+    let c = &mut pair.client;
+    let id = c.open_stream(None).unwrap();
+    c.write(id, bytes::Bytes::from(vec![7u8; 8 << 20])).unwrap();
+    let report = |held_bytes| TcpReport {
+        srtt: ms(130),
+        min_rtt: ms(100),
+        retransmits: 0,
+        held_bytes,
+    };
+    // Stream bytes framed on any tunnel until none takes more.
+    let drain = |c: &mut Session| {
+        let before = c.stats().stream_bytes_sent;
+        for _ in 0..1_000 {
+            let mut n = 0;
+            for t in 0..8 {
+                n += c.poll_transmit(now, t, 1 << 20, &mut Vec::new());
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        c.stats().stream_bytes_sent - before
+    };
+    for t in 0..8 {
+        c.set_tunnel_tcp_info(t, now, report(0));
+    }
+    assert!(c.coupled_cap_engaged(), "a queue of 30 % of the RTT");
+    let first = drain(c);
+    assert!(
+        (256 << 10..1 << 20).contains(&first),
+        "{first}: the cap binds"
+    );
+    assert_eq!(drain(c), 0, "nothing acknowledged or reported since");
+    for t in 0..8 {
+        c.set_tunnel_tcp_info(t, now, report(u64::MAX));
+    }
+    assert_eq!(drain(c), 0, "the kernel still holds it all");
+    for t in 0..8 {
+        c.set_tunnel_tcp_info(t, now, report(0));
+    }
+    let second = drain(c);
+    assert!(
+        second > first / 2,
+        "{second} after {first}: off the path, though not acknowledged"
+    );
 }

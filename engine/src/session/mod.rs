@@ -65,15 +65,16 @@ use crate::handshake::{
     AcceptedTunnel, SessionId, SessionSecret, TransportParams, session_secrets_equal,
 };
 use crate::id_hash::IdMap;
-use crate::path::PathEstimate;
+use crate::path::{PathEstimate, TcpReport};
 use crate::pool_control::{PoolChange, PoolController};
 use crate::scheduler::{PathView, Scheduler};
+use coupled::AggregateRate;
 pub use expose::ExposeError;
 pub use flow_control::WindowStats;
 pub use relief::ReliefStats;
 use retransmit::Reliable;
 use streams::Stream;
-use tunnels::Tunnel;
+use tunnels::{KernelHeld, Tunnel};
 
 /// Identifies a stream within a session. Client-opened ids are even, server-opened ids odd.
 pub type StreamId = u64;
@@ -259,6 +260,12 @@ pub struct Session {
     /// TCP_INFO (a driver that cannot, like the simulator without a bottleneck, never couples).
     /// See `coupled`.
     queue_building: Option<bool>,
+    /// When random loss last released the coupled cap (`coupled`).
+    released_at: Option<Instant>,
+    /// The coupled cap's multiplier, `None` when it does not bind (`coupled`).
+    cap_scale: Option<f64>,
+    /// The delivery rate over every tunnel, for the coupled cap (`coupled`).
+    aggregate_rate: AggregateRate,
     /// Σ of every stream's [`crate::reorder::ReorderBuffer::pending_overhead`]: at most the
     /// session window (the pieces' bytes are bounded by the offset accounting).
     reorder_overhead: u64,
@@ -391,6 +398,9 @@ impl Session {
             retransmit: VecDeque::new(),
             retransmit_bytes: 0,
             queue_building: None,
+            released_at: None,
+            cap_scale: None,
+            aggregate_rate: AggregateRate::default(),
             reorder_overhead: 0,
             control: VecDeque::new(),
             send_data_total: 0,
@@ -473,21 +483,20 @@ impl Session {
         }
     }
 
-    /// Reports the kernel's view of tunnel `t`'s connection (TCP_INFO `tcpi_rtt`,
-    /// `tcpi_min_rtt` and `tcpi_total_retrans`): with `coupled_pacing` it tells a building
-    /// bottleneck queue from random loss.
-    pub fn set_tunnel_tcp_info(
-        &mut self,
-        t: usize,
-        now: Instant,
-        srtt: Duration,
-        min_rtt: Duration,
-        retransmits: u64,
-    ) {
+    /// Reports the kernel's view of tunnel `t`'s connection (TCP_INFO, see [`TcpReport`]):
+    /// with `coupled_pacing` it tells a building bottleneck queue from random loss, and counts
+    /// the bytes the coupled cap weighs.
+    pub fn set_tunnel_tcp_info(&mut self, t: usize, now: Instant, report: TcpReport) {
         if let Some(x) = self.tunnels.get_mut(t) {
             x.tcp_info_at = Some(now);
-            let lost = x.path.set_tcp_info(srtt, min_rtt, retransmits);
-            self.update_queue_building(t, lost);
+            x.kernel_held = Some(KernelHeld {
+                bytes: report.held_bytes,
+                sent_mark: x.sent_bytes,
+            });
+            let lost = x
+                .path
+                .set_tcp_info(report.srtt, report.min_rtt, report.retransmits);
+            self.update_queue_building(t, lost, now);
         }
     }
 

@@ -64,6 +64,8 @@ pub(super) struct Retained {
     pub(super) delivered_at_send: u64,
     /// The tunnel was not being kept full when this frame was sent.
     pub(super) app_limited: bool,
+    /// The session had no stream data left to frame when this frame was sent.
+    pub(super) session_app_limited: bool,
 }
 
 impl Session {
@@ -89,12 +91,14 @@ impl Session {
         tun.acked_reliable = frames;
         let mut last = None;
         let mut finished = Vec::new();
+        let mut acked_bytes = 0;
         for _ in 0..count {
             let Some(r) = tun.retained.pop_front() else {
                 break;
             };
             tun.unacked_bytes -= r.wire_len;
             tun.delivered += r.wire_len;
+            acked_bytes += r.wire_len;
             if let Some(sid) = r.frame.counted_stream()
                 && let Some(s) = self.streams.get_mut(&sid)
             {
@@ -112,6 +116,9 @@ impl Session {
                 let rate = (tun.delivered - r.delivered_at_send) as f64 / elapsed.as_secs_f64();
                 tun.path.on_rate_sample(rate, r.app_limited, now);
             }
+            let rtt = tun.path.min_rtt();
+            self.aggregate_rate
+                .on_ack(acked_bytes, rtt, r.session_app_limited, now);
         }
         for sid in finished {
             self.maybe_remove(sid);
@@ -142,14 +149,17 @@ impl Session {
     }
 
     /// Whether new stream data may be framed on tunnel `t`: neither the session nor the tunnel
-    /// holds its cap of unacknowledged bytes (resends and control frames are not held back).
+    /// holds its cap of unacknowledged bytes, nor, when engaged, the session its coupled cap of
+    /// bytes on the path (resends and control frames are not held back).
     pub(super) fn may_frame_data(&self, t: usize) -> bool {
         let retained = self.retained_bytes();
         self.tunnels
             .get(t)
             .is_some_and(|tun| tun.unacked_bytes < self.config.max_tunnel_unacked_bytes)
             && retained < self.config.max_unacked_bytes
-            && (!self.coupled_cap_engaged() || retained < self.coupled_cap())
+            && self
+                .coupled_cap_scale()
+                .is_none_or(|x| (self.held_on_path() as f64) < self.coupled_cap() as f64 * x)
     }
 
     /// The frame to send for a remembered reliable frame, with current values; `None` when it

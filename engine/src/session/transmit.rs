@@ -177,6 +177,7 @@ impl Session {
         frame.encode(&mut self.scratch, self.config.copy_threshold, out);
         let tun = &mut self.tunnels[t];
         tun.unacked_bytes += len as u64;
+        tun.sent_bytes += len as u64;
         tun.sent_reliable += 1;
         tun.retained.push_back(Retained {
             frame: r,
@@ -184,6 +185,7 @@ impl Session {
             sent_at: now,
             delivered_at_send: tun.delivered,
             app_limited: !tun.saturated,
+            session_app_limited: self.backlog == 0,
         });
         self.views[t].unacked_bytes += len as u64;
         self.scheduler.on_sent(t);

@@ -36,6 +36,15 @@ pub(super) enum TunnelState {
     Retired,
 }
 
+/// A tunnel's bytes on the path as the driver last read them from the kernel
+/// ([`crate::path::TcpReport::held_bytes`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KernelHeld {
+    pub(super) bytes: u64,
+    /// [`Tunnel::sent_bytes`] when it was read.
+    pub(super) sent_mark: u64,
+}
+
 /// One slot of the pool. The per-connection counters restart with each connection
 /// ([`Tunnel::reset_connection`]); the path estimate and delivery count live across them.
 #[derive(Debug)]
@@ -46,6 +55,11 @@ pub(super) struct Tunnel {
     /// Reliable frames sent on this connection and not yet acknowledged, oldest first.
     pub(super) retained: VecDeque<Retained>,
     pub(super) unacked_bytes: u64,
+    /// Encoded bytes of every reliable frame sent on this connection.
+    pub(super) sent_bytes: u64,
+    /// With `coupled_pacing`: the kernel's last count of this connection's bytes on the path
+    /// (see `coupled`).
+    pub(super) kernel_held: Option<KernelHeld>,
     pub(super) sent_reliable: u64,
     pub(super) acked_reliable: u64,
     pub(super) recv_reliable: u64,
@@ -79,6 +93,8 @@ impl Tunnel {
             handshake_out: BytesMut::new(),
             retained: VecDeque::new(),
             unacked_bytes: 0,
+            sent_bytes: 0,
+            kernel_held: None,
             sent_reliable: 0,
             acked_reliable: 0,
             recv_reliable: 0,
@@ -108,6 +124,23 @@ impl Tunnel {
         self.state == TunnelState::Active
     }
 
+    /// This connection's bytes on the path (in flight or waiting to enter it): the kernel's
+    /// last count plus what was framed since, at most the unacknowledged bytes (which is also
+    /// the count before the first report). Unlike the unacknowledged bytes it leaves out what
+    /// the receiver's TCP holds behind a hole and what waits for the peer's ACK frame (about
+    /// one RTT of data each under random loss). What the path delivered since the report is
+    /// not taken off: the tunnel's rate estimate is optimistic by design (`path`), and taking
+    /// it off let slow start overrun the queue on the simulator; reports come often enough
+    /// ([`super::coupled`]'s interval, an eighth of the RTT) that this costs little.
+    pub(super) fn held_on_path(&self) -> u64 {
+        let Some(k) = self.kernel_held else {
+            return self.unacked_bytes;
+        };
+        k.bytes
+            .saturating_add(self.sent_bytes.saturating_sub(k.sent_mark))
+            .min(self.unacked_bytes)
+    }
+
     /// Client: when the current connection attempt started, while it has not completed.
     pub(super) fn handshake_started(&self) -> Option<Instant> {
         match &self.state {
@@ -121,6 +154,8 @@ impl Tunnel {
     fn reset_connection(&mut self, now: Instant) {
         self.handshake_out.clear();
         self.unacked_bytes = 0;
+        self.sent_bytes = 0;
+        self.kernel_held = None;
         self.sent_reliable = 0;
         self.acked_reliable = 0;
         self.recv_reliable = 0;

@@ -23,6 +23,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::{Conn, SimPair};
+use crate::path::TcpReport;
 
 /// The shared bottleneck of one direction.
 #[derive(Debug, Clone, Copy)]
@@ -215,12 +216,17 @@ impl TcpDir {
         self.cwnd
     }
 
-    /// The smoothed and minimum RTT and the retransmitted segments (TCP_INFO's `tcpi_rtt`,
-    /// `tcpi_min_rtt`, `tcpi_total_retrans`), when they changed since the last call and the
+    /// What TCP_INFO shows (smoothed and minimum RTT, retransmitted segments, bytes in flight
+    /// and unsent), when the RTTs or the retransmissions changed since the last call and the
     /// RTT is measured.
-    fn take_info(&mut self) -> Option<(Duration, Duration, u64)> {
-        let (srtt, min) = self.srtt.zip(self.min_rtt)?;
-        std::mem::take(&mut self.info_changed).then_some((srtt, min, self.retransmits))
+    fn take_info(&mut self) -> Option<TcpReport> {
+        let (srtt, min_rtt) = self.srtt.zip(self.min_rtt)?;
+        std::mem::take(&mut self.info_changed).then_some(TcpReport {
+            srtt,
+            min_rtt,
+            retransmits: self.retransmits,
+            held_bytes: (self.inflight + self.unsent_bytes) as u64,
+        })
     }
 
     /// Takes sealed bytes from the session.
@@ -423,19 +429,17 @@ impl SimPair {
                     .as_mut()
                     .and_then(TcpDir::take_info)
             });
-            if let Some((srtt, min, retx)) = infos[0] {
-                self.client
-                    .set_tunnel_tcp_info(t, self.now, srtt, min, retx);
+            if let Some(report) = infos[0] {
+                self.client.set_tunnel_tcp_info(t, self.now, report);
             }
             let attached = match self.links[t].conn {
                 Conn::Open { attached, .. } => attached,
                 _ => None,
             };
-            if let (Some((srtt, min, retx)), Some(s)) =
+            if let (Some(report), Some(s)) =
                 (infos[1], attached.and_then(|k| self.server.get_mut(k)))
             {
-                s.session_mut()
-                    .set_tunnel_tcp_info(t, self.now, srtt, min, retx);
+                s.session_mut().set_tunnel_tcp_info(t, self.now, report);
             }
         }
     }

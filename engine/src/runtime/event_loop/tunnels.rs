@@ -14,6 +14,7 @@ use super::{Entry, EventLoop, Outbox, ReadState, TunnelConn};
 use crate::endpoint::SessionKey;
 use crate::error::SessionError;
 use crate::handshake::PLAINTEXT_BINDING;
+use crate::path::TcpReport;
 use crate::runtime::io::{Driver, IoStream};
 use crate::runtime::sockopt;
 use crate::tls::{TlsError, TunnelTls};
@@ -344,9 +345,15 @@ impl<D: Driver> EventLoop<D> {
                 session.set_tunnel_tcp_info(
                     t,
                     now,
-                    Duration::from_micros(u64::from(info.rtt_us)),
-                    Duration::from_micros(u64::from(info.min_rtt_us)),
-                    u64::from(info.total_retrans),
+                    TcpReport {
+                        srtt: Duration::from_micros(u64::from(info.rtt_us)),
+                        min_rtt: Duration::from_micros(u64::from(info.min_rtt_us)),
+                        retransmits: u64::from(info.total_retrans),
+                        held_bytes: info
+                            .in_flight_bytes
+                            .saturating_add(u64::from(info.notsent_bytes))
+                            .saturating_add(tx.len as u64),
+                    },
                 );
             }
             let mut failed = None;
