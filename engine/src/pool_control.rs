@@ -5,14 +5,20 @@
 //! (bytes delivered so far, whether the session is backlogged, the tunnels' RTTs) and returns a
 //! [`PoolChange`] (grow or shrink, with its reason) or nothing.
 //!
-//! The rule: start at `min`. While the session stays backlogged (the application has more to
+//! The rule: start at `min` (what an idle session holds). Once busy for a whole measuring
+//! window, go straight to [`BUSY_START`]. While the session stays backlogged (the application has more to
 //! send than the tunnels take; the session also counts a download that delivers at every
-//! tick), measure its goodput over windows until it stops rising (a size is measured once its
-//! tunnels have left slow start: see [`MAX_WINDOWS`]), then double the pool and measure again. Keep growing while each step raised goodput by more than [`MIN_GAIN`] and the
-//! RTT did not rise with it (a rising RTT is a queue building at a shared bottleneck: more
-//! tunnels only fill it); otherwise go back to the last size that helped and settle there. A
-//! session idle for [`IDLE_RESET_WINDOWS`] windows goes back to `min` (its extras are retired) and
-//! probes again at its next busy period.
+//! tick; a gap shorter than [`PoolController::idle_grace`], such as a download waiting for a
+//! resend, does not count as idle), measure its goodput over windows until it stops rising (a
+//! size is measured once its tunnels have left slow start: see [`MAX_WINDOWS`]; its goodput
+//! is then the mean of its last two windows), then double the pool and measure again. Keep
+//! growing while each step raised goodput by more than [`MIN_GAIN`] and the RTT did not rise
+//! with it (a rising RTT is a queue building at a shared bottleneck: more tunnels only fill
+//! it). A step that raised the RTT, or lowered goodput by more than [`MAX_LOSS`], goes back to
+//! the size before it; a step within that band (flat: the two sizes are alike, within what
+//! one measurement can tell apart) stays. Either way the pool settles there. A session idle
+//! for [`IDLE_RESET_WINDOWS`] windows goes back to `min` (its extras are retired) and probes
+//! again at its next busy period.
 //!
 //! Owns: the rule and its constants. Must not touch: tunnels, sockets or frames (the session
 //! applies the change: `session::pool_auto`).
@@ -22,6 +28,18 @@ use std::time::{Duration, Instant};
 
 /// Smallest goodput rise per step that justifies the step (a doubling of the pool).
 pub const MIN_GAIN: f64 = 0.05;
+/// A session busy for a whole window at fewer tunnels than this goes straight to this many
+/// (within `min..=max`) before it compares sizes: `min` is what an idle session holds. On the
+/// emulator's grid (docs/BENCHMARKS.md, bbr) 8 tunnels were within 10 % of the best fixed
+/// pool on 8 of 10 paths (not at 250 ms / 1 %, nor under a per-flow cap), while 2 and 4 lost
+/// up to half of it under random loss, and the steps between small pools there (5-10 % each)
+/// are smaller than one measurement's noise.
+pub const BUSY_START: usize = 8;
+/// A step that lowered goodput by more than this fraction goes back. Less is within what one
+/// measurement tells apart (at 1 % random loss the goodput of one second varies by ±30 %
+/// on the emulator) and the larger pool stays: more windows are the safer side under random
+/// loss, and the coupled cap (`session::coupled`) keeps them from filling a shared queue.
+pub const MAX_LOSS: f64 = 0.10;
 /// A step whose smoothed RTT rose by more than this fraction is queueing, not more capacity.
 pub const RTT_RISE: f64 = 0.25;
 /// Shortest measuring window (loopback and LAN paths).
@@ -38,6 +56,11 @@ pub const WINDOW_RTTS: u32 = 10;
 /// step then "helps", measured 2 → 16 tunnels behind one clean 100 Mbit/s bottleneck in the
 /// simulator, 0.11× of a fixed pool). A size whose goodput keeps rising counts after this many.
 pub const MAX_WINDOWS: u32 = 4;
+/// A gap in the session's backlog shorter than this many smoothed RTTs (and than
+/// [`IDLE_GRACE_MIN`]) does not end a measuring window: see [`PoolController::idle_grace`].
+pub const IDLE_GRACE_RTTS: u32 = 2;
+/// The shortest gap that ends a measuring window.
+pub const IDLE_GRACE_MIN: Duration = Duration::from_millis(200);
 /// A session not backlogged for this many windows goes back to its smallest pool.
 pub const IDLE_RESET_WINDOWS: u32 = 20;
 /// How often the session feeds the controller.
@@ -61,7 +84,7 @@ pub struct PoolSample {
 /// Why the pool changed size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolReason {
-    /// First measure of a backlogged session: try a larger pool.
+    /// A backlogged session: go to [`BUSY_START`], or (from there) try a larger pool.
     Backlogged {
         /// Goodput at the current size, bytes/s.
         goodput: u64,
@@ -73,8 +96,16 @@ pub enum PoolReason {
         /// Goodput after it, bytes/s.
         after: u64,
     },
-    /// The last step did not raise goodput by [`MIN_GAIN`]: back to the size before it.
+    /// The last step changed goodput by less than [`MIN_GAIN`] up or [`MAX_LOSS`] down: the
+    /// two sizes are alike, so the pool stays at the larger.
     GoodputFlat {
+        /// Goodput before the step, bytes/s.
+        before: u64,
+        /// Goodput after it, bytes/s.
+        after: u64,
+    },
+    /// The last step lowered goodput by more than [`MAX_LOSS`]: back to the size before it.
+    GoodputFell {
         /// Goodput before the step, bytes/s.
         before: u64,
         /// Goodput after it, bytes/s.
@@ -94,7 +125,8 @@ pub enum PoolReason {
     },
 }
 
-/// A decision: the pool goes from `from` to `to` tunnels because of `reason`.
+/// A decision: the pool goes from `from` to `to` tunnels because of `reason` (`from == to`:
+/// it settles where it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolChange {
     /// Size before.
@@ -113,16 +145,15 @@ fn mbit(bytes_per_sec: u64) -> f64 {
 
 impl fmt::Display for PoolChange {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.to > self.from {
-            "growing"
-        } else {
-            "shrinking"
-        };
-        write!(
-            out,
-            "adaptive pool: {verb} from {} to {} tunnels: ",
-            self.from, self.to
-        )?;
+        match self.to.cmp(&self.from) {
+            std::cmp::Ordering::Greater => write!(out, "adaptive pool: growing from ")?,
+            std::cmp::Ordering::Less => write!(out, "adaptive pool: shrinking from ")?,
+            std::cmp::Ordering::Equal => write!(out, "adaptive pool: staying at ")?,
+        }
+        if self.to != self.from {
+            write!(out, "{} to ", self.from)?;
+        }
+        write!(out, "{} tunnels: ", self.to)?;
         match self.reason {
             PoolReason::Backlogged { goodput } => write!(
                 out,
@@ -137,10 +168,19 @@ impl fmt::Display for PoolChange {
             ),
             PoolReason::GoodputFlat { before, after } => write!(
                 out,
-                "goodput {:.1} -> {:.1} Mbit/s did not rise {:.0} % with the last step",
+                "goodput {:.1} -> {:.1} Mbit/s did not rise {:.0} % with the last step \
+                 (nor fall {:.0} %)",
                 mbit(before),
                 mbit(after),
-                MIN_GAIN * 100.0
+                MIN_GAIN * 100.0,
+                MAX_LOSS * 100.0
+            ),
+            PoolReason::GoodputFell { before, after } => write!(
+                out,
+                "goodput {:.1} -> {:.1} Mbit/s fell more than {:.0} % with the last step",
+                mbit(before),
+                mbit(after),
+                MAX_LOSS * 100.0
             ),
             PoolReason::Queueing { before, after } => write!(
                 out,
@@ -241,15 +281,26 @@ impl PoolController {
         (rtt * WINDOW_RTTS).clamp(WINDOW_MIN, WINDOW_MAX)
     }
 
+    /// How long a busy session may see nothing to send or receive and still count as busy: a
+    /// download waiting for a lost segment's resend (an RTT or more) is not application-limited.
+    pub fn idle_grace(srtt: Duration) -> Duration {
+        (srtt * IDLE_GRACE_RTTS).max(IDLE_GRACE_MIN)
+    }
+
     /// Feeds one sample taken at `now`; returns the change to apply, if any.
     pub fn tick(&mut self, now: Instant, s: PoolSample) -> Option<PoolChange> {
         let window_len = Self::window_for(s.min_rtt);
-        if !s.backlogged {
+        let idle = if s.backlogged {
+            self.idle_since = None;
+            Duration::ZERO
+        } else {
+            now.saturating_duration_since(*self.idle_since.get_or_insert(now))
+        };
+        // A short gap inside a busy spell (a window is running) does not end it.
+        if !s.backlogged && (self.window.is_none() || idle > Self::idle_grace(s.srtt)) {
             // An application-limited window says nothing about the path.
             self.window = None;
             self.rising = None;
-            let since = *self.idle_since.get_or_insert(now);
-            let idle = now.saturating_duration_since(since);
             if idle >= window_len * IDLE_RESET_WINDOWS && (self.target > self.min || self.settled) {
                 let from = self.target;
                 self.target = self.min;
@@ -266,7 +317,6 @@ impl PoolController {
             }
             return None;
         }
-        self.idle_since = None;
         if self.settled {
             return None;
         }
@@ -294,23 +344,42 @@ impl PoolController {
             start: now,
             delivered: s.delivered,
         });
-        // Still rising (slow start): measure this size again before judging it.
-        match self.rising {
+        // Busy for a whole window at an idle-sized pool: straight to BUSY_START, unmeasured
+        // (the sizes below it are not compared). A whole window, not less: a short burst (a
+        // web page) should not dial for nothing, and the session's delivery rate, which the
+        // coupled cap needs before more tunnels join (`session::coupled`), is measured by then.
+        let busy_start = BUSY_START.clamp(self.min, self.max);
+        if self.prev.is_none() && self.target < busy_start {
+            self.rising = None;
+            self.window = None;
+            let from = self.target;
+            self.target = busy_start;
+            return Some(PoolChange {
+                from,
+                to: busy_start,
+                reason: PoolReason::Backlogged { goodput },
+                settled: false,
+            });
+        }
+        // Still rising (slow start): measure this size again before judging it. Once it
+        // stopped, the size counts at the mean of its last two windows (half the variance of
+        // one); one still rising after MAX_WINDOWS counts at its last.
+        let goodput = match self.rising {
             None => {
                 self.rising = Some((goodput, 1));
                 return None;
             }
-            Some((last, n))
-                if n + 1 < MAX_WINDOWS && goodput as f64 > last as f64 * (1.0 + MIN_GAIN) =>
-            {
-                self.rising = Some((goodput, n + 1));
-                return None;
+            Some((last, n)) if goodput as f64 > last as f64 * (1.0 + MIN_GAIN) => {
+                if n + 1 < MAX_WINDOWS {
+                    self.rising = Some((goodput, n + 1));
+                    return None;
+                }
+                goodput
             }
-            Some(_) => {
-                self.rising = None;
-                self.window = None;
-            }
-        }
+            Some((last, _)) => (last + goodput) / 2,
+        };
+        self.rising = None;
+        self.window = None;
         let here = Step {
             size: self.target,
             goodput,
@@ -332,24 +401,33 @@ impl PoolController {
                 after: goodput,
             });
         }
-        // The last step did not pay: back to the size before it, and stay.
+        // The last step did not pay: settle, back at the size before it if it did harm.
         self.settled = true;
         self.prev = None;
-        self.target = prev.size;
-        let reason = if queueing {
-            PoolReason::Queueing {
+        let fell = (goodput as f64) < prev.goodput as f64 * (1.0 - MAX_LOSS);
+        let (to, reason) = if queueing {
+            let reason = PoolReason::Queueing {
                 before: prev.srtt,
                 after: s.srtt,
-            }
-        } else {
-            PoolReason::GoodputFlat {
+            };
+            (prev.size, reason)
+        } else if fell {
+            let reason = PoolReason::GoodputFell {
                 before: prev.goodput,
                 after: goodput,
-            }
+            };
+            (prev.size, reason)
+        } else {
+            let reason = PoolReason::GoodputFlat {
+                before: prev.goodput,
+                after: goodput,
+            };
+            (from, reason)
         };
-        (from != prev.size).then_some(PoolChange {
+        self.target = to;
+        Some(PoolChange {
             from,
-            to: prev.size,
+            to,
             reason,
             settled: true,
         })

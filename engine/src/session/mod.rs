@@ -160,8 +160,9 @@ pub enum Event {
         /// Why.
         reason: SessionError,
     },
-    /// Client, adaptive pool (`Config::pool_auto`): the pool changes size. Slots beyond the
-    /// new size drain and close; new ones are dialed ([`Event::Dial`]).
+    /// Client, adaptive pool (`Config::pool_auto`): the pool changes size, or settles at its
+    /// size (`from == to`). Slots beyond the new size drain and close; new ones are dialed
+    /// ([`Event::Dial`]).
     PoolResized {
         /// From, to, and why.
         change: PoolChange,

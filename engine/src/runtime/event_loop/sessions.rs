@@ -402,7 +402,7 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             Event::GoAway { code } => tracing::info!(session = %id, code, "peer is going away"),
-            // One line per change of the adaptive pool, with its reason.
+            // One line per decision of the adaptive pool (a change, or settling), with its reason.
             Event::PoolResized { change } => tracing::info!(
                 session = %id,
                 from = change.from,
