@@ -4,37 +4,66 @@ use super::*;
 
 const RTT: Duration = Duration::from_millis(100);
 
-/// Drives a controller for `secs` seconds of ticks against a path whose goodput (bytes/s) and
-/// RTT at a pool of `n` tunnels are `path(n)`; every change is returned.
+/// What a synthetic path does at one tick: goodput (bytes/s, counted only while backlogged),
+/// whether the session is backlogged, and the RTT.
+struct Tick {
+    rate: f64,
+    backlogged: bool,
+    srtt: Duration,
+}
+
+/// Drives a controller for `secs` seconds of ticks; `path(elapsed, pool size)` says what each
+/// tick sees. Every decision is returned with the time it was taken.
+fn drive_timed(
+    c: &mut PoolController,
+    secs: u64,
+    mut path: impl FnMut(Duration, usize) -> Tick,
+) -> Vec<(Duration, PoolChange)> {
+    let start = Instant::now();
+    let mut now = start;
+    let mut delivered = 0.0;
+    let mut changes = Vec::new();
+    while now < start + Duration::from_secs(secs) {
+        let elapsed = now.duration_since(start);
+        let tick = path(elapsed, c.target());
+        if tick.backlogged {
+            delivered += tick.rate * TICK.as_secs_f64();
+        }
+        let sample = PoolSample {
+            delivered: delivered as u64,
+            backlogged: tick.backlogged,
+            active: c.target(),
+            srtt: tick.srtt,
+            min_rtt: RTT,
+        };
+        if let Some(change) = c.tick(now, sample) {
+            assert!(change.to >= 1 && change.to <= c.max(), "{change:?}");
+            changes.push((elapsed, change));
+        }
+        now += TICK;
+    }
+    changes
+}
+
+/// [`drive_timed`] against a path whose goodput (bytes/s) and RTT at a pool of `n` tunnels are
+/// `path(n)`, backlogged throughout or never; every change is returned.
 fn drive(
     c: &mut PoolController,
     secs: u64,
     backlogged: bool,
     path: impl Fn(usize) -> (f64, Duration),
 ) -> Vec<PoolChange> {
-    let start = Instant::now();
-    let mut now = start;
-    let mut delivered = 0.0;
-    let mut changes = Vec::new();
-    while now < start + Duration::from_secs(secs) {
-        let (rate, srtt) = path(c.target());
-        if backlogged {
-            delivered += rate * TICK.as_secs_f64();
-        }
-        let sample = PoolSample {
-            delivered: delivered as u64,
+    drive_timed(c, secs, |_, n| {
+        let (rate, srtt) = path(n);
+        Tick {
+            rate,
             backlogged,
-            active: c.target(),
             srtt,
-            min_rtt: RTT,
-        };
-        if let Some(change) = c.tick(now, sample) {
-            assert!(change.to >= 1 && change.to <= c.max(), "{change:?}");
-            changes.push(change);
         }
-        now += TICK;
-    }
-    changes
+    })
+    .into_iter()
+    .map(|(_, change)| change)
+    .collect()
 }
 
 /// 20 Mbit/s per tunnel, no shared limit below `limit` tunnels.
@@ -131,25 +160,19 @@ fn a_size_counts_at_the_mean_of_its_last_two_windows() {
     // the next 15 % below (a lossy path's noise). Judged on one window, a step looks 30 %
     // better or worse by chance; on two, the sizes are alike.
     let mut c = PoolController::new(2, 32);
-    let start = Instant::now();
-    let mut now = start;
-    let mut delivered = 0.0;
-    let mut changes = Vec::new();
-    while now < start + Duration::from_secs(30) {
-        let second = now.duration_since(start).as_secs();
-        let noise = if second % 2 == 0 { 1.15 } else { 0.85 };
-        delivered += 10e6 * noise * TICK.as_secs_f64();
-        let sample = PoolSample {
-            delivered: delivered as u64,
-            backlogged: true,
-            active: c.target(),
-            srtt: RTT,
-            min_rtt: RTT,
-        };
-        changes.extend(c.tick(now, sample));
-        now += TICK;
-    }
-    let last = changes.last().expect("a decision");
+    let noise = |elapsed: Duration| {
+        if elapsed.as_secs() % 2 == 0 {
+            1.15
+        } else {
+            0.85
+        }
+    };
+    let changes = drive_timed(&mut c, 30, |elapsed, _| Tick {
+        rate: 10e6 * noise(elapsed),
+        backlogged: true,
+        srtt: RTT,
+    });
+    let (_, last) = changes.last().expect("a decision");
     let PoolReason::GoodputFlat { before, after } = last.reason else {
         panic!("{changes:#?}");
     };
@@ -163,26 +186,12 @@ fn short_gaps_in_the_backlog_do_not_end_a_window() {
     // A download waiting for a resend: nothing arrives for 150 ms of every second (under
     // IDLE_GRACE_MIN); the session is still busy, and grows as a steady one does.
     let mut c = PoolController::new(2, 32);
-    let start = Instant::now();
-    let mut now = start;
-    let mut delivered = 0.0;
-    let mut changes = Vec::new();
-    while now < start + Duration::from_secs(60) {
-        let gap = now.duration_since(start).subsec_millis() < 150;
-        if !gap {
-            delivered += 2.5e6 * c.target() as f64 * TICK.as_secs_f64();
-        }
-        let sample = PoolSample {
-            delivered: delivered as u64,
-            backlogged: !gap,
-            active: c.target(),
-            srtt: RTT,
-            min_rtt: RTT,
-        };
-        changes.extend(c.tick(now, sample));
-        now += TICK;
-    }
-    let sizes: Vec<_> = changes.iter().map(|c| c.to).collect();
+    let changes = drive_timed(&mut c, 60, |elapsed, n| Tick {
+        rate: 2.5e6 * n as f64,
+        backlogged: elapsed.subsec_millis() >= 150,
+        srtt: RTT,
+    });
+    let sizes: Vec<_> = changes.iter().map(|(_, c)| c.to).collect();
     assert_eq!(sizes, [BUSY_START, 16, 32], "{changes:#?}");
     // A gap longer than the grace does end it: never backlogged for long enough, no growth.
     assert!(PoolController::idle_grace(RTT) < Duration::from_millis(250));
@@ -297,25 +306,11 @@ fn a_size_is_judged_once_its_slow_start_is_over() {
     // slow start of 2 s from the session's start. Judged on its first window (in slow start),
     // 2 tunnels would look slower than 4 measured later, and the pool would grow for nothing.
     let mut c = PoolController::new(2, 32);
-    let start = Instant::now();
-    let mut now = start;
-    let mut delivered = 0.0;
-    let mut changes = Vec::new();
-    while now < start + Duration::from_secs(30) {
-        let t = now.duration_since(start).as_secs_f64();
-        delivered += 12.5e6 * (t / 2.0).min(1.0) * TICK.as_secs_f64();
-        let sample = PoolSample {
-            delivered: delivered as u64,
-            backlogged: true,
-            active: c.target(),
-            srtt: RTT,
-            min_rtt: RTT,
-        };
-        if let Some(change) = c.tick(now, sample) {
-            changes.push((now.duration_since(start), change));
-        }
-        now += TICK;
-    }
+    let changes = drive_timed(&mut c, 30, |elapsed, _| Tick {
+        rate: 12.5e6 * (elapsed.as_secs_f64() / 2.0).min(1.0),
+        backlogged: true,
+        srtt: RTT,
+    });
     let sizes: Vec<_> = changes.iter().map(|(_, c)| c.to).collect();
     assert_eq!(sizes, [8, 16, 16], "{changes:#?}");
     // The jump to BUSY_START came after one busy window (1 s); at 8 the step waited for the
