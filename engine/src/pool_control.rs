@@ -3,12 +3,12 @@
 //!
 //! Sans-IO and deterministic: [`PoolController::tick`] is fed the time and a [`PoolSample`]
 //! (bytes delivered so far, whether the session is backlogged, the tunnels' RTTs) and returns a
-//! [`PoolChange`] (grow or shrink, with its reason) or nothing.
+//! [`PoolChange`] (grow, shrink or settle where it is, with its reason) or nothing.
 //!
 //! The rule: start at `min` (what an idle session holds). Once busy for a whole measuring
-//! window, go straight to [`BUSY_START`]. While the session stays backlogged (the application has more to
-//! send than the tunnels take; the session also counts a download that delivers at every
-//! tick; a gap shorter than [`PoolController::idle_grace`], such as a download waiting for a
+//! window, go straight to [`BUSY_START`]. While the session stays backlogged (the application
+//! has more to send than the tunnels take; the session also counts a download that delivers at
+//! every tick; a gap shorter than [`PoolController::idle_grace`], such as a download waiting for a
 //! resend, does not count as idle), measure its goodput over windows until it stops rising (a
 //! size is measured once its tunnels have left slow start: see [`MAX_WINDOWS`]; its goodput
 //! is then the mean of its last two windows), then double the pool and measure again. Keep
