@@ -9,15 +9,15 @@
 //! bookkeeping (`retransmit` only asks [`Session::coupled_cap_scale`], the cap and the
 //! count).
 //!
-//! The decision. The cap engages with the first TCP_INFO report: N slow starts overrun a
-//! queue within one RTT, faster than any RTT signal can react. Losses (a tunnel's
-//! retransmission count grew) while the bottleneck queue is nearly empty are random loss:
-//! once a quarter of the tunnels (at least two) lost a segment so, the cap comes off (growing
-//! by [`RELEASE_GROWTH_PER_RTT`] per RTT until it is gone) and the tunnels are N independent
-//! windows, each recovering on its own. (One tunnel's early loss is not enough: released during slow start,
-//! the others would still overrun the queue.) A queue that builds (RTT inflation above
-//! [`ENGAGE_ABOVE`]) engages it again, so the windows cannot stack in that queue and the losses
-//! that follow are the queue's. Between the two thresholds the state is kept (hysteresis).
+//! The decision. The cap engages with the first TCP_INFO report: N slow starts overrun a queue
+//! within one RTT, faster than any RTT signal can react. Losses (a tunnel's retransmission count
+//! grew) while the bottleneck queue is nearly empty are random loss: once a quarter of the tunnels
+//! (at least two) lost a segment so, the cap comes off (growing by [`RELEASE_GROWTH_PER_RTT`] per
+//! RTT until it is gone) and the tunnels are N independent windows, each recovering on its own.
+//! (One tunnel's early loss is not enough: released during slow start, the others would still
+//! overrun the queue.) A queue that builds (RTT inflation above [`ENGAGE_ABOVE`]) engages it again,
+//! so the windows cannot stack in that queue and the losses that follow are the queue's. Between
+//! the two thresholds the state is kept (hysteresis).
 //!
 //! Why the kernel's RTT and not the frame-level one: a frame's send → ACK time also holds the
 //! wait in the socket's unsent queue and TCP's head-of-line wait behind a lost segment. Random
@@ -56,8 +56,9 @@ use super::Session;
 /// acknowledged on every tunnel over the last [`AGGREGATE_SPAN_RTTS`] path RTTs, under a
 /// windowed maximum. Not the sum of the tunnels' own estimates: each is a maximum over its own
 /// window, and tunnels sharing one bottleneck take turns at a high share, so that sum ran at
-/// twice the link on the simulator (8 tunnels, 50 Mbit/s). Not per-frame send-to-ACK samples either: ACKs of frames
-/// queued ahead on other tunnels arrive in bursts and those samples overshot by 1.7×.
+/// twice the link on the simulator (8 tunnels, 50 Mbit/s). Not per-frame send-to-ACK samples
+/// either: ACKs of frames queued ahead on other tunnels arrive in bursts and those samples
+/// overshot by 1.7×.
 #[derive(Debug, Default)]
 pub(super) struct AggregateRate {
     /// Bytes of reliable frames acknowledged on every tunnel, over the session's life.
@@ -272,12 +273,12 @@ impl Session {
     }
 
     /// The most the whole session keeps on the path while the coupled cap is engaged (times
-    /// [`Session::coupled_cap_scale`] after a release): its measured bandwidth-delay product
-    /// (its [`AggregateRate`], or before that has a sample the tunnels' estimates summed, times
-    /// the shortest path RTT) with a gain of [`COUPLED_GAIN`], so that N tunnels together hold
-    /// about what one well-behaved flow would and cannot stack N windows in the bottleneck queue. The gain
-    /// lets the rate estimate grow while the queue is empty; [`COUPLED_FLOOR`] per tunnel keeps
-    /// an idle session from starving its own estimates.
+    /// [`Session::coupled_cap_scale`] after a release): its measured bandwidth-delay product (its
+    /// [`AggregateRate`], or before that has a sample the tunnels' estimates summed, times the
+    /// shortest path RTT) with a gain of [`COUPLED_GAIN`], so that N tunnels together hold about
+    /// what one well-behaved flow would and cannot stack N windows in the bottleneck queue. The
+    /// gain lets the rate estimate grow while the queue is empty; [`COUPLED_FLOOR`] per tunnel
+    /// keeps an idle session from starving its own estimates.
     pub(super) fn coupled_cap(&self) -> u64 {
         let (mut rate, mut rtt, mut active) = (0.0f64, f64::INFINITY, 0u64);
         for tun in self.tunnels.iter().filter(|t| t.is_active()) {

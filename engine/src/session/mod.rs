@@ -492,7 +492,7 @@ impl Session {
             x.tcp_info_at = Some(now);
             x.kernel_held = Some(KernelHeld {
                 bytes: report.held_bytes,
-                sent_mark: x.sent_bytes,
+                sent_mark: x.framed_total(),
             });
             let lost = x
                 .path

@@ -177,7 +177,6 @@ impl Session {
         frame.encode(&mut self.scratch, self.config.copy_threshold, out);
         let tun = &mut self.tunnels[t];
         tun.unacked_bytes += len as u64;
-        tun.sent_bytes += len as u64;
         tun.sent_reliable += 1;
         tun.retained.push_back(Retained {
             frame: r,

@@ -41,7 +41,7 @@ pub(super) enum TunnelState {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct KernelHeld {
     pub(super) bytes: u64,
-    /// [`Tunnel::sent_bytes`] when it was read.
+    /// [`Tunnel::framed_total`] when it was read.
     pub(super) sent_mark: u64,
 }
 
@@ -55,8 +55,6 @@ pub(super) struct Tunnel {
     /// Reliable frames sent on this connection and not yet acknowledged, oldest first.
     pub(super) retained: VecDeque<Retained>,
     pub(super) unacked_bytes: u64,
-    /// Encoded bytes of every reliable frame sent on this connection.
-    pub(super) sent_bytes: u64,
     /// With `coupled_pacing`: the kernel's last count of this connection's bytes on the path
     /// (see `coupled`).
     pub(super) kernel_held: Option<KernelHeld>,
@@ -93,7 +91,6 @@ impl Tunnel {
             handshake_out: BytesMut::new(),
             retained: VecDeque::new(),
             unacked_bytes: 0,
-            sent_bytes: 0,
             kernel_held: None,
             sent_reliable: 0,
             acked_reliable: 0,
@@ -137,8 +134,16 @@ impl Tunnel {
             return self.unacked_bytes;
         };
         k.bytes
-            .saturating_add(self.sent_bytes.saturating_sub(k.sent_mark))
+            .saturating_add(self.framed_total().saturating_sub(k.sent_mark))
             .min(self.unacked_bytes)
+    }
+
+    /// Encoded bytes of reliable frames framed on this slot that were acknowledged or still
+    /// wait for it. An ACK moves bytes from one to the other, so within one connection this
+    /// grows by exactly what is framed (the mark of [`KernelHeld`], cleared with the
+    /// connection).
+    pub(super) fn framed_total(&self) -> u64 {
+        self.delivered + self.unacked_bytes
     }
 
     /// Client: when the current connection attempt started, while it has not completed.
@@ -154,7 +159,6 @@ impl Tunnel {
     fn reset_connection(&mut self, now: Instant) {
         self.handshake_out.clear();
         self.unacked_bytes = 0;
-        self.sent_bytes = 0;
         self.kernel_held = None;
         self.sent_reliable = 0;
         self.acked_reliable = 0;
