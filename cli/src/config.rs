@@ -290,6 +290,17 @@ mod tests {
             (engine.pool_auto, engine.pool_min, engine.pool_size),
             (true, 4, 16)
         );
+        let small = load_text(
+            "[client]\nlocal_listen_port = 1\nconnection_pool_size = \"auto\"\npool_max = 4\n",
+            None,
+        )
+        .unwrap();
+        let engine = &small.runtime.engine;
+        assert_eq!(
+            (engine.pool_min, engine.pool_size),
+            (4, 4),
+            "a pool_max below the default pool_min lowers it"
+        );
         let fixed = load_text(
             "[client]\nlocal_listen_port = 1\nconnection_pool_size = 4\n",
             None,

@@ -26,8 +26,12 @@ const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 const ONE_DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// `connection_pool_size = "auto"`: the smallest pool ([`Config::pool_min`]).
-pub const AUTO_POOL_MIN: u16 = 2;
+/// `connection_pool_size = "auto"`: the smallest pool ([`Config::pool_min`]), what an idle
+/// client holds: [`crate::pool_control::BUSY_START`], where a busy session's measuring starts.
+/// Pre-opened, those tunnels carry a session from its first byte; a smaller idle pool first
+/// ran a whole measuring window below it and then six new tunnels' handshakes and slow starts
+/// (the 2026-12-03 grid, docs/BENCHMARKS.md: 0.66× of the best fixed pool at 250 ms).
+pub const AUTO_POOL_MIN: u16 = crate::pool_control::BUSY_START as u16;
 /// `connection_pool_size = "auto"`: the largest pool ([`Config::pool_size`]).
 pub const AUTO_POOL_MAX: u16 = 32;
 

@@ -13,10 +13,12 @@
 //! full, and is then measured for real), and the estimate never drops below one initial window per
 //! RTT.
 //! A driver that reads TCP_INFO can override both with [`PathEstimate::set_external`], and
-//! reports the kernel's own RTT view with [`PathEstimate::set_tcp_rtt`]: the kernel's smoothed
+//! reports the kernel's own view with [`PathEstimate::set_tcp_info`]: the kernel's smoothed
 //! RTT above its minimum is the bottleneck queue this connection sees, free of what the
 //! frame-level RTT also holds (the socket's unsent queue, and TCP's head-of-line wait behind a
-//! lost segment, which random loss causes without any queue).
+//! lost segment, which random loss causes without any queue); until the tunnel's first rate
+//! sample, its congestion window per RTT says what it can carry now
+//! ([`PathEstimate::slow_start_view`]).
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,8 @@ pub struct TcpReport {
     /// SACKed, not presumed lost), unsent in the socket, and queued in the driver. Not what
     /// the receiver holds beyond a hole, nor what waits for the peer's ACK frame.
     pub held_bytes: u64,
+    /// The congestion window in bytes (`tcpi_snd_cwnd` × `tcpi_snd_mss`); zero: not known.
+    pub cwnd_bytes: u64,
 }
 
 /// Estimates for one tunnel.
@@ -58,6 +62,8 @@ pub struct PathEstimate {
     /// The kernel's smoothed and minimum RTT of the connection (TCP_INFO), when a driver
     /// reports them.
     tcp_rtt: Option<(Duration, Duration)>,
+    /// The kernel's congestion window, bytes, last reported (zero: not reported).
+    tcp_cwnd: u64,
     /// The kernel's count of retransmitted segments on the connection, last reported.
     tcp_retransmits: u64,
 }
@@ -71,18 +77,27 @@ impl PathEstimate {
             rate: None,
             initial_rate,
             tcp_rtt: None,
+            tcp_cwnd: 0,
             tcp_retransmits: 0,
         }
     }
 
-    /// The kernel's smoothed RTT, minimum RTT and retransmitted segments of the tunnel's
-    /// connection (TCP_INFO `tcpi_rtt`, `tcpi_min_rtt`, `tcpi_total_retrans`); zero RTTs (not
-    /// measured yet) are ignored. Returns whether the connection retransmitted since the last
-    /// report (a count that went down is a new connection, not a loss).
-    pub fn set_tcp_info(&mut self, srtt: Duration, min_rtt: Duration, retransmits: u64) -> bool {
+    /// What the kernel reports of the tunnel's connection (TCP_INFO): its smoothed and minimum
+    /// RTT, retransmitted segments and congestion window; zero RTTs (not measured yet) are
+    /// ignored. Returns whether the connection retransmitted since the last report (a count
+    /// that went down is a new connection, not a loss).
+    pub fn set_tcp_info(&mut self, report: &TcpReport) -> bool {
+        let TcpReport {
+            srtt,
+            min_rtt,
+            retransmits,
+            cwnd_bytes,
+            ..
+        } = *report;
         if !srtt.is_zero() && !min_rtt.is_zero() {
             self.tcp_rtt = Some((srtt, min_rtt.min(srtt)));
         }
+        self.tcp_cwnd = cwnd_bytes;
         let lost = retransmits > self.tcp_retransmits;
         self.tcp_retransmits = retransmits;
         lost
@@ -146,6 +161,24 @@ impl PathEstimate {
         self.min_rtt.map_or(UNMEASURED_RTT, |(m, _)| m)
     }
 
+    /// Whether the tunnel has its own delivery-rate sample ([`PathEstimate::rate`] is no longer
+    /// the assumption).
+    pub fn is_measured(&self) -> bool {
+        self.rate.is_some()
+    }
+
+    /// For a tunnel not measured yet whose driver reported TCP_INFO: the rate its congestion
+    /// window sends (the window over the kernel's smoothed RTT, at most the assumed initial
+    /// rate) and the kernel's minimum RTT (the handshake's). What the scheduler counts on for
+    /// a tunnel that joins a session in full flight (`session::transmit`).
+    pub fn slow_start_view(&self) -> Option<(f64, Duration)> {
+        let (srtt, min_rtt) = self.tcp_rtt?;
+        (self.rate.is_none() && self.tcp_cwnd > 0).then(|| {
+            let rate = (self.tcp_cwnd as f64 / srtt.as_secs_f64()).min(self.initial_rate);
+            (rate, min_rtt)
+        })
+    }
+
     /// Smoothed RTT; zero before any sample.
     pub fn srtt(&self) -> Duration {
         self.srtt.unwrap_or_default()
@@ -199,6 +232,41 @@ mod tests {
         // A lone 40-byte frame per RTT would say 400 B/s; the floor says one window per RTT.
         p.on_rate_sample(400.0, false, t0 + Duration::from_secs(10));
         assert_eq!(p.rate(), FLOOR_BYTES_PER_RTT / 0.1);
+    }
+
+    #[test]
+    fn an_unmeasured_tunnel_reads_its_congestion_window_per_rtt() {
+        let t0 = Instant::now();
+        let mut p = PathEstimate::new(125e6);
+        assert_eq!(p.slow_start_view(), None, "nothing reported");
+        let report = |cwnd_bytes| TcpReport {
+            srtt: Duration::from_millis(250),
+            min_rtt: Duration::from_millis(240),
+            retransmits: 0,
+            held_bytes: 0,
+            cwnd_bytes,
+        };
+        // A fresh connection on a 250 ms path: ten segments per RTT.
+        p.set_tcp_info(&report(14_480));
+        assert_eq!(
+            p.slow_start_view(),
+            Some((14_480.0 / 0.25, Duration::from_millis(240)))
+        );
+        assert_eq!(p.rate(), 125e6, "the estimate itself is unchanged");
+        p.set_tcp_info(&report(1 << 40));
+        assert_eq!(
+            p.slow_start_view().map(|(r, _)| r),
+            Some(125e6),
+            "never above the assumption"
+        );
+        p.set_tcp_info(&report(0));
+        assert_eq!(p.slow_start_view(), None, "a window not reported");
+        // Once measured, its own estimate rules.
+        p.set_tcp_info(&report(14_480));
+        p.on_rtt_sample(Duration::from_millis(260), t0);
+        p.on_rate_sample(3e6, false, t0);
+        assert!(p.is_measured());
+        assert_eq!(p.slow_start_view(), None);
     }
 
     #[test]

@@ -246,6 +246,7 @@ fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
         min_rtt,
         retransmits,
         held_bytes: 0,
+        cwnd_bytes: 0,
     };
     for coupled in [true, false] {
         let config = Config {
@@ -333,6 +334,7 @@ fn the_coupled_cap_weighs_the_kernels_bytes_on_the_path() {
         min_rtt: ms(100),
         retransmits: 0,
         held_bytes,
+        cwnd_bytes: 0,
     };
     // Stream bytes framed on any tunnel until none takes more.
     let drain = |c: &mut Session| {
@@ -370,4 +372,76 @@ fn the_coupled_cap_weighs_the_kernels_bytes_on_the_path() {
         second > first / 2,
         "{second} after {first}: off the path, though not acknowledged"
     );
+}
+
+/// A tunnel that joins a session in full flight (here: its slot could not connect until the
+/// session had carried a transfer; the adaptive pool's growth is the same case) is in slow
+/// start: the scheduler counts on what its congestion window sends per RTT, as the kernel
+/// reports it, not on the optimistic initial rate. Assumed at that rate, it drew every frame
+/// the measured tunnels could not deliver at once, frames that then waited in its socket for
+/// RTTs while the receiver's stream waited for them.
+#[test]
+fn a_tunnel_joining_a_session_in_flight_is_given_what_its_window_sends() {
+    let ms = Duration::from_millis;
+    // Without the coupled cap, so that only the scheduler decides.
+    let config = Config {
+        psk: b"k".to_vec(),
+        coupled_pacing: false,
+        ..Config::default()
+    };
+    let framed_on_the_newcomer = |report_window: bool| {
+        let links = vec![LinkSpec::new(50, 100.0); 8];
+        let mut pair = SimPair::new(config.clone(), config.clone(), &links, 1).plaintext();
+        pair.cut(7);
+        assert!(pair.run(Duration::from_secs(10), |p| {
+            (0..7).all(|t| p.client.tunnel_is_active(t))
+        }));
+        // A transfer long enough (several RTTs) that the session's delivery rate is measured.
+        let mut w = Workload::new(vec![FlowSpec::bulk(32 << 20, 0)]);
+        assert!(pair.run(Duration::from_secs(30), |p| w.step(p)));
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        pair.restore(7);
+        assert!(pair.run(Duration::from_secs(30), |p| p.client.tunnel_is_active(7)));
+        let now = pair.now;
+        let c = &mut pair.client;
+        // Seven measured tunnels at 4 Mbit/s, 100 ms; the eighth not measured yet.
+        for t in 0..7 {
+            c.set_tunnel_path(t, ms(100), 0.5e6, now);
+        }
+        assert!(!c.tunnel_path(7).unwrap().is_measured());
+        if report_window {
+            // Ten segments, the handshake's RTT.
+            let report = TcpReport {
+                srtt: ms(100),
+                min_rtt: ms(100),
+                retransmits: 0,
+                held_bytes: 0,
+                cwnd_bytes: 14_480,
+            };
+            c.set_tunnel_tcp_info(7, now, report);
+        }
+        let id = c.open_stream(None).unwrap();
+        c.write(id, bytes::Bytes::from(vec![7u8; 8 << 20])).unwrap();
+        let mut framed = [0usize; 8];
+        for _ in 0..1_000 {
+            let mut n = 0;
+            for (t, f) in framed.iter_mut().enumerate() {
+                let k = c.poll_transmit(now, t, 1 << 20, &mut Vec::new());
+                *f += k;
+                n += k;
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        eprintln!("window reported: {report_window}: framed per tunnel {framed:?}");
+        framed[7]
+    };
+    let assumed = framed_on_the_newcomer(false);
+    let windowed = framed_on_the_newcomer(true);
+    assert!(
+        assumed > 200 << 10,
+        "{assumed}: the assumption draws a socket-full"
+    );
+    assert!(windowed < 64 << 10, "{windowed}: about its window");
 }

@@ -214,6 +214,48 @@ fn a_download_grows_the_pool_too() {
 }
 
 #[test]
+fn with_its_default_range_an_idle_client_holds_eight_tunnels_and_grows_from_there() {
+    // The client's own defaults (pool_min included), proposing 16.
+    let config = Config {
+        psk: b"k".to_vec(),
+        pool_auto: true,
+        pool_size: 16,
+        ..Config::default()
+    };
+    assert_eq!(config.pool_min, mtcpd_engine::config::AUTO_POOL_MIN);
+    let server = Config {
+        pool_size: 32,
+        pool_auto: false,
+        ..config.clone()
+    };
+    let links = vec![LinkSpec::new(25, 3.0); 16];
+    let mut pair = SimPair::new(config, server, &links, 15).plaintext();
+    pair.run(Duration::from_secs(2), |_| false);
+    assert_eq!(
+        pair.client.active_tunnels(),
+        8,
+        "idle: pool_min, open from the start"
+    );
+    assert_eq!(pair.client.adaptive_pool_target(), Some(8));
+    let mut w = Workload::new(vec![FlowSpec::bulk(1 << 40, 0)]);
+    let mut sizes = vec![8];
+    pair.run(RUN, |p| {
+        if let Some(n) = p.client.adaptive_pool_target()
+            && sizes.last() != Some(&n)
+        {
+            sizes.push(n);
+        }
+        w.step(p)
+    });
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
+    assert_eq!(
+        sizes,
+        [8, 16],
+        "a per-flow cap: one doubling, to every slot"
+    );
+}
+
+#[test]
 fn the_server_grant_caps_the_adaptive_pool() {
     // A server that grants 8 of the 16 proposed: auto never dials beyond them.
     let (config, server) = configs(true, 8);

@@ -336,13 +336,14 @@ impl Checker {
             }
             return Ok(());
         }
-        let min = match section.pool_min {
-            Some(n) => self.count_in("client.pool_min", n, protocol_range::POOL_MIN)?,
-            None => mtcpd_engine::config::AUTO_POOL_MIN,
-        };
         let max = match section.pool_max {
             Some(n) => self.count_in("client.pool_max", n, protocol_range::POOL_SIZE)?,
             None => mtcpd_engine::config::AUTO_POOL_MAX,
+        };
+        // A `pool_max` below the default smallest pool is a smaller range, not an error.
+        let min = match section.pool_min {
+            Some(n) => self.count_in("client.pool_min", n, protocol_range::POOL_MIN)?,
+            None => mtcpd_engine::config::AUTO_POOL_MIN.min(max),
         };
         if min > max {
             return Err(self.invalid(

@@ -494,9 +494,7 @@ impl Session {
                 bytes: report.held_bytes,
                 sent_mark: x.framed_total(),
             });
-            let lost = x
-                .path
-                .set_tcp_info(report.srtt, report.min_rtt, report.retransmits);
+            let lost = x.path.set_tcp_info(&report);
             self.update_queue_building(t, lost, now);
         }
     }

@@ -103,15 +103,27 @@ impl Session {
     }
 
     /// The scheduler's view of every tunnel, as seen from a transmit on `polled`.
+    ///
+    /// A tunnel that joined the session in full flight (the adaptive pool grew, or it
+    /// reconnected) counts at what its congestion window sends per RTT until it is measured
+    /// itself, not at the optimistic initial rate: it is in slow start, and the assumed rate drew
+    /// onto it every frame the measured tunnels could not deliver at once, frames that then
+    /// waited in its socket for RTTs while the receiver's stream waited for them. At the
+    /// session's start every tunnel is alike, and the assumption spreads the first bytes fastest.
     fn build_views(&mut self, polled: usize) {
         self.views.clear();
         for (i, tun) in self.tunnels.iter().enumerate() {
             let full_now = tun.saturated && i != polled;
+            let (rate, rtt) = tun
+                .path
+                .slow_start_view()
+                .filter(|_| tun.joined_in_flight)
+                .unwrap_or_else(|| (tun.path.rate(), tun.path.scheduling_rtt()));
             self.views.push(PathView {
                 usable: tun.is_active() && tun.close_pending.is_none() && !tun.draining,
                 unacked_bytes: tun.unacked_bytes,
-                rate: tun.path.rate(),
-                rtt: tun.path.scheduling_rtt(),
+                rate,
+                rtt,
                 waiting_bytes: if full_now { self.backlog } else { 0 },
             });
         }

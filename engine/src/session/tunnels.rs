@@ -81,6 +81,10 @@ pub(super) struct Tunnel {
     /// Client, adaptive pool: beyond the pool's target; no new reliable frame goes on it, and
     /// it is closed once everything sent on it is acknowledged (`pool_auto`).
     pub(super) draining: bool,
+    /// This connection came up while the session's delivery rate was already measured (the
+    /// pool grew, or the tunnel reconnected, in full flight): until it is measured itself, the
+    /// scheduler counts on what its congestion window sends (`transmit`).
+    pub(super) joined_in_flight: bool,
     dial_failures: u32,
 }
 
@@ -108,6 +112,7 @@ impl Tunnel {
             quiet_loss: false,
             tcp_info_at: None,
             draining: false,
+            joined_in_flight: false,
             dial_failures: 0,
         }
     }
@@ -177,8 +182,9 @@ impl Tunnel {
     /// A zero `rtt` is "not measured" (the server's side of a version 2 handshake): a PING
     /// leaves with the ServerHello to measure it, so the sample arrives with the client's first
     /// frames, when version 1's ClientAuth gave it.
-    fn activate(&mut self, now: Instant, rtt: Duration, keepalive: Duration) {
+    fn activate(&mut self, now: Instant, rtt: Duration, keepalive: Duration, in_flight: bool) {
         self.state = TunnelState::Active;
+        self.joined_in_flight = in_flight;
         self.last_recv = now;
         self.next_ping = now + keepalive;
         if rtt.is_zero() {
@@ -285,9 +291,10 @@ impl Session {
             self.tunnel_down(now, t, TunnelError::Replaced);
         }
         let keepalive = self.config.keepalive_interval;
+        let in_flight = self.aggregate_rate.rate().is_some();
         let tun = &mut self.tunnels[t];
         tun.reset_connection(now);
-        tun.activate(now, accepted.rtt, keepalive);
+        tun.activate(now, accepted.rtt, keepalive, in_flight);
         self.no_tunnel_since = None;
         self.events.push_back(Event::TunnelUp {
             tunnel: t as u16,
@@ -388,7 +395,8 @@ impl Session {
         }
         self.established = true;
         let keepalive = self.config.keepalive_interval;
-        self.tunnels[t].activate(now, granted.rtt, keepalive);
+        let in_flight = self.aggregate_rate.rate().is_some();
+        self.tunnels[t].activate(now, granted.rtt, keepalive, in_flight);
         self.no_tunnel_since = None;
         self.events.push_back(Event::TunnelUp {
             tunnel: t as u16,

@@ -226,6 +226,7 @@ impl TcpDir {
             min_rtt,
             retransmits: self.retransmits,
             held_bytes: (self.inflight + self.unsent_bytes) as u64,
+            cwnd_bytes: self.cwnd as u64,
         })
     }
 
