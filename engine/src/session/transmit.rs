@@ -104,12 +104,13 @@ impl Session {
 
     /// The scheduler's view of every tunnel, as seen from a transmit on `polled`.
     ///
-    /// A tunnel that joined the session in full flight (the adaptive pool grew, or it
-    /// reconnected) counts at what its congestion window sends per RTT until it is measured
-    /// itself, not at the optimistic initial rate: it is in slow start, and the assumed rate drew
-    /// onto it every frame the measured tunnels could not deliver at once, frames that then
-    /// waited in its socket for RTTs while the receiver's stream waited for them. At the
-    /// session's start every tunnel is alike, and the assumption spreads the first bytes fastest.
+    /// A tunnel that joined the session in full flight (the adaptive pool grew, or its slot
+    /// first connected late) counts at what its congestion window sends per RTT until it is
+    /// measured itself, not at the optimistic initial rate: it is in slow start, and the assumed
+    /// rate drew onto it every frame the measured tunnels could not deliver at once, frames that
+    /// then waited in its socket for RTTs while the receiver's stream waited for them. At the
+    /// session's start every tunnel is alike, and the assumption spreads the first bytes
+    /// fastest. (A slot that reconnects keeps its old estimate: not covered.)
     fn build_views(&mut self, polled: usize) {
         self.views.clear();
         for (i, tun) in self.tunnels.iter().enumerate() {

@@ -82,8 +82,8 @@ pub(super) struct Tunnel {
     /// it is closed once everything sent on it is acknowledged (`pool_auto`).
     pub(super) draining: bool,
     /// This connection came up while the session's delivery rate was already measured (the
-    /// pool grew, or the tunnel reconnected, in full flight): until it is measured itself, the
-    /// scheduler counts on what its congestion window sends (`transmit`).
+    /// pool grew in full flight): until the slot is measured itself, the scheduler counts on
+    /// what its congestion window sends (`transmit`).
     pub(super) joined_in_flight: bool,
     dial_failures: u32,
 }
