@@ -290,15 +290,20 @@ impl Session {
         if self.tunnels[t].is_active() {
             self.tunnel_down(now, t, TunnelError::Replaced);
         }
+        self.tunnels[t].reset_connection(now);
+        self.activate_tunnel(now, t, accepted.rtt);
+    }
+
+    /// Tunnel `t`'s connection carries frames from `now` (either side's handshake is done;
+    /// `rtt` as [`Tunnel::activate`] takes it), and the application hears of it.
+    fn activate_tunnel(&mut self, now: Instant, t: usize, rtt: Duration) {
         let keepalive = self.config.keepalive_interval;
         let in_flight = self.aggregate_rate.rate().is_some();
-        let tun = &mut self.tunnels[t];
-        tun.reset_connection(now);
-        tun.activate(now, accepted.rtt, keepalive, in_flight);
+        self.tunnels[t].activate(now, rtt, keepalive, in_flight);
         self.no_tunnel_since = None;
         self.events.push_back(Event::TunnelUp {
             tunnel: t as u16,
-            rtt: accepted.rtt,
+            rtt,
         });
     }
 
@@ -394,14 +399,7 @@ impl Session {
             self.peer_capabilities = granted.capabilities;
         }
         self.established = true;
-        let keepalive = self.config.keepalive_interval;
-        let in_flight = self.aggregate_rate.rate().is_some();
-        self.tunnels[t].activate(now, granted.rtt, keepalive, in_flight);
-        self.no_tunnel_since = None;
-        self.events.push_back(Event::TunnelUp {
-            tunnel: t as u16,
-            rtt: granted.rtt,
-        });
+        self.activate_tunnel(now, t, granted.rtt);
         // The server caps the pool: retire the slots beyond it.
         let pool = granted.pool_size as usize;
         self.cap_adaptive_pool(now, pool);
