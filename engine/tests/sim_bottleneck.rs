@@ -94,7 +94,7 @@ fn the_bottleneck_is_deterministic_for_a_seed() {
     assert_eq!(a.elapsed, b.elapsed);
 }
 
-/// Sends `bytes` client→server over `tunnels` tunnels (50 ms each way) behind `spec`, with or
+/// Sends `bytes` client→server over `tunnels` tunnels of `link` behind `spec`, with or
 /// without coupled pacing; the bottleneck's counters and the goodput (bytes/s).
 fn coupled_run(
     coupled: bool,
@@ -102,7 +102,7 @@ fn coupled_run(
     spec: BottleneckSpec,
     bytes: u64,
     seed: u64,
-    unsent: usize,
+    link: LinkSpec,
 ) -> (BottleneckStats, f64) {
     let config = Config {
         psk: b"k".to_vec(),
@@ -112,10 +112,6 @@ fn coupled_run(
         initial_rate: 1e6,
         coupled_pacing: coupled,
         ..Config::default()
-    };
-    let link = LinkSpec {
-        buffer: unsent,
-        ..LinkSpec::new(50, 100.0)
     };
     let links = vec![link; tunnels];
     let mut pair = SimPair::new(config.clone(), config, &links, seed)
@@ -159,8 +155,12 @@ fn side_by_side_unsent(
     seeds
         .iter()
         .map(|&seed| {
-            let (u, ug) = coupled_run(false, tunnels, spec, bytes, seed, unsent);
-            let (c, cg) = coupled_run(true, tunnels, spec, bytes, seed, unsent);
+            let link = LinkSpec {
+                buffer: unsent,
+                ..LinkSpec::new(50, 100.0)
+            };
+            let (u, ug) = coupled_run(false, tunnels, spec, bytes, seed, link);
+            let (c, cg) = coupled_run(true, tunnels, spec, bytes, seed, link);
             eprintln!(
                 "{label} seed {seed}: uncoupled {} queue drops {} lost {:.2} Mbit/s; coupled {} \
                  queue drops {} lost {:.2} Mbit/s ({:.3}x)",
@@ -205,7 +205,11 @@ fn coupled_pacing_gets_out_of_the_way_of_random_loss() {
 
 /// Issue 13's second grid anomaly on the simulator: 16 tunnels at 0.1 % loss overfill the
 /// shared queue (the loss is too rare to hold 16 windows below it); coupled, the queue's
-/// drops fall far while goodput does not.
+/// drops fall far while goodput does not. Since the coupled start-up ramps as fast as slow
+/// start (`StartUp`), its end overshoots the queue once, as slow start's does (about 90-130
+/// drops here, against 0-4 with the slow ramp before and ~700 uncoupled), which moves one
+/// seed's goodput by a few percent either way: the goodput bar is on the mean ratio, with a
+/// looser one per seed.
 #[test]
 fn sixteen_coupled_tunnels_do_not_overfill_the_queue_at_a_tenth_of_a_percent_loss() {
     let spec = BottleneckSpec::new(50.0, 50, 0.001);
@@ -217,13 +221,47 @@ fn sixteen_coupled_tunnels_do_not_overfill_the_queue_at_a_tenth_of_a_percent_los
         &[9, 10, 12],
         DAEMON_UNSENT,
     );
+    let mut ratios = Vec::new();
     for ((ud, ug), (cd, cg)) in runs {
         assert!(cd * 4 < ud, "coupled {cd} vs uncoupled {ud} queue drops");
-        assert!(cg >= ug * 0.97, "goodput coupled {cg} vs uncoupled {ug}");
+        ratios.push(cg / ug);
     }
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    assert!(mean >= 0.97, "goodput coupled / uncoupled {ratios:?}");
+    assert!(ratios.iter().all(|&r| r >= 0.95), "{ratios:?}");
 }
 
 /// A plaintext pair with 8 tunnels of 50 ms each way, run until every tunnel is active.
+/// The cap is the session's measured delivery rate times the RTT, and that rate trails what
+/// the tunnels send by about an RTT: with the steady gain the bytes on the path grew 1.16× per
+/// RTT, where slow start doubles them (on the emulator at 250 ms, 0.77× of one TCP flow over
+/// 20 s). With the start-up gain, coupled tunnels reach the link about as fast as uncoupled
+/// ones, and once the queue builds the steady cap keeps them out of it (here 1.02× of
+/// uncoupled goodput with no queue drop against 6,666; with the steady gain from the start,
+/// 0.86×).
+#[test]
+fn coupled_tunnels_fill_a_long_fat_path_about_as_fast_as_uncoupled_ones() {
+    let spec = BottleneckSpec::new(200.0, 100, 0.0);
+    let link = LinkSpec {
+        buffer: DAEMON_UNSENT,
+        ..LinkSpec::new(125, 1000.0)
+    };
+    let bytes = 64 << 20;
+    let (u, ug) = coupled_run(false, 8, spec, bytes, 5, link);
+    let (c, cg) = coupled_run(true, 8, spec, bytes, 5, link);
+    eprintln!(
+        "250 ms: uncoupled {} queue drops {:.1} Mbit/s; coupled {} queue drops {:.1} Mbit/s \
+         ({:.3}x)",
+        u.drops_queue,
+        ug * 8e-6,
+        c.drops_queue,
+        cg * 8e-6,
+        cg / ug
+    );
+    assert!(cg >= ug * 0.9, "goodput coupled {cg} vs uncoupled {ug}");
+    assert!(c.drops_queue <= u.drops_queue, "{c:?} vs {u:?}");
+}
+
 fn eight_active_tunnels(config: Config) -> SimPair {
     let links = vec![LinkSpec::new(50, 100.0); 8];
     let mut pair = SimPair::new(config.clone(), config, &links, 1).plaintext();

@@ -68,7 +68,7 @@ use crate::id_hash::IdMap;
 use crate::path::{PathEstimate, TcpReport};
 use crate::pool_control::{PoolChange, PoolController};
 use crate::scheduler::{PathView, Scheduler};
-use coupled::AggregateRate;
+use coupled::{AggregateRate, StartUp};
 pub use expose::ExposeError;
 pub use flow_control::WindowStats;
 pub use relief::ReliefStats;
@@ -261,12 +261,17 @@ pub struct Session {
     /// TCP_INFO (a driver that cannot, like the simulator without a bottleneck, never couples).
     /// See `coupled`.
     queue_building: Option<bool>,
+    /// Whether the tunnels' kernel RTTs show a standing bottleneck queue now (above the engage
+    /// threshold), for the coupled cap (`coupled`).
+    queue_standing: bool,
     /// When random loss last released the coupled cap (`coupled`).
     released_at: Option<Instant>,
     /// The coupled cap's multiplier, `None` when it does not bind (`coupled`).
     cap_scale: Option<f64>,
     /// The delivery rate over every tunnel, for the coupled cap (`coupled`).
     aggregate_rate: AggregateRate,
+    /// Whether the session's delivery rate still grows: the coupled cap's gain (`coupled`).
+    startup: StartUp,
     /// Σ of every stream's [`crate::reorder::ReorderBuffer::pending_overhead`]: at most the
     /// session window (the pieces' bytes are bounded by the offset accounting).
     reorder_overhead: u64,
@@ -399,9 +404,11 @@ impl Session {
             retransmit: VecDeque::new(),
             retransmit_bytes: 0,
             queue_building: None,
+            queue_standing: false,
             released_at: None,
             cap_scale: None,
             aggregate_rate: AggregateRate::default(),
+            startup: StartUp::default(),
             reorder_overhead: 0,
             control: VecDeque::new(),
             send_data_total: 0,
