@@ -261,9 +261,6 @@ pub struct Session {
     /// TCP_INFO (a driver that cannot, like the simulator without a bottleneck, never couples).
     /// See `coupled`.
     queue_building: Option<bool>,
-    /// Whether the tunnels' kernel RTTs show a standing bottleneck queue now (above the engage
-    /// threshold), for the coupled cap (`coupled`).
-    queue_standing: bool,
     /// When random loss last released the coupled cap (`coupled`).
     released_at: Option<Instant>,
     /// The coupled cap's multiplier, `None` when it does not bind (`coupled`).
@@ -404,7 +401,6 @@ impl Session {
             retransmit: VecDeque::new(),
             retransmit_bytes: 0,
             queue_building: None,
-            queue_standing: false,
             released_at: None,
             cap_scale: None,
             aggregate_rate: AggregateRate::default(),

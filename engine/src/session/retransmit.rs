@@ -117,13 +117,8 @@ impl Session {
                 tun.path.on_rate_sample(rate, r.app_limited, now);
             }
             let rtt = tun.path.min_rtt();
-            self.aggregate_rate.on_ack(
-                acked_bytes,
-                rtt,
-                r.session_app_limited,
-                self.queue_standing,
-                now,
-            );
+            self.aggregate_rate
+                .on_ack(acked_bytes, rtt, r.session_app_limited, now);
             self.startup
                 .on_rate(self.aggregate_rate.rate(), rtt, r.session_app_limited, now);
         }
