@@ -51,8 +51,8 @@
 //! Limits: on a path whose queue is shallower than [`RELEASE_BELOW`] of its RTT, queue drops
 //! look like random loss and the tunnels run uncoupled (as without this). The rate's windowed
 //! maximum also takes in the ACKs that the tunnels' losses bunch up (up to 1.4× the link at
-//! 250 ms on the emulator), and the cap with it lets the tunnels overfill a queue shallower
-//! than about a third of the RTT. Holding the maximum while a queue stands was tried: it
+//! 250 ms on the emulator), and the cap with it lets the tunnels overfill a shallow queue
+//! (there 0.4 of the RTT). Holding the maximum while a queue stands was tried: it
 //! locks the rate wherever it is whenever the RTT stands inflated for another reason (another
 //! flow's queue, a busy host), measured once as 16 tunnels held at 730 Mbit/s on a
 //! 965 Mbit/s path for the last 9 s of a run.
