@@ -205,11 +205,9 @@ fn coupled_pacing_gets_out_of_the_way_of_random_loss() {
 
 /// Issue 13's second grid anomaly on the simulator: 16 tunnels at 0.1 % loss overfill the
 /// shared queue (the loss is too rare to hold 16 windows below it); coupled, the queue's
-/// drops fall far while goodput does not. Since the coupled start-up ramps as fast as slow
-/// start (`StartUp`), its end overshoots the queue once, as slow start's does (about 90-130
-/// drops here, against 0-4 with the slow ramp before and ~700 uncoupled), which moves one
-/// seed's goodput by a few percent either way: the goodput bar is on the mean ratio, with a
-/// looser one per seed.
+/// drops fall far while goodput does not. Since the coupled start-up ramps about as fast as
+/// slow start (`StartUp`), its end overshoots the queue once, as slow start's does (about 90
+/// drops here, against 0-4 with the slow ramp before and ~700 uncoupled).
 #[test]
 fn sixteen_coupled_tunnels_do_not_overfill_the_queue_at_a_tenth_of_a_percent_loss() {
     let spec = BottleneckSpec::new(50.0, 50, 0.001);
@@ -221,14 +219,10 @@ fn sixteen_coupled_tunnels_do_not_overfill_the_queue_at_a_tenth_of_a_percent_los
         &[9, 10, 12],
         DAEMON_UNSENT,
     );
-    let mut ratios = Vec::new();
     for ((ud, ug), (cd, cg)) in runs {
         assert!(cd * 4 < ud, "coupled {cd} vs uncoupled {ud} queue drops");
-        ratios.push(cg / ug);
+        assert!(cg >= ug * 0.97, "goodput coupled {cg} vs uncoupled {ug}");
     }
-    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
-    assert!(mean >= 0.97, "goodput coupled / uncoupled {ratios:?}");
-    assert!(ratios.iter().all(|&r| r >= 0.95), "{ratios:?}");
 }
 
 /// A plaintext pair with 8 tunnels of 50 ms each way, run until every tunnel is active.
