@@ -50,6 +50,9 @@ pub struct TcpReport {
     pub held_bytes: u64,
     /// The congestion window in bytes (`tcpi_snd_cwnd` × `tcpi_snd_mss`); zero: not known.
     pub cwnd_bytes: u64,
+    /// Of `held_bytes`, those not sent yet: unsent in the socket (`tcpi_notsent_bytes`) and
+    /// queued in the driver.
+    pub unsent_bytes: u64,
 }
 
 /// Estimates for one tunnel.
@@ -245,6 +248,7 @@ mod tests {
             retransmits: 0,
             held_bytes: 0,
             cwnd_bytes,
+            unsent_bytes: 0,
         };
         // A fresh connection on a 250 ms path: ten segments per RTT.
         p.set_tcp_info(&report(14_480));

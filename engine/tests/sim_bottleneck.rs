@@ -9,7 +9,7 @@ use std::time::Duration;
 use mtcpd_engine::sim::bottleneck::{BottleneckSpec, BottleneckStats};
 use mtcpd_engine::sim::{LinkSpec, SimPair};
 use mtcpd_engine::{Config, Session, TcpReport};
-use support::{FlowSpec, Workload};
+use support::{FlowSpec, Workload, eight_active_tunnels};
 
 struct Outcome {
     stats: BottleneckStats,
@@ -237,16 +237,6 @@ fn coupled_tunnels_fill_a_long_fat_path_about_as_fast_as_uncoupled_ones() {
     }
 }
 
-/// A plaintext pair with 8 tunnels of 50 ms each way, run until every tunnel is active.
-fn eight_active_tunnels(config: Config) -> SimPair {
-    let links = vec![LinkSpec::new(50, 100.0); 8];
-    let mut pair = SimPair::new(config.clone(), config, &links, 1).plaintext();
-    assert!(pair.run(Duration::from_secs(10), |p| {
-        (0..8).all(|t| p.client.tunnel_is_active(t))
-    }));
-    pair
-}
-
 /// The decision itself, driven by hand through the API a driver uses: off until the driver
 /// reports TCP_INFO, engaged by the first report;
 /// one tunnel's loss at an empty queue is not enough, a quarter of the tunnels' is; a queue
@@ -261,6 +251,7 @@ fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
         retransmits,
         held_bytes: 0,
         cwnd_bytes: 0,
+        unsent_bytes: 0,
     };
     for coupled in [true, false] {
         let config = Config {
@@ -349,6 +340,7 @@ fn the_coupled_cap_weighs_the_kernels_bytes_on_the_path() {
         retransmits: 0,
         held_bytes,
         cwnd_bytes: 0,
+        unsent_bytes: 0,
     };
     // Stream bytes framed on any tunnel until none takes more.
     let drain = |c: &mut Session| {
@@ -431,6 +423,7 @@ fn a_tunnel_joining_a_session_in_flight_is_given_what_its_window_sends() {
                 retransmits: 0,
                 held_bytes: 0,
                 cwnd_bytes: 14_480,
+                unsent_bytes: 0,
             };
             c.set_tunnel_tcp_info(7, now, report);
         }

@@ -143,7 +143,8 @@ pub fn render(stats: &RuntimeStats, context: &ExpositionContext) -> String {
         "mtcpd_hol_relief_total",
         "counter",
         "Head-of-line relief (hol_relief): HOL_REPORTs sent, dropped (queue full), received \
-         and ignored; frames and bytes re-sent for them.",
+         and ignored; frames and bytes re-sent for them; frames and bytes copied off a tunnel \
+         whose congestion window collapsed (handoff_*).",
     );
     for (kind, n) in c.relief.by_kind() {
         out.sample("mtcpd_hol_relief_total", &[("kind", kind)], n);

@@ -259,7 +259,8 @@ const SHORT_PATH: Duration = Duration::from_millis(2);
 impl Session {
     /// Whether the driver should read tunnel `t`'s TCP_INFO now and report it with
     /// [`Session::set_tunnel_tcp_info`]: `coupled_pacing` is on, stream data waits to be framed
-    /// (only then can the cap matter: an idle session costs no system call), and the last
+    /// (only then can the cap matter: an idle session costs no system call) or the tunnel's
+    /// window was last seen collapsed (`handoff`: until a report shows it open), and the last
     /// report is older than [`TCP_INFO_INTERVAL`] (than [`TCP_INFO_PER_RTT`] of the tunnel's
     /// RTT while the cap binds).
     pub fn wants_tcp_info(&self, t: usize, now: Instant) -> bool {
@@ -272,9 +273,9 @@ impl Session {
             }
         };
         self.config.coupled_pacing
-            && !self.ready.is_empty()
             && self.tunnels.get(t).is_some_and(|x| {
-                x.is_active()
+                (!self.ready.is_empty() || x.cwnd_collapsed)
+                    && x.is_active()
                     && x.tcp_info_at
                         .is_none_or(|at| now.saturating_duration_since(at) >= interval(x))
             })

@@ -39,6 +39,7 @@ mod close;
 mod coupled;
 mod expose;
 mod flow_control;
+mod handoff;
 mod input;
 mod pool;
 mod pool_auto;
@@ -499,6 +500,7 @@ impl Session {
             });
             let lost = x.path.set_tcp_info(&report);
             self.update_queue_building(t, lost, now);
+            self.on_window_report(t, &report);
         }
     }
 

@@ -71,11 +71,16 @@ pub struct ReliefStats {
     pub frames_resent: u64,
     /// Encoded bytes re-sent as relief.
     pub bytes_resent: u64,
+    /// Frames copied off a tunnel whose congestion window collapsed (`handoff`; sent whether
+    /// or not relief is on).
+    pub handoff_frames: u64,
+    /// Encoded bytes of those copies.
+    pub handoff_bytes: u64,
 }
 
 impl ReliefStats {
     /// Every counter with its metric label (`mtcpd_hol_relief_total{kind=...}`), in order.
-    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
         [
             ("reports_sent", self.reports_sent),
             ("reports_dropped", self.reports_dropped),
@@ -83,6 +88,8 @@ impl ReliefStats {
             ("reports_ignored", self.reports_ignored),
             ("frames_resent", self.frames_resent),
             ("bytes_resent", self.bytes_resent),
+            ("handoff_frames", self.handoff_frames),
+            ("handoff_bytes", self.handoff_bytes),
         ]
     }
 
@@ -94,6 +101,8 @@ impl ReliefStats {
         self.reports_ignored += other.reports_ignored;
         self.frames_resent += other.frames_resent;
         self.bytes_resent += other.bytes_resent;
+        self.handoff_frames += other.handoff_frames;
+        self.handoff_bytes += other.handoff_bytes;
     }
 }
 
@@ -104,8 +113,9 @@ pub(super) struct Relief {
     timers: BinaryHeap<Reverse<(Instant, StreamId)>>,
     /// Receiver: (stream, offset, length) to send.
     reports: VecDeque<(StreamId, u64, u64)>,
-    /// Sender: relief copies, each with the tunnel chosen for it and its encoded length.
-    queue: VecDeque<(usize, Reliable)>,
+    /// Sender: copies to send, each with the tunnel chosen for it; `true`: a hand-off copy
+    /// (`handoff`), not relief.
+    queue: VecDeque<(usize, Reliable, bool)>,
     credit: u64,
     /// `send_data_total` already turned into credit.
     credited_to: u64,
@@ -323,10 +333,7 @@ impl Session {
                 break;
             }
             self.relief.credit -= len;
-            if self.relief.queue.len() >= MAX_QUEUED {
-                self.relief.queue.pop_front();
-            }
-            self.relief.queue.push_back((to, frame));
+            self.queue_copy(to, frame, false);
             relieved_to = Some(fe);
             queued = true;
         }
@@ -336,9 +343,24 @@ impl Session {
         queued
     }
 
+    /// Queues a copy of `frame` for tunnel `to` (the oldest copy is dropped beyond
+    /// [`MAX_QUEUED`]); `handoff`: for `handoff`, counted apart.
+    fn queue_copy(&mut self, to: usize, frame: Reliable, handoff: bool) {
+        if self.relief.queue.len() >= MAX_QUEUED {
+            self.relief.queue.pop_front();
+        }
+        self.relief.queue.push_back((to, frame, handoff));
+    }
+
+    /// Sender (`handoff`): queues a copy of `frame` for tunnel `to`.
+    pub(super) fn queue_handoff_copy(&mut self, to: usize, frame: Reliable) {
+        self.queue_copy(to, frame, true);
+    }
+
     /// The active tunnel other than `from` expected to deliver a frame first: smoothed RTT
-    /// plus the time to drain what it already has unacknowledged.
-    fn relief_target(&self, from: usize) -> Option<usize> {
+    /// plus the time to drain what it already has unacknowledged. Not one whose congestion
+    /// window collapsed (`handoff`).
+    pub(super) fn relief_target(&self, from: usize) -> Option<usize> {
         let expected = |t: &super::tunnels::Tunnel| {
             let rate = t.path.rate().max(1.0);
             t.path.srtt().as_secs_f64() + t.unacked_bytes as f64 / rate
@@ -346,21 +368,23 @@ impl Session {
         self.tunnels
             .iter()
             .enumerate()
-            .filter(|(i, t)| *i != from && t.is_active() && t.close_pending.is_none())
+            .filter(|(i, t)| {
+                *i != from && t.is_active() && t.close_pending.is_none() && !t.cwnd_collapsed
+            })
             .min_by(|a, b| expected(a.1).total_cmp(&expected(b.1)))
             .map(|(i, _)| i)
     }
 
     /// Sender: whether a relief copy waits for tunnel `t`.
     pub(super) fn has_relief_for(&self, t: usize) -> bool {
-        self.relief.queue.iter().any(|(to, _)| *to == t)
+        self.relief.queue.iter().any(|(to, ..)| *to == t)
     }
 
     /// Sender: takes the next relief copy for tunnel `t` that is still worth sending, as the
     /// frame to emit; its stream counts one more frame to be acknowledged.
     pub(super) fn take_relief(&mut self, t: usize) -> Option<(Reliable, Frame)> {
-        while let Some(i) = self.relief.queue.iter().position(|(to, _)| *to == t) {
-            let (_, r) = self.relief.queue.remove(i)?;
+        while let Some(i) = self.relief.queue.iter().position(|(to, ..)| *to == t) {
+            let (_, r, handoff) = self.relief.queue.remove(i)?;
             let Some(frame) = self.materialize(&r) else {
                 continue;
             };
@@ -369,8 +393,14 @@ impl Session {
             {
                 s.unacked_frames += 1;
             }
-            self.relief.stats.frames_resent += 1;
-            self.relief.stats.bytes_resent += frame.encoded_len() as u64;
+            let stats = &mut self.relief.stats;
+            if handoff {
+                stats.handoff_frames += 1;
+                stats.handoff_bytes += frame.encoded_len() as u64;
+            } else {
+                stats.frames_resent += 1;
+                stats.bytes_resent += frame.encoded_len() as u64;
+            }
             return Some((r, frame));
         }
         None

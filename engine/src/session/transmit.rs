@@ -113,6 +113,7 @@ impl Session {
     /// fastest. (A slot that reconnects keeps its old estimate: not covered.)
     fn build_views(&mut self, polled: usize) {
         self.views.clear();
+        let sideline_collapsed = self.any_window_open();
         for (i, tun) in self.tunnels.iter().enumerate() {
             let full_now = tun.saturated && i != polled;
             let (rate, rtt) = tun
@@ -121,7 +122,10 @@ impl Session {
                 .filter(|_| tun.joined_in_flight)
                 .unwrap_or_else(|| (tun.path.rate(), tun.path.scheduling_rtt()));
             self.views.push(PathView {
-                usable: tun.is_active() && tun.close_pending.is_none() && !tun.draining,
+                usable: tun.is_active()
+                    && tun.close_pending.is_none()
+                    && !tun.draining
+                    && !(tun.cwnd_collapsed && sideline_collapsed),
                 unacked_bytes: tun.unacked_bytes,
                 rate,
                 rtt,

@@ -85,6 +85,11 @@ pub(super) struct Tunnel {
     /// pool grew in full flight): until the slot is measured itself, the scheduler counts on
     /// what its congestion window sends (`transmit`).
     pub(super) joined_in_flight: bool,
+    /// The kernel's last report showed the connection's congestion window collapsed
+    /// (`handoff`).
+    pub(super) cwnd_collapsed: bool,
+    /// The congestion window of the kernel's last report, bytes (`handoff`).
+    pub(super) reported_cwnd: u64,
     dial_failures: u32,
 }
 
@@ -113,6 +118,8 @@ impl Tunnel {
             tcp_info_at: None,
             draining: false,
             joined_in_flight: false,
+            cwnd_collapsed: false,
+            reported_cwnd: 0,
             dial_failures: 0,
         }
     }
@@ -176,6 +183,8 @@ impl Tunnel {
         self.close_pending = None;
         self.saturated = false;
         self.draining = false;
+        self.cwnd_collapsed = false;
+        self.reported_cwnd = 0;
     }
 
     /// The connection carries frames from `now`.

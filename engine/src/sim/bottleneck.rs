@@ -227,6 +227,7 @@ impl TcpDir {
             retransmits: self.retransmits,
             held_bytes: (self.inflight + self.unsent_bytes) as u64,
             cwnd_bytes: self.cwnd as u64,
+            unsent_bytes: self.unsent_bytes as u64,
         })
     }
 

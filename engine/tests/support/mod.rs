@@ -10,11 +10,23 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::Bytes;
+use mtcpd_engine::Config;
 use mtcpd_engine::session::{Event, ReadOutcome, StreamId};
-use mtcpd_engine::sim::{Side, SimPair};
+use mtcpd_engine::sim::{LinkSpec, Side, SimPair};
 use mtcpd_testkit::pattern::{self, Checksum};
+
+/// A plaintext pair with 8 tunnels of 50 ms each way, run until every tunnel is active.
+pub fn eight_active_tunnels(config: Config) -> SimPair {
+    let links = vec![LinkSpec::new(50, 100.0); 8];
+    let mut pair = SimPair::new(config.clone(), config, &links, 1).plaintext();
+    assert!(pair.run(Duration::from_secs(10), |p| {
+        (0..8).all(|t| p.client.tunnel_is_active(t))
+    }));
+    pair
+}
 
 /// The pattern seed of direction `dir` (0 up, 1 down) of flow `flow`.
 pub fn stream_seed(flow: u64, dir: u64) -> u64 {

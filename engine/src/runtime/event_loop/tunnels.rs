@@ -354,6 +354,7 @@ impl<D: Driver> EventLoop<D> {
                             .saturating_add(u64::from(info.notsent_bytes))
                             .saturating_add(tx.len as u64),
                         cwnd_bytes: u64::from(info.snd_cwnd) * u64::from(info.snd_mss),
+                        unsent_bytes: u64::from(info.notsent_bytes).saturating_add(tx.len as u64),
                     },
                 );
             }

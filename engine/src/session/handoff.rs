@@ -1,0 +1,82 @@
+//! Hand-off: the frames waiting in a tunnel whose congestion window collapsed go out again on
+//! another tunnel, and the scheduler leaves that tunnel alone until its window reopens.
+//!
+//! Owns: reading a collapsed window from the kernel's reports (`Tunnel::cwnd_collapsed`,
+//! `Tunnel::reported_cwnd`) and choosing the frames to copy. Must not touch: the copies' queue, their tunnel and their
+//! accounting (`relief`: a copy is retained and acknowledged like any frame), or which tunnel
+//! new frames go on (`transmit` only reads the flag).
+//!
+//! Why. A window of a few segments does not send for a long while, and the peer reads each
+//! stream in order, so every frame still in that tunnel's socket holds up everything the other
+//! tunnels deliver after it. Two things collapse it. Bbr's ProbeRTT: every 10 s without a lower
+//! RTT sample, the window drops to four segments for 200 ms and a round trip after its bytes in
+//! flight drained; the coupled cap keeps a standing queue, so no tunnel sees a lower RTT and
+//! each enters ProbeRTT 10 s after its first samples (seen with `ss` on the emulator: at
+//! 250 ms one to five tunnels at a time from 13 s on, with up to 1.7 MB unsent among them; at
+//! 100 ms all eight together, which nothing here can help: there is no open window to hand
+//! to). And a retransmission timeout, after which the window restarts from one segment. What the tunnel had in flight arrives as usual;
+//! only what it had not sent yet is copied. The peer keeps the first copy of each byte and
+//! drops the other (a relief copy is the same), so nothing arrives twice.
+//!
+//! Not a guess at a slow tunnel (the sender-side relief that copied a stalled tunnel's oldest
+//! frames measured 0.83×: `relief`): the kernel's own window says the bytes cannot leave.
+
+use super::Session;
+use super::retransmit::Reliable;
+use crate::path::TcpReport;
+
+/// A congestion window at or under this many bytes may have collapsed: four segments of an
+/// Ethernet MSS, bbr's ProbeRTT window (a window after a retransmission timeout is one).
+pub(super) const COLLAPSED_CWND: u64 = 4 * 1500;
+/// ... if it fell there from at least this many times as large since the last report. A
+/// window that is small because the path's BDP is (a slow path, or Reno-like halvings under
+/// random loss, which at most halve it per report) is no collapse: its bytes do leave.
+pub(super) const COLLAPSE_FACTOR: u64 = 8;
+/// Most bytes one collapse copies (the daemon's TCP_NOTSENT_LOWAT keeps about 128 KiB unsent
+/// per tunnel, and the driver's queue adds a little: this bounds a larger setting's cost).
+pub(super) const HANDOFF_MAX: u64 = 4 << 20;
+
+impl Session {
+    /// Tunnel `t`'s kernel report: notes whether its window collapsed, and when it just did,
+    /// copies the frames it has not sent yet onto the tunnel expected to deliver first.
+    pub(super) fn on_window_report(&mut self, t: usize, report: &TcpReport) {
+        let Some(tun) = self.tunnels.get_mut(t) else {
+            return;
+        };
+        let cwnd = report.cwnd_bytes;
+        let before = std::mem::replace(&mut tun.reported_cwnd, cwnd);
+        let was = tun.cwnd_collapsed;
+        let small = cwnd > 0 && cwnd <= COLLAPSED_CWND;
+        tun.cwnd_collapsed = small && (was || before >= cwnd.saturating_mul(COLLAPSE_FACTOR));
+        if !tun.cwnd_collapsed || was || report.unsent_bytes == 0 {
+            return;
+        }
+        let Some(to) = self.relief_target(t) else {
+            return;
+        };
+        // The socket sends in order: its unsent bytes are the newest frames framed on it.
+        let want = report.unsent_bytes.min(HANDOFF_MAX);
+        let mut covered = 0;
+        let mut copies = Vec::new();
+        for r in self.tunnels[t].retained.iter().rev() {
+            if covered >= want {
+                break;
+            }
+            covered += r.wire_len;
+            if matches!(r.frame, Reliable::Data { .. }) {
+                copies.push(r.frame.clone());
+            }
+        }
+        for frame in copies.into_iter().rev() {
+            self.queue_handoff_copy(to, frame);
+        }
+    }
+
+    /// Whether some active tunnel's window is open: only then does the scheduler sideline
+    /// the collapsed ones (with every window collapsed, frames still go somewhere).
+    pub(super) fn any_window_open(&self) -> bool {
+        self.tunnels
+            .iter()
+            .any(|x| x.is_active() && !x.cwnd_collapsed && !x.draining)
+    }
+}
