@@ -10,9 +10,10 @@
 //! Auto-tuning (docs/PROTOCOL.md §5.1), like TCP's receive-buffer autotuning: a stream's window
 //! starts at `stream_window` and doubles, up to [`Config::stream_window_ceiling`], whenever the
 //! peer has used up the credit it was given ([`GROW_SLACK`]) while a hole holds most of it
-//! (at least half the window beyond the hole) and the reader has read everything before it. That happens when a tunnel in a long recovery (an
-//! RTO, a lost retransmission) holds the stream's next offset while the other tunnels keep
-//! delivering: the window, not the path, then stops the sender. A clean path, or a reader that
+//! (at least half the window beyond the hole) and the reader has read everything before it.
+//! That happens when a tunnel in a long recovery (an RTO, a lost retransmission) holds the
+//! stream's next offset while the other tunnels keep delivering: the window, not the path,
+//! then stops the sender. A clean path, or a reader that
 //! is merely slow (no hole), never grows it. What the peer can make this end hold stays bounded
 //! by the ceiling per stream and by `session_window` per session, whatever it sends.
 

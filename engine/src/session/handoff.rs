@@ -2,9 +2,9 @@
 //! another tunnel, and the scheduler leaves that tunnel alone until its window reopens.
 //!
 //! Owns: reading a collapsed window from the kernel's reports (`Tunnel::cwnd_collapsed`,
-//! `Tunnel::reported_cwnd`) and choosing the frames to copy. Must not touch: the copies' queue, their tunnel and their
-//! accounting (`relief`: a copy is retained and acknowledged like any frame), or which tunnel
-//! new frames go on (`transmit` only reads the flag).
+//! `Tunnel::reported_cwnd`) and choosing the frames to copy. Must not touch: the copies'
+//! queue, their tunnel and their accounting (`relief`: a copy is retained and acknowledged
+//! like any frame), or which tunnel new frames go on (`transmit` only reads the flag).
 //!
 //! Why. A window of a few segments does not send for a long while, and the peer reads each
 //! stream in order, so every frame still in that tunnel's socket holds up everything the other
@@ -14,9 +14,10 @@
 //! each enters ProbeRTT 10 s after its first samples (seen with `ss` on the emulator: at
 //! 250 ms one to five tunnels at a time from 13 s on, with up to 1.7 MB unsent among them; at
 //! 100 ms all eight together, which nothing here can help: there is no open window to hand
-//! to). And a retransmission timeout, after which the window restarts from one segment. What the tunnel had in flight arrives as usual;
-//! only what it had not sent yet is copied. The peer keeps the first copy of each byte and
-//! drops the other (a relief copy is the same), so nothing arrives twice.
+//! to). And a retransmission timeout, after which the window restarts from one segment. What
+//! the tunnel had in flight arrives as usual; only what it had not sent yet is copied. The
+//! peer keeps the first copy of each byte and drops the other (a relief copy is the same), so
+//! nothing arrives twice.
 //!
 //! Not a guess at a slow tunnel (the sender-side relief that copied a stalled tunnel's oldest
 //! frames measured 0.83×: `relief`): the kernel's own window says the bytes cannot leave.

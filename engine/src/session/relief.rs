@@ -344,7 +344,7 @@ impl Session {
     }
 
     /// Queues a copy of `frame` for tunnel `to` (the oldest copy is dropped beyond
-    /// [`MAX_QUEUED`]); `handoff`: for `handoff`, counted apart.
+    /// [`MAX_QUEUED`]); `handoff`: a hand-off copy, counted apart from relief's.
     fn queue_copy(&mut self, to: usize, frame: Reliable, handoff: bool) {
         if self.relief.queue.len() >= MAX_QUEUED {
             self.relief.queue.pop_front();
