@@ -106,6 +106,11 @@ impl PathEstimate {
         lost
     }
 
+    /// The congestion window the kernel last reported, bytes (zero: none reported).
+    pub fn tcp_cwnd(&self) -> u64 {
+        self.tcp_cwnd
+    }
+
     /// The queueing delay the kernel sees on the connection (smoothed RTT above its minimum)
     /// and that minimum; `None` until a driver reported them.
     pub fn tcp_queueing(&self) -> Option<(Duration, Duration)> {

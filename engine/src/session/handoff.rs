@@ -1,8 +1,8 @@
 //! Hand-off: the frames waiting in a tunnel whose congestion window collapsed go out again on
 //! another tunnel, and the scheduler leaves that tunnel alone until its window reopens.
 //!
-//! Owns: reading a collapsed window from the kernel's reports (`Tunnel::cwnd_collapsed`,
-//! `Tunnel::reported_cwnd`) and choosing the frames to copy. Must not touch: the copies'
+//! Owns: reading a collapsed window from the kernel's reports (`Tunnel::cwnd_collapsed`)
+//! and choosing the frames to copy. Must not touch: the copies'
 //! queue, their tunnel and their accounting (`relief`: a copy is retained and acknowledged
 //! like any frame), or which tunnel new frames go on (`transmit` only reads the flag).
 //!
@@ -38,14 +38,14 @@ pub(super) const COLLAPSE_FACTOR: u64 = 8;
 pub(super) const HANDOFF_MAX: u64 = 4 << 20;
 
 impl Session {
-    /// Tunnel `t`'s kernel report: notes whether its window collapsed, and when it just did,
-    /// copies the frames it has not sent yet onto the tunnel expected to deliver first.
-    pub(super) fn on_window_report(&mut self, t: usize, report: &TcpReport) {
+    /// Tunnel `t`'s kernel report (the window of the report before it: `before`): notes
+    /// whether its window collapsed, and when it just did, copies the frames it has not sent
+    /// yet onto the tunnel expected to deliver first.
+    pub(super) fn on_window_report(&mut self, t: usize, report: &TcpReport, before: u64) {
         let Some(tun) = self.tunnels.get_mut(t) else {
             return;
         };
         let cwnd = report.cwnd_bytes;
-        let before = std::mem::replace(&mut tun.reported_cwnd, cwnd);
         let was = tun.cwnd_collapsed;
         let small = cwnd > 0 && cwnd <= COLLAPSED_CWND;
         tun.cwnd_collapsed = small && (was || before >= cwnd.saturating_mul(COLLAPSE_FACTOR));

@@ -498,9 +498,10 @@ impl Session {
                 bytes: report.held_bytes,
                 sent_mark: x.framed_total(),
             });
+            let cwnd_before = x.path.tcp_cwnd();
             let lost = x.path.set_tcp_info(&report);
             self.update_queue_building(t, lost, now);
-            self.on_window_report(t, &report);
+            self.on_window_report(t, &report, cwnd_before);
         }
     }
 

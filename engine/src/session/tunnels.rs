@@ -88,8 +88,6 @@ pub(super) struct Tunnel {
     /// The kernel's last report showed the connection's congestion window collapsed
     /// (`handoff`).
     pub(super) cwnd_collapsed: bool,
-    /// The congestion window of the kernel's last report, bytes (`handoff`).
-    pub(super) reported_cwnd: u64,
     dial_failures: u32,
 }
 
@@ -119,7 +117,6 @@ impl Tunnel {
             draining: false,
             joined_in_flight: false,
             cwnd_collapsed: false,
-            reported_cwnd: 0,
             dial_failures: 0,
         }
     }
@@ -184,7 +181,6 @@ impl Tunnel {
         self.saturated = false;
         self.draining = false;
         self.cwnd_collapsed = false;
-        self.reported_cwnd = 0;
     }
 
     /// The connection carries frames from `now`.

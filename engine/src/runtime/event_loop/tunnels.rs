@@ -342,6 +342,7 @@ impl<D: Driver> EventLoop<D> {
             if session.wants_tcp_info(t, now)
                 && let Some(info) = mtcpd_common::sockopt::tcp_info(sock)
             {
+                let unsent_bytes = u64::from(info.notsent_bytes).saturating_add(tx.len as u64);
                 session.set_tunnel_tcp_info(
                     t,
                     now,
@@ -349,12 +350,9 @@ impl<D: Driver> EventLoop<D> {
                         srtt: Duration::from_micros(u64::from(info.rtt_us)),
                         min_rtt: Duration::from_micros(u64::from(info.min_rtt_us)),
                         retransmits: u64::from(info.total_retrans),
-                        held_bytes: info
-                            .in_flight_bytes
-                            .saturating_add(u64::from(info.notsent_bytes))
-                            .saturating_add(tx.len as u64),
+                        held_bytes: info.in_flight_bytes.saturating_add(unsent_bytes),
                         cwnd_bytes: u64::from(info.snd_cwnd) * u64::from(info.snd_mss),
-                        unsent_bytes: u64::from(info.notsent_bytes).saturating_add(tx.len as u64),
+                        unsent_bytes,
                     },
                 );
             }
