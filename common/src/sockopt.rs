@@ -139,6 +139,11 @@ pub struct TcpInfo {
     pub in_flight_bytes: u64,
     /// Bytes written to the socket and not sent yet (`tcpi_notsent_bytes`).
     pub notsent_bytes: u32,
+    /// Bytes the peer received over the connection's life, counted as they arrive even beyond
+    /// a hole: the cumulatively acknowledged bytes (`tcpi_bytes_acked`) plus the selectively
+    /// acknowledged segments beyond the hole (`tcpi_sacked`) times the MSS (those may be
+    /// short, so this can run a little ahead and then step back once the hole fills).
+    pub delivered_bytes: u64,
 }
 
 fn raw_tcp_info(sock: &impl AsFd) -> Option<libc::tcp_info> {
@@ -177,6 +182,9 @@ pub fn tcp_info(sock: &impl AsFd) -> Option<TcpInfo> {
                 .saturating_add(info.tcpi_retrans),
         ) * u64::from(info.tcpi_snd_mss),
         notsent_bytes: info.tcpi_notsent_bytes,
+        delivered_bytes: info
+            .tcpi_bytes_acked
+            .saturating_add(u64::from(info.tcpi_sacked) * u64::from(info.tcpi_snd_mss)),
     })
 }
 

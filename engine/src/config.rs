@@ -209,9 +209,15 @@ impl Default for Config {
             // Sized for the WAN: one tunnel in loss recovery holds the stream's head back for
             // about an RTT while the others keep delivering, so the window must cover the
             // whole pool's bandwidth for a few RTTs (measured: 16 MiB gave 0.43x of eight direct
-            // flows at 100 ms / 1 %, 64 MiB 0.81x). Credit, not allocation: only a stream
-            // with data waiting behind a gap holds memory.
-            stream_window: 64 * 1024 * 1024,
+            // flows at 100 ms / 1 %, 64 MiB 0.81x). At 1 Gbit/s and 250 ms the bytes in flight
+            // (a BDP and the coupled cap's quarter) and those held behind one tunnel's hole for
+            // an RTT pass 64 MiB, and the sender stalled on credit at every loss, without the
+            // auto-tuning's trigger (half the window beyond the hole) ever met; 128 MiB on the
+            // emulator: 100 ms / 1 % 874, 871 against 830, 790 Mbit/s, 250 ms / 0.1 % 732, 736
+            // against 598, 684 (docs/BENCHMARKS.md). Credit, not allocation: only a stream
+            // with data waiting behind a gap holds memory, and `session_window` still bounds
+            // the session.
+            stream_window: 128 * MIB,
             session_window: 256 * 1024 * 1024,
             stream_send_buffer: 1024 * 1024,
             max_streams: 131_072,

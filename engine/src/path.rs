@@ -53,6 +53,12 @@ pub struct TcpReport {
     /// Of `held_bytes`, those not sent yet: unsent in the socket (`tcpi_notsent_bytes`) and
     /// queued in the driver.
     pub unsent_bytes: u64,
+    /// Bytes the peer's TCP received over the connection's life, counted as they arrive even
+    /// beyond a hole (TCP_INFO's cumulatively and selectively acknowledged bytes), unlike the
+    /// bytes mtcpd's own ACK frames acknowledge, which wait behind the hole; it may step back a
+    /// little once a hole fills (the selectively acknowledged count is in whole segments).
+    /// Zero: nothing delivered yet, or a driver that does not report it.
+    pub delivered_bytes: u64,
 }
 
 /// Estimates for one tunnel.
@@ -164,6 +170,18 @@ impl PathEstimate {
         self.min_rtt.map(|(m, _)| m).unwrap_or_default()
     }
 
+    /// The path's RTT without a queue: the kernel's minimum RTT of the connection when a driver
+    /// reports it, else [`PathEstimate::min_rtt`]; zero before any sample. The kernel keeps its
+    /// minimum for minutes (`tcp_min_rtt_wlen`, 300 s by default), so a standing queue cannot
+    /// move it, where `min_rtt` takes one in after [`MIN_RTT_WINDOW`] (the coupled cap's
+    /// probe, `session::rtt_probe`, follows a path that lengthens).
+    pub fn base_rtt(&self) -> Duration {
+        match self.tcp_rtt {
+            Some((_, kernel)) if !kernel.is_zero() => kernel,
+            _ => self.min_rtt(),
+        }
+    }
+
     /// The RTT to schedule by: the path RTT, or [`UNMEASURED_RTT`] before any sample.
     pub fn scheduling_rtt(&self) -> Duration {
         self.min_rtt.map_or(UNMEASURED_RTT, |(m, _)| m)
@@ -254,6 +272,7 @@ mod tests {
             held_bytes: 0,
             cwnd_bytes,
             unsent_bytes: 0,
+            delivered_bytes: 0,
         };
         // A fresh connection on a 250 ms path: ten segments per RTT.
         p.set_tcp_info(&report(14_480));

@@ -25,6 +25,7 @@ fn report(cwnd_bytes: u64, unsent_bytes: u64) -> TcpReport {
         held_bytes: unsent_bytes,
         cwnd_bytes,
         unsent_bytes,
+        delivered_bytes: 0,
     }
 }
 

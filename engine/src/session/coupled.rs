@@ -42,25 +42,33 @@
 //! unacknowledged bytes); reads come every eighth of an RTT while the cap binds.
 //!
 //! The cap's rate is the session's own delivery rate ([`AggregateRate`]), not the sum of the
-//! tunnels' estimates, which overstated a shared bottleneck twofold.
+//! tunnels' estimates, which overstated a shared bottleneck twofold. It counts what the
+//! kernel says each tunnel's peer received ([`crate::path::TcpReport::delivered_bytes`],
+//! read with every report; TCP_INFO is read while a tunnel has anything unacknowledged, so
+//! the count has no gaps), and ACK frames only where a driver does not report that. ACK
+//! frames wait behind a TCP hole and then come at once: over a span of two RTTs those bursts
+//! read up to 1.4× the link (250 ms on the emulator), and the cap let the tunnels overfill a
+//! shallow queue with them.
+//!
+//! The cap's RTT is measured with the queue drained ([`Session::cap_rtt`], `rtt_probe`), not
+//! the frame-level minimum, which took in the standing queue the cap keeps.
 //!
 //! The gain. In the session's start-up ([`StartUp`]: until its delivery rate stops growing or
 //! a queue stands) the cap carries [`STARTUP_GAIN`], so the bytes on the path grow about as
 //! fast as slow start's; after it, [`COUPLED_GAIN`].
 //!
 //! Limits: on a path whose queue is shallower than [`RELEASE_BELOW`] of its RTT, queue drops
-//! look like random loss and the tunnels run uncoupled (as without this). The rate's windowed
-//! maximum also takes in the ACKs that the tunnels' losses bunch up (up to 1.4× the link at
-//! 250 ms on the emulator), and the cap with it lets the tunnels overfill a shallow queue
-//! (there 0.4 of the RTT). Holding the maximum while a queue stands was tried: it
-//! locks the rate wherever it is whenever the RTT stands inflated for another reason (another
-//! flow's queue, a busy host), measured once as 16 tunnels held at 730 Mbit/s on a
-//! 965 Mbit/s path for the last 9 s of a run.
+//! look like random loss and the tunnels run uncoupled (as without this). Before the kernel's
+//! count fed the rate, holding its maximum while a queue stands was tried against the ACK
+//! bursts: it locks the rate wherever it is whenever the RTT stands inflated for another
+//! reason (another flow's queue, a busy host), measured once as 16 tunnels held at
+//! 730 Mbit/s on a 965 Mbit/s path for the last 9 s of a run.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::Session;
+use crate::path::TcpReport;
 
 /// The session's delivery rate over all its tunnels, for [`Session::coupled_cap`]: the bytes
 /// acknowledged on every tunnel over the last [`AGGREGATE_SPAN_RTTS`] path RTTs, under a
@@ -73,9 +81,15 @@ use super::Session;
 pub(super) struct AggregateRate {
     /// Bytes of reliable frames acknowledged on every tunnel, over the session's life.
     delivered: u64,
-    /// (when, `delivered` then), oldest first, a quarter span apart, spanning just over one
+    /// (when, `delivered` by then), oldest first, a quarter span apart, spanning just over one
     /// span (at most [`AGGREGATE_MARKS`]).
     marks: VecDeque<(Instant, u64)>,
+    /// When bytes were last counted. A mark for that moment is taken only once the count moves
+    /// on to a later one, so it holds every tunnel the driver read at that moment: after a
+    /// stall of the event loop, one pass reads every tunnel's bytes of the stall at once, and a
+    /// mark taken after the first of them put the others' after it, as if delivered within
+    /// the next span (1.1× the link in the samples one span later, on the emulator).
+    counted_at: Option<Instant>,
     best: Option<(f64, Instant)>,
 }
 
@@ -95,20 +109,22 @@ impl AggregateRate {
     /// here may raise the estimate but not lower it. A lower sample replaces the maximum once
     /// that is older than its window.
     pub(super) fn on_ack(&mut self, bytes: u64, rtt: Duration, app_limited: bool, now: Instant) {
-        self.delivered += bytes;
-        if rtt.is_zero() {
-            return;
-        }
         let span = rtt * AGGREGATE_SPAN_RTTS;
-        if self
-            .marks
-            .back()
-            .is_none_or(|&(at, _)| now.saturating_duration_since(at) >= span / 4)
+        if let Some(then) = self.counted_at.filter(|&at| at < now && !rtt.is_zero())
+            && self
+                .marks
+                .back()
+                .is_none_or(|&(at, _)| then.saturating_duration_since(at) >= span / 4)
         {
             if self.marks.len() == AGGREGATE_MARKS {
                 self.marks.pop_front();
             }
-            self.marks.push_back((now, self.delivered));
+            self.marks.push_back((then, self.delivered));
+        }
+        self.delivered += bytes;
+        self.counted_at = Some(now);
+        if rtt.is_zero() {
+            return;
         }
         while self
             .marks
@@ -239,6 +255,12 @@ const ENGAGE_ABOVE: f64 = 0.2;
 /// A loss while the inflation is under this fraction is random loss (hysteresis with
 /// [`ENGAGE_ABOVE`], so the cap does not flap with every smoothed-RTT wobble).
 const RELEASE_BELOW: f64 = 0.1;
+/// ... and stayed under it for this many path RTTs: a loss is reported about an RTT after the
+/// segment met the queue, and queue drops stall the stream's flow (its window waits for the
+/// holes), so the queue that dropped it is often gone by then. Judged on the inflation at
+/// that moment, the overflows of a shallow queue (0.4 of the RTT at 250 ms on the emulator)
+/// read as random loss, released the cap and overflowed it again.
+const QUEUE_PEAK_RTTS: u32 = 2;
 /// Released by random loss, the cap grows by this factor per path RTT rather than vanish at
 /// once: windows that loss holds small never reach it, and windows it does not (16 Reno-like
 /// tunnels at 0.1 % on the simulator) rebuild the queue over a few RTTs, where the RTT signal
@@ -274,7 +296,7 @@ impl Session {
         };
         self.config.coupled_pacing
             && self.tunnels.get(t).is_some_and(|x| {
-                (!self.ready.is_empty() || x.cwnd_collapsed)
+                (!self.ready.is_empty() || x.cwnd_collapsed || x.unacked_bytes > 0)
                     && x.is_active()
                     && x.tcp_info_at
                         .is_none_or(|at| now.saturating_duration_since(at) >= interval(x))
@@ -288,6 +310,18 @@ impl Session {
             return;
         };
         let inflation = queue.as_secs_f64() / base.as_secs_f64();
+        let peak = match self.queue_peak {
+            Some((q, at))
+                if q > queue && now.saturating_duration_since(at) < base * QUEUE_PEAK_RTTS =>
+            {
+                q
+            }
+            _ => {
+                self.queue_peak = Some((queue, now));
+                queue
+            }
+        };
+        let quiet = peak.as_secs_f64() / base.as_secs_f64() < RELEASE_BELOW || peak < QUEUE_FLOOR;
         // The first report engages it (see the module doc: slow start).
         let building = *self.queue_building.get_or_insert(true);
         if base < SHORT_PATH && queue < QUEUE_FLOOR {
@@ -301,7 +335,7 @@ impl Session {
                     tun.quiet_loss = false;
                 }
             }
-        } else if lost && (inflation < RELEASE_BELOW || queue < QUEUE_FLOOR) && building {
+        } else if lost && quiet && building {
             if let Some(tun) = self.tunnels.get_mut(t) {
                 tun.quiet_loss = true;
             }
@@ -327,10 +361,56 @@ impl Session {
         };
     }
 
+    /// Tunnel `t`'s kernel reported `report` at `now`: the segments its peer received since the
+    /// last report feed the session's delivery rate ([`Session::on_delivered`]), and once a
+    /// driver reports them, ACK frames no longer do. The kernel counts segments as they
+    /// arrive, beyond a hole too; ACK frames wait behind the hole and then come in a burst, which
+    /// raised the rate's windowed maximum to 1.4× the link (see the module doc).
+    pub(super) fn on_kernel_delivery(&mut self, t: usize, report: &TcpReport, now: Instant) {
+        if report.delivered_bytes == 0 {
+            return;
+        }
+        self.kernel_delivery = true;
+        let Some(x) = self.tunnels.get(t) else {
+            return;
+        };
+        // The connection's first count only sets the mark (ACK frames counted what came
+        // before); a count below the mark (a hole filled with short segments) adds nothing.
+        let (Some(held), Some(last)) = (x.kernel_held, x.tcp_info_at) else {
+            return;
+        };
+        if held.delivered_mark == 0 {
+            return;
+        }
+        let bytes = report.delivered_bytes.saturating_sub(held.delivered_mark);
+        let rtt = x.path.base_rtt();
+        // What arrived since `last` left about one RTT before it.
+        let app_limited = self.app_limited_at.is_some_and(|at| at + rtt >= last)
+            || self.rtt_probe.holds_back(rtt, now);
+        self.on_delivered(bytes, rtt, app_limited, now);
+    }
+
+    /// `bytes` reached the peer at `now` on a tunnel whose minimum RTT is `rtt`; `app_limited`:
+    /// the session had nothing more to frame when they were sent. Moves the session's delivery
+    /// rate and its start-up judgement on.
+    pub(super) fn on_delivered(
+        &mut self,
+        bytes: u64,
+        rtt: Duration,
+        app_limited: bool,
+        now: Instant,
+    ) {
+        self.aggregate_rate.on_ack(bytes, rtt, app_limited, now);
+        self.startup
+            .on_rate(self.aggregate_rate.rate(), rtt, app_limited, now);
+    }
+
     /// How far the coupled cap binds: the cap is [`Session::coupled_cap`] times this; `None`
     /// when it does not bind at all.
     pub(super) fn coupled_cap_scale(&self) -> Option<f64> {
-        self.cap_scale.filter(|_| self.config.coupled_pacing)
+        self.cap_scale
+            .filter(|_| self.config.coupled_pacing)
+            .map(|x| x * self.rtt_probe.scale())
     }
 
     /// The bottleneck queue and the path's RTT: the median over the active tunnels of the
@@ -368,16 +448,13 @@ impl Session {
     /// gain lets the rate estimate grow while the queue is empty; [`COUPLED_FLOOR`] per tunnel
     /// keeps an idle session from starving its own estimates.
     pub(super) fn coupled_cap(&self) -> u64 {
-        let (mut rate, mut rtt, mut active) = (0.0f64, f64::INFINITY, 0u64);
+        let (mut rate, mut active) = (0.0f64, 0u64);
         for tun in self.tunnels.iter().filter(|t| t.is_active()) {
             rate += tun.path.rate();
-            let r = tun.path.min_rtt().as_secs_f64();
-            if r > 0.0 {
-                rtt = rtt.min(r);
-            }
             active += 1;
         }
-        if !rtt.is_finite() {
+        let rtt = self.cap_rtt().as_secs_f64();
+        if rtt == 0.0 {
             return u64::MAX;
         }
         let rate = self.aggregate_rate.rate().unwrap_or(rate);
@@ -432,6 +509,33 @@ mod tests {
             feed(&mut a, now, 100, 10e6, false);
             let r = a.rate().unwrap();
             assert!(r <= 12.5e6, "shift {shift}: {r}");
+        }
+    }
+
+    #[test]
+    fn the_bytes_of_a_stall_read_in_one_pass_are_counted_at_the_end_of_the_stall() {
+        // Eight tunnels read every step; then the event loop stalls for two RTTs, and one pass
+        // reads each tunnel's bytes of the stall at the same instant.
+        let mut a = AggregateRate::default();
+        let mut now = Instant::now();
+        let per_tunnel = |rate: f64, span: Duration| (rate * span.as_secs_f64() / 8.0) as u64;
+        for _ in 0..100 {
+            now += STEP;
+            for _ in 0..8 {
+                a.on_ack(per_tunnel(10e6, STEP), RTT, false, now);
+            }
+        }
+        now += RTT * 2;
+        for _ in 0..8 {
+            a.on_ack(per_tunnel(10e6, RTT * 2), RTT, false, now);
+        }
+        for _ in 0..100 {
+            now += STEP;
+            for _ in 0..8 {
+                a.on_ack(per_tunnel(10e6, STEP), RTT, false, now);
+            }
+            let r = a.rate().unwrap();
+            assert!(r <= 10.5e6, "{r}");
         }
     }
 

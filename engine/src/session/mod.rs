@@ -45,6 +45,7 @@ mod pool;
 mod pool_auto;
 mod relief;
 mod retransmit;
+mod rtt_probe;
 mod streams;
 #[cfg(test)]
 mod tests;
@@ -264,12 +265,22 @@ pub struct Session {
     queue_building: Option<bool>,
     /// When random loss last released the coupled cap (`coupled`).
     released_at: Option<Instant>,
+    /// The deepest bottleneck queue the tunnels reported lately, and when (`coupled`).
+    queue_peak: Option<(Duration, Instant)>,
     /// The coupled cap's multiplier, `None` when it does not bind (`coupled`).
     cap_scale: Option<f64>,
     /// The delivery rate over every tunnel, for the coupled cap (`coupled`).
     aggregate_rate: AggregateRate,
+    /// The driver reports the kernel's delivered segments: they, not ACK frames, feed
+    /// `aggregate_rate` (`coupled`).
+    kernel_delivery: bool,
+    /// When a frame last left with nothing more to frame behind it: the session was
+    /// application-limited then (`coupled`).
+    app_limited_at: Option<Instant>,
     /// Whether the session's delivery rate still grows: the coupled cap's gain (`coupled`).
     startup: StartUp,
+    /// The coupled cap's RTT, measured with the queue drained (`rtt_probe`).
+    rtt_probe: rtt_probe::RttProbe,
     /// Σ of every stream's [`crate::reorder::ReorderBuffer::pending_overhead`]: at most the
     /// session window (the pieces' bytes are bounded by the offset accounting).
     reorder_overhead: u64,
@@ -403,9 +414,13 @@ impl Session {
             retransmit_bytes: 0,
             queue_building: None,
             released_at: None,
+            queue_peak: None,
             cap_scale: None,
             aggregate_rate: AggregateRate::default(),
+            kernel_delivery: false,
+            app_limited_at: None,
             startup: StartUp::default(),
+            rtt_probe: rtt_probe::RttProbe::default(),
             reorder_overhead: 0,
             control: VecDeque::new(),
             send_data_total: 0,
@@ -492,15 +507,19 @@ impl Session {
     /// with `coupled_pacing` it tells a building bottleneck queue from random loss, and counts
     /// the bytes the coupled cap weighs.
     pub fn set_tunnel_tcp_info(&mut self, t: usize, now: Instant, report: TcpReport) {
+        self.on_kernel_delivery(t, &report, now);
         if let Some(x) = self.tunnels.get_mut(t) {
             x.tcp_info_at = Some(now);
+            let delivered_mark = x.kernel_held.map_or(0, |k| k.delivered_mark);
             x.kernel_held = Some(KernelHeld {
                 bytes: report.held_bytes,
                 sent_mark: x.framed_total(),
+                delivered_mark: delivered_mark.max(report.delivered_bytes),
             });
             let cwnd_before = x.path.tcp_cwnd();
             let lost = x.path.set_tcp_info(&report);
             self.update_queue_building(t, lost, now);
+            self.update_rtt_probe(t, now);
             self.on_window_report(t, &report, cwnd_before);
         }
     }

@@ -116,11 +116,11 @@ impl Session {
                 let rate = (tun.delivered - r.delivered_at_send) as f64 / elapsed.as_secs_f64();
                 tun.path.on_rate_sample(rate, r.app_limited, now);
             }
-            let rtt = tun.path.min_rtt();
-            self.aggregate_rate
-                .on_ack(acked_bytes, rtt, r.session_app_limited, now);
-            self.startup
-                .on_rate(self.aggregate_rate.rate(), rtt, r.session_app_limited, now);
+            if !self.kernel_delivery {
+                let rtt = tun.path.base_rtt();
+                let app_limited = r.session_app_limited || self.rtt_probe.holds_back(rtt, now);
+                self.on_delivered(acked_bytes, rtt, app_limited, now);
+            }
         }
         for sid in finished {
             self.maybe_remove(sid);

@@ -205,6 +205,9 @@ impl Session {
         });
         self.views[t].unacked_bytes += len as u64;
         self.scheduler.on_sent(t);
+        if self.backlog == 0 {
+            self.app_limited_at = Some(now);
+        }
         len
     }
 

@@ -43,6 +43,10 @@ pub(super) struct KernelHeld {
     pub(super) bytes: u64,
     /// [`Tunnel::framed_total`] when it was read.
     pub(super) sent_mark: u64,
+    /// The most the kernel has counted of the bytes the peer received
+    /// ([`crate::path::TcpReport::delivered_bytes`]): the session's delivery rate counts from
+    /// here (`coupled`).
+    pub(super) delivered_mark: u64,
 }
 
 /// One slot of the pool. The per-connection counters restart with each connection

@@ -180,6 +180,8 @@ pub(crate) struct TcpDir {
     rcv_next: u64,
     /// Segments this sender retransmitted.
     pub(crate) retransmits: u64,
+    /// Bytes the receiver got (each segment once, when it arrives: TCP_INFO's delivered count).
+    delivered: u64,
 }
 
 impl TcpDir {
@@ -203,6 +205,7 @@ impl TcpDir {
             reorder: BTreeMap::new(),
             rcv_next: 0,
             retransmits: 0,
+            delivered: 0,
         }
     }
 
@@ -228,6 +231,7 @@ impl TcpDir {
             held_bytes: (self.inflight + self.unsent_bytes) as u64,
             cwnd_bytes: self.cwnd as u64,
             unsent_bytes: self.unsent_bytes as u64,
+            delivered_bytes: self.delivered,
         })
     }
 
@@ -266,6 +270,7 @@ impl TcpDir {
                 self.info_changed = true;
             }
             self.inflight -= len;
+            self.delivered += len as u64;
             // A window the sender does not fill does not grow.
             if self.cwnd_limited && self.cwnd < self.ssthresh {
                 self.cwnd += len;

@@ -353,6 +353,7 @@ impl<D: Driver> EventLoop<D> {
                         held_bytes: info.in_flight_bytes.saturating_add(unsent_bytes),
                         cwnd_bytes: u64::from(info.snd_cwnd) * u64::from(info.snd_mss),
                         unsent_bytes,
+                        delivered_bytes: info.delivered_bytes,
                     },
                 );
             }
