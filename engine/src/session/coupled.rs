@@ -71,15 +71,16 @@ use super::Session;
 use crate::path::TcpReport;
 
 /// The session's delivery rate over all its tunnels, for [`Session::coupled_cap`]: the bytes
-/// acknowledged on every tunnel over the last [`AGGREGATE_SPAN_RTTS`] path RTTs, under a
-/// windowed maximum. Not the sum of the tunnels' own estimates: each is a maximum over its own
+/// delivered on every tunnel (the kernel's count, [`Session::on_kernel_delivery`], or ACK
+/// frames where a driver does not report it) over the last [`AGGREGATE_SPAN_RTTS`] path RTTs,
+/// under a windowed maximum. Not the sum of the tunnels' own estimates: each is a maximum over its own
 /// window, and tunnels sharing one bottleneck take turns at a high share, so that sum ran at
 /// twice the link on the simulator (8 tunnels, 50 Mbit/s). Not per-frame send-to-ACK samples
 /// either: ACKs of frames queued ahead on other tunnels arrive in bursts and those samples
 /// overshot by 1.7×.
 #[derive(Debug, Default)]
 pub(super) struct AggregateRate {
-    /// Bytes of reliable frames acknowledged on every tunnel, over the session's life.
+    /// Bytes delivered on every tunnel, over the session's life.
     delivered: u64,
     /// (when, `delivered` by then), oldest first, a quarter span apart, spanning just over one
     /// span (at most [`AGGREGATE_MARKS`]).
@@ -361,10 +362,10 @@ impl Session {
         };
     }
 
-    /// Tunnel `t`'s kernel reported `report` at `now`: the segments its peer received since the
+    /// Tunnel `t`'s kernel reported `report` at `now`: the bytes its peer received since the
     /// last report feed the session's delivery rate ([`Session::on_delivered`]), and once a
-    /// driver reports them, ACK frames no longer do. The kernel counts segments as they
-    /// arrive, beyond a hole too; ACK frames wait behind the hole and then come in a burst, which
+    /// driver reports them, ACK frames no longer do. The kernel counts bytes as they arrive,
+    /// beyond a hole too; ACK frames wait behind the hole and then come in a burst, which
     /// raised the rate's windowed maximum to 1.4× the link (see the module doc).
     pub(super) fn on_kernel_delivery(&mut self, t: usize, report: &TcpReport, now: Instant) {
         if report.delivered_bytes == 0 {
@@ -442,8 +443,8 @@ impl Session {
 
     /// The most the whole session keeps on the path while the coupled cap is engaged (times
     /// [`Session::coupled_cap_scale`] after a release): its measured bandwidth-delay product (its
-    /// [`AggregateRate`], or before that has a sample the tunnels' estimates summed, times the
-    /// shortest path RTT) with a gain of [`COUPLED_GAIN`], so that N tunnels together hold about
+    /// [`AggregateRate`], or before that has a sample the tunnels' estimates summed, times
+    /// [`Session::cap_rtt`]) with a gain of [`COUPLED_GAIN`], so that N tunnels together hold about
     /// what one well-behaved flow would and cannot stack N windows in the bottleneck queue. The
     /// gain lets the rate estimate grow while the queue is empty; [`COUPLED_FLOOR`] per tunnel
     /// keeps an idle session from starving its own estimates.

@@ -271,7 +271,7 @@ pub struct Session {
     cap_scale: Option<f64>,
     /// The delivery rate over every tunnel, for the coupled cap (`coupled`).
     aggregate_rate: AggregateRate,
-    /// The driver reports the kernel's delivered segments: they, not ACK frames, feed
+    /// The driver reports the kernel's count of delivered bytes: it, not ACK frames, feeds
     /// `aggregate_rate` (`coupled`).
     kernel_delivery: bool,
     /// When a frame last left with nothing more to frame behind it: the session was
@@ -504,8 +504,9 @@ impl Session {
     }
 
     /// Reports the kernel's view of tunnel `t`'s connection (TCP_INFO, see [`TcpReport`]):
-    /// with `coupled_pacing` it tells a building bottleneck queue from random loss, and counts
-    /// the bytes the coupled cap weighs.
+    /// with `coupled_pacing` it tells a building bottleneck queue from random loss, counts the
+    /// bytes the coupled cap weighs and the delivery rate it is set from, and times the cap's
+    /// RTT probe.
     pub fn set_tunnel_tcp_info(&mut self, t: usize, now: Instant, report: TcpReport) {
         self.on_kernel_delivery(t, &report, now);
         if let Some(x) = self.tunnels.get_mut(t) {
