@@ -130,13 +130,7 @@ pub fn main(a: GridArgs) -> Result<i32> {
             seed: a.seed,
             direction: "download: server in namespace B sends, client in A receives and counts"
                 .into(),
-            mtcpd_config: format!(
-                "psk; congestion = <cc>; connection_pool_size = N on both ends; {}every other key at its default (stream_window 64MiB, session_window 256MiB, enable_zero_rtt = true, coupled_pacing = true); RUST_LOG=info",
-                a.mtcpd_set
-                    .iter()
-                    .map(|l| format!("{l}; "))
-                    .collect::<String>()
-            ),
+            mtcpd_config: mtcpd_config_summary(&a.mtcpd_set),
             kcptun_args: kcptun::KCPTUN_ARGS.into(),
             mptcp_setup: format!(
                 "ip mptcp limits set subflows 8 add_addr_accepted 8 (both namespaces); N-1 `signal` endpoints on server ports {}..; client and server under `mptcpize run`",
@@ -339,4 +333,21 @@ fn run_line(r: &RunResult) -> String {
         }
         (st, _) => format!("{st}: {}", r.reason.clone().unwrap_or_default()),
     }
+}
+
+/// How the grid configures mtcpd, for the results' settings: the keys it sets, and the
+/// defaults the rest take, read from the engine's own defaults.
+fn mtcpd_config_summary(extra: &[String]) -> String {
+    use mtcpd_common::units::ByteSize;
+    let d = mtcpd_engine::Config::default();
+    format!(
+        "psk; congestion = <cc>; connection_pool_size = N on both ends; {}every other key at its \
+         default (stream_window {}, session_window {}, enable_zero_rtt = {}, coupled_pacing = {}); \
+         RUST_LOG=info",
+        extra.iter().map(|l| format!("{l}; ")).collect::<String>(),
+        ByteSize(d.stream_window),
+        ByteSize(d.session_window),
+        d.zero_rtt,
+        d.coupled_pacing
+    )
 }
