@@ -9,7 +9,7 @@ use std::time::Duration;
 use mtcpd_engine::sim::bottleneck::{BottleneckSpec, BottleneckStats};
 use mtcpd_engine::sim::{LinkSpec, SimPair};
 use mtcpd_engine::{Config, Session, TcpReport};
-use support::{FlowSpec, Workload, eight_active_tunnels};
+use support::{DAEMON_UNSENT, FlowSpec, Workload, eight_active_tunnels};
 
 struct Outcome {
     stats: BottleneckStats,
@@ -127,9 +127,6 @@ fn coupled_run(
     let stats = pair.bottleneck_stats(0).unwrap();
     (stats, bytes as f64 / pair.elapsed().as_secs_f64())
 }
-
-/// The daemon's default TCP_NOTSENT_LOWAT: what each tunnel socket holds unsent.
-const DAEMON_UNSENT: usize = 128 << 10;
 
 /// Uncoupled and coupled side by side for each seed: (queue drops, goodput) of each.
 fn side_by_side(

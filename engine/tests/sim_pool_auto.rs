@@ -13,7 +13,7 @@ use std::time::Duration;
 use mtcpd_engine::Config;
 use mtcpd_engine::sim::bottleneck::BottleneckSpec;
 use mtcpd_engine::sim::{LinkSpec, SimPair};
-use support::{FlowSpec, Workload};
+use support::{DAEMON_UNSENT, FlowSpec, Workload};
 
 /// How long each contender runs (virtual time), and the tail over which goodput is measured
 /// (after auto has had time to probe); [`Path::SharedCleanDown`] runs as long as the emulator's
@@ -74,9 +74,6 @@ fn configs(auto: bool, grant: u16) -> (Config, Config) {
     };
     (client, server)
 }
-
-/// The daemon's default TCP_NOTSENT_LOWAT: what each tunnel socket holds unsent.
-const DAEMON_UNSENT: usize = 128 << 10;
 
 /// One backlogged upload for [`RUN`] over `slots` tunnel slots, adaptive or fixed.
 fn run(path: Path, slots: usize, auto: bool, seed: u64) -> Outcome {

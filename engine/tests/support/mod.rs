@@ -18,6 +18,10 @@ use mtcpd_engine::session::{Event, ReadOutcome, StreamId};
 use mtcpd_engine::sim::{LinkSpec, Side, SimPair};
 use mtcpd_testkit::pattern::{self, Checksum};
 
+/// What the daemon lets each tunnel socket hold unsent (its TCP_NOTSENT_LOWAT default): the
+/// `buffer` of a simulated link behind a shared bottleneck.
+pub const DAEMON_UNSENT: usize = mtcpd_engine::runtime::options::DEFAULT_NOTSENT_LOWAT as usize;
+
 /// A plaintext pair with 8 tunnels of 50 ms each way, run until every tunnel is active.
 pub fn eight_active_tunnels(config: Config) -> SimPair {
     let links = vec![LinkSpec::new(50, 100.0); 8];
