@@ -257,7 +257,24 @@ fn metrics_of_a_transfer(io: Driver) {
             0.0,
             "{role}"
         );
+        // The coupled cap (on by default) of the one session: whether it binds (on loopback
+        // it normally does not, but a busy host's queueing may engage it) and its bytes on the
+        // path (all delivered by now).
+        let binding = of(samples, "mtcpd_session_coupled_cap_binding");
+        assert_eq!(binding.len(), 1, "{role}");
+        assert!(
+            [0.0, 1.0].contains(&binding[0].value),
+            "{role}: {binding:?}"
+        );
+        let on_path = of(samples, "mtcpd_session_bytes_on_path");
+        assert_eq!(on_path.len(), 1, "{role}");
+        assert_eq!(of(samples, "mtcpd_session_rtt_probes_total").len(), 1);
     }
+    // The client sent the transfer: its kernel reported the path's RTT (microseconds here;
+    // the RTT probe runs only while the cap binds, and 10 s after it engages).
+    let rtt = of(&c, "mtcpd_session_path_rtt_seconds");
+    assert_eq!(rtt.len(), 1, "{client_text}");
+    assert!(rtt[0].value > 0.0 && rtt[0].value < 0.1, "{rtt:?}");
     // The session is the same at both ends, and the client's tunnels lead to the server.
     let session = of(&c, "mtcpd_tunnel_up")[0].label("session").to_owned();
     assert_eq!(of(&s, "mtcpd_tunnel_up")[0].label("session"), session);

@@ -320,6 +320,66 @@ fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
     }
 }
 
+/// What the metrics show of the coupled cap: whether it binds, the cap (gain × the session's
+/// delivery rate × the path RTT), the rate over all tunnels and the RTT; nothing with
+/// `coupled_pacing` off.
+#[test]
+fn the_coupled_stats_show_the_cap_its_rate_and_its_rtt() {
+    let ms = Duration::from_millis;
+    // 8 tunnels delivering 12.5 MB/s each: the session's rate is 100 MB/s (800 Mbit/s).
+    const PER_TUNNEL_PER_10MS: u64 = 125_000;
+    let report = |delivered_bytes| TcpReport {
+        srtt: ms(130),
+        min_rtt: ms(100),
+        retransmits: 0,
+        held_bytes: 4 << 20,
+        cwnd_bytes: 0,
+        unsent_bytes: 0,
+        delivered_bytes,
+    };
+    for coupled in [true, false] {
+        let config = Config {
+            psk: b"k".to_vec(),
+            coupled_pacing: coupled,
+            ..Config::default()
+        };
+        let mut pair = eight_active_tunnels(config);
+        let start = pair.now;
+        let c = &mut pair.client;
+        if !coupled {
+            assert_eq!(c.coupled_stats(), None);
+            continue;
+        }
+        let before = c.coupled_stats().unwrap();
+        assert!(!before.binding && before.cap_bytes.is_none(), "{before:?}");
+        assert_eq!((before.delivery_rate, before.rtt_probes), (None, 0));
+        let id = c.open_stream(None).unwrap();
+        c.write(id, bytes::Bytes::from(vec![7u8; 1 << 20])).unwrap();
+        for step in 1..=100u64 {
+            for t in 0..8 {
+                let at = start + ms(10 * step);
+                c.set_tunnel_tcp_info(t, at, report(step * PER_TUNNEL_PER_10MS));
+            }
+        }
+        let x = c.coupled_stats().unwrap();
+        assert!(x.binding, "a queue of 30 % of the RTT: {x:?}");
+        assert_eq!(
+            x.path_rtt,
+            Some(ms(100)),
+            "no probe yet: the kernel's minimum"
+        );
+        assert_eq!(
+            x.bytes_on_path, 0,
+            "the kernel's count, never more than what is unacknowledged (nothing framed here)"
+        );
+        let rate = x.delivery_rate.expect("measured");
+        assert!((rate / 100e6 - 1.0).abs() < 0.05, "{rate}");
+        // The steady gain (the queue ended the start-up): 1.25 × 100 MB/s × 100 ms.
+        let cap = x.cap_bytes.expect("binds") as f64;
+        assert!((cap / 12.5e6 - 1.0).abs() < 0.05, "{cap}");
+    }
+}
+
 /// The coupled cap weighs the kernel's count of bytes on the path, not the bytes waiting for
 /// the peer's ACK frame: data the kernel reports off the path (in the receiver, behind a hole
 /// or with its ACK frame on the way back) makes room for new data at once; data the kernel

@@ -12,6 +12,7 @@ use std::fmt::Write;
 
 use mtcpd_engine::Role;
 use mtcpd_engine::runtime::stats::{REJECTION_REASONS, RuntimeStats, TUNNEL_LOSS_REASONS};
+use mtcpd_engine::session::CoupledStats;
 
 /// What a scrape names besides the snapshot.
 #[derive(Debug, Clone)]
@@ -218,6 +219,59 @@ fn render_sessions(out: &mut Exposition, stats: &RuntimeStats) {
             );
         }
     }
+    render_coupled(out, stats);
+}
+
+/// The coupled cap of each session (`coupled_pacing`, docs/PROTOCOL.md §10); a figure that has
+/// no value yet (no RTT, no rate sample, a cap that does not bind) is left out.
+fn render_coupled(out: &mut Exposition, stats: &RuntimeStats) {
+    type Figure = fn(&CoupledStats) -> Option<f64>;
+    let families: [(&str, &str, &str, Figure); 6] = [
+        (
+            "mtcpd_session_coupled_cap_binding",
+            "gauge",
+            "1 while the session's coupled cap binds (a queue built), 0 while its tunnels run as independent windows.",
+            |c| Some(f64::from(u8::from(c.binding))),
+        ),
+        (
+            "mtcpd_session_coupled_cap_bytes",
+            "gauge",
+            "The most the session keeps on the path while its coupled cap binds, bytes.",
+            |c| c.cap_bytes.map(|b| b as f64),
+        ),
+        (
+            "mtcpd_session_bytes_on_path",
+            "gauge",
+            "The session's bytes in flight or waiting to enter the path (kernel and driver queues), bytes.",
+            |c| Some(c.bytes_on_path as f64),
+        ),
+        (
+            "mtcpd_session_delivery_rate_bytes_per_second",
+            "gauge",
+            "The session's delivery rate over all its tunnels (what the coupled cap scales), bytes per second.",
+            |c| c.delivery_rate,
+        ),
+        (
+            "mtcpd_session_path_rtt_seconds",
+            "gauge",
+            "The path RTT the coupled cap uses (measured by its RTT probes, else the tunnels' minimum RTT).",
+            |c| c.path_rtt.map(|r| r.as_secs_f64()),
+        ),
+        (
+            "mtcpd_session_rtt_probes_total",
+            "counter",
+            "RTT probes the session's coupled cap ran (0.6x for 2 RTTs every 10 s while it binds).",
+            |c| Some(c.rtt_probes as f64),
+        ),
+    ];
+    for (name, kind, help, figure) in families {
+        out.family(name, kind, help);
+        for s in &stats.sessions {
+            if let Some(v) = s.coupled.as_ref().and_then(figure) {
+                out.sample(name, &[("session", &s.id)], v);
+            }
+        }
+    }
 }
 
 /// One gauge or counter per tunnel, TCP_INFO figures only for tunnels with a connection.
@@ -420,6 +474,14 @@ mod tests {
                     },
                 ],
                 adaptive_pool: Some(4),
+                coupled: Some(CoupledStats {
+                    binding: true,
+                    cap_bytes: Some(37_500_000),
+                    bytes_on_path: 36_000_000,
+                    delivery_rate: Some(120e6),
+                    path_rtt: Some(Duration::from_millis(250)),
+                    rtt_probes: 2,
+                }),
                 ..SessionStatsSnapshot::default()
             }],
             forwards: vec![
@@ -468,6 +530,17 @@ mod tests {
         assert!(!text.contains("mtcpd_tunnel_cwnd_segments{session=\"00aa11bb22cc\",tunnel=\"1\""));
         assert!(text.contains("mtcpd_streams 2\n"));
         assert!(text.contains("mtcpd_session_adaptive_pool_tunnels{session=\"00aa11bb22cc\"} 4\n"));
+        for (name, value) in [
+            ("coupled_cap_binding", "1"),
+            ("coupled_cap_bytes", "37500000"),
+            ("bytes_on_path", "36000000"),
+            ("delivery_rate_bytes_per_second", "120000000"),
+            ("path_rtt_seconds", "0.25"),
+            ("rtt_probes_total", "2"),
+        ] {
+            let line = format!("mtcpd_session_{name}{{session=\"00aa11bb22cc\"}} {value}\n");
+            assert!(text.contains(&line), "{line}");
+        }
         assert!(text.contains("mtcpd_tunnels_lost_total{reason=\"idle_timeout\"} 0\n"));
         assert!(text.contains("mtcpd_hol_relief_total{kind=\"reports_received\"} 3\n"));
         assert!(text.contains("mtcpd_hol_relief_total{kind=\"bytes_resent\"} 0\n"));

@@ -86,6 +86,8 @@ pub struct SessionStatsSnapshot {
     /// Client with `connection_pool_size = "auto"`: the tunnels the adaptive pool keeps now
     /// (`None`: a fixed pool).
     pub adaptive_pool: Option<usize>,
+    /// Its coupled cap (`None` with `coupled_pacing` off).
+    pub coupled: Option<crate::session::CoupledStats>,
 }
 
 /// Counters since the runtime started (summed over workers).

@@ -5,9 +5,9 @@
 //! Owns: the queue-or-random-loss decision ([`Session::update_queue_building`], from the
 //! kernel's RTTs and retransmission counts the driver reports), the session's cap
 //! ([`Session::coupled_cap`]) and what it weighs: the bytes on the path
-//! ([`Session::held_on_path`]). Must not touch: which tunnel a frame goes on (`transmit`), ACK
-//! bookkeeping (`retransmit` only asks [`Session::coupled_cap_scale`], the cap and the
-//! count).
+//! ([`Session::held_on_path`]), and its figures for the metrics ([`CoupledStats`]). Must not
+//! touch: which tunnel a frame goes on (`transmit`), ACK bookkeeping (`retransmit` only asks
+//! [`Session::coupled_cap_scale`], the cap and the count).
 //!
 //! The decision. The cap engages with the first TCP_INFO report: N slow starts overrun a queue
 //! within one RTT, faster than any RTT signal can react. Losses (a tunnel's retransmission count
@@ -279,7 +279,46 @@ const QUEUE_FLOOR: Duration = Duration::from_millis(1);
 /// otherwise stay on for lack of any loss to release it).
 const SHORT_PATH: Duration = Duration::from_millis(2);
 
+/// The coupled cap as the metrics show it ([`Session::coupled_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CoupledStats {
+    /// Whether the cap binds now: engaged (a queue built), or still growing after random loss
+    /// released it.
+    pub binding: bool,
+    /// The most the session keeps on the path now, bytes (`None` while the cap does not bind
+    /// or before any RTT is known).
+    pub cap_bytes: Option<u64>,
+    /// The session's bytes on the path, as the cap weighs them (the kernel's in-flight and
+    /// unsent bytes, the driver's queues, the resend queue).
+    pub bytes_on_path: u64,
+    /// The session's delivery rate over all its tunnels, bytes/s (`None` before a sample
+    /// taken while it had data waiting).
+    pub delivery_rate: Option<f64>,
+    /// The path RTT the cap multiplies that rate by (`None` before any tunnel reported one).
+    pub path_rtt: Option<Duration>,
+    /// RTT probes run (the cap held at 0.6× for 2 RTTs every 10 s while engaged).
+    pub rtt_probes: u64,
+}
+
 impl Session {
+    /// The coupled cap's state now; `None` with `coupled_pacing` off.
+    pub fn coupled_stats(&self) -> Option<CoupledStats> {
+        if !self.config.coupled_pacing {
+            return None;
+        }
+        let scale = self.coupled_cap_scale();
+        let rtt = self.cap_rtt();
+        let cap = (!rtt.is_zero()).then(|| self.coupled_cap());
+        Some(CoupledStats {
+            binding: scale.is_some(),
+            cap_bytes: scale.zip(cap).map(|(x, cap)| (cap as f64 * x) as u64),
+            bytes_on_path: self.held_on_path(),
+            delivery_rate: self.aggregate_rate.rate(),
+            path_rtt: (!rtt.is_zero()).then_some(rtt),
+            rtt_probes: self.rtt_probe.probes(),
+        })
+    }
+
     /// Whether the driver should read tunnel `t`'s TCP_INFO now and report it with
     /// [`Session::set_tunnel_tcp_info`]: `coupled_pacing` is on, stream data waits to be framed
     /// (only then can the cap matter: an idle session costs no system call) or the tunnel's

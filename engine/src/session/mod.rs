@@ -70,6 +70,7 @@ use crate::id_hash::IdMap;
 use crate::path::{PathEstimate, TcpReport};
 use crate::pool_control::{PoolChange, PoolController};
 use crate::scheduler::{PathView, Scheduler};
+pub use coupled::CoupledStats;
 use coupled::{AggregateRate, StartUp};
 pub use expose::ExposeError;
 pub use flow_control::WindowStats;

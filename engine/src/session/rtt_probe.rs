@@ -50,6 +50,8 @@ pub(super) struct RttProbe {
     scale: f64,
     /// The RTT the last probe found.
     found: Option<Duration>,
+    /// Probes started over the session's life (for the metrics).
+    probes: u64,
 }
 
 impl Default for RttProbe {
@@ -60,6 +62,7 @@ impl Default for RttProbe {
             ended_at: None,
             found: None,
             scale: 1.0,
+            probes: 0,
         }
     }
 }
@@ -108,6 +111,7 @@ impl RttProbe {
                         lowest: None,
                     });
                     self.scale = PROBE_SCALE;
+                    self.probes += 1;
                 }
             }
         }
@@ -127,6 +131,11 @@ impl RttProbe {
     /// The RTT the last probe found.
     pub(super) fn found(&self) -> Option<Duration> {
         self.found
+    }
+
+    /// Probes started over the session's life.
+    pub(super) fn probes(&self) -> u64 {
+        self.probes
     }
 }
 

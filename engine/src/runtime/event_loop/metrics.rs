@@ -268,6 +268,7 @@ impl<D: Driver> EventLoop<D> {
             reorder_buffered_bytes: stats.reorder_charged,
             tunnels,
             adaptive_pool: session.adaptive_pool_target(),
+            coupled: session.coupled_stats(),
         })
     }
 }
