@@ -11,6 +11,15 @@ use mtcpd_engine::sim::{LinkSpec, SimPair};
 use mtcpd_engine::{Config, Session, TcpReport};
 use support::{DAEMON_UNSENT, FlowSpec, Workload, eight_active_tunnels};
 
+/// Eight active tunnels, `coupled_pacing` as given, every other key at its default.
+fn eight_tunnels_coupled(coupled: bool) -> SimPair {
+    eight_active_tunnels(Config {
+        psk: b"k".to_vec(),
+        coupled_pacing: coupled,
+        ..Config::default()
+    })
+}
+
 struct Outcome {
     stats: BottleneckStats,
     elapsed: Duration,
@@ -259,12 +268,7 @@ fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
         delivered_bytes: 0,
     };
     for coupled in [true, false] {
-        let config = Config {
-            psk: b"k".to_vec(),
-            coupled_pacing: coupled,
-            ..Config::default()
-        };
-        let mut pair = eight_active_tunnels(config);
+        let mut pair = eight_tunnels_coupled(coupled);
         let now = pair.now;
         let c = &mut pair.client;
         assert!(!c.coupled_cap_engaged(), "nothing reported yet");
@@ -338,12 +342,7 @@ fn the_coupled_stats_show_the_cap_its_rate_and_its_rtt() {
         delivered_bytes,
     };
     for coupled in [true, false] {
-        let config = Config {
-            psk: b"k".to_vec(),
-            coupled_pacing: coupled,
-            ..Config::default()
-        };
-        let mut pair = eight_active_tunnels(config);
+        let mut pair = eight_tunnels_coupled(coupled);
         let start = pair.now;
         let c = &mut pair.client;
         if !coupled {
