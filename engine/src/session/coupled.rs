@@ -7,7 +7,7 @@
 //! ([`Session::coupled_cap`]) and what it weighs: the bytes on the path
 //! ([`Session::held_on_path`]), and its figures for the metrics ([`CoupledStats`]). Must not
 //! touch: which tunnel a frame goes on (`transmit`), ACK bookkeeping (`retransmit` only asks
-//! [`Session::coupled_cap_scale`], the cap and the count).
+//! the cap that binds, [`Session::binding_cap`], and the count).
 //!
 //! The decision. The cap engages with the first TCP_INFO report: N slow starts overrun a queue
 //! within one RTT, faster than any RTT signal can react. Losses (a tunnel's retransmission count
@@ -321,12 +321,13 @@ impl Session {
         if !self.config.coupled_pacing {
             return None;
         }
-        let scale = self.coupled_cap_scale();
         let rtt = self.cap_rtt();
-        let cap = (!rtt.is_zero()).then(|| self.coupled_cap());
         Some(CoupledStats {
-            binding: scale.is_some(),
-            cap_bytes: scale.zip(cap).map(|(x, cap)| (cap as f64 * x) as u64),
+            binding: self.coupled_cap_scale().is_some(),
+            cap_bytes: self
+                .binding_cap()
+                .filter(|_| !rtt.is_zero())
+                .map(|cap| cap as u64),
             bytes_on_path: self.held_on_path(),
             delivery_rate: self.aggregate_rate.rate(),
             path_rtt: (!rtt.is_zero()).then_some(rtt),
@@ -466,6 +467,13 @@ impl Session {
         self.cap_scale
             .filter(|_| self.config.coupled_pacing)
             .map(|x| x * self.rtt_probe.scale())
+    }
+
+    /// The cap that binds now, bytes: [`Session::coupled_cap`] times
+    /// [`Session::coupled_cap_scale`]; `None` while it does not bind.
+    pub(super) fn binding_cap(&self) -> Option<f64> {
+        self.coupled_cap_scale()
+            .map(|x| self.coupled_cap() as f64 * x)
     }
 
     /// The bottleneck queue and the path's RTT: the median over the active tunnels of the

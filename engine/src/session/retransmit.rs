@@ -160,8 +160,8 @@ impl Session {
             .is_some_and(|tun| tun.unacked_bytes < self.config.max_tunnel_unacked_bytes)
             && retained < self.config.max_unacked_bytes
             && self
-                .coupled_cap_scale()
-                .is_none_or(|x| (self.held_on_path() as f64) < self.coupled_cap() as f64 * x)
+                .binding_cap()
+                .is_none_or(|cap| (self.held_on_path() as f64) < cap)
     }
 
     /// The frame to send for a remembered reliable frame, with current values; `None` when it
