@@ -2,6 +2,8 @@
 //! `connection_pool_size = "auto"` opens `pool_min` tunnels, and a backlogged upload makes it
 //! go to the busy start (8), one INFO line per change with its reason; every byte arrives intact
 //! (SHA-256 and length checked by the sink backend), whatever tunnels were added or retired.
+//! Idle again, it goes back to `pool_min`, and the server takes the retired tunnels' closes for
+//! what they are (the client said so with TUNNEL_DRAIN): no "tunnel lost" warning.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -41,7 +43,7 @@ fn upload_until(
 }
 
 driver_tests! {
-    #[within(90)]
+    #[within(120)]
     fn an_auto_pool_starts_small_logs_each_change_and_loses_no_byte(io) {
         let dir = TempDir::new("pool-auto");
         let (server_lease, app_lease) = (reserve_port(), reserve_port());
@@ -101,5 +103,17 @@ driver_tests! {
         }
         assert!(client.log().matches("tunnel established").count() >= 8, "{context}");
         assert!(!client.log().contains(" WARN ") || !client.log().contains("tunnel lost"), "{context}");
+
+        // Idle for 20 measuring windows (10 s on loopback): back to pool_min, 6 tunnels retire.
+        let shrank = client.wait_for_log(
+            "adaptive pool: shrinking from 8 to 2 tunnels: no data waiting",
+            Duration::from_secs(30),
+        );
+        // The closes reach the server.
+        thread::sleep(Duration::from_millis(500));
+        let context = format!("{io}\n--- client\n{}\n--- server\n{}", client.log(), server.log());
+        assert!(shrank, "no idle shrink logged\n{context}");
+        assert!(!server.log().contains("tunnel lost"), "{context}");
+        assert!(!client.log().contains("tunnel lost"), "{context}");
     }
 }

@@ -507,11 +507,12 @@ impl Config {
 
     /// The capability bits this end announces in its hello.
     pub fn capabilities(&self) -> u32 {
-        if self.hol_relief {
+        let hol = if self.hol_relief {
             crate::handshake::CAP_HOL_REPORT
         } else {
             0
-        }
+        };
+        hol | crate::handshake::CAP_TUNNEL_DRAIN
     }
 
     /// The peer's announced limits, each clamped to the most this end would ever announce

@@ -150,8 +150,9 @@ pub enum TunnelError {
     /// A new connection took this tunnel's slot.
     #[error("replaced by a new connection for the same slot")]
     Replaced,
-    /// The negotiated pool is smaller than this slot.
-    #[error("slot beyond the negotiated pool size")]
+    /// Retired on purpose: the negotiated pool is smaller than this slot, or the client's
+    /// adaptive pool shrank (and, at the server, the client said so with TUNNEL_DRAIN).
+    #[error("retired: beyond the pool's size")]
     Retired,
     /// The session closed.
     #[error("session closed")]

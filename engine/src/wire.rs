@@ -57,6 +57,7 @@ pub mod frame_type {
     pub const CLOSE: u8 = 0x0B;
     pub const EXPOSE: u8 = 0x0C;
     pub const HOL_REPORT: u8 = 0x0D;
+    pub const TUNNEL_DRAIN: u8 = 0x0E;
 }
 
 /// Why a frame could not be parsed. Any of these ends the session (docs/PROTOCOL.md §9).
@@ -92,6 +93,14 @@ pub enum FrameError {
     /// A text field (OPEN target, CLOSE reason) is not UTF-8 or too long.
     #[error("invalid {0} text")]
     BadText(&'static str),
+    /// A field holds a value its type does not define.
+    #[error("invalid {kind} value {value}")]
+    BadValue {
+        /// Frame kind.
+        kind: &'static str,
+        /// The value received.
+        value: u64,
+    },
 }
 
 /// One protocol frame. Payload-carrying variants hold `Bytes` that share the receive buffer.
@@ -186,12 +195,21 @@ pub enum Frame {
         /// Length of the hole (up to the next byte held).
         length: u64,
     },
+    /// Client → server, only to a server that announced
+    /// [`CAP_TUNNEL_DRAIN`](crate::handshake::CAP_TUNNEL_DRAIN), on the tunnel it is about: the
+    /// client's adaptive pool is retiring this tunnel (`draining`: send no new frames on it; the
+    /// client closes it once its own frames on it are acknowledged) or took it back into use.
+    /// Unreliable, like ACK: it travels on the tunnel it describes, so the last one read wins.
+    TunnelDrain {
+        /// True: retiring; false: in use again.
+        draining: bool,
+    },
 }
 
 impl Frame {
     /// True for frames that the receiver counts and acknowledges, and the sender retains for
-    /// resend (everything except ACK, PING, PONG, HOL_REPORT, and CLOSE, which ends the
-    /// session).
+    /// resend (everything except ACK, PING, PONG, HOL_REPORT, TUNNEL_DRAIN, and CLOSE, which
+    /// ends the session).
     pub fn is_reliable(&self) -> bool {
         !matches!(
             self,
@@ -199,6 +217,7 @@ impl Frame {
                 | Frame::Ping { .. }
                 | Frame::Pong { .. }
                 | Frame::HolReport { .. }
+                | Frame::TunnelDrain { .. }
                 | Frame::Close { .. }
         )
     }
@@ -223,6 +242,7 @@ impl Frame {
             Frame::Close { reason, .. } => 4 + reason.len(),
             Frame::Expose { names } => names.len(),
             Frame::HolReport { .. } => 24,
+            Frame::TunnelDrain { .. } => 1,
         }
     }
 
@@ -246,6 +266,7 @@ impl Frame {
             Frame::Close { .. } => (frame_type::CLOSE, 0),
             Frame::Expose { .. } => (frame_type::EXPOSE, 0),
             Frame::HolReport { .. } => (frame_type::HOL_REPORT, 0),
+            Frame::TunnelDrain { .. } => (frame_type::TUNNEL_DRAIN, 0),
         };
         scratch.put_u8(ty);
         scratch.put_u8(flags);
@@ -309,6 +330,10 @@ impl Frame {
                 scratch.put_u64(*length);
                 None
             }
+            Frame::TunnelDrain { draining } => {
+                scratch.put_u8(u8::from(*draining));
+                None
+            }
         };
         match tail {
             Some(t) if t.len() >= copy_below => {
@@ -351,7 +376,7 @@ pub fn decode(buf: &mut BytesMut, max_body: u32) -> Result<Option<Frame>, FrameE
     if reserved != 0 || flags & !allowed_flags != 0 {
         return Err(FrameError::Reserved { flags, reserved });
     }
-    if !(frame_type::DATA..=frame_type::HOL_REPORT).contains(&ty) {
+    if !(frame_type::DATA..=frame_type::TUNNEL_DRAIN).contains(&ty) {
         return Err(FrameError::UnknownType(ty));
     }
     let total = FRAME_HEADER_LEN + declared as usize;
@@ -484,6 +509,20 @@ fn parse_body(ty: u8, flags: u8, mut body: Bytes) -> Result<Frame, FrameError> {
                 length: body.get_u64(),
             }
         }
+        frame_type::TUNNEL_DRAIN => {
+            need("TUNNEL_DRAIN", &body, Some(1), 0)?;
+            let draining = match body.get_u8() {
+                0 => false,
+                1 => true,
+                value => {
+                    return Err(FrameError::BadValue {
+                        kind: "TUNNEL_DRAIN",
+                        value: value.into(),
+                    });
+                }
+            };
+            Frame::TunnelDrain { draining }
+        }
         other => return Err(FrameError::UnknownType(other)),
     })
 }
@@ -537,228 +576,4 @@ pub fn expose_names(body: &[u8]) -> Result<Vec<String>, FrameError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn all_kinds() -> Vec<Frame> {
-        vec![
-            Frame::Data {
-                stream: 7,
-                offset: 1 << 40,
-                fin: true,
-                payload: Bytes::from_static(b"hello world"),
-            },
-            Frame::Data {
-                stream: 0,
-                offset: 0,
-                fin: false,
-                payload: Bytes::new(),
-            },
-            Frame::Open {
-                stream: 9,
-                target: Some(Bytes::from_static(b"example.org:443")),
-            },
-            Frame::Open {
-                stream: 9,
-                target: None,
-            },
-            Frame::Reset {
-                stream: 3,
-                final_offset: 99,
-                code: 5,
-            },
-            Frame::StreamWindow {
-                stream: 3,
-                max_offset: 1 << 33,
-            },
-            Frame::SessionWindow { max_data: 12345 },
-            Frame::MaxStreams { count: 100 },
-            Frame::Ack { frames: 42 },
-            Frame::Ping { token: 1 },
-            Frame::Pong { token: 2 },
-            Frame::GoAway { code: 0 },
-            Frame::Close {
-                code: 2,
-                reason: Bytes::from_static(b"bye"),
-            },
-            Frame::Expose {
-                names: encode_expose_names(&["web", "ssh.home"]).unwrap(),
-            },
-            Frame::HolReport {
-                stream: u64::MAX,
-                offset: 1 << 50,
-                length: 16384,
-            },
-            Frame::Expose {
-                names: Bytes::new(),
-            },
-        ]
-    }
-
-    #[test]
-    fn expose_names_round_trip_and_bad_ones_are_refused() {
-        let body = encode_expose_names(&["web", "a-b_c.d"]).unwrap();
-        assert_eq!(expose_names(&body).unwrap(), ["web", "a-b_c.d"]);
-        assert!(encode_expose_names(&["web", "web"]).is_none(), "repeated");
-        assert!(encode_expose_names(&["we b"]).is_none(), "space");
-        assert!(encode_expose_names(&[""]).is_none(), "empty");
-        assert!(encode_expose_names(&["x".repeat(64)]).is_none(), "too long");
-        // 16 names of 63 bytes: 1024 bytes, the most; one more byte is too much.
-        let most: Vec<String> = (0..16).map(|i| format!("{i:x}").repeat(63)).collect();
-        assert_eq!(encode_expose_names(&most).unwrap().len(), MAX_EXPOSE_BODY);
-        let mut over = most.clone();
-        over.push("z".into());
-        assert!(encode_expose_names(&over).is_none());
-        // On the wire: truncated, empty, non-ASCII and repeated names are frame errors.
-        for body in [&b"\x05web"[..], b"\x00", b"\x02\xc3\xa9", b"\x01a\x01a"] {
-            let frame = [
-                &[frame_type::EXPOSE, 0, 0, 0, 0, 0, 0, body.len() as u8][..],
-                body,
-            ]
-            .concat();
-            let mut buf = BytesMut::from(&frame[..]);
-            assert_eq!(
-                decode(&mut buf, 4096),
-                Err(FrameError::BadText("EXPOSE names")),
-                "{body:?}"
-            );
-        }
-        let mut oversize = vec![frame_type::EXPOSE, 0, 0, 0, 0, 0, 0x04, 0x01];
-        oversize.extend(std::iter::repeat_n(b'a', 1025));
-        let mut buf = BytesMut::from(&oversize[..]);
-        assert!(matches!(
-            decode(&mut buf, 4096),
-            Err(FrameError::BadLength { kind: "EXPOSE", .. })
-        ));
-    }
-
-    #[test]
-    fn every_frame_kind_round_trips_whole_and_byte_by_byte() {
-        for frame in all_kinds() {
-            let wire = frame.to_bytes();
-            assert_eq!(wire.len(), frame.encoded_len());
-            let mut buf = BytesMut::from(&wire[..]);
-            assert_eq!(decode(&mut buf, 65536).unwrap(), Some(frame.clone()));
-            assert!(buf.is_empty());
-            // Dribbled in one byte at a time: nothing until the last byte.
-            let mut buf = BytesMut::new();
-            for (i, b) in wire.iter().enumerate() {
-                buf.put_u8(*b);
-                let got = decode(&mut buf, 65536).unwrap();
-                if i + 1 < wire.len() {
-                    assert_eq!(got, None);
-                } else {
-                    assert_eq!(got, Some(frame.clone()));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn vectored_encoding_keeps_large_payloads_uncopied() {
-        let payload = Bytes::from(vec![7u8; 4096]);
-        let frame = Frame::Data {
-            stream: 1,
-            offset: 0,
-            fin: false,
-            payload: payload.clone(),
-        };
-        let mut scratch = BytesMut::new();
-        let mut out = Vec::new();
-        frame.encode(&mut scratch, 256, &mut out);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[1].as_ptr(), payload.as_ptr());
-    }
-
-    #[test]
-    fn oversize_is_refused_before_the_body_arrives() {
-        let mut buf = BytesMut::from(&[frame_type::DATA, 0, 0, 0, 0xff, 0xff, 0xff, 0xff][..]);
-        assert_eq!(
-            decode(&mut buf, 65536),
-            Err(FrameError::Oversize {
-                declared: u32::MAX,
-                limit: 65536
-            })
-        );
-    }
-
-    #[test]
-    fn bad_frames_are_typed_errors() {
-        let mut buf = BytesMut::from(&[0x7f, 0, 0, 0, 0, 0, 0, 0][..]);
-        assert_eq!(decode(&mut buf, 1024), Err(FrameError::UnknownType(0x7f)));
-        let mut buf = BytesMut::from(&[frame_type::ACK, 0, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4][..]);
-        assert!(matches!(
-            decode(&mut buf, 1024),
-            Err(FrameError::BadLength { kind: "ACK", .. })
-        ));
-        let mut buf = BytesMut::from(&[frame_type::PING, 0x80, 0, 0, 0, 0, 0, 8][..]);
-        assert!(matches!(
-            decode(&mut buf, 1024),
-            Err(FrameError::Reserved { .. })
-        ));
-        let mut bad_utf8 = vec![frame_type::OPEN, 0, 0, 0, 0, 0, 0, 10];
-        bad_utf8.extend_from_slice(&[0; 8]);
-        bad_utf8.extend_from_slice(&[0xff, 0xfe]);
-        let mut buf = BytesMut::from(&bad_utf8[..]);
-        assert_eq!(
-            decode(&mut buf, 1024),
-            Err(FrameError::BadText("OPEN target"))
-        );
-    }
-
-    #[test]
-    fn data_offset_overflow_is_refused() {
-        let frame = Frame::Data {
-            stream: 1,
-            offset: u64::MAX,
-            fin: false,
-            payload: Bytes::from_static(b"xx"),
-        };
-        let mut buf = BytesMut::from(&frame.to_bytes()[..]);
-        assert!(matches!(
-            decode(&mut buf, 1024),
-            Err(FrameError::BadLength { .. })
-        ));
-    }
-
-    #[test]
-    fn hol_report_is_24_bytes_unreliable_and_exact_length() {
-        let f = Frame::HolReport {
-            stream: 4,
-            offset: 1 << 20,
-            length: 65536,
-        };
-        assert!(!f.is_reliable());
-        let bytes = f.to_bytes();
-        assert_eq!(bytes.len(), FRAME_HEADER_LEN + 24);
-        assert_eq!(bytes[0], frame_type::HOL_REPORT);
-        let mut buf = BytesMut::from(&bytes[..]);
-        assert_eq!(decode(&mut buf, 1024), Ok(Some(f)));
-        for len in [0u8, 16, 23, 25, 32] {
-            let mut raw = vec![frame_type::HOL_REPORT, 0, 0, 0, 0, 0, 0, len];
-            raw.resize(FRAME_HEADER_LEN + len as usize, 7);
-            let mut buf = BytesMut::from(&raw[..]);
-            assert_eq!(
-                decode(&mut buf, 1024),
-                Err(FrameError::BadLength {
-                    kind: "HOL_REPORT",
-                    len: len as usize
-                })
-            );
-        }
-        // Flags are reserved on it, as on every frame but DATA.
-        let mut raw = bytes.to_vec();
-        raw[1] = FLAG_FIN;
-        let mut buf = BytesMut::from(&raw[..]);
-        assert!(matches!(
-            decode(&mut buf, 1024),
-            Err(FrameError::Reserved { .. })
-        ));
-        // The next code is still unknown.
-        let mut buf = BytesMut::from(&[frame_type::HOL_REPORT + 1, 0, 0, 0, 0, 0, 0, 0][..]);
-        assert_eq!(
-            decode(&mut buf, 1024),
-            Err(FrameError::UnknownType(frame_type::HOL_REPORT + 1))
-        );
-    }
-}
+mod tests;

@@ -4,17 +4,16 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use mtcpd_engine::Config;
 use mtcpd_engine::error::SessionError;
-use mtcpd_engine::handshake::{AcceptedTunnel, CAP_HOL_REPORT, TransportParams};
-use mtcpd_engine::session::{ReliefStats, Session};
+use mtcpd_engine::handshake::CAP_HOL_REPORT;
+use mtcpd_engine::session::ReliefStats;
 use mtcpd_engine::sim::bottleneck::BottleneckSpec;
 use mtcpd_engine::sim::{LinkSpec, SimPair};
 use mtcpd_engine::wire::Frame;
+use support::direct::{inject, server_session, transmit};
 use support::{FlowSpec, Workload};
 
 const MIB: u64 = 1 << 20;
@@ -127,49 +126,10 @@ fn relief_needs_both_ends() {
 }
 
 /// A server session with 4 tunnels whose client announced `caps`, relief on here as `relief`.
-fn server_session(relief: bool, caps: u32, now: Instant) -> Session {
-    let accepted = |index: u16| AcceptedTunnel {
-        session_id: [9; 16],
-        tunnel_index: index,
-        pool_size: 4,
-        session_secret: [5; 32],
-        resume: index > 0,
-        peer_params: TransportParams {
-            max_frame_body: 16384,
-            stream_window: 1 << 30,
-            session_window: 1 << 30,
-            max_streams: 100,
-        },
-        peer_capabilities: caps,
-        rtt: Duration::from_millis(10),
-    };
-    let mut s = Session::server(Arc::new(config(relief)), now, &accepted(0), 1);
-    for t in 1..4 {
-        s.attach_tunnel(now, &accepted(t));
-    }
-    s
-}
-
-fn inject(s: &mut Session, now: Instant, t: usize, frames: &[Frame]) -> Result<(), SessionError> {
-    let mut buf = BytesMut::new();
-    for f in frames {
-        buf.extend_from_slice(&f.to_bytes());
-    }
-    s.handle_input(now, t, &mut buf)
-}
-
-/// Takes everything the tunnels will send now; the bytes.
-fn transmit(s: &mut Session, now: Instant) -> usize {
-    let mut out = Vec::new();
-    (0..s.tunnel_count())
-        .map(|t| s.poll_transmit(now, t, 1 << 24, &mut out))
-        .sum()
-}
-
 #[test]
 fn hostile_reports_change_nothing_and_cost_bounded_work() {
     let now = Instant::now();
-    let mut s = server_session(true, CAP_HOL_REPORT, now);
+    let mut s = server_session(config(true), CAP_HOL_REPORT, now);
     let streams: Vec<u64> = (0..2).map(|_| s.open_stream(None).unwrap()).collect();
     let chunk = vec![0x5a; 64 * 1024];
     for &id in &streams {
@@ -240,7 +200,7 @@ fn hostile_reports_change_nothing_and_cost_bounded_work() {
 #[test]
 fn a_report_without_the_capability_breaks_the_protocol() {
     let now = Instant::now();
-    let mut s = server_session(false, CAP_HOL_REPORT, now);
+    let mut s = server_session(config(false), CAP_HOL_REPORT, now);
     let report = Frame::HolReport {
         stream: 0,
         offset: 0,
@@ -256,7 +216,7 @@ fn a_report_without_the_capability_breaks_the_protocol() {
 fn relief_is_off_unless_the_peer_announced_it() {
     // Relief on here, not announced by the peer: a hole is never reported.
     let now = Instant::now();
-    let mut s = server_session(true, 0, now);
+    let mut s = server_session(config(true), 0, now);
     let data = |offset: u64| Frame::Data {
         stream: 0,
         offset,

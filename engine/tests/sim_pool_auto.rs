@@ -4,15 +4,20 @@
 //! bottleneck, clean or lossy, it stops early and matches the best fixed pool; a download grows
 //! it as an upload does. Every byte arrives intact
 //! either way (the workload checks the pattern), including across the graceful retirement of
-//! extra tunnels.
+//! extra tunnels, which the server hears of (TUNNEL_DRAIN) and takes for what it is.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mtcpd_engine::Config;
+use mtcpd_engine::error::{SessionError, TunnelError};
+use mtcpd_engine::handshake::CAP_TUNNEL_DRAIN;
+use mtcpd_engine::session::Event;
 use mtcpd_engine::sim::bottleneck::BottleneckSpec;
-use mtcpd_engine::sim::{LinkSpec, SimPair};
+use mtcpd_engine::sim::{LinkSpec, Side, SimPair};
+use mtcpd_engine::wire::Frame;
+use support::direct::{frames_sent, inject, server_session};
 use support::{DAEMON_UNSENT, FlowSpec, Workload};
 
 /// How long each contender runs (virtual time), and the tail over which goodput is measured
@@ -208,15 +213,124 @@ fn with_a_per_flow_cap_auto_grows_to_many_tunnels_within_a_tenth_of_the_best_fix
 }
 
 #[test]
-fn a_download_grows_the_pool_too() {
-    // The backlog is on the server; the client sees stream data arriving at every tick.
+fn a_download_grows_the_pool_and_the_server_takes_the_idle_extras_closes_as_retirement() {
+    // The backlog is on the server; the client sees stream data arriving at every tick, and
+    // the pool grows to every slot. Once the download ends the idle pool goes back to 2, and
+    // the 14 extras drain and close. Each TUNNEL_DRAIN reached the server first: its side of
+    // every one of them goes down as retired, none as a lost connection (the warning an
+    // operator would otherwise read 14 times), and it re-sent nothing.
     let (config, server) = configs(true, 32);
     let links = vec![LinkSpec::new(25, 3.0); 16];
-    let mut pair = SimPair::new(config, server, &links, 14).plaintext();
-    let mut w = Workload::new(vec![FlowSpec::bulk(0, 1 << 40)]);
-    pair.run(RUN, |p| w.step(p));
+    let mut pair = SimPair::new(config, server, &links, 16).plaintext();
+    let mut w = Workload::new(vec![FlowSpec::bulk(0, 24 << 20)]);
+    assert!(pair.run(RUN, |p| w.step(p)), "the download finished");
     assert!(w.errors.is_empty(), "{:?}", w.errors);
     assert_eq!(pair.client.adaptive_pool_target(), Some(16));
+    assert_eq!(pair.client.active_tunnels(), 16);
+    assert!(
+        pair.run(Duration::from_secs(20), |p| p.client.active_tunnels() == 2),
+        "the idle pool went back to 2"
+    );
+    // The closes reach the server one link delay later.
+    pair.run(Duration::from_millis(100), |_| false);
+    let server_downs: Vec<(u16, TunnelError)> = pair
+        .log
+        .iter()
+        .filter_map(|(side, ev)| match (side, ev) {
+            (Side::Server, Event::TunnelDown { tunnel, reason }) => Some((*tunnel, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(server_downs.len(), 14, "{server_downs:?}");
+    assert!(
+        server_downs
+            .iter()
+            .all(|(t, reason)| *t >= 2 && *reason == TunnelError::Retired),
+        "{server_downs:?}"
+    );
+    let server = pair.server().expect("the server's session");
+    assert_eq!(server.active_tunnels(), 2);
+    assert_eq!(server.stats().frames_resent, 0);
+}
+
+/// DATA frames among `frames`.
+fn data_frames(frames: &[Frame]) -> usize {
+    frames
+        .iter()
+        .filter(|f| matches!(f, Frame::Data { .. }))
+        .count()
+}
+
+#[test]
+fn a_draining_tunnel_gets_nothing_new_from_the_server_and_its_close_is_a_retirement() {
+    let now = Instant::now();
+    let config = Config {
+        psk: b"k".to_vec(),
+        ..Config::default()
+    };
+    let mut s = server_session(config, CAP_TUNNEL_DRAIN, now);
+    let stream = s.open_stream(None).unwrap();
+    let chunk = vec![0x5a; 256 * 1024];
+    s.write_slice(stream, &chunk).unwrap();
+    assert!(
+        data_frames(&frames_sent(&mut s, now, 1)) > 0,
+        "tunnel 1 in use"
+    );
+    inject(&mut s, now, 1, &[Frame::TunnelDrain { draining: true }]).unwrap();
+    s.write_slice(stream, &chunk).unwrap();
+    assert_eq!(data_frames(&frames_sent(&mut s, now, 1)), 0, "draining");
+    assert!(
+        data_frames(&frames_sent(&mut s, now, 2)) > 0,
+        "the others carry it"
+    );
+    // In use again.
+    inject(&mut s, now, 1, &[Frame::TunnelDrain { draining: false }]).unwrap();
+    s.write_slice(stream, &chunk).unwrap();
+    assert!(data_frames(&frames_sent(&mut s, now, 1)) > 0, "back in use");
+    // A draining tunnel's close is its retirement; another tunnel's close is a loss.
+    inject(&mut s, now, 1, &[Frame::TunnelDrain { draining: true }]).unwrap();
+    s.tunnel_lost(now, 1, "closed by peer");
+    s.tunnel_lost(now, 2, "closed by peer");
+    let downs: Vec<(u16, TunnelError)> = std::iter::from_fn(|| s.poll_event())
+        .filter_map(|ev| match ev {
+            Event::TunnelDown { tunnel, reason } => Some((tunnel, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        downs,
+        [
+            (1, TunnelError::Retired),
+            (2, TunnelError::ConnectionLost("closed by peer".into()))
+        ]
+    );
+    assert_eq!(s.active_tunnels(), 2);
+    // What tunnel 1 and 2 held unacknowledged goes out again on the other two.
+    let resent: usize = [0, 3]
+        .iter()
+        .map(|&t| data_frames(&frames_sent(&mut s, now, t)))
+        .sum();
+    assert!(resent > 0 && s.stats().frames_resent > 0);
+}
+
+#[test]
+fn a_client_refuses_tunnel_drain_from_a_server() {
+    // Only a client retires tunnels: one from the server breaks the protocol.
+    let config = Config {
+        psk: b"k".to_vec(),
+        ..Config::default()
+    };
+    let mut pair =
+        SimPair::new(config.clone(), config, &[LinkSpec::new(5, 100.0); 2], 3).plaintext();
+    assert!(pair.run(Duration::from_secs(2), |p| p.client.active_tunnels() == 2));
+    let now = pair.now;
+    let got = inject(
+        &mut pair.client,
+        now,
+        0,
+        &[Frame::TunnelDrain { draining: true }],
+    );
+    assert!(matches!(got, Err(SessionError::Protocol(_))), "{got:?}");
 }
 
 #[test]

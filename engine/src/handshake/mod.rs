@@ -66,6 +66,11 @@ pub const HELLO_FLAG_RESUME: u16 = 0x0001;
 /// (docs/PROTOCOL.md §2.1, §6.2). An end sends HOL_REPORT only when both hellos carry the bit.
 pub const CAP_HOL_REPORT: u32 = 0x0000_0001;
 
+/// Capability bit (both hellos): this end understands TUNNEL_DRAIN frames (docs/PROTOCOL.md
+/// §6.4). Always announced by this implementation; a client tells a server of its retiring
+/// tunnels only when the ServerHello carries the bit.
+pub const CAP_TUNNEL_DRAIN: u32 = 0x0000_0002;
+
 /// A 128-bit session id.
 pub type SessionId = [u8; SESSION_ID_LEN];
 

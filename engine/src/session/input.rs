@@ -123,6 +123,7 @@ impl Session {
                 offset,
                 length,
             } => self.on_hol_report(t, stream, offset, length),
+            Frame::TunnelDrain { draining } => self.on_tunnel_drain(t, draining),
         }
     }
 }

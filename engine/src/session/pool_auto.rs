@@ -7,19 +7,25 @@
 //! nothing is re-sent and nothing is lost (the peer's own unacknowledged frames on it are re-sent
 //! on the other tunnels, as for any tunnel that closes).
 //!
+//! A server that announced [`CAP_TUNNEL_DRAIN`] hears of each change of a slot's draining state
+//! in a TUNNEL_DRAIN frame on that tunnel: it then sends no new frames on a draining tunnel
+//! either (nothing of its own needs re-sending when the client closes it), and takes the close
+//! for the planned retirement it is, not a lost tunnel.
+//!
 //! The client sees its own backlog (an upload); a download's backlog is on the server, so
 //! stream data arriving at every tick also counts as backlogged, and goodput counts both
 //! directions.
 //!
-//! Owns: `Session::pool_control`, the slots' `draining` flags and the [`Event::PoolResized`]
-//! events. Must not touch: the decision rule (`crate::pool_control`) or a slot's handshake and
+//! Owns: `Session::pool_control`, the slots' `draining` flags (the client's, and the server's
+//! copy from TUNNEL_DRAIN) and the [`Event::PoolResized`] events. Must not touch: the decision rule (`crate::pool_control`) or a slot's handshake and
 //! backoff (`tunnels`).
 
 use std::time::{Duration, Instant};
 
 use super::tunnels::TunnelState;
 use super::{Event, Role, Session};
-use crate::error::TunnelError;
+use crate::error::{SessionError, TunnelError};
+use crate::handshake::CAP_TUNNEL_DRAIN;
 use crate::pool_control::{PoolController, PoolSample, TICK};
 
 impl Session {
@@ -130,14 +136,42 @@ impl Session {
         }
     }
 
-    /// Closes every draining slot whose frames are all acknowledged; it stays parked.
+    /// Closes every draining slot whose frames are all acknowledged and whose server has been
+    /// told it is draining (its TUNNEL_DRAIN left with an earlier transmit); it stays parked.
     fn close_drained(&mut self, now: Instant) {
         for t in 0..self.tunnels.len() {
             let tun = &self.tunnels[t];
-            if tun.draining && tun.is_active() && tun.retained.is_empty() {
+            if tun.draining
+                && tun.is_active()
+                && tun.retained.is_empty()
+                && self.drain_news(t).is_none()
+            {
                 self.tunnel_down(now, t, TunnelError::Retired);
             }
         }
+    }
+
+    /// Client: the draining state tunnel `t`'s server has not heard yet (`None`: nothing to
+    /// tell, or a server that does not understand TUNNEL_DRAIN).
+    pub(super) fn drain_news(&self, t: usize) -> Option<bool> {
+        let tun = self.tunnels.get(t)?;
+        (self.role == Role::Client
+            && self.peer_capabilities & CAP_TUNNEL_DRAIN != 0
+            && tun.is_active()
+            && tun.draining != tun.drain_told)
+            .then_some(tun.draining)
+    }
+
+    /// Server: the client's TUNNEL_DRAIN on tunnel `t`. A draining tunnel gets no new frames,
+    /// and its close is logged and counted as retired.
+    pub(super) fn on_tunnel_drain(&mut self, t: usize, draining: bool) -> Result<(), SessionError> {
+        if self.role == Role::Client {
+            return Err(SessionError::Protocol(format!(
+                "TUNNEL_DRAIN on tunnel {t}: only a client sends it"
+            )));
+        }
+        self.tunnels[t].draining = draining;
+        Ok(())
     }
 
     /// Whether slot `t` is beyond the adaptive pool's target (parked, or draining).

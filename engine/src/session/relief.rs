@@ -359,7 +359,7 @@ impl Session {
 
     /// The active tunnel other than `from` expected to deliver a frame first: smoothed RTT
     /// plus the time to drain what it already has unacknowledged. Not one whose congestion
-    /// window collapsed (`handoff`).
+    /// window collapsed (`handoff`), nor one the adaptive pool is retiring.
     pub(super) fn relief_target(&self, from: usize) -> Option<usize> {
         let expected = |t: &super::tunnels::Tunnel| {
             let rate = t.path.rate().max(1.0);
@@ -369,7 +369,11 @@ impl Session {
             .iter()
             .enumerate()
             .filter(|(i, t)| {
-                *i != from && t.is_active() && t.close_pending.is_none() && !t.cwnd_collapsed
+                *i != from
+                    && t.is_active()
+                    && t.close_pending.is_none()
+                    && !t.cwnd_collapsed
+                    && !t.draining
             })
             .min_by(|a, b| expected(a.1).total_cmp(&expected(b.1)))
             .map(|(i, _)| i)

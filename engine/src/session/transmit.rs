@@ -28,7 +28,8 @@ impl Session {
         if !tun.is_active() || self.closed.is_some() {
             return false;
         }
-        tun.recv_reliable > tun.ack_sent
+        self.drain_news(t).is_some()
+            || tun.recv_reliable > tun.ack_sent
             || tun.pong_due.is_some()
             || tun.ping_due
             || self.has_reports_for(t)
@@ -48,6 +49,7 @@ impl Session {
         max_bytes: usize,
         out: &mut Vec<Bytes>,
     ) -> usize {
+        let drain_news = self.drain_news(t);
         let Some(tun) = self.tunnels.get_mut(t) else {
             return 0;
         };
@@ -69,6 +71,12 @@ impl Session {
         }
         let copy_below = self.config.copy_threshold;
         // Unreliable control first: acknowledgements free the peer's memory.
+        if let Some(draining) = drain_news {
+            tun.drain_told = draining;
+            let f = Frame::TunnelDrain { draining };
+            written += f.encoded_len();
+            f.encode(&mut self.scratch, copy_below, out);
+        }
         if tun.recv_reliable > tun.ack_sent {
             tun.ack_sent = tun.recv_reliable;
             let f = Frame::Ack {

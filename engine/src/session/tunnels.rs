@@ -85,6 +85,8 @@ pub(super) struct Tunnel {
     /// Client, adaptive pool: beyond the pool's target; no new reliable frame goes on it, and
     /// it is closed once everything sent on it is acknowledged (`pool_auto`).
     pub(super) draining: bool,
+    /// Client: the draining state the server was last told with TUNNEL_DRAIN (`pool_auto`).
+    pub(super) drain_told: bool,
     /// This connection came up while the session's delivery rate was already measured (the
     /// pool grew in full flight): until the slot is measured itself, the scheduler counts on
     /// what its congestion window sends (`transmit`).
@@ -119,6 +121,7 @@ impl Tunnel {
             quiet_loss: false,
             tcp_info_at: None,
             draining: false,
+            drain_told: false,
             joined_in_flight: false,
             cwnd_collapsed: false,
             dial_failures: 0,
@@ -184,6 +187,7 @@ impl Tunnel {
         self.close_pending = None;
         self.saturated = false;
         self.draining = false;
+        self.drain_told = false;
         self.cwnd_collapsed = false;
     }
 
@@ -316,15 +320,22 @@ impl Session {
         });
     }
 
-    /// The driver saw tunnel `t`'s connection fail or close.
+    /// The driver saw tunnel `t`'s connection fail or close. At the server, the close of a
+    /// tunnel the client said it was draining (TUNNEL_DRAIN) is its planned retirement.
     pub fn tunnel_lost(&mut self, now: Instant, t: usize, why: &str) {
-        if self.tunnels.get(t).is_some_and(|x| {
-            matches!(
-                x.state,
-                TunnelState::Active | TunnelState::Handshaking(_) | TunnelState::Dialing { .. }
-            )
-        }) {
-            self.tunnel_down(now, t, TunnelError::ConnectionLost(why.to_string()));
+        let Some(tun) = self.tunnels.get(t) else {
+            return;
+        };
+        if matches!(
+            tun.state,
+            TunnelState::Active | TunnelState::Handshaking(_) | TunnelState::Dialing { .. }
+        ) {
+            let reason = if self.role == Role::Server && tun.draining {
+                TunnelError::Retired
+            } else {
+                TunnelError::ConnectionLost(why.to_string())
+            };
+            self.tunnel_down(now, t, reason);
         }
     }
 
@@ -350,11 +361,11 @@ impl Session {
         } else {
             tun.dial_failures = tun.dial_failures.saturating_add(1);
         }
-        tun.state = if parked {
+        tun.state = if parked || !client {
             TunnelState::Down { redial_at: None }
         } else if retire {
             TunnelState::Retired
-        } else if client {
+        } else {
             // Exponential backoff with jitter: a uniform draw in [d/2, d].
             let exp = tun.dial_failures.min(16);
             let d = min.saturating_mul(1u32 << exp).min(max);
@@ -362,8 +373,6 @@ impl Session {
             TunnelState::Down {
                 redial_at: Some(now + d.mul_f64(jitter)),
             }
-        } else {
-            TunnelState::Down { redial_at: None }
         };
         self.events.push_back(Event::TunnelDown {
             tunnel: t as u16,

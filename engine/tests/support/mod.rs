@@ -9,6 +9,8 @@
 //! must have received an exact prefix of what was sent.
 #![allow(dead_code)]
 
+pub mod direct;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
