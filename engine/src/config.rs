@@ -195,6 +195,11 @@ pub struct Config {
     /// daemon sets it itself for the cases it allows (a server with only its default backend,
     /// a client), with a warning.
     pub allow_unauthenticated: bool,
+    /// What each tunnel's socket holds unsent at most (its TCP_NOTSENT_LOWAT): the coupled cap
+    /// leaves room for it (see `session::coupled`). Not a config-file key: the runtime sets it
+    /// from [`crate::runtime::TunnelSocketOptions::notsent_lowat`] (0 there, the kernel's
+    /// default, is no bound: `u32::MAX` here).
+    pub tunnel_unsent_bytes: u32,
 }
 
 impl Default for Config {
@@ -244,6 +249,7 @@ impl Default for Config {
             coupled_pacing: true,
             hol_relief: false,
             allow_unauthenticated: false,
+            tunnel_unsent_bytes: crate::runtime::options::DEFAULT_NOTSENT_LOWAT,
         }
     }
 }
@@ -312,6 +318,8 @@ impl Config {
             hol_relief,
             // A decision of the embedding program, not a setting: never printed.
             allow_unauthenticated: _,
+            // Derived from the runtime's socket options, which print it.
+            tunnel_unsent_bytes: _,
         } = self;
         vec![
             Setting::unbounded("psk", SettingValue::Secret { len: psk.len() }),

@@ -13,9 +13,15 @@ use support::{DAEMON_UNSENT, FlowSpec, Workload, eight_active_tunnels};
 
 /// Eight active tunnels, `coupled_pacing` as given, every other key at its default.
 fn eight_tunnels_coupled(coupled: bool) -> SimPair {
+    eight_tunnels_unsent(coupled, Config::default().tunnel_unsent_bytes)
+}
+
+/// As [`eight_tunnels_coupled`], with sockets that hold `unsent` bytes unsent at most.
+fn eight_tunnels_unsent(coupled: bool, unsent: u32) -> SimPair {
     eight_active_tunnels(Config {
         psk: b"k".to_vec(),
         coupled_pacing: coupled,
+        tunnel_unsent_bytes: unsent,
         ..Config::default()
     })
 }
@@ -341,8 +347,9 @@ fn the_coupled_stats_show_the_cap_its_rate_and_its_rtt() {
         unsent_bytes: 0,
         delivered_bytes,
     };
-    for coupled in [true, false] {
-        let mut pair = eight_tunnels_coupled(coupled);
+    // Sockets that hold the daemon's default unsent (128 KiB), or a configured 256 KiB.
+    for (coupled, unsent) in [(true, 128 << 10), (true, 256 << 10), (false, 128 << 10)] {
+        let mut pair = eight_tunnels_unsent(coupled, unsent);
         let start = pair.now;
         let c = &mut pair.client;
         if !coupled {
@@ -374,9 +381,9 @@ fn the_coupled_stats_show_the_cap_its_rate_and_its_rtt() {
         let rate = x.delivery_rate.expect("measured");
         assert!((rate / 100e6 - 1.0).abs() < 0.05, "{rate}");
         // The steady gain (the queue ended the start-up): 1.25 × 100 MB/s × 100 ms, and
-        // room for what each tunnel's socket may hold unsent (128 KiB, under a quarter BDP).
+        // room for what each tunnel's socket may hold unsent (together under a quarter BDP).
         let cap = x.cap_bytes.expect("binds") as f64;
-        let expected = 12.5e6 + 8.0 * 131_072.0;
+        let expected = 12.5e6 + 8.0 * f64::from(unsent);
         assert!((cap / expected - 1.0).abs() < 0.03, "{cap} vs {expected}");
     }
 }

@@ -100,6 +100,19 @@ impl RuntimeOptions {
         }
     }
 
+    /// The sessions' config: [`RuntimeOptions::engine`], with what each tunnel socket holds
+    /// unsent at most ([`Config::tunnel_unsent_bytes`], from `tunnel_sockets.notsent_lowat`;
+    /// 0 there leaves the kernel's default, which bounds nothing).
+    pub(crate) fn session_config(&self) -> Config {
+        Config {
+            tunnel_unsent_bytes: match self.tunnel_sockets.notsent_lowat {
+                0 => u32::MAX,
+                bytes => bytes,
+            },
+            ..self.engine.clone()
+        }
+    }
+
     /// The runtime's own fields with their values and bounds (the protocol's are
     /// `self.engine.settings()`).
     pub fn settings(&self) -> Vec<Setting> {
@@ -251,6 +264,20 @@ impl FromStr for IoChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_leave_room_for_what_the_tunnel_sockets_hold_unsent() {
+        let mut opts = RuntimeOptions::default();
+        assert_eq!(
+            opts.session_config().tunnel_unsent_bytes,
+            DEFAULT_NOTSENT_LOWAT
+        );
+        assert_eq!(Config::default().tunnel_unsent_bytes, DEFAULT_NOTSENT_LOWAT);
+        opts.tunnel_sockets.notsent_lowat = 1 << 20;
+        assert_eq!(opts.session_config().tunnel_unsent_bytes, 1 << 20);
+        opts.tunnel_sockets.notsent_lowat = 0;
+        assert_eq!(opts.session_config().tunnel_unsent_bytes, u32::MAX);
+    }
 
     #[test]
     fn defaults_are_valid_and_out_of_range_values_name_their_key() {

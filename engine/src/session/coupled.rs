@@ -40,8 +40,8 @@
 //! the emulator at 100 ms / 1 %: 684 / 656 Mbit/s capped, 806 / 768 uncoupled). Between two
 //! reports the count goes up by what was framed since (and never exceeds the tunnel's
 //! unacknowledged bytes); reads come every eighth of an RTT while the cap binds. The cap
-//! allows each active tunnel's unsent bytes on top ([`UNSENT_ALLOWANCE`], at most a quarter
-//! of the BDP).
+//! allows each active tunnel's unsent bytes on top ([`crate::Config::tunnel_unsent_bytes`],
+//! together at most [`UNSENT_ALLOWANCE_MAX_BDP`] of the BDP).
 //!
 //! The cap's rate is the session's own delivery rate ([`AggregateRate`]), not the sum of the
 //! tunnels' estimates, which overstated a shared bottleneck twofold. It counts what the
@@ -250,15 +250,14 @@ const TCP_INFO_INTERVAL_MIN: Duration = Duration::from_millis(1);
 
 /// Gain over the measured bandwidth-delay product of [`Session::coupled_cap`].
 const COUPLED_GAIN: f64 = 1.25;
-/// What the coupled cap adds per active tunnel for the bytes that wait in its socket for the
-/// kernel to send them (the daemon's TCP_NOTSENT_LOWAT): they are counted on the path (they
-/// enter it at the tunnel's pacing, see the module doc) but are not in the network. Without
-/// it, at a short RTT the sockets' unsent bytes used the cap's whole headroom and the link ran
-/// short: at 20 ms eight sockets' 1 MiB is 40 % of the 2.4 MB BDP and four times the cap's
-/// quarter-BDP margin (on the emulator, mtcpd-8 at 20 ms / 1 % loss 0.89× of the same build
-/// uncoupled, and under one bbr flow).
-const UNSENT_ALLOWANCE: u64 = crate::runtime::options::DEFAULT_NOTSENT_LOWAT as u64;
-/// ... but never more than this fraction of the measured BDP: on a slow path (50 Mbit/s at
+/// The coupled cap adds, per active tunnel, room for the bytes that wait in its socket for the
+/// kernel to send them ([`crate::Config::tunnel_unsent_bytes`], the socket's
+/// TCP_NOTSENT_LOWAT): they are counted on the path (they enter it at the tunnel's pacing, see
+/// the module doc) but are not in the network. Without it, at a short RTT the sockets' unsent
+/// bytes used the cap's whole headroom and the link ran short: at 20 ms eight sockets' 1 MiB
+/// is 40 % of the 2.4 MB BDP and four times the cap's quarter-BDP margin (on the emulator,
+/// mtcpd-8 at 20 ms / 1 % loss 0.89× of the same build uncoupled, and under one bbr flow);
+/// but never more than this fraction of the measured BDP: on a slow path (50 Mbit/s at
 /// 100 ms on the simulator, 8 tunnels: 1 MiB is 1.7 BDP) the whole allowance undid the cap
 /// (the clean-bottleneck test: 401 queue drops against 719 uncoupled, where it asks for under
 /// a quarter).
@@ -508,8 +507,9 @@ impl Session {
     /// [`AggregateRate`], or before that has a sample the tunnels' estimates summed, times
     /// [`Session::cap_rtt`]) with a gain of [`COUPLED_GAIN`], so that N tunnels together hold about
     /// what one well-behaved flow would and cannot stack N windows in the bottleneck queue. The
-    /// gain lets the rate estimate grow while the queue is empty; [`UNSENT_ALLOWANCE`] per
-    /// active tunnel leaves room for what waits in the sockets; [`COUPLED_FLOOR`] per tunnel
+    /// gain lets the rate estimate grow while the queue is empty;
+    /// [`crate::Config::tunnel_unsent_bytes`] per active tunnel (at most
+    /// [`UNSENT_ALLOWANCE_MAX_BDP`] of the BDP) leaves room for what waits in the sockets; [`COUPLED_FLOOR`] per tunnel
     /// keeps an idle session from starving its own estimates.
     pub(super) fn coupled_cap(&self) -> u64 {
         let (mut rate, mut active) = (0.0f64, 0u64);
@@ -523,7 +523,8 @@ impl Session {
         }
         let rate = self.aggregate_rate.rate().unwrap_or(rate);
         let bdp = rate * rtt;
-        let unsent = ((UNSENT_ALLOWANCE * active) as f64).min(bdp * UNSENT_ALLOWANCE_MAX_BDP);
+        let per_tunnel = u64::from(self.config.tunnel_unsent_bytes);
+        let unsent = (per_tunnel.saturating_mul(active) as f64).min(bdp * UNSENT_ALLOWANCE_MAX_BDP);
         ((bdp * self.startup.gain() + unsent) as u64).max(COUPLED_FLOOR * active.max(1))
     }
 }

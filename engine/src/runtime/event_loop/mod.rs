@@ -404,7 +404,7 @@ impl<D: Driver> EventLoop<D> {
         resolve: TargetResolver,
         ctx: WorkerContext,
     ) -> io::Result<Self> {
-        let config = Arc::new(opts.engine.clone());
+        let config = Arc::new(opts.session_config());
         let mut endpoint = Endpoint::server(config, ctx.budget.clone(), os_seed());
         endpoint.share_source_budget(ctx.sources.clone());
         let mut el = Self::new(io, opts, Role::Server { resolve }, endpoint, ctx);
@@ -421,7 +421,7 @@ impl<D: Driver> EventLoop<D> {
         listeners: Vec<(std::net::TcpListener, ListenerRole)>,
         ctx: WorkerContext,
     ) -> io::Result<Self> {
-        let config = Arc::new(opts.engine.clone());
+        let config = Arc::new(opts.session_config());
         let endpoint = Endpoint::client(config, Instant::now(), os_seed());
         let servers = super::server_list::ServerList::new(servers);
         let mut el = Self::new(io, opts, Role::Client { servers }, endpoint, ctx);
