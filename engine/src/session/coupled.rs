@@ -508,9 +508,9 @@ impl Session {
     /// [`Session::cap_rtt`]) with a gain of [`COUPLED_GAIN`], so that N tunnels together hold about
     /// what one well-behaved flow would and cannot stack N windows in the bottleneck queue. The
     /// gain lets the rate estimate grow while the queue is empty;
-    /// [`crate::Config::tunnel_unsent_bytes`] per active tunnel (at most
-    /// [`UNSENT_ALLOWANCE_MAX_BDP`] of the BDP) leaves room for what waits in the sockets; [`COUPLED_FLOOR`] per tunnel
-    /// keeps an idle session from starving its own estimates.
+    /// [`crate::Config::tunnel_unsent_bytes`] per active tunnel (together at most
+    /// [`UNSENT_ALLOWANCE_MAX_BDP`] of the BDP) leaves room for what waits in the sockets;
+    /// [`COUPLED_FLOOR`] per tunnel keeps an idle session from starving its own estimates.
     pub(super) fn coupled_cap(&self) -> u64 {
         let (mut rate, mut active) = (0.0f64, 0u64);
         for tun in self.tunnels.iter().filter(|t| t.is_active()) {

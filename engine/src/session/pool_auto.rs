@@ -17,8 +17,8 @@
 //! directions.
 //!
 //! Owns: `Session::pool_control`, the slots' `draining` flags (the client's, and the server's
-//! copy from TUNNEL_DRAIN) and the [`Event::PoolResized`] events. Must not touch: the decision rule (`crate::pool_control`) or a slot's handshake and
-//! backoff (`tunnels`).
+//! copy from TUNNEL_DRAIN) and the [`Event::PoolResized`] events. Must not touch: the decision
+//! rule (`crate::pool_control`) or a slot's handshake and backoff (`tunnels`).
 
 use std::time::{Duration, Instant};
 
@@ -122,7 +122,10 @@ impl Session {
                 }
             } else {
                 match tun.state {
-                    TunnelState::Active => tun.draining = true,
+                    TunnelState::Active => {
+                        tun.draining = true;
+                        self.drop_relief_for(t);
+                    }
                     // Not carrying frames: parked at once.
                     TunnelState::Down { .. } => {
                         tun.state = TunnelState::Down { redial_at: None };
@@ -136,15 +139,17 @@ impl Session {
         }
     }
 
-    /// Closes every draining slot whose frames are all acknowledged and whose server has been
-    /// told it is draining (its TUNNEL_DRAIN left with an earlier transmit); it stays parked.
+    /// Closes every draining slot whose frames are all acknowledged and whose server, if it
+    /// understands TUNNEL_DRAIN, has read it (the PONG to the PING sent behind it came back:
+    /// closed earlier, the frame could die with the connection); it stays parked.
     fn close_drained(&mut self, now: Instant) {
+        let server_hears = self.peer_capabilities & CAP_TUNNEL_DRAIN != 0;
         for t in 0..self.tunnels.len() {
             let tun = &self.tunnels[t];
             if tun.draining
                 && tun.is_active()
                 && tun.retained.is_empty()
-                && self.drain_news(t).is_none()
+                && (!server_hears || tun.drain_heard)
             {
                 self.tunnel_down(now, t, TunnelError::Retired);
             }
@@ -171,6 +176,9 @@ impl Session {
             )));
         }
         self.tunnels[t].draining = draining;
+        if draining {
+            self.drop_relief_for(t);
+        }
         Ok(())
     }
 

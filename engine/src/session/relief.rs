@@ -379,6 +379,12 @@ impl Session {
             .map(|(i, _)| i)
     }
 
+    /// Sender: forgets the relief and hand-off copies queued for tunnel `t`, which is retiring
+    /// (the frames they copy stay retained where they were sent).
+    pub(super) fn drop_relief_for(&mut self, t: usize) {
+        self.relief.queue.retain(|(to, ..)| *to != t);
+    }
+
     /// Sender: whether a relief copy waits for tunnel `t`.
     pub(super) fn has_relief_for(&self, t: usize) -> bool {
         self.relief.queue.iter().any(|(to, ..)| *to == t)

@@ -71,8 +71,16 @@ impl Session {
         }
         let copy_below = self.config.copy_threshold;
         // Unreliable control first: acknowledgements free the peer's memory.
+        let ping_token = now.saturating_duration_since(self.epoch).as_micros() as u64;
         if let Some(draining) = drain_news {
             tun.drain_told = draining;
+            tun.drain_heard = false;
+            if draining {
+                // A PING right behind it: its PONG says the server read it, and only then
+                // does the client close the tunnel (`pool_auto`).
+                tun.drain_token = ping_token;
+                tun.ping_due = true;
+            }
             let f = Frame::TunnelDrain { draining };
             written += f.encoded_len();
             f.encode(&mut self.scratch, copy_below, out);
@@ -93,8 +101,7 @@ impl Session {
         if tun.ping_due {
             tun.ping_due = false;
             tun.ping_outstanding = true;
-            let token = now.saturating_duration_since(self.epoch).as_micros() as u64;
-            let f = Frame::Ping { token };
+            let f = Frame::Ping { token: ping_token };
             written += f.encoded_len();
             f.encode(&mut self.scratch, copy_below, out);
         }

@@ -83,10 +83,16 @@ pub(super) struct Tunnel {
     /// When the driver last reported the connection's TCP_INFO (see `coupled`).
     pub(super) tcp_info_at: Option<Instant>,
     /// Client, adaptive pool: beyond the pool's target; no new reliable frame goes on it, and
-    /// it is closed once everything sent on it is acknowledged (`pool_auto`).
+    /// it is closed once everything sent on it is acknowledged (`pool_auto`). Server: the
+    /// client said so (TUNNEL_DRAIN); no new reliable frame goes on it either.
     pub(super) draining: bool,
     /// Client: the draining state the server was last told with TUNNEL_DRAIN (`pool_auto`).
     pub(super) drain_told: bool,
+    /// Client: the PING token (µs since the session's epoch) sent right behind the last
+    /// TUNNEL_DRAIN(1); a PONG echoing it or a later one proves the server read the frame.
+    pub(super) drain_token: u64,
+    /// Client: that PONG came back; the tunnel may close (`pool_auto`).
+    pub(super) drain_heard: bool,
     /// This connection came up while the session's delivery rate was already measured (the
     /// pool grew in full flight): until the slot is measured itself, the scheduler counts on
     /// what its congestion window sends (`transmit`).
@@ -122,6 +128,8 @@ impl Tunnel {
             tcp_info_at: None,
             draining: false,
             drain_told: false,
+            drain_token: 0,
+            drain_heard: false,
             joined_in_flight: false,
             cwnd_collapsed: false,
             dial_failures: 0,
@@ -188,6 +196,7 @@ impl Tunnel {
         self.saturated = false;
         self.draining = false;
         self.drain_told = false;
+        self.drain_heard = false;
         self.cwnd_collapsed = false;
     }
 
@@ -472,6 +481,9 @@ impl Session {
     /// A PONG arrived on tunnel `t`: only an answer to our outstanding PING is an RTT sample.
     pub(super) fn on_pong(&mut self, now: Instant, t: usize, token: u64) {
         let tun = &mut self.tunnels[t];
+        if tun.drain_told && token >= tun.drain_token {
+            tun.drain_heard = true;
+        }
         if tun.ping_outstanding {
             tun.ping_outstanding = false;
             let sent = self.epoch + Duration::from_micros(token);
