@@ -143,7 +143,7 @@ impl Session {
     /// understands TUNNEL_DRAIN, has read it (the PONG to the PING sent behind it came back:
     /// closed earlier, the frame could die with the connection); it stays parked.
     fn close_drained(&mut self, now: Instant) {
-        let server_hears = self.peer_capabilities & CAP_TUNNEL_DRAIN != 0;
+        let server_hears = self.server_hears_drain();
         for t in 0..self.tunnels.len() {
             let tun = &self.tunnels[t];
             if tun.draining
@@ -160,11 +160,28 @@ impl Session {
     /// tell, or a server that does not understand TUNNEL_DRAIN).
     pub(super) fn drain_news(&self, t: usize) -> Option<bool> {
         let tun = self.tunnels.get(t)?;
-        (self.role == Role::Client
-            && self.peer_capabilities & CAP_TUNNEL_DRAIN != 0
-            && tun.is_active()
-            && tun.draining != tun.drain_told)
+        (self.server_hears_drain() && tun.is_active() && tun.draining != tun.drain_told)
             .then_some(tun.draining)
+    }
+
+    /// Client, building a transmit on tunnel `t` whose PINGs carry `ping_token`: the
+    /// TUNNEL_DRAIN to send now, if any, taken as told. A TUNNEL_DRAIN(1) arms a PING to go
+    /// right behind it; its PONG says the server read it (`close_drained`).
+    pub(super) fn take_drain_news(&mut self, t: usize, ping_token: u64) -> Option<bool> {
+        let draining = self.drain_news(t)?;
+        let tun = &mut self.tunnels[t];
+        tun.drain_told = draining;
+        tun.drain_heard = false;
+        if draining {
+            tun.drain_token = ping_token;
+            tun.ping_due = true;
+        }
+        Some(draining)
+    }
+
+    /// Client: whether the server understands TUNNEL_DRAIN (its ServerHello carried the bit).
+    fn server_hears_drain(&self) -> bool {
+        self.role == Role::Client && self.peer_capabilities & CAP_TUNNEL_DRAIN != 0
     }
 
     /// Server: the client's TUNNEL_DRAIN on tunnel `t`. A draining tunnel gets no new frames,

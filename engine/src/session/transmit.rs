@@ -49,7 +49,6 @@ impl Session {
         max_bytes: usize,
         out: &mut Vec<Bytes>,
     ) -> usize {
-        let drain_news = self.drain_news(t);
         let Some(tun) = self.tunnels.get_mut(t) else {
             return 0;
         };
@@ -70,17 +69,11 @@ impl Session {
             return written;
         }
         let copy_below = self.config.copy_threshold;
+        let ping_token = self.ping_token(now);
+        let drain_news = self.take_drain_news(t, ping_token);
+        let tun = &mut self.tunnels[t];
         // Unreliable control first: acknowledgements free the peer's memory.
-        let ping_token = now.saturating_duration_since(self.epoch).as_micros() as u64;
         if let Some(draining) = drain_news {
-            tun.drain_told = draining;
-            tun.drain_heard = false;
-            if draining {
-                // A PING right behind it: its PONG says the server read it, and only then
-                // does the client close the tunnel (`pool_auto`).
-                tun.drain_token = ping_token;
-                tun.ping_due = true;
-            }
             let f = Frame::TunnelDrain { draining };
             written += f.encoded_len();
             f.encode(&mut self.scratch, copy_below, out);
