@@ -185,6 +185,23 @@ fn data_offset_overflow_is_refused() {
     ));
 }
 
+/// A frame of type `ty` with a body of each of `lens` bytes is a BadLength of `kind`.
+fn assert_bad_lengths(ty: u8, kind: &'static str, lens: &[u8]) {
+    for &len in lens {
+        let mut raw = vec![ty, 0, 0, 0, 0, 0, 0, len];
+        raw.resize(FRAME_HEADER_LEN + usize::from(len), 7);
+        let mut buf = BytesMut::from(&raw[..]);
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Err(FrameError::BadLength {
+                kind,
+                len: usize::from(len)
+            }),
+            "{kind}, {len} bytes"
+        );
+    }
+}
+
 #[test]
 fn hol_report_is_24_bytes_unreliable_and_exact_length() {
     let f = Frame::HolReport {
@@ -198,18 +215,7 @@ fn hol_report_is_24_bytes_unreliable_and_exact_length() {
     assert_eq!(bytes[0], frame_type::HOL_REPORT);
     let mut buf = BytesMut::from(&bytes[..]);
     assert_eq!(decode(&mut buf, 1024), Ok(Some(f)));
-    for len in [0u8, 16, 23, 25, 32] {
-        let mut raw = vec![frame_type::HOL_REPORT, 0, 0, 0, 0, 0, 0, len];
-        raw.resize(FRAME_HEADER_LEN + len as usize, 7);
-        let mut buf = BytesMut::from(&raw[..]);
-        assert_eq!(
-            decode(&mut buf, 1024),
-            Err(FrameError::BadLength {
-                kind: "HOL_REPORT",
-                len: len as usize
-            })
-        );
-    }
+    assert_bad_lengths(frame_type::HOL_REPORT, "HOL_REPORT", &[0, 16, 23, 25, 32]);
     // Flags are reserved on it, as on every frame but DATA.
     let mut raw = bytes.to_vec();
     raw[1] = FLAG_FIN;
@@ -229,18 +235,7 @@ fn tunnel_drain_is_one_byte_unreliable_and_only_zero_or_one() {
         &bytes[..],
         &[frame_type::TUNNEL_DRAIN, 0, 0, 0, 0, 0, 0, 1, 1]
     );
-    for len in [0u8, 2, 8] {
-        let mut raw = vec![frame_type::TUNNEL_DRAIN, 0, 0, 0, 0, 0, 0, len];
-        raw.resize(FRAME_HEADER_LEN + len as usize, 0);
-        let mut buf = BytesMut::from(&raw[..]);
-        assert_eq!(
-            decode(&mut buf, 1024),
-            Err(FrameError::BadLength {
-                kind: "TUNNEL_DRAIN",
-                len: len as usize
-            })
-        );
-    }
+    assert_bad_lengths(frame_type::TUNNEL_DRAIN, "TUNNEL_DRAIN", &[0, 2, 8]);
     let mut buf = BytesMut::from(&[frame_type::TUNNEL_DRAIN, 0, 0, 0, 0, 0, 0, 1, 2][..]);
     assert_eq!(
         decode(&mut buf, 1024),
