@@ -133,8 +133,11 @@ fn metrics_of_a_transfer(io: Driver) {
     // endpoint starts after the tunnel listener is bound.
     wait_listening(local(server_metrics), &server);
     // The client's endpoint comes from the command line instead.
+    // The least unsent limit there is: the transfer's rate (loopback) raises it on the
+    // client's tunnels, which the metrics read back from the sockets.
     let client_config = format!(
-        "mode = \"client\"\npsk = \"{KEY}\"\n[client]\nserver_ip = \"127.0.0.1\"\n\
+        "mode = \"client\"\npsk = \"{KEY}\"\nsocket_notsent_lowat = \"16KiB\"\n\
+         [client]\nserver_ip = \"127.0.0.1\"\n\
          server_port = {tunnel}\nconnection_pool_size = {POOL}\n\
          [[client.forward]]\nname = \"bulk\"\nlisten = \"127.0.0.1:{app}\"\n"
     );
@@ -220,6 +223,7 @@ fn metrics_of_a_transfer(io: Driver) {
             "mtcpd_tunnel_rtt_seconds",
             "mtcpd_tunnel_min_rtt_seconds",
             "mtcpd_tunnel_cwnd_segments",
+            "mtcpd_tunnel_unsent_limit_bytes",
             "mtcpd_tunnel_delivery_rate_bytes_per_second",
             "mtcpd_tunnel_retransmitted_segments_total",
             "mtcpd_tunnel_sent_bytes_total",
@@ -237,6 +241,15 @@ fn metrics_of_a_transfer(io: Driver) {
         }
         for t in of(samples, "mtcpd_tunnel_cwnd_segments") {
             assert!(t.value >= 1.0, "{t:?}");
+        }
+        // The unsent limit each socket holds: the configured least (the client's 16 KiB, the
+        // server's default 128 KiB) up to 16 MiB.
+        let least = if role == "client" { 16.0 } else { 128.0 } * 1024.0;
+        for t in of(samples, "mtcpd_tunnel_unsent_limit_bytes") {
+            assert!(
+                t.value >= least && t.value <= 16.0 * 1048576.0,
+                "{role}: {t:?}"
+            );
         }
         // The congestion control really in use, read back from each connection: the
         // default asks for bbr, which the test hosts have.
@@ -270,6 +283,14 @@ fn metrics_of_a_transfer(io: Driver) {
         assert_eq!(on_path.len(), 1, "{role}");
         assert_eq!(of(samples, "mtcpd_session_rtt_probes_total").len(), 1);
     }
+    // The client sent the transfer, hundreds of MB/s on loopback: its tunnels' sockets may
+    // hold 4 ms of that, more than the configured 16 KiB (the event loop applied it).
+    assert!(
+        of(&c, "mtcpd_tunnel_unsent_limit_bytes")
+            .iter()
+            .any(|t| t.value > 16.0 * 1024.0),
+        "{client_text}"
+    );
     // The client sent the transfer: its kernel reported the path's RTT (microseconds here;
     // the RTT probe runs only while the cap binds, and 10 s after it engages).
     let rtt = of(&c, "mtcpd_session_path_rtt_seconds");

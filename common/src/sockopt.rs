@@ -112,6 +112,29 @@ pub fn set_notsent_lowat(sock: &impl AsFd, bytes: u32) -> io::Result<()> {
     )
 }
 
+/// Reads TCP_NOTSENT_LOWAT back: 0 when it was never set on this socket (then
+/// `net.ipv4.tcp_notsent_lowat` applies, by default no limit).
+pub fn notsent_lowat(sock: &impl AsFd) -> io::Result<u32> {
+    let mut value = 0u32;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writing and describe the same 4-byte buffer; the
+    // fd is open for the lifetime of the borrow.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The TCP_INFO fields mtcpd and mtcp-perf report (rates in bits per second).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -232,7 +255,9 @@ mod tests {
     #[test]
     fn tcp_info_counts_acknowledged_bytes() {
         let (mut client, mut server) = loopback_pair();
+        assert_eq!(notsent_lowat(&client).unwrap(), 0, "never set");
         set_notsent_lowat(&client, 128 * 1024).unwrap();
+        assert_eq!(notsent_lowat(&client).unwrap(), 128 * 1024);
         client.write_all(&[7u8; 4096]).unwrap();
         let mut got = [0u8; 4096];
         server.read_exact(&mut got).unwrap();

@@ -230,7 +230,11 @@ impl Default for Config {
             // product plus the kernel's socket buffers), so the caps only bite when the peer
             // stops acknowledging.
             max_unacked_bytes: 128 * MIB,
-            max_tunnel_unacked_bytes: 32 * MIB,
+            // One tunnel holds what bbr keeps in flight (up to 2 BDP) and the bytes whose ACK
+            // frame is on its way (an RTT's worth behind a lost segment): at 1 Gbit/s and
+            // 100 ms, 32 MiB ran out, the socket ran empty and bbr never left its start-up
+            // (session/unsent.rs). The session's cap above still bounds the whole.
+            max_tunnel_unacked_bytes: 64 * MIB,
             max_pending_ranges: 1024,
             handshake_timeout: Duration::from_secs(10),
             preauth_timeout: Duration::from_secs(3),

@@ -210,6 +210,12 @@ impl PathEstimate {
         self.srtt.unwrap_or_default()
     }
 
+    /// The delivery rate measured so far, bytes/s: no floor, no assumption; `None` before the
+    /// first sample.
+    pub fn measured_rate(&self) -> Option<f64> {
+        self.rate.map(|(r, _)| r)
+    }
+
     /// Delivery rate in bytes/s.
     pub fn rate(&self) -> f64 {
         let Some((r, _)) = self.rate else {

@@ -330,6 +330,20 @@ fn the_coupled_cap_follows_the_queue_and_comes_off_after_quiet_losses() {
     }
 }
 
+/// A kernel report of a tunnel behind a queue of 30 % of its 100 ms RTT, 4 MiB on the path,
+/// no retransmission, `delivered_bytes` delivered so far.
+fn queue_of_30_percent(delivered_bytes: u64) -> TcpReport {
+    TcpReport {
+        srtt: Duration::from_millis(130),
+        min_rtt: Duration::from_millis(100),
+        retransmits: 0,
+        held_bytes: 4 << 20,
+        cwnd_bytes: 0,
+        unsent_bytes: 0,
+        delivered_bytes,
+    }
+}
+
 /// What the metrics show of the coupled cap: whether it binds, the cap (gain × the session's
 /// delivery rate × the path RTT), the rate over all tunnels and the RTT; nothing with
 /// `coupled_pacing` off.
@@ -338,15 +352,7 @@ fn the_coupled_stats_show_the_cap_its_rate_and_its_rtt() {
     let ms = Duration::from_millis;
     // 8 tunnels delivering 12.5 MB/s each: the session's rate is 100 MB/s (800 Mbit/s).
     const PER_TUNNEL_PER_10MS: u64 = 125_000;
-    let report = |delivered_bytes| TcpReport {
-        srtt: ms(130),
-        min_rtt: ms(100),
-        retransmits: 0,
-        held_bytes: 4 << 20,
-        cwnd_bytes: 0,
-        unsent_bytes: 0,
-        delivered_bytes,
-    };
+    let report = queue_of_30_percent;
     // Sockets that hold the daemon's default unsent (128 KiB), or a configured 256 KiB.
     for (coupled, unsent) in [(true, 128 << 10), (true, 256 << 10), (false, 128 << 10)] {
         let mut pair = eight_tunnels_unsent(coupled, unsent);
@@ -526,4 +532,34 @@ fn a_tunnel_joining_a_session_in_flight_is_given_what_its_window_sends() {
         "{assumed}: the assumption draws a socket-full"
     );
     assert!(windowed < 64 << 10, "{windowed}: about its window");
+}
+
+/// The coupled cap needs two active tunnels: one tunnel is one flow, and its own congestion
+/// control is the well-behaved flow the cap imitates. The same reports (a queue of 30 % of the
+/// RTT) engage it with two tunnels, not with one, nor once one of the two is lost.
+#[test]
+fn one_tunnel_is_never_coupled() {
+    let ms = Duration::from_millis;
+    let now = std::time::Instant::now();
+    let queue = queue_of_30_percent(0);
+    let config = Config {
+        psk: b"k".to_vec(),
+        ..Config::default()
+    };
+    for tunnels in [1u16, 2] {
+        let mut s = support::direct::server_session_with(config.clone(), 0, tunnels, now);
+        for t in 0..usize::from(tunnels) {
+            s.set_tunnel_tcp_info(t, now, queue);
+        }
+        let coupled = tunnels >= 2;
+        assert_eq!(s.coupled_cap_engaged(), coupled, "{tunnels} tunnel(s)");
+        let stats = s.coupled_stats().expect("coupled_pacing is on");
+        assert_eq!(stats.binding, coupled, "{tunnels} tunnel(s): {stats:?}");
+        if coupled {
+            s.tunnel_lost(now, 1, "test");
+            s.set_tunnel_tcp_info(0, now + ms(10), queue);
+            assert!(!s.coupled_cap_engaged(), "one tunnel left");
+            assert!(!s.coupled_stats().unwrap().binding);
+        }
+    }
 }

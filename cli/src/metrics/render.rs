@@ -295,7 +295,7 @@ fn render_tunnels(out: &mut Exposition, stats: &RuntimeStats) {
         })
         .collect();
     type Pick = fn(&mtcpd_engine::runtime::stats::TunnelStats) -> Option<String>;
-    let families: [(&str, &str, &str, Pick); 8] = [
+    let families: [(&str, &str, &str, Pick); 9] = [
         (
             "mtcpd_tunnel_up",
             "gauge",
@@ -319,6 +319,12 @@ fn render_tunnels(out: &mut Exposition, stats: &RuntimeStats) {
             "gauge",
             "Congestion window, segments (TCP_INFO).",
             |t| t.tcp.as_ref().map(|x| x.cwnd_segments.to_string()),
+        ),
+        (
+            "mtcpd_tunnel_unsent_limit_bytes",
+            "gauge",
+            "Unsent bytes the tunnel's socket may hold (TCP_NOTSENT_LOWAT read back): the configured socket_notsent_lowat, or 4 ms of the tunnel's delivery rate when more; 0: never set (net.ipv4.tcp_notsent_lowat applies).",
+            |t| t.tcp.as_ref().map(|x| x.unsent_limit_bytes.to_string()),
         ),
         (
             "mtcpd_tunnel_delivery_rate_bytes_per_second",

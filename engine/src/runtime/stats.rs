@@ -41,6 +41,9 @@ pub struct TcpStats {
     pub min_rtt: Duration,
     /// Congestion window, in segments.
     pub cwnd_segments: u32,
+    /// Unsent bytes the socket may hold (TCP_NOTSENT_LOWAT read back; 0 when never set, and
+    /// then `net.ipv4.tcp_notsent_lowat` applies).
+    pub unsent_limit_bytes: u32,
     /// The kernel's latest delivery-rate estimate, bytes per second.
     pub delivery_rate_bytes_per_second: u64,
     /// Segments retransmitted over the connection's life.

@@ -52,6 +52,7 @@ mod tests;
 mod timers;
 mod transmit;
 mod tunnels;
+mod unsent;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -526,9 +527,10 @@ impl Session {
         }
     }
 
-    /// Whether the coupled cap binds now (`coupled_pacing` on and the queue building).
+    /// Whether the coupled cap binds now (`coupled_pacing` on, two tunnels or more active, and
+    /// the queue building).
     pub fn coupled_cap_engaged(&self) -> bool {
-        self.config.coupled_pacing && self.queue_building == Some(true)
+        self.couples() && self.queue_building == Some(true)
     }
 
     /// Why the session ended, once it has.

@@ -1,4 +1,4 @@
-//! A server session driven by hand, with no network: four tunnels attached at once, frames
+//! A server session driven by hand, with no network: its tunnels attached at once, frames
 //! injected as if read from a tunnel, and what it would write taken (as bytes or as frames).
 
 use std::sync::Arc;
@@ -13,10 +13,16 @@ use mtcpd_engine::wire::{self, Frame};
 
 /// A server session with `config` and four active tunnels, whose client announced `caps`.
 pub fn server_session(config: Config, caps: u32, now: Instant) -> Session {
+    server_session_with(config, caps, 4, now)
+}
+
+/// A server session with `config` and `tunnels` active tunnels (1 to 4), whose client
+/// announced `caps`.
+pub fn server_session_with(config: Config, caps: u32, tunnels: u16, now: Instant) -> Session {
     let accepted = |index: u16| AcceptedTunnel {
         session_id: [9; 16],
         tunnel_index: index,
-        pool_size: 4,
+        pool_size: tunnels,
         session_secret: [5; 32],
         resume: index > 0,
         peer_params: TransportParams {
@@ -29,7 +35,7 @@ pub fn server_session(config: Config, caps: u32, now: Instant) -> Session {
         rtt: Duration::from_millis(10),
     };
     let mut s = Session::server(Arc::new(config), now, &accepted(0), 1);
-    for t in 1..4 {
+    for t in 1..tunnels {
         s.attach_tunnel(now, &accepted(t));
     }
     s

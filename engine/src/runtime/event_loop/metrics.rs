@@ -158,6 +158,7 @@ fn tcp_stats(sock: &impl std::os::fd::AsFd) -> Option<TcpStats> {
         rtt: Duration::from_micros(u64::from(info.rtt_us)),
         min_rtt: Duration::from_micros(u64::from(info.min_rtt_us)),
         cwnd_segments: info.snd_cwnd,
+        unsent_limit_bytes: mtcpd_common::sockopt::notsent_lowat(sock).unwrap_or(0),
         delivery_rate_bytes_per_second: info.delivery_rate_bps / 8,
         retransmitted_segments: u64::from(info.total_retrans),
         congestion: mtcpd_common::sockopt::congestion_of(sock).unwrap_or_default(),

@@ -236,6 +236,9 @@ struct TunnelConn<D: Driver> {
     rx: BytesMut,
     /// Ciphertext to write.
     tx: Outbox,
+    /// The TCP_NOTSENT_LOWAT set on `sock` (0: never set, the kernel's default); the session's
+    /// [`crate::Session::tunnel_unsent_limit`] replaces it when that changes.
+    unsent_limit: u32,
     connecting: bool,
     /// Its session closed: it only writes its last bytes, until this deadline ([`linger`]).
     closing: Option<Instant>,

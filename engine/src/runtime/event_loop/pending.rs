@@ -164,6 +164,7 @@ impl<D: Driver> EventLoop<D> {
                     received,
                     rx,
                     tx,
+                    unsent_limit: self.opts.tunnel_sockets.notsent_lowat,
                     connecting: false,
                     closing: None,
                     write_shut: false,

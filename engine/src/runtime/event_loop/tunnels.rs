@@ -284,6 +284,7 @@ impl<D: Driver> EventLoop<D> {
                         received: BytesMut::new(),
                         rx: BytesMut::new(),
                         tx: Outbox::default(),
+                        unsent_limit: self.opts.tunnel_sockets.notsent_lowat,
                         connecting: true,
                         closing: None,
                         write_shut: false,
@@ -329,6 +330,7 @@ impl<D: Driver> EventLoop<D> {
                 sock,
                 tx,
                 tls,
+                unsent_limit,
                 connecting: false,
                 ..
             } = &mut **conn
@@ -338,6 +340,14 @@ impl<D: Driver> EventLoop<D> {
             if tls.is_handshaking() {
                 // The session has not been told this tunnel is connected yet.
                 continue;
+            }
+            let limit = session.tunnel_unsent_limit(t);
+            if limit != u32::MAX && limit != *unsent_limit {
+                // Tried once per change: a refusal keeps the old value, as at creation.
+                *unsent_limit = limit;
+                if let Err(e) = mtcpd_common::sockopt::set_notsent_lowat(sock, limit) {
+                    tracing::debug!(tunnel = t, "TCP_NOTSENT_LOWAT {limit}: {e}");
+                }
             }
             if session.wants_tcp_info(t, now)
                 && let Some(info) = mtcpd_common::sockopt::tcp_info(sock)
