@@ -217,6 +217,28 @@ mod tests {
     }
 
     #[test]
+    fn the_per_tunnel_resend_cap_left_out_follows_a_lower_session_cap() {
+        let client = "[client]\nlocal_listen_port = 7000\n";
+        let lowered = load_text(
+            &format!("{client}[limits]\nmax_unacked_bytes = \"48MiB\"\n"),
+            None,
+        )
+        .expect("a session cap under the per-tunnel default loads");
+        let engine = &lowered.runtime.engine;
+        assert_eq!(engine.max_unacked_bytes, 48 << 20);
+        assert_eq!(engine.max_tunnel_unacked_bytes, 48 << 20);
+        let default = load_text(client, None).unwrap();
+        assert_eq!(
+            default.runtime.engine.max_tunnel_unacked_bytes,
+            mtcpd_engine::Config::default().max_tunnel_unacked_bytes
+        );
+        let both = format!(
+            "{client}[limits]\nmax_unacked_bytes = \"48MiB\"\nmax_tunnel_unacked_bytes = \"64MiB\"\n"
+        );
+        assert!(load_text(&both, None).is_err(), "set above it: refused");
+    }
+
+    #[test]
     fn hol_relief_maps_onto_the_engine_and_is_off_by_default() {
         let client = "[client]\nlocal_listen_port = 7000\n";
         let off = load_text(client, None).unwrap();

@@ -195,10 +195,11 @@ pub struct Config {
     /// daemon sets it itself for the cases it allows (a server with only its default backend,
     /// a client), with a warning.
     pub allow_unauthenticated: bool,
-    /// What each tunnel's socket holds unsent at most (its TCP_NOTSENT_LOWAT): the coupled cap
-    /// leaves room for it (see `session::coupled`). Not a config-file key: the runtime sets it
-    /// from [`crate::runtime::TunnelSocketOptions::notsent_lowat`] (0 there, the kernel's
-    /// default, is no bound: `u32::MAX` here).
+    /// The least each tunnel's socket may hold unsent (its TCP_NOTSENT_LOWAT; a faster tunnel
+    /// may hold more, [`crate::Session::tunnel_unsent_limit`]), which the coupled cap leaves
+    /// room for (see `session::coupled`). Not a config-file key: the runtime sets it from
+    /// [`crate::runtime::TunnelSocketOptions::notsent_lowat`] (0 there, the kernel's default,
+    /// is no bound: `u32::MAX` here).
     pub tunnel_unsent_bytes: u32,
 }
 

@@ -6,8 +6,10 @@ mod support;
 
 use std::time::Duration;
 
+use mtcpd_engine::handshake::CAP_TUNNEL_DRAIN;
 use mtcpd_engine::sim::bottleneck::{BottleneckSpec, BottleneckStats};
 use mtcpd_engine::sim::{LinkSpec, SimPair};
+use mtcpd_engine::wire::Frame;
 use mtcpd_engine::{Config, Session, TcpReport};
 use support::{DAEMON_UNSENT, FlowSpec, Workload, eight_active_tunnels};
 
@@ -536,7 +538,8 @@ fn a_tunnel_joining_a_session_in_flight_is_given_what_its_window_sends() {
 
 /// The coupled cap needs two active tunnels: one tunnel is one flow, and its own congestion
 /// control is the well-behaved flow the cap imitates. The same reports (a queue of 30 % of the
-/// RTT) engage it with two tunnels, not with one, nor once one of the two is lost.
+/// RTT) engage it with two tunnels, not with one, nor while one of the two drains (it takes
+/// nothing new), nor once one of the two is lost.
 #[test]
 fn one_tunnel_is_never_coupled() {
     let ms = Duration::from_millis;
@@ -547,7 +550,8 @@ fn one_tunnel_is_never_coupled() {
         ..Config::default()
     };
     for tunnels in [1u16, 2] {
-        let mut s = support::direct::server_session_with(config.clone(), 0, tunnels, now);
+        let mut s =
+            support::direct::server_session_with(config.clone(), CAP_TUNNEL_DRAIN, tunnels, now);
         for t in 0..usize::from(tunnels) {
             s.set_tunnel_tcp_info(t, now, queue);
         }
@@ -556,6 +560,11 @@ fn one_tunnel_is_never_coupled() {
         let stats = s.coupled_stats().expect("coupled_pacing is on");
         assert_eq!(stats.binding, coupled, "{tunnels} tunnel(s): {stats:?}");
         if coupled {
+            let drain = |draining| [Frame::TunnelDrain { draining }];
+            support::direct::inject(&mut s, now, 1, &drain(true)).unwrap();
+            assert!(!s.coupled_cap_engaged(), "one of two draining");
+            support::direct::inject(&mut s, now, 1, &drain(false)).unwrap();
+            assert!(s.coupled_cap_engaged(), "both in use again");
             s.tunnel_lost(now, 1, "test");
             s.set_tunnel_tcp_info(0, now + ms(10), queue);
             assert!(!s.coupled_cap_engaged(), "one tunnel left");

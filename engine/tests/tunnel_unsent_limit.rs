@@ -48,6 +48,8 @@ fn a_fast_tunnel_may_hold_four_milliseconds_of_its_rate() {
             1024 * KIB
         ]
     );
+    // Configured above the maximum: the configured value, however fast.
+    assert!(limits(32 << 20, &rates).iter().all(|&x| x == 32 << 20));
     // No bound configured (the kernel's default): none, however fast.
     assert!(limits(u32::MAX, &rates).iter().all(|&x| x == u32::MAX));
 }

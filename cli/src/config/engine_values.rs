@@ -293,8 +293,15 @@ impl Checker {
         if let Some(size) = raw.max_unacked_bytes {
             engine.max_unacked_bytes = size.bytes();
         }
-        if let Some(size) = raw.max_tunnel_unacked_bytes {
-            engine.max_tunnel_unacked_bytes = size.bytes();
+        match raw.max_tunnel_unacked_bytes {
+            Some(size) => engine.max_tunnel_unacked_bytes = size.bytes(),
+            // Left to its default: at most the session's cap, so a file that lowered only
+            // that (valid while the default was 32 MiB) still loads.
+            None => {
+                engine.max_tunnel_unacked_bytes = engine
+                    .max_tunnel_unacked_bytes
+                    .min(engine.max_unacked_bytes)
+            }
         }
         if let Some(count) = raw.max_pending_ranges {
             engine.max_pending_ranges = self.count_in(

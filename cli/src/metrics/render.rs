@@ -323,7 +323,7 @@ fn render_tunnels(out: &mut Exposition, stats: &RuntimeStats) {
         (
             "mtcpd_tunnel_unsent_limit_bytes",
             "gauge",
-            "Unsent bytes the tunnel's socket may hold (TCP_NOTSENT_LOWAT read back): the configured socket_notsent_lowat, or 4 ms of the tunnel's delivery rate when more; 0: never set (net.ipv4.tcp_notsent_lowat applies).",
+            "Unsent bytes the tunnel's socket may hold (TCP_NOTSENT_LOWAT read back): the configured socket_notsent_lowat, or 4 ms of mtcpd's delivery-rate estimate for the tunnel when more (up to 16 MiB); 0: never set (net.ipv4.tcp_notsent_lowat applies).",
             |t| t.tcp.as_ref().map(|x| x.unsent_limit_bytes.to_string()),
         ),
         (

@@ -21,7 +21,8 @@ const MIB: usize = 1024 * KIB;
 /// Tunnels' congestion control unless told otherwise: tunnels face the WAN, where BBR holds up
 /// far better than loss-based controls under random loss.
 pub const DEFAULT_CONGESTION: &str = "bbr";
-/// Unsent bytes the kernel may hold per tunnel (TCP_NOTSENT_LOWAT) unless told otherwise.
+/// Unsent bytes the kernel may hold per tunnel at least (TCP_NOTSENT_LOWAT; a faster tunnel
+/// holds 4 ms of its rate) unless told otherwise.
 pub const DEFAULT_NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// The valid range of every [`RuntimeOptions`] field that has one (both ends inclusive).
@@ -100,9 +101,9 @@ impl RuntimeOptions {
         }
     }
 
-    /// The sessions' config: [`RuntimeOptions::engine`], with what each tunnel socket holds
-    /// unsent at most ([`Config::tunnel_unsent_bytes`], from `tunnel_sockets.notsent_lowat`;
-    /// 0 there leaves the kernel's default, which bounds nothing).
+    /// The sessions' config: [`RuntimeOptions::engine`], with the least each tunnel socket may
+    /// hold unsent ([`Config::tunnel_unsent_bytes`], from `tunnel_sockets.notsent_lowat`; 0
+    /// there leaves the kernel's default, which bounds nothing).
     pub(crate) fn session_config(&self) -> Config {
         Config {
             tunnel_unsent_bytes: match self.tunnel_sockets.notsent_lowat {

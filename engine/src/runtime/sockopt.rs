@@ -29,7 +29,8 @@ pub struct TunnelSocketOptions {
     pub send_buffer: Option<usize>,
     /// SO_RCVBUF; `None` keeps autotuning.
     pub recv_buffer: Option<usize>,
-    /// TCP_NOTSENT_LOWAT: unsent bytes the kernel may hold, so the scheduler decides late.
+    /// TCP_NOTSENT_LOWAT at creation: unsent bytes the kernel may hold, so the scheduler
+    /// decides late (the event loop raises it for a fast tunnel, `Session::tunnel_unsent_limit`).
     pub notsent_lowat: u32,
 }
 

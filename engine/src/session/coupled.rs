@@ -9,7 +9,7 @@
 //! touch: which tunnel a frame goes on (`transmit`), ACK bookkeeping (`retransmit` only asks
 //! the cap that binds, [`Session::binding_cap`], and the count).
 //!
-//! The decision. The cap engages with the first TCP_INFO report: N slow starts overrun a queue
+//! The decision. The cap engages with the first TCP_INFO report (once two tunnels are active): N slow starts overrun a queue
 //! within one RTT, faster than any RTT signal can react. Losses (a tunnel's retransmission count
 //! grew) while the bottleneck queue is nearly empty are random loss: once a quarter of the tunnels
 //! (at least two) lost a segment so, the cap comes off (growing by [`RELEASE_GROWTH_PER_RTT`] per
@@ -480,9 +480,16 @@ impl Session {
     }
 
     /// Whether the coupled cap may apply: `coupled_pacing` is on and at least
-    /// [`COUPLED_MIN_TUNNELS`] tunnels are active.
+    /// [`COUPLED_MIN_TUNNELS`] tunnels are active and not draining (a draining tunnel takes
+    /// no new frames).
     pub(super) fn couples(&self) -> bool {
-        self.config.coupled_pacing && self.active_tunnels() >= COUPLED_MIN_TUNNELS
+        self.config.coupled_pacing
+            && self
+                .tunnels
+                .iter()
+                .filter(|t| t.is_active() && !t.draining)
+                .count()
+                >= COUPLED_MIN_TUNNELS
     }
 
     /// The cap that binds now, bytes: [`Session::coupled_cap`] times

@@ -33,8 +33,9 @@ pub(super) const COLLAPSED_CWND: u64 = 4 * 1500;
 /// window that is small because the path's BDP is (a slow path, or Reno-like halvings under
 /// random loss, which at most halve it per report) is no collapse: its bytes do leave.
 pub(super) const COLLAPSE_FACTOR: u64 = 8;
-/// Most bytes one collapse copies (the daemon's TCP_NOTSENT_LOWAT keeps about 128 KiB unsent
-/// per tunnel, and the driver's queue adds a little: this bounds a larger setting's cost).
+/// Most bytes one collapse copies (a tunnel's socket holds 128 KiB unsent by default, 4 ms of
+/// its rate if that is more, `unsent`, and the driver's queue adds a little: this bounds the
+/// cost of a faster tunnel or a larger setting, whose excess is not copied).
 pub(super) const HANDOFF_MAX: u64 = 4 << 20;
 
 impl Session {

@@ -27,6 +27,8 @@
 //!   [`Session::poll_transmit`] for every tunnel that can take bytes, and drain
 //!   [`Session::poll_event`].
 //! - Call [`Session::handle_timeout`] when [`Session::poll_timeout`] is reached.
+//! - Keep each tunnel socket's TCP_NOTSENT_LOWAT at [`Session::tunnel_unsent_limit`] (it
+//!   changes with the tunnel's rate).
 //! - On [`Event::Dial`] (client), connect that tunnel slot and report [`Session::tunnel_connected`]
 //!   or [`Session::tunnel_dial_failed`]. On [`Event::TunnelDown`], close that socket. When a socket
 //!   fails, report [`Session::tunnel_lost`].

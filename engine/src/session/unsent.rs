@@ -15,8 +15,11 @@
 //! start-up for the whole run: 818 Mbit/s with 217k queue drops on the clean path, where one
 //! direct bbr flow got 890 with 16k; with 512 KiB (4 ms of 1 Gbit/s) it left start-up and got
 //! 895 (16k drops), at 0.1 % loss 850 against 862 direct (1 MiB: 903 and 870). So a tunnel
-//! may hold [`UNSENT_TIME`] of its measured delivery rate, never less than the configured
-//! limit ([`crate::Config::tunnel_unsent_bytes`]) and never more than [`UNSENT_LIMIT_MAX`].
+//! may hold [`UNSENT_TIME`] of its measured delivery rate (mtcpd's own estimate from its ACK
+//! frames, [`crate::path::PathEstimate::measured_rate`]), never less than the configured limit
+//! ([`crate::Config::tunnel_unsent_bytes`]) and, above it, never more than [`UNSENT_LIMIT_MAX`].
+//! A peer that acknowledges in bursts can raise a tunnel's limit to that maximum; what it then
+//! holds is still counted in `max_unacked_bytes`, as every sent frame is.
 //! Eight tunnels sharing 1 Gbit/s stay at the configured 128 KiB (that needs 262 Mbit/s on
 //! one tunnel), so the default pool keeps its late choice there.
 
@@ -36,9 +39,9 @@ impl Session {
     /// The unsent bytes tunnel `t`'s socket may hold now (TCP_NOTSENT_LOWAT): the configured
     /// [`crate::Config::tunnel_unsent_bytes`], or [`UNSENT_TIME`] of the tunnel's measured
     /// delivery rate rounded up to a power of two (so the option changes seldom) when that is
-    /// more, at most [`UNSENT_LIMIT_MAX`]. `u32::MAX` when the configuration sets no bound
-    /// (leave the kernel's default); the configured value for an unknown tunnel. A driver
-    /// applies it whenever it changes.
+    /// more, at most [`UNSENT_LIMIT_MAX`] (or the configured value, if larger). `u32::MAX` when
+    /// the configuration sets no bound (leave the kernel's default); the configured value for
+    /// an unknown tunnel. A driver applies it whenever it changes.
     pub fn tunnel_unsent_limit(&self, t: usize) -> u32 {
         self.tunnels
             .get(t)

@@ -3,7 +3,8 @@
 //!
 //! Owns: [`WorkerMetrics`] (this worker's counters and its request inbox) and building the
 //! worker's part of a [`crate::runtime::stats::RuntimeStats`]. Must not touch: sockets beyond
-//! reading their addresses and TCP_INFO, or any session state (read through accessors only).
+//! reading their addresses, TCP_INFO, TCP_CONGESTION and TCP_NOTSENT_LOWAT, or any session
+//! state (read through accessors only).
 //!
 //! The counters are plain integers owned by the worker thread: nothing on the data path is
 //! shared or atomic. Counters of sessions still alive are read from the sessions at request
