@@ -1,8 +1,9 @@
 //! How many unsent bytes each tunnel's socket may hold (its TCP_NOTSENT_LOWAT), which the
-//! driver applies and the coupled cap leaves room for.
+//! driver applies.
 //!
 //! Owns: [`Session::tunnel_unsent_limit`] and its constants. Must not touch: the socket (the
-//! driver sets the option) or the cap itself (`coupled` only adds the limits up).
+//! driver sets the option) or the coupled cap (which leaves room for the configured value
+//! only, see `coupled`).
 //!
 //! Why it follows the tunnel's rate. A small limit keeps the scheduler's choice of tunnel late:
 //! data is not committed to a tunnel long before it can leave. But a socket whose unsent bytes
