@@ -9,15 +9,15 @@
 //! touch: which tunnel a frame goes on (`transmit`), ACK bookkeeping (`retransmit` only asks
 //! the cap that binds, [`Session::binding_cap`], and the count).
 //!
-//! The decision. The cap engages with the first TCP_INFO report (once two tunnels are active): N slow starts overrun a queue
-//! within one RTT, faster than any RTT signal can react. Losses (a tunnel's retransmission count
-//! grew) while the bottleneck queue is nearly empty are random loss: once a quarter of the tunnels
-//! (at least two) lost a segment so, the cap comes off (growing by [`RELEASE_GROWTH_PER_RTT`] per
-//! RTT until it is gone) and the tunnels are N independent windows, each recovering on its own.
-//! (One tunnel's early loss is not enough: released during slow start, the others would still
-//! overrun the queue.) A queue that builds (RTT inflation above [`ENGAGE_ABOVE`]) engages it again,
-//! so the windows cannot stack in that queue and the losses that follow are the queue's. Between
-//! the two thresholds the state is kept (hysteresis).
+//! The decision. The cap engages with the first TCP_INFO report (once two tunnels are active): N
+//! slow starts overrun a queue within one RTT, faster than any RTT signal can react. Losses (a
+//! tunnel's retransmission count grew) while the bottleneck queue is nearly empty are random loss:
+//! once a quarter of the tunnels (at least two) lost a segment so, the cap comes off (growing by
+//! [`RELEASE_GROWTH_PER_RTT`] per RTT until it is gone) and the tunnels are N independent windows,
+//! each recovering on its own. (One tunnel's early loss is not enough: released during slow start,
+//! the others would still overrun the queue.) A queue that builds (RTT inflation above
+//! [`ENGAGE_ABOVE`]) engages it again, so the windows cannot stack in that queue and the losses
+//! that follow are the queue's. Between the two thresholds the state is kept (hysteresis).
 //!
 //! Why the kernel's RTT and not the frame-level one: a frame's send → ACK time also holds the
 //! wait in the socket's unsent queue and TCP's head-of-line wait behind a lost segment. Random
