@@ -478,13 +478,13 @@ impl Session {
         }
     }
 
-    /// A PONG arrived on tunnel `t`: only an answer to our outstanding PING is an RTT sample.
     /// The token of a PING sent at `now`: microseconds since the session's epoch (`on_pong`
     /// turns it back into the send time).
     pub(super) fn ping_token(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
+    /// A PONG arrived on tunnel `t`: only an answer to our outstanding PING is an RTT sample.
     pub(super) fn on_pong(&mut self, now: Instant, t: usize, token: u64) {
         let tun = &mut self.tunnels[t];
         if tun.drain_told && token >= tun.drain_token {

@@ -27,40 +27,32 @@
 use std::time::Duration;
 
 use super::Session;
-use super::tunnels::Tunnel;
 
 /// A tunnel may hold this long of its measured delivery rate unsent: several refills by an
 /// event loop that shares its core with other work.
 const UNSENT_TIME: Duration = Duration::from_millis(4);
 /// The most a tunnel's socket is allowed to hold unsent, however fast it is (4 ms of
 /// 32 Gbit/s).
-pub(super) const UNSENT_LIMIT_MAX: u32 = 16 * 1024 * 1024;
+const UNSENT_LIMIT_MAX: u32 = 16 * 1024 * 1024;
 
 impl Session {
     /// The unsent bytes tunnel `t`'s socket may hold now (TCP_NOTSENT_LOWAT): the configured
-    /// [`crate::Config::tunnel_unsent_bytes`], or [`UNSENT_TIME`] of the tunnel's measured
-    /// delivery rate rounded up to a power of two (so the option changes seldom) when that is
-    /// more, at most [`UNSENT_LIMIT_MAX`] (or the configured value, if larger). `u32::MAX` when
-    /// the configuration sets no bound (leave the kernel's default); the configured value for
-    /// an unknown tunnel. A driver applies it whenever it changes.
+    /// [`crate::Config::tunnel_unsent_bytes`], or 4 ms of the tunnel's measured delivery rate
+    /// rounded up to a power of two (so the option changes seldom) when that is more, at most
+    /// 16 MiB (or the configured value, if larger). `u32::MAX` when the configuration sets no
+    /// bound (leave the kernel's default); the configured value for an unknown tunnel. A driver
+    /// applies it whenever it changes.
     pub fn tunnel_unsent_limit(&self, t: usize) -> u32 {
-        self.tunnels
-            .get(t)
-            .map_or(self.config.tunnel_unsent_bytes, |tun| {
-                self.unsent_limit_of(tun)
-            })
-    }
-
-    /// [`Session::tunnel_unsent_limit`] for one tunnel.
-    pub(super) fn unsent_limit_of(&self, tun: &Tunnel) -> u32 {
         let floor = self.config.tunnel_unsent_bytes;
-        let Some(rate) = tun.path.measured_rate().filter(|_| floor != u32::MAX) else {
+        let rate = self.tunnels.get(t).and_then(|tun| tun.path.measured_rate());
+        let Some(rate) = rate.filter(|_| floor != u32::MAX) else {
             return floor;
         };
+        // At most the maximum, itself a power of two, so rounding up cannot pass it.
         let wanted = (rate * UNSENT_TIME.as_secs_f64()).min(f64::from(UNSENT_LIMIT_MAX));
-        let wanted = (wanted as u32)
+        (wanted as u32)
             .checked_next_power_of_two()
-            .unwrap_or(UNSENT_LIMIT_MAX);
-        wanted.min(UNSENT_LIMIT_MAX).max(floor)
+            .unwrap_or(UNSENT_LIMIT_MAX)
+            .max(floor)
     }
 }
