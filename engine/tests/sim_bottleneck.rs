@@ -258,6 +258,54 @@ fn coupled_tunnels_fill_a_long_fat_path_about_as_fast_as_uncoupled_ones() {
     }
 }
 
+/// HyStart++'s delay threshold ends the start-up (RFC 9406 §4.2, `StartUp::exit_queue`: an
+/// eighth of the RTT within 4 to 16 ms). At 250 ms a queue of 17 ms, under the fifth of the RTT
+/// that engages the cap, takes the cap from the start-up's gain (2) to the steady one (1.25)
+/// while the rate still doubles every RTT; 15 ms does not. The cap stays engaged throughout.
+/// (On the emulator at 250 ms the start-up had overrun the path by the time the queue read a
+/// fifth: 26-48k queue drops, none with this.)
+#[test]
+fn a_queue_of_16_ms_ends_the_start_up_at_250_ms() {
+    let ms = Duration::from_millis;
+    let report = |srtt, delivered_bytes| TcpReport {
+        srtt,
+        min_rtt: ms(250),
+        retransmits: 0,
+        held_bytes: 0,
+        cwnd_bytes: 0,
+        unsent_bytes: 0,
+        delivered_bytes,
+    };
+    let mut pair = eight_tunnels_coupled(true);
+    let mut now = pair.now;
+    let c = &mut pair.client;
+    let id = c.open_stream(None).unwrap();
+    c.write(id, bytes::Bytes::from(vec![7u8; 1 << 20])).unwrap();
+    // Each tunnel's peer receives at a rate that doubles every RTT, for 2 s.
+    let (mut delivered, mut rate) = ([1u64; 8], 100e3);
+    for _ in 0..200 {
+        now += ms(10);
+        rate *= 2f64.powf(10.0 / 250.0);
+        for (t, d) in delivered.iter_mut().enumerate() {
+            *d += (rate * 0.01) as u64;
+            c.set_tunnel_tcp_info(t, now, report(ms(250), *d));
+        }
+    }
+    let cap = |c: &Session| c.coupled_stats().and_then(|s| s.cap_bytes).unwrap() as f64;
+    let start_up = cap(c);
+    let mut after = Vec::new();
+    for queue in [15, 17] {
+        for (t, &d) in delivered.iter().enumerate() {
+            c.set_tunnel_tcp_info(t, now, report(ms(250 + queue), d));
+        }
+        assert!(c.coupled_cap_engaged(), "{queue} ms");
+        after.push(cap(c) / start_up);
+    }
+    assert_eq!(after[0], 1.0, "15 ms: still the start-up's gain");
+    // 1.25 / 2 of the BDP part; the tunnels' unsent allowance (1 MiB) is the same in both.
+    assert!(after[1] > 0.6 && after[1] < 0.66, "{after:?}");
+}
+
 /// The decision itself, driven by hand through the API a driver uses: off until the driver
 /// reports TCP_INFO, engaged by the first report;
 /// one tunnel's loss at an empty queue is not enough, a quarter of the tunnels' is; a queue
