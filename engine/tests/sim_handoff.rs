@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mtcpd_engine::session::StreamId;
 use mtcpd_engine::sim::SimPair;
+use mtcpd_engine::wire::Frame;
 use mtcpd_engine::{Config, Session, TcpReport};
+use support::direct::frames_sent;
 use support::{FlowSpec, Workload, eight_active_tunnels};
 
 const MS: Duration = Duration::from_millis(1);
@@ -91,6 +93,37 @@ fn a_collapsed_window_hands_its_unsent_frames_to_another_tunnel() {
     c.write(id, Bytes::from(vec![7u8; 64 << 10])).unwrap();
     c.set_tunnel_tcp_info(0, now, report(1 << 20, 0));
     assert!(framed_on(c, now, 0, 64 << 10) > 0, "back in use");
+}
+
+/// A collapsed tunnel with nothing on its path, which the scheduler sidelines, gets a PING:
+/// bbr ends ProbeRTT on an ACK or on a restart after idle, and a sidelined tunnel would send
+/// nothing to cause either (on the emulator it stayed at four segments until its keepalive).
+/// Not while bytes are on its path (their ACKs do it), nor twice before its PONG.
+#[test]
+fn a_sidelined_tunnel_with_nothing_on_its_path_gets_a_ping() {
+    let (mut pair, _, on_zero) = session_with_frames_on_tunnel_zero();
+    let now = pair.now;
+    let c = &mut pair.client;
+    let pings = |frames: Vec<Frame>| {
+        frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Ping { .. }))
+            .count()
+    };
+    c.set_tunnel_tcp_info(0, now, report(4 * 1448, on_zero));
+    transmit_elsewhere(c, now);
+    assert_eq!(pings(frames_sent(c, now, 0)), 0, "bytes on its path");
+    // ProbeRTT drained it: nothing in flight, nothing unsent.
+    let later = now + MS * 10;
+    c.set_tunnel_tcp_info(0, later, report(4 * 1448, 0));
+    assert!(c.wants_transmit(0));
+    assert_eq!(pings(frames_sent(c, later, 0)), 1);
+    let later = later + MS * 10;
+    c.set_tunnel_tcp_info(0, later, report(4 * 1448, 0));
+    assert_eq!(pings(frames_sent(c, later, 0)), 0, "one until its PONG");
+    // An open window with nothing on its path is only idle.
+    c.set_tunnel_tcp_info(1, later, report(1 << 20, 0));
+    assert_eq!(pings(frames_sent(c, later, 1)), 0, "an idle tunnel");
 }
 
 #[test]

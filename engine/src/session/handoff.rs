@@ -1,8 +1,10 @@
 //! Hand-off: the frames waiting in a tunnel whose congestion window collapsed go out again on
-//! another tunnel, and the scheduler leaves that tunnel alone until its window reopens.
+//! another tunnel, and the scheduler leaves that tunnel alone until its window reopens (but
+//! for a PING once nothing of it is on the path: without traffic bbr never leaves ProbeRTT).
 //!
-//! Owns: reading a collapsed window from the kernel's reports (`Tunnel::cwnd_collapsed`)
-//! and choosing the frames to copy. Must not touch: the copies'
+//! Owns: reading a collapsed window from the kernel's reports (`Tunnel::cwnd_collapsed`),
+//! choosing the frames to copy and asking for the collapsed tunnel's PING (`ping_due`; the
+//! PING itself is `transmit`'s). Must not touch: the copies'
 //! queue, their tunnel and their accounting (`relief`: a copy is retained and acknowledged
 //! like any frame), or which tunnel new frames go on (`transmit` only reads the flag).
 //!
@@ -50,6 +52,13 @@ impl Session {
         let was = tun.cwnd_collapsed;
         let small = cwnd > 0 && cwnd <= COLLAPSED_CWND;
         tun.cwnd_collapsed = small && (was || before >= cwnd.saturating_mul(COLLAPSE_FACTOR));
+        // Sidelined with nothing on its path, the tunnel sends nothing, and its congestion
+        // control never sees the ACK or the restart after idle on which bbr ends ProbeRTT: it
+        // stays at four segments until the keepalive (on the emulator at 250 ms, three of
+        // eight tunnels for the last 4 s of a run). A PING gives it both.
+        if tun.cwnd_collapsed && report.held_bytes == 0 && !tun.ping_outstanding {
+            tun.ping_due = true;
+        }
         if !tun.cwnd_collapsed || was || report.unsent_bytes == 0 {
             return;
         }
