@@ -124,6 +124,16 @@ fn a_sidelined_tunnel_with_nothing_on_its_path_gets_a_ping() {
     // An open window with nothing on its path is only idle.
     c.set_tunnel_tcp_info(1, later, report(1 << 20, 0));
     assert_eq!(pings(frames_sent(c, later, 1)), 0, "an idle tunnel");
+
+    // With every window collapsed no tunnel is sidelined: frames still go, and no PING.
+    let (mut pair, _, _) = session_with_frames_on_tunnel_zero();
+    let now = pair.now;
+    let c = &mut pair.client;
+    for t in (1..8).chain([0]) {
+        c.set_tunnel_tcp_info(t, now, report(1 << 20, 0));
+        c.set_tunnel_tcp_info(t, now, report(4 * 1448, 0));
+    }
+    assert_eq!(pings(frames_sent(c, now, 0)), 0, "not sidelined");
 }
 
 #[test]

@@ -51,15 +51,18 @@ impl Session {
         let cwnd = report.cwnd_bytes;
         let was = tun.cwnd_collapsed;
         let small = cwnd > 0 && cwnd <= COLLAPSED_CWND;
-        tun.cwnd_collapsed = small && (was || before >= cwnd.saturating_mul(COLLAPSE_FACTOR));
-        // Sidelined with nothing on its path, the tunnel sends nothing, and its congestion
-        // control never sees the ACK or the restart after idle on which bbr ends ProbeRTT: it
-        // stays at four segments until the keepalive (on the emulator at 250 ms, three of
-        // eight tunnels for the last 4 s of a run). A PING gives it both.
-        if tun.cwnd_collapsed && report.held_bytes == 0 && !tun.ping_outstanding {
-            tun.ping_due = true;
+        let collapsed = small && (was || before >= cwnd.saturating_mul(COLLAPSE_FACTOR));
+        tun.cwnd_collapsed = collapsed;
+        // Sidelined (another window is open) with nothing on its path, the tunnel sends
+        // nothing, and its congestion control never sees the ACK or the restart after idle on
+        // which bbr ends ProbeRTT: it stays at four segments until the keepalive (on the
+        // emulator at 250 ms, three of eight tunnels for the last 4 s of a run). A PING gives
+        // it both. Only when sidelined: a tunnel that is not takes frames as usual.
+        if collapsed && report.held_bytes == 0 && self.any_window_open() {
+            let tun = &mut self.tunnels[t];
+            tun.ping_due |= !tun.ping_outstanding;
         }
-        if !tun.cwnd_collapsed || was || report.unsent_bytes == 0 {
+        if !collapsed || was || report.unsent_bytes == 0 {
             return;
         }
         let Some(to) = self.relief_target(t) else {
