@@ -234,6 +234,11 @@ impl StartUp {
         }
     }
 
+    /// Whether the start-up is over (the pipe is full or a queue built).
+    pub(super) fn is_over(&self) -> bool {
+        self.over
+    }
+
     /// A queue built at the bottleneck: the pipe is full.
     pub(super) fn end(&mut self) {
         self.over = true;
