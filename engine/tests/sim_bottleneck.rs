@@ -437,7 +437,7 @@ fn the_coupled_stats_show_the_cap_its_rate_and_its_rtt() {
         let rate = x.delivery_rate.expect("measured");
         assert!((rate / 100e6 - 1.0).abs() < 0.05, "{rate}");
         // The steady gain (the queue ended the start-up): 1.25 × 100 MB/s × 100 ms, and
-        // room for what each tunnel's socket may hold unsent (together under a quarter BDP).
+        // room for what each tunnel's socket may hold unsent (together under half the BDP).
         let cap = x.cap_bytes.expect("binds") as f64;
         let expected = 12.5e6 + 8.0 * f64::from(unsent);
         assert!((cap / expected - 1.0).abs() < 0.03, "{cap} vs {expected}");
@@ -453,9 +453,10 @@ fn the_coupled_cap_weighs_the_kernels_bytes_on_the_path() {
     let ms = Duration::from_millis;
     let config = Config {
         psk: b"k".to_vec(),
-        // A cap at its floor, 8 × 64 KiB (1.25 × 8 tunnels × 0.5 MB/s × 100 ms is less):
-        // under the first stream credit (1 MiB), so credit does not stop the second drain.
-        initial_rate: 0.5e6,
+        // A cap at its floor, 8 × 64 KiB (1.25 × 8 tunnels × 0.3 MB/s × 100 ms, and half of
+        // that for the sockets, is less): under half the first stream credit (1 MiB), so
+        // credit does not stop the second drain.
+        initial_rate: 0.3e6,
         ..Config::default()
     };
     let mut pair = eight_active_tunnels(config);

@@ -327,12 +327,25 @@ fn relief_costs_little_under_random_loss_and_nothing_on_a_clean_path() {
     };
     let (off, on) = compare("1 % loss, RTO 200 ms", rto, 50, 24 << 20);
     assert!(on > off * 0.85, "relief {on} vs none {off}");
-    // A queue of half the BDP: since the coupled cap leaves room for the sockets' unsent bytes
-    // (up to a quarter BDP on top of its 1.25), it takes a few drops here, and relief's copies
-    // for their holes cost 1.8 % (0.982x; it held >= 0.99x before that room).
-    let clean = BottleneckSpec::new(100.0, 50, 0.0);
-    let (off, on) = compare("clean", clean, 50, 24 << 20);
-    assert!(on >= off * 0.975, "relief {on} vs none {off}");
+    // Clean paths with a queue of 0.4 to 1 BDP: the coupled cap leaves room for the sockets'
+    // unsent bytes (up to half a BDP on top of its 1.25), so a shallow queue takes a few
+    // drops, and relief copies for their holes (about 1 % of the bytes). Without random loss
+    // this model is deterministic, and one run moves by several percent with any change of
+    // timing: relief on against off read 0.91-1.04x over these six queues and delays with a
+    // quarter BDP of room, 0.94-1.09x with half. So the median of the six must hold.
+    let mut ratios = Vec::new();
+    for (queue_ms, one_way_ms) in [(50, 50), (40, 50), (60, 50), (50, 45), (50, 55), (100, 50)] {
+        let clean = BottleneckSpec::new(100.0, queue_ms, 0.0);
+        let (off, _) = bottleneck_goodput(false, clean, one_way_ms, 24 << 20, 1);
+        let (on, r) = bottleneck_goodput(true, clean, one_way_ms, 24 << 20, 1);
+        eprintln!(
+            "clean, queue {queue_ms} ms, {one_way_ms} ms each way: {:.3}x; {r:?}",
+            on / off
+        );
+        ratios.push(on / off);
+    }
+    let ratio = median(ratios.clone());
+    assert!(ratio >= 0.975, "median {ratio}: {ratios:?}");
 }
 
 /// The figures for docs/BENCHMARKS.md (slow: run with --run-ignored).
