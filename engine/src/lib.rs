@@ -25,7 +25,8 @@ pub mod chunks;
 pub mod handshake;
 #[doc(hidden)]
 pub mod path;
-/// The adaptive pool's decision rule (`connection_pool_size = "auto"`).
+// The adaptive pool's decision rule (`connection_pool_size = "auto"`); its own module doc
+// says so (an outer doc here made rustdoc resolve that doc's links from the crate root).
 pub mod pool_control;
 #[doc(hidden)]
 pub mod reorder;

@@ -386,10 +386,11 @@ impl Session {
 
     /// Whether the driver should read tunnel `t`'s TCP_INFO now and report it with
     /// [`Session::set_tunnel_tcp_info`]: `coupled_pacing` is on, stream data waits to be framed
-    /// (only then can the cap matter: an idle session costs no system call) or the tunnel's
-    /// window was last seen collapsed (`handoff`: until a report shows it open), and the last
-    /// report is older than [`TCP_INFO_INTERVAL`] (than [`TCP_INFO_PER_RTT`] of the tunnel's
-    /// RTT while the cap binds).
+    /// (only then can the cap matter: an idle session costs no system call), the tunnel has
+    /// frames unacknowledged, or its window was last seen collapsed (`handoff`: until a report
+    /// shows it open); and the last report is older than 10 ms (`TCP_INFO_INTERVAL`), or
+    /// while the cap binds than an eighth of the tunnel's RTT within 1-10 ms
+    /// (`TCP_INFO_PER_RTT`).
     pub fn wants_tcp_info(&self, t: usize, now: Instant) -> bool {
         let interval = |x: &super::tunnels::Tunnel| {
             if self.coupled_cap_scale().is_some() {

@@ -60,7 +60,7 @@ pub const MAX_QUEUED: usize = 256;
 pub struct ReliefStats {
     /// HOL_REPORT frames sent (this end as receiver).
     pub reports_sent: u64,
-    /// Reports not queued because [`MAX_REPORTS`] were waiting.
+    /// Reports not queued because 64 were waiting (`MAX_REPORTS`).
     pub reports_dropped: u64,
     /// HOL_REPORT frames received (this end as sender).
     pub reports_received: u64,
