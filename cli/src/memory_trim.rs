@@ -1,8 +1,8 @@
 //! Giving memory back after a load (issue 10 item 6): glibc keeps what a peak allocated in its
 //! arenas after it is freed (each worker thread has its own arena, and only the top of the
 //! main heap is trimmed by `free`), so a daemon that served 8,000 connections once kept that
-//! RSS for good. A background thread looks at the allocator every 2 s (`CHECK_EVERY`) and, when a
-//! lot of it is free (`worth_trimming`), asks glibc to return the free pages
+//! RSS for good. A background thread looks at the allocator every 2 s (`CHECK_EVERY`) and,
+//! when a lot of it is free (`worth_trimming`), asks glibc to return the free pages
 //! (`malloc_trim(0)`, which `madvise`s every whole free page of every arena).
 //!
 //! Owns: that thread. Must not touch: anything else (it reads allocator statistics only).

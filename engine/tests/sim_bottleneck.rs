@@ -406,12 +406,13 @@ fn the_coupled_stats_show_the_cap_its_rate_and_its_rtt() {
     // Sockets that hold the daemon's default unsent (128 KiB), or a configured 256 KiB; 512 KiB
     // (together 0.42 of the BDP, as eight sockets' share of a 20 ms path at 1 Gbit/s) or 1 MiB
     // (more than half the BDP, where the bound applies).
-    let sockets = [128 << 10, 256 << 10, 512 << 10, 1 << 20];
-    for (coupled, unsent) in sockets
-        .map(|u| (true, u))
-        .into_iter()
-        .chain([(false, 128 << 10)])
-    {
+    for (coupled, unsent) in [
+        (true, 128 << 10),
+        (true, 256 << 10),
+        (true, 512 << 10),
+        (true, 1 << 20),
+        (false, 128 << 10),
+    ] {
         let mut pair = eight_tunnels_unsent(coupled, unsent);
         let start = pair.now;
         let c = &mut pair.client;

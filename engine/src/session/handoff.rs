@@ -52,11 +52,11 @@ pub(super) const COLLAPSE_FACTOR: u64 = 8;
 pub(super) const HANDOFF_MAX: u64 = 4 << 20;
 /// How long bbr holds its ProbeRTT window once the bytes in flight drained (Linux
 /// `bbr_probe_rtt_mode_ms`).
-pub(super) const PROBE_RTT_HOLD: Duration = Duration::from_millis(200);
+const PROBE_RTT_HOLD: Duration = Duration::from_millis(200);
 /// How many of the collapsed tunnel's RTTs a stall takes besides [`PROBE_RTT_HOLD`]: one to
 /// drain its bytes in flight, the round trip bbr adds after the hold, the unsent bytes' way
 /// to the peer and the credit's way back.
-pub(super) const STALL_RTTS: u32 = 4;
+const STALL_RTTS: u32 = 4;
 
 impl Session {
     /// Tunnel `t`'s kernel report (the window of the report before it: `before`): notes
